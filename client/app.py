@@ -1,0 +1,199 @@
+"""The fedssl ClientApp: local SSL training of the received model, with DP-SGD and a ledger.
+
+One ``train`` message = one round. The server sends the global model (``arrays``) and the round
+configuration (``config``); the client
+
+1. loads its records (its own data path, or its simulated partition, cached per process);
+2. plans the round's privacy: the noise multiplier that keeps its whole planned run within its
+   epsilon budget given what its ledger says it already spent (or a given noise multiplier,
+   refused if it would exceed the budget);
+3. trains with the SSL objective (DP-SGD through Opacus when DP is on);
+4. appends a signed, hash-chained entry to its own ledger;
+5. replies with the updated weights and metrics, or with ``status = "refused"`` and a reason
+   (bad data, unsound DP configuration, exhausted budget), never with a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedssl.client.data import DataSpec, cached_dataset, simulated_partition
+from fedssl.client.trainer import TrainConfig, TrainingError, steps_per_epoch, train_local
+from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_of
+from fedssl.privacy.dp_sgd import DPSoundnessError, require_dp_sound
+from fedssl.privacy.identity import load_or_create_identity, public_pem
+from fedssl.privacy.ledger import Ledger, LedgerEntry, LedgerError
+from fedssl.ssl_core.augmentations import augment_for
+from fedssl.ssl_core.datasets import DataError, validate_arrays
+from fedssl.ssl_core.heads import SSLModel
+from fedssl.ssl_core.objectives import UnknownMethodError, get_objective
+
+log = logging.getLogger("fedssl.client")
+
+#: errors a client answers with a refusal instead of crashing
+REFUSALS = (DataError, DPSoundnessError, AccountingError, TrainingError, LedgerError,
+            UnknownMethodError, ValueError)
+
+app = ClientApp()
+
+
+@dataclass
+class ClientIdentity:
+    """Who this client is and where it keeps its own state (key, ledger)."""
+
+    client_id: str
+    state_dir: Path
+    ledger_path: Path
+
+
+def identify(context: Context, config: ConfigRecord) -> ClientIdentity:
+    """Client id and state location: a site's ``state-dir``/``client-id`` node config, or,
+    in simulation, ``client-<partition-id>`` under the run directory."""
+    node = context.node_config
+    if "state-dir" in node:
+        cid = str(node.get("client-id", f"node-{context.node_id}"))
+        state = Path(str(node["state-dir"]))
+        return ClientIdentity(cid, state, state / "ledger.jsonl")
+    cid = f"client-{int(node['partition-id']):03d}"
+    run_dir = Path(str(config["run-dir"]))
+    return ClientIdentity(cid, run_dir / "clients" / cid, run_dir / "ledger" / f"{cid}.jsonl")
+
+
+def load_records(context: Context, config: ConfigRecord):
+    """This client's unlabelled training records."""
+    spec = DataSpec(
+        dataset=str(config["dataset"]), data_path=str(config.get("data-path", "")),
+        num_samples=int(config.get("num-samples", 4000)), seed=int(config.get("seed", 0)),
+        image_size=int(config.get("image-size", 28)),
+    )
+    node = context.node_config
+    if "data-path" in node:  # a real site: everything under its own data path
+        spec = DataSpec(str(node.get("dataset", "npz")), str(node["data-path"]),
+                        image_size=spec.image_size)
+        x = cached_dataset(spec).x_train
+    else:
+        x = simulated_partition(
+            spec, int(node["partition-id"]), int(node["num-partitions"]),
+            str(config.get("partitioner", "iid")), float(config.get("dirichlet-alpha", 0.5)),
+            int(config.get("shards-per-client", 2)),
+        )
+    validate_arrays(x, None, "local data")
+    return x
+
+
+def plan_noise(config: ConfigRecord, ledger: Ledger, sample_rate: float, steps: int,
+               server_round: int) -> float:
+    """Noise multiplier for this round that keeps the client's planned run within budget.
+
+    With a target epsilon, the remaining rounds (this one included) are assumed to each cost
+    ``steps`` steps, so a client that trains every round ends at (at most) the target and one
+    that skips rounds stays below it. With a fixed noise multiplier, the round is refused if it
+    would take the client past its budget (when a budget is set).
+    """
+    delta = float(config["delta"])
+    accountant = str(config.get("accountant", "prv"))
+    target = float(config.get("target-epsilon", 0.0))
+    history = ledger.history()
+    if target <= 0:
+        sigma = float(config["noise-multiplier"])
+        if sigma <= 0:
+            raise AccountingError("DP is on but neither a target epsilon nor a positive "
+                                  "noise multiplier was given")
+        return sigma
+    remaining_rounds = int(config["num-rounds"]) - server_round + 1
+    hint = history[-1][0] if history else None
+    return calibrate_noise(target, delta, sample_rate, steps * max(1, remaining_rounds),
+                           accountant, spent=history, hint=hint)
+
+
+def _refusal(msg: Message, cid: str, reason: str) -> Message:
+    log.warning("client %s refuses round: %s", cid, reason)
+    content = RecordDict({
+        "metrics": MetricRecord({"num-examples": 0}),
+        "status": ConfigRecord({"status": "refused", "reason": reason, "client": cid}),
+    })
+    return Message(content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Run one round of local SSL training and reply with the updated model."""
+    config = msg.content["config"]
+    try:
+        ident = identify(context, config)
+    except (KeyError, ValueError) as exc:
+        return _refusal(msg, f"node-{context.node_id}", f"cannot identify client: {exc}")
+    try:
+        return _train(msg, context, config, ident)
+    except REFUSALS as exc:
+        return _refusal(msg, ident.client_id, str(exc))
+
+
+def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientIdentity
+           ) -> Message:
+    start = time.perf_counter()
+    server_round = int(config["server-round"])
+    torch.set_num_threads(max(1, int(float(config.get("threads", 1)))))
+    objective = get_objective(str(config["method"]))
+    dp = bool(config.get("dp", False))
+    if dp:
+        require_dp_sound(objective)
+    x = load_records(context, config)
+
+    model = SSLModel(tuple(int(d) for d in config["input-shape"]),
+                     predictor=objective.needs_predictor)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    cfg = TrainConfig(
+        epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),
+        lr=float(config["lr"]), momentum=float(config.get("momentum", 0.9)),
+        seed=int(config.get("seed", 0)) * 100_003 + server_round * 1009
+        + int(context.node_config.get("partition-id", 0)),
+        dp=dp, max_grad_norm=float(config.get("max-grad-norm", 1.0)),
+    )
+    key = load_or_create_identity(ident.state_dir / "identity.pem")
+    ledger = Ledger(ident.ledger_path, key)
+    pub = ident.ledger_path.with_suffix(".pub")
+    if not pub.exists():
+        pub.parent.mkdir(parents=True, exist_ok=True)
+        pub.write_bytes(public_pem(key))
+    epsilon = 0.0
+    if dp:
+        sample_rate = min(1.0, cfg.batch_size / len(x))
+        planned = cfg.epochs * steps_per_epoch(len(x), cfg.batch_size, dp=True)
+        cfg.noise_multiplier = plan_noise(config, ledger, sample_rate, planned, server_round)
+
+    result = train_local(model, objective, x, augment_for(model.input_shape), cfg)
+
+    if dp:
+        delta = float(config["delta"])
+        accountant = str(config.get("accountant", "prv"))
+        history = [*ledger.history(), (cfg.noise_multiplier, result.sample_rate, result.steps)]
+        epsilon = epsilon_of(history, delta, accountant)
+        ledger.append(LedgerEntry(
+            round=server_round, client=ident.client_id, noise_multiplier=cfg.noise_multiplier,
+            sample_rate=result.sample_rate, steps=result.steps, max_grad_norm=cfg.max_grad_norm,
+            delta=delta, accountant=accountant, epsilon=epsilon,
+        ))
+    metrics = MetricRecord({
+        "num-examples": result.num_examples,
+        "loss": result.loss,
+        "steps": result.steps,
+        "epsilon": epsilon,
+        "noise-multiplier": cfg.noise_multiplier,
+        "sample-rate": result.sample_rate,
+        "train-seconds": result.seconds,
+        "seconds": time.perf_counter() - start,
+    })
+    content = RecordDict({
+        "arrays": ArrayRecord(model.state_dict()),
+        "metrics": metrics,
+        "status": ConfigRecord({"status": "ok", "client": ident.client_id}),
+    })
+    return Message(content, reply_to=msg)

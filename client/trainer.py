@@ -1,0 +1,129 @@
+"""Local SSL training of one client's encoder, with or without DP-SGD.
+
+Flower-free on purpose: the same loop trains a federated client's round, a centralized
+baseline and the benchmarks. One call runs ``epochs`` passes over the local records:
+
+- without DP: shuffled mini-batches, mean loss, SGD with momentum;
+- with DP: Poisson sampling at rate ``batch_size / n``, one gradient per record summed over
+  all its views, clipped and noised by :class:`fedssl.privacy.dp_sgd.DPSGD`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedssl.privacy.dp_sgd import DPSGD
+from fedssl.ssl_core.objectives.base import Objective
+
+
+class TrainingError(RuntimeError):
+    """Raised when local training diverges (NaN/Inf loss) or has nothing to train on."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one local training call."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    dp: bool = False
+    noise_multiplier: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainResult:
+    """What a local training call did (sent to the server and recorded in the ledger)."""
+
+    loss: float
+    steps: int
+    sample_rate: float
+    num_examples: int
+    seconds: float
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, dp: bool) -> int:
+    """Optimizer steps in one epoch: ``1/q`` Poisson batches under DP, else ceil(n/B)."""
+    if dp:
+        return max(1, int(1 / min(1.0, batch_size / num_examples)))
+    return -(-num_examples // batch_size)
+
+
+def train_local(
+    model: torch.nn.Module,
+    objective: Objective,
+    x: np.ndarray | torch.Tensor,
+    augment,
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+) -> TrainResult:
+    """Train ``model`` in place on the records ``x`` with ``objective``.
+
+    Raises:
+        TrainingError: on an empty data set or a non-finite loss.
+        DPSoundnessError: if ``cfg.dp`` and the objective is not per-record decomposable.
+    """
+    data = torch.as_tensor(x, dtype=torch.float32)
+    if len(data) == 0:
+        raise TrainingError("no local records to train on")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    objective.start_round(model)
+    start = time.perf_counter()
+    losses: list[float] = []
+    steps = 0
+
+    def step(module: torch.nn.Module, batch: torch.Tensor, optimizer) -> None:
+        nonlocal steps
+        steps += 1
+        if len(batch) == 0:  # an empty Poisson batch still costs a (noise-only) step
+            optimizer.zero_grad(set_to_none=True)
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.grad_sample = torch.zeros(0, *p.shape, device=p.device)
+            optimizer.step()
+            return
+        batch = batch.to(device, non_blocking=True)
+        views = [augment(batch, aug_gen) for _ in range(objective.num_views)]
+        optimizer.zero_grad(set_to_none=True)
+        loss = objective.per_record_loss(module, views).mean()
+        if not torch.isfinite(loss):
+            raise TrainingError(f"local loss became {loss.item()} at step {steps}; "
+                                "lower the learning rate or check the data")
+        loss.backward()
+        optimizer.step()
+        objective.after_step(module)
+        losses.append(float(loss.detach()))
+
+    if cfg.dp:
+        with DPSGD(model, opt, data, cfg.batch_size, cfg.noise_multiplier, cfg.max_grad_norm,
+                   objective, generator=gen) as dp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(cfg.epochs):
+                for (batch,) in dp.loader:
+                    step(dp.module, batch, dp.optimizer)
+        sample_rate = dp.sample_rate
+    else:
+        loader = DataLoader(TensorDataset(data), batch_size=cfg.batch_size, shuffle=True,
+                            generator=gen, drop_last=len(data) > cfg.batch_size)
+        for _ in range(cfg.epochs):
+            for (batch,) in loader:
+                step(model, batch, opt)
+        sample_rate = min(1.0, cfg.batch_size / len(data))
+    return TrainResult(
+        loss=float(np.mean(losses)) if losses else float("nan"), steps=steps,
+        sample_rate=sample_rate, num_examples=len(data), seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,127 @@
+"""DP-SGD for SSL objectives on Opacus: per-record clipping over all views of a record.
+
+Mechanism (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016): each step draws a
+Poisson sample of the local records (rate ``q``), computes one gradient per *record*, clips it
+to norm ``C`` (``max_grad_norm``), sums, and adds ``N(0, sigma^2 C^2 I)``.
+
+Guarantee: (epsilon, delta)-DP at the record level for the client's local data set, with
+epsilon from composing the Poisson-subsampled Gaussian mechanism over all steps (see
+:mod:`fedssl.privacy.accountant`), *provided* that removing one record changes the clipped sum
+by at most ``C``. That holds when the objective is per-record decomposable and every view of a
+record lands in that record's gradient row. Opacus's hooks mode sums per-sample gradients over
+the several forward calls of one module by batch position, so calling the model once per view
+(``model(v1); model(v2); loss.backward()``) gives one row per record covering all its views.
+Objectives that are not decomposable (in-batch contrastive) are refused with
+:class:`DPSoundnessError`.
+
+Opacus: Yousefpour et al., "Opacus: User-Friendly Differential Privacy Library in PyTorch", 2021.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from opacus import GradSampleModule
+from opacus.data_loader import DPDataLoader
+from opacus.optimizers import DPOptimizer
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from fedssl.ssl_core.objectives.base import Objective
+
+
+class DPSoundnessError(ValueError):
+    """Raised when a configuration would make the reported epsilon not a true upper bound."""
+
+
+def require_dp_sound(objective: Objective) -> None:
+    """Refuse objectives whose per-record sensitivity is not bounded by the clip norm."""
+    if not objective.decomposable:
+        raise DPSoundnessError(
+            f"method {objective.name!r} is not per-record decomposable (every record appears "
+            "in every other record's loss), so per-record clipping does not bound its "
+            "sensitivity and DP-SGD would report a false epsilon; use a decomposable method "
+            "(e.g. 'simsiam') with DP, or turn DP off"
+        )
+
+
+@dataclass
+class DPSetup:
+    """What a DP-SGD round runs with; recorded in the ledger."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    steps: int
+
+
+class DPSGD:
+    """Wrap a model, optimizer and local data for one round of DP-SGD on Opacus.
+
+    Use as a context manager: the Opacus hooks are removed on exit, leaving the original
+    module (whose parameters were trained in place) clean for aggregation.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data: torch.Tensor,
+        batch_size: int,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        objective: Objective,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        require_dp_sound(objective)
+        if max_grad_norm <= 0:
+            raise DPSoundnessError(f"max_grad_norm must be positive, got {max_grad_norm}")
+        if noise_multiplier < 0:
+            raise DPSoundnessError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
+        n = len(data)
+        self.sample_rate = min(1.0, batch_size / n)
+        self.num_batches = max(1, round(1 / self.sample_rate))
+        self.loader = DPDataLoader(
+            TensorDataset(data), sample_rate=self.sample_rate, generator=generator,
+        )
+        self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+        expected = max(1, round(self.sample_rate * n))
+        self.optimizer = DPOptimizer(
+            optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+            expected_batch_size=expected, loss_reduction="mean", generator=generator,
+        )
+
+    def __enter__(self) -> DPSGD:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.module._close()
+
+
+def clipped_gradient_sum(
+    model: nn.Module, objective: Objective, views: list[torch.Tensor], max_grad_norm: float
+) -> torch.Tensor:
+    """Noise-free sum of per-record clipped gradients, flattened, via the DP-SGD engine.
+
+    This is exactly the quantity the Gaussian mechanism perturbs; the sensitivity tests compare
+    it for neighbouring batches (one record removed, the other records' views unchanged).
+    """
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    opt = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
+        max_grad_norm=max_grad_norm, expected_batch_size=len(views[0]), loss_reduction="sum",
+    )
+    try:
+        opt.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            objective.per_record_loss(gsm, views).sum().backward()
+        opt.clip_and_accumulate()
+        return torch.cat([
+            p.summed_grad.reshape(-1) if p.summed_grad is not None else torch.zeros(p.numel())
+            for p in opt.params
+        ])
+    finally:
+        gsm._close()

@@ -1,0 +1,66 @@
+"""A node's long-term Ed25519 identity key (signs its ledger and, later, its SecAgg keys).
+
+The private key is stored as unencrypted PKCS#8 PEM with file mode 0600 in the node's own state
+directory; the public key as SubjectPublicKeyInfo PEM, which is what auditors and the server
+are given. Ed25519: Bernstein et al., "High-speed high-security signatures", 2012 (RFC 8032).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+
+class IdentityError(ValueError):
+    """Raised when a key file is missing, unreadable or of the wrong type."""
+
+
+def load_or_create_identity(path: str | Path) -> Ed25519PrivateKey:
+    """Load the Ed25519 private key at ``path``, creating it (mode 0600) if absent."""
+    path = Path(path)
+    if path.exists():
+        return load_private_key(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    return key
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    """Read an Ed25519 private key from PEM."""
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise IdentityError(f"cannot read private key {path}: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise IdentityError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    """SubjectPublicKeyInfo PEM of a key's public half."""
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return pub.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_public_key(data: bytes | str | Path) -> Ed25519PublicKey:
+    """Parse an Ed25519 public key from PEM bytes or a PEM file path."""
+    raw = Path(data).read_bytes() if isinstance(data, (str, Path)) else data
+    try:
+        key = serialization.load_pem_public_key(raw)
+    except (ValueError, TypeError) as exc:
+        raise IdentityError(f"not a PEM public key: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise IdentityError("public key is not Ed25519")
+    return key

@@ -1,0 +1,312 @@
+"""Client side of SecAgg+ (Bonawitz et al. 2017, Figure 4; Bell et al. 2020 k-regular graph).
+
+What: :class:`SecAggClient` is a transport-agnostic state machine; each stage method takes the
+server's message (object or bytes) and returns the client's reply message::
+
+    adv    = client.setup(config)                 # AdvertiseKeys (signed c_pk, s_pk)
+    shares = client.share_keys(directory)         # ShareKeys (encrypted Shamir shares)
+    masked = client.mask_input(bundle, q)         # MaskedInput (q: uint32 vector of length d)
+    resp   = client.unmask(request)               # UnmaskResponse
+
+Masking: with ``N2(u)`` the neighbours whose encrypted shares reached ``u`` (they are alive
+after the share-keys stage),
+``y_u = q_u + PRG(b_u) + sum_{v in N2(u), u < v} PRG(s_uv) - sum_{v in N2(u), u > v} PRG(s_uv)``
+in ``Z_2^32``, so the pairwise terms cancel in the sum and ``PRG(b_u)`` hides ``q_u`` even
+if the server later learns ``s_sk_u``.
+
+Security checks made here (each raises a :class:`~.errors.SecAggError` subclass and puts the
+client in a failed state, so it never continues a compromised round):
+
+* every relayed public key carries a valid Ed25519 signature by the identity key registered
+  for that node over (round digest, node id, c_pk, s_pk): a substituted key aborts;
+* the relayed keys are for this client's graph neighbours only, its own entry is unchanged,
+  all keys are distinct and at least ``t`` holders remain;
+* shares decrypt under AES-GCM with associated data binding round, sender and receiver;
+* at unmasking, a neighbour is revealed *either* as survivor (share of ``b_v``) *or* as dropped
+  (share of ``s_sk_v``), never both, and only if at least ``t`` survivors are claimed.
+
+Trust model: clients are honest-but-curious, the server may be malicious in relaying keys
+(signatures), but Bonawitz et al.'s extra consistency-check round (signed survivor lists) is not
+implemented, so a server that lies about who dropped to different clients is out of scope.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import Enum
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from numpy.typing import NDArray
+
+from . import crypto
+from .errors import (
+    InsufficientParticipantsError,
+    MalformedMessageError,
+    ProtocolStateError,
+    SecAggError,
+    SignatureVerificationError,
+)
+from .graph import build_graph
+from .messages import (
+    PLAINTEXT_BYTES,
+    U32,
+    AdvertiseKeys,
+    EncryptedShares,
+    KeyDirectory,
+    MaskedInput,
+    SetupConfig,
+    ShareBundle,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from .prg import apply_masks
+from .shamir import (
+    SHARE_BYTES,
+    decode_share_value,
+    encode_share_value,
+    node_x,
+    split_secret,
+)
+
+
+class ClientStage(Enum):
+    """Where a :class:`SecAggClient` is in the round."""
+
+    INIT = "init"
+    ADVERTISED = "advertised"
+    SHARED = "shared"
+    MASKED = "masked"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class SecAggClient:
+    """One participant of a SecAgg+ round.
+
+    Args:
+        node_id: this node's unsigned 64-bit id (e.g. Flower's node id).
+        identity_key: its long-term Ed25519 identity key (signs the round's public keys).
+        identity_registry: node id -> registered Ed25519 public identity key (raw 32 bytes or
+            key object) of every node that may appear as a neighbour.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        identity_key: Ed25519PrivateKey,
+        identity_registry: Mapping[int, bytes | Ed25519PublicKey],
+    ) -> None:
+        self.node_id = int(node_id)
+        self._identity_key = identity_key
+        self._registry = {int(k): v for k, v in identity_registry.items()}
+        self.stage = ClientStage.INIT
+
+    # ------------------------------------------------------------------ helpers
+    def _expect(self, stage: ClientStage, what: str) -> None:
+        if self.stage is not stage:
+            raise ProtocolStateError(
+                f"node {self.node_id}: cannot {what} in stage '{self.stage.value}'"
+            )
+
+    def _fail(self, exc: SecAggError) -> SecAggError:
+        self.stage = ClientStage.FAILED
+        # Drop every secret so a failed round leaks nothing later.
+        for attr in ("_c_sk", "_s_sk", "_b", "_seed_shares", "_key_shares", "_enc_keys"):
+            self.__dict__.pop(attr, None)
+        return exc
+
+    def _check_round(self, round_id: bytes, name: str) -> None:
+        if round_id != self._config.round_id:
+            raise MalformedMessageError(f"{name}: round id does not match this round")
+
+    # ------------------------------------------------------------------ stage 0
+    def setup(self, config: SetupConfig | bytes) -> AdvertiseKeys:
+        """Validate the round config, make two fresh X25519 key pairs and sign them."""
+        if self.stage not in (ClientStage.INIT, ClientStage.DONE, ClientStage.FAILED):
+            raise ProtocolStateError(f"node {self.node_id}: setup called mid-round")
+        try:
+            cfg = SetupConfig.parse(config)
+            if self.node_id not in cfg.node_ids:
+                raise MalformedMessageError(f"SetupConfig: node {self.node_id} not in node_ids")
+            self._config = cfg
+            self._digest = crypto.config_digest(cfg.to_bytes())
+            self._neighbours = build_graph(cfg.node_ids, cfg.degree, cfg.round_id)[self.node_id]
+            self._c_sk, self._c_pk = crypto.generate_x25519()
+            self._s_sk, self._s_pk = crypto.generate_x25519()
+            sig = crypto.sign_advertisement(
+                self._identity_key, self._digest, self.node_id, self._c_pk, self._s_pk
+            )
+        except SecAggError as exc:
+            raise self._fail(exc) from None
+        self.stage = ClientStage.ADVERTISED
+        return AdvertiseKeys(cfg.round_id, self.node_id, self._c_pk, self._s_pk, sig)
+
+    # ------------------------------------------------------------------ stage 1
+    def share_keys(self, directory: KeyDirectory | bytes) -> ShareKeys:
+        """Verify neighbours' signed keys; Shamir-share ``b_u`` and ``s_sk_u``; encrypt."""
+        self._expect(ClientStage.ADVERTISED, "share keys")
+        try:
+            return self._share_keys(KeyDirectory.parse(directory))
+        except SecAggError as exc:
+            raise self._fail(exc) from None
+
+    def _share_keys(self, directory: KeyDirectory) -> ShareKeys:
+        cfg, me = self._config, self.node_id
+        self._check_round(directory.round_id, "KeyDirectory")
+        if directory.receiver != me:
+            raise MalformedMessageError(f"KeyDirectory: addressed to {directory.receiver}")
+        allowed = self._neighbours | {me}
+        entries = {e.node_id: e for e in directory.entries}
+        if me not in entries:
+            raise MalformedMessageError("KeyDirectory: own keys missing")
+        own = entries[me]
+        if own.c_pk != self._c_pk or own.s_pk != self._s_pk:
+            raise SignatureVerificationError("KeyDirectory: own public keys were altered")
+        for node, entry in entries.items():
+            if node not in allowed:
+                raise MalformedMessageError(f"KeyDirectory: node {node} is not a neighbour")
+            if node == me:
+                continue  # own keys were compared byte for byte above
+            if node not in self._registry:
+                raise SignatureVerificationError(f"no registered identity key for node {node}")
+            ident = crypto.load_identity_public(self._registry[node])
+            crypto.verify_advertisement(
+                ident, self._digest, node, entry.c_pk, entry.s_pk, entry.signature
+            )
+        keys = [e.c_pk for e in entries.values()] + [e.s_pk for e in entries.values()]
+        if len(set(keys)) != len(keys):
+            raise MalformedMessageError("KeyDirectory: repeated public keys")
+        if len(entries) < cfg.threshold:
+            raise InsufficientParticipantsError(
+                f"node {me}: {len(entries)} live key holders < threshold {cfg.threshold}"
+            )
+        holders = sorted(entries)
+        self._peers = {node: entries[node] for node in holders if node != me}
+        self._b = os.urandom(32)
+        xs = [node_x(v) for v in holders]
+        b_shares = split_secret(self._b, cfg.threshold, xs)
+        sk_shares = split_secret(crypto.x25519_private_bytes(self._s_sk), cfg.threshold, xs)
+        self._seed_shares: dict[int, bytes] = {}
+        self._key_shares: dict[int, bytes] = {}
+        self._enc_keys: dict[int, bytes] = {}  # symmetric: same key decrypts v's shares to us
+        out = []
+        for v, b_sh, sk_sh in zip(holders, b_shares, sk_shares):
+            b_y, sk_y = encode_share_value(b_sh.y), encode_share_value(sk_sh.y)
+            if v == me:
+                self._seed_shares[me] = b_y
+                continue
+            key = crypto.derive_pair_key(
+                self._c_sk,
+                entries[v].c_pk,
+                salt=self._digest,
+                purpose=crypto.PURPOSE_ENCRYPTION,
+                u=me,
+                v=v,
+            )
+            self._enc_keys[v] = key
+            blob = crypto.encrypt_shares(
+                key, b_y + sk_y, digest=self._digest, sender=me, receiver=v
+            )
+            out.append(EncryptedShares(me, v, blob))
+        self.stage = ClientStage.SHARED
+        return ShareKeys(cfg.round_id, me, tuple(out))
+
+    # ------------------------------------------------------------------ stage 2
+    def mask_input(self, bundle: ShareBundle | bytes, values: NDArray[np.uint32]) -> MaskedInput:
+        """Decrypt received shares and return ``y_u`` (``values`` is quantised, uint32, len d).
+
+        A distributed-DP noise share belongs in ``values`` already (see
+        :meth:`~.quantization.Quantizer.encode`'s ``noise_hook``).
+        """
+        self._expect(ClientStage.SHARED, "mask input")
+        try:
+            return self._mask_input(ShareBundle.parse(bundle), values)
+        except SecAggError as exc:
+            raise self._fail(exc) from None
+
+    def _mask_input(self, bundle: ShareBundle, values: NDArray[np.uint32]) -> MaskedInput:
+        cfg, me = self._config, self.node_id
+        self._check_round(bundle.round_id, "ShareBundle")
+        if bundle.receiver != me:
+            raise MalformedMessageError(f"ShareBundle: addressed to {bundle.receiver}")
+        v_arr = np.asarray(values)
+        if v_arr.dtype != U32 or v_arr.shape != (cfg.vector_length,):
+            raise MalformedMessageError(
+                f"input must be a uint32 vector of length {cfg.vector_length}, got "
+                f"{v_arr.dtype} {v_arr.shape}"
+            )
+        if len(bundle.shares) + 1 < cfg.threshold:
+            raise InsufficientParticipantsError(
+                f"node {me}: {len(bundle.shares) + 1} live neighbours < threshold {cfg.threshold}"
+            )
+        live: list[int] = []
+        for item in bundle.shares:
+            v = item.sender
+            if v not in self._peers:
+                raise MalformedMessageError(f"ShareBundle: unexpected sender {v}")
+            key = self._enc_keys[v]
+            plain = crypto.decrypt_shares(
+                key, item.ciphertext, digest=self._digest, sender=v, receiver=me
+            )
+            if len(plain) != PLAINTEXT_BYTES:
+                raise MalformedMessageError(f"shares from {v}: wrong plaintext length")
+            decode_share_value(plain[:SHARE_BYTES])
+            decode_share_value(plain[SHARE_BYTES:])
+            self._seed_shares[v] = plain[:SHARE_BYTES]
+            self._key_shares[v] = plain[SHARE_BYTES:]
+            live.append(v)
+        add, sub = [self._b], []
+        for v in live:
+            seed = crypto.derive_pair_key(
+                self._s_sk,
+                self._peers[v].s_pk,
+                salt=self._digest,
+                purpose=crypto.PURPOSE_MASK,
+                u=me,
+                v=v,
+            )
+            (add if me < v else sub).append(seed)
+        masked = np.array(v_arr, dtype=U32, copy=True)
+        apply_masks(masked, add, sub)
+        self._live = frozenset(live)
+        # No longer needed; the shares are all the server may ask for.
+        del self._b, self._s_sk, self._enc_keys
+        self.stage = ClientStage.MASKED
+        return MaskedInput(cfg.round_id, me, masked)
+
+    # ------------------------------------------------------------------ stage 3
+    def unmask(self, request: UnmaskRequest | bytes) -> UnmaskResponse:
+        """Reveal ``b``-shares of surviving neighbours and ``s_sk``-shares of dropped ones."""
+        self._expect(ClientStage.MASKED, "unmask")
+        try:
+            req = UnmaskRequest.parse(request)
+            cfg, me = self._config, self.node_id
+            self._check_round(req.round_id, "UnmaskRequest")
+            if req.receiver != me:
+                raise MalformedMessageError(f"UnmaskRequest: addressed to {req.receiver}")
+            survivors, dropped = set(req.survivors), set(req.dropped)
+            if me not in survivors:
+                raise MalformedMessageError("UnmaskRequest: this node is not listed as survivor")
+            if len(survivors) < cfg.threshold:
+                raise InsufficientParticipantsError(
+                    f"only {len(survivors)} survivors < threshold {cfg.threshold}"
+                )
+            seed_out, key_out = [(me, self._seed_shares[me])], []
+            for v in sorted(self._live):
+                if v in survivors:
+                    seed_out.append((v, self._seed_shares[v]))
+                elif v in dropped:
+                    key_out.append((v, self._key_shares[v]))
+                else:
+                    raise MalformedMessageError(
+                        f"UnmaskRequest: neighbour {v} is neither survivor nor dropped"
+                    )
+        except SecAggError as exc:
+            raise self._fail(exc) from None
+        self.stage = ClientStage.DONE
+        for attr in ("_c_sk", "_seed_shares", "_key_shares"):
+            self.__dict__.pop(attr, None)
+        return UnmaskResponse(cfg.round_id, me, tuple(seed_out), tuple(key_out))

@@ -1,0 +1,140 @@
+"""Run a whole SecAgg+ round in one process, with scripted dropouts.
+
+What: :func:`run_secagg` wires :class:`~.client.SecAggClient` and :class:`~.server.SecAggServer`
+together exactly as a transport would (optionally through the byte encoding of every message),
+for tests, benchmarks and simulations. :func:`run_round` is the general form (inputs produced
+on demand), :func:`run_secagg_mean` adds the quantisation step and returns the decoded mean.
+
+Dropouts are scripted per stage (Bonawitz et al. 2017 name the sets U1..U4):
+
+* ``before_advertise``: never answers (not in U1);
+* ``after_advertise``: advertises keys, then vanishes (in U1, not U2: nothing to recover);
+* ``after_share_keys``: shares keys, sends no input (in U2, not U3: pairwise masks recovered
+  from its neighbours' shares of ``s_sk``);
+* ``after_masked_input``: sends its masked input, then vanishes (in U3, not U4: its input is
+  in the sum and ``b_u`` is rebuilt from its neighbours' shares).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from numpy.typing import ArrayLike, NDArray
+
+from . import crypto
+from .client import SecAggClient
+from .quantization import NoiseHook, Quantizer
+from .server import AggregationResult, SecAggServer
+
+
+@dataclass(frozen=True)
+class Dropouts:
+    """Which node ids stop answering after which stage."""
+
+    before_advertise: frozenset[int] = field(default_factory=frozenset)
+    after_advertise: frozenset[int] = field(default_factory=frozenset)
+    after_share_keys: frozenset[int] = field(default_factory=frozenset)
+    after_masked_input: frozenset[int] = field(default_factory=frozenset)
+
+
+def make_identities(node_ids: list[int]) -> dict[int, Ed25519PrivateKey]:
+    """Fresh Ed25519 identity keys, one per node (long-lived in a real deployment)."""
+    return {u: crypto.generate_identity_key() for u in node_ids}
+
+
+def run_secagg(
+    inputs: Mapping[int, NDArray[np.uint32]],
+    *,
+    degree: int | None = None,
+    threshold: int | None = None,
+    dropouts: Dropouts | None = None,
+    identity_keys: Mapping[int, Ed25519PrivateKey] | None = None,
+    serialize: bool = True,
+) -> AggregationResult:
+    """Securely sum uint32 ``inputs`` (node id -> vector); returns the server's result.
+
+    Raises :class:`~.errors.InsufficientParticipantsError` when dropouts leave fewer than
+    ``threshold`` participants where shares are needed; ``inputs`` are never modified.
+    """
+    lengths = {np.asarray(v).shape for v in inputs.values()}
+    if len(lengths) != 1 or len(next(iter(lengths))) != 1:
+        raise ValueError("all inputs must be 1-D vectors of the same length")
+    return run_round(
+        sorted(inputs),
+        next(iter(lengths))[0],
+        lambda u: np.asarray(inputs[u], dtype=np.uint32),
+        degree=degree,
+        threshold=threshold,
+        dropouts=dropouts,
+        identity_keys=identity_keys,
+        serialize=serialize,
+    )
+
+
+def run_round(
+    node_ids: Sequence[int],
+    vector_length: int,
+    get_input: Callable[[int], NDArray[np.uint32]],
+    *,
+    degree: int | None = None,
+    threshold: int | None = None,
+    dropouts: Dropouts | None = None,
+    identity_keys: Mapping[int, Ed25519PrivateKey] | None = None,
+    serialize: bool = True,
+) -> AggregationResult:
+    """One round where client ``u``'s input is produced by ``get_input(u)`` when it is needed.
+
+    Masked inputs are generated and consumed one client at a time, so memory stays ``O(d)``
+    beyond what ``get_input`` holds.
+    """
+    ids = sorted(node_ids)
+    drop = dropouts or Dropouts()
+    keys = identity_keys if identity_keys is not None else make_identities(ids)
+    registry = {u: crypto.identity_public_bytes(keys[u]) for u in ids}
+    server = SecAggServer(ids, vector_length, degree=degree, threshold=threshold)
+    clients = {u: SecAggClient(u, keys[u], registry) for u in ids}
+
+    def wire(msg: Any) -> Any:
+        return msg.to_bytes() if serialize else msg
+
+    config = wire(server.setup())
+    alive = [u for u in ids if u not in drop.before_advertise]
+    directories = server.collect_advertisements([wire(clients[u].setup(config)) for u in alive])
+    alive = [u for u in directories if u not in drop.after_advertise]
+    bundles = server.collect_shares(
+        [wire(clients[u].share_keys(wire(directories[u]))) for u in alive]
+    )
+    alive = [u for u in bundles if u not in drop.after_share_keys]
+    requests = server.collect_masked_inputs(
+        wire(clients[u].mask_input(wire(bundles[u]), get_input(u))) for u in alive
+    )
+    alive = [u for u in requests if u not in drop.after_masked_input]
+    return server.collect_unmask_responses(
+        [wire(clients[u].unmask(wire(requests[u]))) for u in alive]
+    )
+
+
+def run_secagg_mean(
+    vectors: Mapping[int, ArrayLike],
+    quantizer: Quantizer,
+    *,
+    rng: np.random.Generator | None = None,
+    noise_hook: NoiseHook | None = None,
+    **kwargs: Any,
+) -> tuple[NDArray[np.float64], AggregationResult]:
+    """Quantise float ``vectors`` (lazily, per client), run a round, decode the mean."""
+    gen = rng if rng is not None else np.random.default_rng()
+    lengths = {np.shape(v) for v in vectors.values()}
+    if len(lengths) != 1 or len(next(iter(lengths))) != 1:
+        raise ValueError("all vectors must be 1-D and of the same length")
+    result = run_round(
+        sorted(vectors),
+        next(iter(lengths))[0],
+        lambda u: quantizer.encode(vectors[u], rng=gen, noise_hook=noise_hook),
+        **kwargs,
+    )
+    return quantizer.decode_mean(result.total, result.count), result

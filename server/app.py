@@ -1,0 +1,164 @@
+"""The fedssl ServerApp: federated rounds of SSL training, evaluation, checkpoints, report.
+
+Per round: sample clients, send them the global model and the round configuration, collect and
+validate their updates (:class:`~fedssl.server.strategy.FedSSLStrategy`), average, checkpoint,
+and every ``eval-every`` rounds (and after the last) evaluate the global encoder with a linear
+probe and kNN on the server's labelled split. Round 0 evaluates the randomly initialised
+encoder, the baseline every result is compared with. At the end the encoder is exported and
+``report.json`` and the plots are written (see DESIGN.md, "Run directory contract").
+
+Configuration is Flower's run config (kebab-case keys, ``[tool.flwr.app.config]`` in
+pyproject.toml for ``flwr run .``); ``fedssl simulate`` passes its resolved experiment config
+through :func:`make_server_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from tqdm.auto import tqdm
+
+from fedssl.server.checkpoint import export_encoder, save_checkpoint
+from fedssl.server.report import append_metrics, ledger_privacy, plot_run, read_metrics, write_report
+from fedssl.server.strategy import FedSSLStrategy
+from fedssl.ssl_core.datasets import SSLDataset, load_dataset
+from fedssl.ssl_core.evaluation import evaluate_encoder
+from fedssl.ssl_core.heads import SSLModel
+from fedssl.ssl_core.objectives import get_objective
+
+log = logging.getLogger("fedssl.server")
+
+#: run-config keys forwarded to every client in the round's ConfigRecord
+CLIENT_KEYS = (
+    "method", "dataset", "data-path", "num-samples", "image-size", "partitioner",
+    "dirichlet-alpha", "shards-per-client", "local-epochs", "batch-size", "lr", "momentum",
+    "dp", "target-epsilon", "noise-multiplier", "max-grad-norm", "delta", "accountant", "seed",
+    "run-dir", "threads",
+)
+
+DEFAULTS: dict[str, Any] = {
+    "num-server-rounds": 3, "method": "simsiam", "dataset": "mnist1d", "data-path": "",
+    "num-samples": 4000, "image-size": 28, "partitioner": "iid", "dirichlet-alpha": 0.5,
+    "shards-per-client": 2, "local-epochs": 1, "batch-size": 32, "lr": 0.05, "momentum": 0.9,
+    "dp": False, "target-epsilon": 0.0, "noise-multiplier": 0.0, "max-grad-norm": 1.0,
+    "delta": 1e-5, "accountant": "prv", "seed": 0, "run-dir": "runs/flwr-run", "threads": 1,
+    "clients-per-round": 0, "eval-every": 1, "eval-samples": 4000, "round-timeout": 3600.0,
+    "progress": True,
+}
+
+
+def make_server_app(run_config: dict[str, Any] | None = None) -> ServerApp:
+    """A ServerApp whose run config is ``run_config`` layered over Flower's run config."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = {**DEFAULTS, **dict(context.run_config), **(run_config or {})}
+        run_federation(grid, cfg)
+
+    return server_app
+
+
+app = make_server_app()
+
+
+def _eval_split(data: SSLDataset, max_train: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Labelled records the probes are fitted on (a capped subset) and tested on."""
+    idx = np.random.default_rng(seed).permutation(len(data.x_train))[:max_train]
+    return data.x_train[idx], data.y_train[idx], data.x_test, data.y_test
+
+
+def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run all rounds; returns the report that is also written to ``report.json``."""
+    wall_start = time.perf_counter()
+    seed = int(cfg["seed"])
+    random.seed(seed)  # Flower samples nodes with the `random` module
+    torch.manual_seed(seed)
+    run_dir = Path(str(cfg["run-dir"]))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rounds = int(cfg["num-server-rounds"])
+
+    data = load_dataset(str(cfg["dataset"]), str(cfg["data-path"]), int(cfg["num-samples"]),
+                        seed, int(cfg["image-size"]))
+    eval_data = _eval_split(data, int(cfg["eval-samples"]), seed)
+    objective = get_objective(str(cfg["method"]))
+    model = SSLModel(data.input_shape, predictor=objective.needs_predictor)
+    reference = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    arrays = ArrayRecord(model.state_dict())
+
+    num_nodes = len(list(grid.get_node_ids())) or int(cfg.get("num-clients", 1))
+    per_round = int(cfg["clients-per-round"]) or num_nodes
+    strategy = FedSSLStrategy(
+        reference=reference, fraction_train=per_round / max(1, num_nodes),
+        min_train_nodes=per_round, min_available_nodes=per_round, fraction_evaluate=0.0,
+    )
+    train_config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
+    train_config["num-rounds"] = rounds
+    train_config["input-shape"] = list(data.input_shape)
+    train_config["run-dir"] = str(run_dir.resolve())
+
+    baseline = evaluate_encoder(model.encoder, *eval_data)
+    append_metrics(run_dir, {"round": 0, "clients": 0, "seconds": 0.0, **baseline})
+    log.info("random-init encoder: %s", baseline)
+
+    eval_every = int(cfg["eval-every"])
+    bar = tqdm(range(1, rounds + 1), desc="rounds", unit="round", disable=not cfg["progress"])
+    for server_round in bar:
+        t0 = time.perf_counter()
+        train_config["server-round"] = server_round
+        messages = strategy.configure_train(server_round, arrays, train_config, grid)
+        replies = grid.send_and_receive(messages, timeout=float(cfg["round-timeout"]))
+        new_arrays, agg = strategy.aggregate_train(server_round, replies)
+        outcome = strategy.last_outcome
+        if new_arrays is None:
+            log.warning("round %d: no valid update (refused: %s, rejected: %s, failed: %s); "
+                        "the global model is unchanged", server_round, outcome.refused,
+                        outcome.rejected, outcome.failed)
+        else:
+            arrays = new_arrays
+        model.load_state_dict(arrays.to_torch_state_dict())
+        save_checkpoint(run_dir, server_round,
+                        {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+                        {"seed": seed, "method": cfg["method"]})
+        row: dict[str, Any] = {
+            "round": server_round,
+            "loss": float(agg["loss"]) if agg and "loss" in agg else None,
+            "clients": len(outcome.accepted),
+            "refused": outcome.refused, "rejected": outcome.rejected, "failed": outcome.failed,
+        }
+        eps = [m.get("epsilon", 0.0) for m in outcome.client_metrics.values()]
+        if cfg["dp"] and eps:
+            row["epsilon_max"] = max(eps)
+        if server_round % eval_every == 0 or server_round == rounds:
+            row.update(evaluate_encoder(model.encoder, *eval_data))
+        row["seconds"] = time.perf_counter() - t0
+        append_metrics(run_dir, row)
+        bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "linear_probe_accuracy",
+                                                     "epsilon_max") if row.get(k) is not None})
+
+    final = evaluate_encoder(model.encoder, *eval_data)
+    export_encoder(run_dir / "encoder.safetensors", model, {
+        "method": str(cfg["method"]), "dataset": data.name,
+        "input_shape": ",".join(map(str, data.input_shape)), "rounds": str(rounds),
+    })
+    privacy = ledger_privacy(run_dir, float(cfg["delta"])) if cfg["dp"] else None
+    report = {
+        "method": cfg["method"], "dataset": data.name, "clients": num_nodes, "rounds": rounds,
+        "clients_per_round": per_round,
+        "linear_probe_accuracy": final["linear_probe_accuracy"],
+        "knn_accuracy": final["knn_accuracy"],
+        "random_init": baseline,
+        "wall_seconds": time.perf_counter() - wall_start,
+        "privacy": privacy,
+    }
+    write_report(run_dir, report)
+    plot_run(run_dir, read_metrics(run_dir), privacy)
+    return report

@@ -1,0 +1,107 @@
+"""The run directory's human- and machine-readable outputs.
+
+``metrics.jsonl`` (one JSON object per round, appended as rounds finish), ``report.json``
+(the summary of DESIGN.md's run-directory contract) and ``plots/*.png`` (loss, accuracy and
+epsilon per round). Per-client epsilons come from the clients' own signed ledgers, verified
+against their public keys, never from what a reply claimed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from fedssl.privacy.identity import load_public_key
+from fedssl.privacy.ledger import LedgerEntry, read_ledger
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    """Append one round's metrics as a JSON line."""
+    with (run_dir / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps(row, default=_jsonable) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return float(value) if hasattr(value, "__float__") else str(value)
+
+
+def ledger_privacy(run_dir: Path, delta: float) -> dict[str, Any]:
+    """``privacy`` block of report.json from the verified ledgers in ``RUN/ledger``."""
+    clients: dict[str, Any] = {}
+    for path in sorted((run_dir / "ledger").glob("*.jsonl")):
+        pub = path.with_suffix(".pub")
+        entries: list[LedgerEntry] = read_ledger(path, load_public_key(pub))
+        if not entries:
+            continue
+        last = entries[-1]
+        clients[last.client] = {
+            "epsilon": last.epsilon,
+            "steps": sum(e.steps for e in entries),
+            "rounds": len(entries),
+            "noise_multiplier": last.noise_multiplier,
+            "sample_rate": last.sample_rate,
+            "max_grad_norm": last.max_grad_norm,
+            "accountant": last.accountant,
+        }
+    return {"delta": delta, "clients": clients}
+
+
+def write_report(run_dir: Path, report: dict[str, Any]) -> Path:
+    path = run_dir / "report.json"
+    path.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    return path
+
+
+def plot_run(run_dir: Path, rows: list[dict[str, Any]], privacy: dict[str, Any] | None) -> None:
+    """Loss, accuracy and epsilon per round as PNGs under ``RUN/plots``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    rounds = [r["round"] for r in rows]
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(rounds, [r.get("loss", math.nan) for r in rows], marker="o")
+    ax.set(xlabel="round", ylabel="mean local SSL loss", title="Training loss")
+    fig.tight_layout()
+    fig.savefig(plots / "loss.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key, label in (("linear_probe_accuracy", "linear probe"), ("knn_accuracy", "kNN")):
+        pts = [(r["round"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    ax.set(xlabel="round", ylabel="accuracy", title="Global encoder quality")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(plots / "accuracy.png", dpi=120)
+    plt.close(fig)
+
+    if privacy and privacy.get("clients"):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for path in sorted((run_dir / "ledger").glob("*.jsonl")):
+            entries = read_ledger(path, None)
+            ax.plot([e.round for e in entries], [e.epsilon for e in entries], marker=".",
+                    alpha=0.7, label=entries[0].client if entries else path.stem)
+        ax.set(xlabel="round", ylabel="cumulative epsilon",
+               title=f"Privacy spent per client (delta={privacy['delta']:g})")
+        if len(privacy["clients"]) <= 10:
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(plots / "epsilon.png", dpi=120)
+        plt.close(fig)

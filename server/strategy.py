@@ -1,0 +1,112 @@
+"""FedAvg over the SSL model's weights, with reply validation and refusal bookkeeping.
+
+Builds on Flower's message-based :class:`flwr.serverapp.strategy.FedAvg` (McMahan et al.,
+"Communication-Efficient Learning of Deep Networks from Decentralized Data", AISTATS 2017):
+sampling and the example-weighted average are Flower's. What this class adds is what a server
+facing many independent sites needs before averaging:
+
+- replies whose status is ``refused`` (bad data, exhausted privacy budget, unsound DP
+  configuration) are recorded with the client's reason and left out;
+- replies with missing or extra arrays, wrong shapes or dtypes, or NaN/Inf values are
+  rejected with a log line naming the client, so one broken site can't poison the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg
+
+log = logging.getLogger("fedssl.server")
+
+
+@dataclass
+class RoundOutcome:
+    """Who contributed to a round, who refused and who was rejected, and why."""
+
+    accepted: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    client_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def client_name(msg: Message) -> str:
+    """The client id a reply claims, else its node id."""
+    if not msg.has_error() and "status" in msg.content.config_records:
+        return str(msg.content.config_records["status"].get("client", ""))
+    return f"node-{msg.metadata.src_node_id}"
+
+
+def check_arrays(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str | None:
+    """Why ``arrays`` can't be averaged into a model shaped like ``reference`` (or None)."""
+    keys = set(arrays.keys())
+    if keys != set(reference):
+        missing, extra = sorted(set(reference) - keys), sorted(keys - set(reference))
+        return f"parameter names differ (missing {missing[:3]}, unexpected {extra[:3]})"
+    for name, ref in reference.items():
+        try:
+            value = arrays[name].numpy()
+        except Exception as exc:  # a malformed Array can't be deserialised
+            return f"parameter {name!r} is not a readable array ({exc})"
+        if value.shape != ref.shape:
+            return f"parameter {name!r} has shape {value.shape}, expected {ref.shape}"
+        if value.dtype != ref.dtype:
+            return f"parameter {name!r} has dtype {value.dtype}, expected {ref.dtype}"
+        if not np.isfinite(value).all():
+            return f"parameter {name!r} contains NaN or Inf"
+    return None
+
+
+class FedSSLStrategy(FedAvg):
+    """Flower FedAvg that validates and accounts for every reply before averaging."""
+
+    def __init__(self, reference: dict[str, np.ndarray], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.reference = reference
+        self.last_outcome = RoundOutcome()
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        outcome = RoundOutcome()
+        good: list[Message] = []
+        for msg in replies:
+            cid = client_name(msg)
+            if msg.has_error():
+                outcome.failed[cid] = msg.error.reason
+                log.warning("round %d: client %s failed: %s", server_round, cid,
+                            msg.error.reason)
+                continue
+            status = msg.content.config_records.get("status")
+            if status is not None and status.get("status") == "refused":
+                outcome.refused[cid] = str(status.get("reason", ""))
+                log.warning("round %d: client %s refused: %s", server_round, cid,
+                            outcome.refused[cid])
+                continue
+            if len(msg.content.array_records) != 1 or len(msg.content.metric_records) != 1:
+                problem = "reply must hold exactly one ArrayRecord and one MetricRecord"
+            else:
+                arrays = next(iter(msg.content.array_records.values()))
+                problem = check_arrays(arrays, self.reference)
+                metrics = next(iter(msg.content.metric_records.values()))
+                n = metrics.get(self.weighted_by_key)
+                if problem is None and (not isinstance(n, (int, float)) or n <= 0):
+                    problem = f"'{self.weighted_by_key}' must be a positive number, got {n!r}"
+            if problem is not None:
+                outcome.rejected[cid] = problem
+                log.warning("round %d: rejected update from client %s: %s",
+                            server_round, cid, problem)
+                continue
+            outcome.accepted.append(cid)
+            outcome.client_metrics[cid] = {k: float(v) for k, v in metrics.items()
+                                           if isinstance(v, (int, float))}
+            good.append(msg)
+        self.last_outcome = outcome
+        if not good:
+            return None, None
+        return super().aggregate_train(server_round, good)

@@ -1,0 +1,160 @@
+"""Experiment configuration: one dataclass, loadable from TOML, overridable from the CLI.
+
+Every field carries its help text, which is what ``fedssl simulate --help`` prints, so the
+documentation of an option can't drift from the option. Values are validated on load; a bad
+value raises :class:`ConfigError` naming the option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS
+from fedssl.simulations.partitioners import PARTITIONERS
+from fedssl.ssl_core.datasets import DATASETS
+from fedssl.ssl_core.objectives import OBJECTIVES
+
+
+class ConfigError(ValueError):
+    """Raised for an unknown option or an invalid value."""
+
+
+def _opt(default: Any, help: str) -> Any:  # noqa: A002 (mirrors argparse's name)
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ExperimentConfig:
+    """A federated SSL experiment (what ``fedssl simulate`` runs)."""
+
+    # data
+    dataset: str = _opt("mnist1d", f"data source: {', '.join(DATASETS)}")
+    data_path: str = _opt("", "file (.npz) or folder (image folder) for npz/imagefolder data")
+    num_samples: int = _opt(4000, "records to generate for mnist1d (80 %% train pool, 20 %% test)")
+    image_size: int = _opt(28, "side length images are resized to (imagefolder)")
+    # federation
+    num_clients: int = _opt(10, "number of simulated clients (SuperNodes)")
+    clients_per_round: int = _opt(0, "clients sampled per round (0 = all)")
+    rounds: int = _opt(5, "federated rounds")
+    partitioner: str = _opt("dirichlet", f"how the pool is split: {', '.join(PARTITIONERS)}")
+    dirichlet_alpha: float = _opt(0.5, "Dirichlet concentration for label skew (smaller = more)")
+    shards_per_client: int = _opt(2, "label shards per client for the shard partitioner")
+    # local training
+    method: str = _opt("simsiam", f"SSL objective: {', '.join(sorted(OBJECTIVES))}")
+    local_epochs: int = _opt(1, "local epochs per round")
+    batch_size: int = _opt(32, "local batch size (expected batch size under DP)")
+    lr: float = _opt(0.05, "local SGD learning rate")
+    momentum: float = _opt(0.9, "local SGD momentum")
+    # differential privacy
+    dp: bool = _opt(True, "train with DP-SGD (per-record clipping over all views + noise)")
+    target_epsilon: float = _opt(8.0, "each client's epsilon budget for the whole run; the "
+                                      "noise multiplier is calibrated to it (0 = use "
+                                      "--noise-multiplier)")
+    noise_multiplier: float = _opt(0.0, "DP-SGD noise multiplier, used when target epsilon is 0")
+    max_grad_norm: float = _opt(1.0, "per-record clip norm C")
+    delta: float = _opt(1e-5, "DP delta")
+    accountant: str = _opt("prv", f"privacy accountant: {', '.join(UPPER_BOUND_ACCOUNTANTS)}")
+    # evaluation and output
+    eval_every: int = _opt(1, "evaluate the global encoder every k rounds (and after the last)")
+    eval_samples: int = _opt(4000, "max labelled pool records used to fit the probes")
+    seed: int = _opt(0, "seed of data generation, partitioning, initialisation and sampling")
+    out: str = _opt("", "run directory (default: runs/<method>-<dataset>-<timestamp>)")
+    cpus_per_client: float = _opt(1.0, "CPU cores reserved per simulated client (Ray)")
+    round_timeout: float = _opt(3600.0, "seconds the server waits for a round's replies")
+
+    def validate(self) -> ExperimentConfig:
+        """Check ranges and names; returns self."""
+        def need(ok: bool, name: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name.replace('_', '-')}: {msg}")
+
+        need(self.dataset in DATASETS, "dataset", f"unknown {self.dataset!r}; one of {DATASETS}")
+        need(self.method in OBJECTIVES, "method",
+             f"unknown SSL method {self.method!r}; one of {sorted(OBJECTIVES)}")
+        need(self.partitioner in PARTITIONERS, "partitioner",
+             f"unknown {self.partitioner!r}; one of {PARTITIONERS}")
+        need(self.accountant in UPPER_BOUND_ACCOUNTANTS, "accountant",
+             f"{self.accountant!r} is not an upper-bound accountant")
+        for name in ("num_clients", "rounds", "local_epochs", "batch_size", "eval_every",
+                     "num_samples", "eval_samples", "image_size", "shards_per_client"):
+            need(getattr(self, name) >= 1, name, "must be at least 1")
+        need(0 <= self.clients_per_round <= self.num_clients, "clients_per_round",
+             f"must be between 0 and num-clients ({self.num_clients})")
+        for name in ("lr", "max_grad_norm", "dirichlet_alpha", "cpus_per_client"):
+            need(getattr(self, name) > 0, name, "must be positive")
+        need(0 < self.delta < 1, "delta", "must be in (0, 1)")
+        need(self.target_epsilon >= 0 and self.noise_multiplier >= 0, "target_epsilon",
+             "epsilon and noise multiplier must be non-negative")
+        if self.dp:
+            need(self.target_epsilon > 0 or self.noise_multiplier > 0, "noise_multiplier",
+                 "with DP on, set a target epsilon or a positive noise multiplier")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        """Build from a mapping (TOML table or overrides); keys may use - or _."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown option {key!r}")
+            kwargs[name] = _coerce(value, known[name].type, key)
+        return cls(**kwargs).validate()
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None
+             ) -> ExperimentConfig:
+        """Load a TOML file (keys at top level or under ``[experiment]``) plus overrides."""
+        data: dict[str, Any] = {}
+        if path:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            try:
+                raw = tomllib.loads(path.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+            data.update(raw.get("experiment", raw))
+        data.update(overrides or {})
+        return cls.from_dict(data)
+
+    def to_run_config(self, run_dir: str) -> dict[str, Any]:
+        """Flower run config (kebab-case keys) for the ServerApp."""
+        cfg = {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+        cfg["num-server-rounds"] = cfg.pop("rounds")
+        cfg.pop("out")
+        cfg["run-dir"] = run_dir
+        cfg["threads"] = max(1, int(self.cpus_per_client))
+        return cfg
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps({"experiment": dataclasses.asdict(self)})
+
+    def help_of(self, name: str) -> str:
+        return {f.name: f.metadata["help"] for f in fields(self)}[name]
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    typ = typ if isinstance(typ, type) else {"str": str, "int": int, "float": float,
+                                              "bool": bool}[str(typ)]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    try:
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("not an integer")
+        return typ(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from exc

@@ -1,0 +1,49 @@
+"""Projection and prediction heads, and the SSL model that bundles them with an encoder.
+
+The heads use LayerNorm rather than BatchNorm (see :mod:`fedssl.ssl_core.encoders` for why
+BatchNorm is not allowed under DP-SGD). Which parts are shared with the server is decided by
+:attr:`SSLModel.shared_prefixes`; by default the whole online network is averaged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedssl.ssl_core.encoders import build_encoder
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """Two-layer MLP head: Linear - LayerNorm - ReLU - Linear."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
+    )
+
+
+class SSLModel(nn.Module):
+    """Encoder + projector (+ predictor for the self-distillation methods)."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        proj_dim: int = 64,
+        predictor: bool = True,
+        width: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.encoder = build_encoder(self.input_shape, width)
+        feat = self.encoder.feature_dim
+        self.projector = mlp(feat, 2 * feat, proj_dim)
+        self.predictor = mlp(proj_dim, 2 * proj_dim, proj_dim) if predictor else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Projection ``z`` and prediction ``p`` (None without a predictor) of a batch."""
+        z = self.projector(self.encoder(x))
+        return z, (self.predictor(z) if self.predictor is not None else None)
+
+
+def set_seed(seed: int) -> torch.Generator:
+    """Seed torch's global generator and return a dedicated one for augmentations."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)

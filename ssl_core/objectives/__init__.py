@@ -1,0 +1,27 @@
+"""Registry of SSL objectives: ``get_objective("simsiam")``."""
+
+from __future__ import annotations
+
+from fedssl.ssl_core.objectives.base import Objective
+from fedssl.ssl_core.objectives.byol import BYOL
+from fedssl.ssl_core.objectives.simclr import SimCLR
+from fedssl.ssl_core.objectives.simsiam import SimSiam
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SimSiam, BYOL, SimCLR)}
+
+
+class UnknownMethodError(ValueError):
+    """Raised for a method name that is not in the registry."""
+
+
+def get_objective(name: str) -> Objective:
+    """Instantiate the objective registered under ``name``."""
+    try:
+        return OBJECTIVES[name]()
+    except KeyError:
+        raise UnknownMethodError(
+            f"unknown SSL method {name!r}; choose one of {', '.join(sorted(OBJECTIVES))}"
+        ) from None
+
+
+__all__ = ["OBJECTIVES", "Objective", "UnknownMethodError", "get_objective"]
