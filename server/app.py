@@ -27,7 +27,13 @@ from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
 from fedssl.server.checkpoint import export_encoder, save_checkpoint
-from fedssl.server.report import append_metrics, ledger_privacy, plot_run, read_metrics, write_report
+from fedssl.server.report import (
+    append_metrics,
+    ledger_privacy,
+    plot_run,
+    read_metrics,
+    write_report,
+)
 from fedssl.server.strategy import FedSSLStrategy
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
 from fedssl.ssl_core.evaluation import evaluate_encoder

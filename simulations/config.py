@@ -25,7 +25,7 @@ class ConfigError(ValueError):
     """Raised for an unknown option or an invalid value."""
 
 
-def _opt(default: Any, help: str) -> Any:  # noqa: A002 (mirrors argparse's name)
+def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 

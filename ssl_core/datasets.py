@@ -165,6 +165,7 @@ def load_npz(path: str | Path) -> SSLDataset:
         raise DataError(f"{path}: missing arrays {missing}; found {sorted(content)}")
     x_tr = _images_to_nchw(content["train_images"], f"{path}:train_images")
     y_tr = np.asarray(content["train_labels"]).reshape(-1).astype(np.int64)
+    validate_arrays(x_tr, y_tr, f"{path}:train")
     if "test_images" in content and "test_labels" in content:
         x_te = _images_to_nchw(content["test_images"], f"{path}:test_images")
         y_te = np.asarray(content["test_labels"]).reshape(-1).astype(np.int64)

@@ -85,7 +85,9 @@ class ResNetEncoder2d(nn.Module):
         torch.Size([2, 64])
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 16, feature_dim: int | None = None) -> None:
+    def __init__(
+        self, in_channels: int = 1, width: int = 16, feature_dim: int | None = None
+    ) -> None:
         super().__init__()
         w = width
         self.stem = nn.Sequential(

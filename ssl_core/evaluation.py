@@ -89,5 +89,6 @@ def evaluate_encoder(
     for k in labels_per_class:
         sub = few_label_subset(y_train, k, seed)
         out[f"linear_probe_{k}shot"] = linear_probe_accuracy(f_tr[sub], y_train[sub], f_te, y_test)
-        out[f"knn_{k}shot"] = knn_accuracy(f_tr[sub], y_train[sub], f_te, y_test, k=min(20, len(sub)))
+        out[f"knn_{k}shot"] = knn_accuracy(
+            f_tr[sub], y_train[sub], f_te, y_test, k=min(20, len(sub)))
     return out

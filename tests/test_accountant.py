@@ -1,0 +1,52 @@
+"""Accounting: calibration meets its target, composition is exact and monotone."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_of
+
+
+def test_calibrated_noise_meets_target_tightly() -> None:
+    sigma = calibrate_noise(8.0, 1e-5, 0.08, 60)
+    eps = epsilon_of([(sigma, 0.08, 60)], 1e-5)
+    assert eps <= 8.0
+    assert eps > 7.8  # not wastefully noisy
+    assert epsilon_of([(sigma * 0.95, 0.08, 60)], 1e-5) > 8.0
+
+
+def test_split_history_equals_single_segment() -> None:
+    whole = epsilon_of([(1.0, 0.05, 100)], 1e-5, "rdp")
+    parts = epsilon_of([(1.0, 0.05, 40), (1.0, 0.05, 60)], 1e-5, "rdp")
+    assert parts == pytest.approx(whole, rel=1e-9)
+
+
+def test_epsilon_grows_with_steps_and_shrinks_with_noise() -> None:
+    assert epsilon_of([(1.0, 0.05, 100)], 1e-5) < epsilon_of([(1.0, 0.05, 200)], 1e-5)
+    assert epsilon_of([(2.0, 0.05, 100)], 1e-5) < epsilon_of([(1.0, 0.05, 100)], 1e-5)
+
+
+def test_prv_is_tighter_than_rdp_upper_bound() -> None:
+    prv = epsilon_of([(1.0, 0.01, 1000)], 1e-5, "prv")
+    rdp = epsilon_of([(1.0, 0.01, 1000)], 1e-5, "rdp")
+    assert prv < rdp
+
+
+def test_no_noise_means_infinite_epsilon_and_empty_history_zero() -> None:
+    assert math.isinf(epsilon_of([(0.0, 0.1, 10)], 1e-5))
+    assert epsilon_of([], 1e-5) == 0.0
+
+
+def test_calibration_with_prior_spend_stays_within_target() -> None:
+    spent = [(1.0, 0.05, 200)]
+    sigma = calibrate_noise(6.0, 1e-5, 0.05, 300, spent=spent)
+    assert epsilon_of([*spent, (sigma, 0.05, 300)], 1e-5) <= 6.0
+
+
+def test_spent_budget_and_approximate_accountant_refused() -> None:
+    with pytest.raises(AccountingError, match="already spent"):
+        calibrate_noise(0.5, 1e-5, 0.5, 10, spent=[(0.5, 0.5, 100)])
+    with pytest.raises(AccountingError, match="upper bound"):
+        epsilon_of([(1.0, 0.1, 10)], 1e-5, "gdp")

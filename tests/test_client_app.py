@@ -1,0 +1,68 @@
+"""The ClientApp in-process: a DP round trains and writes a signed ledger entry; bad
+configurations get a refusal reply (not a crash)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from fedssl.client.app import train
+from fedssl.privacy.identity import load_public_key
+from fedssl.privacy.ledger import read_ledger
+from fedssl.server.app import CLIENT_KEYS, DEFAULTS
+from fedssl.ssl_core.heads import SSLModel
+
+
+def _call(tmp_path: Path, round_: int = 1, node_config: dict | None = None, **overrides):
+    cfg = {**DEFAULTS, "num-samples": 400, "dp": True, "target-epsilon": 4.0,
+           "run-dir": str(tmp_path), **overrides}
+    config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
+    config["num-rounds"] = 2
+    config["server-round"] = round_
+    config["input-shape"] = [1, 40]
+    model = SSLModel((1, 40), predictor=cfg["method"] != "simclr")
+    msg = Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config}),
+                  dst_node_id=1, message_type="train")
+    ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config={},
+                  node_config=node_config or {"partition-id": 1, "num-partitions": 4})
+    return train(msg, ctx)
+
+
+def test_dp_round_trains_and_ledger_reaches_target(tmp_path: Path, flower_identity) -> None:
+    first = _call(tmp_path, 1)
+    assert first.content["status"]["status"] == "ok"
+    weights = first.content["arrays"].to_torch_state_dict()
+    assert all(np.isfinite(v.numpy()).all() for v in weights.values())
+    second = _call(tmp_path, 2)
+    m = second.content["metrics"]
+    assert m["num-examples"] == 80 and m["steps"] > 0
+    ledger = tmp_path / "ledger" / "client-001.jsonl"
+    entries = read_ledger(ledger, load_public_key(ledger.with_suffix(".pub")))
+    assert [e.round for e in entries] == [1, 2]
+    assert entries[0].epsilon < entries[1].epsilon <= 4.0
+    assert entries[1].epsilon == m["epsilon"]
+
+
+def test_simclr_under_dp_is_refused(tmp_path: Path, flower_identity) -> None:
+    reply = _call(tmp_path, method="simclr")
+    assert reply.content["status"]["status"] == "refused"
+    assert "not per-record decomposable" in reply.content["status"]["reason"]
+    assert not (tmp_path / "ledger").exists()
+
+
+def test_site_with_missing_data_path_refuses(tmp_path: Path, flower_identity) -> None:
+    reply = _call(tmp_path, node_config={"state-dir": str(tmp_path / "site"),
+                                         "data-path": str(tmp_path / "missing.npz")})
+    assert reply.content["status"]["status"] == "refused"
+    assert "not found" in reply.content["status"]["reason"]
+
+
+def test_site_with_nan_data_refuses(tmp_path: Path, flower_identity) -> None:
+    imgs = np.ones((20, 8, 8), np.float32)
+    imgs[0, 0, 0] = np.inf
+    np.savez(tmp_path / "d.npz", train_images=imgs, train_labels=np.zeros(20, np.int64))
+    reply = _call(tmp_path, node_config={"state-dir": str(tmp_path / "site"),
+                                         "data-path": str(tmp_path / "d.npz")})
+    assert "NaN or Inf" in reply.content["status"]["reason"]

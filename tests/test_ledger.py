@@ -1,0 +1,108 @@
+"""The privacy ledger: a valid chain verifies; every kind of tampering is detected."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedssl.privacy.identity import load_or_create_identity, load_public_key, public_pem
+from fedssl.privacy.ledger import Ledger, LedgerEntry, LedgerError, read_ledger
+
+
+def _entry(r: int, eps: float) -> LedgerEntry:
+    return LedgerEntry(round=r, client="client-001", noise_multiplier=1.1, sample_rate=0.01,
+                       steps=100, max_grad_norm=1.0, delta=1e-5, accountant="prv", epsilon=eps)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    key = load_or_create_identity(tmp_path / "id.pem")
+    led = Ledger(tmp_path / "ledger.jsonl", key)
+    for r, eps in ((1, 0.5), (2, 0.8), (3, 1.1)):
+        led.append(_entry(r, eps))
+    return led
+
+
+def _lines(led: Ledger) -> list[str]:
+    return led.path.read_text().splitlines()
+
+
+def _write(led: Ledger, lines: list[str]) -> None:
+    led.path.write_text("\n".join(lines) + "\n")
+
+
+def test_valid_chain_verifies_and_history(ledger: Ledger) -> None:
+    entries = read_ledger(ledger.path, ledger.key.public_key())
+    assert [e.round for e in entries] == [1, 2, 3]
+    assert entries[1].prev_hash == entries[0].hash
+    assert ledger.history() == [(1.1, 0.01, 100)] * 3
+
+
+def test_key_file_is_private_and_reloads(tmp_path: Path, ledger: Ledger) -> None:
+    assert (tmp_path / "id.pem").stat().st_mode & 0o077 == 0
+    again = load_or_create_identity(tmp_path / "id.pem")
+    assert public_pem(again) == public_pem(ledger.key)
+
+
+def test_edited_value_detected(ledger: Ledger) -> None:
+    lines = _lines(ledger)
+    row = json.loads(lines[1])
+    row["epsilon"] = 0.1
+    lines[1] = json.dumps(row)
+    _write(ledger, lines)
+    with pytest.raises(LedgerError, match="hash mismatch"):
+        ledger.entries()
+
+
+def test_removed_entry_detected(ledger: Ledger) -> None:
+    lines = _lines(ledger)
+    _write(ledger, [lines[0], lines[2]])
+    with pytest.raises(LedgerError, match="chain broken"):
+        ledger.entries()
+
+
+def test_removed_first_entry_detected(ledger: Ledger) -> None:
+    _write(ledger, _lines(ledger)[1:])
+    with pytest.raises(LedgerError, match="chain broken"):
+        ledger.entries()
+
+
+def test_reordered_entries_detected(ledger: Ledger) -> None:
+    lines = _lines(ledger)
+    _write(ledger, [lines[0], lines[2], lines[1]])
+    with pytest.raises(LedgerError, match="chain broken"):
+        ledger.entries()
+
+
+def test_rebuilt_chain_with_wrong_key_detected(ledger: Ledger, tmp_path: Path) -> None:
+    """A tamperer who recomputes every hash still can't sign as the client."""
+    forged = Ledger(tmp_path / "forged.jsonl", Ed25519PrivateKey.generate())
+    for r, eps in ((1, 0.1), (2, 0.2)):
+        forged.append(_entry(r, eps))
+    with pytest.raises(LedgerError, match="signature does not verify"):
+        read_ledger(forged.path, ledger.key.public_key())
+    pub = load_public_key(public_pem(ledger.key))
+    assert len(read_ledger(ledger.path, pub)) == 3
+
+
+def test_append_refuses_tampered_ledger_and_keeps_file(ledger: Ledger) -> None:
+    lines = _lines(ledger)
+    _write(ledger, [lines[0], lines[2]])
+    before = ledger.path.read_text()
+    with pytest.raises(LedgerError):
+        ledger.append(_entry(4, 1.3))
+    assert ledger.path.read_text() == before
+
+
+def test_round_cannot_be_rewritten(ledger: Ledger) -> None:
+    with pytest.raises(LedgerError, match="already recorded"):
+        ledger.append(_entry(3, 0.0))
+
+
+def test_malformed_line_named(ledger: Ledger) -> None:
+    _write(ledger, [*_lines(ledger), "{not json"])
+    with pytest.raises(LedgerError, match=r"ledger.jsonl:4: not valid JSON"):
+        ledger.entries()
