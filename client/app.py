@@ -4,9 +4,10 @@ One ``train`` message = one round. The server sends the global model (``arrays``
 configuration (``config``); the client
 
 1. loads its records (its own data path, or its simulated partition, cached per process);
-2. plans the round's privacy: the noise multiplier that keeps its whole planned run within its
-   epsilon budget given what its ledger says it already spent (or a given noise multiplier,
-   refused if it would exceed the budget);
+2. plans the round's privacy: the noise multiplier that keeps the planned run within the
+   run's target epsilon given what its ledger says it already spent (or a given noise
+   multiplier), and refuses the round if it would exceed the site's *own* budget
+   (:mod:`fedssl.client.privacy_guard`);
 3. trains with the SSL objective (DP-SGD through Opacus when DP is on);
 4. appends a signed, hash-chained entry to its own ledger;
 5. replies with the updated weights and metrics, or with ``status = "refused"`` and a reason
@@ -25,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedssl.client.data import DataSpec, cached_dataset, simulated_partition
+from fedssl.client.privacy_guard import SiteBudget
 from fedssl.client.trainer import TrainConfig, TrainingError, steps_per_epoch, train_local
 from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_of
 from fedssl.privacy.dp_sgd import DPSoundnessError, require_dp_sound
@@ -94,8 +96,7 @@ def plan_noise(config: ConfigRecord, ledger: Ledger, sample_rate: float, steps: 
 
     With a target epsilon, the remaining rounds (this one included) are assumed to each cost
     ``steps`` steps, so a client that trains every round ends at (at most) the target and one
-    that skips rounds stays below it. With a fixed noise multiplier, the round is refused if it
-    would take the client past its budget (when a budget is set).
+    that skips rounds stays below it. Otherwise the given noise multiplier is used.
     """
     delta = float(config["delta"])
     accountant = str(config.get("accountant", "prv"))
@@ -168,6 +169,9 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         sample_rate = min(1.0, cfg.batch_size / len(x))
         planned = cfg.epochs * steps_per_epoch(len(x), cfg.batch_size, dp=True)
         cfg.noise_multiplier = plan_noise(config, ledger, sample_rate, planned, server_round)
+        budget = SiteBudget.load(context.node_config, ident.state_dir)
+        if budget is not None:  # the site's own limit, checked before any gradient
+            budget.check(ledger.history(), (cfg.noise_multiplier, sample_rate, planned))
 
     result = train_local(model, objective, x, augment_for(model.input_shape), cfg)
 

@@ -115,6 +115,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     append_metrics(run_dir, {"round": 0, "clients": 0, "seconds": 0.0, **baseline})
     log.info("random-init encoder: %s", baseline)
 
+    refusals: dict[str, list[dict[str, Any]]] = {}
     eval_every = int(cfg["eval-every"])
     bar = tqdm(range(1, rounds + 1), desc="rounds", unit="round", disable=not cfg["progress"])
     for server_round in bar:
@@ -140,6 +141,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
             "clients": len(outcome.accepted),
             "refused": outcome.refused, "rejected": outcome.rejected, "failed": outcome.failed,
         }
+        for cid, reason in outcome.refused.items():
+            refusals.setdefault(cid, []).append({"round": server_round, "reason": reason})
         eps = [m.get("epsilon", 0.0) for m in outcome.client_metrics.values()]
         if cfg["dp"] and eps:
             row["epsilon_max"] = max(eps)
@@ -164,6 +167,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         "random_init": baseline,
         "wall_seconds": time.perf_counter() - wall_start,
         "privacy": privacy,
+        "refusals": refusals,
     }
     write_report(run_dir, report)
     plot_run(run_dir, read_metrics(run_dir), privacy)

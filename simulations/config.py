@@ -60,6 +60,11 @@ class ExperimentConfig:
     max_grad_norm: float = _opt(1.0, "per-record clip norm C")
     delta: float = _opt(1e-5, "DP delta")
     accountant: str = _opt("prv", f"privacy accountant: {', '.join(UPPER_BOUND_ACCOUNTANTS)}")
+    site_budget_epsilon: float = _opt(0.0, "every simulated site's own epsilon budget, written "
+                                           "to its local site.toml and enforced by the client "
+                                           "(0 = no site budget)")
+    site_budgets: str = _opt("", "per-site budgets overriding the above, e.g. "
+                                 "'client-003=2.0,client-007=1.5'")
     # evaluation and output
     eval_every: int = _opt(1, "evaluate the global encoder every k rounds (and after the last)")
     eval_samples: int = _opt(4000, "max labelled pool records used to fit the probes")
@@ -89,6 +94,8 @@ class ExperimentConfig:
         for name in ("lr", "max_grad_norm", "dirichlet_alpha", "cpus_per_client"):
             need(getattr(self, name) > 0, name, "must be positive")
         need(0 < self.delta < 1, "delta", "must be in (0, 1)")
+        need(self.site_budget_epsilon >= 0, "site_budget_epsilon", "must be non-negative")
+        self.parsed_site_budgets()
         need(self.target_epsilon >= 0 and self.noise_multiplier >= 0, "target_epsilon",
              "epsilon and noise multiplier must be non-negative")
         if self.dp:
@@ -125,11 +132,28 @@ class ExperimentConfig:
         data.update(overrides or {})
         return cls.from_dict(data)
 
+    def parsed_site_budgets(self) -> dict[str, float]:
+        """Per-site epsilon budgets, ``{"client-003": 2.0, ...}``, for every simulated site."""
+        budgets = {f"client-{i:03d}": self.site_budget_epsilon for i in range(self.num_clients)}
+        for item in filter(None, (p.strip() for p in self.site_budgets.split(","))):
+            name, _, value = item.partition("=")
+            try:
+                eps = float(value)
+            except ValueError:
+                raise ConfigError(f"site-budgets: {item!r} is not NAME=EPSILON") from None
+            if name.strip() not in budgets or eps <= 0:
+                raise ConfigError(f"site-budgets: {item!r} names no simulated client or has a "
+                                  "non-positive epsilon")
+            budgets[name.strip()] = eps
+        return {k: v for k, v in budgets.items() if v > 0}
+
     def to_run_config(self, run_dir: str) -> dict[str, Any]:
         """Flower run config (kebab-case keys) for the ServerApp."""
         cfg = {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
         cfg["num-server-rounds"] = cfg.pop("rounds")
         cfg.pop("out")
+        cfg.pop("site-budgets")  # sites' own settings: written to their site.toml, not sent
+        cfg.pop("site-budget-epsilon")
         cfg["run-dir"] = run_dir
         cfg["threads"] = max(1, int(self.cpus_per_client))
         return cfg

@@ -45,6 +45,7 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False) -> Path:
     from flwr.simulation import run_simulation
 
     from fedssl.client.app import app as client_app
+    from fedssl.client.privacy_guard import write_site_file
     from fedssl.server.app import make_server_app
 
     cfg.validate()
@@ -55,6 +56,8 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False) -> Path:
                               "--out (nothing was overwritten)")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(cfg.to_toml())
+    for cid, eps in cfg.parsed_site_budgets().items():  # each site's own local config
+        write_site_file(run_dir / "clients" / cid, eps, cfg.delta)
     run_config = cfg.to_run_config(str(run_dir.resolve()))
 
     if not verbose:
@@ -103,5 +106,8 @@ def format_report(run_dir: Path) -> str:
                          f"{p['noise_multiplier']:.3f} | {p['sample_rate']:.4f} |")
     else:
         lines += ["", "privacy: DP off (no epsilon guarantee)"]
+    for cid, items in sorted(report.get("refusals", {}).items()):
+        rounds = ", ".join(str(i["round"]) for i in items)
+        lines.append(f"{cid} refused round(s) {rounds}: {items[-1]['reason']}")
     lines += ["", f"run directory: {run_dir}"]
     return "\n".join(lines)

@@ -66,3 +66,26 @@ def test_site_with_nan_data_refuses(tmp_path: Path, flower_identity) -> None:
     reply = _call(tmp_path, node_config={"state-dir": str(tmp_path / "site"),
                                          "data-path": str(tmp_path / "d.npz")})
     assert "NaN or Inf" in reply.content["status"]["reason"]
+
+
+def test_site_budget_refuses_before_training(tmp_path: Path, flower_identity) -> None:
+    """The site's own budget (site.toml), smaller than the run's target: round 1 fits,
+    round 2 would exceed it and is refused; nothing is spent for the refused round."""
+    from fedssl.client.privacy_guard import write_site_file
+
+    write_site_file(tmp_path / "clients" / "client-001", epsilon=3.5, delta=1e-5)
+    assert _call(tmp_path, 1, **{"target-epsilon": 4.0}).content["status"]["status"] == "ok"
+    reply = _call(tmp_path, 2, **{"target-epsilon": 4.0})
+    status = reply.content["status"]
+    assert status["status"] == "refused"
+    assert "privacy budget would be exceeded" in status["reason"]
+    assert "budget of 3.5" in status["reason"]
+    ledger = tmp_path / "ledger" / "client-001.jsonl"
+    entries = read_ledger(ledger, load_public_key(ledger.with_suffix(".pub")))
+    assert [e.round for e in entries] == [1] and entries[0].epsilon <= 3.5
+
+
+def test_node_config_budget_takes_precedence(tmp_path: Path, flower_identity) -> None:
+    reply = _call(tmp_path, node_config={"partition-id": 1, "num-partitions": 4,
+                                         "budget-epsilon": 0.5})
+    assert "budget of 0.5" in reply.content["status"]["reason"]

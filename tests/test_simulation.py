@@ -30,9 +30,11 @@ def test_three_clients_two_rounds_with_dp(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _run("simulate", "--num-clients", "3", "--rounds", "2", "--num-samples", "600",
                 "--partitioner", "dirichlet", "--dirichlet-alpha", "1.0", "--dp",
-                "--target-epsilon", "5", "--eval-samples", "300", "--out", str(out))
+                "--target-epsilon", "5", "--eval-samples", "300", "--out", str(out),
+                "--site-budgets", "client-001=0.1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| federated simsiam |" in proc.stdout and "client-002" in proc.stdout
+    assert "client-001 refused round(s) 1, 2: privacy budget would be exceeded" in proc.stdout
 
     report = json.loads((out / "report.json").read_text())
     for key in ("method", "dataset", "clients", "rounds", "linear_probe_accuracy",
@@ -41,7 +43,8 @@ def test_three_clients_two_rounds_with_dp(tmp_path: Path) -> None:
     assert report["clients"] == 3 and report["rounds"] == 2
     assert 0.1 < report["linear_probe_accuracy"] <= 1.0
     clients = report["privacy"]["clients"]
-    assert sorted(clients) == ["client-000", "client-001", "client-002"]
+    assert sorted(clients) == ["client-000", "client-002"]  # client-001's budget is too small
+    assert [r["round"] for r in report["refusals"]["client-001"]] == [1, 2]
     for cid, p in clients.items():
         assert 0 < p["epsilon"] <= 5.0
         entries = read_ledger(out / "ledger" / f"{cid}.jsonl",
@@ -51,7 +54,7 @@ def test_three_clients_two_rounds_with_dp(tmp_path: Path) -> None:
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2]
-    assert all(r["clients"] == 3 for r in rows[1:])
+    assert all(r["clients"] == 2 and "client-001" in r["refused"] for r in rows[1:])
     assert {"loss", "seconds", "linear_probe_accuracy", "knn_accuracy"} <= set(rows[2])
     assert (out / "checkpoints" / "round-0002.safetensors").exists()
     assert json.loads((out / "checkpoints" / "state.json").read_text())["round"] == 2

@@ -1,0 +1,77 @@
+"""The site's own privacy budget, enforced by the client before it trains.
+
+A site's budget ``(epsilon, delta)`` comes from the site's *own* configuration — ``fedssl
+client --budget-epsilon`` (node config ``budget-epsilon``/``budget-delta``) or the
+``site.toml`` file in the client's state directory — never from the server. Before every round
+the client composes its ledger's history with what the round would spend (the noise
+multiplier, sample rate and steps the server's configuration implies) and refuses to train if
+the result would exceed its budget. Spending is checked *before* any gradient is computed, so
+a refused round spends nothing; the server records the refusal and carries on without it.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedssl.privacy.accountant import AccountingError, Segment, epsilon_of
+
+SITE_FILE = "site.toml"
+
+
+class BudgetExceededError(AccountingError):
+    """Raised when a round would take the site past its own privacy budget."""
+
+
+@dataclass(frozen=True)
+class SiteBudget:
+    """A site's total privacy budget for all its rounds in a federation."""
+
+    epsilon: float
+    delta: float
+    accountant: str = "prv"
+
+    @classmethod
+    def load(cls, node_config: Mapping[str, Any], state_dir: Path) -> SiteBudget | None:
+        """The budget from the node config, else from ``state_dir/site.toml``; None if unset."""
+        raw: dict[str, Any] = {}
+        site_file = state_dir / SITE_FILE
+        if site_file.exists():
+            try:
+                raw = dict(tomllib.loads(site_file.read_text()).get("privacy", {}))
+            except tomllib.TOMLDecodeError as exc:
+                raise AccountingError(f"{site_file}: invalid TOML ({exc})") from exc
+        for key in ("budget-epsilon", "budget-delta"):
+            if key in node_config:
+                raw[key.replace("-", "_")] = node_config[key]
+        if "budget_epsilon" not in raw:
+            return None
+        eps, delta = float(raw["budget_epsilon"]), float(raw.get("budget_delta", 1e-5))
+        if not (eps > 0 and 0 < delta < 1):
+            raise AccountingError(f"site budget must have epsilon > 0 and 0 < delta < 1, got "
+                                  f"epsilon={eps}, delta={delta}")
+        return cls(eps, delta, str(raw.get("accountant", "prv")))
+
+    def check(self, history: list[Segment], planned: Segment) -> float:
+        """Epsilon after the planned round; raises if it would exceed the budget."""
+        spent = epsilon_of(history, self.delta, self.accountant)
+        after = epsilon_of([*history, planned], self.delta, self.accountant)
+        if after > self.epsilon or math.isinf(after):
+            raise BudgetExceededError(
+                f"privacy budget would be exceeded: this round would take epsilon from "
+                f"{spent:.3f} to {after:.3f} at delta={self.delta:g}, above the site's budget "
+                f"of {self.epsilon:g}; not training"
+            )
+        return after
+
+
+def write_site_file(state_dir: Path, epsilon: float, delta: float) -> Path:
+    """Write a site's local ``site.toml`` (used by simulations to give each site a budget)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / SITE_FILE
+    path.write_text(f"[privacy]\nbudget_epsilon = {epsilon!r}\nbudget_delta = {delta!r}\n")
+    return path
