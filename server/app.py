@@ -26,6 +26,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
+from fedssl.privacy.accountant import epsilon_of
+from fedssl.privacy.client_dp import ClientLevelGaussian
 from fedssl.server.checkpoint import export_encoder, save_checkpoint
 from fedssl.server.report import (
     append_metrics,
@@ -57,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "dp": False, "target-epsilon": 0.0, "noise-multiplier": 0.0, "max-grad-norm": 1.0,
     "delta": 1e-5, "accountant": "prv", "seed": 0, "run-dir": "runs/flwr-run", "threads": 1,
     "clients-per-round": 0, "eval-every": 1, "eval-samples": 4000, "round-timeout": 3600.0,
-    "progress": True,
+    "progress": True, "client-dp": "off", "client-clip": 1.0, "client-noise-multiplier": 1.0,
 }
 
 
@@ -102,8 +104,16 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
 
     num_nodes = len(list(grid.get_node_ids())) or int(cfg.get("num-clients", 1))
     per_round = int(cfg["clients-per-round"]) or num_nodes
+    client_dp, client_rate = None, per_round / max(1, num_nodes)
+    if cfg["client-dp"] == "central":
+        client_dp = ClientLevelGaussian(
+            float(cfg["client-clip"]), float(cfg["client-noise-multiplier"]),
+            expected_clients=client_rate * num_nodes, rng=np.random.default_rng(seed + 7))
+    elif cfg["client-dp"] != "off":
+        raise ValueError(f"client-dp must be 'off' or 'central', got {cfg['client-dp']!r}")
     strategy = FedSSLStrategy(
-        reference=reference, fraction_train=per_round / max(1, num_nodes),
+        reference=reference, client_dp=client_dp, client_rate=client_rate,
+        rng=np.random.default_rng(seed + 11), fraction_train=client_rate,
         min_train_nodes=per_round, min_available_nodes=per_round, fraction_evaluate=0.0,
     )
     train_config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
@@ -146,6 +156,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         eps = [m.get("epsilon", 0.0) for m in outcome.client_metrics.values()]
         if cfg["dp"] and eps:
             row["epsilon_max"] = max(eps)
+        if client_dp is not None:
+            row["client_level_epsilon"] = epsilon_of(
+                [(client_dp.noise_multiplier, client_rate, server_round)], float(cfg["delta"]))
         if server_round % eval_every == 0 or server_round == rounds:
             row.update(evaluate_encoder(model.encoder, *eval_data))
         row["seconds"] = time.perf_counter() - t0
@@ -159,6 +172,15 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         "input_shape": ",".join(map(str, data.input_shape)), "rounds": str(rounds),
     })
     privacy = ledger_privacy(run_dir, float(cfg["delta"])) if cfg["dp"] else None
+    if client_dp is not None:
+        privacy = privacy or {"delta": float(cfg["delta"]), "clients": {}}
+        privacy["client_level"] = {
+            "mechanism": "DP-FedAvg (central Gaussian)", "delta": float(cfg["delta"]),
+            "epsilon": epsilon_of([(client_dp.noise_multiplier, client_rate, rounds)],
+                                  float(cfg["delta"])),
+            "noise_multiplier": client_dp.noise_multiplier, "clip": client_dp.clip_norm,
+            "sample_rate": client_rate, "rounds": rounds,
+        }
     report = {
         "method": cfg["method"], "dataset": data.name, "clients": num_nodes, "rounds": rounds,
         "clients_per_round": per_round,

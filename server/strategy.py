@@ -8,7 +8,9 @@ facing many independent sites needs before averaging:
 - replies whose status is ``refused`` (bad data, exhausted privacy budget, unsound DP
   configuration) are recorded with the client's reason and left out;
 - replies with missing or extra arrays, wrong shapes or dtypes, or NaN/Inf values are
-  rejected with a log line naming the client, so one broken site can't poison the model.
+  rejected with a log line naming the client, so one broken site can't poison the model;
+- optionally client-level DP (DP-FedAvg, :mod:`fedssl.privacy.client_dp`): Poisson client
+  sampling, per-client update clipping and Gaussian noise on the sum.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+
+from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
 
 log = logging.getLogger("fedssl.server")
 
@@ -65,10 +70,36 @@ def check_arrays(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str |
 class FedSSLStrategy(FedAvg):
     """Flower FedAvg that validates and accounts for every reply before averaging."""
 
-    def __init__(self, reference: dict[str, np.ndarray], **kwargs) -> None:
+    def __init__(
+        self,
+        reference: dict[str, np.ndarray],
+        client_dp: ClientLevelGaussian | None = None,
+        client_rate: float = 1.0,
+        rng: np.random.Generator | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.reference = reference
+        self.client_dp = client_dp
+        self.client_rate = client_rate
+        self.rng = rng or np.random.default_rng()
+        self.current: dict[str, np.ndarray] | None = None
         self.last_outcome = RoundOutcome()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.current = {k: v.numpy() for k, v in arrays.items()}
+        if self.client_dp is None:
+            return super().configure_train(server_round, arrays, config, grid)
+        # DP-FedAvg's accounting assumes Poisson sampling of clients at rate q
+        nodes = sorted(grid.get_node_ids())
+        sampled = poisson_sample(nodes, self.client_rate, self.rng)
+        log.info("round %d: %d of %d clients sampled (Poisson, q=%.3f)", server_round,
+                 len(sampled), len(nodes), self.client_rate)
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, sampled, MessageType.TRAIN)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -107,6 +138,27 @@ class FedSSLStrategy(FedAvg):
                                            if isinstance(v, (int, float))}
             good.append(msg)
         self.last_outcome = outcome
+        if self.client_dp is not None:
+            return self._aggregate_client_dp(good)
         if not good:
             return None, None
         return super().aggregate_train(server_round, good)
+
+    def _aggregate_client_dp(self, good: list[Message]
+                             ) -> tuple[ArrayRecord, MetricRecord | None]:
+        """Global + noisy mean of clipped updates; the noise is added even if no client
+        replied, because the round is accounted for either way."""
+        assert self.current is not None and self.client_dp is not None
+        clipped = []
+        for msg in good:
+            arrays = next(iter(msg.content.array_records.values()))
+            clipped.append(self.client_dp.clip(
+                {k: arrays[k].numpy().astype(np.float64) - self.current[k]
+                 for k in self.current}))
+        mean = self.client_dp.noisy_mean(clipped, self.current)
+        new = ArrayRecord({k: Array(np.asarray(self.current[k] + mean[k],
+                                               dtype=self.current[k].dtype))
+                           for k in self.current})
+        metrics = (self.train_metrics_aggr_fn([m.content for m in good], self.weighted_by_key)
+                   if good else None)
+        return new, metrics

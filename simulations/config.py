@@ -60,6 +60,11 @@ class ExperimentConfig:
     max_grad_norm: float = _opt(1.0, "per-record clip norm C")
     delta: float = _opt(1e-5, "DP delta")
     accountant: str = _opt("prv", f"privacy accountant: {', '.join(UPPER_BOUND_ACCOUNTANTS)}")
+    client_dp: str = _opt("off", "client-level DP: 'off' or 'central' (DP-FedAvg: Poisson client "
+                                 "sampling at clients-per-round/num-clients, update clipping, "
+                                 "Gaussian noise added by the server)")
+    client_clip: float = _opt(1.0, "client-level DP: L2 clip norm S of each client's update")
+    client_noise_multiplier: float = _opt(1.0, "client-level DP: noise std / S on the sum")
     site_budget_epsilon: float = _opt(0.0, "every simulated site's own epsilon budget, written "
                                            "to its local site.toml and enforced by the client "
                                            "(0 = no site budget)")
@@ -94,6 +99,9 @@ class ExperimentConfig:
         for name in ("lr", "max_grad_norm", "dirichlet_alpha", "cpus_per_client"):
             need(getattr(self, name) > 0, name, "must be positive")
         need(0 < self.delta < 1, "delta", "must be in (0, 1)")
+        need(self.client_dp in ("off", "central"), "client_dp", "must be 'off' or 'central'")
+        need(self.client_clip > 0 and self.client_noise_multiplier >= 0, "client_clip",
+             "client clip must be positive and the noise multiplier non-negative")
         need(self.site_budget_epsilon >= 0, "site_budget_epsilon", "must be non-negative")
         self.parsed_site_budgets()
         need(self.target_epsilon >= 0 and self.noise_multiplier >= 0, "target_epsilon",

@@ -104,8 +104,14 @@ def format_report(run_dir: Path) -> str:
         for cid, p in sorted(privacy["clients"].items()):
             lines.append(f"| {cid} | {float(p['epsilon']):.3f} | {p['steps']} | "
                          f"{p['noise_multiplier']:.3f} | {p['sample_rate']:.4f} |")
-    else:
+    elif not (privacy or {}).get("client_level"):
         lines += ["", "privacy: DP off (no epsilon guarantee)"]
+    level = (privacy or {}).get("client_level")
+    if level:
+        lines += ["", f"client-level DP ({level['mechanism']}): epsilon = "
+                      f"{level['epsilon']:.3f} at delta = {level['delta']:g} (noise multiplier "
+                      f"{level['noise_multiplier']:g}, clip {level['clip']:g}, client rate "
+                      f"{level['sample_rate']:.3f}, {level['rounds']} rounds)"]
     for cid, items in sorted(report.get("refusals", {}).items()):
         rounds = ", ".join(str(i["round"]) for i in items)
         lines.append(f"{cid} refused round(s) {rounds}: {items[-1]['reason']}")
