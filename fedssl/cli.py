@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from fedssl.simulations.config import ConfigError, ExperimentConfig
 
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         "report.json, plots/) and prints the result table.")
     sim.add_argument("--config", metavar="TOML", help="experiment config file")
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    sim.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its last checkpointed round, with "
+                     "its saved config.toml (clients keep their ledgers: spent privacy is "
+                     "never repeated)")
     _add_experiment_options(sim)
     return parser
 
@@ -49,8 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
                      if getattr(args, f.name) is not None}
         try:
-            cfg = ExperimentConfig.load(args.config, overrides)
-            run_dir = simulate(cfg, verbose=args.verbose)
+            if args.resume:  # the run's own resolved config, plus explicit overrides
+                if not args.out:
+                    raise ConfigError("--resume needs --out RUN_DIR")
+                config_path = Path(args.out) / "config.toml"
+                if not config_path.exists():
+                    raise FileNotFoundError(f"nothing to resume: {config_path} not found")
+                cfg = ExperimentConfig.load(config_path, overrides)
+            else:
+                cfg = ExperimentConfig.load(args.config, overrides)
+            run_dir = simulate(cfg, verbose=args.verbose, resume=args.resume)
         except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:
             print(f"fedssl simulate: error: {exc}", file=sys.stderr)
             return 2

@@ -10,7 +10,8 @@ Each entry records what the client spent in a round and the cumulative epsilon::
 ``signature`` is the client's Ed25519 signature over ``hash``, so only the holder of the
 client's identity key can write a valid chain (a tamperer can't rebuild it). The first entry's
 ``prev_hash`` is 64 zeros. Appending verifies the existing chain first, so a client never
-extends a tampered ledger; nothing already in the file is rewritten.
+extends a tampered ledger; nothing already in the file is rewritten. Rounds never decrease; a
+round repeated after a server restart gets a second entry, and both spends count.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class LedgerEntry:
 
 
 def read_ledger(path: str | Path, public_key: Ed25519PublicKey | None) -> list[LedgerEntry]:
-    """Read and verify a ledger file: chain links, hashes, signatures, increasing rounds.
+    """Read and verify a ledger file: chain links, hashes, signatures, non-decreasing rounds.
 
     With ``public_key=None`` only the hash chain is checked (signatures are not).
 
@@ -137,8 +138,8 @@ def read_ledger(path: str | Path, public_key: Ed25519PublicKey | None) -> list[L
                 raise LedgerError(
                     f"{where}: signature does not verify with the client's public key"
                 ) from exc
-        if entry.round <= last_round:
-            raise LedgerError(f"{where}: round {entry.round} does not follow round {last_round}")
+        if entry.round < last_round:
+            raise LedgerError(f"{where}: round {entry.round} comes after round {last_round}")
         if entries and entry.client != entries[0].client:
             raise LedgerError(f"{where}: entry for client {entry.client!r} in "
                               f"{entries[0].client!r}'s ledger")
@@ -165,10 +166,10 @@ class Ledger:
     def append(self, entry: LedgerEntry) -> LedgerEntry:
         """Verify the chain, link, hash and sign ``entry``, and append it to the file."""
         existing = self.entries()
-        if existing and entry.round <= existing[-1].round:
+        if existing and entry.round < existing[-1].round:
             raise LedgerError(
-                f"{self.path}: round {entry.round} already recorded (last is "
-                f"{existing[-1].round}); spent privacy is never rewritten"
+                f"{self.path}: round {entry.round} is older than the last recorded round "
+                f"{existing[-1].round}; spent privacy is never rewritten"
             )
         entry.prev_hash = existing[-1].hash if existing else GENESIS
         entry.hash = entry.compute_hash()

@@ -14,6 +14,7 @@ through :func:`make_server_app`.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from fedssl.privacy.accountant import epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian
-from fedssl.server.checkpoint import export_encoder, save_checkpoint
+from fedssl.server.checkpoint import export_encoder, load_latest, save_checkpoint
 from fedssl.server.report import (
     append_metrics,
     ledger_privacy,
@@ -59,7 +60,8 @@ DEFAULTS: dict[str, Any] = {
     "dp": False, "target-epsilon": 0.0, "noise-multiplier": 0.0, "max-grad-norm": 1.0,
     "delta": 1e-5, "accountant": "prv", "seed": 0, "run-dir": "runs/flwr-run", "threads": 1,
     "clients-per-round": 0, "eval-every": 1, "eval-samples": 4000, "round-timeout": 3600.0,
-    "progress": True, "client-dp": "off", "client-clip": 1.0, "client-noise-multiplier": 1.0,
+    "progress": True, "resume": False,
+    "client-dp": "off", "client-clip": 1.0, "client-noise-multiplier": 1.0,
 }
 
 
@@ -87,6 +89,8 @@ def _eval_split(data: SSLDataset, max_train: int, seed: int) -> tuple[np.ndarray
 def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     """Run all rounds; returns the report that is also written to ``report.json``."""
     wall_start = time.perf_counter()
+    # with resume, a restarted server continues from the last checkpointed round: the global
+    # model comes back from RUN/checkpoints, the clients' ledgers still hold what they spent
     seed = int(cfg["seed"])
     random.seed(seed)  # Flower samples nodes with the `random` module
     torch.manual_seed(seed)
@@ -121,13 +125,34 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     train_config["input-shape"] = list(data.input_shape)
     train_config["run-dir"] = str(run_dir.resolve())
 
-    baseline = evaluate_encoder(model.encoder, *eval_data)
-    append_metrics(run_dir, {"round": 0, "clients": 0, "seconds": 0.0, **baseline})
+    start_round = 1
+    previous = read_metrics(run_dir)
+    if cfg["resume"] and (latest := load_latest(run_dir)) is not None:
+        done, weights, _state = latest
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        arrays = ArrayRecord(model.state_dict())
+        start_round = done + 1
+        # rounds after the checkpoint (a crash between checkpoint and metrics) are redone
+        previous = [r for r in previous if r["round"] <= done]
+        (run_dir / "metrics.jsonl").write_text("".join(
+            json.dumps(r) + "\n" for r in previous))
+        log.warning("resuming from the checkpoint of round %d", done)
+    elif previous:
+        raise FileExistsError(f"{run_dir} already holds a run; set resume to continue it")
+    if previous and previous[0]["round"] == 0:
+        baseline = {k: previous[0][k] for k in ("linear_probe_accuracy", "knn_accuracy")}
+    else:
+        baseline = evaluate_encoder(model.encoder, *eval_data)
+        append_metrics(run_dir, {"round": 0, "clients": 0, "seconds": 0.0, **baseline})
     log.info("random-init encoder: %s", baseline)
 
     refusals: dict[str, list[dict[str, Any]]] = {}
+    for row in previous:
+        for cid, reason in (row.get("refused") or {}).items():
+            refusals.setdefault(cid, []).append({"round": row["round"], "reason": reason})
     eval_every = int(cfg["eval-every"])
-    bar = tqdm(range(1, rounds + 1), desc="rounds", unit="round", disable=not cfg["progress"])
+    bar = tqdm(range(start_round, rounds + 1), desc="rounds", unit="round",
+               initial=start_round - 1, total=rounds, disable=not cfg["progress"])
     for server_round in bar:
         t0 = time.perf_counter()
         train_config["server-round"] = server_round

@@ -40,8 +40,9 @@ def default_run_dir(cfg: ExperimentConfig) -> Path:
     return Path("runs") / f"{cfg.method}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def simulate(cfg: ExperimentConfig, verbose: bool = False) -> Path:
-    """Run the experiment; returns the run directory."""
+def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False) -> Path:
+    """Run the experiment (or, with ``resume``, continue it from its last checkpoint);
+    returns the run directory."""
     from flwr.simulation import run_simulation
 
     from fedssl.client.app import app as client_app
@@ -51,14 +52,20 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False) -> Path:
     cfg.validate()
     preflight(cfg)
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-    if (run_dir / "metrics.jsonl").exists():
+    if resume:
+        if not (run_dir / "checkpoints" / "state.json").exists():
+            raise FileNotFoundError(f"nothing to resume: {run_dir} has no checkpoint")
+        (run_dir / "report.json").unlink(missing_ok=True)
+    elif (run_dir / "metrics.jsonl").exists():
         raise FileExistsError(f"run directory {run_dir} already holds a run; choose another "
-                              "--out (nothing was overwritten)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(cfg.to_toml())
-    for cid, eps in cfg.parsed_site_budgets().items():  # each site's own local config
-        write_site_file(run_dir / "clients" / cid, eps, cfg.delta)
+                              "--out or pass --resume (nothing was overwritten)")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(cfg.to_toml())
+        for cid, eps in cfg.parsed_site_budgets().items():  # each site's own local config
+            write_site_file(run_dir / "clients" / cid, eps, cfg.delta)
     run_config = cfg.to_run_config(str(run_dir.resolve()))
+    run_config["resume"] = resume
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)

@@ -97,9 +97,11 @@ def test_append_refuses_tampered_ledger_and_keeps_file(ledger: Ledger) -> None:
     assert ledger.path.read_text() == before
 
 
-def test_round_cannot_be_rewritten(ledger: Ledger) -> None:
-    with pytest.raises(LedgerError, match="already recorded"):
-        ledger.append(_entry(3, 0.0))
+def test_rounds_never_go_back_and_retries_add_entries(ledger: Ledger) -> None:
+    with pytest.raises(LedgerError, match="older than the last recorded round"):
+        ledger.append(_entry(2, 0.0))
+    ledger.append(_entry(3, 1.4))  # round 3 redone after a server restart: spent twice
+    assert ledger.history() == [(1.1, 0.01, 100)] * 4
 
 
 def test_malformed_line_named(ledger: Ledger) -> None:

@@ -66,6 +66,26 @@ def test_three_clients_two_rounds_with_dp(tmp_path: Path) -> None:
     again = _run("simulate", "--out", str(out), "--rounds", "1")
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
+    # crash after round 1's checkpoint: round 2 never happened anywhere
+    (out / "checkpoints" / "round-0002.safetensors").unlink()
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    state.update(round=1, weights="round-0001.safetensors")
+    (out / "checkpoints" / "state.json").write_text(json.dumps(state))
+    (out / "report.json").unlink()
+    for cid in ("client-000", "client-002"):
+        ledger = out / "ledger" / f"{cid}.jsonl"
+        ledger.write_text(ledger.read_text().splitlines()[0] + "\n")
+    resumed = _run("simulate", "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    report = json.loads((out / "report.json").read_text())
+    assert [r["round"] for r in report["refusals"]["client-001"]] == [1, 2]
+    for cid in ("client-000", "client-002"):
+        entries = read_ledger(out / "ledger" / f"{cid}.jsonl",
+                              load_public_key(out / "ledger" / f"{cid}.pub"))
+        assert [e.round for e in entries] == [1, 2] and entries[-1].epsilon <= 5.0
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
