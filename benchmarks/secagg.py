@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from fedssl.privacy.secagg import (
     Quantizer,
     default_degree,
@@ -240,7 +241,7 @@ def run_cell(cell: Cell, repeats: int, budget: float, flower_rate: list[float]) 
     }
     for name, fn in runners.items():
         if name == "flower" and flower_rate:
-            predicted = max(flower_rate) * work * repeats
+            predicted = flower_rate[-1] * work * repeats  # rate of the largest cell so far
             if predicted > budget:
                 cell.skipped[name] = (
                     f"predicted {predicted:.0f} s for {repeats} repeats "

@@ -32,9 +32,12 @@ implemented, so a server that lies about who dropped to different clients is out
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from collections.abc import Mapping
 from enum import Enum
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -310,3 +313,76 @@ class SecAggClient:
         for attr in ("_c_sk", "_seed_shares", "_key_shares"):
             self.__dict__.pop(attr, None)
         return UnmaskResponse(cfg.round_id, me, tuple(seed_out), tuple(key_out))
+
+    # ------------------------------------------------------------------ persistence
+    _SECRET_ATTRS = ("_c_sk", "_s_sk")
+    _BYTES_ATTRS = ("_c_pk", "_s_pk", "_b")
+    _DICT_ATTRS = ("_seed_shares", "_key_shares", "_enc_keys")
+
+    def export_state(self) -> bytes:
+        """Serialise the client between stages (JSON, base64 fields; no pickle).
+
+        For runtimes that do not keep the object alive between messages (e.g. a Flower
+        ClientApp storing it in its context state). The state holds this round's private keys
+        and shares: keep it node-local, never send it over the network.
+        """
+        b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
+        state: dict[str, Any] = {"v": 1, "node_id": self.node_id, "stage": self.stage.value}
+        if hasattr(self, "_config"):
+            state["config"] = b64(self._config.to_bytes())
+        for name in self._SECRET_ATTRS:
+            if hasattr(self, name):
+                state[name] = b64(crypto.x25519_private_bytes(getattr(self, name)))
+        for name in self._BYTES_ATTRS:
+            if hasattr(self, name):
+                state[name] = b64(getattr(self, name))
+        for name in self._DICT_ATTRS:
+            if hasattr(self, name):
+                state[name] = {str(k): b64(v) for k, v in getattr(self, name).items()}
+        if hasattr(self, "_peers"):
+            state["peers"] = [b64(e.to_bytes()) for e in self._peers.values()]
+        if hasattr(self, "_live"):
+            state["live"] = sorted(self._live)
+        return json.dumps(state, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_state(
+        cls,
+        state: bytes,
+        identity_key: Ed25519PrivateKey,
+        identity_registry: Mapping[int, bytes | Ed25519PublicKey],
+    ) -> SecAggClient:
+        """Rebuild a client saved by :meth:`export_state` (validated; bad state raises)."""
+        try:
+            data = json.loads(state.decode("utf-8"))
+            unb = lambda s: base64.b64decode(s.encode("ascii"), validate=True)  # noqa: E731
+            if data.get("v") != 1:
+                raise MalformedMessageError("client state: unknown version")
+            client = cls(int(data["node_id"]), identity_key, identity_registry)
+            client.stage = ClientStage(data["stage"])
+            if "config" in data:
+                cfg = SetupConfig.from_bytes(unb(data["config"]))
+                client._config = cfg
+                client._digest = crypto.config_digest(cfg.to_bytes())
+                client._neighbours = build_graph(cfg.node_ids, cfg.degree, cfg.round_id)[
+                    client.node_id
+                ]
+            for name in cls._SECRET_ATTRS:
+                if name in data:
+                    setattr(client, name, crypto.x25519_from_private_bytes(unb(data[name])))
+            for name in cls._BYTES_ATTRS:
+                if name in data:
+                    setattr(client, name, unb(data[name]))
+            for name in cls._DICT_ATTRS:
+                if name in data:
+                    setattr(client, name, {int(k): unb(v) for k, v in data[name].items()})
+            if "peers" in data:
+                peers = [AdvertiseKeys.from_bytes(unb(p)) for p in data["peers"]]
+                client._peers = {p.node_id: p for p in peers}
+            if "live" in data:
+                client._live = frozenset(int(v) for v in data["live"])
+        except SecAggError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise MalformedMessageError(f"client state is corrupt: {exc}") from None
+        return client

@@ -22,7 +22,8 @@ Semantic checks that need round state (ids in the expected set, vector length ``
 by the client and server stage methods.
 
 Why: messages cross a trust boundary (the server is untrusted, clients may be faulty), so the
-parser must be total and explicit; Flower's reference unpickles shares on the server.
+parser must be total and explicit. (Flower 1.41's SecAgg+ passes loosely typed ConfigRecord
+values and splits decrypted share plaintexts by an embedded length field without checking it.)
 """
 
 from __future__ import annotations
@@ -409,8 +410,9 @@ class MaskedInput(_Message):
             raise MalformedMessageError(f"{name}: vector length {v.shape[0]} invalid")
 
     def to_bytes(self) -> bytes:
-        w = _Writer(self.TYPE, self.round_id).u64(self.sender).u64(self.vector.shape[0])
-        return w.raw(np.ascontiguousarray(self.vector).tobytes()).done()
+        head = _Writer(self.TYPE, self.round_id).u64(self.sender).u64(self.vector.shape[0])
+        payload = memoryview(np.ascontiguousarray(self.vector)).cast("B")
+        return head.done() + payload  # one copy of the (large) vector
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> MaskedInput:

@@ -5,10 +5,12 @@ What: secure aggregation sums integers modulo ``2^32`` (Bonawitz et al. 2017 wor
 
 1. clips each coordinate to ``[-c, c]``;
 2. maps it affinely onto ``[0, M]``: ``y = (x + c) * M / (2c)``;
-3. rounds stochastically and *unbiasedly*: ``q = floor(y) + Bernoulli(y - floor(y))``, so
-   ``E[q] = y`` (implemented in 32.32 fixed point: ``q = (floor(y 2^32) + r) >> 32`` with
-   ``r`` uniform in ``[0, 2^32)``; the only bias is the truncation of ``y 2^32``, below
-   ``2^-32`` of one level);
+3. rounds stochastically and *unbiasedly*: ``q = floor(y + u)`` with ``u`` uniform in
+   ``[0, 1)`` (23-bit coins), i.e. ``q = floor(y) + Bernoulli(y - floor(y))`` and ``E[q] = y``.
+   It is computed in float64 as ``rint(y + u - 1/2)`` through the ``1.5 * 2^52`` magic-number
+   trick (the integer lands in the low mantissa bits; no slow float->int cast), so ``E[q]``
+   matches ``y`` up to the coin grid and float64 rounding: within ``2^-20`` of one level
+   for any ``M < 2^32``;
 4. adds ``headroom`` (see the DP hook below).
 
 Why the range: with ``n`` clients each contributing at most ``S = floor((2^32 - 1) / n)``, the
@@ -39,13 +41,14 @@ from collections.abc import Callable
 from fractions import Fraction
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import ArrayLike, NDArray
 
 from .errors import SecAggError
+from .prg import keystream
 
 MODULUS = 1 << 32
 _CHUNK = 1 << 16
+_MAGIC = 1.5 * 2.0**52  # adding it rounds |v| < 2^51 to an integer held in the low mantissa bits
 
 NoiseHook = Callable[[NDArray[np.uint32]], NDArray[np.uint32]]
 """``f(q) -> q'``: add a distributed-DP noise share to the quantised vector (future work)."""
@@ -80,12 +83,6 @@ class Quantizer:
         if levels < 1:
             raise SecAggError("too many clients or too much headroom for 32-bit aggregation")
         self.max_level = int(levels)
-        # 32.32 fixed-point scale A = M 2^32 / (2c), rounded down so that 2c * A <= M 2^32
-        # holds exactly and the encoded value can never exceed M.
-        scale = float(self.max_level) * 2.0**32 / (2.0 * self.clip)
-        while Fraction(scale) * Fraction(2.0 * self.clip) > self.max_level * MODULUS:
-            scale = float(np.nextafter(scale, 0.0))
-        self._scale = scale
 
     @property
     def step(self) -> float:
@@ -107,32 +104,36 @@ class Quantizer:
             raise SecAggError(f"cannot quantise dtype {x.dtype}")
         if not np.isfinite(x).all():
             raise SecAggError("cannot quantise NaN or infinite values")
-        # Rounding coins: an AES-256-CTR keystream keyed from ``rng`` (or the OS), 4 bytes per
-        # coordinate; several times faster than numpy's generators and reproducible under a
+        # Rounding coins: an AES-256-CTR keystream (prg.py) keyed from ``rng`` or the OS, 4 bytes
+        # per coordinate; several times faster than numpy's generators and reproducible under a
         # seeded ``rng``. The coins need no secrecy beyond that of the update itself.
         key = rng.bytes(32) if rng is not None else os.urandom(32)
-        coins = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        coins = keystream(key)
         d = x.shape[0]
         out = np.empty(d, dtype=np.uint32)
-        c = self.clip
         chunk = min(_CHUNK, max(d, 1))
-        fbuf = np.empty(chunk, dtype=np.float64)
-        ubuf = np.empty(chunk, dtype=np.uint64)
+        f = np.empty(chunk, dtype=np.float64)
         zeros = bytes(4 * chunk)
         rbuf = bytearray(4 * chunk + 15)
-        rwords = np.frombuffer(rbuf, dtype=np.uint32, count=chunk)
+        r = np.frombuffer(rbuf, dtype=np.uint32, count=chunk)
+        g = r.view(np.float32)
+        scale, top = self.max_level / (2.0 * self.clip), float(self.max_level)
         for start in range(0, d, chunk):
             stop = min(d, start + chunk)
             m = stop - start
-            f, u = fbuf[:m], ubuf[:m]
-            np.clip(x[start:stop], -c, c, out=f)
-            f += c
-            f *= self._scale
-            u[...] = f  # floor: non-negative float -> uint64 truncates
+            fc, rc, gc = f[:m], r[:m], g[:m]
+            # y - 3/2 = (x + c) M / (2c) - 3/2, with y clipped to [0, M]
+            np.multiply(x[start:stop], scale, out=fc, dtype=np.float64)
+            fc += top / 2.0 - 1.5
+            np.clip(fc, -1.5, top - 1.5, out=fc)
+            # coins: 23 random mantissa bits -> g = 1 + u, u uniform on a 2^-23 grid in [0, 1)
             coins.update_into(zeros[: 4 * m], rbuf)
-            np.add(u, rwords[:m], out=u)  # + uniform r in [0, 2^32): carry w.p. frac(y)
-            u >>= np.uint64(32)
-            out[start:stop] = u
+            rc >>= 9
+            rc |= 0x3F800000
+            fc += gc  # y + u - 1/2, in [-1/2, M + 1/2)
+            fc += _MAGIC  # rint: = floor(y + u), i.e. floor(y) plus a carry w.p. frac(y)
+            out[start:stop] = fc.view(np.uint64)  # low 32 mantissa bits = the integer
+        np.minimum(out, np.uint32(self.max_level), out=out)  # guards a rounding tie at M + 1/2
         if self.headroom:
             out += np.uint32(self.headroom)
         if noise_hook is not None:

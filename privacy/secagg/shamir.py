@@ -84,7 +84,8 @@ def split_secret(
 
 def interpolate_at(shares: Sequence[Share], x: int, prime: int = PRIME) -> int:
     """Lagrange-interpolate the unique polynomial of degree < len(shares) at ``x``."""
-    _check_xs([s.x for s in shares], prime)
+    if len({s.x % prime for s in shares}) != len(shares):
+        raise SecAggError("Shamir: interpolation points must have distinct x")
     total = 0
     for j, share_j in enumerate(shares):
         num, den = 1, 1
