@@ -10,8 +10,11 @@ configuration (``config``); the client
    (:mod:`fedssl.client.privacy_guard`);
 3. trains with the SSL objective (DP-SGD through Opacus when DP is on);
 4. appends a signed, hash-chained entry to its own ledger;
-5. replies with the updated weights and metrics, or with ``status = "refused"`` and a reason
-   (bad data, unsound DP configuration, exhausted budget), never with a crash.
+5. replies with the updated weights and metrics — or, with secure aggregation on, keeps its
+   quantised update on the node and takes part in the SecAgg+ stages
+   (:mod:`fedssl.client.secagg`) so the server learns only the sum — or replies with
+   ``status = "refused"`` and a reason (bad data, unsound DP configuration, exhausted budget),
+   never with a crash.
 """
 
 from __future__ import annotations
@@ -21,17 +24,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedssl.client import secagg
 from fedssl.client.data import DataSpec, cached_dataset, simulated_partition
 from fedssl.client.privacy_guard import SiteBudget
+from fedssl.client.secagg import flatten, store_update
 from fedssl.client.trainer import TrainConfig, TrainingError, steps_per_epoch, train_local
 from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_of
 from fedssl.privacy.dp_sgd import DPSoundnessError, require_dp_sound
 from fedssl.privacy.identity import load_or_create_identity, public_pem
 from fedssl.privacy.ledger import Ledger, LedgerEntry, LedgerError
+from fedssl.privacy.secagg import Quantizer, SecAggError
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.datasets import DataError, validate_arrays
 from fedssl.ssl_core.heads import SSLModel
@@ -41,7 +48,7 @@ log = logging.getLogger("fedssl.client")
 
 #: errors a client answers with a refusal instead of crashing
 REFUSALS = (DataError, DPSoundnessError, AccountingError, TrainingError, LedgerError,
-            UnknownMethodError, ValueError)
+            UnknownMethodError, SecAggError, ValueError)
 
 app = ClientApp()
 
@@ -195,9 +202,32 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         "train-seconds": result.seconds,
         "seconds": time.perf_counter() - start,
     })
+    status = ConfigRecord({"status": "ok", "client": ident.client_id})
+    if bool(config.get("secagg", False)):
+        # the server must learn only the sum: keep the quantised update on this node
+        new = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        update = flatten(new) - flatten({k: v.numpy() for k, v in msg.content["arrays"].items()})
+        if not np.isfinite(update).all():
+            raise TrainingError("the local update contains NaN or Inf; not sending it")
+        quantizer = Quantizer(float(config["secagg-clip"]), int(config["secagg-num-clients"]))
+        q = quantizer.encode(update, rng=np.random.default_rng(cfg.seed))
+        store_update(context, q, ident.client_id)
+        return Message(RecordDict({"metrics": metrics, "status": status}), reply_to=msg)
     content = RecordDict({
-        "arrays": ArrayRecord(model.state_dict()),
-        "metrics": metrics,
-        "status": ConfigRecord({"status": "ok", "client": ident.client_id}),
+        "arrays": ArrayRecord(model.state_dict()), "metrics": metrics, "status": status,
     })
     return Message(content, reply_to=msg)
+
+
+def _secagg_stage(stage: str):
+    def handler(msg: Message, context: Context) -> Message:
+        ident = identify(context, msg.content["config"])
+        return secagg.handle(stage, msg, context, ident.state_dir)
+
+    handler.__name__ = f"secagg_{stage}"
+    handler.__doc__ = f"Secure-aggregation stage '{stage}' (see fedssl.client.secagg)."
+    return handler
+
+
+for _stage in secagg.STAGES:
+    app.train(f"secagg_{_stage}")(_secagg_stage(_stage))

@@ -64,3 +64,36 @@ def load_public_key(data: bytes | str | Path) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise IdentityError("public key is not Ed25519")
     return key
+
+
+def write_registry(path: str | Path, keys: dict[str, Ed25519PrivateKey | Ed25519PublicKey]
+                   ) -> Path:
+    """Write the identity registry: client id -> (secure-aggregation index, public key).
+
+    The registry is the out-of-band trust anchor of secure aggregation: each client checks the
+    signatures on its neighbours' round keys against it, so a server that substitutes a key is
+    caught. It is public (no secrets) and distributed with the certificates.
+    """
+    import json
+
+    path = Path(path)
+    entries = {cid: {"index": i, "public_key": public_pem(k).decode()}
+               for i, (cid, k) in enumerate(sorted(keys.items()))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries, indent=2) + "\n")
+    return path
+
+
+def load_registry(path: str | Path) -> dict[str, tuple[int, Ed25519PublicKey]]:
+    """Read an identity registry written by :func:`write_registry`."""
+    import json
+
+    try:
+        raw = json.loads(Path(path).read_text())
+        out = {str(cid): (int(e["index"]), load_public_key(e["public_key"].encode()))
+               for cid, e in raw.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IdentityError(f"cannot read identity registry {path}: {exc}") from exc
+    if len({i for i, _ in out.values()}) != len(out):
+        raise IdentityError(f"identity registry {path}: duplicate indices")
+    return out

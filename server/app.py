@@ -37,6 +37,7 @@ from fedssl.server.report import (
     read_metrics,
     write_report,
 )
+from fedssl.server.secure_aggregation import SecureAggregation
 from fedssl.server.strategy import FedSSLStrategy
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
 from fedssl.ssl_core.evaluation import evaluate_encoder
@@ -61,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "delta": 1e-5, "accountant": "prv", "seed": 0, "run-dir": "runs/flwr-run", "threads": 1,
     "clients-per-round": 0, "eval-every": 1, "eval-samples": 4000, "round-timeout": 3600.0,
     "progress": True, "resume": False,
+    "secagg": False, "secagg-clip": 2.0, "identity-registry": "",
     "client-dp": "off", "client-clip": 1.0, "client-noise-multiplier": 1.0,
 }
 
@@ -120,6 +122,14 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         rng=np.random.default_rng(seed + 11), fraction_train=client_rate,
         min_train_nodes=per_round, min_available_nodes=per_round, fraction_evaluate=0.0,
     )
+    secure = None
+    if cfg["secagg"]:
+        if client_dp is not None:
+            raise ValueError("client-level central DP clips individual updates, which secure "
+                             "aggregation hides from the server: turn one of them off")
+        registry = Path(str(cfg["identity-registry"]) or run_dir / "identities.json")
+        secure = SecureAggregation(strategy, registry, float(cfg["secagg-clip"]),
+                                   float(cfg["round-timeout"]), run_dir.resolve())
     train_config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
     train_config["num-rounds"] = rounds
     train_config["input-shape"] = list(data.input_shape)
@@ -156,9 +166,12 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     for server_round in bar:
         t0 = time.perf_counter()
         train_config["server-round"] = server_round
-        messages = strategy.configure_train(server_round, arrays, train_config, grid)
-        replies = grid.send_and_receive(messages, timeout=float(cfg["round-timeout"]))
-        new_arrays, agg = strategy.aggregate_train(server_round, replies)
+        if secure is not None:
+            new_arrays, agg = secure.run(server_round, grid, arrays, train_config)
+        else:
+            messages = strategy.configure_train(server_round, arrays, train_config, grid)
+            replies = grid.send_and_receive(messages, timeout=float(cfg["round-timeout"]))
+            new_arrays, agg = strategy.aggregate_train(server_round, replies)
         outcome = strategy.last_outcome
         if new_arrays is None:
             log.warning("round %d: no valid update (refused: %s, rejected: %s, failed: %s); "
@@ -214,6 +227,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         "random_init": baseline,
         "wall_seconds": time.perf_counter() - wall_start,
         "privacy": privacy,
+        "secure_aggregation": bool(cfg["secagg"]),
         "refusals": refusals,
     }
     write_report(run_dir, report)

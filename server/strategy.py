@@ -31,6 +31,7 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
 
@@ -94,24 +95,46 @@ class FedSSLStrategy(FedAvg):
         self.current: dict[str, np.ndarray] | None = None
         self.last_outcome = RoundOutcome()
 
+    def sample(self, server_round: int, grid: Grid) -> list[int]:
+        """Node ids to train this round: Poisson at rate q under client-level DP (what its
+        accounting assumes), else Flower's fixed-size uniform sample."""
+        if self.client_dp is not None:
+            nodes = sorted(grid.get_node_ids())
+            sampled = poisson_sample(nodes, self.client_rate, self.rng)
+        else:
+            num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
+            sampled, nodes = sample_nodes(grid, self.min_available_nodes,
+                                          max(num_nodes, self.min_train_nodes))
+        log.info("round %d: %d of %d clients sampled", server_round, len(sampled), len(nodes))
+        return sampled
+
+    def messages(self, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int],
+                 message_type: str = MessageType.TRAIN) -> list[Message]:
+        """One message per node carrying the global model and the round config."""
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return list(self._construct_messages(record, nodes, message_type))
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.current = {k: v.numpy() for k, v in arrays.items()}
-        if self.client_dp is None:
-            return super().configure_train(server_round, arrays, config, grid)
-        # DP-FedAvg's accounting assumes Poisson sampling of clients at rate q
-        nodes = sorted(grid.get_node_ids())
-        sampled = poisson_sample(nodes, self.client_rate, self.rng)
-        log.info("round %d: %d of %d clients sampled (Poisson, q=%.3f)", server_round,
-                 len(sampled), len(nodes), self.client_rate)
         config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, sampled, MessageType.TRAIN)
+        return self.messages(arrays, config, self.sample(server_round, grid))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        good = self.screen(server_round, replies)
+        if self.client_dp is not None:
+            return self._aggregate_client_dp(good)
+        if not good:
+            return None, None
+        return super().aggregate_train(server_round, good)
+
+    def screen(self, server_round: int, replies: Iterable[Message], with_arrays: bool = True
+               ) -> list[Message]:
+        """Replies fit to aggregate; refusals, failures and rejections go to
+        :attr:`last_outcome` with the client's name and reason."""
         outcome = RoundOutcome()
         good: list[Message] = []
         for msg in replies:
@@ -127,11 +150,15 @@ class FedSSLStrategy(FedAvg):
                 log.warning("round %d: client %s refused: %s", server_round, cid,
                             outcome.refused[cid])
                 continue
-            if len(msg.content.array_records) != 1 or len(msg.content.metric_records) != 1:
-                problem = "reply must hold exactly one ArrayRecord and one MetricRecord"
+            if (len(msg.content.array_records) != int(with_arrays)
+                    or len(msg.content.metric_records) != 1):
+                problem = (f"reply must hold {int(with_arrays)} ArrayRecord(s) and one "
+                           "MetricRecord")
             else:
-                arrays = next(iter(msg.content.array_records.values()))
-                problem = check_arrays(arrays, self.reference)
+                problem = None
+                if with_arrays:
+                    arrays = next(iter(msg.content.array_records.values()))
+                    problem = check_arrays(arrays, self.reference)
                 metrics = next(iter(msg.content.metric_records.values()))
                 n = metrics.get(self.weighted_by_key)
                 if problem is None and (not isinstance(n, (int, float)) or n <= 0):
@@ -146,11 +173,7 @@ class FedSSLStrategy(FedAvg):
                                            if isinstance(v, (int, float))}
             good.append(msg)
         self.last_outcome = outcome
-        if self.client_dp is not None:
-            return self._aggregate_client_dp(good)
-        if not good:
-            return None, None
-        return super().aggregate_train(server_round, good)
+        return good
 
     def _aggregate_client_dp(self, good: list[Message]
                              ) -> tuple[ArrayRecord, MetricRecord | None]:

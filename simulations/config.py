@@ -60,6 +60,10 @@ class ExperimentConfig:
     max_grad_norm: float = _opt(1.0, "per-record clip norm C")
     delta: float = _opt(1e-5, "DP delta")
     accountant: str = _opt("prv", f"privacy accountant: {', '.join(UPPER_BOUND_ACCOUNTANTS)}")
+    secagg: bool = _opt(True, "secure aggregation (SecAgg+): the server learns only the sum of "
+                              "the clients' updates (uniformly averaged)")
+    secagg_clip: float = _opt(2.0, "secure aggregation: each update coordinate is clipped to "
+                                   "[-c, c] before 32-bit quantisation")
     client_dp: str = _opt("off", "client-level DP: 'off' or 'central' (DP-FedAvg: Poisson client "
                                  "sampling at clients-per-round/num-clients, update clipping, "
                                  "Gaussian noise added by the server)")
@@ -100,6 +104,10 @@ class ExperimentConfig:
             need(getattr(self, name) > 0, name, "must be positive")
         need(0 < self.delta < 1, "delta", "must be in (0, 1)")
         need(self.client_dp in ("off", "central"), "client_dp", "must be 'off' or 'central'")
+        need(not (self.secagg and self.client_dp == "central"), "client_dp",
+             "central client-level DP needs the server to clip individual updates, which "
+             "secure aggregation hides: add --no-secagg")
+        need(self.secagg_clip > 0, "secagg_clip", "must be positive")
         need(self.client_clip > 0 and self.client_noise_multiplier >= 0, "client_clip",
              "client clip must be positive and the noise multiplier non-negative")
         need(self.site_budget_epsilon >= 0, "site_budget_epsilon", "must be non-negative")

@@ -47,6 +47,7 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False)
 
     from fedssl.client.app import app as client_app
     from fedssl.client.privacy_guard import write_site_file
+    from fedssl.privacy.identity import load_or_create_identity, write_registry
     from fedssl.server.app import make_server_app
 
     cfg.validate()
@@ -64,6 +65,11 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False)
         (run_dir / "config.toml").write_text(cfg.to_toml())
         for cid, eps in cfg.parsed_site_budgets().items():  # each site's own local config
             write_site_file(run_dir / "clients" / cid, eps, cfg.delta)
+        # each site's identity key, and the public registry distributed out of band
+        keys = {f"client-{i:03d}": load_or_create_identity(
+            run_dir / "clients" / f"client-{i:03d}" / "identity.pem")
+            for i in range(cfg.num_clients)}
+        write_registry(run_dir / "identities.json", keys)
     run_config = cfg.to_run_config(str(run_dir.resolve()))
     run_config["resume"] = resume
 
@@ -95,7 +101,8 @@ def format_report(run_dir: Path) -> str:
     base = report["random_init"]
     lines = [
         f"fedssl run: {report['method']} on {report['dataset']}, {report['clients']} clients, "
-        f"{report['rounds']} rounds, {report['wall_seconds']:.1f} s",
+        f"{report['rounds']} rounds, {report['wall_seconds']:.1f} s, secure aggregation "
+        f"{'on' if report.get('secure_aggregation') else 'off'}",
         "",
         "| encoder | linear probe | kNN |",
         "|---|---|---|",

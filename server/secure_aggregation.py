@@ -1,0 +1,132 @@
+"""Server side of secure aggregation: one federated round as a SecAgg+ workflow over Flower.
+
+The round runs five message exchanges over Flower's Message API (``Grid.send_and_receive``):
+
+1. ``train``: sampled clients train; each keeps its quantised update node-local and replies
+   with metrics only;
+2. ``train.secagg_setup``: the round configuration (the clients that trained, graph degree k,
+   threshold t, vector length d) -> each client's Ed25519-signed X25519 keys;
+3. ``train.secagg_share``: each client's neighbours' keys -> its AES-GCM-encrypted Shamir shares;
+4. ``train.secagg_mask``: the shares addressed to each client -> its masked update;
+5. ``train.secagg_unmask``: who survived and who dropped -> the shares that remove the masks.
+
+The protocol itself is :mod:`fedssl.privacy.secagg` (Bonawitz et al. 2017; Bell et al. 2020);
+this module only moves its messages. The server learns the sum of the survivors' quantised
+updates and nothing else about any one of them; the new global model is the old one plus the
+decoded mean update (uniform weights: per-client example counts are not revealed to the
+sum). Clients that vanish at any stage are dropped and their masks recovered from the
+survivors' shares; if fewer than ``t`` remain, the round fails cleanly and the global model is
+left unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedssl.privacy.identity import load_registry
+from fedssl.privacy.secagg import Quantizer, SecAggError, SecAggServer
+from fedssl.privacy.secagg.crypto import identity_public_bytes
+from fedssl.server.strategy import FedSSLStrategy
+
+log = logging.getLogger("fedssl.server")
+
+
+class SecureAggregation:
+    """Runs federated rounds whose aggregate is computed with SecAgg+."""
+
+    def __init__(self, strategy: FedSSLStrategy, registry_path: Path, clip: float,
+                 timeout: float, run_dir: Path) -> None:
+        self.strategy = strategy
+        self.registry = load_registry(registry_path)
+        self.by_index = {i: identity_public_bytes(pub) for i, pub in self.registry.values()}
+        self.clip = clip
+        self.timeout = timeout
+        self.run_dir = run_dir
+
+    def _exchange(self, grid: Grid, stage: str, payloads: dict[int, bytes],
+                  round_id: int) -> dict[int, bytes]:
+        """Send each node its payload for ``stage``; return the payloads of good replies."""
+        messages = [
+            Message(RecordDict({"config": ConfigRecord({
+                "payload": payload, "run-dir": str(self.run_dir), "server-round": round_id,
+            })}), dst_node_id=node, message_type=f"train.secagg_{stage}")
+            for node, payload in payloads.items()
+        ]
+        out: dict[int, bytes] = {}
+        outcome = self.strategy.last_outcome
+        for reply in grid.send_and_receive(messages, timeout=self.timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                outcome.failed[f"node-{node}"] = f"{stage}: {reply.error.reason}"
+                continue
+            rec = reply.content.config_records.get("secagg")
+            if rec is None or rec.get("status") != "ok" or "payload" not in rec:
+                reason = rec.get("reason", "malformed reply") if rec else "malformed reply"
+                outcome.failed[str(rec.get("client", node)) if rec else f"node-{node}"] = (
+                    f"{stage}: {reason}")
+                continue
+            out[node] = bytes(rec["payload"])
+        return out
+
+    def run(self, server_round: int, grid: Grid, arrays: ArrayRecord, config: ConfigRecord
+            ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """One securely aggregated round; ``(None, metrics)`` if the protocol failed."""
+        strategy = self.strategy
+        current = {k: v.numpy() for k, v in arrays.items()}
+        nodes = strategy.sample(server_round, grid)
+        config["server-round"] = server_round
+        config["secagg"] = True
+        config["secagg-num-clients"] = max(1, len(nodes))
+        config["secagg-clip"] = self.clip
+        replies = grid.send_and_receive(strategy.messages(arrays, config, nodes),
+                                        timeout=self.timeout)
+        trained = strategy.screen(server_round, replies, with_arrays=False)
+        metrics = (strategy.train_metrics_aggr_fn([m.content for m in trained],
+                                                  strategy.weighted_by_key)
+                   if trained else None)
+        index_of: dict[int, int] = {}
+        for msg in trained:
+            cid = str(msg.content.config_records["status"]["client"])
+            if cid in self.registry:
+                index_of[msg.metadata.src_node_id] = self.registry[cid][0]
+            else:
+                strategy.last_outcome.rejected[cid] = "not in the identity registry"
+        node_of = {i: n for n, i in index_of.items()}
+        d = sum(v.size for v in current.values())
+        try:
+            server = SecAggServer(sorted(index_of.values()), d, identity_registry=self.by_index)
+            cfg = server.setup().to_bytes()
+            adv = self._exchange(grid, "setup", {n: cfg for n in index_of}, server_round)
+            dirs = server.collect_advertisements(adv.values())
+            shares = self._exchange(grid, "share", {node_of[i]: m.to_bytes()
+                                                    for i, m in dirs.items()}, server_round)
+            bundles = server.collect_shares(shares.values())
+            masked = self._exchange(grid, "mask", {node_of[i]: m.to_bytes()
+                                                   for i, m in bundles.items()}, server_round)
+            requests = server.collect_masked_inputs(masked.values())
+            unmask = self._exchange(grid, "unmask", {node_of[i]: m.to_bytes()
+                                                     for i, m in requests.items()}, server_round)
+            result = server.collect_unmask_responses(unmask.values())
+        except SecAggError as exc:
+            log.warning("round %d: secure aggregation failed, global model unchanged: %s",
+                        server_round, exc)
+            strategy.last_outcome.failed["secagg"] = str(exc)
+            return None, metrics
+        survivors = {f"index-{i}" for i in result.survivors}
+        log.info("round %d: securely aggregated %d updates (%d dropped)", server_round,
+                 result.count, len(result.dropped))
+        strategy.last_outcome.accepted = [
+            c for c in strategy.last_outcome.accepted
+            if f"index-{self.registry.get(c, (-1,))[0]}" in survivors]
+        mean = Quantizer(self.clip, int(config["secagg-num-clients"])).decode_mean(
+            result.total, result.count)
+        new, offset = {}, 0
+        for key, ref in current.items():
+            new[key] = Array((ref + mean[offset:offset + ref.size].reshape(ref.shape))
+                             .astype(ref.dtype))
+            offset += ref.size
+        return ArrayRecord(new), metrics
