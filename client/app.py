@@ -41,7 +41,6 @@ from fedssl.privacy.ledger import Ledger, LedgerEntry, LedgerError
 from fedssl.privacy.secagg import Quantizer, SecAggError
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.datasets import DataError, validate_arrays
-from fedssl.ssl_core.heads import SSLModel
 from fedssl.ssl_core.objectives import UnknownMethodError, get_objective
 
 log = logging.getLogger("fedssl.client")
@@ -155,8 +154,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         require_dp_sound(objective)
     x = load_records(context, config)
 
-    model = SSLModel(tuple(int(d) for d in config["input-shape"]),
-                     predictor=objective.needs_predictor)
+    model = objective.build_model(tuple(int(d) for d in config["input-shape"]))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     cfg = TrainConfig(
         epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),

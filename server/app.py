@@ -41,7 +41,6 @@ from fedssl.server.secure_aggregation import SecureAggregation
 from fedssl.server.strategy import FedSSLStrategy
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
 from fedssl.ssl_core.evaluation import evaluate_encoder
-from fedssl.ssl_core.heads import SSLModel
 from fedssl.ssl_core.objectives import get_objective
 
 log = logging.getLogger("fedssl.server")
@@ -104,7 +103,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                         seed, int(cfg["image-size"]))
     eval_data = _eval_split(data, int(cfg["eval-samples"]), seed)
     objective = get_objective(str(cfg["method"]))
-    model = SSLModel(data.input_shape, predictor=objective.needs_predictor)
+    model = objective.build_model(data.input_shape)
     reference = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     arrays = ArrayRecord(model.state_dict())
 

@@ -12,7 +12,7 @@ from fedssl.client.app import train
 from fedssl.privacy.identity import load_public_key
 from fedssl.privacy.ledger import read_ledger
 from fedssl.server.app import CLIENT_KEYS, DEFAULTS
-from fedssl.ssl_core.heads import SSLModel
+from fedssl.ssl_core.objectives import get_objective
 
 
 def _call(tmp_path: Path, round_: int = 1, node_config: dict | None = None, **overrides):
@@ -22,7 +22,7 @@ def _call(tmp_path: Path, round_: int = 1, node_config: dict | None = None, **ov
     config["num-rounds"] = 2
     config["server-round"] = round_
     config["input-shape"] = [1, 40]
-    model = SSLModel((1, 40), predictor=cfg["method"] != "simclr")
+    model = get_objective(cfg["method"]).build_model((1, 40))
     msg = Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config}),
                   dst_node_id=1, message_type="train")
     ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config={},

@@ -37,8 +37,7 @@ def max_change(objective: Objective, shape: tuple[int, ...], n: int = 12, seed: 
                ) -> tuple[float, float]:
     """Largest change of the clipped sum over all single-record removals, and the norm of
     the full sum (to show the test is not vacuous)."""
-    model = SSLModel(shape, predictor=objective.needs_predictor, width=8 if len(shape) == 3
-                     else 16)
+    model = objective.build_model(shape, width=8 if len(shape) == 3 else 16)
     objective.start_round(model)
     views = _views(shape, n, objective.num_views, seed)
     full = clipped_gradient_sum(model, objective, views, C)
@@ -82,7 +81,7 @@ def test_sensitivity_test_catches_views_as_separate_privacy_units() -> None:
 def interaction(objective: Objective, shape: tuple[int, ...], n: int = 8) -> float:
     """|S(X) - S(X-j) - S(X-k) + S(X-j-k)| relative to C: zero iff records j and k do not
     influence each other's clipped gradient rows (what decomposability means)."""
-    model = SSLModel(shape, predictor=objective.needs_predictor, width=16)
+    model = objective.build_model(shape, width=16)
     objective.start_round(model)
     views = _views(shape, n, objective.num_views, seed=1)
 

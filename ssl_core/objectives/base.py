@@ -29,6 +29,13 @@ class Objective(ABC):
     #: whether the model needs a predictor head
     needs_predictor: bool = False
 
+    def build_model(self, input_shape: tuple[int, ...], width: int | None = None) -> nn.Module:
+        """The network this objective trains; it must expose ``.encoder`` (records ->
+        ``(N, feature_dim)`` features), the part that is evaluated and exported."""
+        from fedssl.ssl_core.heads import SSLModel
+
+        return SSLModel(input_shape, predictor=self.needs_predictor, width=width)
+
     def start_round(self, model: nn.Module) -> None:  # noqa: B027 (optional hook)
         """Called once before local training starts (e.g. to copy a target network)."""
 
