@@ -31,6 +31,7 @@ from flwr.clientapp import ClientApp
 
 from fedssl.client import secagg
 from fedssl.client.data import DataSpec, cached_dataset, simulated_partition
+from fedssl.client.federated_ssl import merge
 from fedssl.client.privacy_guard import SiteBudget
 from fedssl.client.secagg import flatten, store_update
 from fedssl.client.trainer import TrainConfig, TrainingError, steps_per_epoch, train_local
@@ -50,6 +51,7 @@ REFUSALS = (DataError, DPSoundnessError, AccountingError, TrainingError, LedgerE
             UnknownMethodError, SecAggError, ValueError)
 
 app = ClientApp()
+LOCAL_MODEL_KEY = "local-model"
 
 
 @dataclass
@@ -154,8 +156,13 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         require_dp_sound(objective)
     x = load_records(context, config)
 
-    model = objective.build_model(tuple(int(d) for d in config["input-shape"]))
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    input_shape = tuple(int(d) for d in config["input-shape"])
+    model = objective.build_model(input_shape)
+    global_state = msg.content["arrays"].to_torch_state_dict()
+    local = context.state.array_records.get(LOCAL_MODEL_KEY)
+    mixing = merge(model, global_state, local.to_torch_state_dict() if local else None,
+                   str(config.get("algorithm", "fedavg")),
+                   float(config.get("fedema-tau", 0.7)), float(config.get("fedu-threshold", 0.5)))
     cfg = TrainConfig(
         epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),
         lr=float(config["lr"]), momentum=float(config.get("momentum", 0.9)),
@@ -178,7 +185,11 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         if budget is not None:  # the site's own limit, checked before any gradient
             budget.check(ledger.history(), (cfg.noise_multiplier, sample_rate, planned))
 
-    result = train_local(model, objective, x, augment_for(model.input_shape), cfg)
+    result = train_local(model, objective, x, augment_for(input_shape), cfg)
+    state = model.state_dict()
+    if str(config.get("algorithm", "fedavg")) != "fedavg":  # kept node-local for next round
+        context.state[LOCAL_MODEL_KEY] = ArrayRecord(state)
+    shared = {k: state[k] for k in global_state}  # only the parts the server averages
 
     if dp:
         delta = float(config["delta"])
@@ -199,11 +210,12 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         "sample-rate": result.sample_rate,
         "train-seconds": result.seconds,
         "seconds": time.perf_counter() - start,
+        **mixing,
     })
     status = ConfigRecord({"status": "ok", "client": ident.client_id})
     if bool(config.get("secagg", False)):
         # the server must learn only the sum: keep the quantised update on this node
-        new = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        new = {k: v.detach().cpu().numpy() for k, v in shared.items()}
         update = flatten(new) - flatten({k: v.numpy() for k, v in msg.content["arrays"].items()})
         if not np.isfinite(update).all():
             raise TrainingError("the local update contains NaN or Inf; not sending it")
@@ -212,7 +224,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         store_update(context, q, ident.client_id)
         return Message(RecordDict({"metrics": metrics, "status": status}), reply_to=msg)
     content = RecordDict({
-        "arrays": ArrayRecord(model.state_dict()), "metrics": metrics, "status": status,
+        "arrays": ArrayRecord(shared), "metrics": metrics, "status": status,
     })
     return Message(content, reply_to=msg)
 

@@ -41,20 +41,29 @@ from fedssl.server.secure_aggregation import SecureAggregation
 from fedssl.server.strategy import FedSSLStrategy
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
 from fedssl.ssl_core.evaluation import evaluate_encoder
+from fedssl.ssl_core.model_parts import (
+    ALGORITHMS,
+    AlgorithmError,
+    parse_shared,
+    shared_state,
+)
 from fedssl.ssl_core.objectives import get_objective
 
 log = logging.getLogger("fedssl.server")
 
 #: run-config keys forwarded to every client in the round's ConfigRecord
 CLIENT_KEYS = (
-    "method", "dataset", "data-path", "num-samples", "image-size", "partitioner",
+    "method", "algorithm", "fedema-tau", "fedu-threshold", "dataset", "data-path",
+    "num-samples", "image-size", "partitioner",
     "dirichlet-alpha", "shards-per-client", "local-epochs", "batch-size", "lr", "momentum",
     "dp", "target-epsilon", "noise-multiplier", "max-grad-norm", "delta", "accountant", "seed",
     "run-dir", "threads",
 )
 
 DEFAULTS: dict[str, Any] = {
-    "num-server-rounds": 3, "method": "simsiam", "dataset": "mnist1d", "data-path": "",
+    "num-server-rounds": 3, "method": "simsiam", "algorithm": "fedavg",
+    "shared": "all", "fedema-tau": 0.7, "fedu-threshold": 0.5,
+    "dataset": "mnist1d", "data-path": "",
     "num-samples": 4000, "image-size": 28, "partitioner": "iid", "dirichlet-alpha": 0.5,
     "shards-per-client": 2, "local-epochs": 1, "batch-size": 32, "lr": 0.05, "momentum": 0.9,
     "dp": False, "target-epsilon": 0.0, "noise-multiplier": 0.0, "max-grad-norm": 1.0,
@@ -104,8 +113,14 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     eval_data = _eval_split(data, int(cfg["eval-samples"]), seed)
     objective = get_objective(str(cfg["method"]))
     model = objective.build_model(data.input_shape)
-    reference = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    arrays = ArrayRecord(model.state_dict())
+    shared = parse_shared(str(cfg["shared"]))
+    if str(cfg["algorithm"]) not in ALGORITHMS:
+        raise AlgorithmError(f"unknown algorithm {cfg['algorithm']!r}; one of {ALGORITHMS}")
+    global_state = shared_state(model.state_dict(), shared)
+    if not any(k.startswith("encoder.") for k in global_state):
+        raise AlgorithmError("the encoder must be among the shared parts")
+    reference = {k: v.detach().cpu().numpy() for k, v in global_state.items()}
+    arrays = ArrayRecord(global_state)
 
     num_nodes = len(list(grid.get_node_ids())) or int(cfg.get("num-clients", 1))
     per_round = int(cfg["clients-per-round"]) or num_nodes
@@ -138,8 +153,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     previous = read_metrics(run_dir)
     if cfg["resume"] and (latest := load_latest(run_dir)) is not None:
         done, weights, _state = latest
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-        arrays = ArrayRecord(model.state_dict())
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()},
+                              strict=False)
+        arrays = ArrayRecord(shared_state(model.state_dict(), shared))
         start_round = done + 1
         # rounds after the checkpoint (a crash between checkpoint and metrics) are redone
         previous = [r for r in previous if r["round"] <= done]
@@ -178,9 +194,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                         outcome.rejected, outcome.failed)
         else:
             arrays = new_arrays
-        model.load_state_dict(arrays.to_torch_state_dict())
+        model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
         save_checkpoint(run_dir, server_round,
-                        {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+                        {k: v.numpy() for k, v in arrays.items()},
                         {"seed": seed, "method": cfg["method"]})
         row: dict[str, Any] = {
             "round": server_round,
@@ -193,6 +209,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         eps = [m.get("epsilon", 0.0) for m in outcome.client_metrics.values()]
         if cfg["dp"] and eps:
             row["epsilon_max"] = max(eps)
+        if agg and "divergence" in agg and cfg["algorithm"] != "fedavg":
+            row["divergence"] = float(agg["divergence"])
         if client_dp is not None:
             row["client_level_epsilon"] = epsilon_of(
                 [(client_dp.noise_multiplier, client_rate, server_round)], float(cfg["delta"]))
@@ -219,7 +237,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
             "sample_rate": client_rate, "rounds": rounds,
         }
     report = {
-        "method": cfg["method"], "dataset": data.name, "clients": num_nodes, "rounds": rounds,
+        "method": cfg["method"], "algorithm": cfg["algorithm"], "shared": list(shared),
+        "dataset": data.name, "clients": num_nodes, "rounds": rounds,
         "clients_per_round": per_round,
         "linear_probe_accuracy": final["linear_probe_accuracy"],
         "knn_accuracy": final["knn_accuracy"],

@@ -18,6 +18,7 @@ import tomli_w
 from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS
 from fedssl.simulations.partitioners import PARTITIONERS
 from fedssl.ssl_core.datasets import DATASETS
+from fedssl.ssl_core.model_parts import ALGORITHMS, PARTS, parse_shared
 from fedssl.ssl_core.objectives import OBJECTIVES
 
 
@@ -47,6 +48,13 @@ class ExperimentConfig:
     shards_per_client: int = _opt(2, "label shards per client for the shard partitioner")
     # local training
     method: str = _opt("simsiam", f"SSL objective: {', '.join(sorted(OBJECTIVES))}")
+    algorithm: str = _opt("fedavg", f"federated SSL algorithm: {', '.join(ALGORITHMS)} (how a "
+                                    "client merges the global model into its local one)")
+    shared: str = _opt("", "model parts sent to and averaged by the server, comma-separated "
+                           f"subset of {', '.join(PARTS)}, or all (default)")
+    fedema_tau: float = _opt(0.7, "FedEMA: EMA weight = min(tau * divergence, 1)")
+    fedu_threshold: float = _opt(0.5, "FedU: take the global predictor while the encoder "
+                                      "divergence is below this")
     local_epochs: int = _opt(1, "local epochs per round")
     batch_size: int = _opt(32, "local batch size (expected batch size under DP)")
     lr: float = _opt(0.05, "local SGD learning rate")
@@ -103,6 +111,15 @@ class ExperimentConfig:
         for name in ("lr", "max_grad_norm", "dirichlet_alpha", "cpus_per_client"):
             need(getattr(self, name) > 0, name, "must be positive")
         need(0 < self.delta < 1, "delta", "must be in (0, 1)")
+        need(self.algorithm in ALGORITHMS, "algorithm",
+             f"unknown {self.algorithm!r}; one of {ALGORITHMS}")
+        try:
+            parts = parse_shared(self.shared_parts())
+        except ValueError as exc:
+            raise ConfigError(f"shared: {exc}") from None
+        need("encoder" in parts or parts == ("all",), "shared", "the encoder must be shared")
+        need(self.fedema_tau > 0 and self.fedu_threshold > 0, "fedema_tau",
+             "FedEMA tau and FedU threshold must be positive")
         need(self.client_dp in ("off", "central"), "client_dp", "must be 'off' or 'central'")
         need(not (self.secagg and self.client_dp == "central"), "client_dp",
              "central client-level DP needs the server to clip individual updates, which "
@@ -148,6 +165,10 @@ class ExperimentConfig:
         data.update(overrides or {})
         return cls.from_dict(data)
 
+    def shared_parts(self) -> str:
+        """The shared parts (every part of the model unless set)."""
+        return self.shared or "all"
+
     def parsed_site_budgets(self) -> dict[str, float]:
         """Per-site epsilon budgets, ``{"client-003": 2.0, ...}``, for every simulated site."""
         budgets = {f"client-{i:03d}": self.site_budget_epsilon for i in range(self.num_clients)}
@@ -172,6 +193,7 @@ class ExperimentConfig:
         cfg.pop("site-budget-epsilon")
         cfg["run-dir"] = run_dir
         cfg["threads"] = max(1, int(self.cpus_per_client))
+        cfg["shared"] = self.shared_parts()
         return cfg
 
     def to_toml(self) -> str:

@@ -89,3 +89,27 @@ def test_node_config_budget_takes_precedence(tmp_path: Path, flower_identity) ->
     reply = _call(tmp_path, node_config={"partition-id": 1, "num-partitions": 4,
                                          "budget-epsilon": 0.5})
     assert "budget of 0.5" in reply.content["status"]["reason"]
+
+
+def test_fedema_keeps_local_model_between_rounds(tmp_path: Path, flower_identity) -> None:
+    """The local model lives in the node's context.state; only shared parts are sent."""
+    from fedssl.client.app import LOCAL_MODEL_KEY
+
+    model = get_objective("byol").build_model((1, 40))
+    shared = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    cfg = {**DEFAULTS, "num-samples": 400, "dp": False, "method": "byol",
+           "algorithm": "fedema", "run-dir": str(tmp_path)}
+    config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
+    config.update({"num-rounds": 2, "input-shape": [1, 40]})
+    ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config={},
+                  node_config={"partition-id": 0, "num-partitions": 4})
+    metrics = []
+    for r in (1, 2):
+        config["server-round"] = r
+        msg = Message(RecordDict({"arrays": ArrayRecord(shared), "config": config}),
+                      dst_node_id=1, message_type="train")
+        reply = train(msg, ctx)
+        assert set(reply.content["arrays"].keys()) == set(shared)
+        metrics.append(reply.content["metrics"])
+    assert LOCAL_MODEL_KEY in ctx.state.array_records
+    assert metrics[0]["divergence"] == 0.0 and metrics[1]["divergence"] > 0
