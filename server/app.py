@@ -69,7 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "dp": False, "target-epsilon": 0.0, "noise-multiplier": 0.0, "max-grad-norm": 1.0,
     "delta": 1e-5, "accountant": "prv", "seed": 0, "run-dir": "runs/flwr-run", "threads": 1,
     "clients-per-round": 0, "eval-every": 1, "eval-samples": 4000, "round-timeout": 3600.0,
-    "progress": True, "resume": False,
+    "progress": True, "resume": False, "few-label": "1,5,10",
     "secagg": False, "secagg-clip": 2.0, "identity-registry": "",
     "client-dp": "off", "client-clip": 1.0, "client-noise-multiplier": 1.0,
 }
@@ -221,7 +221,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "linear_probe_accuracy",
                                                      "epsilon_max") if row.get(k) is not None})
 
-    final = evaluate_encoder(model.encoder, *eval_data)
+    shots = tuple(int(k) for k in str(cfg["few-label"]).split(",") if k.strip())
+    final = evaluate_encoder(model.encoder, *eval_data, labels_per_class=shots, seed=seed)
     export_encoder(run_dir / "encoder.safetensors", model, {
         "method": str(cfg["method"]), "dataset": data.name,
         "input_shape": ",".join(map(str, data.input_shape)), "rounds": str(rounds),
@@ -242,6 +243,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         "clients_per_round": per_round,
         "linear_probe_accuracy": final["linear_probe_accuracy"],
         "knn_accuracy": final["knn_accuracy"],
+        "few_label": {k: v for k, v in final.items() if "shot" in k},
         "random_init": baseline,
         "wall_seconds": time.perf_counter() - wall_start,
         "privacy": privacy,

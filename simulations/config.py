@@ -84,6 +84,8 @@ class ExperimentConfig:
                                  "'client-003=2.0,client-007=1.5'")
     # evaluation and output
     eval_every: int = _opt(1, "evaluate the global encoder every k rounds (and after the last)")
+    few_label: str = _opt("1,5,10", "labels per class for the final few-label linear probe "
+                                    "and kNN (comma-separated; empty = none)")
     eval_samples: int = _opt(4000, "max labelled pool records used to fit the probes")
     seed: int = _opt(0, "seed of data generation, partitioning, initialisation and sampling")
     out: str = _opt("", "run directory (default: runs/<method>-<dataset>-<timestamp>)")
@@ -127,6 +129,8 @@ class ExperimentConfig:
         need(self.secagg_clip > 0, "secagg_clip", "must be positive")
         need(self.client_clip > 0 and self.client_noise_multiplier >= 0, "client_clip",
              "client clip must be positive and the noise multiplier non-negative")
+        need(all(k.strip().isdigit() and int(k) > 0 for k in self.few_label.split(",")
+                 if k.strip()), "few_label", "must be comma-separated positive integers")
         need(self.site_budget_epsilon >= 0, "site_budget_epsilon", "must be non-negative")
         self.parsed_site_budgets()
         need(self.target_epsilon >= 0 and self.noise_multiplier >= 0, "target_epsilon",

@@ -110,6 +110,14 @@ def format_report(run_dir: Path) -> str:
         f"| federated {report['method']} | {report['linear_probe_accuracy']:.3f} | "
         f"{report['knn_accuracy']:.3f} |",
     ]
+    few = report.get("few_label") or {}
+    shots = sorted({int(k.split("_")[-1].removesuffix("shot")) for k in few})
+    if shots:
+        lines += ["", "| labels per class | " + " | ".join(map(str, shots)) + " |",
+                  "|---" * (len(shots) + 1) + "|",
+                  "| linear probe | " + " | ".join(f"{few[f'linear_probe_{k}shot']:.3f}"
+                                                  for k in shots) + " |",
+                  "| kNN | " + " | ".join(f"{few[f'knn_{k}shot']:.3f}" for k in shots) + " |"]
     privacy = report.get("privacy")
     if privacy and privacy.get("clients"):
         lines += ["", f"privacy (delta = {privacy['delta']:g}, per client, from the signed "

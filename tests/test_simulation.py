@@ -57,6 +57,7 @@ def test_three_clients_two_rounds_with_dp(tmp_path: Path) -> None:
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["clients"] == 2 and "client-001" in r["refused"] for r in rows[1:])
     assert {"loss", "seconds", "linear_probe_accuracy", "knn_accuracy"} <= set(rows[2])
+    assert {"linear_probe_1shot", "knn_10shot"} <= set(report["few_label"])
     assert (out / "checkpoints" / "round-0002.safetensors").exists()
     assert json.loads((out / "checkpoints" / "state.json").read_text())["round"] == 2
     assert (out / "encoder.safetensors").stat().st_size > 1000
