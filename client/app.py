@@ -31,6 +31,7 @@ from flwr.clientapp import ClientApp
 
 from fedssl.client import secagg
 from fedssl.client.data import DataSpec, cached_dataset, simulated_partition
+from fedssl.client.faults import maybe_fault
 from fedssl.client.federated_ssl import merge
 from fedssl.client.privacy_guard import SiteBudget
 from fedssl.client.secagg import flatten, store_update
@@ -139,6 +140,7 @@ def train(msg: Message, context: Context) -> Message:
         ident = identify(context, config)
     except (KeyError, ValueError) as exc:
         return _refusal(msg, f"node-{context.node_id}", f"cannot identify client: {exc}")
+    maybe_fault(config, context.node_config, "train")
     try:
         return _train(msg, context, config, ident)
     except REFUSALS as exc:
@@ -232,6 +234,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
 def _secagg_stage(stage: str):
     def handler(msg: Message, context: Context) -> Message:
         ident = identify(context, msg.content["config"])
+        maybe_fault(msg.content["config"], context.node_config, stage)
         return secagg.handle(stage, msg, context, ident.state_dir)
 
     handler.__name__ = f"secagg_{stage}"

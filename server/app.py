@@ -57,7 +57,7 @@ CLIENT_KEYS = (
     "num-samples", "image-size", "partitioner",
     "dirichlet-alpha", "shards-per-client", "local-epochs", "batch-size", "lr", "momentum",
     "dp", "target-epsilon", "noise-multiplier", "max-grad-norm", "delta", "accountant", "seed",
-    "run-dir", "threads",
+    "run-dir", "threads", "dropout-prob", "straggler-prob", "straggler-delay",
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -70,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "delta": 1e-5, "accountant": "prv", "seed": 0, "run-dir": "runs/flwr-run", "threads": 1,
     "clients-per-round": 0, "eval-every": 1, "eval-samples": 4000, "round-timeout": 3600.0,
     "progress": True, "resume": False, "few-label": "1,5,10",
+    "dropout-prob": 0.0, "straggler-prob": 0.0, "straggler-delay": 0.0,
     "secagg": False, "secagg-clip": 2.0, "identity-registry": "",
     "client-dp": "off", "client-clip": 1.0, "client-noise-multiplier": 1.0,
 }
@@ -144,6 +145,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         registry = Path(str(cfg["identity-registry"]) or run_dir / "identities.json")
         secure = SecureAggregation(strategy, registry, float(cfg["secagg-clip"]),
                                    float(cfg["round-timeout"]), run_dir.resolve())
+        secure.fault_config = {k: cfg[k] for k in ("dropout-prob", "straggler-prob",
+                                                   "straggler-delay", "seed")}
     train_config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
     train_config["num-rounds"] = rounds
     train_config["input-shape"] = list(data.input_shape)

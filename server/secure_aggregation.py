@@ -46,6 +46,9 @@ class SecureAggregation:
         self.clip = clip
         self.timeout = timeout
         self.run_dir = run_dir
+        #: simulated-fault settings forwarded to every stage (empty outside simulations)
+        self.fault_config: dict[str, float | int] = {}
+        self.names: dict[int, str] = {}  # Flower node id -> client id, for readable logs
 
     def _exchange(self, grid: Grid, stage: str, payloads: dict[int, bytes],
                   round_id: int) -> dict[int, bytes]:
@@ -53,15 +56,21 @@ class SecureAggregation:
         messages = [
             Message(RecordDict({"config": ConfigRecord({
                 "payload": payload, "run-dir": str(self.run_dir), "server-round": round_id,
+                **self.fault_config,
             })}), dst_node_id=node, message_type=f"train.secagg_{stage}")
             for node, payload in payloads.items()
         ]
         out: dict[int, bytes] = {}
         outcome = self.strategy.last_outcome
-        for reply in grid.send_and_receive(messages, timeout=self.timeout):
+        replies = list(grid.send_and_receive(messages, timeout=self.timeout))
+        for node in set(payloads) - {r.metadata.src_node_id for r in replies}:
+            outcome.failed[self.names.get(node, f"node-{node}")] = (
+                f"{stage}: no reply before the round timeout")
+        for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                outcome.failed[f"node-{node}"] = f"{stage}: {reply.error.reason}"
+                outcome.failed[self.names.get(node, f"node-{node}")] = (
+                    f"{stage}: {reply.error.reason[-300:]}")
                 continue
             rec = reply.content.config_records.get("secagg")
             if rec is None or rec.get("status") != "ok" or "payload" not in rec:
@@ -84,13 +93,14 @@ class SecureAggregation:
         config["secagg-clip"] = self.clip
         replies = grid.send_and_receive(strategy.messages(arrays, config, nodes),
                                         timeout=self.timeout)
-        trained = strategy.screen(server_round, replies, with_arrays=False)
+        trained = strategy.screen(server_round, replies, with_arrays=False, sent_to=nodes)
         metrics = (strategy.train_metrics_aggr_fn([m.content for m in trained],
                                                   strategy.weighted_by_key)
                    if trained else None)
         index_of: dict[int, int] = {}
         for msg in trained:
             cid = str(msg.content.config_records["status"]["client"])
+            self.names[msg.metadata.src_node_id] = cid
             if cid in self.registry:
                 index_of[msg.metadata.src_node_id] = self.registry[cid][0]
             else:
@@ -115,6 +125,7 @@ class SecureAggregation:
             log.warning("round %d: secure aggregation failed, global model unchanged: %s",
                         server_round, exc)
             strategy.last_outcome.failed["secagg"] = str(exc)
+            strategy.last_outcome.accepted = []  # nothing was aggregated
             return None, metrics
         survivors = {f"index-{i}" for i in result.survivors}
         log.info("round %d: securely aggregated %d updates (%d dropped)", server_round,

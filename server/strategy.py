@@ -93,6 +93,7 @@ class FedSSLStrategy(FedAvg):
         self.client_rate = client_rate
         self.rng = rng or np.random.default_rng()
         self.current: dict[str, np.ndarray] | None = None
+        self._sent: list[int] = []
         self.last_outcome = RoundOutcome()
 
     def sample(self, server_round: int, grid: Grid) -> list[int]:
@@ -119,28 +120,35 @@ class FedSSLStrategy(FedAvg):
     ) -> Iterable[Message]:
         self.current = {k: v.numpy() for k, v in arrays.items()}
         config["server-round"] = server_round
-        return self.messages(arrays, config, self.sample(server_round, grid))
+        self._sent = self.sample(server_round, grid)
+        return self.messages(arrays, config, self._sent)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        good = self.screen(server_round, replies)
+        good = self.screen(server_round, replies, sent_to=self._sent)
         if self.client_dp is not None:
             return self._aggregate_client_dp(good)
         if not good:
             return None, None
         return super().aggregate_train(server_round, good)
 
-    def screen(self, server_round: int, replies: Iterable[Message], with_arrays: bool = True
-               ) -> list[Message]:
+    def screen(self, server_round: int, replies: Iterable[Message], with_arrays: bool = True,
+               sent_to: Iterable[int] = ()) -> list[Message]:
         """Replies fit to aggregate; refusals, failures and rejections go to
-        :attr:`last_outcome` with the client's name and reason."""
+        :attr:`last_outcome` with the client's name and reason (nodes in ``sent_to`` that did
+        not reply at all are recorded as timed out)."""
         outcome = RoundOutcome()
         good: list[Message] = []
+        replies = list(replies)
+        answered = {m.metadata.src_node_id for m in replies}
+        for node in sent_to:
+            if node not in answered:
+                outcome.failed[f"node-{node}"] = "no reply before the round timeout"
         for msg in replies:
             cid = client_name(msg)
             if msg.has_error():
-                outcome.failed[cid] = msg.error.reason
+                outcome.failed[cid] = msg.error.reason[-300:]
                 log.warning("round %d: client %s failed: %s", server_round, cid,
                             msg.error.reason)
                 continue

@@ -90,6 +90,10 @@ class ExperimentConfig:
     seed: int = _opt(0, "seed of data generation, partitioning, initialisation and sampling")
     out: str = _opt("", "run directory (default: runs/<method>-<dataset>-<timestamp>)")
     cpus_per_client: float = _opt(1.0, "CPU cores reserved per simulated client (Ray)")
+    dropout_prob: float = _opt(0.0, "probability a simulated client vanishes at each message "
+                                    "(training and every secure-aggregation stage)")
+    straggler_prob: float = _opt(0.0, "probability a simulated client is slow at a message")
+    straggler_delay: float = _opt(0.0, "seconds a straggler sleeps (vs --round-timeout)")
     round_timeout: float = _opt(3600.0, "seconds the server waits for a round's replies")
 
     def validate(self) -> ExperimentConfig:
@@ -131,6 +135,10 @@ class ExperimentConfig:
              "client clip must be positive and the noise multiplier non-negative")
         need(all(k.strip().isdigit() and int(k) > 0 for k in self.few_label.split(",")
                  if k.strip()), "few_label", "must be comma-separated positive integers")
+        need(0 <= self.dropout_prob <= 1 and 0 <= self.straggler_prob <= 1, "dropout_prob",
+             "fault probabilities must be in [0, 1]")
+        need(self.straggler_delay >= 0 and self.round_timeout > 0, "straggler_delay",
+             "delays must be non-negative and the round timeout positive")
         need(self.site_budget_epsilon >= 0, "site_budget_epsilon", "must be non-negative")
         self.parsed_site_budgets()
         need(self.target_epsilon >= 0 and self.noise_multiplier >= 0, "target_epsilon",

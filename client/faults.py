@@ -1,0 +1,39 @@
+"""Simulated faults for researchers: client dropouts and stragglers.
+
+Real federations lose clients mid-round and wait for slow ones; a simulator that never does
+flatters every algorithm. With ``dropout-prob`` a simulated client vanishes (its message fails,
+as if the process died) at each message it receives with that probability, so dropouts happen
+at every stage, including between secure-aggregation stages. With ``straggler-prob`` it first
+sleeps ``straggler-delay`` seconds; the server's ``round-timeout`` decides whether it still
+counts. Draws come from a generator seeded by (seed, round, client, stage): reproducible.
+Only simulated clients (those with a ``partition-id``) are ever faulted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+STAGE_IDS = {"train": 0, "setup": 1, "share": 2, "mask": 3, "unmask": 4}
+
+
+class SimulatedDropoutError(RuntimeError):
+    """The simulated client vanished (the server sees a failed reply)."""
+
+
+def maybe_fault(config: Mapping[str, Any], node_config: Mapping[str, Any], stage: str) -> None:
+    """Apply this run's simulated faults to one message of one client."""
+    p_drop = float(config.get("dropout-prob", 0.0))
+    p_slow = float(config.get("straggler-prob", 0.0))
+    if (p_drop <= 0 and p_slow <= 0) or "partition-id" not in node_config:
+        return
+    rng = np.random.default_rng([int(config.get("seed", 0)), int(config.get("server-round", 0)),
+                                 int(node_config["partition-id"]), STAGE_IDS.get(stage, 9)])
+    drop, slow = rng.random(2)
+    if drop < p_drop:
+        raise SimulatedDropoutError(f"simulated dropout at stage {stage!r}")
+    if slow < p_slow:
+        time.sleep(float(config.get("straggler-delay", 0.0)))
