@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fedssl.ssl_core.objectives.base import Objective
 from fedssl.ssl_core.objectives.byol import BYOL
+from fedssl.ssl_core.objectives.mae import MAE
 from fedssl.ssl_core.objectives.simclr import SimCLR
 from fedssl.ssl_core.objectives.simsiam import SimSiam
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SimSiam, BYOL, SimCLR)}
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SimSiam, BYOL, SimCLR, MAE)}
 
 
 class UnknownMethodError(ValueError):
