@@ -1,0 +1,304 @@
+"""``fedssl audit`` over a run directory: a clean run passes (exit 0); every kind of false or
+unverifiable privacy claim is a finding (exit 1); usage errors exit 2; the accountants agree.
+
+Run directories are built without Flower: ledgers written with the clients' own identity keys
+(:class:`~fedssl.privacy.ledger.Ledger`), ``config.toml`` from ``ExperimentConfig``, and
+``report.json`` shaped like the server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fedssl.audit_command import add_audit_parser, run_audit
+from fedssl.privacy.accountant import epsilon_of
+from fedssl.privacy.audit import audit_run, recompute
+from fedssl.privacy.identity import load_or_create_identity, public_pem
+from fedssl.privacy.ledger import Ledger, LedgerEntry
+from fedssl.simulations.config import ExperimentConfig
+
+SIGMA, RATE, STEPS, DELTA = 1.0, 0.1, 10, 1e-5
+ROUNDS = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedssl")
+    add_audit_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def audit(*argv: str) -> int:
+    args = _parser().parse_args(["audit", *map(str, argv), "--quiet"])
+    return run_audit(args)
+
+
+def _write_ledger(run: Path, client: str, rounds: int = ROUNDS, sigma: float = SIGMA,
+                  delta: float = DELTA, accountant: str = "prv", scale: float = 1.0,
+                  field_client: str | None = None) -> Ledger:
+    key = load_or_create_identity(run / "clients" / client / "identity.pem")
+    (run / "ledger").mkdir(parents=True, exist_ok=True)
+    (run / "ledger" / f"{client}.pub").write_bytes(public_pem(key))
+    led = Ledger(run / "ledger" / f"{client}.jsonl", key)
+    history = []
+    for r in range(1, rounds + 1):
+        history.append((sigma, RATE, STEPS))
+        eps = epsilon_of(history, delta) * scale
+        led.append(LedgerEntry(round=r, client=field_client or client, noise_multiplier=sigma,
+                               sample_rate=RATE, steps=STEPS, max_grad_norm=1.0, delta=delta,
+                               accountant=accountant, epsilon=eps))
+    return led
+
+
+def _write_report(run: Path) -> None:
+    clients = {}
+    for path in sorted((run / "ledger").glob("*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        last = rows[-1]
+        clients[last["client"]] = {
+            "epsilon": last["epsilon"], "steps": sum(r["steps"] for r in rows),
+            "rounds": len(rows), "noise_multiplier": last["noise_multiplier"],
+            "sample_rate": last["sample_rate"], "max_grad_norm": 1.0, "accountant": "prv"}
+    (run / "report.json").write_text(json.dumps({
+        "method": "simsiam", "dataset": "mnist1d", "clients": len(clients), "rounds": ROUNDS,
+        "linear_probe_accuracy": 0.8, "knn_accuracy": 0.6, "wall_seconds": 1.0,
+        "privacy": {"delta": DELTA, "clients": clients}}, indent=2))
+
+
+def make_run(run: Path, clients: tuple[str, ...] = ("client-000", "client-001"),
+             report: bool = True, **config: object) -> Path:
+    cfg = {"num_clients": len(clients), "rounds": ROUNDS, "dp": True, "target_epsilon": 8.0,
+           "delta": DELTA, "method": "simsiam", "out": str(run), **config}
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.toml").write_text(ExperimentConfig(**cfg).to_toml())
+    for c in clients:
+        _write_ledger(run, c)
+    if report:
+        _write_report(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("audit") / "run")
+
+
+@pytest.fixture
+def run(clean_run: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the clean run to tamper with."""
+    dest = tmp_path / "run"
+    shutil.copytree(clean_run, dest, ignore=shutil.ignore_patterns("audit"))
+    return dest
+
+
+def kinds(run: Path, **kwargs: object) -> set[str]:
+    res = audit_run(run, **kwargs)  # type: ignore[arg-type]
+    return {f.kind for f in res.findings}
+
+
+# --- clean run -----------------------------------------------------------------------------
+def test_clean_run_exits_0_and_writes_outputs(run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert audit(run) == 0
+    out = capsys.readouterr().out
+    assert "client-000" in out and "no findings" in out
+    for header in ("recorded eps", "PRV", "PLD", "RDP", "status"):
+        assert header in out
+    data = json.loads((run / "audit" / "audit.json").read_text())
+    assert data["clean"] and data["findings"] == []
+    eps = data["clients"]["client-000"]["epsilon"]
+    assert set(eps) >= {"recorded", "prv", "pld", "rdp", "reference"}
+    assert eps["pld"] <= eps["prv"] <= eps["rdp"]
+    assert len(data["clients"]["client-001"]["entries"]) == ROUNDS
+    assert (run / "audit" / "epsilon.png").stat().st_size > 1000
+    md = (run / "audit" / "report.md").read_text()
+    assert "| client-000 |" in md and "epsilon.png" in md and "CLEAN" in md
+
+
+def test_out_dir_and_json_output(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+                                 ) -> None:
+    assert audit(run, "--out", tmp_path / "elsewhere", "--json", "--no-plot") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["clean"] is True
+    assert (tmp_path / "elsewhere" / "audit.json").exists()
+    assert not (tmp_path / "elsewhere" / "epsilon.png").exists()
+
+
+# --- tampering -----------------------------------------------------------------------------
+def _tamper(path: Path, how: str) -> None:
+    lines = path.read_text().splitlines()
+    if how == "edited value":
+        row = json.loads(lines[1])
+        row["epsilon"] = row["epsilon"] / 2
+        lines[1] = json.dumps(row, sort_keys=True)
+    elif how == "removed entry":
+        del lines[1]
+    elif how == "reordered entries":
+        lines[1], lines[2] = lines[2], lines[1]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("how", ["edited value", "removed entry", "reordered entries",
+                                 "wrong key"])
+def test_tampered_ledger_is_a_finding(run: Path, how: str,
+                                      capsys: pytest.CaptureFixture) -> None:
+    ledger = run / "ledger" / "client-001.jsonl"
+    if how == "wrong key":  # a forger's chain, or a substituted public key
+        other = load_or_create_identity(run / "forger.pem")
+        (run / "ledger" / "client-001.pub").write_bytes(public_pem(other))
+    else:
+        _tamper(ledger, how)
+    assert audit(run) == 1
+    data = json.loads((run / "audit" / "audit.json").read_text())
+    found = [f for f in data["findings"] if f["kind"] == "ledger-invalid"]
+    assert found and all(f["client"] == "client-001" for f in found)
+    assert all(f["severity"] == "error" for f in found)
+    assert data["clients"]["client-001"]["status"] != "ok"
+    assert data["clients"]["client-000"]["status"] == "ok"
+    assert "ledger-invalid" in capsys.readouterr().out
+
+
+def test_missing_public_key(run: Path) -> None:
+    (run / "ledger" / "client-000.pub").unlink()
+    res = audit_run(run)
+    assert [f.kind for f in res.findings] == ["missing-public-key"]
+    # the chain still verifies, so the numbers are still recomputed and shown
+    assert res.clients[0].chain_verified and not res.clients[0].signature_verified
+    assert res.clients[0].last is not None and res.clients[0].last.prv > 0
+
+
+def test_client_field_must_match_file_name(run: Path) -> None:
+    (run / "ledger" / "client-001.jsonl").unlink()
+    _write_ledger(run, "client-001", field_client="client-000")
+    assert "client-mismatch" in kinds(run)
+
+
+# --- recomputation, budget, delta ------------------------------------------------------------
+def test_understated_epsilon_flagged_beyond_tolerance(run: Path) -> None:
+    (run / "ledger" / "client-001.jsonl").unlink()
+    _write_ledger(run, "client-001", scale=0.9)  # validly signed, but 10 % too low
+    _write_report(run)
+    res = audit_run(run)
+    under = [f for f in res.findings if f.kind == "epsilon-understated"]
+    assert {f.round for f in under} == set(range(1, ROUNDS + 1))
+    assert all(f.client == "client-001" for f in under)
+
+
+def test_understatement_within_tolerance_is_clean(run: Path) -> None:
+    (run / "ledger" / "client-001.jsonl").unlink()
+    _write_ledger(run, "client-001", scale=0.995)
+    _write_report(run)
+    assert kinds(run) == set()
+
+
+def test_budget_overrun_from_config_and_override(run: Path) -> None:
+    final = audit_run(run).clients[0].last
+    assert final is not None
+    assert "budget-overrun" in kinds(run, budget=final.recorded * 0.9)
+    # the config's own target
+    cfg = run / "config.toml"
+    cfg.write_text(cfg.read_text().replace("target_epsilon = 8.0",
+                                           f"target_epsilon = {final.recorded * 0.9}"))
+    assert audit(run) == 1
+    data = json.loads((run / "audit" / "audit.json").read_text())
+    assert {f["kind"] for f in data["findings"]} == {"budget-overrun"}
+    assert audit(run, "--budget", 100) == 0
+
+
+def test_delta_mismatch_with_config(run: Path) -> None:
+    cfg = run / "config.toml"
+    cfg.write_text(cfg.read_text().replace("delta = 1e-05", "delta = 1e-06"))
+    found = kinds(run)
+    assert "delta-mismatch" in found
+
+
+# --- unsound configurations ------------------------------------------------------------------
+def test_non_decomposable_objective_under_dp(run: Path) -> None:
+    cfg = run / "config.toml"
+    cfg.write_text(cfg.read_text().replace('method = "simsiam"', 'method = "simclr"'))
+    res = audit_run(run)
+    assert any(f.kind == "unsound-config" and "simclr" in f.message for f in res.findings)
+
+
+def test_dp_without_noise(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", clients=("client-000",), report=False)
+    cfg = run / "config.toml"
+    cfg.write_text(cfg.read_text().replace("target_epsilon = 8.0", "target_epsilon = 0.0"))
+    _write_ledger(run, "client-009", rounds=1, sigma=0.0)
+    found = kinds(run)
+    assert {"unsound-config", "zero-noise"} <= found
+
+
+def test_accountant_that_is_not_an_upper_bound(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", clients=(), report=False)
+    _write_ledger(run, "client-000", accountant="gdp")
+    assert "unsound-accountant" in kinds(run)
+
+
+def test_missing_config_and_missing_ledgers(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", clients=(), report=False)
+    assert "missing-ledger" in kinds(run)
+    (run / "config.toml").unlink()
+    assert "missing-config" in kinds(run)
+
+
+# --- report.json ----------------------------------------------------------------------------
+def test_report_epsilon_must_match_ledgers(run: Path) -> None:
+    report = json.loads((run / "report.json").read_text())
+    report["privacy"]["clients"]["client-000"]["epsilon"] = 1.0
+    del report["privacy"]["clients"]["client-001"]
+    (run / "report.json").write_text(json.dumps(report))
+    res = audit_run(run)
+    mism = [f for f in res.findings if f.kind == "report-mismatch"]
+    assert {f.client for f in mism} == {"client-000", "client-001"}
+
+
+# --- usage ----------------------------------------------------------------------------------
+def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert audit(tmp_path / "nope") == 2
+    assert "not found" in capsys.readouterr().err
+    assert run_audit(_parser().parse_args(["audit"])) == 2
+    assert audit("--empirical") == 2  # no run dir and no mechanism
+
+
+def test_help_documents_every_option() -> None:
+    parser = _parser()
+    sub = parser._subparsers._group_actions[0].choices["audit"]  # type: ignore[union-attr]
+    for action in sub._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and len(action.help) > 15, action.dest
+
+
+# --- accountants ----------------------------------------------------------------------------
+GRID = [(q, s, n) for q in (0.01, 0.1) for s in (0.8, 1.0, 2.0) for n in (100, 1000)]
+
+
+@pytest.mark.parametrize(("q", "sigma", "steps"), GRID)
+def test_accountants_agree_and_rdp_is_conservative(q: float, sigma: float, steps: int) -> None:
+    eps = recompute(((sigma, q, steps),), (1e-5,))
+    prv, pld, rdp = eps["prv"][0], eps["pld"][0], eps["rdp"][0]
+    # Opacus reports the upper end of its absolute 0.01 error band: PRV sits ~0.01 above PLD
+    assert pld <= prv <= pld * 1.03 + 0.011
+    assert rdp >= prv and rdp >= pld
+
+
+def test_design_numbers() -> None:
+    """DESIGN.md: q=0.01, sigma=1, 10k steps, delta=1e-5: RDP 6.71, PLD 6.19."""
+    eps = recompute(((1.0, 0.01, 10_000),), (1e-5,))
+    assert eps["rdp"][0] == pytest.approx(6.71, abs=0.01)
+    assert eps["pld"][0] == pytest.approx(6.19, abs=0.01)
+    assert eps["prv"][0] == pytest.approx(eps["pld"][0], rel=0.01)
+
+
+def test_cumulative_epsilons_per_entry_are_monotone() -> None:
+    history = ((1.0, 0.05, 20), (1.0, 0.05, 20), (0.8, 0.1, 10))
+    eps = recompute(history, (1e-5,) * 3, accountants=("pld", "rdp"))
+    for name, values in eps.items():
+        assert values == sorted(values), name
+        assert values[1] > values[0]
+    # the composed PLD equals the one of the merged first two segments
+    merged = recompute(((1.0, 0.05, 40),), (1e-5,), accountants=("pld",))
+    assert eps["pld"][1] == pytest.approx(merged["pld"][0], rel=2e-3)
