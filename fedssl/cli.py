@@ -1,4 +1,5 @@
-"""``fedssl`` command line: ``fedssl simulate`` (more subcommands join as they land)."""
+"""``fedssl`` command line: ``simulate`` (researchers), ``certs``/``server``/``client`` (a real
+federation), ``audit`` (privacy auditors)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from fedssl.audit_command import add_audit_parser, run_audit
+from fedssl.deploy_commands import add_deploy_parsers, run_deploy
 from fedssl.simulations.config import ConfigError, ExperimentConfig
 
 
@@ -43,11 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "its saved config.toml (clients keep their ledgers: spent privacy is "
                      "never repeated)")
     _add_experiment_options(sim)
+    add_deploy_parsers(sub)
+    add_audit_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if (code := run_deploy(args)) is not None:
+        return code
+    if args.command == "audit":
+        return run_audit(args)
     if args.command == "simulate":
         from fedssl.simulations.simulate import format_report, simulate
 

@@ -175,6 +175,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     log.info("random-init encoder: %s", baseline)
 
     refusals: dict[str, list[dict[str, Any]]] = {}
+    reported: dict[str, dict[str, Any]] = {}  # what clients' replies claimed (deployments)
     for row in previous:
         for cid, reason in (row.get("refused") or {}).items():
             refusals.setdefault(cid, []).append({"round": row["round"], "reason": reason})
@@ -209,6 +210,12 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         }
         for cid, reason in outcome.refused.items():
             refusals.setdefault(cid, []).append({"round": server_round, "reason": reason})
+        for cid, m in outcome.client_metrics.items():
+            seen = reported.setdefault(cid, {"steps": 0, "rounds": 0})
+            seen.update(epsilon=m.get("epsilon", 0.0), noise_multiplier=m.get(
+                "noise-multiplier", 0.0), sample_rate=m.get("sample-rate", 0.0))
+            seen["steps"] += int(m.get("steps", 0))
+            seen["rounds"] += 1
         eps = [m.get("epsilon", 0.0) for m in outcome.client_metrics.values()]
         if cfg["dp"] and eps:
             row["epsilon_max"] = max(eps)
@@ -231,6 +238,10 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         "input_shape": ",".join(map(str, data.input_shape)), "rounds": str(rounds),
     })
     privacy = ledger_privacy(run_dir, float(cfg["delta"])) if cfg["dp"] else None
+    if privacy is not None and not privacy["clients"] and reported:
+        # a real deployment: ledgers stay at the sites (audit them there); report the replies
+        privacy["clients"] = reported
+        privacy["source"] = "client replies (the signed ledgers are kept by the sites)"
     if client_dp is not None:
         privacy = privacy or {"delta": float(cfg["delta"]), "clients": {}}
         privacy["client_level"] = {

@@ -145,8 +145,11 @@ class FedSSLStrategy(FedAvg):
         for node in sent_to:
             if node not in answered:
                 outcome.failed[f"node-{node}"] = "no reply before the round timeout"
+        sent = set(sent_to)
         for msg in replies:
             cid = client_name(msg)
+            if msg.has_error() and sent and msg.metadata.src_node_id not in sent:
+                continue  # the SuperLink answering for an unreachable node: counted above
             if msg.has_error():
                 outcome.failed[cid] = msg.error.reason[-300:]
                 log.warning("round %d: client %s failed: %s", server_round, cid,

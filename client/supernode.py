@@ -1,0 +1,336 @@
+"""``fedssl client``: a site's agent, a Flower SuperNode with TLS and node authentication.
+
+Before anything connects, the site's own inputs are checked, so a site with a broken setup
+never joins the federation: the CA certificate and node key must be readable (the key must be
+an OpenSSH ECDSA key, the format Flower 1.41's ``--auth-supernode-private-key`` takes), the
+privacy budget must be valid, and the data must load with
+:func:`fedssl.ssl_core.datasets.load_dataset` (corrupt files, wrong shapes, NaN, empty folders
+raise :class:`~fedssl.ssl_core.datasets.DataError`, reported with exit code 2).
+
+Then ``flower-supernode`` is started with
+
+- ``--superlink HOST:PORT --root-certificates CA``: HTTPS to the SuperLink, server verified
+  against the federation's CA;
+- ``--auth-supernode-private-key KEY``: every Fleet request is signed with the node key; a
+  SuperLink started by ``fedssl server`` refuses keys its operator did not register;
+- ``--node-config FILE.toml``: ``state-dir``, ``client-id``, ``data-path``, ``dataset``,
+  ``image-size`` and the site's budget (``budget-epsilon``, ``budget-delta``), read by the
+  fedssl ClientApp (:mod:`fedssl.client.app`): the budget comes from the site, never from the
+  server;
+- ``--port``: the SuperNode's local Runtime API (127.0.0.1 only), where its ClientApp
+  process connects; each SuperNode on one machine needs its own port.
+
+Progress is printed as it happens: connection, each round the site trains (from its signed
+ledger, with the epsilon spent so far) and every warning (refused rounds, lost connection).
+Flower's full output goes to ``STATE/flower/supernode.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedssl.server.certs import CA_CERT, CertError, node_public_key
+from fedssl.ssl_core.datasets import DataError, load_dataset
+
+FLOWER_DIR = "flower"
+DEFAULT_RUNTIME_PORT = 9094
+RETRY_SECONDS = 3.0
+#: substrings of Flower's SuperNode output worth showing without --verbose
+SHOWN = ("SuperNode ID", "WARNING", "ERROR", "refuses", "Connection attempt failed",
+         "Exit Code", "Traceback", "Error:")
+
+
+class ClientSetupError(ValueError):
+    """Raised when the site's certificates, key, budget or options are unusable."""
+
+
+@dataclass
+class ClientOptions:
+    """What ``fedssl client`` was asked to do (see ``fedssl client --help``)."""
+
+    server: str
+    ca_cert: Path
+    node_key: Path
+    data: Path
+    state_dir: Path
+    dataset: str = "auto"
+    client_id: str = ""
+    budget_epsilon: float | None = None
+    budget_delta: float | None = None
+    image_size: int = 28
+    runtime_port: int = DEFAULT_RUNTIME_PORT
+    join_timeout: float = 600.0  # 0: keep trying to (re)join for ever
+    verbose: bool = False
+    print_fn: Callable[[str], None] = field(default=print)
+
+
+def infer_dataset(data: Path, dataset: str = "auto") -> str:
+    """``npz`` for a ``.npz`` file, ``imagefolder`` for a directory (unless given)."""
+    if dataset != "auto":
+        return dataset
+    if data.suffix.lower() == ".npz":
+        return "npz"
+    if data.is_dir():
+        return "imagefolder"
+    if not data.exists():
+        raise DataError(f"data path not found: {data}")
+    raise DataError(f"cannot tell the format of {data}: give a .npz file (MedMNIST layout) "
+                    "or a folder of class sub-folders with PNG/JPEG images, or --dataset")
+
+
+def resolve_ca(certs: Path) -> Path:
+    """``--certs`` may be the certificate directory (``DIR/ca.crt``) or the CA file itself."""
+    path = certs / CA_CERT if certs.is_dir() else certs
+    if not path.is_file():
+        raise ClientSetupError(f"CA certificate not found: {path} (the server operator gives "
+                               "you ca.crt)")
+    try:
+        from cryptography import x509
+
+        x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError as exc:
+        raise ClientSetupError(f"{path}: not a PEM certificate ({exc})") from exc
+    return path
+
+
+def check_site(opts: ClientOptions) -> tuple[dict[str, object], bytes, int]:
+    """Validate everything local; returns (node config, node public key, records)."""
+    try:
+        public = node_public_key(opts.node_key)
+    except CertError as exc:
+        raise ClientSetupError(str(exc)) from exc
+    if opts.budget_epsilon is not None and not opts.budget_epsilon > 0:
+        raise ClientSetupError(f"--budget-epsilon must be > 0, got {opts.budget_epsilon}")
+    if opts.budget_delta is not None and not 0 < opts.budget_delta < 1:
+        raise ClientSetupError(f"--budget-delta must be in (0, 1), got {opts.budget_delta}")
+    dataset = infer_dataset(opts.data, opts.dataset)
+    data = load_dataset(dataset, str(opts.data), image_size=opts.image_size)  # DataError
+    node_config: dict[str, object] = {
+        "state-dir": str(opts.state_dir.resolve()),
+        "client-id": opts.client_id or opts.node_key.stem,
+        "data-path": str(opts.data.resolve()),
+        "dataset": dataset,
+        "image-size": opts.image_size,
+    }
+    # secure aggregation: the site's identity key (next to its node key, from `fedssl certs`)
+    # goes into its state dir, the public registry is read where the CA certificate is
+    identity = opts.node_key.with_name(f"{opts.node_key.stem}.identity.pem")
+    registry = opts.ca_cert.parent / "identities.json" if opts.ca_cert.is_file() else (
+        opts.ca_cert / "identities.json")
+    if identity.exists() and registry.exists():
+        opts.state_dir.mkdir(parents=True, exist_ok=True)
+        target = opts.state_dir / "identity.pem"
+        if not target.exists():
+            target.write_bytes(identity.read_bytes())
+            target.chmod(0o600)
+        node_config["identity-registry"] = str(registry.resolve())
+    if opts.budget_epsilon is not None:
+        node_config["budget-epsilon"] = float(opts.budget_epsilon)
+        node_config["budget-delta"] = float(opts.budget_delta or 1e-5)
+    return node_config, public, len(data.x_train)
+
+
+def supernode_command(opts: ClientOptions, ca: Path, node_config_file: Path) -> list[str]:
+    """The ``flower-supernode`` command line for this site."""
+    exe = Path(sys.executable).parent / "flower-supernode"
+    cmd = [str(exe) if exe.exists() else "flower-supernode",
+           "--superlink", opts.server, "--root-certificates", str(ca.resolve()),
+           "--auth-supernode-private-key", str(opts.node_key.resolve()),
+           "--node-config", str(node_config_file), "--port", str(opts.runtime_port)]
+    if opts.join_timeout > 0:
+        cmd += ["--max-wait-time", str(opts.join_timeout)]
+    return cmd
+
+
+class LedgerWatcher(threading.Thread):
+    """Prints one line per new entry of the site's privacy ledger (one per trained round)."""
+
+    def __init__(self, ledger: Path, budget: float | None, say: Callable[[str], None]) -> None:
+        super().__init__(name="fedssl-ledger-watch", daemon=True)
+        self.ledger, self.budget, self.say = ledger, budget, say
+        self.stop_event = threading.Event()
+        self.seen = self._count()
+
+    def _count(self) -> int:
+        try:
+            return len(self.ledger.read_text().splitlines())
+        except FileNotFoundError:
+            return 0
+
+    def run(self) -> None:
+        """Poll the ledger every second until stopped."""
+        while not self.stop_event.wait(1.0):
+            try:
+                lines = self.ledger.read_text().splitlines()
+            except FileNotFoundError:
+                continue
+            for line in lines[self.seen:]:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # being written; read it next time
+                budget = f" of the site's budget {self.budget:g}" if self.budget else ""
+                self.say(f"[fedssl client] round {entry.get('round')}: trained under DP-SGD "
+                         f"(noise {float(entry.get('noise_multiplier', 0)):.3g}), epsilon "
+                         f"spent so far {float(entry.get('epsilon', 0)):.3f}{budget} at "
+                         f"delta {entry.get('delta')}")
+                self.seen += 1
+
+
+def _classify_exit(output: list[str]) -> str:
+    """Why the SuperNode stopped: "refused", "tls", "key", "unreachable" or "other"."""
+    text = "\n".join(output[-60:])
+    if "Failed to activate SuperNode" in text or "[code: 2004]" in text:
+        return "refused"
+    if "SSL/TLS handshake error" in text or "CERTIFICATE_VERIFY_FAILED" in text:
+        return "tls"
+    if "Unable to parse the private key" in text:
+        return "key"
+    if "Giving up reconnection" in text or "Invalid SuperNode authentication" in text:
+        return "unreachable"
+    return "other"
+
+
+EXPLAIN = {
+    "refused": "the server does not accept this node: its public key is not registered there "
+               "(yet). Send your node's .pub file to the server operator "
+               "(authorized_nodes.txt)",
+    "tls": "TLS failed: the server's certificate is not signed by the given CA or does not "
+           "name the address in --server (check --certs and --server)",
+    "key": "Flower could not read the node key (an unencrypted OpenSSH ECDSA key is expected)",
+    "unreachable": "the server could not be reached (or forgot this node after a restart)",
+    "lost": "the connection to the server was lost",
+}
+
+
+class SuperNodeRunner:
+    """Runs ``flower-supernode`` once, copying its output to the log and the console."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path, verbose: bool,
+                 say: Callable[[str], None]) -> None:
+        self.cmd, self.env, self.log_path = cmd, env, log_path
+        self.verbose, self.say = verbose, say
+        self.output: list[str] = []
+        self.connected = False
+        self.proc: subprocess.Popen[str] | None = None
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with open(self.log_path, "a") as log:
+            for raw in self.proc.stdout:
+                log.write(raw)
+                log.flush()
+                line = raw.rstrip("\n")
+                self.output.append(line)
+                del self.output[:-200]
+                if "SuperNode ID" in line:
+                    self.connected = True
+                    self.say("[fedssl client] connected and authenticated; waiting for rounds")
+                if self.verbose or any(s in line for s in SHOWN):
+                    self.say(f"[flower] {line}")
+
+    def run(self) -> int:
+        """Start, wait for the exit, return its code (the pump thread is not waited for:
+        Flower's SuperExec inherits the pipe and outlives the SuperNode by a moment)."""
+        # same process group as `fedssl client`: Ctrl-C (or killing the group) stops it too
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, env=self.env, text=True,
+                                     errors="replace", bufsize=1)
+        pump = threading.Thread(target=self._pump, name="fedssl-supernode-output",
+                                daemon=True)
+        pump.start()
+        code = self.proc.wait()
+        pump.join(timeout=2.0)
+        return code
+
+    def stop(self) -> None:
+        """Terminate the SuperNode (its SuperExec and ClientApp exit with it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def run_client(opts: ClientOptions) -> int:
+    """Check the site, then run its SuperNode until interrupted; an exit code.
+
+    While the server is unreachable or does not (yet) accept this node's key, the SuperNode is
+    restarted every few seconds for up to ``join_timeout`` seconds (a server that is started
+    after its clients, or restarted to resume a run, is joined again); TLS and key errors stop
+    at once.
+
+    Raises:
+        DataError, ClientSetupError: the site's inputs are unusable (nothing was started).
+    """
+
+    def say(text: str) -> None:  # progress lines carry the local time
+        stamp = time.strftime("%H:%M:%S")
+        opts.print_fn(text.replace("[fedssl client]", f"[fedssl client {stamp}]", 1))
+
+    ca = resolve_ca(opts.ca_cert)
+    node_config, public, records = check_site(opts)
+    say(f"[fedssl client] data OK: {records} records from {opts.data} "
+        f"({node_config['dataset']})")
+    say(f"[fedssl client] node key {opts.node_key} (public: {public.decode()[:60]}...)")
+    if opts.budget_epsilon is not None:
+        say(f"[fedssl client] this site's privacy budget: epsilon {opts.budget_epsilon:g}, "
+            f"delta {node_config['budget-delta']:g} (rounds that would exceed it are refused)")
+    state = opts.state_dir.resolve()
+    flower_home = state / FLOWER_DIR
+    flower_home.mkdir(parents=True, exist_ok=True)
+    import tomli_w
+
+    node_config_file = flower_home / "node-config.toml"
+    node_config_file.write_text(tomli_w.dumps(node_config))
+    log_path = flower_home / "supernode.log"
+    env = dict(os.environ)
+    env.update({"FLWR_HOME": str(flower_home), "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"})
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    cmd = supernode_command(opts, ca, node_config_file)
+    say(f"[fedssl client] connecting to {opts.server} as {node_config['client-id']} "
+        f"(TLS, node authentication); state: {state}; log: {log_path}")
+    watcher = LedgerWatcher(state / "ledger.jsonl", opts.budget_epsilon, say)
+    watcher.start()
+    last_ok = time.monotonic()
+    runner: SuperNodeRunner | None = None
+    try:
+        while True:
+            runner = SuperNodeRunner(cmd, env, log_path, opts.verbose, say)
+            code = runner.run()
+            if runner.connected:
+                last_ok = time.monotonic()
+            # the SuperNode never stops on its own while all is well: any exit is a problem
+            # (a server restarted to resume a run no longer knows this node and answers 401,
+            # upon which Flower's SuperNode shuts itself down with code 0)
+            reason = _classify_exit(runner.output)
+            if reason == "other" and runner.connected:
+                reason = "lost"  # e.g. a restarted server no longer knows this node's id
+            waited = time.monotonic() - last_ok
+            if reason in ("tls", "key", "other") or (
+                    opts.join_timeout > 0 and waited >= opts.join_timeout):
+                say(f"[fedssl client] error: {EXPLAIN.get(reason, 'the SuperNode stopped')}"
+                    f" (flower-supernode exit code {code}; log: {log_path})")
+                return 3
+            limit = f"{opts.join_timeout:g} s" if opts.join_timeout > 0 else "no limit"
+            say(f"[fedssl client] {EXPLAIN[reason]}; rejoining in {RETRY_SECONDS:g} s "
+                f"(without a connection for {waited:.0f} s; {limit})")
+            time.sleep(RETRY_SECONDS)
+    except KeyboardInterrupt:
+        say("[fedssl client] interrupted; stopping the SuperNode")
+        return 130
+    finally:
+        watcher.stop_event.set()
+        if runner is not None:
+            runner.stop()

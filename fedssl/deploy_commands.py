@@ -1,0 +1,312 @@
+"""``fedssl certs``, ``fedssl server`` and ``fedssl client``: a real federation over the network.
+
+Wiring (two lines in :mod:`fedssl.cli`)::
+
+    add_deploy_parsers(sub)               # in build_parser()
+    if (code := run_deploy(args)) is not None: return code   # in main()
+
+The commands are thin: argument parsing and error reporting live here; the work is done by
+:mod:`fedssl.server.certs`, :mod:`fedssl.server.superlink` and :mod:`fedssl.client.supernode`.
+Bad input (missing or malformed certificates and keys, unreadable data, an invalid budget, a
+run directory that already holds a run) is reported before anything is started, with exit
+code 2; a run that fails or a client the server refuses exits non-zero (1, or 3 for a client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+DEPLOY_COMMANDS = ("certs", "server", "client")
+
+#: run-config defaults of a real federation: the ServerApp's DEFAULTS with DP on (epsilon 8
+#: at delta 1e-5 over the run, as in pyproject's [tool.flwr.app.config]) and no progress bar
+DEPLOY_OVERRIDES: dict[str, Any] = {
+    "dp": True, "target-epsilon": 8.0, "progress": False, "run-dir": "runs/federation",
+    "round-timeout": 600.0,
+}
+
+#: (flag, run-config key, type, help) of the server options mapped one-to-one on the run config
+_SERVER_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+    ("--rounds", "num-server-rounds", int, "number of federated rounds"),
+    ("--run-dir", "run-dir", str, "run directory: metrics.jsonl, checkpoints/, report.json, "
+     "encoder.safetensors, plots/ and Flower's logs under flower/"),
+    ("--round-timeout", "round-timeout", float, "seconds the server waits for the clients' "
+     "replies in a round; a client that has not answered by then (crashed, disconnected, too "
+     "slow) counts as a dropout and the round goes on with the others"),
+    ("--clients-per-round", "clients-per-round", int, "clients sampled per round (0: all "
+     "connected clients)"),
+    ("--method", "method", str, "SSL objective: simsiam or byol (simclr is refused under DP)"),
+    ("--local-epochs", "local-epochs", int, "local epochs per round on each client"),
+    ("--batch-size", "batch-size", int, "expected batch size (Poisson sampling under DP)"),
+    ("--lr", "lr", float, "client learning rate"),
+    ("--target-epsilon", "target-epsilon", float, "each client calibrates its noise so the "
+     "whole run costs at most this epsilon (0: use --noise-multiplier)"),
+    ("--noise-multiplier", "noise-multiplier", float, "fixed DP-SGD noise multiplier (when "
+     "--target-epsilon is 0)"),
+    ("--max-grad-norm", "max-grad-norm", float, "per-record clipping norm of DP-SGD"),
+    ("--delta", "delta", float, "DP delta of the run's guarantee"),
+    ("--accountant", "accountant", str, "privacy accountant: prv or rdp"),
+    ("--image-size", "image-size", int, "side length image-folder data is resized to (server "
+     "and clients must agree)"),
+    ("--eval-every", "eval-every", int, "evaluate the global encoder every N rounds (and "
+     "after the last)"),
+    ("--eval-samples", "eval-samples", int, "labelled records of the server's evaluation data "
+     "the probes are fitted on (at most)"),
+    ("--seed", "seed", int, "random seed"),
+    ("--threads", "threads", int, "torch threads each client uses for training"),
+)
+
+
+def _config_defaults() -> dict[str, Any]:
+    from fedssl.server.app import DEFAULTS
+
+    return {**DEFAULTS, **DEPLOY_OVERRIDES}
+
+
+def add_deploy_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``certs``, ``server`` and ``client`` on the ``fedssl`` sub-command parser."""
+    certs = subparsers.add_parser(
+        "certs", help="create the CA, the server TLS certificate and node keys",
+        description="Create the files a federation needs (with the `cryptography` package): a "
+        "certificate authority (ca.crt, ca.key), a TLS certificate for the server signed by it "
+        "(server.crt, server.key) naming every --host plus 127.0.0.1 and localhost, one "
+        "authentication key pair per node (nodes/node-<i>.key in OpenSSH format and "
+        "nodes/node-<i>.pub), and authorized_nodes.txt listing the public keys the server "
+        "will accept. Give each site ca.crt and its own node key; keep ca.key offline.")
+    certs.add_argument("--out", required=True, type=Path, metavar="DIR",
+                       help="directory to write (created if missing)")
+    certs.add_argument("--nodes", required=True, type=int, metavar="N",
+                       help="number of node key pairs to create")
+    certs.add_argument("--host", action="append", default=[], metavar="HOST",
+                       help="DNS name or IP address the clients use to reach the server "
+                       "(repeatable or comma separated; 127.0.0.1 and localhost are always "
+                       "included)")
+    certs.add_argument("--force", action="store_true",
+                       help="replace an existing CA in DIR (invalidates the old certificates)")
+
+    defaults = _config_defaults()
+    server = subparsers.add_parser(
+        "server", help="run the federation server (Flower SuperLink + the fedssl ServerApp)",
+        description="Start a Flower SuperLink with TLS and SuperNode authentication (only the "
+        "keys in CERTS/authorized_nodes.txt may join; the Control API answers local "
+        "connections only), wait for the clients, run the federated SSL training and stop "
+        "when it is done. Writes the run directory (metrics.jsonl, checkpoints/, "
+        "report.json, encoder.safetensors, plots/) and Flower's logs under RUN/flower/. "
+        "Every option below maps onto the run configuration; --set reaches the rest.")
+    server.add_argument("--certs", required=True, type=Path, metavar="DIR",
+                        help="directory made by `fedssl certs` (ca.crt, server.crt, "
+                        "server.key, authorized_nodes.txt)")
+    server.add_argument("--address", default="0.0.0.0:9092", metavar="HOST:PORT",
+                        help="address the SuperLink listens on (default: 0.0.0.0:9092, all "
+                        "interfaces); clients connect to this port")
+    server.add_argument("--resume", action="store_true",
+                        help="continue the run in --run-dir from its last checkpointed round "
+                        "(clients keep their ledgers: privacy already spent is never "
+                        "repeated)")
+    server.add_argument("--min-clients", type=int, default=0, metavar="N",
+                        help="start the run once N clients are connected (default: every "
+                        "authorised node)")
+    server.add_argument("--wait-clients-timeout", type=float, default=600.0, metavar="S",
+                        help="give up if the clients have not connected within S seconds "
+                        "(default: 600)")
+    server.add_argument("--dataset", default="auto",
+                        help="the server's own labelled evaluation data: npz, imagefolder, "
+                        "digits or mnist1d (default: inferred from --data-path, else "
+                        f"{defaults['dataset']}); its record shape must match the clients' data")
+    server.add_argument("--data-path", default="", metavar="PATH",
+                        help="the server's labelled evaluation data (.npz in the MedMNIST "
+                        "layout or an image folder); used for the linear probe and kNN only, "
+                        "never for training")
+    for flag, key, typ, text in _SERVER_OPTIONS:
+        server.add_argument(flag, dest=key.replace("-", "_"), type=typ, default=None,
+                            metavar=typ.__name__.upper(),
+                            help=f"{text} (default: {defaults[key]!r})")
+    server.add_argument("--dp", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"train with DP-SGD on the clients (default: {defaults['dp']})")
+    server.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=None,
+                        help="secure aggregation: the server learns only the sum of the "
+                        f"updates (default: {defaults['secagg']})")
+    server.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other run-config key of the ServerApp (repeatable), e.g. "
+                        "--set algorithm=fedema; keys: " + ", ".join(sorted(defaults)))
+    server.add_argument("--verbose", action="store_true",
+                        help="also print the ServerApp's log as it runs")
+
+    client = subparsers.add_parser(
+        "client", help="run a site's client agent (Flower SuperNode)",
+        description="Check this site's data, key and budget, then connect to the server as a "
+        "Flower SuperNode over TLS, authenticated with the node key, and train in every round "
+        "the server runs. The data never leaves the site; the site's privacy budget is "
+        "enforced here, not by the server. Runs until interrupted (Ctrl-C). Exit codes: 2 "
+        "bad local input (nothing was started), 3 the connection failed or the server "
+        "refused this node.")
+    client.add_argument("--server", required=True, metavar="HOST:PORT",
+                        help="the server's address, as named in its certificate")
+    client.add_argument("--certs", required=True, type=Path, metavar="PATH",
+                        help="the federation's CA certificate (ca.crt) or a directory "
+                        "holding it")
+    client.add_argument("--node-key", required=True, type=Path, metavar="PATH",
+                        help="this site's private authentication key (nodes/node-<i>.key "
+                        "from `fedssl certs`, or any unencrypted OpenSSH ECDSA key whose .pub "
+                        "the server operator registered)")
+    client.add_argument("--data", required=True, type=Path, metavar="PATH",
+                        help="this site's training data: a .npz file in the MedMNIST layout "
+                        "(train_images, train_labels, ...) or a folder of class sub-folders "
+                        "with PNG/JPEG images")
+    client.add_argument("--dataset", default="auto", choices=("auto", "npz", "imagefolder"),
+                        help="data format (default: inferred from --data)")
+    client.add_argument("--state-dir", required=True, type=Path, metavar="DIR",
+                        help="where this site keeps its state: identity.pem (ledger signing "
+                        "key), ledger.jsonl (signed privacy ledger), site.toml (optional "
+                        "budget), flower/ (logs)")
+    client.add_argument("--client-id", default="", metavar="ID",
+                        help="name of this site in the ledger and the server's report "
+                        "(default: the node key's file name)")
+    client.add_argument("--budget-epsilon", type=float, default=None, metavar="E",
+                        help="this site's total privacy budget; rounds that would take it past "
+                        "E are refused before any gradient is computed (default: site.toml "
+                        "in --state-dir, else no site limit)")
+    client.add_argument("--budget-delta", type=float, default=None, metavar="D",
+                        help="delta of the site's budget (default: 1e-5)")
+    client.add_argument("--image-size", type=int, default=28, metavar="PX",
+                        help="side length images are resized to (must match the server's "
+                        "--image-size; default: 28)")
+    client.add_argument("--runtime-port", type=int, default=9094, metavar="PORT",
+                        help="local port (127.0.0.1) of the SuperNode's Runtime API, used by "
+                        "its own training process; each client on one machine needs its own "
+                        "(default: 9094)")
+    client.add_argument("--join-timeout", type=float, default=600.0, metavar="S",
+                        help="keep trying to (re)join for S seconds while the server is "
+                        "unreachable or does not accept this node's key yet (a server started "
+                        "after its clients, or restarted to resume, is joined again); then "
+                        "exit with code 3 (default: 600; 0: for ever)")
+    client.add_argument("--verbose", action="store_true", help="print all of Flower's output")
+
+
+def _parse_value(key: str, raw: str, defaults: dict[str, Any]) -> Any:
+    """``--set`` value typed like the ServerApp's default for ``key``."""
+    if key not in defaults:
+        raise ValueError(f"--set {key}: unknown run-config key; known: "
+                         f"{', '.join(sorted(defaults))}")
+    default = defaults[key]
+    if isinstance(default, bool):
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"--set {key}={raw}: expected true or false")
+        return raw.lower() in ("true", "1", "yes")
+    try:
+        return type(default)(raw)
+    except ValueError as exc:
+        raise ValueError(f"--set {key}={raw}: expected a {type(default).__name__}") from exc
+
+
+def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run config ``fedssl server`` submits: defaults, then --set, then named options."""
+    from fedssl.client.supernode import infer_dataset
+    from fedssl.ssl_core.datasets import load_dataset
+
+    defaults = _config_defaults()
+    cfg = dict(defaults)
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        cfg[key.strip()] = _parse_value(key.strip(), raw.strip(), defaults)
+    for _flag, key, _typ, _text in _SERVER_OPTIONS:
+        value = getattr(args, key.replace("-", "_"))
+        if value is not None:
+            cfg[key] = value
+    for key in ("dp", "secagg"):
+        if getattr(args, key) is not None:
+            cfg[key] = bool(getattr(args, key))
+    if args.data_path:
+        cfg["data-path"] = str(Path(args.data_path).resolve())
+        cfg["dataset"] = infer_dataset(Path(args.data_path), args.dataset)
+    elif args.dataset != "auto":
+        cfg["dataset"] = args.dataset
+    if args.resume:
+        cfg["resume"] = True
+    if cfg["num-server-rounds"] < 1:
+        raise ValueError("--rounds must be at least 1")
+    if cfg["round-timeout"] <= 0:
+        raise ValueError("--round-timeout must be positive")
+    # the server's evaluation data must load before anything starts (exit 2 otherwise)
+    load_dataset(str(cfg["dataset"]), str(cfg["data-path"]), int(cfg["num-samples"]),
+                 int(cfg["seed"]), int(cfg["image-size"]))
+    return cfg
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_deploy(args: argparse.Namespace) -> int | None:
+    """Run ``args.command`` if it is certs/server/client; None for any other command."""
+    command = getattr(args, "command", None)
+    if command not in DEPLOY_COMMANDS:
+        return None
+    from fedssl.client.supernode import ClientSetupError
+    from fedssl.server.certs import CertError
+    from fedssl.server.superlink import DeployError
+    from fedssl.ssl_core.datasets import DataError
+
+    if command in ("server", "client"):
+        # `kill PID` stops the SuperLink/SuperNode too (the finally blocks run)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        if command == "certs":
+            from fedssl.server.certs import create_certs
+
+            hosts = [h.strip() for item in args.host for h in item.split(",") if h.strip()]
+            paths = create_certs(args.out, args.nodes, hosts, overwrite=args.force)
+            _say(f"wrote {paths.root}: ca.crt ca.key server.crt server.key "
+                 f"authorized_nodes.txt nodes/node-1..{args.nodes}.key/.pub")
+            _say("give each site ca.crt and its own nodes/node-<i>.key; keep ca.key offline")
+            return 0
+        if command == "server":
+            from fedssl.server.superlink import ServerOptions, run_server
+
+            cfg = server_run_config(args)
+            return run_server(ServerOptions(
+                certs=args.certs, run_config=cfg, address=args.address,
+                min_clients=args.min_clients, wait_clients_timeout=args.wait_clients_timeout,
+                resume=args.resume, verbose=args.verbose, print_fn=_say))
+        from fedssl.client.supernode import ClientOptions, run_client
+
+        return run_client(ClientOptions(
+            server=args.server, ca_cert=args.certs, node_key=args.node_key, data=args.data,
+            state_dir=args.state_dir, dataset=args.dataset, client_id=args.client_id,
+            budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
+            image_size=args.image_size, runtime_port=args.runtime_port,
+            join_timeout=args.join_timeout, verbose=args.verbose, print_fn=_say))
+    except (DataError, CertError, ClientSetupError, ValueError) as exc:
+        print(f"fedssl {command}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except DeployError as exc:
+        print(f"fedssl {command}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fedssl {command}: interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m fedssl.deploy_commands ...``) until cli.py wires
+    the commands in; behaves exactly like ``fedssl certs|server|client``."""
+    parser = argparse.ArgumentParser(prog="fedssl")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_deploy_parsers(sub)
+    args = parser.parse_args(argv)
+    code = run_deploy(args)
+    return 0 if code is None else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
