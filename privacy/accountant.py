@@ -15,6 +15,7 @@ whole history with one of Opacus's accountants:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 
@@ -51,9 +52,31 @@ def epsilon_of(history: Iterable[Segment], delta: float, accountant: str = "prv"
         return 0.0
     if any(s <= 0 for s, _, _ in segments):
         return math.inf
+    return _composed_epsilon(tuple(sorted(segments)), float(delta), accountant)
+
+
+@functools.lru_cache(maxsize=4096)
+def _composed_epsilon(segments: tuple[Segment, ...], delta: float, accountant: str) -> float:
+    """Memoised: a client asks for the same composition when planning and when recording."""
     acc = create_accountant(mechanism=accountant)
-    acc.history = segments
+    acc.history = list(segments)
     return float(acc.get_epsilon(delta=delta))
+
+
+@functools.lru_cache(maxsize=1024)
+def _calibrate_fresh(target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                     accountant: str) -> float:
+    """Opacus's bisection, memoised: clients of one data size all need the same answer."""
+    try:
+        return float(get_noise_multiplier(
+            target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+            steps=steps, accountant=accountant, epsilon_tolerance=0.01,
+        ))
+    except ValueError as exc:
+        raise AccountingError(
+            f"cannot reach epsilon={target_epsilon} at delta={delta} with sample rate "
+            f"{sample_rate:.4g} over {steps} steps: {exc}"
+        ) from exc
 
 
 def _merge(segments: list[Segment]) -> list[Segment]:
@@ -93,16 +116,8 @@ def calibrate_noise(
     ) <= target_epsilon:
         return float(hint)
     if not spent:
-        try:
-            return float(get_noise_multiplier(
-                target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                steps=steps, accountant=accountant, epsilon_tolerance=0.01,
-            ))
-        except ValueError as exc:
-            raise AccountingError(
-                f"cannot reach epsilon={target_epsilon} at delta={delta} with sample rate "
-                f"{sample_rate:.4g} over {steps} steps: {exc}"
-            ) from exc
+        return _calibrate_fresh(float(target_epsilon), float(delta), float(sample_rate),
+                                int(steps), accountant)
     # with prior spend, bisect on sigma over the composed history
     if epsilon_of(spent, delta, accountant) >= target_epsilon:
         raise AccountingError(f"privacy budget epsilon={target_epsilon} is already spent")
