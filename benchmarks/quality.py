@@ -82,7 +82,7 @@ def centralized(data: SSLDataset, method: str, epochs: int, seed: int) -> dict[s
     model = objective.build_model(data.input_shape)
     hp = HPARAMS.get(method, {})
     for epoch in range(epochs):
-        train_local(model, objective, data.x_train, augment_for(data.input_shape),
+        train_local(model, objective, data.x_train, augment_for(data.input_shape, data.name),
                     TrainConfig(epochs=1, batch_size=hp.get("batch_size", 128),
                                 lr=hp.get("lr", 0.05), seed=seed + epoch))
     return evaluate_encoder(model.encoder, data.x_train, data.y_train, data.x_test, data.y_test)

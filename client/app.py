@@ -187,7 +187,8 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         if budget is not None:  # the site's own limit, checked before any gradient
             budget.check(ledger.history(), (cfg.noise_multiplier, sample_rate, planned))
 
-    result = train_local(model, objective, x, augment_for(input_shape), cfg)
+    augment = augment_for(input_shape, str(config["dataset"]))
+    result = train_local(model, objective, x, augment, cfg)
     state = model.state_dict()
     if str(config.get("algorithm", "fedavg")) != "fedavg":  # kept node-local for next round
         context.state[LOCAL_MODEL_KEY] = ArrayRecord(state)

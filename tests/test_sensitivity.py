@@ -108,3 +108,16 @@ def test_non_decomposable_objective_refused_under_dp(signals) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(DPSoundnessError, match="not per-record decomposable"):
         DPSGD(model, opt, torch.as_tensor(signals), 8, 1.0, 1.0, get_objective("simclr"))
+
+
+def test_mnist1d_augment_is_per_record() -> None:
+    """Each record's view depends only on that record and the generator's draws for it."""
+    from fedssl.ssl_core.augmentations import MNIST1DAugment
+
+    x = torch.randn(6, 1, 40)
+    a = MNIST1DAugment()(x, torch.Generator().manual_seed(3))
+    x2 = x.clone()
+    x2[0] = 0.0  # change another record
+    b = MNIST1DAugment()(x2, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a[1:], b[1:])
+    assert a.shape == x.shape and torch.isfinite(a).all()
