@@ -215,7 +215,8 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         "seconds": time.perf_counter() - start,
         **mixing,
     })
-    status = ConfigRecord({"status": "ok", "client": ident.client_id})
+    status = ConfigRecord({"status": "ok", "client": ident.client_id,
+                           "identity": secagg.identity_name(context, ident.client_id)})
     if bool(config.get("secagg", False)):
         # the server must learn only the sum: keep the quantised update on this node
         new = {k: v.detach().cpu().numpy() for k, v in shared.items()}

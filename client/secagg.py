@@ -40,10 +40,16 @@ def flatten(weights: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(v, np.float64).reshape(-1) for v in weights.values()])
 
 
+def identity_name(context: Context, client_id: str) -> str:
+    """This node's name in the identity registry (a site's node-key name, else its id)."""
+    return str(context.node_config.get("identity-name", client_id))
+
+
 def store_update(context: Context, q: np.ndarray, client_id: str) -> None:
     """Keep the quantised update node-local until the masking stage."""
     context.state[UPDATE_KEY] = ArrayRecord({"q": Array(q)})
-    context.state[STATE_KEY] = ConfigRecord({"client": client_id, "stage": "trained"})
+    context.state[STATE_KEY] = ConfigRecord({"client": identity_name(context, client_id),
+                                             "stage": "trained"})
 
 
 def _client(context: Context, state_dir: Path, config: ConfigRecord

@@ -133,11 +133,11 @@ def check_site(opts: ClientOptions) -> tuple[dict[str, object], bytes, int]:
             target.chmod(0o600)
         node_config["identity-registry"] = str(registry.resolve())
         names = set(json.loads(registry.read_text()))
-        if node_config["client-id"] not in names:
+        if opts.node_key.stem not in names:
             raise ClientSetupError(
-                f"client id {node_config['client-id']!r} is not in the identity registry "
-                f"{registry} ({', '.join(sorted(names))}): secure aggregation could not verify "
-                "this site; leave --client-id unset (it defaults to the node key's name)")
+                f"{opts.node_key.stem!r} is not in the identity registry {registry} "
+                f"({', '.join(sorted(names))}): secure aggregation could not verify this site")
+        node_config["identity-name"] = opts.node_key.stem
     if opts.budget_epsilon is not None:
         node_config["budget-epsilon"] = float(opts.budget_epsilon)
         node_config["budget-delta"] = float(opts.budget_delta or 1e-5)

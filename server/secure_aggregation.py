@@ -99,8 +99,9 @@ class SecureAggregation:
                    if trained else None)
         index_of: dict[int, int] = {}
         for msg in trained:
-            cid = str(msg.content.config_records["status"]["client"])
-            self.names[msg.metadata.src_node_id] = cid
+            status = msg.content.config_records["status"]
+            cid = str(status.get("identity", status["client"]))  # its registry name
+            self.names[msg.metadata.src_node_id] = str(status["client"])
             if cid in self.registry:
                 index_of[msg.metadata.src_node_id] = self.registry[cid][0]
             else:
@@ -130,9 +131,10 @@ class SecureAggregation:
         survivors = {f"index-{i}" for i in result.survivors}
         log.info("round %d: securely aggregated %d updates (%d dropped)", server_round,
                  result.count, len(result.dropped))
+        survived = {self.names[node] for node, i in index_of.items()
+                    if f"index-{i}" in survivors}
         strategy.last_outcome.accepted = [
-            c for c in strategy.last_outcome.accepted
-            if f"index-{self.registry.get(c, (-1,))[0]}" in survivors]
+            c for c in strategy.last_outcome.accepted if c in survived]
         mean = Quantizer(self.clip, int(config["secagg-num-clients"])).decode_mean(
             result.total, result.count)
         new, offset = {}, 0
