@@ -117,6 +117,12 @@ def pld_epsilons(history: Sequence[Segment], deltas: Sequence[float],
     if interval is None:
         interval = pld_interval(rdp_epsilons(history, deltas)[-1] if history else 1.0)
     acc = PLDAccountant(value_discretization_interval=interval)
+    return _cumulative(acc, history, deltas)
+
+
+def _cumulative(acc, history: Sequence[Segment], deltas: Sequence[float]) -> list[float]:
+    """Compose the segments into a dp-accounting accountant one by one; epsilon after each
+    (``inf`` from the first noise-free segment on)."""
     out, spent, broken = [], False, False
     with _quiet():
         for (noise, rate, steps), delta in zip(history, deltas, strict=True):
@@ -136,18 +142,7 @@ def rdp_epsilons(history: Sequence[Segment], deltas: Sequence[float]) -> list[fl
     from dp_accounting.rdp import RdpAccountant
 
     acc = RdpAccountant()
-    out, spent, broken = [], False, False
-    with _quiet():
-        for (noise, rate, steps), delta in zip(history, deltas, strict=True):
-            if steps > 0 and rate > 0:
-                if noise <= 0:
-                    broken = True
-                else:
-                    acc.compose(_event(noise, rate, steps))
-                    spent = True
-            out.append(math.inf if broken else
-                       float(acc.get_epsilon(delta)) if spent else 0.0)
-    return out
+    return _cumulative(acc, history, deltas)
 
 
 def prv_epsilons(history: Sequence[Segment], deltas: Sequence[float]) -> list[float]:
