@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -180,10 +179,3 @@ class Ledger:
             fh.flush()
         return entry
 
-
-def latest_epsilons(entries: Iterable[LedgerEntry]) -> dict[str, LedgerEntry]:
-    """Last entry per client."""
-    out: dict[str, LedgerEntry] = {}
-    for e in entries:
-        out[e.client] = e
-    return out

@@ -21,7 +21,6 @@ Bad input (missing paths, wrong shapes, NaN/Inf, empty folders, unreadable image
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,7 +246,3 @@ def load_dataset(
         return load_npz(data_path) if name == "npz" else load_image_folder(data_path, image_size)
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
-
-def fingerprint(x: np.ndarray) -> str:
-    """Short content hash of an array, to detect that two parties hold the same data."""
-    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]

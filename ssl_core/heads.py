@@ -42,8 +42,3 @@ class SSLModel(nn.Module):
         z = self.projector(self.encoder(x))
         return z, (self.predictor(z) if self.predictor is not None else None)
 
-
-def set_seed(seed: int) -> torch.Generator:
-    """Seed torch's global generator and return a dedicated one for augmentations."""
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
