@@ -47,7 +47,7 @@ RESULTS = Path(__file__).parent / "results"
 
 #: per-method local-training hyper-parameters (batch size, learning rate)
 HPARAMS: dict[str, dict[str, Any]] = {
-    "simclr": {"batch_size": 128, "lr": 0.1},
+    "simclr": {"batch_size": 256, "lr": 0.05},
     "simsiam": {"batch_size": 128, "lr": 0.05},
     "byol": {"batch_size": 128, "lr": 0.05},
     "mae": {"batch_size": 128, "lr": 0.05},
@@ -122,7 +122,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     epsilons = [float(e) for e in args.epsilons.split(",") if e]
     methods = [m for m in args.methods.split(",") if m]
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = _Rows()
     workdir = Path(tempfile.mkdtemp(prefix="fedssl-quality-"))
     try:
         for dataset in args.datasets.split(","):
@@ -165,6 +165,16 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report(rows, args)
+
+
+class _Rows(list):
+    """Rows that are saved to ``results/quality_partial.json`` as soon as they are added, so
+    an interrupted benchmark keeps what it measured."""
+
+    def append(self, row: dict[str, Any]) -> None:
+        super().append(row)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "quality_partial.json").write_text(json.dumps(list(self), indent=2))
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
