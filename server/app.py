@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from fedssl.privacy.accountant import epsilon_of
@@ -100,6 +101,10 @@ def _eval_split(data: SSLDataset, max_train: int, seed: int) -> tuple[np.ndarray
 def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     """Run all rounds; returns the report that is also written to ``report.json``."""
     wall_start = time.perf_counter()
+    # One BLAS thread in the server: OpenBLAS's threaded sgemm was seen spinning for minutes
+    # when called from this thread while Ray and torch's OpenMP pool shared 2 cores; the
+    # server's own numerical work (probes on <= eval-samples records) is small.
+    threadpool_limits(limits=1, user_api="blas")
     # with resume, a restarted server continues from the last checkpointed round: the global
     # model comes back from RUN/checkpoints, the clients' ledgers still hold what they spent
     seed = int(cfg["seed"])
