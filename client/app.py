@@ -37,6 +37,7 @@ from fedssl.client.privacy_guard import SiteBudget
 from fedssl.client.secagg import flatten, store_update
 from fedssl.client.trainer import TrainConfig, TrainingError, steps_per_epoch, train_local
 from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_of
+from fedssl.privacy.distributed_dp import DistributedDPError, SkellamPlan, encode_with_noise
 from fedssl.privacy.dp_sgd import DPSoundnessError, require_dp_sound
 from fedssl.privacy.identity import load_or_create_identity, public_pem
 from fedssl.privacy.ledger import Ledger, LedgerEntry, LedgerError
@@ -49,6 +50,7 @@ log = logging.getLogger("fedssl.client")
 
 #: errors a client answers with a refusal instead of crashing
 REFUSALS = (DataError, DPSoundnessError, AccountingError, TrainingError, LedgerError,
+            DistributedDPError,
             UnknownMethodError, SecAggError, ValueError)
 
 app = ClientApp()
@@ -217,14 +219,28 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     })
     status = ConfigRecord({"status": "ok", "client": ident.client_id,
                            "identity": secagg.identity_name(context, ident.client_id)})
+    if dp and "state-dir" in context.node_config:
+        # a site: the server keeps a verified copy of the signed ledger in its run directory
+        status["ledger"] = ident.ledger_path.read_text()
+        status["ledger-pub"] = pub.read_bytes()
     if bool(config.get("secagg", False)):
         # the server must learn only the sum: keep the quantised update on this node
         new = {k: v.detach().cpu().numpy() for k, v in shared.items()}
         update = flatten(new) - flatten({k: v.numpy() for k, v in msg.content["arrays"].items()})
         if not np.isfinite(update).all():
             raise TrainingError("the local update contains NaN or Inf; not sending it")
-        quantizer = Quantizer(float(config["secagg-clip"]), int(config["secagg-num-clients"]))
-        q = quantizer.encode(update, rng=np.random.default_rng(cfg.seed))
+        if str(config.get("client-dp", "off")) == "distributed":
+            # clip, scale, round and add this client's Skellam noise share before masking
+            plan = SkellamPlan.make(
+                float(config["client-clip"]), float(config["secagg-clip"]),
+                float(config["client-noise-multiplier"]),
+                int(config["client-dp-min-clients"]), int(config["secagg-num-clients"]),
+                update.size)
+            q = encode_with_noise(update, plan, rng=np.random.default_rng(cfg.seed))
+        else:
+            quantizer = Quantizer(float(config["secagg-clip"]),
+                                  int(config["secagg-num-clients"]))
+            q = quantizer.encode(update, rng=np.random.default_rng(cfg.seed))
         store_update(context, q, ident.client_id)
         return Message(RecordDict({"metrics": metrics, "status": status}), reply_to=msg)
     content = RecordDict({

@@ -257,6 +257,12 @@ def run_audit(args: argparse.Namespace) -> int:
         if result.clients or args.run_dir is not None:
             print(format_table(result))
             print()
+        if result.client_level:
+            cl = result.client_level
+            print(f"client-level DP ({cl['mechanism']}, {cl['rounds']} rounds): recorded "
+                  f"epsilon {cl['recorded']:.3f}, recomputed {cl['recomputed']:.3f} "
+                  f"({cl['accountant']}), Gaussian floor {cl['gaussian_floor']:.3f}")
+            print()
         for er in empirical:
             segs = er.segments
             mech = (f"sigma={segs[0].noise_multiplier:g}, q={segs[0].sample_rate:.4g}, "

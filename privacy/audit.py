@@ -260,6 +260,8 @@ class AuditResult:
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     empirical: list[dict[str, Any]] = field(default_factory=list)
+    #: the client-level DP claim and its recomputation (None: no client-level DP)
+    client_level: dict[str, Any] | None = None
 
     @property
     def clean(self) -> bool:
@@ -305,6 +307,7 @@ class AuditResult:
                             "2017), conservative"},
             "findings": [asdict(f) for f in self.findings],
             "notes": self.notes, "clients": clients, "empirical": self.empirical,
+            "client_level": self.client_level,
         })
 
 
@@ -531,6 +534,55 @@ def _check_report(res: AuditResult, run_dir: Path) -> None:
                 f"{cid} has a ledger but report.json gives no epsilon for it", cid)
 
 
+def _check_client_level(res: AuditResult, run_dir: Path) -> None:
+    """Recompute the client-level DP claim of ``report.json`` (central DP-FedAvg: PRV and PLD
+    over the Poisson-subsampled Gaussian; distributed Skellam: the Skellam RDP bound from the
+    per-round sensitivities, never below the Gaussian mechanism with the same noise)."""
+    path = run_dir / "report.json"
+    try:
+        level = (json.loads(path.read_text()).get("privacy") or {}).get("client_level")
+    except (OSError, ValueError, AttributeError):
+        return  # _check_report names an unreadable report
+    if not level:
+        return
+    from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
+
+    try:
+        delta, recorded = float(level["delta"]), float(level["epsilon"])
+        z, rate = float(level["noise_multiplier"]), float(level["sample_rate"])
+        rounds = int(level["rounds"])
+        released = [SkellamRound(**{k: float(v) for k, v in r.items()})
+                    for r in level.get("released", [])]
+    except (KeyError, TypeError, ValueError) as exc:
+        res.add("error", "client-level", f"report.json client_level block malformed ({exc})")
+        return
+    if "Skellam" in str(level.get("mechanism", "")):
+        if len(released) != rounds:
+            res.add("error", "client-level", f"client_level lists {len(released)} released "
+                    f"rounds but claims {rounds}")
+        if any(r.noise_multiplier != z for r in released):
+            res.add("error", "client-level", "a released round's noise multiplier differs "
+                    "from the configured one")
+        recomputed = skellam_epsilon(released, delta)
+        floor = pld_epsilons([(z, 1.0, rounds)], [delta])[-1] if rounds else 0.0
+        what = "Skellam RDP (Agarwal et al. 2021)"
+    else:
+        history = [(z, rate, rounds)]
+        recomputed = reference_epsilon(prv_epsilons(history, [delta])[-1],
+                                       pld_epsilons(history, [delta])[-1])
+        floor, what = 0.0, "PRV/PLD, Poisson-subsampled Gaussian"
+    res.client_level = {"mechanism": level.get("mechanism"), "recorded": recorded,
+                        "recomputed": recomputed, "gaussian_floor": floor,
+                        "accountant": what, "rounds": rounds}
+    if recorded < recomputed * (1 - res.tolerance) or recorded < floor * (1 - res.tolerance):
+        res.add("error", "understated-epsilon",
+                f"client-level epsilon {recorded:.4g} is below the recomputation "
+                f"{recomputed:.4g} ({what}; Gaussian floor {floor:.4g})")
+    if res.budget is not None and recomputed > res.budget * (1 + res.tolerance):
+        res.notes.append(f"client-level epsilon {recomputed:.3f} exceeds the record-level "
+                         f"budget {res.budget:g} (different privacy unit: a whole client)")
+
+
 def audit_run(
     run_dir: Path,
     config: Mapping[str, Any] | None = None,
@@ -602,6 +654,7 @@ def audit_run(
         _check_entries(res, audit, entries)
         _recompute(res, audit)
     _check_report(res, run_dir)
+    _check_client_level(res, run_dir)
     return res
 
 
@@ -699,6 +752,14 @@ def format_markdown(res: AuditResult, plot: str | None) -> str:
              "| " + " | ".join(TABLE_HEADER) + " |",
              "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(res)]
+    if res.client_level:
+        cl = res.client_level
+        lines += ["", "## Client-level DP", "",
+                  "| mechanism | rounds | recorded eps | recomputed | Gaussian floor | "
+                  "accountant |", "|---|---|---|---|---|---|",
+                  f"| {cl['mechanism']} | {cl['rounds']} | {_fmt(cl['recorded'])} | "
+                  f"{_fmt(cl['recomputed'])} | {_fmt(cl['gaussian_floor'])} | "
+                  f"{cl['accountant']} |"]
     lines += ["", "## Findings", ""]
     if res.findings:
         lines += ["| severity | kind | client | round | message |", "|---|---|---|---|---|"]

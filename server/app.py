@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,10 @@ from tqdm.auto import tqdm
 
 from fedssl.privacy.accountant import epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian
+from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
+from fedssl.privacy.identity import load_registry
 from fedssl.server.checkpoint import export_encoder, load_latest, save_checkpoint
+from fedssl.server.ledger_copies import store_copy
 from fedssl.server.report import (
     append_metrics,
     ledger_privacy,
@@ -38,7 +42,7 @@ from fedssl.server.report import (
     read_metrics,
     write_report,
 )
-from fedssl.server.secure_aggregation import SecureAggregation
+from fedssl.server.secure_aggregation import DistributedDP, SecureAggregation
 from fedssl.server.strategy import FedSSLStrategy
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
 from fedssl.ssl_core.evaluation import evaluate_encoder
@@ -74,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "dropout-prob": 0.0, "straggler-prob": 0.0, "straggler-delay": 0.0,
     "secagg": False, "secagg-clip": 2.0, "identity-registry": "",
     "client-dp": "off", "client-clip": 1.0, "client-noise-multiplier": 1.0,
+    "client-dp-min-clients": 0,
 }
 
 
@@ -96,6 +101,13 @@ def _eval_split(data: SSLDataset, max_train: int, seed: int) -> tuple[np.ndarray
     """Labelled records the probes are fitted on (a capped subset) and tested on."""
     idx = np.random.default_rng(seed).permutation(len(data.x_train))[:max_train]
     return data.x_train[idx], data.y_train[idx], data.x_test, data.y_test
+
+
+def min_dp_clients(cfg: dict[str, Any], per_round: int) -> int:
+    """Noise shares every distributed-DP release must hold: the configured number, else
+    80 % of the clients sampled per round (so a few dropouts do not void a round)."""
+    given = int(cfg["client-dp-min-clients"])
+    return given if given > 0 else max(1, int(0.8 * per_round))
 
 
 def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -135,8 +147,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         client_dp = ClientLevelGaussian(
             float(cfg["client-clip"]), float(cfg["client-noise-multiplier"]),
             expected_clients=client_rate * num_nodes, rng=np.random.default_rng(seed + 7))
-    elif cfg["client-dp"] != "off":
-        raise ValueError(f"client-dp must be 'off' or 'central', got {cfg['client-dp']!r}")
+    elif cfg["client-dp"] not in ("off", "distributed"):
+        raise ValueError("client-dp must be 'off', 'central' or 'distributed', got "
+                         f"{cfg['client-dp']!r}")
     strategy = FedSSLStrategy(
         reference=reference, client_dp=client_dp, client_rate=client_rate,
         rng=np.random.default_rng(seed + 11), fraction_train=client_rate,
@@ -152,6 +165,16 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                                    float(cfg["round-timeout"]), run_dir.resolve())
         secure.fault_config = {k: cfg[k] for k in ("dropout-prob", "straggler-prob",
                                                    "straggler-delay", "seed")}
+        if cfg["client-dp"] == "distributed":
+            secure.dp = DistributedDP(float(cfg["client-clip"]),
+                                      float(cfg["client-noise-multiplier"]),
+                                      min_dp_clients(cfg, per_round))
+    elif cfg["client-dp"] == "distributed":
+        raise ValueError("distributed client-level DP adds its noise under secure aggregation: "
+                         "turn secure aggregation on")
+    registry_file = Path(str(cfg["identity-registry"]) or run_dir / "identities.json")
+    registry_keys = ({name: pub for name, (_, pub) in load_registry(registry_file).items()}
+                     if registry_file.exists() else {})
     train_config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
     train_config["num-rounds"] = rounds
     train_config["input-shape"] = list(data.input_shape)
@@ -159,6 +182,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
 
     start_round = 1
     previous = read_metrics(run_dir)
+    released: list[SkellamRound] = []  # distributed-DP rounds whose sum was unmasked
     if cfg["resume"] and (latest := load_latest(run_dir)) is not None:
         done, weights, _state = latest
         model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()},
@@ -167,6 +191,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         start_round = done + 1
         # rounds after the checkpoint (a crash between checkpoint and metrics) are redone
         previous = [r for r in previous if r["round"] <= done]
+        released = [SkellamRound(**r["distributed_dp"]) for r in previous
+                    if r.get("distributed_dp")]
         (run_dir / "metrics.jsonl").write_text("".join(
             json.dumps(r) + "\n" for r in previous))
         log.warning("resuming from the checkpoint of round %d", done)
@@ -215,6 +241,13 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         }
         for cid, reason in outcome.refused.items():
             refusals.setdefault(cid, []).append({"round": server_round, "reason": reason})
+        for cid, (text, pub) in outcome.ledgers.items():
+            ident = registry_keys.get(cid)
+            problem = store_copy(run_dir, cid, text, pub, ident)
+            if problem is not None:
+                log.warning("round %d: ledger copy of %s refused: %s", server_round, cid,
+                            problem)
+                row.setdefault("ledger_refused", {})[cid] = problem
         for cid, m in outcome.client_metrics.items():
             seen = reported.setdefault(cid, {"steps": 0, "rounds": 0})
             seen.update(epsilon=m.get("epsilon", 0.0), noise_multiplier=m.get(
@@ -229,6 +262,11 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         if client_dp is not None:
             row["client_level_epsilon"] = epsilon_of(
                 [(client_dp.noise_multiplier, client_rate, server_round)], float(cfg["delta"]))
+        if secure is not None and secure.dp is not None:
+            if secure.released is not None:
+                released.append(secure.released.round_record())
+                row["distributed_dp"] = asdict(released[-1])
+            row["client_level_epsilon"] = skellam_epsilon(released, float(cfg["delta"]))
         if server_round % eval_every == 0 or server_round == rounds:
             row.update(evaluate_encoder(model.encoder, *eval_data))
         row["seconds"] = time.perf_counter() - t0
@@ -244,9 +282,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     })
     privacy = ledger_privacy(run_dir, float(cfg["delta"])) if cfg["dp"] else None
     if privacy is not None and not privacy["clients"] and reported:
-        # a real deployment: ledgers stay at the sites (audit them there); report the replies
+        # no verified ledger copy arrived (sites without DP ledgers to send): the replies
         privacy["clients"] = reported
-        privacy["source"] = "client replies (the signed ledgers are kept by the sites)"
+        privacy["source"] = "client replies (no verified ledger copy in RUN/ledger)"
     if client_dp is not None:
         privacy = privacy or {"delta": float(cfg["delta"]), "clients": {}}
         privacy["client_level"] = {
@@ -255,6 +293,18 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                                   float(cfg["delta"])),
             "noise_multiplier": client_dp.noise_multiplier, "clip": client_dp.clip_norm,
             "sample_rate": client_rate, "rounds": rounds,
+        }
+    if secure is not None and secure.dp is not None:
+        privacy = privacy or {"delta": float(cfg["delta"]), "clients": {}}
+        privacy["client_level"] = {
+            "mechanism": "distributed Skellam under secure aggregation",
+            "delta": float(cfg["delta"]),
+            "epsilon": skellam_epsilon(released, float(cfg["delta"])),
+            "noise_multiplier": secure.dp.noise_multiplier, "clip": secure.dp.clip,
+            "min_clients": secure.dp.min_clients, "sample_rate": 1.0,
+            "rounds": len(released), "released": [asdict(r) for r in released],
+            "assumes": "at least min_clients honest clients' noise shares in every unmasked "
+                       "sum; no amplification by client sampling is claimed",
         }
     report = {
         "method": cfg["method"], "algorithm": cfg["algorithm"], "shared": list(shared),

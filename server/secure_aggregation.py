@@ -22,17 +22,42 @@ left unchanged.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from fedssl.privacy.distributed_dp import DistributedDPError, SkellamPlan
 from fedssl.privacy.identity import load_registry
 from fedssl.privacy.secagg import Quantizer, SecAggError, SecAggServer
 from fedssl.privacy.secagg.crypto import identity_public_bytes
-from fedssl.server.strategy import FedSSLStrategy
+from fedssl.server.strategy import FedSSLStrategy, RoundOutcome
 
 log = logging.getLogger("fedssl.server")
+
+
+@dataclass(frozen=True)
+class DistributedDP:
+    """Distributed client-level DP settings (:mod:`fedssl.privacy.distributed_dp`)."""
+
+    clip: float              # L2 clip of each client's update
+    noise_multiplier: float  # total noise std / integer L2 sensitivity
+    min_clients: int         # noise shares every released sum must hold
+
+    def plan(self, num_clients: int, coord_clip: float, dim: int) -> SkellamPlan:
+        """The encoding both sides use this round (clients compute the same one)."""
+        if num_clients < self.min_clients:
+            raise DistributedDPError(
+                f"{num_clients} clients sampled, fewer than the {self.min_clients} noise "
+                "shares each release needs")
+        return SkellamPlan.make(self.clip, coord_clip, self.noise_multiplier,
+                                self.min_clients, num_clients, dim)
+
+    def client_config(self) -> dict[str, str | float | int]:
+        return {"client-dp": "distributed", "client-clip": self.clip,
+                "client-noise-multiplier": self.noise_multiplier,
+                "client-dp-min-clients": self.min_clients}
 
 
 class SecureAggregation:
@@ -48,6 +73,10 @@ class SecureAggregation:
         self.run_dir = run_dir
         #: simulated-fault settings forwarded to every stage (empty outside simulations)
         self.fault_config: dict[str, float | int] = {}
+        #: distributed DP (Skellam shares added by the clients); None: plain secure aggregation
+        self.dp: DistributedDP | None = None
+        #: the encoding plan of the last round whose sum was released (None: nothing released)
+        self.released: SkellamPlan | None = None
         self.names: dict[int, str] = {}  # Flower node id -> client id, for readable logs
 
     def _exchange(self, grid: Grid, stage: str, payloads: dict[int, bytes],
@@ -85,12 +114,23 @@ class SecureAggregation:
             ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """One securely aggregated round; ``(None, metrics)`` if the protocol failed."""
         strategy = self.strategy
+        self.released = None
         current = {k: v.numpy() for k, v in arrays.items()}
         nodes = strategy.sample(server_round, grid)
         config["server-round"] = server_round
         config["secagg"] = True
         config["secagg-num-clients"] = max(1, len(nodes))
         config["secagg-clip"] = self.clip
+        d = sum(v.size for v in current.values())
+        plan = None
+        if self.dp is not None:
+            config.update(self.dp.client_config())
+            try:
+                plan = self.dp.plan(len(nodes), self.clip, d)
+            except DistributedDPError as exc:
+                strategy.last_outcome = RoundOutcome(failed={"distributed-dp": str(exc)})
+                log.warning("round %d: not run: %s", server_round, exc)
+                return None, None
         replies = grid.send_and_receive(strategy.messages(arrays, config, nodes),
                                         timeout=self.timeout)
         trained = strategy.screen(server_round, replies, with_arrays=False, sent_to=nodes)
@@ -107,7 +147,6 @@ class SecureAggregation:
             else:
                 strategy.last_outcome.rejected[cid] = "not in the identity registry"
         node_of = {i: n for n, i in index_of.items()}
-        d = sum(v.size for v in current.values())
         try:
             server = SecAggServer(sorted(index_of.values()), d, identity_registry=self.by_index)
             cfg = server.setup().to_bytes()
@@ -118,6 +157,11 @@ class SecureAggregation:
             bundles = server.collect_shares(shares.values())
             masked = self._exchange(grid, "mask", {node_of[i]: m.to_bytes()
                                                    for i, m in bundles.items()}, server_round)
+            if plan is not None and len(masked) < plan.min_clients:
+                # fewer noise shares than the accounting assumes: never unmask this sum
+                raise SecAggError(
+                    f"distributed DP: only {len(masked)} masked updates arrived, fewer than "
+                    f"the {plan.min_clients} noise shares each release needs; not unmasked")
             requests = server.collect_masked_inputs(masked.values())
             unmask = self._exchange(grid, "unmask", {node_of[i]: m.to_bytes()
                                                      for i, m in requests.items()}, server_round)
@@ -135,8 +179,12 @@ class SecureAggregation:
                     if f"index-{i}" in survivors}
         strategy.last_outcome.accepted = [
             c for c in strategy.last_outcome.accepted if c in survived]
-        mean = Quantizer(self.clip, int(config["secagg-num-clients"])).decode_mean(
-            result.total, result.count)
+        if plan is not None:
+            self.released = plan
+            quantizer = plan.quantizer()
+        else:
+            quantizer = Quantizer(self.clip, int(config["secagg-num-clients"]))
+        mean = quantizer.decode_mean(result.total, result.count)
         new, offset = {}, 0
         for key, ref in current.items():
             new[key] = Array((ref + mean[offset:offset + ref.size].reshape(ref.shape))

@@ -72,11 +72,16 @@ class ExperimentConfig:
                               "the clients' updates (uniformly averaged)")
     secagg_clip: float = _opt(2.0, "secure aggregation: each update coordinate is clipped to "
                                    "[-c, c] before 32-bit quantisation")
-    client_dp: str = _opt("off", "client-level DP: 'off' or 'central' (DP-FedAvg: Poisson client "
+    client_dp: str = _opt("off", "client-level DP: 'off', 'central' (DP-FedAvg: Poisson client "
                                  "sampling at clients-per-round/num-clients, update clipping, "
-                                 "Gaussian noise added by the server)")
+                                 "Gaussian noise added by the server) or 'distributed' (each "
+                                 "client clips its update and adds a Skellam noise share "
+                                 "before secure aggregation; needs secagg)")
     client_clip: float = _opt(1.0, "client-level DP: L2 clip norm S of each client's update")
     client_noise_multiplier: float = _opt(1.0, "client-level DP: noise std / S on the sum")
+    client_dp_min_clients: int = _opt(0, "distributed client-level DP: noise shares every "
+                                         "unmasked sum must hold (each client adds 1/m of the "
+                                         "variance); 0 = 80 % of the clients per round")
     site_budget_epsilon: float = _opt(0.0, "every simulated site's own epsilon budget, written "
                                            "to its local site.toml and enforced by the client "
                                            "(0 = no site budget)")
@@ -126,7 +131,14 @@ class ExperimentConfig:
         need("encoder" in parts or parts == ("all",), "shared", "the encoder must be shared")
         need(self.fedema_tau > 0 and self.fedu_threshold > 0, "fedema_tau",
              "FedEMA tau and FedU threshold must be positive")
-        need(self.client_dp in ("off", "central"), "client_dp", "must be 'off' or 'central'")
+        need(self.client_dp in ("off", "central", "distributed"), "client_dp",
+             "must be 'off', 'central' or 'distributed'")
+        need(self.secagg or self.client_dp != "distributed", "client_dp",
+             "distributed client-level DP adds its noise under secure aggregation: drop "
+             "--no-secagg")
+        per_round = self.clients_per_round or self.num_clients
+        need(0 <= self.client_dp_min_clients <= per_round, "client_dp_min_clients",
+             f"must be between 0 and the clients per round ({per_round})")
         need(not (self.secagg and self.client_dp == "central"), "client_dp",
              "central client-level DP needs the server to clip individual updates, which "
              "secure aggregation hides: add --no-secagg")

@@ -134,6 +134,8 @@ def format_report(run_dir: Path) -> str:
                       f"{level['epsilon']:.3f} at delta = {level['delta']:g} (noise multiplier "
                       f"{level['noise_multiplier']:g}, clip {level['clip']:g}, client rate "
                       f"{level['sample_rate']:.3f}, {level['rounds']} rounds)"]
+        if "assumes" in level:
+            lines.append(f"  assumes {level['assumes']} (at least {level['min_clients']})")
     for cid, items in sorted(report.get("refusals", {}).items()):
         rounds = ", ".join(str(i["round"]) for i in items)
         lines.append(f"{cid} refused round(s) {rounds}: {items[-1]['reason']}")

@@ -31,7 +31,8 @@ uint32 vector of the same shape back. This is where a distributed discrete-Gauss
 noise share (Kairouz et al. 2021; Agarwal et al. 2021) is to be added, modulo ``2^32``.
 Reserve room for it with ``headroom=h``: values are then shifted to ``[h, h + M]`` and the
 noise share must keep each coordinate in ``[0, S]`` (i.e. ``|noise| <= h``), which keeps the
-no-overflow guarantee. No noise is implemented here.
+no-overflow guarantee. :mod:`fedssl.privacy.distributed_dp` uses it for the Skellam mechanism
+(``levels`` caps ``M`` so the headroom fits, ``wrap=True`` since Skellam noise is unbounded).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ _CHUNK = 1 << 16
 _MAGIC = 1.5 * 2.0**52  # adding it rounds |v| < 2^51 to an integer held in the low mantissa bits
 
 NoiseHook = Callable[[NDArray[np.uint32]], NDArray[np.uint32]]
-"""``f(q) -> q'``: add a distributed-DP noise share to the quantised vector (future work)."""
+"""``f(q) -> q'``: add a distributed-DP noise share to the quantised vector."""
 
 
 class Quantizer:
@@ -63,7 +64,8 @@ class Quantizer:
     """
 
     def __init__(
-        self, clip: float, num_clients: int, *, bits: int | None = None, headroom: int = 0
+        self, clip: float, num_clients: int, *, bits: int | None = None, headroom: int = 0,
+        levels: int | None = None,
     ) -> None:
         if not (np.isfinite(clip) and clip > 0):
             raise SecAggError(f"clip must be a positive finite float, got {clip}")
@@ -75,11 +77,14 @@ class Quantizer:
         self.num_clients = int(num_clients)
         self.headroom = int(headroom)
         self.slot = (MODULUS - 1) // self.num_clients
+        levels_cap = levels
         levels = self.slot - 2 * self.headroom
         if bits is not None:
             if not 1 <= bits <= 32:
                 raise SecAggError("bits must be in [1, 32]")
             levels = min(levels, (1 << bits) - 1)
+        if levels_cap is not None:
+            levels = min(levels, int(levels_cap))
         if levels < 1:
             raise SecAggError("too many clients or too much headroom for 32-bit aggregation")
         self.max_level = int(levels)
@@ -95,8 +100,14 @@ class Quantizer:
         *,
         rng: np.random.Generator | None = None,
         noise_hook: NoiseHook | None = None,
+        wrap: bool = False,
     ) -> NDArray[np.uint32]:
-        """Quantise a flat float vector to uint32 in ``[h, h + M]`` (then apply ``noise_hook``)."""
+        """Quantise a flat float vector to uint32 in ``[h, h + M]`` (then apply ``noise_hook``).
+
+        With ``wrap=True`` the noisy vector may leave ``[0, S]`` (unbounded noise added modulo
+        ``2^32``, as the distributed Skellam mechanism does); otherwise a share beyond the
+        headroom is refused.
+        """
         x = np.asarray(values)
         if x.ndim != 1:
             raise SecAggError("Quantizer.encode expects a 1-D vector")
@@ -140,7 +151,7 @@ class Quantizer:
             noisy = noise_hook(out)
             if not isinstance(noisy, np.ndarray) or noisy.dtype != np.uint32 or noisy.shape != (d,):
                 raise SecAggError("noise_hook must return a uint32 vector of the same shape")
-            if noisy.size and int(noisy.max()) > self.slot:
+            if not wrap and noisy.size and int(noisy.max()) > self.slot:
                 raise SecAggError("noise share exceeds the reserved headroom (overflow risk)")
             out = noisy
         return out
