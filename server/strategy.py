@@ -47,6 +47,8 @@ class RoundOutcome:
     rejected: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     client_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: sites' ledger copies sent with their replies: client -> (ledger text, public key PEM)
+    ledgers: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
 
 def client_name(msg: Message) -> str:
@@ -179,6 +181,8 @@ class FedSSLStrategy(FedAvg):
                 log.warning("round %d: rejected update from client %s: %s",
                             server_round, cid, problem)
                 continue
+            if status is not None and "ledger" in status and "ledger-pub" in status:
+                outcome.ledgers[cid] = (str(status["ledger"]), bytes(status["ledger-pub"]))
             outcome.accepted.append(cid)
             outcome.client_metrics[cid] = {k: float(v) for k, v in metrics.items()
                                            if isinstance(v, (int, float))}

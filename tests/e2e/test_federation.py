@@ -46,10 +46,16 @@ def test_three_clients_two_rounds_over_tls_with_dp(federation) -> None:
     report = json.loads((federation.run_dir / "report.json").read_text())
     assert report["rounds"] == 2 and report["clients"] == 3
     assert (federation.run_dir / "encoder.safetensors").exists()
+    copies = sorted((federation.run_dir / "ledger").glob("*.jsonl"))
+    assert len(copies) == 3  # the server's verified copies of the sites' ledgers
     for site in (1, 2, 3):
         entries = _ledger(federation, site)  # verifies hash chain and signatures
         assert [e.round for e in entries] == [1, 2]
         assert entries[-1].epsilon <= TARGET_EPSILON + 1e-6
+        copy = federation.run_dir / "ledger" / f"{entries[0].client}.jsonl"
+        assert copy.read_text() == (federation.tmp / f"site{site}" / "ledger.jsonl").read_text()
+    assert "source" not in report["privacy"]  # epsilons from the verified copies
+    assert set(report["privacy"]["clients"]) == {p.stem for p in copies}
     text = server.output()
     assert "3 client(s) connected" in text and "completed" in text
     for client in clients:

@@ -1,0 +1,74 @@
+"""The server's copies of the sites' signed privacy ledgers, in ``RUN/ledger``.
+
+What: in a real deployment each site keeps its ledger (:mod:`fedssl.privacy.ledger`) in its own
+state directory. After every round it trained, a site sends the whole ledger and its public key
+in its reply; the server stores them as ``RUN/ledger/<client>.jsonl`` and ``<client>.pub``, so
+the run directory holds what ``fedssl audit`` needs, as in simulations.
+
+Why it can be trusted: the copy is only accepted if every entry's hash chain and Ed25519
+signature verify, the key is the one the identity registry lists for that site (when there is
+a registry) and the one the server saw before (trust on first use otherwise), every entry names
+that client, and the new copy *extends* the stored one (the same entries, in order, plus new
+ones): a site cannot rewrite the history it already reported. A refused copy leaves the stored
+one untouched and is reported with its reason. The site's own file stays the original; an
+auditor can compare the two.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedssl.privacy.identity import IdentityError, load_public_key, public_pem
+from fedssl.privacy.ledger import LedgerError, read_ledger
+
+#: a ledger line is ~600 bytes; 4 MiB is several thousand rounds
+MAX_LEDGER_BYTES = 4 << 20
+
+
+def _safe_name(client: str) -> bool:
+    return bool(client) and client.replace("-", "").replace("_", "").isalnum()
+
+
+def store_copy(run_dir: Path, client: str, text: str, pub_pem: bytes,
+               registry_key: Ed25519PublicKey | None = None) -> str | None:
+    """Verify and store ``client``'s ledger copy; returns ``None`` or why it was refused."""
+    if not _safe_name(client):
+        return f"client name {client!r} is not a safe file name"
+    if len(text.encode()) > MAX_LEDGER_BYTES:
+        return f"ledger copy larger than {MAX_LEDGER_BYTES} bytes"
+    try:
+        key = load_public_key(pub_pem)
+    except (IdentityError, ValueError) as exc:
+        return f"ledger public key unreadable: {exc}"
+    pem = public_pem(key)
+    if registry_key is not None and public_pem(registry_key) != pem:
+        return "ledger key differs from the identity registry's key for this client"
+    folder = run_dir / "ledger"
+    folder.mkdir(parents=True, exist_ok=True)
+    path, pub_path = folder / f"{client}.jsonl", folder / f"{client}.pub"
+    if pub_path.exists() and pub_path.read_bytes() != pem:
+        return "ledger key differs from the key this client used before"
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as fh:
+        fh.write(text)
+        tmp = Path(fh.name)
+    try:
+        try:
+            entries = read_ledger(tmp, key)
+        except LedgerError as exc:
+            return f"ledger copy does not verify: {str(exc).replace(str(tmp), 'copy')}"
+        if any(e.client != client for e in entries):
+            return "ledger copy holds entries of another client"
+        old = read_ledger(path, key) if path.exists() else []
+        if [e.hash for e in entries[: len(old)]] != [e.hash for e in old]:
+            return ("ledger copy does not extend the stored one (entries changed, removed or "
+                    "reordered)")
+        if not pub_path.exists():
+            pub_path.write_bytes(pem)
+        os.replace(tmp, path)
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)

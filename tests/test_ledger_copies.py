@@ -1,0 +1,98 @@
+"""The server's copies of the sites' ledgers: accepted only when verified and extending."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedssl.privacy.identity import load_public_key, public_pem
+from fedssl.privacy.ledger import Ledger, LedgerEntry, read_ledger
+from fedssl.server import ledger_copies
+from fedssl.server.ledger_copies import store_copy
+
+CID = "client-001"
+
+
+def _entry(r: int, eps: float, client: str = CID) -> LedgerEntry:
+    return LedgerEntry(round=r, client=client, noise_multiplier=1.1, sample_rate=0.01,
+                       steps=100, max_grad_norm=1.0, delta=1e-5, accountant="prv", epsilon=eps)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> tuple[Ledger, Path]:
+    key = Ed25519PrivateKey.generate()
+    led = Ledger(tmp_path / "site" / "ledger.jsonl", key)
+    led.append(_entry(1, 0.5))
+    run = tmp_path / "run"
+    run.mkdir()
+    return led, run
+
+
+def _copy(led: Ledger) -> tuple[str, bytes]:
+    return led.path.read_text(), public_pem(led.key)
+
+
+def test_copies_are_stored_and_extended(site) -> None:
+    led, run = site
+    assert store_copy(run, CID, *_copy(led), registry_key=led.key.public_key()) is None
+    led.append(_entry(2, 0.8))
+    assert store_copy(run, CID, *_copy(led)) is None
+    stored = read_ledger(run / "ledger" / f"{CID}.jsonl",
+                         load_public_key(run / "ledger" / f"{CID}.pub"))
+    assert [e.round for e in stored] == [1, 2]
+    assert (run / "ledger" / f"{CID}.jsonl").read_text() == led.path.read_text()
+
+
+def test_rewritten_history_is_refused_and_the_stored_copy_kept(site) -> None:
+    led, run = site
+    led.append(_entry(2, 0.8))
+    assert store_copy(run, CID, *_copy(led)) is None
+    before = (run / "ledger" / f"{CID}.jsonl").read_text()
+    # the site starts a fresh chain with a smaller spend: valid signatures, other history
+    fresh = Ledger(led.path.parent / "fresh.jsonl", led.key)
+    fresh.append(_entry(1, 0.1))
+    problem = store_copy(run, CID, fresh.path.read_text(), public_pem(led.key))
+    assert problem is not None and "does not extend" in problem
+    assert (run / "ledger" / f"{CID}.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("edited", "does not verify"),
+    ("registry-key", "identity registry"),
+    ("other-client", "another client"),
+    ("bad-name", "safe file name"),
+    ("bad-pem", "unreadable"),
+])
+def test_bad_copies_are_refused_with_a_reason(site, case, expected) -> None:
+    led, run = site
+    text, pem = _copy(led)
+    client, registry = CID, None
+    if case == "edited":
+        row = json.loads(text.splitlines()[0])
+        row["epsilon"] = 0.01
+        text = json.dumps(row) + "\n"
+    elif case == "registry-key":
+        registry = Ed25519PrivateKey.generate().public_key()
+    elif case == "other-client":
+        client = "client-002"
+    elif case == "bad-name":
+        client = "../evil"
+    elif case == "bad-pem":
+        pem = b"not a key"
+    problem = store_copy(run, client, text, pem, registry_key=registry)
+    assert problem is not None and expected in problem
+    assert not list((run / "ledger").glob("*.jsonl")) if (run / "ledger").exists() else True
+
+
+def test_key_change_and_oversized_copies_are_refused(site, monkeypatch) -> None:
+    led, run = site
+    assert store_copy(run, CID, *_copy(led)) is None
+    other = Ledger(led.path.parent / "other.jsonl", Ed25519PrivateKey.generate())
+    other.append(_entry(1, 0.5))
+    assert "used before" in store_copy(run, CID, *_copy(other))
+    monkeypatch.setattr(ledger_copies, "MAX_LEDGER_BYTES", 100)
+    assert "larger than" in store_copy(run, CID, *_copy(led))
+    assert not list((run / "ledger").glob("*.tmp"))
