@@ -18,7 +18,13 @@ and ``(1, 8, 8)`` images:
 * ``vmap``    - ``torch.func.vmap(grad(loss_of_one_record))`` where the vmapped function
   computes one record's SimSiam loss from *both* of its views, so each per-sample gradient
   covers all views of the record; then per-record clipping, Gaussian noise and SGD by hand
-  (the same arithmetic as Opacus's ``DPOptimizer``).
+  (the same arithmetic as Opacus's ``DPOptimizer``);
+* ``fast``    - fedssl's book-keeping / ghost-norm engine,
+  :class:`fedssl.privacy.fast_clip.FastDPSGD` (one backward; per-record norms and the clipped
+  sum from each layer's inputs and output gradients), the DP branch of ``train_local`` by
+  default. It never materialises all per-sample gradients, so its CHECK compares what DP-SGD
+  uses: the per-record norms with hooks mode's per-sample gradient norms, and the clipped sums
+  at C = ``CLIP`` and at a C that clips every record with hooks mode's (max relative diff).
 
 Every alternative is first CHECKED: its per-sample gradients for a fixed batch and model must
 equal the hooks-mode ones (max abs diff reported; ``allclose(rtol=1e-4, atol=1e-6)``). One that
@@ -29,7 +35,8 @@ steps, then the median of ``--steps`` steps, the modes of a setting interleaved 
 (so a load swing on the shared machine hits every mode alike); ratio = median DP step /
 median non-DP step.
 Also one end-to-end row per encoder through :func:`fedssl.client.trainer.train_local`
-(``dp=True`` vs ``dp=False``, Poisson batches under DP). The machine is shared: the load
+(``dp=False`` vs ``dp=True`` with ``dp_engine="hooks"`` and ``"fast"``, Poisson batches under
+DP). The machine is shared: the load
 average is recorded.
 
 Usage::
@@ -65,13 +72,14 @@ from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
 from fedssl.client.trainer import TrainConfig, train_local
-from fedssl.privacy.dp_sgd import DPSGD
+from fedssl.privacy.dp_sgd import DPSGD, clipped_gradient_sum
+from fedssl.privacy.fast_clip import FastClipper, FastDPSGD
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.objectives import get_objective
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOISE, CLIP, LR = 1.0, 1.0, 0.05
-ALTERNATIVES = ("opacus-functorch", "opacus-ew", "vmap")
+ALTERNATIVES = ("opacus-functorch", "opacus-ew", "vmap", "fast")
 
 
 @dataclass(frozen=True)
@@ -159,8 +167,35 @@ def check_reference(s: Setting, records: int = 4) -> float:
     return worst
 
 
+def check_fast(s: Setting) -> dict[str, Any]:
+    """Compare the fast engine's per-record norms and clipped sums with hooks mode's."""
+    model = build(s.shape)
+    x = data_for(s)
+    gen = torch.Generator().manual_seed(1)
+    aug = augment_for(s.shape)
+    views = [aug(x, gen) for _ in range(objective.num_views)]
+    ref = grads_opacus(model, views, "hooks")
+    ref_norms = torch.stack([g.flatten(1).norm(dim=1) for g in ref.values()]).norm(dim=0)
+    worst = 0.0
+    try:
+        for c in (CLIP, 1e-3):
+            with FastClipper(model) as clipper:
+                with clipper.record():
+                    losses = objective.per_record_loss(model, views)
+                sums, norms = clipper.clipped_sum(losses, c)
+            got = torch.cat([t.reshape(-1) for t in sums])
+            want = clipped_gradient_sum(model, objective, views, c, engine="hooks")
+            worst = max(worst, float((got - want).norm() / want.norm()),
+                        float(((norms - ref_norms).abs() / ref_norms).max()))
+    except Exception as exc:
+        return {"sound": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    return {"sound": worst < 1e-4, "max_abs_diff": worst, "diff_kind": "max rel diff"}
+
+
 def check(s: Setting, mode: str) -> dict[str, Any]:
     """Compare ``mode``'s per-sample gradients with hooks mode on one fixed batch."""
+    if mode == "fast":
+        return check_fast(s)
     model = build(s.shape)
     x = data_for(s)
     gen = torch.Generator().manual_seed(1)
@@ -214,7 +249,18 @@ def step_fn(s: Setting, mode: str) -> Callable[[], None]:
             opt.step()
         return run
 
-    if mode == "hooks":  # fedssl's engine, exactly as train_local's DP branch uses it
+    if mode == "fast":  # fedssl's default engine, exactly as train_local's DP branch uses it
+        fast = FastDPSGD(model, opt, x, s.batch, NOISE, CLIP, objective)
+
+        def run_fast() -> None:
+            v = views()
+            opt.zero_grad(set_to_none=True)
+            with fast.record():
+                losses = objective.per_record_loss(model, v)
+            fast.step(losses)
+        return run_fast
+
+    if mode == "hooks":  # Opacus engine, exactly as train_local's DP branch uses it
         dp = DPSGD(model, opt, x, s.batch, NOISE, CLIP, objective)
         module, optimizer = dp.module, dp.optimizer
     else:
@@ -232,12 +278,12 @@ def step_fn(s: Setting, mode: str) -> Callable[[], None]:
     return run
 
 
-def end_to_end(s: Setting, dp: bool, batches: int) -> float:
+def end_to_end(s: Setting, dp: bool, batches: int, engine: str = "auto") -> float:
     """Seconds per step of a real ``train_local`` call (Poisson batches under DP)."""
     model = build(s.shape)
     x = torch.randn(s.batch * batches, *s.shape, generator=torch.Generator().manual_seed(4))
     cfg = TrainConfig(batch_size=s.batch, seed=5, dp=dp, noise_multiplier=NOISE,
-                      max_grad_norm=CLIP)
+                      max_grad_norm=CLIP, dp_engine=engine)
     train_local(model, objective, x[: s.batch * 2], augment_for(s.shape), cfg)  # warm-up
     res = train_local(model, objective, x, augment_for(s.shape), cfg)
     return res.seconds / res.steps
@@ -300,8 +346,11 @@ def main() -> None:
         nb = 4 if args.quick else 8
         e2e.append({"encoder": s.name, "shape": list(s.shape), "batch": s.batch,
                     "nondp_step_seconds": end_to_end(s, False, nb),
-                    "dp_step_seconds": end_to_end(s, True, nb)})
+                    "dp_step_seconds": end_to_end(s, True, nb, "hooks"),
+                    "dp_fast_step_seconds": end_to_end(s, True, nb, "fast")})
         e2e[-1]["ratio"] = e2e[-1]["dp_step_seconds"] / e2e[-1]["nondp_step_seconds"]
+        e2e[-1]["ratio_fast"] = (e2e[-1]["dp_fast_step_seconds"]
+                                 / e2e[-1]["nondp_step_seconds"])
 
     lines = ["| encoder | input | batch | mode | sound (max abs diff vs hooks) | ms/step "
              "(median) | x non-DP |", "|---|---|---|---|---|---|---|"]
@@ -309,7 +358,8 @@ def main() -> None:
         shape = "x".join(map(str, r["shape"]))
         if r["mode"] in ALTERNATIVES:
             diff = r.get("max_abs_diff", float("nan"))
-            sound = (f"yes ({diff:.1e})" if r.get("sound") else
+            kind = " rel" if r.get("diff_kind") else ""
+            sound = (f"yes ({diff:.1e}{kind})" if r.get("sound") else
                      f"NO: {r.get('error') or f'max abs diff {diff:.1e}'}")
         else:
             sound = (f"reference ({r['max_abs_diff_vs_autograd']:.1e} vs per-record "
@@ -318,12 +368,13 @@ def main() -> None:
         ratio = f"{r['ratio_vs_nondp']:.2f}" if "ratio_vs_nondp" in r else "-"
         lines.append(f"| {r['encoder']} | {shape} | {r['batch']} | {r['mode']} | "
                      f"{sound[:90]} | {ms} | {ratio} |")
-    lines += ["", "| encoder | input | batch | train_local ms/step non-DP | DP (hooks, Poisson) "
-                  "| x |", "|---|---|---|---|---|---|"]
+    lines += ["", "| encoder | input | batch | train_local ms/step non-DP | DP hooks (Poisson) "
+                  "| x | DP fast (Poisson) | x |", "|---|---|---|---|---|---|---|---|"]
     for e in e2e:
         lines.append(f"| {e['encoder']} | {'x'.join(map(str, e['shape']))} | {e['batch']} | "
                      f"{1e3 * e['nondp_step_seconds']:.1f} | {1e3 * e['dp_step_seconds']:.1f} | "
-                     f"{e['ratio']:.2f} |")
+                     f"{e['ratio']:.2f} | {1e3 * e['dp_fast_step_seconds']:.1f} | "
+                     f"{e['ratio_fast']:.2f} |")
     md = "\n".join(lines)
     print(md)
     print(f"\ntorch threads {args.threads}; load average start {load_start}, end "

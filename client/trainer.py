@@ -5,7 +5,10 @@ baseline and the benchmarks. One call runs ``epochs`` passes over the local reco
 
 - without DP: shuffled mini-batches, mean loss, SGD with momentum;
 - with DP: Poisson sampling at rate ``batch_size / n``, one gradient per record summed over
-  all its views, clipped and noised by :class:`fedssl.privacy.dp_sgd.DPSGD`.
+  all its views, clipped and noised by one of two engines with identical sampling, clipping,
+  noise and accounting (``TrainConfig.dp_engine``): :class:`fedssl.privacy.fast_clip.FastDPSGD`
+  (book-keeping / ghost norms, one backward; the default for every model it supports) or
+  :class:`fedssl.privacy.dp_sgd.DPSGD` (Opacus hooks mode; any model Opacus supports).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedssl.privacy.dp_sgd import DPSGD
+from fedssl.privacy.fast_clip import FastDPSGD, unsupported_reason
 from fedssl.ssl_core.objectives.base import Objective
 
 
@@ -39,6 +43,10 @@ class TrainConfig:
     dp: bool = False
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
+    #: DP-SGD engine: "fast" (:mod:`fedssl.privacy.fast_clip`; raises for models it cannot
+    #: handle exactly), "hooks" (Opacus), or "auto" (fast where its static model check passes,
+    #: else hooks; a model that passes but fails a runtime check still raises, never falls back)
+    dp_engine: str = "auto"
 
 
 @dataclass
@@ -50,6 +58,8 @@ class TrainResult:
     sample_rate: float
     num_examples: int
     seconds: float
+    #: the DP-SGD engine that ran ("fast" / "hooks"), "" without DP
+    dp_engine: str = ""
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, dp: bool) -> int:
@@ -86,10 +96,14 @@ def train_local(
     losses: list[float] = []
     steps = 0
 
-    def step(module: torch.nn.Module, batch: torch.Tensor, optimizer) -> None:
+    def step(module: torch.nn.Module, batch: torch.Tensor, optimizer,
+             fast: FastDPSGD | None = None) -> None:
         nonlocal steps
         steps += 1
         if len(batch) == 0:  # an empty Poisson batch still costs a (noise-only) step
+            if fast is not None:
+                fast.empty_step()
+                return
             optimizer.zero_grad(set_to_none=True)
             for p in model.parameters():
                 if p.requires_grad:
@@ -99,22 +113,34 @@ def train_local(
         batch = batch.to(device, non_blocking=True)
         views = [augment(batch, aug_gen) for _ in range(objective.num_views)]
         optimizer.zero_grad(set_to_none=True)
-        loss = objective.per_record_loss(module, views).mean()
+        if fast is not None:
+            with fast.record():
+                per_record = objective.per_record_loss(module, views)
+        else:
+            per_record = objective.per_record_loss(module, views)
+        loss = per_record.mean()
         if not torch.isfinite(loss):
             raise TrainingError(f"local loss became {loss.item()} at step {steps}; "
                                 "lower the learning rate or check the data")
-        loss.backward()
-        optimizer.step()
+        if fast is not None:
+            fast.step(per_record)
+        else:
+            loss.backward()
+            optimizer.step()
         objective.after_step(module)
         losses.append(float(loss.detach()))
 
+    engine = ""
     if cfg.dp:
-        with DPSGD(model, opt, data, cfg.batch_size, cfg.noise_multiplier, cfg.max_grad_norm,
-                   objective, generator=gen) as dp, warnings.catch_warnings():
+        engine = select_dp_engine(cfg.dp_engine, model, opt)
+        dp_cls = FastDPSGD if engine == "fast" else DPSGD
+        with dp_cls(model, opt, data, cfg.batch_size, cfg.noise_multiplier, cfg.max_grad_norm,
+                    objective, generator=gen) as dp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            fast = dp if isinstance(dp, FastDPSGD) else None
             for _ in range(cfg.epochs):
                 for (batch,) in dp.loader:
-                    step(dp.module, batch, dp.optimizer)
+                    step(dp.module, batch, dp.optimizer, fast)
         sample_rate = dp.sample_rate
     else:
         loader = DataLoader(TensorDataset(data), batch_size=cfg.batch_size, shuffle=True,
@@ -126,4 +152,21 @@ def train_local(
     return TrainResult(
         loss=float(np.mean(losses)) if losses else float("nan"), steps=steps,
         sample_rate=sample_rate, num_examples=len(data), seconds=time.perf_counter() - start,
+        dp_engine=engine,
     )
+
+
+def select_dp_engine(name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+                     ) -> str:
+    """Resolve ``TrainConfig.dp_engine`` to "fast" or "hooks" for ``model``.
+
+    Raises:
+        ValueError: for an unknown engine name.
+        UnsupportedModelError: for "fast" on a model the fast engine cannot handle exactly.
+    """
+    if name not in ("auto", "fast", "hooks"):
+        raise ValueError(f"dp_engine must be 'auto', 'fast' or 'hooks', got {name!r}")
+    if name != "auto":
+        return name
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return "fast" if unsupported_reason(model, params) is None else "hooks"

@@ -101,13 +101,27 @@ class DPSGD:
 
 
 def clipped_gradient_sum(
-    model: nn.Module, objective: Objective, views: list[torch.Tensor], max_grad_norm: float
+    model: nn.Module, objective: Objective, views: list[torch.Tensor], max_grad_norm: float,
+    engine: str = "hooks",
 ) -> torch.Tensor:
-    """Noise-free sum of per-record clipped gradients, flattened, via the DP-SGD engine.
+    """Noise-free sum of per-record clipped gradients, flattened, via a DP-SGD engine.
 
     This is exactly the quantity the Gaussian mechanism perturbs; the sensitivity tests compare
     it for neighbouring batches (one record removed, the other records' views unchanged).
+    ``engine`` is ``"hooks"`` (Opacus, :class:`DPSGD`) or ``"fast"``
+    (:class:`fedssl.privacy.fast_clip.FastDPSGD`); both flatten the trainable parameters in
+    ``model.parameters()`` order.
     """
+    if engine == "fast":
+        from fedssl.privacy.fast_clip import FastClipper  # fast_clip imports this module
+
+        with FastClipper(model) as clipper:
+            with clipper.record():
+                losses = objective.per_record_loss(model, views)
+            sums, _ = clipper.clipped_sum(losses, max_grad_norm)
+        return torch.cat([s.reshape(-1) for s in sums])
+    if engine != "hooks":
+        raise ValueError(f"engine must be 'hooks' or 'fast', got {engine!r}")
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     opt = DPOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,

@@ -20,6 +20,8 @@ from fedssl.ssl_core.objectives.base import Objective
 
 DP_OBJECTIVES = sorted(name for name, cls in OBJECTIVES.items() if cls.decomposable)
 C = 0.05
+#: both DP-SGD engines: Opacus hooks mode and the book-keeping engine of privacy/fast_clip.py
+ENGINES = ["hooks", "fast"]
 
 
 def _views(shape: tuple[int, ...], n: int, num_views: int, seed: int) -> list[torch.Tensor]:
@@ -33,25 +35,26 @@ def _drop(views: list[torch.Tensor], i: int) -> list[torch.Tensor]:
     return [torch.cat([v[:i], v[i + 1:]]) for v in views]
 
 
-def max_change(objective: Objective, shape: tuple[int, ...], n: int = 12, seed: int = 0
-               ) -> tuple[float, float]:
+def max_change(objective: Objective, shape: tuple[int, ...], n: int = 12, seed: int = 0,
+               engine: str = "hooks") -> tuple[float, float]:
     """Largest change of the clipped sum over all single-record removals, and the norm of
     the full sum (to show the test is not vacuous)."""
     model = objective.build_model(shape, width=8 if len(shape) == 3 else 16)
     objective.start_round(model)
     views = _views(shape, n, objective.num_views, seed)
-    full = clipped_gradient_sum(model, objective, views, C)
+    full = clipped_gradient_sum(model, objective, views, C, engine)
     worst = max(
-        float((full - clipped_gradient_sum(model, objective, _drop(views, i), C)).norm())
+        float((full - clipped_gradient_sum(model, objective, _drop(views, i), C, engine)).norm())
         for i in range(n)
     )
     return worst, float(full.norm())
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", DP_OBJECTIVES)
 @pytest.mark.parametrize("shape", [(1, 40), (1, 8, 8)], ids=["signal", "image"])
-def test_removing_one_record_changes_clipped_sum_by_at_most_c(name: str, shape) -> None:
-    worst, total = max_change(get_objective(name), shape)
+def test_removing_one_record_changes_clipped_sum_by_at_most_c(name: str, shape, engine) -> None:
+    worst, total = max_change(get_objective(name), shape, engine=engine)
     assert worst <= C * (1 + 1e-4), f"{name}: sensitivity {worst} exceeds C={C}"
     # every record is clipped, both views together: the change is C, not less
     assert worst >= C * 0.99
@@ -73,12 +76,14 @@ class ConcatenatedViews(Objective):
         return -0.5 * torch.cat([d1, d2])
 
 
-def test_sensitivity_test_catches_views_as_separate_privacy_units() -> None:
-    worst, _ = max_change(ConcatenatedViews(), (1, 40))
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sensitivity_test_catches_views_as_separate_privacy_units(engine: str) -> None:
+    worst, _ = max_change(ConcatenatedViews(), (1, 40), engine=engine)
     assert worst > 1.2 * C  # two rows of norm C each disappear
 
 
-def interaction(objective: Objective, shape: tuple[int, ...], n: int = 8) -> float:
+def interaction(objective: Objective, shape: tuple[int, ...], n: int = 8,
+                engine: str = "hooks") -> float:
     """|S(X) - S(X-j) - S(X-k) + S(X-j-k)| relative to C: zero iff records j and k do not
     influence each other's clipped gradient rows (what decomposability means)."""
     model = objective.build_model(shape, width=16)
@@ -87,20 +92,22 @@ def interaction(objective: Objective, shape: tuple[int, ...], n: int = 8) -> flo
 
     def s(drop: list[int]) -> torch.Tensor:
         keep = [i for i in range(n) if i not in drop]
-        return clipped_gradient_sum(model, objective, [v[keep] for v in views], C)
+        return clipped_gradient_sum(model, objective, [v[keep] for v in views], C, engine)
 
     return float((s([]) - s([0]) - s([1]) + s([0, 1])).norm()) / C
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", DP_OBJECTIVES)
-def test_dp_objectives_have_no_cross_record_interaction(name: str) -> None:
-    assert interaction(get_objective(name), (1, 40)) < 1e-4
+def test_dp_objectives_have_no_cross_record_interaction(name: str, engine: str) -> None:
+    assert interaction(get_objective(name), (1, 40), engine=engine) < 1e-4
 
 
-def test_in_batch_contrastive_has_cross_record_interaction() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_in_batch_contrastive_has_cross_record_interaction(engine: str) -> None:
     """SimCLR: removing record j changes record k's clipped row, so clipping each row to C
     does not bound what one record can change; hence it is refused under DP."""
-    assert interaction(get_objective("simclr"), (1, 40)) > 0.05
+    assert interaction(get_objective("simclr"), (1, 40), engine=engine) > 0.05
 
 
 def test_non_decomposable_objective_refused_under_dp(signals) -> None:

@@ -1,0 +1,784 @@
+"""Fast exact per-record clipping for DP-SGD: book-keeping / ghost norms, one backward pass.
+
+What: per step, one forward per view (hooks record each supported layer's input) and ONE
+backward of the summed per-record loss that computes only the gradients w.r.t. the layers'
+*outputs* (no weight gradients). For a layer with per-record activations ``A_i`` (``T x K``;
+an im2col/unfold of the input for a convolution) and output gradients ``G_i`` (``T x out``),
+record ``i``'s weight gradient is ``A_i^T G_i``, where the ``T`` rows run over *all views* of
+the record and all positions (tokens, spatial locations) of each view. From these:
+
+1. per-record squared gradient norms, layer by layer, either by *materialising* ``A_i^T G_i``
+   (one batched GEMM, ``T K out`` flops per record) or by the *ghost norm*
+   ``||A_i^T G_i||_F^2 = sum((A_i A_i^T) * (G_i G_i^T))`` (``T^2 (K + out)`` flops), whichever
+   is cheaper for the layer's shape;
+2. clip factors ``c_i = min(1, C / (||g_i|| + 1e-6))`` (Opacus's exact formula);
+3. the clipped sum per layer, ``sum_i c_i A_i^T G_i``: a weighted sum of the materialised
+   per-record gradients, or one GEMM ``A^T (c * G)`` over the whole batch (no second backward).
+
+GroupNorm/LayerNorm affine parameters and biases have closed-form per-record gradients (sums
+over positions of ``grad * normalised input`` and of ``grad``); an Embedding is a Linear layer
+on one-hot inputs (its per-record gradient is a scatter-add of ``G_i``).
+
+Why: Opacus's hooks mode materialises a gradient row per record *per view call*, computes
+the ordinary weight gradients as well, and then clips: 2-3x a non-DP step on fedssl's small
+encoders (``benchmarks/dp_sgd.py``). Here the backward is the non-DP backward minus the weight
+gradients, and the per-record work replaces the weight-gradient GEMMs.
+
+Soundness: the result is the same quantity Opacus clips (the gradient of record ``i``'s loss,
+summed over all its views, clipped as one row), so the DP guarantee of
+:mod:`fedssl.privacy.dp_sgd` carries over unchanged (``tests/test_fast_clip.py`` checks the
+clipped sums against Opacus, ``tests/test_sensitivity.py`` runs the sensitivity tests on both
+engines). The engine refuses, with :class:`UnsupportedModelError`, anything it cannot account
+for exactly: a trainable parameter owned by a layer type it has no rule for, tied parameters,
+grouped/non-zero-padded convolutions, a layer called on a batch whose first dimension is not
+the records, a layer input/output modified in place after the call, or a parameter that the
+autograd graph uses other than once per recorded call of its own layer (e.g. ``layer.weight``
+read directly elsewhere; checked on the first step). There is no silent fallback.
+
+References:
+    Bu, Wang, Zha, Karypis, "Differentially Private Optimization on Large Model at Small Cost",
+    ICML 2023 (book-keeping: per-layer choice of ghost norm vs materialised per-record
+    gradient, clipped sum from the stored output gradients without a second backward).
+    Li, Tramer, Liang, Hashimoto, "Large Language Models Can Be Strong Differentially Private
+    Learners", ICLR 2022 (ghost clipping for sequences).
+    Goodfellow, "Efficient Per-Example Gradient Computations", 2015 (the ``A^T G`` form).
+    Abadi et al., "Deep Learning with Differential Privacy", CCS 2016 (DP-SGD).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from opacus.data_loader import DPDataLoader
+from opacus.optimizers.optimizer import _generate_noise
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from fedssl.privacy.dp_sgd import DPSoundnessError, require_dp_sound
+from fedssl.ssl_core.objectives.base import Objective
+
+
+class UnsupportedModelError(DPSoundnessError):
+    """The fast engine cannot compute exact per-record gradients for this model or call."""
+
+
+@dataclass
+class _Call:
+    """One recorded forward call of a supported layer."""
+
+    layer: _Layer
+    x: torch.Tensor
+    y: torch.Tensor
+    x_version: int
+    y_version: int
+
+
+# ------------------------------------------------------------------------------ layer rules
+class _Layer:
+    """Per-record gradients of one module's own parameters, from its recorded calls.
+
+    :meth:`prepare` gets the ``(input, output gradient)`` pairs of every call of the step and
+    returns the per-record squared gradient norm of the tracked parameters, shape ``(N,)``;
+    :meth:`clipped` then returns ``{id(param): sum_i c_i g_i}``.
+    """
+
+    #: parameter names this rule knows how to differentiate
+    known: tuple[str, ...] = ("weight", "bias")
+
+    def __init__(self, name: str, module: nn.Module, tracked: set[int]) -> None:
+        self.name = name
+        self.module = module
+        own = dict(module.named_parameters(recurse=False))
+        unknown = [p for p in own if p not in self.known and id(own[p]) in tracked]
+        if unknown:
+            raise UnsupportedModelError(
+                f"layer {name!r} ({type(module).__name__}) has parameters {unknown} that the "
+                "fast DP engine has no per-record gradient rule for; use dp_engine='hooks'")
+        self.weight = own.get("weight") if id(own.get("weight")) in tracked else None
+        self.bias = own.get("bias") if id(own.get("bias")) in tracked else None
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise for inputs this rule does not cover."""
+
+    def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def clipped(self, c: torch.Tensor) -> dict[int, torch.Tensor]:
+        raise NotImplementedError
+
+
+def _sq(t: torch.Tensor) -> torch.Tensor:
+    """Per-record squared Frobenius norm of ``(N, ...)`` without a squared temporary."""
+    return torch.linalg.vector_norm(t.reshape(len(t), -1), dim=1).square()
+
+
+class _Linear(_Layer):
+    """``nn.Linear`` on ``(N, *, in)``: all middle positions (tokens) are rows of the record.
+
+    Per-record weight gradient ``A_i^T G_i`` with ``A_i`` the inputs and ``G_i`` the output
+    gradients of the record's tokens in all views (``T x in`` and ``T x out``): the ghost norm
+    when ``T (in + out) < in out`` (e.g. the heads, ``T`` = number of views), else
+    materialised; clipped sum by one GEMM ``A^T (c G)`` or a weighted sum.
+    """
+
+    def rows(self, x: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A (N, T, in)`` and ``G (N, T, out)`` of one call."""
+        n = x.shape[0]
+        return x.reshape(n, -1, x.shape[-1]), gy.reshape(n, -1, gy.shape[-1])
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise UnsupportedModelError(f"layer {self.name!r} called on an unbatched input")
+
+    def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        rows = [self.rows(x, gy) for x, gy in pairs]
+        t = sum(a.shape[1] for a, _ in rows)
+        k, o = rows[0][0].shape[2], rows[0][1].shape[2]
+        sq = torch.zeros(n, dtype=rows[0][1].dtype, device=rows[0][1].device)
+        self._ghost: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._per_record: torch.Tensor | None = None
+        self._bias: torch.Tensor | None = None
+        if self.weight is not None:
+            if t * (k + o) < k * o:  # ghost norm is cheaper than materialising (BK, Sec. 3)
+                a = torch.cat([r[0] for r in rows], 1) if len(rows) > 1 else rows[0][0]
+                g = torch.cat([r[1] for r in rows], 1) if len(rows) > 1 else rows[0][1]
+                aa = torch.bmm(a, a.transpose(1, 2))
+                gg = torch.bmm(g, g.transpose(1, 2))
+                sq += (aa * gg).sum(dim=(1, 2))
+                self._ghost = (a, g)
+            else:
+                per = torch.bmm(rows[0][1].transpose(1, 2), rows[0][0])  # (N, out, K)
+                for a, g in rows[1:]:
+                    per.baddbmm_(g.transpose(1, 2), a)
+                sq += _sq(per)
+                self._per_record = per
+        if self.bias is not None:
+            gb = rows[0][1].sum(1)
+            for _, g in rows[1:]:
+                gb += g.sum(1)
+            sq += _sq(gb)
+            self._bias = gb
+        return sq
+
+    def clipped(self, c: torch.Tensor) -> dict[int, torch.Tensor]:
+        out: dict[int, torch.Tensor] = {}
+        if self.weight is not None:
+            if self._ghost is not None:
+                a, g = self._ghost
+                gc = (g * c[:, None, None]).reshape(-1, g.shape[2])
+                w = gc.t().mm(a.reshape(-1, a.shape[2]))
+            else:
+                assert self._per_record is not None
+                w = torch.mv(self._per_record.reshape(len(c), -1).t(), c)
+            out[id(self.weight)] = w.reshape(self.weight.shape)
+        if self.bias is not None:
+            assert self._bias is not None
+            out[id(self.bias)] = torch.mv(self._bias.t(), c)
+        self._ghost = self._per_record = self._bias = None
+        return out
+
+
+def _conv_weight_grad(layer: _Conv, x: torch.Tensor, gy: torch.Tensor, groups: int,
+                      weight_shape: tuple[int, ...]) -> torch.Tensor:
+    """Weight gradient of the layer's convolution (oneDNN's backward-weight kernel)."""
+    return torch.ops.aten.convolution_backward(
+        gy, x, x.new_empty(weight_shape), None, list(layer.module.stride), list(layer.padding),
+        list(layer.module.dilation), False, [0] * layer.dims, groups, [False, True, False])[1]
+
+
+class _Conv(_Layer):
+    """``nn.Conv1d`` / ``nn.Conv2d`` (groups 1, zero padding, any stride / dilation).
+
+    Per-record squared weight-gradient norms, whichever is cheaper by the layer's shape:
+
+    * materialised: 1-D, ``k`` batched GEMMs ``G_i X_{i,j}^T`` over the kernel taps ``j``
+      (shifted strided views of the padded input, no im2col copy); 2-D, one grouped
+      backward-weight convolution with the records as groups;
+    * ghost: ``<A_i A_i^T, G_i G_i^T>`` over all positions of all views; for 1-D, ``A_i A_i^T``
+      is the sum over taps of shifted blocks of the input Gram matrix ``X_i^T X_i`` (no
+      im2col); for 2-D, from an unfold (used when there are few output positions).
+
+    Clipped sum: the weighted sum of the materialised gradients, or the ordinary
+    backward-weight convolution with the output gradient scaled by ``c_i`` per record.
+    """
+
+    def __init__(self, name: str, module: nn.Module, tracked: set[int]) -> None:
+        super().__init__(name, module, tracked)
+        m = module
+        assert isinstance(m, nn.Conv1d | nn.Conv2d)
+        if m.groups != 1:
+            raise UnsupportedModelError(f"conv {name!r} has groups={m.groups}; the fast DP "
+                                        "engine supports groups=1 only")
+        if m.padding_mode != "zeros":
+            raise UnsupportedModelError(f"conv {name!r} has padding_mode={m.padding_mode!r}; "
+                                        "the fast DP engine supports 'zeros' only")
+        if isinstance(m.padding, str):
+            if m.padding != "valid":
+                raise UnsupportedModelError(f"conv {name!r} has padding={m.padding!r}; the "
+                                            "fast DP engine supports integer padding only")
+            self.padding: tuple[int, ...] = (0,) * len(m.kernel_size)
+        else:
+            self.padding = tuple(m.padding)
+        self.dims = 1 if isinstance(m, nn.Conv1d) else 2
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != self.dims + 2:
+            raise UnsupportedModelError(f"conv {self.name!r} called on an unbatched input")
+
+    def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        m = self.module
+        out, cin = m.out_channels, m.in_channels
+        k = math.prod(m.kernel_size)
+        t = sum(math.prod(gy.shape[2:]) for _, gy in pairs)  # positions over all views
+        sq = pairs[0][1].new_zeros(n)
+        self._pairs = pairs
+        self._per_record: torch.Tensor | None = None
+        self._bias: torch.Tensor | None = None
+        if self.weight is not None:
+            same = len({tuple(x.shape) for x, _ in pairs}) == 1
+            if self.dims == 1:
+                lp = sum(x.shape[2] + 2 * self.padding[0] for x, _ in pairs)
+                ghost = lp * lp * cin + t * t * (out + k)
+            else:
+                ghost = t * t * (cin * k + out) + 2 * t * cin * k
+            if same and 2 * ghost < t * cin * k * out:
+                sq += self._ghost_norms(pairs, n)
+            else:
+                self._per_record = self._materialise(pairs, n)
+                for per in self._per_record:  # per tap: contiguous (N, F) reductions
+                    sq += _sq(per)
+        if self.bias is not None:
+            gb = sum(gy.reshape(n, out, -1).sum(2) for _, gy in pairs)
+            assert isinstance(gb, torch.Tensor)
+            sq += _sq(gb)
+            self._bias = gb
+        return sq
+
+    def _materialise(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int
+                     ) -> torch.Tensor:
+        """Per-record weight gradients: ``(taps, N, out * C)`` from per-tap batched GEMMs, or
+        ``(1, N, out * C * taps)`` from a grouped backward-weight convolution.
+
+        Per-tap GEMMs read the taps as shifted strided views of the zero-padded input: for
+        1-D directly; for 2-D (stride 1) on the row-flattened padded image, with the output
+        gradient padded to the padded width (the extra columns are zero, so they add
+        nothing). The grouped convolution (records as groups) is faster for few channels
+        on larger images and is used for strided 2-D convolutions (thresholds measured on
+        a 2-core CPU with ``benchmarks/dp_sgd.py``'s encoders).
+        """
+        m = self.module
+        out, cin = m.out_channels, m.in_channels
+        self._taps_first = True
+        if self.dims == 1:
+            k, (s,), (d,), (p,) = m.kernel_size[0], m.stride, m.dilation, self.padding
+            per = pairs[0][1].new_empty(k, n, out, cin)
+            for v, (x, gy) in enumerate(pairs):
+                xp = F.pad(x, (p, p)) if p else x
+                span = s * (gy.shape[2] - 1) + 1
+                for j in range(k):
+                    xj = xp[:, :, j * d: j * d + span: s].transpose(1, 2)  # (N, T, C) view
+                    if v == 0:
+                        torch.bmm(gy, xj, out=per[j])
+                    else:
+                        per[j].baddbmm_(gy, xj)
+            return per.reshape(k, n, out * cin)
+        positions = math.prod(pairs[0][1].shape[2:])
+        if tuple(m.stride) == (1, 1) and (positions < 64 or out * cin >= 4096):
+            (kh, kw), (dh, dw), (ph, pw) = m.kernel_size, m.dilation, self.padding
+            per = pairs[0][1].new_empty(kh * kw, n, out, cin)
+            for v, (x, gy) in enumerate(pairs):
+                ho, wo = gy.shape[2:]
+                wp = x.shape[3] + 2 * pw
+                xp = F.pad(x, (pw, pw, ph, ph)).reshape(n, cin, -1)
+                xp = F.pad(xp, (0, (kw - 1) * dw))
+                gw = F.pad(gy, (0, wp - wo)).reshape(n, out, ho * wp)
+                for i in range(kh):
+                    for j in range(kw):
+                        off = i * dh * wp + j * dw
+                        xs = xp[:, :, off: off + ho * wp].transpose(1, 2)
+                        if v == 0:
+                            torch.bmm(gw, xs, out=per[i * kw + j])
+                        else:
+                            per[i * kw + j].baddbmm_(gw, xs)
+            return per.reshape(kh * kw, n, out * cin)
+        self._taps_first = False
+        shape = (n * out, cin, *m.kernel_size)
+        grouped = None
+        for x, gy in pairs:
+            g = _conv_weight_grad(self, x.reshape(1, n * cin, *x.shape[2:]),
+                                  gy.reshape(1, n * out, *gy.shape[2:]), n, shape)
+            grouped = g if grouped is None else grouped.add_(g)
+        assert grouped is not None
+        return grouped.reshape(1, n, -1)
+
+    def _ghost_norms(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int
+                     ) -> torch.Tensor:
+        """``sum((A_i A_i^T) * (G_i G_i^T))`` over the positions of all views."""
+        m = self.module
+        v = len(pairs)
+        g = torch.cat([gy.reshape(n, m.out_channels, -1) for _, gy in pairs], 2)
+        t1 = g.shape[2] // v
+        ggt = torch.bmm(g.transpose(1, 2), g)
+        if self.dims == 1:
+            k, (s,), (d,), (p,) = m.kernel_size[0], m.stride, m.dilation, self.padding
+            xcat = torch.cat([F.pad(x, (p, p)) if p else x for x, _ in pairs], 2)
+            lp = xcat.shape[2] // v
+            gram = torch.bmm(xcat.transpose(1, 2), xcat).view(n, v, lp, v, lp)
+            span = s * (t1 - 1) + 1
+            aat = gram[:, :, 0:span:s, :, 0:span:s].clone()
+            for j in range(1, k):
+                o = j * d
+                aat += gram[:, :, o:o + span:s, :, o:o + span:s]
+            aat = aat.reshape(n, v * t1, v * t1)
+        else:
+            a = torch.cat([F.unfold(x, m.kernel_size, dilation=m.dilation, padding=self.padding,
+                                    stride=m.stride) for x, _ in pairs], 2)
+            aat = torch.bmm(a.transpose(1, 2), a)
+        return (aat * ggt).sum(dim=(1, 2))
+
+    def clipped(self, c: torch.Tensor) -> dict[int, torch.Tensor]:
+        out: dict[int, torch.Tensor] = {}
+        m = self.module
+        if self.weight is not None:
+            w_shape = tuple(self.weight.shape)
+            if self._per_record is not None:
+                w = torch.matmul(c, self._per_record)  # (taps, N, F) -> (taps, F)
+                if self._taps_first:  # (taps, out, C) -> (out, C, taps)
+                    w = w.reshape(-1, m.out_channels, m.in_channels).permute(1, 2, 0)
+                out[id(self.weight)] = w.reshape(w_shape).contiguous()
+            else:
+                w = None
+                for x, gy in self._pairs:
+                    gc = gy * c.view(-1, *([1] * (gy.dim() - 1)))
+                    g = _conv_weight_grad(self, x, gc, 1, w_shape)
+                    w = g if w is None else w.add_(g)
+                assert w is not None
+                out[id(self.weight)] = w
+        if self.bias is not None:
+            assert self._bias is not None
+            out[id(self.bias)] = torch.mv(self._bias.t(), c)
+        self._pairs, self._per_record, self._bias = [], None, None
+        return out
+
+
+class _Norm(_Layer):
+    """GroupNorm / LayerNorm: ``y = xhat * w + b``; per-record sums over positions."""
+
+    #: the positions' axis of :meth:`normalised` / :meth:`grads` (summed per record)
+    pos_dim = 1
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """``xhat`` of one call as a 3-D ``(N, P, D)`` or ``(N, D, P)`` (see ``pos_dim``),
+        with ``D`` the parameters' size, in the memory layout of the input (no copy)."""
+        raise NotImplementedError
+
+    def grads(self, gy: torch.Tensor) -> torch.Tensor:
+        """``gy`` in the layout of :meth:`normalised`."""
+        raise NotImplementedError
+
+    def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        gw: torch.Tensor | None = None
+        gb: torch.Tensor | None = None
+        for x, gy in pairs:
+            g = self.grads(gy)
+            if self.weight is not None:
+                t = (g * self.normalised(x)).sum(self.pos_dim)
+                gw = t if gw is None else gw + t
+            if self.bias is not None:
+                t = g.sum(self.pos_dim)
+                gb = t if gb is None else gb + t
+        dtype, device = pairs[0][1].dtype, pairs[0][1].device
+        sq = torch.zeros(n, dtype=dtype, device=device)
+        for t in (gw, gb):
+            if t is not None:
+                sq += _sq(t)
+        self._w, self._b = gw, gb
+        return sq
+
+    def clipped(self, c: torch.Tensor) -> dict[int, torch.Tensor]:
+        out: dict[int, torch.Tensor] = {}
+        if self.weight is not None and self._w is not None:
+            out[id(self.weight)] = torch.mv(self._w.t(), c).reshape(self.weight.shape)
+        if self.bias is not None and self._b is not None:
+            out[id(self.bias)] = torch.mv(self._b.t(), c).reshape(self.bias.shape)
+        self._w = self._b = None
+        return out
+
+
+class _GroupNorm(_Norm):
+    """``nn.GroupNorm`` on ``(N, C, *)``: per channel, summed over positions."""
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise UnsupportedModelError(f"GroupNorm {self.name!r} called on an unbatched input")
+
+    pos_dim = 2
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        return F.group_norm(x, m.num_groups, eps=m.eps).reshape(len(x), m.num_channels, -1)
+
+    def grads(self, gy: torch.Tensor) -> torch.Tensor:
+        return gy.reshape(len(gy), gy.shape[1], -1)
+
+
+class _LayerNorm(_Norm):
+    """``nn.LayerNorm`` on ``(N, *, *normalized_shape)``."""
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() <= len(self.module.normalized_shape):
+            raise UnsupportedModelError(f"LayerNorm {self.name!r} called on an unbatched input")
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        d = math.prod(m.normalized_shape)
+        return F.layer_norm(x, m.normalized_shape, eps=m.eps).reshape(len(x), -1, d)
+
+    def grads(self, gy: torch.Tensor) -> torch.Tensor:
+        return gy.reshape(len(gy), -1, math.prod(self.module.normalized_shape))
+
+
+class _Embedding(_Layer):
+    """``nn.Embedding`` (dense, no max_norm): per-record scatter-add of ``G_i`` into rows."""
+
+    known = ("weight",)
+
+    def __init__(self, name: str, module: nn.Module, tracked: set[int]) -> None:
+        super().__init__(name, module, tracked)
+        m = module
+        assert isinstance(m, nn.Embedding)
+        if m.sparse or m.max_norm is not None or m.scale_grad_by_freq:
+            raise UnsupportedModelError(f"embedding {name!r}: sparse / max_norm / "
+                                        "scale_grad_by_freq are not supported by the fast "
+                                        "DP engine")
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() < 1:
+            raise UnsupportedModelError(f"embedding {self.name!r} called on an unbatched input")
+
+    def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        m = self.module
+        per = torch.zeros(n, m.num_embeddings, m.embedding_dim, dtype=pairs[0][1].dtype,
+                          device=pairs[0][1].device)
+        for idx, gy in pairs:
+            i = idx.reshape(n, -1)
+            g = gy.reshape(n, -1, m.embedding_dim)
+            if m.padding_idx is not None:  # PyTorch gives the padding row no gradient
+                g = g * (i != m.padding_idx).unsqueeze(-1).to(g.dtype)
+            per.scatter_add_(1, i.unsqueeze(-1).expand(-1, -1, m.embedding_dim), g)
+        self._per = per
+        return _sq(per) if self.weight is not None else per.new_zeros(n)
+
+    def clipped(self, c: torch.Tensor) -> dict[int, torch.Tensor]:
+        out = {}
+        if self.weight is not None:
+            out[id(self.weight)] = torch.mv(self._per.reshape(len(c), -1).t(),
+                                            c).reshape(self.weight.shape)
+        self._per = None
+        return out
+
+
+#: exact module types with a per-record rule (subclasses may override ``forward``: refused)
+RULES: dict[type[nn.Module], type[_Layer]] = {
+    nn.Linear: _Linear, nn.Conv1d: _Conv, nn.Conv2d: _Conv, nn.GroupNorm: _GroupNorm,
+    nn.LayerNorm: _LayerNorm, nn.Embedding: _Embedding,
+}
+
+
+# ------------------------------------------------------------------------------ the engine
+class FastClipper:
+    """Per-record clipped gradient sums of ``params`` of ``model`` with one backward pass.
+
+    Usage::
+
+        with FastClipper(model) as clipper:
+            with clipper.record():
+                losses = objective.per_record_loss(model, views)   # (N,)
+            sums, norms = clipper.clipped_sum(losses, max_grad_norm)
+
+    Row ``i`` of every recorded layer call is record ``i`` (the objective calls the model
+    once per view on the batch), so record ``i``'s gradient sums its rows over all calls, i.e.
+    over all views: the same per-record quantity as Opacus's hooks mode.
+
+    Raises:
+        UnsupportedModelError: at construction for layers / parameters without an exact rule,
+            and in :meth:`clipped_sum` for calls it cannot attribute to records exactly.
+    """
+
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter] | None = None) -> None:
+        if params is None:
+            params = list(model.parameters())
+        self.params = [p for p in params if p.requires_grad]
+        tracked = {id(p) for p in self.params}
+        if len(tracked) != len(self.params):
+            raise UnsupportedModelError("a parameter is listed twice")
+        owners: dict[int, dict[int, tuple[str, nn.Module]]] = {}
+        for mname, m in model.named_modules(remove_duplicate=False):
+            for p in m.parameters(recurse=False):
+                if id(p) in tracked:
+                    owners.setdefault(id(p), {})[id(m)] = (mname, m)
+        names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        self._layers: dict[int, _Layer] = {}
+        for p in self.params:
+            own = owners.get(id(p), {})
+            pname = names.get(id(p), "?")
+            if not own:
+                raise UnsupportedModelError(f"parameter {pname!r} is not in the model")
+            if len(own) > 1:
+                raise UnsupportedModelError(
+                    f"parameter {pname!r} is shared by layers "
+                    f"{sorted(n for n, _ in own.values())} (tied weights); per-layer "
+                    "per-record norms would be wrong, so the fast DP engine refuses it")
+            (mname, m), = own.values()
+            if id(m) in self._layers:
+                continue
+            rule = RULES.get(type(m))
+            if rule is None:
+                raise UnsupportedModelError(
+                    f"layer {mname!r} of type {type(m).__name__} holds trainable parameters "
+                    "and the fast DP engine has no exact per-record rule for it (supported: "
+                    f"{', '.join(t.__name__ for t in RULES)}); use dp_engine='hooks'")
+            self._layers[id(m)] = rule(mname, m, tracked)
+        self._calls: list[_Call] = []
+        self._recording = False
+        self._graph_checked = False
+        self._handles = [layer.module.register_forward_hook(self._hook_for(layer))
+                         for layer in self._layers.values()]
+
+    # ---------------------------------------------------------------------- recording
+    def _hook_for(self, layer: _Layer):
+        """A forward hook bound to ``layer`` (a plain closure: a deep copy of the model, e.g.
+        BYOL's target network, keeps the function but is a different module, so ignored)."""
+
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if not self._recording or module is not layer.module:
+                return
+            if not isinstance(output, torch.Tensor) or not args or not isinstance(
+                    args[0], torch.Tensor):
+                raise UnsupportedModelError(f"layer {layer.name!r}: expected tensor in/out")
+            if not output.requires_grad:  # no_grad / inference: no gradient flows from here
+                return
+            x = args[0]
+            layer.check_input(x)
+            self._calls.append(_Call(layer, x, output, x._version, output._version))
+
+        return hook
+
+    @contextmanager
+    def record(self) -> Iterator[FastClipper]:
+        """Record the supported layers' calls of the forward pass run inside."""
+        self._calls = []
+        self._recording = True
+        try:
+            yield self
+        finally:
+            self._recording = False
+
+    def close(self) -> None:
+        """Remove the hooks (the model is left as it was)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._calls = []
+
+    def __enter__(self) -> FastClipper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------- checks
+    def _check_calls(self, n: int) -> None:
+        for call in self._calls:
+            name = call.layer.name
+            if call.x.shape[0] != n or call.y.shape[0] != n:
+                raise UnsupportedModelError(
+                    f"layer {name!r} was called on a batch of {call.x.shape[0]} rows but the "
+                    f"loss has {n} records; each call's first dimension must be the records "
+                    "(call the model once per view, never on concatenated views)")
+            if call.x._version != call.x_version or call.y._version != call.y_version:
+                raise UnsupportedModelError(
+                    f"the input or output of layer {name!r} was modified in place after the "
+                    "call; the recorded activations would be wrong")
+
+    def _check_graph(self, loss: torch.Tensor) -> None:
+        """Every tracked parameter must enter the autograd graph exactly once per recorded
+        call of its own layer that reaches the loss; anything else (``layer.weight`` used
+        directly elsewhere, weight caching shared between calls) is refused."""
+        reachable: set[object] = set()
+        uses: dict[int, int] = {}
+        stack = [loss.grad_fn]
+        while stack:
+            fn = stack.pop()
+            if fn is None or fn in reachable:
+                continue
+            reachable.add(fn)
+            for nxt, _ in fn.next_functions:
+                if nxt is None:
+                    continue
+                var = getattr(nxt, "variable", None)
+                if var is not None:
+                    uses[id(var)] = uses.get(id(var), 0) + 1
+                stack.append(nxt)
+        expected: dict[int, int] = {}
+        for call in self._calls:
+            if call.y.grad_fn in reachable:
+                for p in (call.layer.weight, call.layer.bias):
+                    if p is not None:
+                        expected[id(p)] = expected.get(id(p), 0) + 1
+        names = {id(p): layer.name for layer in self._layers.values()
+                 for p in (layer.weight, layer.bias) if p is not None}
+        for p in self.params:
+            if uses.get(id(p), 0) != expected.get(id(p), 0):
+                raise UnsupportedModelError(
+                    f"a parameter of layer {names.get(id(p), '?')!r} enters the autograd graph "
+                    f"{uses.get(id(p), 0)} times but its layer's recorded calls account for "
+                    f"{expected.get(id(p), 0)}: it is used outside the layer's forward, so the "
+                    "fast DP engine cannot attribute its gradient to records")
+
+    # ---------------------------------------------------------------------- clipping
+    def clipped_sum(self, per_record_loss: torch.Tensor, max_grad_norm: float
+                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Sum over records of the per-record gradients clipped to ``max_grad_norm``.
+
+        Args:
+            per_record_loss: ``(N,)`` losses from the forward pass run under :meth:`record`.
+            max_grad_norm: the clip norm ``C``.
+
+        Returns:
+            One tensor per parameter (in ``self.params`` order), and the ``(N,)`` unclipped
+            per-record gradient norms.
+        """
+        if per_record_loss.dim() != 1:
+            raise UnsupportedModelError(f"expected per-record losses of shape (N,), got "
+                                        f"{tuple(per_record_loss.shape)}")
+        n = per_record_loss.shape[0]
+        calls, self._calls = self._calls, []
+        zeros = [torch.zeros_like(p) for p in self.params]
+        norms = per_record_loss.new_zeros(n)
+        if n == 0 or not calls:
+            if n and per_record_loss.requires_grad:
+                raise UnsupportedModelError("the loss needs gradients but no supported layer "
+                                            "call was recorded (forward outside record()?)")
+            return zeros, norms
+        self._calls = calls
+        try:
+            self._check_calls(n)
+            if not self._graph_checked:
+                self._check_graph(per_record_loss)
+                self._graph_checked = True
+        finally:
+            self._calls = []
+        grads = torch.autograd.grad(per_record_loss.sum(), [c.y for c in calls],
+                                    allow_unused=True)
+        by_layer: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for call, g in zip(calls, grads):
+            if g is not None:
+                by_layer.setdefault(id(call.layer), []).append((call.x.detach(), g))
+        layers = [layer for layer in self._layers.values() if id(layer) in by_layer]
+        with torch.no_grad():
+            sq = per_record_loss.new_zeros(n)
+            for layer in layers:
+                sq += layer.prepare(by_layer[id(layer)], n)
+            norms = sq.sqrt()
+            factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+            summed: dict[int, torch.Tensor] = {}
+            for layer in layers:
+                summed.update(layer.clipped(factor))
+        return [summed.get(id(p), z) for p, z in zip(self.params, zeros)], norms
+
+
+def unsupported_reason(model: nn.Module, params: Sequence[nn.Parameter] | None = None
+                       ) -> str | None:
+    """Why the fast engine refuses ``model`` statically (None when it accepts it)."""
+    try:
+        FastClipper(model, params).close()
+    except UnsupportedModelError as exc:
+        return str(exc)
+    return None
+
+
+class FastDPSGD:
+    """DP-SGD with :class:`FastClipper`: same sampling, clipping, noise and scaling as
+    :class:`fedssl.privacy.dp_sgd.DPSGD` (Opacus), one backward per step.
+
+    * Poisson sampling: the same Opacus ``DPDataLoader`` at rate ``batch_size / n``;
+    * clipping: per record over all views, ``min(1, C / (||g_i|| + 1e-6))``;
+    * noise: Opacus's ``_generate_noise`` with std ``sigma * C`` on each parameter's clipped
+      sum, drawn from ``generator`` in the optimizer's parameter order (so with the same
+      generator the draws equal those of ``DPOptimizer``);
+    * scaling: divided by the expected batch size ``round(q n)``, then the wrapped optimizer's
+      ``step()``.
+
+    Accounting is unchanged (Poisson-subsampled Gaussian at rate ``sample_rate``).
+
+    Step protocol::
+
+        with dp.record():
+            losses = objective.per_record_loss(dp.module, views)
+        dp.step(losses)             # or dp.empty_step() for an empty Poisson batch
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data: torch.Tensor,
+        batch_size: int,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        objective: Objective,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        require_dp_sound(objective)
+        if max_grad_norm <= 0:
+            raise DPSoundnessError(f"max_grad_norm must be positive, got {max_grad_norm}")
+        if noise_multiplier < 0:
+            raise DPSoundnessError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
+        n = len(data)
+        self.sample_rate = min(1.0, batch_size / n)
+        self.num_batches = max(1, round(1 / self.sample_rate))
+        self.loader = DPDataLoader(
+            TensorDataset(data), sample_rate=self.sample_rate, generator=generator,
+        )
+        self.expected_batch_size = max(1, round(self.sample_rate * n))
+        self.noise_multiplier = noise_multiplier
+        self.max_grad_norm = max_grad_norm
+        self.generator = generator
+        self.optimizer = optimizer
+        self.params = [p for group in optimizer.param_groups for p in group["params"]
+                       if p.requires_grad]
+        self.clipper = FastClipper(model, self.params)
+        self.module = model
+
+    def record(self):
+        """Context manager around the forward pass of one step."""
+        return self.clipper.record()
+
+    def step(self, per_record_loss: torch.Tensor) -> torch.Tensor:
+        """Clip, sum, noise, scale and apply; returns the unclipped per-record norms."""
+        sums, norms = self.clipper.clipped_sum(per_record_loss, self.max_grad_norm)
+        self._apply(sums)
+        return norms
+
+    def empty_step(self) -> None:
+        """A step on an empty Poisson batch: noise only (as Opacus does)."""
+        self._apply([torch.zeros_like(p) for p in self.params])
+
+    def _apply(self, sums: list[torch.Tensor]) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p, s in zip(self.params, sums):
+            noise = _generate_noise(std=std, reference=s, generator=self.generator)
+            p.grad = (s + noise).view_as(p) / self.expected_batch_size
+        self.optimizer.step()
+
+    def __enter__(self) -> FastDPSGD:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.clipper.close()
