@@ -95,7 +95,7 @@ def load_records(context: Context, config: ConfigRecord):
         x = simulated_partition(
             spec, int(node["partition-id"]), int(node["num-partitions"]),
             str(config.get("partitioner", "iid")), float(config.get("dirichlet-alpha", 0.5)),
-            int(config.get("shards-per-client", 2)),
+            int(config.get("shards-per-client", 2)), run_dir=str(config.get("run-dir", "")),
         )
     validate_arrays(x, None, "local data")
     return x
@@ -247,6 +247,27 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         "arrays": ArrayRecord(shared), "metrics": metrics, "status": status,
     })
     return Message(content, reply_to=msg)
+
+
+@app.query("warmup")
+def warmup(msg: Message, context: Context) -> Message:
+    """Simulation start-up: load this worker's code and data and run the model once, while
+    the server evaluates the initial encoder, so that round 1 does not wait for it. Trains
+    nothing, spends no privacy and keeps no state beyond the per-process data cache."""
+    config = msg.content["config"]
+    start = time.perf_counter()
+    try:
+        torch.set_num_threads(max(1, int(float(config.get("threads", 1)))))
+        x = load_records(context, config)
+        input_shape = tuple(int(d) for d in config["input-shape"])
+        model = get_objective(str(config["method"])).build_model(input_shape)
+        with torch.no_grad():
+            model(torch.as_tensor(np.asarray(x[:2]), dtype=torch.float32))
+        status = "ok"
+    except Exception as exc:  # the round itself will report the problem properly
+        status = f"warm-up failed: {exc}"
+    return Message(RecordDict({"status": ConfigRecord({
+        "status": status, "seconds": time.perf_counter() - start})}), reply_to=msg)
 
 
 def _secagg_stage(stage: str):

@@ -3,13 +3,21 @@
 A real site (``fedssl client --data PATH``) trains on every record under its data path. A
 simulated client derives its partition from the run's data spec (dataset, seed, partitioner)
 and its ``partition-id``; the data set and the split are cached per process, so a Ray actor
-that serves many clients generates the data once.
+that serves many clients loads the data once, and a generated data set (MNIST-1D, digits) is
+generated once per run: the driver writes it to ``RUN/cache`` and every other process
+memory-maps it.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -27,21 +35,59 @@ class DataSpec:
     image_size: int = 28
 
 
+#: generated data sets, which a simulation's driver writes once for every process to map
+GENERATED = ("mnist1d", "digits")
+_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def cache_dir(run_dir: str | Path, spec: DataSpec) -> Path:
+    """Where a run keeps the generated data set ``spec`` (``RUN/cache/<dataset>-<hash>``)."""
+    digest = hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
+    return Path(run_dir) / "cache" / f"{spec.dataset}-{digest}"
+
+
+def write_cache(run_dir: str | Path, spec: DataSpec, data: SSLDataset) -> Path | None:
+    """Save a generated data set as ``.npy`` files for the run's other processes (atomically:
+    a half-written cache is never read). Data read from files is not copied (``None``)."""
+    if spec.dataset not in GENERATED:
+        return None
+    final = cache_dir(run_dir, spec)
+    if (final / "meta.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+    for name in _ARRAYS:
+        np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(data, name)))
+    (tmp / "meta.json").write_text(json.dumps({"name": data.name,
+                                               "num_classes": data.num_classes}))
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another process won the race: use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 @functools.lru_cache(maxsize=4)
-def cached_dataset(spec: DataSpec) -> SSLDataset:
-    """Load (or generate) a data set once per process."""
+def cached_dataset(spec: DataSpec, run_dir: str = "") -> SSLDataset:
+    """Load (or generate) a data set once per process; with ``run_dir``, memory-map the copy
+    the simulation's driver wrote instead of generating it again (seconds per process)."""
+    folder = cache_dir(run_dir, spec) if run_dir else None
+    if folder is not None and (folder / "meta.json").exists():
+        meta = json.loads((folder / "meta.json").read_text())
+        arrays = [np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS]
+        return SSLDataset(meta["name"], *arrays, num_classes=int(meta["num_classes"]))
     return load_dataset(spec.dataset, spec.data_path, spec.num_samples, spec.seed,
                         spec.image_size)
 
 
 def simulated_partition(
     spec: DataSpec, partition_id: int, num_partitions: int, partitioner: str, alpha: float,
-    shards_per_client: int,
+    shards_per_client: int, run_dir: str = "",
 ) -> np.ndarray:
     """The training records of one simulated client (labels are not handed out)."""
     from fedssl.simulations.partitioners import partition_indices
 
-    data = cached_dataset(spec)
+    data = cached_dataset(spec, run_dir)
     idx = partition_indices(
         data.y_train, num_partitions, partition_id, partitioner, alpha, shards_per_client,
         seed=spec.seed,

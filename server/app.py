@@ -18,17 +18,19 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from fedssl.client.data import DataSpec, cached_dataset
 from fedssl.privacy.accountant import epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian
 from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
@@ -44,7 +46,7 @@ from fedssl.server.report import (
 )
 from fedssl.server.secure_aggregation import DistributedDP, SecureAggregation
 from fedssl.server.strategy import FedSSLStrategy
-from fedssl.ssl_core.datasets import SSLDataset, load_dataset
+from fedssl.ssl_core.datasets import SSLDataset
 from fedssl.ssl_core.evaluation import evaluate_encoder
 from fedssl.ssl_core.model_parts import (
     ALGORITHMS,
@@ -82,13 +84,17 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def make_server_app(run_config: dict[str, Any] | None = None) -> ServerApp:
-    """A ServerApp whose run config is ``run_config`` layered over Flower's run config."""
+def make_server_app(run_config: dict[str, Any] | None = None,
+                    prepare_grid: Callable[[Grid], None] | None = None) -> ServerApp:
+    """A ServerApp whose run config is ``run_config`` layered over Flower's run config;
+    ``prepare_grid`` (e.g. the simulator's event-driven dispatch) sees the grid first."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = {**DEFAULTS, **dict(context.run_config), **(run_config or {})}
+        if prepare_grid is not None:
+            prepare_grid(grid)
         run_federation(grid, cfg)
 
     return server_app
@@ -101,6 +107,26 @@ def _eval_split(data: SSLDataset, max_train: int, seed: int) -> tuple[np.ndarray
     """Labelled records the probes are fitted on (a capped subset) and tested on."""
     idx = np.random.default_rng(seed).permutation(len(data.x_train))[:max_train]
     return data.x_train[idx], data.y_train[idx], data.x_test, data.y_test
+
+
+def _push_warmup(grid: Grid, config: ConfigRecord, workers: int) -> set[str]:
+    """Simulation: ask ``workers`` nodes (one per simulation worker) to load code and data
+    now, while the server evaluates the initial encoder; returns the message ids."""
+    if workers <= 0:
+        return set()
+    nodes = sorted(grid.get_node_ids())[:workers]
+    messages = [Message(RecordDict({"config": ConfigRecord(dict(config))}), dst_node_id=node,
+                        message_type="query.warmup") for node in nodes]
+    return set(grid.push_messages(messages))
+
+
+def _await_replies(grid: Grid, ids: set[str], timeout: float) -> None:
+    """Collect (and drop) the replies to ``ids``, waiting at most ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while ids and time.monotonic() < end:
+        ids -= {m.metadata.reply_to_message_id for m in grid.pull_messages(ids)}
+        if ids:
+            time.sleep(0.01)
 
 
 def min_dp_clients(cfg: dict[str, Any], per_round: int) -> int:
@@ -126,8 +152,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     rounds = int(cfg["num-server-rounds"])
 
-    data = load_dataset(str(cfg["dataset"]), str(cfg["data-path"]), int(cfg["num-samples"]),
-                        seed, int(cfg["image-size"]))
+    spec = DataSpec(str(cfg["dataset"]), str(cfg["data-path"]), int(cfg["num-samples"]),
+                    seed, int(cfg["image-size"]))
+    data = cached_dataset(spec, str(run_dir.resolve()))
     eval_data = _eval_split(data, int(cfg["eval-samples"]), seed)
     objective = get_objective(str(cfg["method"]))
     model = objective.build_model(data.input_shape)
@@ -198,12 +225,14 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         log.warning("resuming from the checkpoint of round %d", done)
     elif previous:
         raise FileExistsError(f"{run_dir} already holds a run; set resume to continue it")
+    warming = _push_warmup(grid, train_config, int(cfg.get("warmup-workers", 0)))
     if previous and previous[0]["round"] == 0:
         baseline = {k: previous[0][k] for k in ("linear_probe_accuracy", "knn_accuracy")}
     else:
         baseline = evaluate_encoder(model.encoder, *eval_data)
         append_metrics(run_dir, {"round": 0, "clients": 0, "seconds": 0.0, **baseline})
     log.info("random-init encoder: %s", baseline)
+    _await_replies(grid, warming, timeout=float(cfg["round-timeout"]))
 
     refusals: dict[str, list[dict[str, Any]]] = {}
     reported: dict[str, dict[str, Any]] = {}  # what clients' replies claimed (deployments)

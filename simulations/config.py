@@ -81,7 +81,7 @@ class ExperimentConfig:
     client_noise_multiplier: float = _opt(1.0, "client-level DP: noise std / S on the sum")
     client_dp_min_clients: int = _opt(0, "distributed client-level DP: noise shares every "
                                          "unmasked sum must hold (each client adds 1/m of the "
-                                         "variance); 0 = 80 % of the clients per round")
+                                         "variance); 0 = 80 percent of the clients per round")
     site_budget_epsilon: float = _opt(0.0, "every simulated site's own epsilon budget, written "
                                            "to its local site.toml and enforced by the client "
                                            "(0 = no site budget)")

@@ -1,0 +1,111 @@
+"""Event-driven message dispatch for Flower's simulation engine (Flower 1.41, in-memory state).
+
+What and why: on Flower's simulation engine a message waits twice on fixed 0.1 s polls: the
+engine's dispatcher (``vce_api.add_messages_to_queue``) looks for new messages every 0.1 s,
+asking the link state once *per node* (each ask scans every stored message, so a poll costs
+O(nodes x messages in flight): 100k checks at 1000 nodes and 100 messages), and
+``InMemoryGrid.send_and_receive`` sleeps 0.1 s between pulls of the replies. A federated round
+is one exchange (five with secure aggregation), so the polls add 0.1-0.2 s per exchange, and at
+1000 nodes the dispatcher's scans compete with the clients for the CPU.
+
+Here both waits become events: the link state's ``store_message_ins``/``store_message_res``
+are wrapped to set a :class:`threading.Event`; the dispatcher wakes on it, scans the stored
+messages once for the nodes that have undelivered ones, and hands those out through the
+state's own ``get_message_ins`` (which keeps Flower's TTL checks and delivery marks); the
+grid wakes on a reply instead of sleeping. Message contents, ordering per node, timeouts and
+error replies are Flower's. Anything that is not Flower's in-memory link state or grid is left
+untouched (the original functions run).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+from collections.abc import Iterable
+from queue import Queue
+from typing import Any
+
+from flwr.app import Message
+from flwr.server.superlink.fleet.vce import vce_api
+from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+_ORIGINAL_DISPATCH = vce_api.add_messages_to_queue
+#: longest sleep without an event (a safety net; events normally wake the loops at once)
+_MAX_WAIT = 0.1
+_LOCK = threading.Lock()
+
+
+def _events(state: InMemoryLinkState) -> tuple[threading.Event, threading.Event]:
+    """(message stored, reply stored) events of ``state``; wraps its store methods once."""
+    with _LOCK:
+        events = getattr(state, "_fedssl_events", None)
+        if events is None:
+            events = (threading.Event(), threading.Event())
+            for name, event in zip(("store_message_ins", "store_message_res"), events,
+                                   strict=True):
+                original = getattr(state, name)
+
+                def store(message: Message, _original=original, _event=event) -> Any:
+                    result = _original(message)
+                    _event.set()
+                    return result
+
+                setattr(state, name, store)
+            state._fedssl_events = events  # type: ignore[attr-defined]
+    return events
+
+
+def add_messages_to_queue(state: Any, queue: Queue[Message], nodes_mapping: Any,
+                          f_stop: threading.Event) -> None:
+    """Drop-in for ``vce_api.add_messages_to_queue`` that waits on an event, not a 0.1 s poll."""
+    if not isinstance(state, InMemoryLinkState):
+        _ORIGINAL_DISPATCH(state, queue, nodes_mapping, f_stop)
+        return
+    stored, _ = _events(state)
+    nodes = set(nodes_mapping.keys())
+    while not f_stop.is_set():
+        stored.clear()  # before the scan: a message stored during it wakes the next one
+        with state.lock:
+            pending: dict[int, int] = {}
+            for msg in state.message_ins_store.values():
+                if msg.metadata.delivered_at == "" and msg.metadata.dst_node_id in nodes:
+                    pending[msg.metadata.dst_node_id] = pending.get(
+                        msg.metadata.dst_node_id, 0) + 1
+        for node_id in pending:
+            for msg in state.get_message_ins(node_id=node_id, limit=1):
+                queue.put(msg)
+        if any(count > 1 for count in pending.values()):
+            continue  # one message per node per pass, as Flower does; go again at once
+        stored.wait(_MAX_WAIT)
+
+
+def send_and_receive(grid: InMemoryGrid, messages: Iterable[Message], *,
+                     timeout: float | None = None) -> Iterable[Message]:
+    """``InMemoryGrid.send_and_receive`` that wakes on each stored reply instead of polling."""
+    _, replied = _events(grid.state)
+    msg_ids = set(grid.push_messages(messages))
+    del messages
+    end = time.time() + (timeout if timeout is not None else 0.0)
+    out: list[Message] = []
+    while True:
+        replied.clear()
+        got = list(grid.pull_messages(msg_ids))
+        out.extend(got)
+        msg_ids.difference_update(m.metadata.reply_to_message_id for m in got)
+        remaining = end - time.time()
+        if not msg_ids or (timeout is not None and remaining <= 0):
+            return out
+        replied.wait(_MAX_WAIT if timeout is None else min(remaining, _MAX_WAIT))
+
+
+def install() -> None:
+    """Use event-driven dispatch in this process's simulation engine (idempotent)."""
+    vce_api.add_messages_to_queue = add_messages_to_queue
+
+
+def tune_grid(grid: Any) -> None:
+    """Give an in-memory grid event-driven ``send_and_receive`` (other grids unchanged)."""
+    if isinstance(grid, InMemoryGrid) and isinstance(grid.state, InMemoryLinkState):
+        grid.send_and_receive = types.MethodType(send_and_receive, grid)
