@@ -16,14 +16,16 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedssl.privacy.dp_sgd import DPSGD
-from fedssl.privacy.fast_clip import FastDPSGD, unsupported_reason
 from fedssl.ssl_core.objectives.base import Objective
+
+if TYPE_CHECKING:
+    from fedssl.privacy.fast_clip import FastDPSGD
 
 
 class TrainingError(RuntimeError):
@@ -133,6 +135,9 @@ def train_local(
     engine = ""
     if cfg.dp:
         engine = select_dp_engine(cfg.dp_engine, model, opt)
+        from fedssl.privacy.dp_sgd import DPSGD  # opacus: imported only when DP is on
+        from fedssl.privacy.fast_clip import FastDPSGD
+
         dp_cls = FastDPSGD if engine == "fast" else DPSGD
         with dp_cls(model, opt, data, cfg.batch_size, cfg.noise_multiplier, cfg.max_grad_norm,
                     objective, generator=gen) as dp, warnings.catch_warnings():
@@ -169,4 +174,6 @@ def select_dp_engine(name: str, model: torch.nn.Module, optimizer: torch.optim.O
     if name != "auto":
         return name
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    from fedssl.privacy.fast_clip import unsupported_reason
+
     return "fast" if unsupported_reason(model, params) is None else "hooks"

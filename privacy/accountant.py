@@ -19,9 +19,6 @@ import functools
 import math
 from collections.abc import Iterable
 
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
-
 ACCOUNTANTS = ("prv", "rdp", "gdp")
 #: accountants whose epsilon is a guaranteed upper bound (usable for budgets and reports)
 UPPER_BOUND_ACCOUNTANTS = ("prv", "rdp")
@@ -58,6 +55,8 @@ def epsilon_of(history: Iterable[Segment], delta: float, accountant: str = "prv"
 @functools.lru_cache(maxsize=4096)
 def _composed_epsilon(segments: tuple[Segment, ...], delta: float, accountant: str) -> float:
     """Memoised: a client asks for the same composition when planning and when recording."""
+    from opacus.accountants import create_accountant  # lazy: opacus imports take ~2 s
+
     acc = create_accountant(mechanism=accountant)
     acc.history = list(segments)
     return float(acc.get_epsilon(delta=delta))
@@ -68,6 +67,8 @@ def _calibrate_fresh(target_epsilon: float, delta: float, sample_rate: float, st
                      accountant: str) -> float:
     """Opacus's bisection, memoised: clients of one data size all need the same answer."""
     try:
+        from opacus.accountants.utils import get_noise_multiplier
+
         return float(get_noise_multiplier(
             target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
             steps=steps, accountant=accountant, epsilon_tolerance=0.01,

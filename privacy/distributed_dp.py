@@ -56,7 +56,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from opacus.accountants.analysis.rdp import get_privacy_spent
 
 from fedssl.privacy.secagg.quantization import MODULUS, Quantizer
 
@@ -114,6 +113,8 @@ def skellam_epsilon(rounds: Iterable[SkellamRound], delta: float) -> float:
         return 0.0
     if any(r.noise_multiplier <= 0 for r in rounds):
         return math.inf
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
     total = np.sum([_round_rdp(r) for r in rounds], axis=0)
     with warnings.catch_warnings():  # "optimal order is the smallest alpha": 2 is the least
         warnings.simplefilter("ignore")  # integer order the Skellam bound holds for

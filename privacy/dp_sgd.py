@@ -23,9 +23,6 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from opacus import GradSampleModule
-from opacus.data_loader import DPDataLoader
-from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -83,6 +80,12 @@ class DPSGD:
         n = len(data)
         self.sample_rate = min(1.0, batch_size / n)
         self.num_batches = max(1, round(1 / self.sample_rate))
+        # opacus is imported on first use: it costs ~2 s per process, which a non-DP
+        # simulation worker should not pay
+        from opacus import GradSampleModule
+        from opacus.data_loader import DPDataLoader
+        from opacus.optimizers import DPOptimizer
+
         self.loader = DPDataLoader(
             TensorDataset(data), sample_rate=self.sample_rate, generator=generator,
         )
@@ -122,6 +125,9 @@ def clipped_gradient_sum(
         return torch.cat([s.reshape(-1) for s in sums])
     if engine != "hooks":
         raise ValueError(f"engine must be 'hooks' or 'fast', got {engine!r}")
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     opt = DPOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
