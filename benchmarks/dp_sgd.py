@@ -283,7 +283,7 @@ def end_to_end(s: Setting, dp: bool, batches: int, engine: str = "auto") -> floa
     model = build(s.shape)
     x = torch.randn(s.batch * batches, *s.shape, generator=torch.Generator().manual_seed(4))
     cfg = TrainConfig(batch_size=s.batch, seed=5, dp=dp, noise_multiplier=NOISE,
-                      max_grad_norm=CLIP, dp_engine=engine)
+                      max_grad_norm=CLIP, dp_engine=engine, dp_seed=5)
     train_local(model, objective, x[: s.batch * 2], augment_for(s.shape), cfg)  # warm-up
     res = train_local(model, objective, x, augment_for(s.shape), cfg)
     return res.seconds / res.steps

@@ -44,13 +44,14 @@ from fedssl.privacy.ledger import Ledger, LedgerEntry, LedgerError
 from fedssl.privacy.secagg import Quantizer, SecAggError
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.datasets import DataError, validate_arrays
+from fedssl.ssl_core.device import DeviceError, resolve_device
 from fedssl.ssl_core.objectives import UnknownMethodError, get_objective
 
 log = logging.getLogger("fedssl.client")
 
 #: errors a client answers with a refusal instead of crashing
 REFUSALS = (DataError, DPSoundnessError, AccountingError, TrainingError, LedgerError,
-            DistributedDPError,
+            DistributedDPError, DeviceError,
             UnknownMethodError, SecAggError, ValueError)
 
 app = ClientApp()
@@ -173,7 +174,9 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         seed=int(config.get("seed", 0)) * 100_003 + server_round * 1009
         + int(context.node_config.get("partition-id", 0)),
         dp=dp, max_grad_norm=float(config.get("max-grad-norm", 1.0)),
+        amp=bool(config.get("amp", False)),
     )
+    device = resolve_device(str(context.node_config.get("device", config.get("device", "auto"))))
     key = load_or_create_identity(ident.state_dir / "identity.pem")
     ledger = Ledger(ident.ledger_path, key)
     pub = ident.ledger_path.with_suffix(".pub")
@@ -190,8 +193,8 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
             budget.check(ledger.history(), (cfg.noise_multiplier, sample_rate, planned))
 
     augment = augment_for(input_shape, str(config["dataset"]))
-    result = train_local(model, objective, x, augment, cfg)
-    state = model.state_dict()
+    result = train_local(model, objective, x, augment, cfg, device=device)
+    state = model.cpu().state_dict()
     if str(config.get("algorithm", "fedavg")) != "fedavg":  # kept node-local for next round
         context.state[LOCAL_MODEL_KEY] = ArrayRecord(state)
     shared = {k: state[k] for k in global_state}  # only the parts the server averages

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from fedssl.server.certs import CA_CERT, CertError, node_public_key
 from fedssl.ssl_core.datasets import DataError, load_dataset
+from fedssl.ssl_core.device import resolve_device
 
 FLOWER_DIR = "flower"
 DEFAULT_RUNTIME_PORT = 9094
@@ -66,6 +67,7 @@ class ClientOptions:
     budget_epsilon: float | None = None
     budget_delta: float | None = None
     image_size: int = 28
+    device: str = "auto"
     runtime_port: int = DEFAULT_RUNTIME_PORT
     join_timeout: float = 600.0  # 0: keep trying to (re)join for ever
     verbose: bool = False
@@ -119,6 +121,7 @@ def check_site(opts: ClientOptions) -> tuple[dict[str, object], bytes, int]:
         "data-path": str(opts.data.resolve()),
         "dataset": dataset,
         "image-size": opts.image_size,
+        "device": str(resolve_device(opts.device)),  # DeviceError: refused before joining
     }
     # secure aggregation: the site's identity key (next to its node key, from `fedssl certs`)
     # goes into its state dir, the public registry is read where the CA certificate is

@@ -13,6 +13,8 @@ baseline and the benchmarks. One call runs ``epochs`` passes over the local reco
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedssl.privacy.dp_sgd import DPSoundnessError
 from fedssl.ssl_core.objectives.base import Objective
 
 if TYPE_CHECKING:
@@ -49,6 +52,14 @@ class TrainConfig:
     #: handle exactly), "hooks" (Opacus), or "auto" (fast where its static model check passes,
     #: else hooks; a model that passes but fails a runtime check still raises, never falls back)
     dp_engine: str = "auto"
+    #: seed of DP-SGD's Poisson sampling and noise. None (always, outside tests and
+    #: benchmarks): 63 bits from the OS, because the guarantee needs both to be unpredictable
+    #: to whoever sees the update - ``seed`` is derived from the run config, which the server
+    #: knows, so noise drawn from it could be regenerated and subtracted
+    dp_seed: int | None = None
+    #: mixed precision (bfloat16 autocast) on CUDA without DP; refused under DP, where the
+    #: clip bound must hold for the per-record norms actually computed
+    amp: bool = False
 
 
 @dataclass
@@ -85,9 +96,16 @@ def train_local(
         TrainingError: on an empty data set or a non-finite loss.
         DPSoundnessError: if ``cfg.dp`` and the objective is not per-record decomposable.
     """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
     data = torch.as_tensor(x, dtype=torch.float32)
     if len(data) == 0:
         raise TrainingError("no local records to train on")
+    if cfg.amp and cfg.dp:
+        raise DPSoundnessError("mixed precision is refused under DP: per-record norms in "
+                               "reduced precision could exceed the clip bound unnoticed")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and cuda
+                else contextlib.nullcontext())
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     model.to(device).train()
@@ -119,7 +137,9 @@ def train_local(
             with fast.record():
                 per_record = objective.per_record_loss(module, views)
         else:
-            per_record = objective.per_record_loss(module, views)
+            with autocast:
+                per_record = objective.per_record_loss(module, views)
+            per_record = per_record.float()
         loss = per_record.mean()
         if not torch.isfinite(loss):
             raise TrainingError(f"local loss became {loss.item()} at step {steps}; "
@@ -139,8 +159,13 @@ def train_local(
         from fedssl.privacy.fast_clip import FastDPSGD
 
         dp_cls = FastDPSGD if engine == "fast" else DPSGD
+        secret = cfg.dp_seed if cfg.dp_seed is not None else secrets.randbits(63)
+        sample_gen = torch.Generator().manual_seed(secret)
+        noise_gen = (sample_gen if not cuda
+                     else torch.Generator(device=device).manual_seed(secret ^ 0x5EED))
         with dp_cls(model, opt, data, cfg.batch_size, cfg.noise_multiplier, cfg.max_grad_norm,
-                    objective, generator=gen) as dp, warnings.catch_warnings():
+                    objective, generator=sample_gen, noise_generator=noise_gen,
+                    pin_memory=cuda) as dp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fast = dp if isinstance(dp, FastDPSGD) else None
             for _ in range(cfg.epochs):
@@ -149,7 +174,8 @@ def train_local(
         sample_rate = dp.sample_rate
     else:
         loader = DataLoader(TensorDataset(data), batch_size=cfg.batch_size, shuffle=True,
-                            generator=gen, drop_last=len(data) > cfg.batch_size)
+                            generator=gen, drop_last=len(data) > cfg.batch_size,
+                            pin_memory=cuda)
         for _ in range(cfg.epochs):
             for (batch,) in loader:
                 step(model, batch, opt)

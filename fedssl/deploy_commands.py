@@ -175,6 +175,9 @@ def add_deploy_parsers(subparsers: argparse._SubParsersAction) -> None:
     client.add_argument("--image-size", type=int, default=28, metavar="PX",
                         help="side length images are resized to (must match the server's "
                         "--image-size; default: 28)")
+    client.add_argument("--device", default="auto", metavar="DEV",
+                        help="torch device this site trains on: auto (its GPU when torch sees "
+                        "one), cpu, cuda or cuda:N; checked before connecting (default: auto)")
     client.add_argument("--runtime-port", type=int, default=9094, metavar="PORT",
                         help="local port (127.0.0.1) of the SuperNode's Runtime API, used by "
                         "its own training process; each client on one machine needs its own "
@@ -284,7 +287,7 @@ def run_deploy(args: argparse.Namespace) -> int | None:
             server=args.server, ca_cert=args.certs, node_key=args.node_key, data=args.data,
             state_dir=args.state_dir, dataset=args.dataset, client_id=args.client_id,
             budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
-            image_size=args.image_size, runtime_port=args.runtime_port,
+            image_size=args.image_size, runtime_port=args.runtime_port, device=args.device,
             join_timeout=args.join_timeout, verbose=args.verbose, print_fn=_say))
     except (DataError, CertError, ClientSetupError, ValueError) as exc:
         print(f"fedssl {command}: error: {exc}", file=sys.stderr, flush=True)

@@ -71,7 +71,11 @@ class DPSGD:
         max_grad_norm: float,
         objective: Objective,
         generator: torch.Generator | None = None,
+        pin_memory: bool = False,
+        noise_generator: torch.Generator | None = None,
     ) -> None:
+        """``generator`` draws the Poisson samples (CPU) and, unless ``noise_generator`` is
+        given (needed on CUDA), the noise."""
         require_dp_sound(objective)
         if max_grad_norm <= 0:
             raise DPSoundnessError(f"max_grad_norm must be positive, got {max_grad_norm}")
@@ -88,12 +92,14 @@ class DPSGD:
 
         self.loader = DPDataLoader(
             TensorDataset(data), sample_rate=self.sample_rate, generator=generator,
+            pin_memory=pin_memory,
         )
         self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
         expected = max(1, round(self.sample_rate * n))
         self.optimizer = DPOptimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-            expected_batch_size=expected, loss_reduction="mean", generator=generator,
+            expected_batch_size=expected, loss_reduction="mean",
+            generator=noise_generator or generator,
         )
 
     def __enter__(self) -> DPSGD:

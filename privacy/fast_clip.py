@@ -734,6 +734,8 @@ class FastDPSGD:
         max_grad_norm: float,
         objective: Objective,
         generator: torch.Generator | None = None,
+        pin_memory: bool = False,
+        noise_generator: torch.Generator | None = None,
     ) -> None:
         require_dp_sound(objective)
         if max_grad_norm <= 0:
@@ -745,11 +747,12 @@ class FastDPSGD:
         self.num_batches = max(1, round(1 / self.sample_rate))
         self.loader = DPDataLoader(
             TensorDataset(data), sample_rate=self.sample_rate, generator=generator,
+            pin_memory=pin_memory,
         )
         self.expected_batch_size = max(1, round(self.sample_rate * n))
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
-        self.generator = generator
+        self.generator = noise_generator or generator
         self.optimizer = optimizer
         self.params = [p for group in optimizer.param_groups for p in group["params"]
                        if p.requires_grad]

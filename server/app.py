@@ -47,6 +47,7 @@ from fedssl.server.report import (
 from fedssl.server.secure_aggregation import DistributedDP, SecureAggregation
 from fedssl.server.strategy import FedSSLStrategy
 from fedssl.ssl_core.datasets import SSLDataset
+from fedssl.ssl_core.device import resolve_device
 from fedssl.ssl_core.evaluation import evaluate_encoder
 from fedssl.ssl_core.model_parts import (
     ALGORITHMS,
@@ -64,7 +65,7 @@ CLIENT_KEYS = (
     "num-samples", "image-size", "partitioner",
     "dirichlet-alpha", "shards-per-client", "local-epochs", "batch-size", "lr", "momentum",
     "dp", "target-epsilon", "noise-multiplier", "max-grad-norm", "delta", "accountant", "seed",
-    "run-dir", "threads", "dropout-prob", "straggler-prob", "straggler-delay",
+    "run-dir", "threads", "dropout-prob", "straggler-prob", "straggler-delay", "device", "amp",
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -80,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "dropout-prob": 0.0, "straggler-prob": 0.0, "straggler-delay": 0.0,
     "secagg": False, "secagg-clip": 2.0, "identity-registry": "",
     "client-dp": "off", "client-clip": 1.0, "client-noise-multiplier": 1.0,
-    "client-dp-min-clients": 0,
+    "client-dp-min-clients": 0, "device": "auto", "amp": False,
 }
 
 
@@ -158,6 +159,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     eval_data = _eval_split(data, int(cfg["eval-samples"]), seed)
     objective = get_objective(str(cfg["method"]))
     model = objective.build_model(data.input_shape)
+    device = resolve_device(str(cfg["device"]))  # the probes' feature extraction runs there
     shared = parse_shared(str(cfg["shared"]))
     if str(cfg["algorithm"]) not in ALGORITHMS:
         raise AlgorithmError(f"unknown algorithm {cfg['algorithm']!r}; one of {ALGORITHMS}")
@@ -173,13 +175,18 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg["client-dp"] == "central":
         client_dp = ClientLevelGaussian(
             float(cfg["client-clip"]), float(cfg["client-noise-multiplier"]),
-            expected_clients=client_rate * num_nodes, rng=np.random.default_rng(seed + 7))
+            expected_clients=client_rate * num_nodes,
+            # OS entropy, not the run seed: config.toml holds the seed, and noise that can be
+            # regenerated can be subtracted from the released model
+            rng=np.random.default_rng())
     elif cfg["client-dp"] not in ("off", "distributed"):
         raise ValueError("client-dp must be 'off', 'central' or 'distributed', got "
                          f"{cfg['client-dp']!r}")
     strategy = FedSSLStrategy(
         reference=reference, client_dp=client_dp, client_rate=client_rate,
-        rng=np.random.default_rng(seed + 11), fraction_train=client_rate,
+        # client-level DP's sampling must be unpredictable too (its amplification assumes it)
+        rng=np.random.default_rng(None if client_dp is not None else seed + 11),
+        fraction_train=client_rate,
         min_train_nodes=per_round, min_available_nodes=per_round, fraction_evaluate=0.0,
     )
     secure = None
@@ -229,7 +236,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     if previous and previous[0]["round"] == 0:
         baseline = {k: previous[0][k] for k in ("linear_probe_accuracy", "knn_accuracy")}
     else:
-        baseline = evaluate_encoder(model.encoder, *eval_data)
+        baseline = evaluate_encoder(model.encoder, *eval_data, device=device)
         append_metrics(run_dir, {"round": 0, "clients": 0, "seconds": 0.0, **baseline})
     log.info("random-init encoder: %s", baseline)
     _await_replies(grid, warming, timeout=float(cfg["round-timeout"]))
@@ -297,14 +304,16 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                 row["distributed_dp"] = asdict(released[-1])
             row["client_level_epsilon"] = skellam_epsilon(released, float(cfg["delta"]))
         if server_round % eval_every == 0 or server_round == rounds:
-            row.update(evaluate_encoder(model.encoder, *eval_data))
+            row.update(evaluate_encoder(model.encoder, *eval_data, device=device))
         row["seconds"] = time.perf_counter() - t0
         append_metrics(run_dir, row)
         bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "linear_probe_accuracy",
                                                      "epsilon_max") if row.get(k) is not None})
 
     shots = tuple(int(k) for k in str(cfg["few-label"]).split(",") if k.strip())
-    final = evaluate_encoder(model.encoder, *eval_data, labels_per_class=shots, seed=seed)
+    final = evaluate_encoder(model.encoder, *eval_data, labels_per_class=shots, seed=seed,
+                             device=device)
+    model.cpu()
     export_encoder(run_dir / "encoder.safetensors", model, {
         "method": str(cfg["method"]), "dataset": data.name,
         "input_shape": ",".join(map(str, data.input_shape)), "rounds": str(rounds),

@@ -95,6 +95,12 @@ class ExperimentConfig:
     seed: int = _opt(0, "seed of data generation, partitioning, initialisation and sampling")
     out: str = _opt("", "run directory (default: runs/<method>-<dataset>-<timestamp>)")
     cpus_per_client: float = _opt(1.0, "CPU cores reserved per simulated client (Ray)")
+    gpus_per_client: float = _opt(0.0, "share of a GPU reserved per simulated client (Ray), "
+                                       "e.g. 0.25 runs 4 clients per GPU; 0 = CPU only")
+    device: str = _opt("auto", "torch device of clients and server: auto (CUDA when the "
+                               "process sees a GPU), cpu, cuda or cuda:N")
+    amp: bool = _opt(False, "bfloat16 mixed precision on CUDA for non-DP training (refused "
+                            "with --dp)")
     dropout_prob: float = _opt(0.0, "probability a simulated client vanishes at each message "
                                     "(training and every secure-aggregation stage)")
     straggler_prob: float = _opt(0.0, "probability a simulated client is slow at a message")
@@ -119,6 +125,9 @@ class ExperimentConfig:
             need(getattr(self, name) >= 1, name, "must be at least 1")
         need(0 <= self.clients_per_round <= self.num_clients, "clients_per_round",
              f"must be between 0 and num-clients ({self.num_clients})")
+        need(self.gpus_per_client >= 0, "gpus_per_client", "must be >= 0")
+        need(not (self.amp and self.dp), "amp", "mixed precision is refused under DP: "
+             "per-record norms in reduced precision could exceed the clip bound unnoticed")
         for name in ("lr", "max_grad_norm", "dirichlet_alpha", "cpus_per_client"):
             need(getattr(self, name) > 0, name, "must be positive")
         need(0 < self.delta < 1, "delta", "must be in (0, 1)")

@@ -103,7 +103,7 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False)
                  "logging_level": logging.INFO if verbose else logging.ERROR,
                  "log_to_driver": verbose}
     backend_config = {
-        "client_resources": {"num_cpus": cfg.cpus_per_client, "num_gpus": 0.0},
+        "client_resources": {"num_cpus": cfg.cpus_per_client, "num_gpus": cfg.gpus_per_client},
         "init_args": init_args,
     }
     # one worker per cpus-per-client cores: each loads code and data while the server

@@ -234,7 +234,7 @@ def test_train_local_fast_engine_equals_hooks_engine() -> None:
         torch.manual_seed(6)
         model = SSLModel((1, 40), width=16)
         cfg = TrainConfig(batch_size=8, seed=7, dp=True, noise_multiplier=1.0,
-                          max_grad_norm=0.5, dp_engine=engine)
+                          max_grad_norm=0.5, dp_engine=engine, dp_seed=11)
         results[engine] = train_local(model, objective, x, augment_for((1, 40)), cfg)
         states[engine] = [p.detach().clone() for p in model.parameters()]
     assert results["fast"].dp_engine == "fast" and results["hooks"].dp_engine == "hooks"
@@ -257,3 +257,28 @@ def test_auto_engine_is_fast_for_fedssl_models_and_hooks_otherwise() -> None:
     assert select_dp_engine("auto", odd, torch.optim.SGD(odd.parameters(), lr=0.1)) == "hooks"
     with pytest.raises(ValueError):
         select_dp_engine("ghost", odd, torch.optim.SGD(odd.parameters(), lr=0.1))
+
+
+def test_dp_randomness_is_not_derivable_from_the_run_seed() -> None:
+    """The server knows ``TrainConfig.seed`` (it comes from the run config): DP-SGD's
+    sampling and noise must not follow from it, else the noise could be regenerated."""
+    objective = get_objective("simsiam")
+    x = torch.randn(32, 1, 40, generator=torch.Generator().manual_seed(5))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(6)
+        model = SSLModel((1, 40), width=16)
+        cfg = TrainConfig(batch_size=8, seed=7, dp=True, noise_multiplier=1.0)
+        train_local(model, objective, x, augment_for((1, 40)), cfg)
+        runs.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    assert not torch.equal(runs[0], runs[1])
+
+
+def test_mixed_precision_is_refused_under_dp() -> None:
+    from fedssl.privacy.dp_sgd import DPSoundnessError
+
+    model = SSLModel((1, 40), width=16)
+    cfg = TrainConfig(dp=True, noise_multiplier=1.0, amp=True)
+    with pytest.raises(DPSoundnessError, match="mixed precision"):
+        train_local(model, get_objective("simsiam"), torch.randn(16, 1, 40),
+                    augment_for((1, 40)), cfg)
