@@ -24,7 +24,11 @@ the training it runs. One command measures the *same workload* three ways for N 
   one process, one after another (``torch`` threads = 1, as each simulated client gets), plus
   the float average of their weights. ``client_compute_s`` is the sum of the clients'
   ``train_local`` seconds in a round; ``ideal_s`` = client compute / cores is what a perfect
-  parallel simulator would take.
+  parallel simulator would take. Because this shared machine's speed drifts between settings
+  (the same floor was measured at 1.3-2.1 s per round within an hour), fedssl and the vanilla
+  app also report their *own* clients' summed ``train_local`` seconds, and ``x ideal (own)``
+  divides the round by that compute / cores: the share of the wall time that is not model
+  compute, independent of the drift.
 
 Each setting runs in its own child process (fresh Ray, fresh interpreter). Reported per setting:
 startup seconds (child start to the first round's messages: imports, data generation, Ray and
@@ -162,7 +166,7 @@ class TreeMemory:
 
 # ------------------------------------------------------------------------------ vanilla Flower
 def make_vanilla_apps(n: int, per: int, records: int, rounds: int, seed: int,
-                      stamps: list[float]) -> tuple[Any, Any]:
+                      stamps: list[float], computes: list[float]) -> tuple[Any, Any]:
     """The vanilla Flower ServerApp/ClientApp of this workload (see the module docstring)."""
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
@@ -193,7 +197,7 @@ def make_vanilla_apps(n: int, per: int, records: int, rounds: int, seed: int,
         return Message(RecordDict({
             "arrays": ArrayRecord(model.state_dict()),
             "metrics": MetricRecord({"num-examples": result.num_examples,
-                                     "loss": result.loss}),
+                                     "loss": result.loss, "train-seconds": result.seconds}),
         }), reply_to=msg)
 
     server_app = ServerApp()
@@ -206,8 +210,15 @@ def make_vanilla_apps(n: int, per: int, records: int, rounds: int, seed: int,
 
         torch.manual_seed(seed)
         model = get_objective("simsiam").build_model((1, 40))
+        def compute(records: list, key: str) -> MetricRecord:
+            # the clients' summed training seconds of the round (the benchmark's own metric)
+            total = sum(float(r.metric_records["metrics"]["train-seconds"]) for r in records)
+            computes.append(total)
+            return MetricRecord({"train-seconds": total})
+
         strategy = FedAvg(fraction_train=per / n, fraction_evaluate=0.0,
-                          min_train_nodes=per, min_available_nodes=n)
+                          min_train_nodes=per, min_available_nodes=n,
+                          train_metrics_aggr_fn=compute)
 
         def stamp(server_round: int, arrays: ArrayRecord) -> None:
             stamps.append(time.perf_counter())  # round 0 = before round 1's messages
@@ -264,8 +275,9 @@ def child_fedssl(n: int, per: int, records: int, rounds: int, seed: int, secagg:
     watcher.join()
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
     round_s = [float(r["seconds"]) for r in rows if r["round"] >= 1]
+    compute = [float(r.get("client_train_seconds", 0.0)) for r in rows if r["round"] >= 1]
     return {"t_round0": seen.get(0, t0), "t_end": end, "round_seconds": round_s,
-            "run_dir": str(out / "run")}
+            "client_compute_seconds": compute, "run_dir": str(out / "run")}
 
 
 def child_flower(n: int, per: int, records: int, rounds: int, seed: int,
@@ -277,14 +289,17 @@ def child_flower(n: int, per: int, records: int, rounds: int, seed: int,
     logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     stamps: list[float] = []
-    server_app, client_app = make_vanilla_apps(n, per, records, rounds, seed, stamps)
+    computes: list[float] = []
+    server_app, client_app = make_vanilla_apps(n, per, records, rounds, seed, stamps,
+                                               computes)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n,
                    backend_config=_backend_config(), verbose_logging=False)
     end = time.perf_counter()
     if len(stamps) != rounds + 1:
         raise RuntimeError(f"vanilla Flower run ended after {len(stamps) - 1} rounds")
     return {"t_round0": stamps[0], "t_end": end,
-            "round_seconds": [b - a for a, b in itertools.pairwise(stamps)]}
+            "round_seconds": [b - a for a, b in itertools.pairwise(stamps)],
+            "client_compute_seconds": computes}
 
 
 def child_floor(n: int, per: int, records: int, rounds: int, seed: int,
@@ -427,6 +442,10 @@ def add_ratios(rows: list[dict[str, Any]], cores: int) -> None:
         r["x_floor"] = r["seconds_per_round"] / f["seconds_per_round"]
         r["ideal_seconds"] = f["client_compute_per_round"] / cores
         r["x_ideal"] = r["seconds_per_round"] / r["ideal_seconds"]
+        if r.get("client_compute_per_round"):
+            # against the compute this very run did (the machine's speed drifts between
+            # settings by up to 1.6x here): wall / (its clients' summed train seconds / cores)
+            r["x_ideal_in_run"] = r["seconds_per_round"] / (r["client_compute_per_round"] / cores)
         fl = flowers.get(r["clients"])
         if fl is not None:
             r["speedup_vs_flower"] = fl["seconds_per_round"] / r["seconds_per_round"]
@@ -443,7 +462,8 @@ def _fmt(value: float | None, spec: str) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| N | per round | steps | method | startup s | 1st round s | s/round (median) | "
             "rounds 1-3 s | process wall s | rounds/s | updates/s | x floor | "
-            "x ideal (compute/cores) | vs Flower (steady / rounds 1-3 / wall) | "
+            "x ideal (floor compute/cores) | x ideal (own compute/cores) | "
+            "vs Flower (steady / rounds 1-3 / wall) | "
             "peak RSS MiB | peak PSS MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -459,6 +479,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['process_seconds']:.1f} | {r['rounds_per_second']:.3f} | "
             f"{r['client_updates_per_second']:.1f} | {r.get('x_floor', float('nan')):.2f} | "
             f"{r.get('x_ideal', float('nan')):.2f} | "
+            f"{_fmt(r.get('x_ideal_in_run'), '{:.2f}')} | "
             f"{_fmt(r.get('speedup_vs_flower'), '{:.2f}x')} / "
             f"{_fmt(r.get('three_rounds_vs_flower'), '{:.2f}x')} / "
             f"{_fmt(r.get('wall_vs_flower'), '{:.2f}x')} | {r['peak_rss_mib']:.0f} | "

@@ -254,18 +254,26 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
 
 @app.query("warmup")
 def warmup(msg: Message, context: Context) -> Message:
-    """Simulation start-up: load this worker's code and data and run the model once, while
-    the server evaluates the initial encoder, so that round 1 does not wait for it. Trains
-    nothing, spends no privacy and keeps no state beyond the per-process data cache."""
+    """Simulation start-up: load this worker's code and data, and run two training steps
+    (the round's DP engine included) of a throwaway model on random inputs, while the server
+    evaluates the initial encoder, so that round 1 does not wait for imports and first-call
+    costs. The site's records are only loaded: no gradient of them is computed, nothing is
+    sent back but a status, and no privacy is spent."""
     config = msg.content["config"]
     start = time.perf_counter()
     try:
         torch.set_num_threads(max(1, int(float(config.get("threads", 1)))))
         x = load_records(context, config)
-        input_shape = tuple(int(d) for d in config["input-shape"])
-        model = get_objective(str(config["method"])).build_model(input_shape)
-        with torch.no_grad():
-            model(torch.as_tensor(np.asarray(x[:2]), dtype=torch.float32))
+        objective = get_objective(str(config["method"]))
+        model = objective.build_model(tuple(int(d) for d in config["input-shape"]))
+        batch = min(8, max(2, int(config["batch-size"])))
+        noise = torch.randn(2 * batch, *x.shape[1:])
+        dp = bool(config.get("dp", False)) and objective.decomposable
+        train_local(model, objective, noise, augment_for(tuple(x.shape[1:]),
+                                                         str(config["dataset"])),
+                    TrainConfig(batch_size=batch, dp=dp, noise_multiplier=1.0),
+                    device=resolve_device(str(context.node_config.get(
+                        "device", config.get("device", "auto")))))
         status = "ok"
     except Exception as exc:  # the round itself will report the problem properly
         status = f"warm-up failed: {exc}"

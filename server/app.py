@@ -290,6 +290,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                 "noise-multiplier", 0.0), sample_rate=m.get("sample-rate", 0.0))
             seen["steps"] += int(m.get("steps", 0))
             seen["rounds"] += 1
+        # the clients' own training seconds: how much of the round was model compute
+        row["client_train_seconds"] = sum(m.get("train-seconds", 0.0)
+                                          for m in outcome.client_metrics.values())
         eps = [m.get("epsilon", 0.0) for m in outcome.client_metrics.values()]
         if cfg["dp"] and eps:
             row["epsilon_max"] = max(eps)

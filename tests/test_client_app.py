@@ -113,3 +113,20 @@ def test_fedema_keeps_local_model_between_rounds(tmp_path: Path, flower_identity
         metrics.append(reply.content["metrics"])
     assert LOCAL_MODEL_KEY in ctx.state.array_records
     assert metrics[0]["divergence"] == 0.0 and metrics[1]["divergence"] > 0
+
+
+def test_warmup_loads_and_runs_without_touching_the_ledger(tmp_path: Path,
+                                                           flower_identity) -> None:
+    from fedssl.client.app import warmup
+
+    for dp in (False, True):
+        cfg = {**DEFAULTS, "num-samples": 400, "dp": dp, "run-dir": str(tmp_path)}
+        config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
+        config["input-shape"] = [1, 40]
+        msg = Message(RecordDict({"config": config}), dst_node_id=1,
+                      message_type="query.warmup")
+        ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config={},
+                      node_config={"partition-id": 0, "num-partitions": 2})
+        reply = warmup(msg, ctx)
+        assert reply.content.config_records["status"]["status"] == "ok"
+    assert not (tmp_path / "ledger").exists()  # no privacy spent, nothing recorded
