@@ -102,6 +102,13 @@ def load_records(context: Context, config: ConfigRecord):
     return x
 
 
+def compute_setup(context: Context, config: ConfigRecord) -> torch.device:
+    """Set this worker's torch threads and return its device (the site's own ``device``
+    node config wins over the run's)."""
+    torch.set_num_threads(max(1, int(float(config.get("threads", 1)))))
+    return resolve_device(str(context.node_config.get("device", config.get("device", "auto"))))
+
+
 def plan_noise(config: ConfigRecord, ledger: Ledger, sample_rate: float, steps: int,
                server_round: int) -> float:
     """Noise multiplier for this round that keeps the client's planned run within budget.
@@ -154,7 +161,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
            ) -> Message:
     start = time.perf_counter()
     server_round = int(config["server-round"])
-    torch.set_num_threads(max(1, int(float(config.get("threads", 1)))))
+    device = compute_setup(context, config)
     objective = get_objective(str(config["method"]))
     dp = bool(config.get("dp", False))
     if dp:
@@ -176,7 +183,6 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         dp=dp, max_grad_norm=float(config.get("max-grad-norm", 1.0)),
         amp=bool(config.get("amp", False)),
     )
-    device = resolve_device(str(context.node_config.get("device", config.get("device", "auto"))))
     key = load_or_create_identity(ident.state_dir / "identity.pem")
     ledger = Ledger(ident.ledger_path, key)
     pub = ident.ledger_path.with_suffix(".pub")
@@ -262,7 +268,7 @@ def warmup(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     start = time.perf_counter()
     try:
-        torch.set_num_threads(max(1, int(float(config.get("threads", 1)))))
+        device = compute_setup(context, config)
         x = load_records(context, config)
         objective = get_objective(str(config["method"]))
         model = objective.build_model(tuple(int(d) for d in config["input-shape"]))
@@ -271,9 +277,7 @@ def warmup(msg: Message, context: Context) -> Message:
         dp = bool(config.get("dp", False)) and objective.decomposable
         train_local(model, objective, noise, augment_for(tuple(x.shape[1:]),
                                                          str(config["dataset"])),
-                    TrainConfig(batch_size=batch, dp=dp, noise_multiplier=1.0),
-                    device=resolve_device(str(context.node_config.get(
-                        "device", config.get("device", "auto")))))
+                    TrainConfig(batch_size=batch, dp=dp, noise_multiplier=1.0), device=device)
         status = "ok"
     except Exception as exc:  # the round itself will report the problem properly
         status = f"warm-up failed: {exc}"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,6 +55,32 @@ class DPSetup:
     steps: int
 
 
+def poisson_loader(
+    data: torch.Tensor, batch_size: int, noise_multiplier: float, max_grad_norm: float,
+    objective: Objective, generator: torch.Generator | None = None, pin_memory: bool = False,
+) -> tuple[Any, float, int]:
+    """Check a DP-SGD setup and return ``(Poisson loader, sample rate, expected batch
+    size)``, shared by both DP engines so they sample and account identically.
+
+    Raises:
+        DPSoundnessError: for a non-decomposable objective, a non-positive clip norm or a
+            negative noise multiplier.
+    """
+    require_dp_sound(objective)
+    if max_grad_norm <= 0:
+        raise DPSoundnessError(f"max_grad_norm must be positive, got {max_grad_norm}")
+    if noise_multiplier < 0:
+        raise DPSoundnessError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
+    # opacus is imported on first use: it costs ~2 s per process, which a non-DP simulation
+    # worker should not pay
+    from opacus.data_loader import DPDataLoader
+
+    sample_rate = min(1.0, batch_size / len(data))
+    loader = DPDataLoader(TensorDataset(data), sample_rate=sample_rate, generator=generator,
+                          pin_memory=pin_memory)
+    return loader, sample_rate, max(1, round(sample_rate * len(data)))
+
+
 class DPSGD:
     """Wrap a model, optimizer and local data for one round of DP-SGD on Opacus.
 
@@ -76,26 +103,13 @@ class DPSGD:
     ) -> None:
         """``generator`` draws the Poisson samples (CPU) and, unless ``noise_generator`` is
         given (needed on CUDA), the noise."""
-        require_dp_sound(objective)
-        if max_grad_norm <= 0:
-            raise DPSoundnessError(f"max_grad_norm must be positive, got {max_grad_norm}")
-        if noise_multiplier < 0:
-            raise DPSoundnessError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
-        n = len(data)
-        self.sample_rate = min(1.0, batch_size / n)
+        self.loader, self.sample_rate, expected = poisson_loader(
+            data, batch_size, noise_multiplier, max_grad_norm, objective, generator, pin_memory)
         self.num_batches = max(1, round(1 / self.sample_rate))
-        # opacus is imported on first use: it costs ~2 s per process, which a non-DP
-        # simulation worker should not pay
         from opacus import GradSampleModule
-        from opacus.data_loader import DPDataLoader
         from opacus.optimizers import DPOptimizer
 
-        self.loader = DPDataLoader(
-            TensorDataset(data), sample_rate=self.sample_rate, generator=generator,
-            pin_memory=pin_memory,
-        )
         self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-        expected = max(1, round(self.sample_rate * n))
         self.optimizer = DPOptimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
             expected_batch_size=expected, loss_reduction="mean",

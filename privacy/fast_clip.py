@@ -54,12 +54,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from opacus.data_loader import DPDataLoader
 from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
-from torch.utils.data import TensorDataset
 
-from fedssl.privacy.dp_sgd import DPSoundnessError, require_dp_sound
+from fedssl.privacy.dp_sgd import DPSoundnessError, poisson_loader
 from fedssl.ssl_core.objectives.base import Objective
 
 
@@ -737,19 +735,9 @@ class FastDPSGD:
         pin_memory: bool = False,
         noise_generator: torch.Generator | None = None,
     ) -> None:
-        require_dp_sound(objective)
-        if max_grad_norm <= 0:
-            raise DPSoundnessError(f"max_grad_norm must be positive, got {max_grad_norm}")
-        if noise_multiplier < 0:
-            raise DPSoundnessError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
-        n = len(data)
-        self.sample_rate = min(1.0, batch_size / n)
+        self.loader, self.sample_rate, self.expected_batch_size = poisson_loader(
+            data, batch_size, noise_multiplier, max_grad_norm, objective, generator, pin_memory)
         self.num_batches = max(1, round(1 / self.sample_rate))
-        self.loader = DPDataLoader(
-            TensorDataset(data), sample_rate=self.sample_rate, generator=generator,
-            pin_memory=pin_memory,
-        )
-        self.expected_batch_size = max(1, round(self.sample_rate * n))
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
         self.generator = noise_generator or generator
