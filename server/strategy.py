@@ -16,7 +16,7 @@ facing many independent sites needs before averaging:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,24 +58,62 @@ def client_name(msg: Message) -> str:
     return f"node-{msg.metadata.src_node_id}"
 
 
-def check_arrays(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str | None:
-    """Why ``arrays`` can't be averaged into a model shaped like ``reference`` (or None)."""
+def decode_arrays(arrays: ArrayRecord, reference: dict[str, np.ndarray]
+                  ) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """``arrays`` deserialised once, or why they can't be averaged into a model shaped like
+    ``reference``: ``(values, None)`` or ``(None, problem)``."""
     keys = set(arrays.keys())
     if keys != set(reference):
         missing, extra = sorted(set(reference) - keys), sorted(keys - set(reference))
-        return f"parameter names differ (missing {missing[:3]}, unexpected {extra[:3]})"
+        return None, f"parameter names differ (missing {missing[:3]}, unexpected {extra[:3]})"
+    values: dict[str, np.ndarray] = {}
     for name, ref in reference.items():
         try:
             value = arrays[name].numpy()
         except Exception as exc:  # a malformed Array can't be deserialised
-            return f"parameter {name!r} is not a readable array ({exc})"
+            return None, f"parameter {name!r} is not a readable array ({exc})"
         if value.shape != ref.shape:
-            return f"parameter {name!r} has shape {value.shape}, expected {ref.shape}"
+            return None, f"parameter {name!r} has shape {value.shape}, expected {ref.shape}"
         if value.dtype != ref.dtype:
-            return f"parameter {name!r} has dtype {value.dtype}, expected {ref.dtype}"
+            return None, f"parameter {name!r} has dtype {value.dtype}, expected {ref.dtype}"
         if not np.isfinite(value).all():
-            return f"parameter {name!r} contains NaN or Inf"
-    return None
+            return None, f"parameter {name!r} contains NaN or Inf"
+        values[name] = value
+    return values, None
+
+
+def check_arrays(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str | None:
+    """Why ``arrays`` can't be averaged into a model shaped like ``reference`` (or None)."""
+    return decode_arrays(arrays, reference)[1]
+
+
+class WeightedMean:
+    """Running example-weighted mean of decoded updates, in float64, one model in memory.
+
+    The same average as Flower's ``aggregate_arrayrecords`` (sum of w_i x_i over sum of
+    w_i), fed reply by reply as the server screens them, so each reply is deserialised once
+    and the replies' arrays are never all decoded at the same time. The result has the
+    reference's dtypes (integer buffers are rounded back, not turned into floats).
+    """
+
+    def __init__(self, reference: dict[str, np.ndarray]) -> None:
+        self.reference = reference
+        self.total = 0.0
+        self.sums = {k: np.zeros(v.shape, np.float64) for k, v in reference.items()}
+
+    def add(self, values: dict[str, np.ndarray], weight: float) -> None:
+        self.total += weight
+        for k, v in values.items():
+            self.sums[k] += weight * v
+
+    def result(self) -> ArrayRecord:
+        out = {}
+        for k, ref in self.reference.items():
+            mean = self.sums[k] / self.total
+            if not np.issubdtype(ref.dtype, np.floating):
+                mean = np.rint(mean)
+            out[k] = Array(np.asarray(mean, dtype=ref.dtype).copy(order="C"))
+        return ArrayRecord(out)
 
 
 class FedSSLStrategy(FedAvg):
@@ -128,18 +166,27 @@ class FedSSLStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        good = self.screen(server_round, replies, sent_to=self._sent)
         if self.client_dp is not None:
-            return self._aggregate_client_dp(good)
+            clipped: list[dict[str, np.ndarray]] = []
+            good = self.screen(server_round, replies, sent_to=self._sent,
+                               on_accept=lambda values, _: clipped.append(
+                                   self._clipped_update(values)))
+            return self._aggregate_client_dp(good, clipped)
+        mean = WeightedMean(self.reference)
+        good = self.screen(server_round, replies, sent_to=self._sent, on_accept=mean.add)
         if not good:
             return None, None
-        return super().aggregate_train(server_round, good)
+        metrics = self.train_metrics_aggr_fn([m.content for m in good], self.weighted_by_key)
+        return mean.result(), metrics
 
     def screen(self, server_round: int, replies: Iterable[Message], with_arrays: bool = True,
-               sent_to: Iterable[int] = ()) -> list[Message]:
+               sent_to: Iterable[int] = (),
+               on_accept: Callable[[dict[str, np.ndarray], float], None] | None = None,
+               ) -> list[Message]:
         """Replies fit to aggregate; refusals, failures and rejections go to
         :attr:`last_outcome` with the client's name and reason (nodes in ``sent_to`` that did
-        not reply at all are recorded as timed out)."""
+        not reply at all are recorded as timed out). ``on_accept(values, weight)`` receives
+        each accepted reply's decoded arrays and example count as it is screened."""
         outcome = RoundOutcome()
         good: list[Message] = []
         replies = list(replies)
@@ -168,10 +215,10 @@ class FedSSLStrategy(FedAvg):
                 problem = (f"reply must hold {int(with_arrays)} ArrayRecord(s) and one "
                            "MetricRecord")
             else:
-                problem = None
+                problem, values = None, None
                 if with_arrays:
                     arrays = next(iter(msg.content.array_records.values()))
-                    problem = check_arrays(arrays, self.reference)
+                    values, problem = decode_arrays(arrays, self.reference)
                 metrics = next(iter(msg.content.metric_records.values()))
                 n = metrics.get(self.weighted_by_key)
                 if problem is None and (not isinstance(n, (int, float)) or n <= 0):
@@ -183,6 +230,8 @@ class FedSSLStrategy(FedAvg):
                 continue
             if status is not None and "ledger" in status and "ledger-pub" in status:
                 outcome.ledgers[cid] = (str(status["ledger"]), bytes(status["ledger-pub"]))
+            if on_accept is not None and values is not None:
+                on_accept(values, float(n))
             outcome.accepted.append(cid)
             outcome.client_metrics[cid] = {k: float(v) for k, v in metrics.items()
                                            if isinstance(v, (int, float))}
@@ -190,17 +239,17 @@ class FedSSLStrategy(FedAvg):
         self.last_outcome = outcome
         return good
 
-    def _aggregate_client_dp(self, good: list[Message]
+    def _clipped_update(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A client's update (its model minus the global one), clipped for DP-FedAvg."""
+        assert self.current is not None and self.client_dp is not None
+        return self.client_dp.clip({k: values[k].astype(np.float64) - self.current[k]
+                                    for k in self.current})
+
+    def _aggregate_client_dp(self, good: list[Message], clipped: list[dict[str, np.ndarray]]
                              ) -> tuple[ArrayRecord, MetricRecord | None]:
         """Global + noisy mean of clipped updates; the noise is added even if no client
         replied, because the round is accounted for either way."""
         assert self.current is not None and self.client_dp is not None
-        clipped = []
-        for msg in good:
-            arrays = next(iter(msg.content.array_records.values()))
-            clipped.append(self.client_dp.clip(
-                {k: arrays[k].numpy().astype(np.float64) - self.current[k]
-                 for k in self.current}))
         mean = self.client_dp.noisy_mean(clipped, self.current)
         new = ArrayRecord({k: Array(np.asarray(self.current[k] + mean[k],
                                                dtype=self.current[k].dtype))

@@ -110,7 +110,9 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False)
     # evaluates the initial encoder (the "query.warmup" message)
     run_config["warmup-workers"] = min(cfg.num_clients, max(1, int(cores // cfg.cpus_per_client)))
     _start_ray(init_args)
-    dispatch.install()  # replies and new messages wake the engine instead of 0.1 s polls
+    # replies and new messages wake the engine instead of 0.1 s polls; each actor holds its
+    # next message while it trains (not with simulated stragglers: they sleep in the actor)
+    dispatch.install(pipeline_depth=1 if cfg.straggler_prob > 0 else 2)
     run_simulation(
         server_app=make_server_app(run_config, prepare_grid=dispatch.tune_grid),
         client_app=client_app,

@@ -58,3 +58,31 @@ def test_aggregate_with_no_valid_update(flower_identity) -> None:
     arrays, metrics = strategy.aggregate_train(
         1, [_reply("a", np.zeros((2, 3)), np.zeros(3), status="refused")])
     assert arrays is None and metrics is None
+
+
+def test_streamed_mean_matches_flower_and_keeps_dtypes(flower_identity) -> None:
+    """The decode-once running mean equals Flower's FedAvg average; an integer buffer stays
+    an integer (Flower's would become float64 and be rejected by the next round's check)."""
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    rng = np.random.default_rng(0)
+    ref = {**REF, "steps": np.zeros((), np.int64)}
+    replies, contents = [], []
+    for i, n in enumerate((5, 17, 40)):
+        arrays = {"w": rng.normal(size=(2, 3)).astype(np.float32),
+                  "b": rng.normal(size=3).astype(np.float32), "steps": np.array(10 * i)}
+        content = RecordDict({
+            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            "metrics": MetricRecord({"num-examples": n, "loss": float(i)}),
+            "status": ConfigRecord({"status": "ok", "client": f"c{i}"}),
+        })
+        contents.append(content)
+        replies.append(Message(content, dst_node_id=1, message_type="train"))
+    arrays, metrics = FedSSLStrategy(reference=ref).aggregate_train(1, replies)
+    flower = aggregate_arrayrecords(contents, "num-examples")
+    for k in ("w", "b"):
+        assert arrays[k].numpy().dtype == np.float32
+        np.testing.assert_allclose(arrays[k].numpy(), flower[k].numpy(), rtol=1e-6)
+    assert arrays["steps"].numpy().dtype == np.int64
+    assert int(arrays["steps"].numpy()) == round((0 * 5 + 10 * 17 + 20 * 40) / 62)
+    assert metrics["loss"] == pytest.approx((0 * 5 + 1 * 17 + 2 * 40) / 62)
