@@ -256,7 +256,10 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
             new_arrays, agg = secure.run(server_round, grid, arrays, train_config)
         else:
             messages = strategy.configure_train(server_round, arrays, train_config, grid)
-            replies = grid.send_and_receive(messages, timeout=float(cfg["round-timeout"]))
+            # a grid that can stream replies (the simulation's) lets the strategy screen and
+            # average each one as it arrives
+            send = getattr(grid, "send_and_stream", grid.send_and_receive)
+            replies = send(messages, timeout=float(cfg["round-timeout"]))
             new_arrays, agg = strategy.aggregate_train(server_round, replies)
         outcome = strategy.last_outcome
         if new_arrays is None:

@@ -15,6 +15,8 @@ facing many independent sites needs before averaging:
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -58,6 +60,27 @@ def client_name(msg: Message) -> str:
     return f"node-{msg.metadata.src_node_id}"
 
 
+@functools.lru_cache(maxsize=1024)
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """The exact ``.npy`` header ``np.save`` writes for an array of this dtype and shape."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False,
+                                               "shape": shape})
+    return buf.getvalue()
+
+
+def _decode(array: Array, ref: np.ndarray) -> np.ndarray:
+    """``array.numpy()``, without numpy's header parsing when the bytes are exactly what
+    ``np.save`` writes for ``ref``'s dtype and shape (then the result is the same array, a
+    read-only view); anything else takes Flower's general path and its checks."""
+    data = array.data
+    if array.stype == "numpy.ndarray" and isinstance(data, bytes):
+        header = _npy_header(ref.dtype.str, ref.shape)
+        if len(data) == len(header) + ref.nbytes and data.startswith(header):
+            return np.frombuffer(data, dtype=ref.dtype, offset=len(header)).reshape(ref.shape)
+    return array.numpy()
+
+
 def decode_arrays(arrays: ArrayRecord, reference: dict[str, np.ndarray]
                   ) -> tuple[dict[str, np.ndarray] | None, str | None]:
     """``arrays`` deserialised once, or why they can't be averaged into a model shaped like
@@ -69,7 +92,7 @@ def decode_arrays(arrays: ArrayRecord, reference: dict[str, np.ndarray]
     values: dict[str, np.ndarray] = {}
     for name, ref in reference.items():
         try:
-            value = arrays[name].numpy()
+            value = _decode(arrays[name], ref)
         except Exception as exc:  # a malformed Array can't be deserialised
             return None, f"parameter {name!r} is not a readable array ({exc})"
         if value.shape != ref.shape:
@@ -189,15 +212,13 @@ class FedSSLStrategy(FedAvg):
         each accepted reply's decoded arrays and example count as it is screened."""
         outcome = RoundOutcome()
         good: list[Message] = []
-        replies = list(replies)
-        answered = {m.metadata.src_node_id for m in replies}
-        for node in sent_to:
-            if node not in answered:
-                outcome.failed[f"node-{node}"] = "no reply before the round timeout"
-        sent = set(sent_to)
-        for msg in replies:
+        sent = list(sent_to)
+        sent_set = set(sent)
+        answered: set[int] = set()
+        for msg in replies:  # may be a stream: each reply is screened as it arrives
+            answered.add(msg.metadata.src_node_id)
             cid = client_name(msg)
-            if msg.has_error() and sent and msg.metadata.src_node_id not in sent:
+            if msg.has_error() and sent and msg.metadata.src_node_id not in sent_set:
                 continue  # the SuperLink answering for an unreachable node: counted above
             if msg.has_error():
                 outcome.failed[cid] = msg.error.reason[-300:]
@@ -236,6 +257,9 @@ class FedSSLStrategy(FedAvg):
             outcome.client_metrics[cid] = {k: float(v) for k, v in metrics.items()
                                            if isinstance(v, (int, float))}
             good.append(msg)
+        timed_out = {f"node-{node}": "no reply before the round timeout"
+                     for node in sent if node not in answered}
+        outcome.failed = {**timed_out, **outcome.failed}
         self.last_outcome = outcome
         return good
 

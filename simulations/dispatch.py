@@ -39,7 +39,7 @@ from __future__ import annotations
 import threading
 import time
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from queue import Queue
 from typing import Any
 
@@ -99,23 +99,36 @@ def add_messages_to_queue(state: Any, queue: Queue[Message], nodes_mapping: Any,
         stored.wait(_MAX_WAIT)
 
 
-def send_and_receive(grid: InMemoryGrid, messages: Iterable[Message], *,
-                     timeout: float | None = None) -> Iterable[Message]:
-    """``InMemoryGrid.send_and_receive`` that wakes on each stored reply instead of polling."""
+def send_and_stream(grid: InMemoryGrid, messages: Iterable[Message], *,
+                    timeout: float | None = None) -> Iterator[Message]:
+    """Push ``messages`` now; the returned iterator yields each reply as it is stored (woken
+    by the store, not a poll) until all are in or ``timeout`` passes. A server that screens
+    and averages replies as they arrive does that work while the clients still train, not
+    in the pause between rounds."""
     _, replied = _events(grid.state)
     msg_ids = set(grid.push_messages(messages))
     del messages
     end = time.time() + (timeout if timeout is not None else 0.0)
-    out: list[Message] = []
-    while True:
-        replied.clear()
-        got = list(grid.pull_messages(msg_ids))
-        out.extend(got)
-        msg_ids.difference_update(m.metadata.reply_to_message_id for m in got)
-        remaining = end - time.time()
-        if not msg_ids or (timeout is not None and remaining <= 0):
-            return out
-        replied.wait(_MAX_WAIT if timeout is None else min(remaining, _MAX_WAIT))
+
+    def replies() -> Iterator[Message]:
+        while msg_ids:
+            replied.clear()
+            got = list(grid.pull_messages(msg_ids))
+            msg_ids.difference_update(m.metadata.reply_to_message_id for m in got)
+            yield from got
+            remaining = end - time.time()
+            if not msg_ids or (timeout is not None and remaining <= 0):
+                return
+            if not got:
+                replied.wait(_MAX_WAIT if timeout is None else min(remaining, _MAX_WAIT))
+
+    return replies()
+
+
+def send_and_receive(grid: InMemoryGrid, messages: Iterable[Message], *,
+                     timeout: float | None = None) -> Iterable[Message]:
+    """``InMemoryGrid.send_and_receive`` that wakes on each stored reply instead of polling."""
+    return list(send_and_stream(grid, messages, timeout=timeout))
 
 
 #: loaders already fetched by this (actor) process, by object id
@@ -185,6 +198,8 @@ def install(pipeline_depth: int = 2) -> None:
 
 
 def tune_grid(grid: Any) -> None:
-    """Give an in-memory grid event-driven ``send_and_receive`` (other grids unchanged)."""
+    """Give an in-memory grid event-driven ``send_and_receive`` and a streaming
+    ``send_and_stream`` (other grids unchanged)."""
     if isinstance(grid, InMemoryGrid) and isinstance(grid.state, InMemoryLinkState):
         grid.send_and_receive = types.MethodType(send_and_receive, grid)
+        grid.send_and_stream = types.MethodType(send_and_stream, grid)

@@ -86,3 +86,22 @@ def test_streamed_mean_matches_flower_and_keeps_dtypes(flower_identity) -> None:
     assert arrays["steps"].numpy().dtype == np.int64
     assert int(arrays["steps"].numpy()) == round((0 * 5 + 10 * 17 + 20 * 40) / 62)
     assert metrics["loss"] == pytest.approx((0 * 5 + 1 * 17 + 2 * 40) / 62)
+
+
+def test_fast_decode_equals_numpy_load_and_falls_back() -> None:
+    """Bytes exactly as np.save writes them decode without numpy's header parser; anything
+    else (here a Fortran-ordered array, whose header differs) takes Flower's general path."""
+    from fedssl.server.strategy import decode_arrays
+
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(2, 3)).astype(np.float32)
+    for stored in (w, np.asfortranarray(w)):
+        values, problem = decode_arrays(
+            ArrayRecord({"w": Array(stored), "b": Array(REF["b"])}), REF)
+        assert problem is None
+        np.testing.assert_array_equal(values["w"], w)
+        assert values["w"].shape == (2, 3) and values["w"].dtype == np.float32
+    truncated = Array(w)
+    truncated.data = truncated.data[:-4]
+    _, problem = decode_arrays(ArrayRecord({"w": truncated, "b": Array(REF["b"])}), REF)
+    assert problem is not None and "not a readable array" in problem
