@@ -136,3 +136,41 @@ def test_secure_aggregation_gives_the_plain_average(tmp_path: Path) -> None:
     assert worst < 1e-5
     report = json.loads((tmp_path / "secure" / "report.json").read_text())
     assert report["secure_aggregation"] is True
+
+
+def _faults(seed: int, rnd: int, pid: int, p_drop: float, p_slow: float) -> str:
+    """What ``fedssl.client.faults.maybe_fault`` does to (round, client) at the train stage."""
+    drop, slow = np.random.default_rng([seed, rnd, pid, 0]).random(2)
+    return "drop" if drop < p_drop else "slow" if slow < p_slow else "ok"
+
+
+@pytest.mark.slow
+def test_dropouts_and_stragglers_cost_only_themselves(tmp_path: Path) -> None:
+    """Simulated faults end to end: a dropout fails its own reply, a straggler sleeps past the
+    round timeout and is recorded as timed out, the server moves on at the timeout, and every
+    other client is averaged. One actor per client (0.25 CPU each), so a sleeping straggler
+    blocks no one else (8 actors: round 1's stragglers, still asleep in round 2, leave six)."""
+    n, p_drop, p_slow, delay, timeout = 6, 0.2, 0.25, 20.0, 8.0
+
+    def fates(s: int, r: int) -> list[str]:
+        return [_faults(s, r, c, p_drop, p_slow) for c in range(n)]
+
+    seed = next(s for s in range(1000)  # each kind of fault in both rounds, <= 2 sleepers
+                if all({"drop", "slow"} <= set(fates(s, r)) and fates(s, r).count("slow") <= 2
+                       for r in (1, 2)))
+    out = tmp_path / "run"
+    proc = _run("simulate", "--num-clients", str(n), "--rounds", "2", "--num-samples", "1200",
+                "--no-dp", "--no-secagg", "--eval-samples", "300", "--few-label", "",
+                "--seed", str(seed), "--dropout-prob", str(p_drop), "--straggler-prob",
+                str(p_slow), "--straggler-delay", str(delay), "--round-timeout", str(timeout),
+                "--cpus-per-client", "0.25", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for row in rows[1:]:
+        fate = fates(seed, row["round"])
+        reasons = list(row["failed"].values())
+        assert sum("simulated dropout" in r for r in reasons) == fate.count("drop")
+        assert sum("no reply before the round timeout" in r for r in reasons) \
+            == fate.count("slow")
+        assert row["clients"] == fate.count("ok") > 0
+        assert timeout - 1 < row["seconds"] < delay  # waited for the timeout, not the sleeper
