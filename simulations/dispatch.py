@@ -22,9 +22,13 @@ full round trip per message (reply serialised, fetched by the driver, the next m
 the ClientApp loader pickled and shipped: measured 14-15 ms median per message at 100
 clients on 2 cores, about 0.7 s of each actor's 8 s round). :class:`PipelinedRayBackend`
 gives each actor ``depth`` slots, so the next message already waits in the actor's own
-queue when it finishes one. Ray runs an actor's tasks one at a time in submission order, so
-a client still runs alone on its actor; the cost is balance at a round's end (a queued
-message cannot move to an actor that fell idle; at most ``depth - 1`` messages per actor).
+queue when it finishes one (measured at 100 clients: the median idle gap between two
+messages fell from 14.6 to 9 ms; what is left is the actor's own Ray task handling). Ray
+runs an actor's tasks one at a time in submission order, so a client still runs alone on its
+actor; the cost is balance at a round's end (a queued message cannot move to an actor that
+fell idle; at most ``depth - 1`` messages per actor). Flower's engine runs its workers in a
+default ``ThreadPoolExecutor`` (``min(32, cores + 4)`` threads); slots beyond that get no
+thread, which only means fewer messages in flight.
 Simulated stragglers sleep inside their actor, so a message queued behind one would be late
 through no fault of its own: with stragglers on, the depth is 1 (Flower's behaviour).
 
