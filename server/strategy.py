@@ -135,7 +135,7 @@ class WeightedMean:
             mean = self.sums[k] / self.total
             if not np.issubdtype(ref.dtype, np.floating):
                 mean = np.rint(mean)
-            out[k] = Array(np.asarray(mean, dtype=ref.dtype).copy(order="C"))
+            out[k] = Array(np.asarray(mean, dtype=ref.dtype))  # 0-d: a scalar back to an array
         return ArrayRecord(out)
 
 
@@ -219,7 +219,7 @@ class FedSSLStrategy(FedAvg):
             answered.add(msg.metadata.src_node_id)
             cid = client_name(msg)
             if msg.has_error() and sent and msg.metadata.src_node_id not in sent_set:
-                continue  # the SuperLink answering for an unreachable node: counted above
+                continue  # the SuperLink answering for an unreachable node: timed out, below
             if msg.has_error():
                 outcome.failed[cid] = msg.error.reason[-300:]
                 log.warning("round %d: client %s failed: %s", server_round, cid,

@@ -166,7 +166,7 @@ class PipelinedRayBackend(raybackend.RayBackend):
 
     The engine starts one worker thread per slot (``num_workers``); the pool hands out a slot
     per message and takes it back with the reply, so an actor never holds more than ``depth``
-    messages. ``depth = 1`` is Flower's backend unchanged.
+    messages. With ``depth = 1`` each actor runs one message at a time, as in Flower's.
     """
 
     depth: int = 1
@@ -177,7 +177,7 @@ class PipelinedRayBackend(raybackend.RayBackend):
         self.app_fn = SharedAppLoader(app_fn)
         self._actors = list(self.pool.pool)
         # actor order repeated: the first submits spread over all actors, later ones queue
-        self.pool.pool = self._actors * max(1, int(self.depth))
+        self.pool.pool = self._actors * self.depth
         self._slots = len(self.pool.pool)
 
     @property
