@@ -76,6 +76,13 @@ class _Call:
     y_version: int
 
 
+#: a 2-D ghost norm takes the shifted-Gram path (no im2col) up to this many padded positions
+#: per view (measured on a 2-core CPU with ``benchmarks/dp_sgd.py``'s 8x8 ResNet: 0.5 ms vs
+#: 1.2 ms for a 64-channel 2x2 map, 0.63 vs 0.70 ms for a strided 4x4 one; the whole DP step
+#: 2-4 % faster in interleaved A/B runs)
+GRAM_2D_MAX_POSITIONS = 64
+
+
 # ------------------------------------------------------------------------------ layer rules
 class _Layer:
     """Per-record gradients of one module's own parameters, from its recorded calls.
@@ -195,11 +202,13 @@ class _Conv(_Layer):
     Per-record squared weight-gradient norms, whichever is cheaper by the layer's shape:
 
     * materialised: 1-D, ``k`` batched GEMMs ``G_i X_{i,j}^T`` over the kernel taps ``j``
-      (shifted strided views of the padded input, no im2col copy); 2-D, one grouped
-      backward-weight convolution with the records as groups;
-    * ghost: ``<A_i A_i^T, G_i G_i^T>`` over all positions of all views; for 1-D, ``A_i A_i^T``
-      is the sum over taps of shifted blocks of the input Gram matrix ``X_i^T X_i`` (no
-      im2col); for 2-D, from an unfold (used when there are few output positions).
+      (shifted strided views of the padded input, no im2col copy); 2-D, the same per tap
+      for small maps or many channels, else one grouped backward-weight convolution with
+      the records as groups;
+    * ghost: ``<A_i A_i^T, G_i G_i^T>`` over all positions of all views (used when there are
+      few output positions); ``A_i A_i^T`` is the sum over taps of shifted blocks of the
+      input Gram matrix ``X_i^T X_i`` (no im2col) for 1-D and for small 2-D maps, else
+      from an unfold.
 
     Clipped sum: the weighted sum of the materialised gradients, or the ordinary
     backward-weight convolution with the output gradient scaled by ``c_i`` per record.
@@ -223,6 +232,7 @@ class _Conv(_Layer):
         else:
             self.padding = tuple(m.padding)
         self.dims = 1 if isinstance(m, nn.Conv1d) else 2
+        self._gram_index: dict[tuple, torch.Tensor] = {}
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != self.dims + 2:
@@ -263,11 +273,14 @@ class _Conv(_Layer):
         ``(1, N, out * C * taps)`` from a grouped backward-weight convolution.
 
         Per-tap GEMMs read the taps as shifted strided views of the zero-padded input: for
-        1-D directly; for 2-D (stride 1) on the row-flattened padded image, with the output
-        gradient padded to the padded width (the extra columns are zero, so they add
-        nothing). The grouped convolution (records as groups) is faster for few channels
-        on larger images and is used for strided 2-D convolutions (thresholds measured on
-        a 2-core CPU with ``benchmarks/dp_sgd.py``'s encoders).
+        1-D directly; for 2-D with stride 1 on the row-flattened padded image, with the
+        output gradient padded to the padded width (the extra columns are zero, so they add
+        nothing); for strided 2-D each tap's positions are copied out. They are used for 2-D
+        maps of fewer than 64 output positions or many channels (``out * C >= 4096``); the
+        grouped convolution (records as groups) otherwise. Thresholds from interleaved A/B
+        runs of a whole DP step on a 2-core CPU (``benchmarks/dp_sgd.py``'s ResNets: the
+        grouped convolution on 4x4 maps made the 8x8 step 7 % slower, the strided taps made
+        the 28x28 step 2-5 % faster than the grouped convolution).
         """
         m = self.module
         out, cin = m.out_channels, m.in_channels
@@ -285,20 +298,29 @@ class _Conv(_Layer):
                     else:
                         per[j].baddbmm_(gy, xj)
             return per.reshape(k, n, out * cin)
-        positions = math.prod(pairs[0][1].shape[2:])
-        if tuple(m.stride) == (1, 1) and (positions < 64 or out * cin >= 4096):
-            (kh, kw), (dh, dw), (ph, pw) = m.kernel_size, m.dilation, self.padding
+        if math.prod(pairs[0][1].shape[2:]) < 64 or out * cin >= 4096:
+            (kh, kw), (sh, sw), (dh, dw), (ph, pw) = (m.kernel_size, m.stride, m.dilation,
+                                                      self.padding)
             per = pairs[0][1].new_empty(kh * kw, n, out, cin)
             for v, (x, gy) in enumerate(pairs):
                 ho, wo = gy.shape[2:]
-                wp = x.shape[3] + 2 * pw
-                xp = F.pad(x, (pw, pw, ph, ph)).reshape(n, cin, -1)
-                xp = F.pad(xp, (0, (kw - 1) * dw))
-                gw = F.pad(gy, (0, wp - wo)).reshape(n, out, ho * wp)
+                if (sh, sw) == (1, 1):  # taps are windows of the row-flattened padded image
+                    wp = x.shape[3] + 2 * pw
+                    xp = F.pad(x, (pw, pw, ph, ph)).reshape(n, cin, -1)
+                    xp = F.pad(xp, (0, (kw - 1) * dw))
+                    gw = F.pad(gy, (0, wp - wo)).reshape(n, out, ho * wp)
+                else:  # strided: each tap's positions copied out (ho * wo per channel)
+                    xp = F.pad(x, (pw, pw, ph, ph))
+                    gw = gy.reshape(n, out, ho * wo)
                 for i in range(kh):
                     for j in range(kw):
-                        off = i * dh * wp + j * dw
-                        xs = xp[:, :, off: off + ho * wp].transpose(1, 2)
+                        if (sh, sw) == (1, 1):
+                            off = i * dh * wp + j * dw
+                            xs = xp[:, :, off: off + ho * wp].transpose(1, 2)
+                        else:
+                            xs = xp[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh,
+                                    j * dw: j * dw + sw * (wo - 1) + 1: sw]
+                            xs = xs.reshape(n, cin, ho * wo).transpose(1, 2)
                         if v == 0:
                             torch.bmm(gw, xs, out=per[i * kw + j])
                         else:
@@ -334,10 +356,46 @@ class _Conv(_Layer):
                 aat += gram[:, :, o:o + span:s, :, o:o + span:s]
             aat = aat.reshape(n, v * t1, v * t1)
         else:
-            a = torch.cat([F.unfold(x, m.kernel_size, dilation=m.dilation, padding=self.padding,
-                                    stride=m.stride) for x, _ in pairs], 2)
-            aat = torch.bmm(a.transpose(1, 2), a)
+            hp, wp = (pairs[0][0].shape[2 + i] + 2 * self.padding[i] for i in range(2))
+            if hp * wp <= GRAM_2D_MAX_POSITIONS:
+                aat = self._shifted_gram_2d(pairs, n, hp, wp, tuple(pairs[0][1].shape[2:]))
+            else:
+                a = torch.cat([F.unfold(x, m.kernel_size, dilation=m.dilation,
+                                        padding=self.padding, stride=m.stride)
+                               for x, _ in pairs], 2)
+                aat = torch.bmm(a.transpose(1, 2), a)
         return (aat * ggt).sum(dim=(1, 2))
+
+    def _shifted_gram_2d(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int,
+                         hp: int, wp: int, out_hw: tuple[int, ...]) -> torch.Tensor:
+        """``A_i A_i^T`` of a 2-D convolution without im2col: the Gram matrix ``X_i^T X_i``
+        of the zero-padded inputs of all views (positions x positions, summed over channels),
+        then, for output positions ``t, t'``, the sum over kernel taps ``j`` of
+        ``Gram[p(t) + j, p(t') + j]`` (one gather with a cached index, one sum).
+
+        ATen's im2col loops over the records one at a time, which dominates on small
+        feature maps; this path is used when a view has at most
+        :data:`GRAM_2D_MAX_POSITIONS` padded positions.
+        """
+        m = self.module
+        v, p = len(pairs), hp * wp
+        ph, pw = self.padding
+        xp = torch.cat([F.pad(x, (pw, pw, ph, ph)).reshape(n, m.in_channels, p)
+                        for x, _ in pairs], 2)
+        gram = torch.bmm(xp.transpose(1, 2), xp)  # (N, v p, v p)
+        key = (hp, wp, out_hw, v, gram.device)
+        idx = self._gram_index.get(key)
+        if idx is None:
+            (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
+            ho, wo = out_hw
+            base = torch.tensor([a * p + oy * sh * wp + ox * sw for a in range(v)
+                                 for oy in range(ho) for ox in range(wo)])
+            taps = torch.tensor([i * dh * wp + j * dw for i in range(kh) for j in range(kw)])
+            rows = base[None, :] + taps[:, None]  # (taps, T): padded position of each tap
+            idx = (rows[:, :, None] * (v * p) + rows[:, None, :]).reshape(-1).to(gram.device)
+            self._gram_index[key] = idx
+        t = v * math.prod(out_hw)
+        return gram.reshape(n, -1)[:, idx].view(n, -1, t, t).sum(1)
 
     def clipped(self, c: torch.Tensor) -> dict[int, torch.Tensor]:
         out: dict[int, torch.Tensor] = {}

@@ -92,31 +92,39 @@ class Zoo(nn.Module):
 
     def __init__(self, padding_idx: int | None = 0) -> None:
         super().__init__()
-        # 2-D: grouped per-record conv (few channels), tap GEMMs with a non-square dilated
-        # kernel and 'valid' padding, a strided conv, a ghost-norm conv (few positions)
+        # 2-D: grouped per-record conv (few channels), tap GEMMs (many channels) with a
+        # non-square dilated kernel and 'valid' padding, ghost-norm convs (few positions)
         self.c2a = nn.Conv2d(2, 8, 3, padding=1)
         self.g2a = nn.GroupNorm(4, 8)
-        self.c2b = nn.Conv2d(8, 8, (3, 2), padding="valid", dilation=(1, 2), bias=False)
-        self.c2c = nn.Conv2d(8, 64, 3, stride=2, padding=1)
+        self.c2b = nn.Conv2d(8, 512, (3, 2), padding="valid", dilation=(1, 2), bias=False)
+        self.c2c = nn.Conv2d(512, 64, 3, stride=2, padding=1)
         self.c2d = nn.Conv2d(64, 64, 3, padding=1)
+        # ghost norms from the shifted Gram (small padded map: strided, dilated, non-square,
+        # unequal padding) and from an unfold (a larger padded map)
+        self.c2e = nn.Conv2d(64, 64, (3, 2), stride=(2, 1), dilation=(1, 2), padding=(1, 2))
+        self.c2f = nn.Conv2d(8, 64, 3, stride=4, padding=1, bias=False)
+        # tap GEMMs of a strided conv on few positions (each tap's positions copied out)
+        self.c2g = nn.Conv2d(8, 16, (3, 2), stride=(2, 3), dilation=(2, 1), padding=(2, 1))
         # 1-D: strided dilated taps with bias; a ghost-norm conv (short, wide)
         self.c1a = nn.Conv1d(4, 32, 5, stride=2, dilation=2, padding=3)
-        self.c1b = nn.Conv1d(32, 64, 3, padding=1)
-        self.g1 = nn.GroupNorm(1, 64)
+        self.c1b = nn.Conv1d(32, 128, 3, padding=1)
+        self.g1 = nn.GroupNorm(1, 128)
         # tokens: Linear on (N, T, d), LayerNorm, Embedding with a padding index
         self.emb = nn.Embedding(4, 16, padding_idx=padding_idx)
         self.tok = nn.Linear(16, 16)
         self.ln = nn.LayerNorm(16)
-        self.head = nn.Linear(64 + 64 + 16, 8)
+        self.head = nn.Linear(64 + 16 + 128 + 16, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = len(x)
         a = torch.relu(self.g2a(self.c2a(x)))
-        a = torch.relu(self.c2d(self.c2c(self.c2b(a)))).mean(dim=(2, 3))
+        f = self.c2f(a).mean(dim=(2, 3))
+        g = torch.relu(self.c2g(a)).mean(dim=(2, 3))
+        a = torch.relu(self.c2e(self.c2d(self.c2c(self.c2b(a))))).mean(dim=(2, 3)) + f
         s = torch.relu(self.g1(self.c1b(torch.relu(self.c1a(x.reshape(n, 4, 32)))))).mean(-1)
         idx = torch.bucketize(x[:, 0, 0, :6].detach().contiguous(), torch.tensor([-0.5, 0.0, 0.5]))
         t = self.ln(torch.relu(self.tok(self.emb(idx)))).mean(1)
-        return self.head(torch.cat([a, s, t], 1))
+        return self.head(torch.cat([a, g, s, t], 1))
 
 
 class ZooObjective(Objective):
