@@ -33,11 +33,15 @@ does not match (or raises) is reported as unsound/unsupported and not timed as a
 Timing: ``torch`` threads = ``--threads`` (1, as each simulated client gets), ``--warmup``
 steps, then the median of ``--steps`` steps, the modes of a setting interleaved step by step
 (so a load swing on the shared machine hits every mode alike); ratio = median DP step /
-median non-DP step.
+median non-DP step. Like ``train_local``, the process first keeps freed host memory for
+reuse (:mod:`fedssl.ssl_core.host_memory`; ``--default-malloc`` leaves glibc as it is, for a
+before/after comparison in a separate run).
 Also one end-to-end row per encoder through :func:`fedssl.client.trainer.train_local`
 (``dp=False`` vs ``dp=True`` with ``dp_engine="hooks"`` and ``"fast"``, Poisson batches under
-DP). The machine is shared: the load
-average is recorded.
+DP), and one per encoder from fresh processes that run only the non-DP and fast DP steps (as
+a client process does), with glibc's malloc as it is and with freed host memory retained, in
+the order default / retained / retained / default against drift. The machine is shared: the
+load average is recorded.
 
 Usage::
 
@@ -54,6 +58,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -75,6 +80,7 @@ from fedssl.client.trainer import TrainConfig, train_local
 from fedssl.privacy.dp_sgd import DPSGD, clipped_gradient_sum
 from fedssl.privacy.fast_clip import FastClipper, FastDPSGD
 from fedssl.ssl_core.augmentations import augment_for
+from fedssl.ssl_core.host_memory import retain_freed_memory
 from fedssl.ssl_core.objectives import get_objective
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -278,15 +284,47 @@ def step_fn(s: Setting, mode: str) -> Callable[[], None]:
     return run
 
 
-def end_to_end(s: Setting, dp: bool, batches: int, engine: str = "auto") -> float:
+def end_to_end(s: Setting, dp: bool, batches: int, engine: str = "auto",
+               retain: bool = True) -> float:
     """Seconds per step of a real ``train_local`` call (Poisson batches under DP)."""
     model = build(s.shape)
     x = torch.randn(s.batch * batches, *s.shape, generator=torch.Generator().manual_seed(4))
     cfg = TrainConfig(batch_size=s.batch, seed=5, dp=dp, noise_multiplier=NOISE,
-                      max_grad_norm=CLIP, dp_engine=engine, dp_seed=5)
+                      max_grad_norm=CLIP, dp_engine=engine, dp_seed=5,
+                      retain_host_memory=retain)
     train_local(model, objective, x[: s.batch * 2], augment_for(s.shape), cfg)  # warm-up
     res = train_local(model, objective, x, augment_for(s.shape), cfg)
     return res.seconds / res.steps
+
+
+# ------------------------------------------------------------------------------ isolated runs
+def isolated_steps(shape: tuple[int, ...], batch: int, steps: int, retain: bool
+                   ) -> dict[str, float]:
+    """Median non-DP and fast-DP step times measured in a fresh interpreter that runs only
+    these two modes (interleaved), as a client process does; with or without the host memory
+    retention of :mod:`fedssl.ssl_core.host_memory`, which is process-wide and would
+    otherwise be shaped by the other modes' allocations."""
+    cmd = [sys.executable, __file__, "--isolated", "x".join(map(str, shape)), str(batch),
+           "--steps", str(steps), *([] if retain else ["--default-malloc"])]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_isolated(spec: str, batch: int, steps: int, warmup: int, retain: bool) -> None:
+    """Child side of :func:`isolated_steps`: print one JSON line."""
+    s = Setting("isolated", tuple(int(d) for d in spec.split("x")), batch)
+    retained = retain_freed_memory() if retain else False
+    fns = {m: step_fn(s, m) for m in ("non-DP", "fast")}
+    times: dict[str, list[float]] = {m: [] for m in fns}
+    for i in range(warmup + steps):
+        for m, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[m].append(time.perf_counter() - t)
+    med = {m: statistics.median(ts) for m, ts in times.items()}
+    print(json.dumps({"retained": retained, "nondp": med["non-DP"], "fast": med["fast"],
+                      "ratio": med["fast"] / med["non-DP"]}))
 
 
 # ------------------------------------------------------------------------------ main
@@ -296,8 +334,19 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 per client)")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (train_local otherwise keeps freed "
+                         "memory in the process, fedssl.ssl_core.host_memory; the setting "
+                         "is process-wide, so compare separate runs)")
     ap.add_argument("--out", default=str(RESULTS / "dp_sgd.json"))
+    ap.add_argument("--isolated", nargs=2, metavar=("SHAPE", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.isolated:
+        torch.set_num_threads(args.threads)
+        run_isolated(args.isolated[0], int(args.isolated[1]), args.steps or 30,
+                     args.warmup or 5, not args.default_malloc)
+        return
+    retained = False if args.default_malloc else retain_freed_memory()
     warmup = args.warmup or (2 if args.quick else 3)
     steps = args.steps or (5 if args.quick else 15)
     torch.set_num_threads(args.threads)
@@ -345,12 +394,26 @@ def main() -> None:
     for s in tqdm([s for s in SETTINGS if s.batch == 64], desc="train_local", unit="enc"):
         nb = 4 if args.quick else 8
         e2e.append({"encoder": s.name, "shape": list(s.shape), "batch": s.batch,
-                    "nondp_step_seconds": end_to_end(s, False, nb),
-                    "dp_step_seconds": end_to_end(s, True, nb, "hooks"),
-                    "dp_fast_step_seconds": end_to_end(s, True, nb, "fast")})
+                    "nondp_step_seconds": end_to_end(s, False, nb, retain=retained),
+                    "dp_step_seconds": end_to_end(s, True, nb, "hooks", retained),
+                    "dp_fast_step_seconds": end_to_end(s, True, nb, "fast", retained)})
         e2e[-1]["ratio"] = e2e[-1]["dp_step_seconds"] / e2e[-1]["nondp_step_seconds"]
         e2e[-1]["ratio_fast"] = (e2e[-1]["dp_fast_step_seconds"]
                                  / e2e[-1]["nondp_step_seconds"])
+
+    # host memory retention on/off, each in fresh processes (ABBA order against drift)
+    iso = []
+    for s in tqdm([s for s in SETTINGS if s.batch == 64], desc="isolated", unit="enc"):
+        n = max(8, (steps * 2) if s.shape == (1, 28, 28) else steps * 6)
+        runs = {True: [], False: []}
+        for retain in (False, True, True, False):
+            runs[retain].append(isolated_steps(s.shape, s.batch, n, retain))
+        row: dict[str, Any] = {"encoder": s.name, "shape": list(s.shape), "batch": s.batch,
+                               "steps": n}
+        for retain, key in ((False, "default"), (True, "retained")):
+            row[key] = {k: statistics.mean(r[k] for r in runs[retain])
+                        for k in ("nondp", "fast", "ratio")}
+        iso.append(row)
 
     lines = ["| encoder | input | batch | mode | sound (max abs diff vs hooks) | ms/step "
              "(median) | x non-DP |", "|---|---|---|---|---|---|---|"]
@@ -375,10 +438,19 @@ def main() -> None:
                      f"{1e3 * e['nondp_step_seconds']:.1f} | {1e3 * e['dp_step_seconds']:.1f} | "
                      f"{e['ratio']:.2f} | {1e3 * e['dp_fast_step_seconds']:.1f} | "
                      f"{e['ratio_fast']:.2f} |")
+    lines += ["", "Fresh processes with only non-DP and fast DP (as a client runs), glibc malloc "
+                  "as is vs freed host memory retained (mean of two runs each):", "",
+              "| encoder | input | batch | non-DP ms | fast DP ms | x | non-DP ms (retained) "
+              "| fast DP ms (retained) | x |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in iso:
+        d, k = r["default"], r["retained"]
+        lines.append(f"| {r['encoder']} | {'x'.join(map(str, r['shape']))} | {r['batch']} | "
+                     f"{1e3 * d['nondp']:.1f} | {1e3 * d['fast']:.1f} | {d['ratio']:.2f} | "
+                     f"{1e3 * k['nondp']:.1f} | {1e3 * k['fast']:.1f} | {k['ratio']:.2f} |")
     md = "\n".join(lines)
     print(md)
-    print(f"\ntorch threads {args.threads}; load average start {load_start}, end "
-          f"{os.getloadavg()}")
+    print(f"\ntorch threads {args.threads}; freed host memory retained (glibc mallopt): "
+          f"{retained}; load average start {load_start}, end {os.getloadavg()}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
@@ -386,9 +458,10 @@ def main() -> None:
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "numpy": np.__version__},
         "threads": args.threads, "warmup": warmup, "steps": steps,
+        "host_memory_retained": retained,
         "noise_multiplier": NOISE, "max_grad_norm": CLIP,
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-        "steps_table": rows, "train_local": e2e, "table": md,
+        "steps_table": rows, "train_local": e2e, "isolated_processes": iso, "table": md,
     }, indent=1, default=str))
     print(f"wrote {out}")
 
