@@ -442,8 +442,8 @@ class _Norm(_Layer):
         gb: torch.Tensor | None = None
         for x, gy in pairs:
             g = self.grads(gy)
-            if self.weight is not None:
-                t = (g * self.normalised(x)).sum(self.pos_dim)
+            if self.weight is not None:  # xhat is a fresh temporary: multiply in place
+                t = self.normalised(x).mul_(g).sum(self.pos_dim)
                 gw = t if gw is None else gw + t
             if self.bias is not None:
                 t = g.sum(self.pos_dim)
