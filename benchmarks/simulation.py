@@ -29,6 +29,12 @@ the training it runs. One command measures the *same workload* three ways for N 
   app also report their *own* clients' summed ``train_local`` seconds, and ``x ideal (own)``
   divides the round by that compute / cores: the share of the wall time that is not model
   compute, independent of the drift.
+* ``floor-parallel`` - the floor's clients spread over ``cores`` plain worker processes
+  (``multiprocessing``, no Flower, no Ray), the global state sent with each task: what this
+  machine's cores deliver running the training side by side. ``x parallel floor`` divides a
+  round by this floor's round. It is the fair ideal where two processes on this VM do not run
+  at twice one process's speed (measured: two concurrent DP-SGD benchmark processes each
+  20-35 % slower than one alone).
 
 Each setting runs in its own child process (fresh Ray, fresh interpreter). Reported per setting:
 startup seconds (child start to the first round's messages: imports, data generation, Ray and
@@ -70,7 +76,7 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH = 32
 TEST_FRACTION = 0.2  # load_mnist1d keeps 80 % as the training pool
-KINDS = ("fedssl", "fedssl+secagg", "flower", "floor")
+KINDS = ("fedssl", "fedssl+secagg", "flower", "floor", "floor-parallel")
 
 
 # ------------------------------------------------------------------------------ workload
@@ -346,6 +352,80 @@ def child_floor(n: int, per: int, records: int, rounds: int, seed: int,
             "client_compute_seconds": compute_s}
 
 
+_FLOOR: dict[str, Any] = {}
+
+
+def _floor_worker_init(parts: list, shape: tuple[int, ...], seed: int) -> None:
+    import torch
+
+    from fedssl.ssl_core.augmentations import augment_for
+    from fedssl.ssl_core.objectives import get_objective
+
+    torch.set_num_threads(1)
+    _FLOOR.update(parts=parts, shape=shape, seed=seed, objective=get_objective("simsiam"),
+                  augment=augment_for(shape))
+
+
+def _floor_client(task: tuple[int, int, dict]) -> tuple[float, dict]:
+    """One client's ``train_local`` in a worker process of the parallel floor."""
+    import torch
+
+    from fedssl.client.trainer import TrainConfig, train_local
+
+    cid, rnd, state = task
+    f = _FLOOR
+    model = f["objective"].build_model(f["shape"])
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    res = train_local(model, f["objective"], f["parts"][cid], f["augment"],
+                      TrainConfig(seed=f["seed"] * 100_003 + rnd * 1009 + cid))
+    return res.seconds, {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def child_floor_parallel(n: int, per: int, records: int, rounds: int, seed: int,
+                         t0: float) -> dict[str, Any]:
+    """The floor's clients spread over ``cores`` plain worker processes (no Flower, no Ray):
+    what this machine's cores deliver running the same training side by side."""
+    import multiprocessing
+    import random
+
+    import numpy as np
+    import torch
+
+    from fedssl.simulations.partitioners import partition_indices
+    from fedssl.ssl_core.datasets import load_dataset
+    from fedssl.ssl_core.objectives import get_objective
+
+    torch.set_num_threads(1)
+    data = load_dataset("mnist1d", "", pool_samples(n, records), seed)
+    parts = [data.x_train[partition_indices(data.y_train, n, c, "iid", seed=seed)]
+             for c in range(n)]
+    torch.manual_seed(seed)
+    state = {k: v.numpy() for k, v in
+             get_objective("simsiam").build_model(data.input_shape).state_dict().items()}
+    rng = random.Random(seed)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(os.cpu_count() or 1, _floor_worker_init,
+                  (parts, data.input_shape, seed)) as pool:
+        pool.map(abs, range(4 * (os.cpu_count() or 1)))  # workers up before round 1
+        t_round0 = time.perf_counter()
+        round_s, compute_s = [], []
+        for rnd in range(1, rounds + 1):
+            start = time.perf_counter()
+            chosen = rng.sample(range(n), per)
+            acc = {k: np.zeros(v.shape, np.float64) for k, v in state.items()}
+            compute = 0.0
+            for sec, new in pool.imap_unordered(_floor_client,
+                                                [(c, rnd, state) for c in chosen]):
+                compute += sec
+                for k, v in new.items():
+                    acc[k] += v
+            state = {k: (v / per).astype(state[k].dtype) for k, v in acc.items()}
+            round_s.append(time.perf_counter() - start)
+            compute_s.append(compute)
+    return {"t_round0": t_round0, "t_end": time.perf_counter(), "round_seconds": round_s,
+            "client_compute_seconds": compute_s}
+
+
 def run_child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     common = (args.n, args.per_round, args.records, args.rounds, args.seed)
@@ -355,6 +435,8 @@ def run_child(args: argparse.Namespace) -> None:
         res = child_fedssl(*common, secagg=True, t0=t0)
     elif args.child == "flower":
         res = child_flower(*common, t0=t0)
+    elif args.child == "floor-parallel":
+        res = child_floor_parallel(*common, t0=t0)
     else:
         res = child_floor(*common, t0=t0)
     res["startup_seconds"] = res.pop("t_round0") - t0
@@ -435,7 +517,13 @@ def _alive(pid: int) -> bool:
 def add_ratios(rows: list[dict[str, Any]], cores: int) -> None:
     floors = {r["clients"]: r for r in rows if r["kind"] == "floor" and "error" not in r}
     flowers = {r["clients"]: r for r in rows if r["kind"] == "flower" and "error" not in r}
+    parallel = {r["clients"]: r for r in rows
+                if r["kind"] == "floor-parallel" and "error" not in r}
     for r in rows:
+        if "error" not in r and r["clients"] in parallel:
+            # against the same training run side by side in plain processes on this machine
+            r["x_floor_parallel"] = (r["seconds_per_round"]
+                                     / parallel[r["clients"]]["seconds_per_round"])
         f = floors.get(r["clients"])
         if "error" in r or f is None:
             continue
@@ -462,7 +550,7 @@ def _fmt(value: float | None, spec: str) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| N | per round | steps | method | startup s | 1st round s | s/round (median) | "
             "rounds 1-3 s | process wall s | rounds/s | updates/s | x floor | "
-            "x ideal (floor compute/cores) | x ideal (own compute/cores) | "
+            "x ideal (floor compute/cores) | x ideal (own compute/cores) | x parallel floor | "
             "vs Flower (steady / rounds 1-3 / wall) | "
             "peak RSS MiB | peak PSS MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -480,6 +568,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['client_updates_per_second']:.1f} | {r.get('x_floor', float('nan')):.2f} | "
             f"{r.get('x_ideal', float('nan')):.2f} | "
             f"{_fmt(r.get('x_ideal_in_run'), '{:.2f}')} | "
+            f"{_fmt(r.get('x_floor_parallel'), '{:.2f}')} | "
             f"{_fmt(r.get('speedup_vs_flower'), '{:.2f}x')} / "
             f"{_fmt(r.get('three_rounds_vs_flower'), '{:.2f}x')} / "
             f"{_fmt(r.get('wall_vs_flower'), '{:.2f}x')} | {r['peak_rss_mib']:.0f} | "
