@@ -308,15 +308,12 @@ def child_flower(n: int, per: int, records: int, rounds: int, seed: int,
             "client_compute_seconds": computes}
 
 
-def child_floor(n: int, per: int, records: int, rounds: int, seed: int,
-                t0: float) -> dict[str, Any]:
-    import random
-
+def _floor_setup(n: int, records: int, seed: int) -> tuple[tuple[int, ...], list, dict]:
+    """Both floors' start: one thread, the data set, the IID partitions, the initial model
+    state (record shape, partitions, state dict)."""
     import torch
 
-    from fedssl.client.trainer import TrainConfig, train_local
     from fedssl.simulations.partitioners import partition_indices
-    from fedssl.ssl_core.augmentations import augment_for
     from fedssl.ssl_core.datasets import load_dataset
     from fedssl.ssl_core.objectives import get_objective
 
@@ -324,10 +321,24 @@ def child_floor(n: int, per: int, records: int, rounds: int, seed: int,
     data = load_dataset("mnist1d", "", pool_samples(n, records), seed)
     parts = [data.x_train[partition_indices(data.y_train, n, c, "iid", seed=seed)]
              for c in range(n)]
-    objective = get_objective("simsiam")
-    augment = augment_for(data.input_shape)
     torch.manual_seed(seed)
-    global_state = objective.build_model(data.input_shape).state_dict()
+    state = get_objective("simsiam").build_model(data.input_shape).state_dict()
+    return data.input_shape, parts, state
+
+
+def child_floor(n: int, per: int, records: int, rounds: int, seed: int,
+                t0: float) -> dict[str, Any]:
+    import random
+
+    import torch
+
+    from fedssl.client.trainer import TrainConfig, train_local
+    from fedssl.ssl_core.augmentations import augment_for
+    from fedssl.ssl_core.objectives import get_objective
+
+    shape, parts, global_state = _floor_setup(n, records, seed)
+    objective = get_objective("simsiam")
+    augment = augment_for(shape)
     rng = random.Random(seed)
     t_round0 = time.perf_counter()
     round_s, compute_s = [], []
@@ -338,7 +349,7 @@ def child_floor(n: int, per: int, records: int, rounds: int, seed: int,
                                         for k, v in global_state.items()}
         compute = 0.0
         for cid in chosen:
-            model = objective.build_model(data.input_shape)
+            model = objective.build_model(shape)
             model.load_state_dict(global_state)
             res = train_local(model, objective, parts[cid], augment,
                               TrainConfig(seed=seed * 100_003 + rnd * 1009 + cid))
@@ -389,23 +400,12 @@ def child_floor_parallel(n: int, per: int, records: int, rounds: int, seed: int,
     import random
 
     import numpy as np
-    import torch
 
-    from fedssl.simulations.partitioners import partition_indices
-    from fedssl.ssl_core.datasets import load_dataset
-    from fedssl.ssl_core.objectives import get_objective
-
-    torch.set_num_threads(1)
-    data = load_dataset("mnist1d", "", pool_samples(n, records), seed)
-    parts = [data.x_train[partition_indices(data.y_train, n, c, "iid", seed=seed)]
-             for c in range(n)]
-    torch.manual_seed(seed)
-    state = {k: v.numpy() for k, v in
-             get_objective("simsiam").build_model(data.input_shape).state_dict().items()}
+    shape, parts, initial = _floor_setup(n, records, seed)
+    state = {k: v.numpy() for k, v in initial.items()}
     rng = random.Random(seed)
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(os.cpu_count() or 1, _floor_worker_init,
-                  (parts, data.input_shape, seed)) as pool:
+    with ctx.Pool(os.cpu_count() or 1, _floor_worker_init, (parts, shape, seed)) as pool:
         pool.map(abs, range(4 * (os.cpu_count() or 1)))  # workers up before round 1
         t_round0 = time.perf_counter()
         round_s, compute_s = [], []

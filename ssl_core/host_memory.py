@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -40,9 +41,11 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 * 2**20
 TRIM_THRESHOLD_BYTES = 256 * 2**20
 
-_applied: tuple[int, int] | None = None
+#: outcome of each (mmap, trim) setting tried in this process: tried once, warned once
+_outcomes: dict[tuple[int, int], bool] = {}
 
 
+@functools.cache
 def _mallopt() -> Callable[[int, int], int] | None:
     """glibc's ``mallopt``, or None where the C library is not glibc."""
     if not sys.platform.startswith("linux"):
@@ -64,21 +67,21 @@ def retain_freed_memory(mmap_bytes: int = MMAP_THRESHOLD_BYTES,
     """Make this process's malloc keep freed memory for reuse (see the module docstring).
 
     Returns:
-        True when both settings are in effect (now or from an earlier call with the same
-        values), False where the C library has no such switches or refused a value.
+        True when both settings are in effect, False where the C library has no such
+        switches or refused a value (each setting is tried once per process).
     """
-    global _applied
-    if _applied == (mmap_bytes, trim_bytes):
-        return True
+    key = (mmap_bytes, trim_bytes)
+    if key in _outcomes:
+        return _outcomes[key]
     mallopt = _mallopt()
     if mallopt is None:
         log.debug("malloc tuning skipped: not glibc")
-        return False
-    ok = bool(mallopt(M_MMAP_THRESHOLD, mmap_bytes)) and bool(mallopt(M_TRIM_THRESHOLD,
-                                                                          trim_bytes))
-    if ok:
-        _applied = (mmap_bytes, trim_bytes)
+        ok = False
     else:
-        log.warning("glibc refused mallopt(mmap threshold %d, trim threshold %d); freed "
-                    "host memory is returned to the kernel as usual", mmap_bytes, trim_bytes)
+        ok = bool(mallopt(M_MMAP_THRESHOLD, mmap_bytes)) and bool(
+            mallopt(M_TRIM_THRESHOLD, trim_bytes))
+        if not ok:
+            log.warning("glibc refused mallopt(mmap threshold %d, trim threshold %d); freed "
+                        "host memory is returned to the kernel as usual", *key)
+    _outcomes[key] = ok
     return ok

@@ -75,8 +75,9 @@ def test_train_local_retains_host_memory_unless_told_not_to(monkeypatch) -> None
 
 
 def test_refused_values_report_false(monkeypatch) -> None:
-    monkeypatch.setattr(host_memory, "_applied", None)
+    monkeypatch.setattr(host_memory, "_outcomes", {})
     monkeypatch.setattr(host_memory, "_mallopt", lambda: (lambda param, value: 0))
     assert host_memory.retain_freed_memory() is False
+    monkeypatch.setattr(host_memory, "_outcomes", {})
     monkeypatch.setattr(host_memory, "_mallopt", lambda: None)
     assert host_memory.retain_freed_memory() is False
