@@ -109,6 +109,8 @@ class DPSGD:
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
+        import fedssl.privacy.ws_rules  # noqa: F401 (registers the WS conv grad samplers)
+
         self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
         self.optimizer = DPOptimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
@@ -147,6 +149,8 @@ def clipped_gradient_sum(
         raise ValueError(f"engine must be 'hooks' or 'fast', got {engine!r}")
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
+
+    import fedssl.privacy.ws_rules  # noqa: F401 (registers the WS conv grad samplers)
 
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     opt = DPOptimizer(

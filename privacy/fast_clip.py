@@ -831,3 +831,7 @@ class FastDPSGD:
 
     def __exit__(self, *exc: object) -> None:
         self.clipper.close()
+
+
+# weight-standardised convolutions: their rule lives in its own module (it subclasses _Conv)
+from fedssl.privacy import ws_rules as _ws_rules  # noqa: E402,F401
