@@ -40,7 +40,8 @@ from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_
 from fedssl.privacy.distributed_dp import DistributedDPError, SkellamPlan, encode_with_noise
 from fedssl.privacy.dp_sgd import DPSoundnessError, require_dp_sound
 from fedssl.privacy.identity import load_or_create_identity, public_pem
-from fedssl.privacy.ledger import Ledger, LedgerEntry, LedgerError
+from fedssl.privacy.ledger import LEGACY_RUN, Ledger, LedgerEntry, LedgerError, segments
+from fedssl.privacy.ledger import runs as ledger_runs
 from fedssl.privacy.secagg import Quantizer, SecAggError
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.datasets import DataError, validate_arrays
@@ -109,18 +110,38 @@ def compute_setup(context: Context, config: ConfigRecord) -> torch.device:
     return resolve_device(str(context.node_config.get("device", config.get("device", "auto"))))
 
 
+def run_id_of(config: ConfigRecord) -> str:
+    """The server run this round belongs to (the round config's ``run-id``; "" if none was
+    sent, in which case the run's spend is taken to be the whole ledger, conservatively).
+
+    Raises:
+        ValueError: if the run id is not a short alphanumeric string.
+    """
+    rid = str(config.get("run-id", ""))
+    if rid and not (len(rid) <= 64 and rid.replace("-", "").isalnum()):
+        raise ValueError(f"run id {rid!r} is not a short alphanumeric string")
+    return rid
+
+
 def plan_noise(config: ConfigRecord, ledger: Ledger, sample_rate: float, steps: int,
-               server_round: int) -> float:
+               server_round: int, sensitivity: float = 1.0) -> float:
     """Noise multiplier for this round that keeps the client's planned run within budget.
 
     With a target epsilon, the remaining rounds (this one included) are assumed to each cost
     ``steps`` steps, so a client that trains every round ends at (at most) the target and one
-    that skips rounds stays below it. Otherwise the given noise multiplier is used.
+    that skips rounds stays below it. The target is the *run's*: it is planned against this
+    run's ledger entries only (``run-id`` of the round config; the whole ledger if the server
+    sent none), so a site that reuses its state directory for a new run starts that run like a
+    fresh site; the site's lifetime spend is bounded by its own budget
+    (:class:`~fedssl.client.privacy_guard.SiteBudget`), not by the server's target. Otherwise
+    the given noise multiplier is used. ``sensitivity`` (``extra.sensitivity`` of the entry,
+    see :meth:`~fedssl.privacy.ledger.LedgerEntry.segment`) scales the calibrated effective
+    noise multiplier back to the one handed to the optimizer.
     """
     delta = float(config["delta"])
     accountant = str(config.get("accountant", "prv"))
     target = float(config.get("target-epsilon", 0.0))
-    history = ledger.history()
+    history = ledger.history(run_id_of(config))
     if target <= 0:
         sigma = float(config["noise-multiplier"])
         if sigma <= 0:
@@ -129,8 +150,9 @@ def plan_noise(config: ConfigRecord, ledger: Ledger, sample_rate: float, steps: 
         return sigma
     remaining_rounds = int(config["num-rounds"]) - server_round + 1
     hint = history[-1][0] if history else None
-    return calibrate_noise(target, delta, sample_rate, steps * max(1, remaining_rounds),
-                           accountant, spent=history, hint=hint)
+    return sensitivity * calibrate_noise(
+        target, delta, sample_rate, steps * max(1, remaining_rounds), accountant,
+        spent=history, hint=hint)
 
 
 def _refusal(msg: Message, cid: str, reason: str) -> Message:
@@ -189,14 +211,18 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     if not pub.exists():
         pub.parent.mkdir(parents=True, exist_ok=True)
         pub.write_bytes(public_pem(key))
-    epsilon = 0.0
+    epsilon = lifetime_epsilon = 0.0
+    run_id = run_id_of(config)
     if dp:
         sample_rate = min(1.0, cfg.batch_size / len(x))
         planned = cfg.epochs * steps_per_epoch(len(x), cfg.batch_size, dp=True)
         cfg.noise_multiplier = plan_noise(config, ledger, sample_rate, planned, server_round)
         budget = SiteBudget.load(context.node_config, ident.state_dir)
-        if budget is not None:  # the site's own limit, checked before any gradient
-            budget.check(ledger.history(), (cfg.noise_multiplier, sample_rate, planned))
+        if budget is not None:  # the site's own lifetime limit, checked before any gradient
+            entries = ledger.entries()
+            budget.check(segments(entries), (cfg.noise_multiplier, sample_rate, planned),
+                         {rid: segments(es) for rid, es in ledger_runs(entries).items()
+                          if rid != (run_id or LEGACY_RUN)})
 
     augment = augment_for(input_shape, str(config["dataset"]))
     result = train_local(model, objective, x, augment, cfg, device=device)
@@ -208,18 +234,25 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     if dp:
         delta = float(config["delta"])
         accountant = str(config.get("accountant", "prv"))
-        history = [*ledger.history(), (cfg.noise_multiplier, result.sample_rate, result.steps)]
-        epsilon = epsilon_of(history, delta, accountant)
-        ledger.append(LedgerEntry(
+        entry = LedgerEntry(
             round=server_round, client=ident.client_id, noise_multiplier=cfg.noise_multiplier,
             sample_rate=result.sample_rate, steps=result.steps, max_grad_norm=cfg.max_grad_norm,
-            delta=delta, accountant=accountant, epsilon=epsilon,
-        ))
+            delta=delta, accountant=accountant, epsilon=0.0, run_id=run_id,
+        )
+        # the run's epsilon: this run's rounds only; the lifetime one: every round, all runs
+        epsilon = epsilon_of([*ledger.history(run_id), entry.segment()], delta, accountant)
+        lifetime_epsilon = epsilon_of([*ledger.history(), entry.segment()], delta, accountant)
+        entry.epsilon, entry.lifetime_epsilon = epsilon, lifetime_epsilon
+        ledger.append(entry)
+        log.info("client %s round %d: run epsilon %.4g (run %s), lifetime epsilon %.4g "
+                 "(all runs) at delta %g", ident.client_id, server_round, epsilon,
+                 run_id or LEGACY_RUN, lifetime_epsilon, delta)
     metrics = MetricRecord({
         "num-examples": result.num_examples,
         "loss": result.loss,
         "steps": result.steps,
-        "epsilon": epsilon,
+        "epsilon": epsilon,  # the run's: what the run's report claims (ledger "epsilon")
+        "lifetime-epsilon": lifetime_epsilon,  # every run of this site composed
         "noise-multiplier": cfg.noise_multiplier,
         "sample-rate": result.sample_rate,
         "train-seconds": result.seconds,

@@ -7,13 +7,18 @@ the client composes its ledger's history with what the round would spend (the no
 multiplier, sample rate and steps the server's configuration implies) and refuses to train if
 the result would exceed its budget. Spending is checked *before* any gradient is computed, so
 a refused round spends nothing; the server records the refusal and carries on without it.
+
+The budget is the site's *lifetime* budget: it is checked against the composition of every
+entry of the site's ledger, all runs the site took part in (a run's own target epsilon is
+the server's business and is planned against that run's entries only,
+:func:`fedssl.client.app.plan_noise`). A refusal names what earlier runs already spent.
 """
 
 from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,7 @@ class BudgetExceededError(AccountingError):
 
 @dataclass(frozen=True)
 class SiteBudget:
-    """A site's total privacy budget for all its rounds in a federation."""
+    """A site's total privacy budget for all its rounds, in every run it takes part in."""
 
     epsilon: float
     delta: float
@@ -56,15 +61,36 @@ class SiteBudget:
                                   f"epsilon={eps}, delta={delta}")
         return cls(eps, delta, str(raw.get("accountant", "prv")))
 
-    def check(self, history: list[Segment], planned: Segment) -> float:
-        """Epsilon after the planned round; raises if it would exceed the budget."""
+    def check(self, history: Sequence[Segment], planned: Segment,
+              previous_runs: Mapping[str, Sequence[Segment]] | None = None) -> float:
+        """Lifetime epsilon after the planned round; raises if it would exceed the budget.
+
+        Args:
+            history: every segment the site's ledger records (all runs): the composition
+                of all of them bounds the site's total privacy loss.
+            planned: what this round would spend.
+            previous_runs: the segments of each *other* run (run id -> segments), only to
+                name them in a refusal.
+        """
         spent = epsilon_of(history, self.delta, self.accountant)
         after = epsilon_of([*history, planned], self.delta, self.accountant)
         if after > self.epsilon or math.isinf(after):
+            earlier = ""
+            prev = {rid: segs for rid, segs in (previous_runs or {}).items() if segs}
+            if prev:
+                all_prev = [s for segs in prev.values() for s in segs]
+                prev_eps = epsilon_of(all_prev, self.delta, self.accountant)
+                names = ", ".join(
+                    f"id {rid}: epsilon {epsilon_of(segs, self.delta, self.accountant):.3f}"
+                    for rid, segs in prev.items())
+                earlier = (f"{'a previous run' if len(prev) == 1 else 'previous runs'} "
+                           f"({names}) spent {prev_eps:.3f} of the site budget "
+                           f"{self.epsilon:g}; ")
             raise BudgetExceededError(
-                f"privacy budget would be exceeded: this round would take epsilon from "
-                f"{spent:.3f} to {after:.3f} at delta={self.delta:g}, above the site's budget "
-                f"of {self.epsilon:g}; not training"
+                f"privacy budget would be exceeded: {earlier}this round would take the "
+                f"site's lifetime epsilon from {spent:.3f} to {after:.3f} at "
+                f"delta={self.delta:g}, above the site's budget of {self.epsilon:g}; "
+                "not training"
             )
         return after
 

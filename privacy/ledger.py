@@ -4,14 +4,36 @@ Each entry records what the client spent in a round and the cumulative epsilon::
 
     round, client, noise_multiplier, sample_rate, steps, max_grad_norm, delta,
     accountant, epsilon, prev_hash, hash, signature
+    [run_id, lifetime_epsilon, extra]   (optional; absent in ledgers written before them)
+
+A site may take part in several federated runs with one state directory, so one ledger spans
+runs. ``run_id`` names the server run the round belonged to (the server generates one per run
+and keeps it on ``--resume``). Two epsilons are recorded, both upper bounds at ``delta``:
+
+- ``epsilon``: the *run's* cumulative epsilon, the composition of this run's entries only
+  (what that run's report claims for the run's training of this site's records);
+- ``lifetime_epsilon``: the composition of *every* entry of the ledger, all runs (what bounds
+  the site's total privacy loss, and what the site's own budget is checked against).
+
+An entry without ``run_id`` (a legacy ledger, or a server that sent none) belongs to the
+legacy run :data:`LEGACY_RUN`; its ``epsilon`` was computed over the whole ledger, so for it
+both figures are the lifetime one.
+
+``extra`` holds further hashed fields. ``extra["sensitivity"]`` (default 1) is the L2
+sensitivity of one record's clipped contribution in units of ``max_grad_norm`` (e.g. 2 for a
+mechanism that clips two per-record terms separately): the Gaussian mechanism then has the
+effective noise multiplier ``noise_multiplier / sensitivity``. :meth:`LedgerEntry.segment` is
+the one place that rule is applied; every accountant call over a ledger (the client's plan and
+record, the server's report, the audit) goes through it.
 
 ``hash`` is SHA-256 over the canonical JSON (sorted keys, no spaces) of all other fields,
 ``prev_hash`` included, so editing, removing or reordering any entry breaks the chain.
 ``signature`` is the client's Ed25519 signature over ``hash``, so only the holder of the
 client's identity key can write a valid chain (a tamperer can't rebuild it). The first entry's
 ``prev_hash`` is 64 zeros. Appending verifies the existing chain first, so a client never
-extends a tampered ledger; nothing already in the file is rewritten. Rounds never decrease; a
-round repeated after a server restart gets a second entry, and both spends count.
+extends a tampered ledger; nothing already in the file is rewritten. Within one run, rounds
+never decrease (a new run starts at round 1 again); a round repeated after a server restart
+gets a second entry, and both spends count.
 """
 
 from __future__ import annotations
@@ -19,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +53,27 @@ FIELDS = (
     "round", "client", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "delta",
     "accountant", "epsilon", "prev_hash", "hash", "signature",
 )
+#: fields a ledger may lack (written only when set; older ledgers have none of them)
+OPTIONAL_FIELDS = ("run_id", "lifetime_epsilon", "extra")
+#: the run an entry without ``run_id`` belongs to
+LEGACY_RUN = "legacy"
+
+
+def effective_noise_multiplier(noise_multiplier: float, extra: dict | None = None) -> float:
+    """The Gaussian mechanism's noise multiplier relative to one record's sensitivity:
+    ``noise_multiplier / extra["sensitivity"]`` (sensitivity 1 when absent).
+
+    Raises:
+        LedgerError: if the sensitivity is not a positive finite number.
+    """
+    raw = (extra or {}).get("sensitivity", 1.0)
+    try:
+        sensitivity = float(raw)
+    except (TypeError, ValueError):
+        raise LedgerError(f"extra.sensitivity {raw!r} is not a number") from None
+    if not (sensitivity > 0 and math.isfinite(sensitivity)):
+        raise LedgerError(f"extra.sensitivity must be positive and finite, got {raw!r}")
+    return float(noise_multiplier) / sensitivity
 
 
 class LedgerError(ValueError):
@@ -53,17 +97,40 @@ class LedgerEntry:
     hash: str = ""
     signature: str = ""
     extra: dict = field(default_factory=dict)
+    #: the server run this round belonged to ("" = none given: the legacy run)
+    run_id: str = ""
+    #: cumulative epsilon of every entry of the ledger, all runs (None: not recorded)
+    lifetime_epsilon: float | None = None
+
+    @property
+    def run(self) -> str:
+        """The run this entry counts towards (:data:`LEGACY_RUN` without a ``run_id``)."""
+        return self.run_id or LEGACY_RUN
+
+    def segment(self) -> tuple[float, float, int]:
+        """``(effective noise multiplier, sample rate, steps)`` for the accountants: the
+        recorded noise multiplier divided by ``extra["sensitivity"]`` when present."""
+        return (effective_noise_multiplier(self.noise_multiplier, self.extra),
+                self.sample_rate, self.steps)
+
+    @property
+    def lifetime(self) -> float:
+        """The recorded lifetime epsilon; a legacy entry's ``epsilon`` is the lifetime one."""
+        return self.epsilon if self.lifetime_epsilon is None else self.lifetime_epsilon
 
     def body(self) -> dict:
-        """Fields covered by the hash (everything but ``hash`` and ``signature``)."""
+        """Fields covered by the hash (everything but ``hash`` and ``signature``); optional
+        fields only when set, so entries written before they existed still verify."""
         data = asdict(self)
         data.pop("hash")
         data.pop("signature")
-        if not data["extra"]:
-            data.pop("extra")
+        for key in OPTIONAL_FIELDS:
+            if data[key] in (None, "", {}):
+                data.pop(key)
         # JSON has no infinity: a noise-free round is recorded as epsilon "inf"
-        if math.isinf(data["epsilon"]):
-            data["epsilon"] = "inf"
+        for key in ("epsilon", "lifetime_epsilon"):
+            if key in data and math.isinf(data[key]):
+                data[key] = "inf"
         return data
 
     def compute_hash(self) -> str:
@@ -85,11 +152,14 @@ class LedgerEntry:
         missing = [f for f in FIELDS if f not in raw]
         if missing:
             raise LedgerError(f"{where}: missing fields {missing}")
-        unknown = set(raw) - set(FIELDS) - {"extra"}
+        unknown = set(raw) - set(FIELDS) - set(OPTIONAL_FIELDS)
         if unknown:
             raise LedgerError(f"{where}: unknown fields {sorted(unknown)}")
         try:
             eps = raw["epsilon"]
+            life = raw.get("lifetime_epsilon")
+            if not isinstance(raw.get("extra", {}), dict):
+                raise TypeError("extra is not an object")
             return cls(
                 round=int(raw["round"]), client=str(raw["client"]),
                 noise_multiplier=float(raw["noise_multiplier"]),
@@ -99,13 +169,17 @@ class LedgerEntry:
                 epsilon=math.inf if eps == "inf" else float(eps),
                 prev_hash=str(raw["prev_hash"]), hash=str(raw["hash"]),
                 signature=str(raw["signature"]), extra=dict(raw.get("extra") or {}),
+                run_id=str(raw.get("run_id", "")),
+                lifetime_epsilon=None if life is None else
+                math.inf if life == "inf" else float(life),
             )
         except (TypeError, ValueError) as exc:
             raise LedgerError(f"{where}: a field has the wrong type ({exc})") from exc
 
 
 def read_ledger(path: str | Path, public_key: Ed25519PublicKey | None) -> list[LedgerEntry]:
-    """Read and verify a ledger file: chain links, hashes, signatures, non-decreasing rounds.
+    """Read and verify a ledger file: chain links, hashes, signatures, rounds non-decreasing
+    within each run.
 
     With ``public_key=None`` only the hash chain is checked (signatures are not).
 
@@ -117,7 +191,7 @@ def read_ledger(path: str | Path, public_key: Ed25519PublicKey | None) -> list[L
         return []
     entries: list[LedgerEntry] = []
     prev = GENESIS
-    last_round = 0
+    last_round: dict[str, int] = {}
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -137,14 +211,34 @@ def read_ledger(path: str | Path, public_key: Ed25519PublicKey | None) -> list[L
                 raise LedgerError(
                     f"{where}: signature does not verify with the client's public key"
                 ) from exc
-        if entry.round < last_round:
-            raise LedgerError(f"{where}: round {entry.round} comes after round {last_round}")
+        if entry.round < last_round.get(entry.run, 0):
+            raise LedgerError(f"{where}: round {entry.round} comes after round "
+                              f"{last_round[entry.run]} of run {entry.run}")
         if entries and entry.client != entries[0].client:
             raise LedgerError(f"{where}: entry for client {entry.client!r} in "
                               f"{entries[0].client!r}'s ledger")
         entries.append(entry)
-        prev, last_round = entry.hash, entry.round
+        prev, last_round[entry.run] = entry.hash, entry.round
     return entries
+
+
+def segments(entries: Iterable[LedgerEntry], run_id: str | None = None
+             ) -> list[tuple[float, float, int]]:
+    """Accountant segments (:meth:`LedgerEntry.segment`) of ``entries``: all of them (the
+    lifetime spend) with ``run_id=None``, else only those of that run. ``run_id=""`` (no run
+    id known) means the whole ledger: without a run id runs can't be told apart, and the
+    whole ledger is the conservative answer."""
+    if run_id:
+        entries = [e for e in entries if e.run == run_id]
+    return [e.segment() for e in entries]
+
+
+def runs(entries: Iterable[LedgerEntry]) -> dict[str, list[LedgerEntry]]:
+    """Entries grouped by run, in order of each run's first entry."""
+    out: dict[str, list[LedgerEntry]] = {}
+    for e in entries:
+        out.setdefault(e.run, []).append(e)
+    return out
 
 
 class Ledger:
@@ -158,17 +252,19 @@ class Ledger:
         """All entries, verified against this client's key."""
         return read_ledger(self.path, self.key.public_key())
 
-    def history(self) -> list[tuple[float, float, int]]:
-        """``(noise_multiplier, sample_rate, steps)`` of every recorded round."""
-        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.entries()]
+    def history(self, run_id: str | None = None) -> list[tuple[float, float, int]]:
+        """``(effective noise multiplier, sample_rate, steps)`` of every recorded round (the
+        lifetime spend), or of run ``run_id``'s rounds (see :func:`segments`)."""
+        return segments(self.entries(), run_id)
 
     def append(self, entry: LedgerEntry) -> LedgerEntry:
         """Verify the chain, link, hash and sign ``entry``, and append it to the file."""
         existing = self.entries()
-        if existing and entry.round < existing[-1].round:
+        same_run = [e for e in existing if e.run == entry.run]
+        if same_run and entry.round < same_run[-1].round:
             raise LedgerError(
                 f"{self.path}: round {entry.round} is older than the last recorded round "
-                f"{existing[-1].round}; spent privacy is never rewritten"
+                f"{same_run[-1].round} of run {entry.run}; spent privacy is never rewritten"
             )
         entry.prev_hash = existing[-1].hash if existing else GENESIS
         entry.hash = entry.compute_hash()

@@ -44,6 +44,7 @@ from fedssl.server.report import (
     read_metrics,
     write_report,
 )
+from fedssl.server.run_record import record_run
 from fedssl.server.secure_aggregation import DistributedDP, SecureAggregation
 from fedssl.server.strategy import FedSSLStrategy
 from fedssl.ssl_core.datasets import SSLDataset
@@ -213,6 +214,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     train_config["num-rounds"] = rounds
     train_config["input-shape"] = list(data.input_shape)
     train_config["run-dir"] = str(run_dir.resolve())
+    # the run's id (kept on resume) tells this run's ledger entries from a site's other runs;
+    # RUN/config.toml makes the run directory auditable (fedssl.server.run_record)
+    train_config["run-id"] = cfg["run-id"] = record_run(run_dir, cfg)
 
     start_round = 1
     previous = read_metrics(run_dir)
@@ -324,7 +328,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         "method": str(cfg["method"]), "dataset": data.name,
         "input_shape": ",".join(map(str, data.input_shape)), "rounds": str(rounds),
     })
-    privacy = ledger_privacy(run_dir, float(cfg["delta"])) if cfg["dp"] else None
+    privacy = (ledger_privacy(run_dir, float(cfg["delta"]), str(cfg["run-id"])) if cfg["dp"]
+               else None)
     if privacy is not None and not privacy["clients"] and reported:
         # no verified ledger copy arrived (sites without DP ledgers to send): the replies
         privacy["clients"] = reported
@@ -361,6 +366,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - wall_start,
         "privacy": privacy,
         "secure_aggregation": bool(cfg["secagg"]),
+        "run_id": cfg["run-id"],
         "refusals": refusals,
     }
     write_report(run_dir, report)

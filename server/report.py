@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedssl.privacy.identity import load_public_key
-from fedssl.privacy.ledger import LedgerEntry, read_ledger
+from fedssl.privacy.ledger import LEGACY_RUN, LedgerEntry, read_ledger, runs
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
@@ -36,25 +36,41 @@ def _jsonable(value: Any) -> Any:
     return float(value) if hasattr(value, "__float__") else str(value)
 
 
-def ledger_privacy(run_dir: Path, delta: float) -> dict[str, Any]:
-    """``privacy`` block of report.json from the verified ledgers in ``RUN/ledger``."""
+def ledger_privacy(run_dir: Path, delta: float, run_id: str | None = None) -> dict[str, Any]:
+    """``privacy`` block of report.json from the verified ledgers in ``RUN/ledger``.
+
+    A site's ledger may span several server runs (:mod:`fedssl.privacy.ledger`). Per client,
+    ``epsilon``, ``steps``, ``rounds``, ``noise_multiplier`` and ``sample_rate`` are this
+    run's (``run_id``; ``""`` selects the entries without a run id, ``None`` the run of the
+    ledger's last entry): ``epsilon`` is the run's recorded cumulative epsilon, an upper bound
+    on what this run's training spent of the site's records. ``lifetime_epsilon`` is the
+    recorded composition of every entry of the ledger (all runs), the bound on the site's
+    total loss; ``other_runs`` names the runs it also covers.
+    """
     clients: dict[str, Any] = {}
     for path in sorted((run_dir / "ledger").glob("*.jsonl")):
         pub = path.with_suffix(".pub")
         entries: list[LedgerEntry] = read_ledger(path, load_public_key(pub))
         if not entries:
             continue
-        last = entries[-1]
+        this_run = entries[-1].run if run_id is None else (run_id or LEGACY_RUN)
+        mine = [e for e in entries if e.run == this_run]
+        if not mine:
+            continue
+        last = mine[-1]
         clients[last.client] = {
             "epsilon": last.epsilon,
-            "steps": sum(e.steps for e in entries),
-            "rounds": len(entries),
+            "lifetime_epsilon": entries[-1].lifetime,
+            "steps": sum(e.steps for e in mine),
+            "rounds": len(mine),
             "noise_multiplier": last.noise_multiplier,
             "sample_rate": last.sample_rate,
             "max_grad_norm": last.max_grad_norm,
             "accountant": last.accountant,
+            "other_runs": {rid: {"rounds": len(es), "epsilon": es[-1].epsilon}
+                           for rid, es in runs(entries).items() if rid != this_run},
         }
-    return {"delta": delta, "clients": clients}
+    return {"delta": delta, "run_id": run_id, "clients": clients}
 
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> Path:

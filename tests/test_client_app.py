@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedssl.client.app import train
@@ -15,12 +16,15 @@ from fedssl.server.app import CLIENT_KEYS, DEFAULTS
 from fedssl.ssl_core.objectives import get_objective
 
 
-def _call(tmp_path: Path, round_: int = 1, node_config: dict | None = None, **overrides):
+def _call(tmp_path: Path, round_: int = 1, node_config: dict | None = None,
+          run_id: str | None = None, **overrides):
     cfg = {**DEFAULTS, "num-samples": 400, "dp": True, "target-epsilon": 4.0,
-           "run-dir": str(tmp_path), **overrides}
+           "partitioner": "iid", "run-dir": str(tmp_path), **overrides}
     config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
     config["num-rounds"] = 2
     config["server-round"] = round_
+    if run_id is not None:
+        config["run-id"] = run_id
     config["input-shape"] = [1, 40]
     model = get_objective(cfg["method"]).build_model((1, 40))
     msg = Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config}),
@@ -130,3 +134,67 @@ def test_warmup_loads_and_runs_without_touching_the_ledger(tmp_path: Path,
         reply = warmup(msg, ctx)
         assert reply.content.config_records["status"]["status"] == "ok"
     assert not (tmp_path / "ledger").exists()  # no privacy spent, nothing recorded
+
+
+def _ledger(tmp_path: Path):
+    path = tmp_path / "ledger" / "client-001.jsonl"
+    return read_ledger(path, load_public_key(path.with_suffix(".pub")))
+
+
+def test_second_run_on_a_reused_state_dir_plans_like_a_fresh_site(tmp_path: Path,
+                                                                   flower_identity) -> None:
+    """Issue 16.2: a site's ledger spans runs. Run B's round 1 trains (it was refused as
+    "older than the last recorded round 2"), at the noise a fresh site gets (not the 6.25 a
+    target measured against the lifetime spend gave); the run's epsilon is B's own, the
+    lifetime epsilon composes both runs."""
+    from fedssl.privacy.accountant import epsilon_of
+
+    fresh = _call(tmp_path / "fresh", 1, run_id="f" * 32).content["metrics"]
+    for r in (1, 2):
+        assert _call(tmp_path, r, run_id="a" * 32).content["status"]["status"] == "ok"
+    reply = _call(tmp_path, 1, run_id="b" * 32)
+    assert reply.content["status"]["status"] == "ok", reply.content["status"]
+    m = reply.content["metrics"]
+    assert m["noise-multiplier"] == fresh["noise-multiplier"]
+    assert m["epsilon"] == pytest.approx(fresh["epsilon"], rel=1e-9)
+    entries = _ledger(tmp_path)
+    assert [(e.run_id[0], e.round) for e in entries] == [("a", 1), ("a", 2), ("b", 1)]
+    everything = [(e.noise_multiplier, e.sample_rate, e.steps) for e in entries]
+    assert m["lifetime-epsilon"] == pytest.approx(epsilon_of(everything, 1e-5), rel=1e-9)
+    assert m["lifetime-epsilon"] > entries[1].epsilon > m["epsilon"]
+    assert entries[2].epsilon == m["epsilon"]
+    assert entries[2].lifetime_epsilon == m["lifetime-epsilon"]
+    # rounds stay monotone within a run
+    again = _call(tmp_path, 1, run_id="a" * 32).content["status"]
+    assert again["status"] == "refused" and "older than the last recorded round 2" in (
+        again["reason"])
+
+
+def test_lifetime_budget_refusal_names_the_previous_run(tmp_path: Path,
+                                                        flower_identity) -> None:
+    """The site's own budget bounds all runs composed; a refusal says what the earlier run
+    spent of it."""
+    from fedssl.client.privacy_guard import write_site_file
+
+    for r in (1, 2):
+        assert _call(tmp_path, r, run_id="a" * 32).content["status"]["status"] == "ok"
+    spent = _ledger(tmp_path)[-1].epsilon
+    budget = round(spent + 0.3, 1)  # run B's first round (about half its target) won't fit
+    write_site_file(tmp_path / "clients" / "client-001", epsilon=budget, delta=1e-5)
+    status = _call(tmp_path, 1, run_id="b" * 32).content["status"]
+    assert status["status"] == "refused"
+    assert f"a previous run (id {'a' * 32}: epsilon {spent:.3f}) spent {spent:.3f} of the " \
+           f"site budget {budget:g}" in status["reason"]
+    assert "this round would take the site's lifetime epsilon from" in status["reason"]
+    assert len(_ledger(tmp_path)) == 2  # nothing spent for the refused round
+
+
+def test_round_without_run_id_plans_against_the_whole_ledger(tmp_path: Path,
+                                                             flower_identity) -> None:
+    """A server that sends no run id: runs can't be told apart, so the target is planned
+    against every recorded round (conservative), as before run ids."""
+    for r in (1, 2):
+        assert _call(tmp_path, r, run_id="a" * 32).content["status"]["status"] == "ok"
+    m = _call(tmp_path, 2).content["metrics"]
+    entries = _ledger(tmp_path)
+    assert entries[-1].run_id == "" and m["epsilon"] == m["lifetime-epsilon"] <= 4.0

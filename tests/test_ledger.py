@@ -9,7 +9,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedssl.privacy.identity import load_or_create_identity, load_public_key, public_pem
-from fedssl.privacy.ledger import Ledger, LedgerEntry, LedgerError, read_ledger
+from fedssl.privacy.ledger import (
+    LEGACY_RUN,
+    Ledger,
+    LedgerEntry,
+    LedgerError,
+    effective_noise_multiplier,
+    read_ledger,
+    runs,
+)
 
 
 def _entry(r: int, eps: float) -> LedgerEntry:
@@ -108,3 +116,55 @@ def test_malformed_line_named(ledger: Ledger) -> None:
     _write(ledger, [*_lines(ledger), "{not json"])
     with pytest.raises(LedgerError, match=r"ledger.jsonl:4: not valid JSON"):
         ledger.entries()
+
+
+# --------------------------------------------------------------------------------------------
+# ledgers that span runs (issue 16.2) and the hashed extra fields
+# --------------------------------------------------------------------------------------------
+def _run_entry(r: int, eps: float, run_id: str, lifetime: float | None = None,
+               **extra: float) -> LedgerEntry:
+    entry = _entry(r, eps)
+    entry.run_id, entry.lifetime_epsilon, entry.extra = run_id, lifetime, dict(extra)
+    return entry
+
+
+def test_a_new_run_starts_at_round_1_and_rounds_are_monotone_per_run(ledger: Ledger) -> None:
+    """The fixture's legacy entries (no run id) are run "legacy"; a new run may start at
+    round 1 after them, but may not go back within itself."""
+    ledger.append(_run_entry(1, 0.5, "b" * 32, 1.3))
+    ledger.append(_run_entry(2, 0.8, "b" * 32, 1.5))
+    with pytest.raises(LedgerError, match=f"last recorded round 2 of run {'b' * 32}"):
+        ledger.append(_run_entry(1, 0.9, "b" * 32, 1.6))
+    entries = ledger.entries()
+    assert [e.run for e in entries] == [LEGACY_RUN] * 3 + ["b" * 32] * 2
+    assert ledger.history("b" * 32) == [(1.1, 0.01, 100)] * 2
+    assert ledger.history() == ledger.history("") == [(1.1, 0.01, 100)] * 5
+    assert list(runs(entries)) == [LEGACY_RUN, "b" * 32]
+    assert entries[0].lifetime == 0.5 and entries[-1].lifetime == 1.5
+
+
+def test_legacy_lines_are_unchanged_and_run_fields_are_hashed(ledger: Ledger) -> None:
+    """An entry without the optional fields serialises as before (old ledgers verify); the
+    run id and lifetime epsilon, once written, are covered by the hash and signature."""
+    legacy = json.loads(_lines(ledger)[0])
+    assert not {"run_id", "lifetime_epsilon", "extra"} & set(legacy)
+    ledger.append(_run_entry(1, 0.5, "b" * 32, 1.3, sensitivity=2.0))
+    for key, value in (("run_id", "c" * 32), ("lifetime_epsilon", 0.1),
+                       ("extra", {"sensitivity": 1.0})):
+        lines = _lines(ledger)
+        row = json.loads(lines[-1])
+        assert key in row
+        row[key] = value
+        _write(ledger, [*lines[:-1], json.dumps(row)])
+        with pytest.raises(LedgerError, match="hash mismatch"):
+            ledger.entries()
+        _write(ledger, lines)
+
+
+def test_sensitivity_scales_the_effective_noise_multiplier(ledger: Ledger) -> None:
+    ledger.append(_run_entry(1, 0.5, "b" * 32, 1.3, sensitivity=2.0))
+    assert ledger.entries()[-1].segment() == (0.55, 0.01, 100)
+    assert effective_noise_multiplier(3.0, {}) == 3.0
+    for bad in (0, -1, "x", float("inf")):
+        with pytest.raises(LedgerError, match="sensitivity"):
+            effective_noise_multiplier(1.0, {"sensitivity": bad})
