@@ -204,6 +204,12 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         + int(context.node_config.get("partition-id", 0)),
         dp=dp, max_grad_norm=float(config.get("max-grad-norm", 1.0)),
         amp=bool(config.get("amp", False)),
+        # the run's recipe (client/trainer.py TrainConfig): augmentation multiplicity, EMA of
+        # the local iterates (what is sent), learning-rate schedule over the run's rounds
+        views=int(config.get("views", 0)), ema_decay=float(config.get("ema-decay", 0.0)),
+        lr_schedule=str(config.get("lr-schedule", "constant")),
+        warmup_rounds=int(config.get("warmup-rounds", 0)), round_index=server_round,
+        total_rounds=max(server_round, int(config.get("num-rounds", server_round))),
     )
     key = load_or_create_identity(ident.state_dir / "identity.pem")
     ledger = Ledger(ident.ledger_path, key)

@@ -14,6 +14,7 @@ baseline and the benchmarks. One call runs ``epochs`` passes over the local reco
 from __future__ import annotations
 
 import contextlib
+import math
 import secrets
 import time
 import warnings
@@ -65,6 +66,63 @@ class TrainConfig:
     #: see :mod:`fedssl.ssl_core.host_memory`): page faults otherwise cost a DP-SGD step
     #: 10-20 % on a VM, at the price of RSS staying near the step's peak
     retain_host_memory: bool = True
+    #: augmentation multiplicity K: views drawn per record and step (0: the objective's
+    #: ``num_views``). All K views of a record enter that record's one gradient row and are
+    #: clipped together, so the sensitivity stays C (De et al. 2022, "Unlocking high-accuracy
+    #: differentially private image classification through scale", Sec. 3.1)
+    views: int = 0
+    #: parameter EMA of the local iterates (0: off). The model left in place (what a client
+    #: sends) is the EMA ``e <- d e + (1 - d) theta`` over this call's optimizer steps,
+    #: started at the first iterate: post-processing of the DP-SGD iterates, no privacy cost
+    #: (De et al. 2022 use 0.999 over a whole run; a round has few steps, so use ~0.8-0.95)
+    ema_decay: float = 0.0
+    #: learning-rate schedule over the whole run: "constant" or "cosine" (from ``lr`` to 0
+    #: at the end of round ``total_rounds``), per optimizer step
+    lr_schedule: str = "constant"
+    #: linear warm-up of the learning rate over the run's first ``warmup_rounds`` rounds
+    warmup_rounds: int = 0
+    #: this call's round (1-based) and the run's rounds, for the schedule
+    round_index: int = 1
+    total_rounds: int = 1
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid option."""
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, "
+                             f"{self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.views < 0:
+            raise ValueError(f"views (augmentation multiplicity) must be >= 0, got "
+                             f"{self.views}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got "
+                             f"{self.lr_schedule!r}")
+        if self.warmup_rounds < 0:
+            raise ValueError(f"warmup_rounds must be >= 0, got {self.warmup_rounds}")
+        if self.total_rounds < 1 or not 1 <= self.round_index <= self.total_rounds:
+            raise ValueError(f"round_index must be in [1, total_rounds={self.total_rounds}], "
+                             f"got {self.round_index}")
+
+
+#: the learning-rate schedules of :class:`TrainConfig`
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(cfg: TrainConfig, step: int, steps: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) of ``steps`` in round
+    ``cfg.round_index`` of ``cfg.total_rounds``: linear warm-up over ``warmup_rounds``, then
+    ``lr`` (constant) or ``lr * (1 + cos(pi * progress)) / 2`` (cosine; Loshchilov & Hutter,
+    "SGDR", ICLR 2017), ``progress`` the fraction of the run's steps done."""
+    done = cfg.round_index - 1 + step / max(1, steps)  # rounds done, fractional
+    factor = 1.0
+    if cfg.warmup_rounds and done < cfg.warmup_rounds:
+        factor = (done + 1 / max(1, steps)) / cfg.warmup_rounds
+    if cfg.lr_schedule == "cosine":
+        factor *= 0.5 * (1 + math.cos(math.pi * min(1.0, done / cfg.total_rounds)))
+    return cfg.lr * factor
 
 
 @dataclass
@@ -101,6 +159,12 @@ def train_local(
         TrainingError: on an empty data set or a non-finite loss.
         DPSoundnessError: if ``cfg.dp`` and the objective is not per-record decomposable.
     """
+    cfg.validate()
+    num_views = cfg.views or objective.num_views
+    if num_views != objective.num_views and not getattr(objective, "multi_view", False):
+        raise ValueError(f"method {objective.name!r} takes {objective.num_views} view(s) per "
+                         f"record; augmentation multiplicity views={cfg.views} is supported "
+                         "by the multi-view objectives only (simsiam, byol)")
     device = torch.device(device)
     cuda = device.type == "cuda"
     if cfg.retain_host_memory:
@@ -122,23 +186,29 @@ def train_local(
     start = time.perf_counter()
     losses: list[float] = []
     steps = 0
+    planned = cfg.epochs * steps_per_epoch(len(data), cfg.batch_size, cfg.dp)
+    ema = ParameterEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     def step(module: torch.nn.Module, batch: torch.Tensor, optimizer,
              fast: FastDPSGD | None = None) -> None:
         nonlocal steps
+        for group in opt.param_groups:  # the wrapped optimizers share these groups
+            group["lr"] = scheduled_lr(cfg, steps, planned)
         steps += 1
         if len(batch) == 0:  # an empty Poisson batch still costs a (noise-only) step
             if fast is not None:
                 fast.empty_step()
-                return
-            optimizer.zero_grad(set_to_none=True)
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.grad_sample = torch.zeros(0, *p.shape, device=p.device)
-            optimizer.step()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.grad_sample = torch.zeros(0, *p.shape, device=p.device)
+                optimizer.step()
+            if ema is not None:
+                ema.update(model)
             return
         batch = batch.to(device, non_blocking=True)
-        views = [augment(batch, aug_gen) for _ in range(objective.num_views)]
+        views = [augment(batch, aug_gen) for _ in range(num_views)]
         optimizer.zero_grad(set_to_none=True)
         if fast is not None:
             with fast.record():
@@ -157,15 +227,21 @@ def train_local(
             loss.backward()
             optimizer.step()
         objective.after_step(module)
+        if ema is not None:
+            ema.update(model)
         losses.append(float(loss.detach()))
 
     engine = ""
     if cfg.dp:
-        engine = select_dp_engine(cfg.dp_engine, model, opt)
         from fedssl.privacy.dp_sgd import DPSGD  # opacus: imported only when DP is on
         from fedssl.privacy.fast_clip import FastDPSGD
+        from fedssl.privacy.group_clip import GroupDPSGD, group_engine
 
-        dp_cls = FastDPSGD if engine == "fast" else DPSGD
+        if objective.clip_unit == "group":  # clipped per group: hooks only (group_clip.py)
+            engine, dp_cls = group_engine(cfg.dp_engine), GroupDPSGD
+        else:
+            engine = select_dp_engine(cfg.dp_engine, model, opt)
+            dp_cls = FastDPSGD if engine == "fast" else DPSGD
         secret = cfg.dp_seed if cfg.dp_seed is not None else secrets.randbits(63)
         sample_gen = torch.Generator().manual_seed(secret)
         noise_gen = (sample_gen if not cuda
@@ -187,11 +263,43 @@ def train_local(
             for (batch,) in loader:
                 step(model, batch, opt)
         sample_rate = min(1.0, cfg.batch_size / len(data))
+    if ema is not None:
+        ema.copy_to(model)
     return TrainResult(
         loss=float(np.mean(losses)) if losses else float("nan"), steps=steps,
         sample_rate=sample_rate, num_examples=len(data), seconds=time.perf_counter() - start,
         dp_engine=engine,
     )
+
+
+class ParameterEMA:
+    """Exponential moving average of a model's floating-point parameters and buffers over
+    optimizer steps, started at the first iterate (Polyak & Juditsky 1992; De et al. 2022
+    for DP-SGD). A function of the DP-SGD iterates only: post-processing."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """Fold the model's current values into the average."""
+        state = model.state_dict()
+        if self.shadow is None:
+            self.shadow = {k: v.detach().clone() for k, v in state.items()
+                           if v.is_floating_point()}
+            return
+        for k, v in self.shadow.items():
+            v.mul_(self.decay).add_(state[k].detach(), alpha=1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Load the average into ``model`` (no-op before the first update)."""
+        if self.shadow is None:
+            return
+        state = model.state_dict()
+        for k, v in self.shadow.items():
+            state[k].copy_(v)
 
 
 def select_dp_engine(name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer

@@ -47,6 +47,7 @@ from fedssl.server.report import (
 from fedssl.server.run_record import record_run
 from fedssl.server.secure_aggregation import DistributedDP, SecureAggregation
 from fedssl.server.strategy import FedSSLStrategy
+from fedssl.ssl_core.collapse import evaluate_with_collapse
 from fedssl.ssl_core.datasets import SSLDataset
 from fedssl.ssl_core.device import resolve_device
 from fedssl.ssl_core.evaluation import evaluate_encoder
@@ -57,6 +58,7 @@ from fedssl.ssl_core.model_parts import (
     shared_state,
 )
 from fedssl.ssl_core.objectives import get_objective
+from fedssl.ssl_core.warm_start import load_init_encoder
 
 log = logging.getLogger("fedssl.server")
 
@@ -67,6 +69,7 @@ CLIENT_KEYS = (
     "dirichlet-alpha", "shards-per-client", "local-epochs", "batch-size", "lr", "momentum",
     "dp", "target-epsilon", "noise-multiplier", "max-grad-norm", "delta", "accountant", "seed",
     "run-dir", "threads", "dropout-prob", "straggler-prob", "straggler-delay", "device", "amp",
+    "views", "ema-decay", "lr-schedule", "warmup-rounds",
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -83,6 +86,8 @@ DEFAULTS: dict[str, Any] = {
     "secagg": False, "secagg-clip": 2.0, "identity-registry": "",
     "client-dp": "off", "client-clip": 1.0, "client-noise-multiplier": 1.0,
     "client-dp-min-clients": 0, "device": "auto", "amp": False,
+    "views": 0, "ema-decay": 0.0, "lr-schedule": "constant", "warmup-rounds": 0,
+    "init-encoder": "",
 }
 
 
@@ -160,6 +165,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     eval_data = _eval_split(data, int(cfg["eval-samples"]), seed)
     objective = get_objective(str(cfg["method"]))
     model = objective.build_model(data.input_shape)
+    if str(cfg["init-encoder"]):  # warm start from public/synthetic data, never private
+        load_init_encoder(model, str(cfg["init-encoder"]))
     device = resolve_device(str(cfg["device"]))  # the probes' feature extraction runs there
     shared = parse_shared(str(cfg["shared"]))
     if str(cfg["algorithm"]) not in ALGORITHMS:
@@ -237,10 +244,13 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     elif previous:
         raise FileExistsError(f"{run_dir} already holds a run; set resume to continue it")
     warming = _push_warmup(grid, train_config, int(cfg.get("warmup-workers", 0)))
+    shots = tuple(int(k) for k in str(cfg["few-label"]).split(",") if k.strip())
     if previous and previous[0]["round"] == 0:
-        baseline = {k: previous[0][k] for k in ("linear_probe_accuracy", "knn_accuracy")}
-    else:
-        baseline = evaluate_encoder(model.encoder, *eval_data, device=device)
+        baseline = {k: v for k, v in previous[0].items()
+                    if k not in ("round", "clients", "seconds")}
+    else:  # the initial encoder, few-label probes included (report.json's random_init)
+        baseline = evaluate_with_collapse(model.encoder, *eval_data, labels_per_class=shots,
+                                          seed=seed, device=device)
         append_metrics(run_dir, {"round": 0, "clients": 0, "seconds": 0.0, **baseline})
     log.info("random-init encoder: %s", baseline)
     _await_replies(grid, warming, timeout=float(cfg["round-timeout"]))
@@ -314,7 +324,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                 row["distributed_dp"] = asdict(released[-1])
             row["client_level_epsilon"] = skellam_epsilon(released, float(cfg["delta"]))
         if server_round % eval_every == 0 or server_round == rounds:
-            row.update(evaluate_encoder(model.encoder, *eval_data, device=device))
+            row.update(evaluate_with_collapse(model.encoder, *eval_data, device=device))
         row["seconds"] = time.perf_counter() - t0
         append_metrics(run_dir, row)
         bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "linear_probe_accuracy",

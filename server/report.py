@@ -108,6 +108,23 @@ def plot_run(run_dir: Path, rows: list[dict[str, Any]], privacy: dict[str, Any] 
     fig.savefig(plots / "accuracy.png", dpi=120)
     plt.close(fig)
 
+    pts = [(r["round"], r["feature_std_ratio"]) for r in rows if "feature_std_ratio" in r]
+    if pts:  # collapse metric of the global encoder (ssl_core/collapse.py): 0 = collapsed
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(*zip(*pts), marker="o", label="feature std x sqrt(d)")
+        ranks = [(r["round"], r["effective_rank"]) for r in rows if "effective_rank" in r]
+        if ranks:
+            ax2 = ax.twinx()
+            ax2.plot(*zip(*ranks), marker="s", color="C1", label="effective rank")
+            ax2.set_ylabel("effective rank (Roy & Vetterli 2007)")
+            ax2.legend(loc="lower right", fontsize=7)
+        ax.set(xlabel="round", ylabel="std of L2-normalised features x sqrt(d)",
+               title="Feature collapse (0 = collapsed)", ylim=(0, None))
+        ax.legend(loc="lower left", fontsize=7)
+        fig.tight_layout()
+        fig.savefig(plots / "collapse.png", dpi=120)
+        plt.close(fig)
+
     if privacy and privacy.get("clients"):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for path in sorted((run_dir / "ledger").glob("*.jsonl")):

@@ -15,6 +15,7 @@ from typing import Any
 
 import tomli_w
 
+from fedssl.client.trainer import LR_SCHEDULES
 from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS
 from fedssl.simulations.partitioners import PARTITIONERS
 from fedssl.ssl_core.datasets import DATASETS
@@ -59,6 +60,19 @@ class ExperimentConfig:
     batch_size: int = _opt(32, "local batch size (expected batch size under DP)")
     lr: float = _opt(0.05, "local SGD learning rate")
     momentum: float = _opt(0.9, "local SGD momentum")
+    views: int = _opt(0, "augmentation multiplicity K: views per record and step, all clipped "
+                         "together under DP (sensitivity stays C); 0 = the method's own "
+                         "(2); K > 2 for simsiam/byol only")
+    ema_decay: float = _opt(0.0, "parameter EMA of each client's local iterates over a round's "
+                                 "steps, in [0, 1); the client sends the EMA (post-processing, "
+                                 "no privacy cost); 0 = off, sends the last iterate")
+    lr_schedule: str = _opt("constant", "learning-rate schedule over the run's rounds, per "
+                                        f"step: {', '.join(LR_SCHEDULES)}")
+    warmup_rounds: int = _opt(0, "linear learning-rate warm-up over the first k rounds")
+    init_encoder: str = _opt("", "warm-start encoder (safetensors, keys without 'encoder.') "
+                                 "pretrained on public or synthetic data, never the private "
+                                 "records; make one with 'python -m "
+                                 "fedssl.ssl_core.warm_start --out FILE'")
     # differential privacy
     dp: bool = _opt(True, "train with DP-SGD (per-record clipping over all views + noise)")
     target_epsilon: float = _opt(8.0, "each client's epsilon budget for the whole run; the "
@@ -152,6 +166,20 @@ class ExperimentConfig:
              "central client-level DP needs the server to clip individual updates, which "
              "secure aggregation hides: add --no-secagg")
         need(self.secagg_clip > 0, "secagg_clip", "must be positive")
+        need(self.views >= 0, "views", "must be >= 0 (0 = the method's own number of views)")
+        if self.views:
+            cls = OBJECTIVES[self.method]
+            need(self.views == cls.num_views or (getattr(cls, "multi_view", False)
+                                                 and self.views >= 2), "views",
+                 f"method {self.method!r} takes {cls.num_views} view(s); K > 2 views are "
+                 "supported by the multi-view methods (simsiam, byol)")
+        need(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
+        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule",
+             f"unknown {self.lr_schedule!r}; one of {LR_SCHEDULES}")
+        need(0 <= self.warmup_rounds <= self.rounds, "warmup_rounds",
+             f"must be between 0 and rounds ({self.rounds})")
+        need(not self.init_encoder or Path(self.init_encoder).is_file(), "init_encoder",
+             f"file {self.init_encoder!r} does not exist")
         need(self.client_clip > 0 and self.client_noise_multiplier >= 0, "client_clip",
              "client clip must be positive and the noise multiplier non-negative")
         need(all(k.strip().isdigit() and int(k) > 0 for k in self.few_label.split(",")

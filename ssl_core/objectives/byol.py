@@ -13,7 +13,9 @@ with ``z'`` from the target network, whose parameters follow ``xi <- m xi + (1 -
 after every step. The target is a no-grad function of earlier (already privatised) online
 parameters and of the record's own views, so record i's loss depends on record i alone:
 per-record decomposable, sound under DP-SGD with per-record clipping over both views. The EMA
-update is post-processing of DP outputs and costs no privacy.
+update is post-processing of DP outputs and costs no privacy. With ``K > 2`` views
+(``TrainConfig.views``) the loss is ``2/(K(K-1)) * sum_{i != j} (1 - cos(q_i, sg(z'_j)))``,
+the loss above for ``K = 2``.
 
 Example:
     >>> from fedssl.ssl_core.heads import SSLModel
@@ -43,6 +45,8 @@ class BYOL(Objective):
     num_views = 2
     decomposable = True
     needs_predictor = True
+    #: accepts any number K >= 2 of views per record
+    multi_view = True
 
     def __init__(self, momentum: float = 0.99) -> None:
         self.momentum = momentum
@@ -63,17 +67,17 @@ class BYOL(Objective):
             t.mul_(self.momentum).add_(o.detach(), alpha=1 - self.momentum)
 
     def per_record_loss(self, model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+        if len(views) < 2:
+            raise ValueError(f"BYOL needs at least 2 views per record, got {len(views)}")
         if self.target is None:
             self.start_round(model)
-        _, p1 = model(views[0])
-        _, p2 = model(views[1])
+        p = [F.normalize(model(v)[1], dim=-1) for v in views]
         with torch.no_grad():
             self.target.train(model.training)
-            t1, _ = self.target(views[0])
-            t2, _ = self.target(views[1])
-        c1 = F.cosine_similarity(p1, t2, dim=-1)
-        c2 = F.cosine_similarity(p2, t1, dim=-1)
-        return (2 - 2 * c1) / 2 + (2 - 2 * c2) / 2
+            t = [F.normalize(self.target(v)[0], dim=-1) for v in views]
+        k = len(views)
+        total = sum(1 - (p[i] * t[j]).sum(-1) for i in range(k) for j in range(k) if i != j)
+        return 2 * total / (k * (k - 1))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

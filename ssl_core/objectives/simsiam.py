@@ -11,6 +11,10 @@ The target ``sg(z)`` is a stop-gradient of the record's *own* other view, so eac
 depends on that record alone: the objective is per-record decomposable and sound under DP-SGD
 with per-record clipping over both views.
 
+With ``K > 2`` views (augmentation multiplicity, ``TrainConfig.views``) the loss is the mean
+over all ordered pairs ``i != j`` of ``D(p_i, sg(z_j))``, which is the loss above for ``K = 2``;
+all ``K`` views are still the record's own, so it stays per-record decomposable.
+
 Example:
     >>> from fedssl.ssl_core.heads import SSLModel
     >>> model = SSLModel((1, 40))
@@ -35,10 +39,15 @@ class SimSiam(Objective):
     num_views = 2
     decomposable = True
     needs_predictor = True
+    #: accepts any number K >= 2 of views per record
+    multi_view = True
 
     def per_record_loss(self, model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
-        z1, p1 = model(views[0])
-        z2, p2 = model(views[1])
-        d1 = F.cosine_similarity(p1, z2.detach(), dim=-1)
-        d2 = F.cosine_similarity(p2, z1.detach(), dim=-1)
-        return -0.5 * (d1 + d2)
+        if len(views) < 2:
+            raise ValueError(f"SimSiam needs at least 2 views per record, got {len(views)}")
+        out = [model(v) for v in views]
+        z = [F.normalize(zi.detach(), dim=-1) for zi, _ in out]
+        p = [F.normalize(pi, dim=-1) for _, pi in out]
+        k = len(views)
+        total = sum((p[i] * z[j]).sum(-1) for i in range(k) for j in range(k) if i != j)
+        return -total / (k * (k - 1))
