@@ -34,15 +34,43 @@ class DPSoundnessError(ValueError):
     """Raised when a configuration would make the reported epsilon not a true upper bound."""
 
 
+def clip_sensitivity(objective: Objective) -> int:
+    """L2 sensitivity of ``objective``'s clipped DP-SGD sum in units of the clip norm ``C``
+    (add/remove one record): 1 for a per-record decomposable objective clipped per record, 2
+    for one clipped per randomly drawn group (:mod:`fedssl.privacy.group_clip`). The ledger
+    records it as ``extra.sensitivity`` and every epsilon is computed at
+    ``noise_multiplier / sensitivity``.
+
+    Raises:
+        DPSoundnessError: for an objective with no proven bound (see :func:`require_dp_sound`).
+    """
+    unit = getattr(objective, "clip_unit", "record")
+    if unit == "group":
+        return 2
+    if unit == "record" and objective.decomposable:
+        return 1
+    raise DPSoundnessError(
+        f"method {objective.name!r} is not per-record decomposable (every record appears "
+        "in every other record's loss), so per-record clipping does not bound its "
+        "sensitivity and DP-SGD would report a false epsilon; with sample-level DP use a "
+        "DP-sound method (e.g. 'simsiam', 'infonce-public', 'infonce-group'), or train it "
+        "under client-level DP only (--no-dp --client-dp central|distributed)"
+    )
+
+
 def require_dp_sound(objective: Objective) -> None:
-    """Refuse objectives whose per-record sensitivity is not bounded by the clip norm."""
-    if not objective.decomposable:
+    """Refuse objectives whose sensitivity under DP-SGD has no proven bound (per-record
+    clipping of a decomposable loss: C; group clipping of a group loss: 2C)."""
+    clip_sensitivity(objective)
+
+
+def _require_clip_unit(objective: Objective, clip_unit: str) -> None:
+    unit = getattr(objective, "clip_unit", "record")
+    if unit != clip_unit:
         raise DPSoundnessError(
-            f"method {objective.name!r} is not per-record decomposable (every record appears "
-            "in every other record's loss), so per-record clipping does not bound its "
-            "sensitivity and DP-SGD would report a false epsilon; use a decomposable method "
-            "(e.g. 'simsiam') with DP, or turn DP off"
-        )
+            f"method {objective.name!r} must be clipped per {unit}, but this DP engine clips "
+            f"per {clip_unit}: its sensitivity would not be bounded (group objectives run on "
+            "fedssl.privacy.group_clip.GroupDPSGD, selected by dp_engine 'auto' or 'hooks')")
 
 
 @dataclass
@@ -58,15 +86,18 @@ class DPSetup:
 def poisson_loader(
     data: torch.Tensor, batch_size: int, noise_multiplier: float, max_grad_norm: float,
     objective: Objective, generator: torch.Generator | None = None, pin_memory: bool = False,
+    clip_unit: str = "record",
 ) -> tuple[Any, float, int]:
     """Check a DP-SGD setup and return ``(Poisson loader, sample rate, expected batch
-    size)``, shared by both DP engines so they sample and account identically.
+    size)``, shared by all DP engines so they sample and account identically. ``clip_unit``
+    is what the calling engine clips ("record"; "group" for :mod:`fedssl.privacy.group_clip`).
 
     Raises:
-        DPSoundnessError: for a non-decomposable objective, a non-positive clip norm or a
-            negative noise multiplier.
+        DPSoundnessError: for an objective without a proven bound, one whose clipping unit is
+            not the engine's, a non-positive clip norm or a negative noise multiplier.
     """
     require_dp_sound(objective)
+    _require_clip_unit(objective, clip_unit)
     if max_grad_norm <= 0:
         raise DPSoundnessError(f"max_grad_norm must be positive, got {max_grad_norm}")
     if noise_multiplier < 0:
@@ -135,8 +166,10 @@ def clipped_gradient_sum(
     it for neighbouring batches (one record removed, the other records' views unchanged).
     ``engine`` is ``"hooks"`` (Opacus, :class:`DPSGD`) or ``"fast"``
     (:class:`fedssl.privacy.fast_clip.FastDPSGD`); both flatten the trainable parameters in
-    ``model.parameters()`` order.
+    ``model.parameters()`` order. Group-clipped objectives are refused (their sum is
+    :func:`fedssl.privacy.group_clip.group_clipped_gradient_sum`).
     """
+    _require_clip_unit(objective, "record")
     if engine == "fast":
         from fedssl.privacy.fast_clip import FastClipper  # fast_clip imports this module
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from fedssl.ssl_core.objectives.base import Objective
 from fedssl.ssl_core.objectives.byol import BYOL
+from fedssl.ssl_core.objectives.group_infonce import GroupInfoNCE
 from fedssl.ssl_core.objectives.mae import MAE
+from fedssl.ssl_core.objectives.public_infonce import PublicInfoNCE
 from fedssl.ssl_core.objectives.simclr import SimCLR
 from fedssl.ssl_core.objectives.simsiam import SimSiam
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SimSiam, BYOL, SimCLR, MAE)}
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (
+    SimSiam, BYOL, SimCLR, MAE, PublicInfoNCE, GroupInfoNCE)}
 
 
 class UnknownMethodError(ValueError):

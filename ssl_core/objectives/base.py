@@ -28,6 +28,10 @@ class Objective(ABC):
     decomposable: bool = False
     #: whether the model needs a predictor head
     needs_predictor: bool = False
+    #: DP-SGD's clipping unit: "record" (one clipped row per record, sensitivity C) or
+    #: "group" (records in randomly drawn groups, one clipped row per group, sensitivity 2C:
+    #: :mod:`fedssl.privacy.group_clip`); see :func:`fedssl.privacy.dp_sgd.clip_sensitivity`
+    clip_unit: str = "record"
 
     def build_model(self, input_shape: tuple[int, ...], width: int | None = None) -> nn.Module:
         """The network this objective trains; it must expose ``.encoder`` (records ->
