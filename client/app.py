@@ -91,7 +91,8 @@ def load_records(context: Context, config: ConfigRecord):
     node = context.node_config
     if "data-path" in node:  # a real site: everything under its own data path
         spec = DataSpec(str(node.get("dataset", "npz")), str(node["data-path"]),
-                        image_size=int(node.get("image-size", spec.image_size)))
+                        image_size=int(node.get("image-size", spec.image_size)),
+                        with_test=False)  # a site only trains: nothing held out
         x = cached_dataset(spec).x_train
     else:
         x = simulated_partition(

@@ -1,6 +1,8 @@
 """Where a client's records come from: its own data path, or a simulated partition.
 
-A real site (``fedssl client --data PATH``) trains on every record under its data path. A
+A real site (``fedssl client --data PATH``) trains on every record under its data path
+(``DataSpec(with_test=False)``: nothing is held out, since the server evaluates on its own
+data; labels are not needed). A
 simulated client derives its partition from the run's data spec (dataset, seed, partitioner)
 and its ``partition-id``; the data set and the split are cached per process, so a Ray actor
 that serves many clients loads the data once, and a generated data set (MNIST-1D, digits) is
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedssl.ssl_core.datasets import SSLDataset, load_dataset
+from fedssl.ssl_core.datasets import DataError, SSLDataset, load_dataset
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class DataSpec:
     num_samples: int = 4000
     seed: int = 0
     image_size: int = 28
+    #: False for a site's own data: it only trains, so no evaluation split is held out
+    with_test: bool = True
 
 
 #: generated data sets, which a simulation's driver writes once for every process to map
@@ -77,7 +81,26 @@ def cached_dataset(spec: DataSpec, run_dir: str = "") -> SSLDataset:
         arrays = [np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS]
         return SSLDataset(meta["name"], *arrays, num_classes=int(meta["num_classes"]))
     return load_dataset(spec.dataset, spec.data_path, spec.num_samples, spec.seed,
-                        spec.image_size)
+                        spec.image_size, with_test=spec.with_test)
+
+
+def partition_labels(data: SSLDataset, partitioner: str) -> np.ndarray:
+    """The per-record labels a simulated split is drawn from: the classes for label-skewed
+    partitioners (``dirichlet``, ``shard``); ``iid`` ignores labels, so unlabelled and
+    multi-label data can be split iid.
+
+    Raises:
+        DataError: a label-skewed partitioner on data without one class per record.
+    """
+    if partitioner == "iid":
+        return np.zeros(len(data.x_train), np.int64)
+    if data.label_kind != "multi-class":
+        what = "has no labels" if data.label_kind == "none" else (
+            f"is multi-label ({data.num_classes} labels per record)")
+        raise DataError(f"partitioner {partitioner!r} skews clients by class, but "
+                        f"{data.source or data.name} {what}: use --partitioner iid")
+    assert data.y_train is not None
+    return data.y_train
 
 
 def simulated_partition(
@@ -89,7 +112,7 @@ def simulated_partition(
 
     data = cached_dataset(spec, run_dir)
     idx = partition_indices(
-        data.y_train, num_partitions, partition_id, partitioner, alpha, shards_per_client,
-        seed=spec.seed,
+        partition_labels(data, partitioner), num_partitions, partition_id, partitioner, alpha,
+        shards_per_client, seed=spec.seed,
     )
     return data.x_train[idx]

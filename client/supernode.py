@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedssl.server.certs import CA_CERT, CertError, node_public_key
-from fedssl.ssl_core.datasets import DataError, load_dataset
+from fedssl.ssl_core.datasets import SSLDataset, load_dataset
+from fedssl.ssl_core.datasets import infer_dataset as _infer_dataset
 from fedssl.ssl_core.device import resolve_device
 
 FLOWER_DIR = "flower"
@@ -75,17 +76,10 @@ class ClientOptions:
 
 
 def infer_dataset(data: Path, dataset: str = "auto") -> str:
-    """``npz`` for a ``.npz`` file, ``imagefolder`` for a directory (unless given)."""
-    if dataset != "auto":
-        return dataset
-    if data.suffix.lower() == ".npz":
-        return "npz"
-    if data.is_dir():
-        return "imagefolder"
-    if not data.exists():
-        raise DataError(f"data path not found: {data}")
-    raise DataError(f"cannot tell the format of {data}: give a .npz file (MedMNIST layout) "
-                    "or a folder of class sub-folders with PNG/JPEG images, or --dataset")
+    """``npz`` for a ``.npz`` file, ``imagefolder`` for a directory (unless given; a given
+    format that cannot read the path is a DataError): see
+    :func:`fedssl.ssl_core.datasets.infer_dataset`."""
+    return _infer_dataset(data, dataset)
 
 
 def resolve_ca(certs: Path) -> Path:
@@ -103,8 +97,11 @@ def resolve_ca(certs: Path) -> Path:
     return path
 
 
-def check_site(opts: ClientOptions) -> tuple[dict[str, object], bytes, int]:
-    """Validate everything local; returns (node config, node public key, records)."""
+def check_site(opts: ClientOptions) -> tuple[dict[str, object], bytes, SSLDataset]:
+    """Validate everything local; returns (node config, node public key, the site's data).
+
+    A site only trains: its data is loaded with ``with_test=False`` (every record trains,
+    nothing is held out; labels are not needed)."""
     try:
         public = node_public_key(opts.node_key)
     except CertError as exc:
@@ -114,7 +111,8 @@ def check_site(opts: ClientOptions) -> tuple[dict[str, object], bytes, int]:
     if opts.budget_delta is not None and not 0 < opts.budget_delta < 1:
         raise ClientSetupError(f"--budget-delta must be in (0, 1), got {opts.budget_delta}")
     dataset = infer_dataset(opts.data, opts.dataset)
-    data = load_dataset(dataset, str(opts.data), image_size=opts.image_size)  # DataError
+    data = load_dataset(dataset, str(opts.data), image_size=opts.image_size,
+                        with_test=False)  # DataError
     node_config: dict[str, object] = {
         "state-dir": str(opts.state_dir.resolve()),
         "client-id": opts.client_id or opts.node_key.stem,
@@ -144,7 +142,7 @@ def check_site(opts: ClientOptions) -> tuple[dict[str, object], bytes, int]:
     if opts.budget_epsilon is not None:
         node_config["budget-epsilon"] = float(opts.budget_epsilon)
         node_config["budget-delta"] = float(opts.budget_delta or 1e-5)
-    return node_config, public, len(data.x_train)
+    return node_config, public, data
 
 
 def supernode_command(opts: ClientOptions, ca: Path, node_config_file: Path) -> list[str]:
@@ -288,9 +286,12 @@ def run_client(opts: ClientOptions) -> int:
         opts.print_fn(text.replace("[fedssl client]", f"[fedssl client {stamp}]", 1))
 
     ca = resolve_ca(opts.ca_cert)
-    node_config, public, records = check_site(opts)
-    say(f"[fedssl client] data OK: {records} records from {opts.data} "
-        f"({node_config['dataset']})")
+    node_config, public, data = check_site(opts)
+    how = "inferred from the path" if opts.dataset == "auto" else "--dataset"
+    say(f"[fedssl client] data OK: {node_config['dataset']} ({how}); {data.describe()}; "
+        "every record trains (nothing held out: the server evaluates on its own data)")
+    for note in data.notes:
+        say(f"[fedssl client] data: {note}")
     say(f"[fedssl client] node key {opts.node_key} (public: {public.decode()[:60]}...)")
     if opts.budget_epsilon is not None:
         say(f"[fedssl client] this site's privacy budget: epsilon {opts.budget_epsilon:g}, "

@@ -209,7 +209,7 @@ def _parse_value(key: str, raw: str, defaults: dict[str, Any]) -> Any:
 def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
     """The run config ``fedssl server`` submits: defaults, then --set, then named options."""
     from fedssl.client.supernode import infer_dataset
-    from fedssl.ssl_core.datasets import load_dataset
+    from fedssl.ssl_core.datasets import load_dataset, require_labels
 
     defaults = _config_defaults()
     cfg = dict(defaults)
@@ -237,8 +237,9 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
     if cfg["round-timeout"] <= 0:
         raise ValueError("--round-timeout must be positive")
     # the server's evaluation data must load before anything starts (exit 2 otherwise)
-    load_dataset(str(cfg["dataset"]), str(cfg["data-path"]), int(cfg["num-samples"]),
-                 int(cfg["seed"]), int(cfg["image-size"]))
+    require_labels(load_dataset(str(cfg["dataset"]), str(cfg["data-path"]),
+                                int(cfg["num-samples"]), int(cfg["seed"]),
+                                int(cfg["image-size"])), "the server's evaluation data")
     return cfg
 
 

@@ -48,7 +48,7 @@ from fedssl.server.run_record import record_run
 from fedssl.server.secure_aggregation import DistributedDP, SecureAggregation
 from fedssl.server.strategy import FedSSLStrategy
 from fedssl.ssl_core.collapse import evaluate_with_collapse
-from fedssl.ssl_core.datasets import SSLDataset
+from fedssl.ssl_core.datasets import SSLDataset, require_labels
 from fedssl.ssl_core.device import resolve_device
 from fedssl.ssl_core.evaluation import evaluate_encoder
 from fedssl.ssl_core.model_parts import (
@@ -161,7 +161,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
 
     spec = DataSpec(str(cfg["dataset"]), str(cfg["data-path"]), int(cfg["num-samples"]),
                     seed, int(cfg["image-size"]))
-    data = cached_dataset(spec, str(run_dir.resolve()))
+    data = require_labels(cached_dataset(spec, str(run_dir.resolve())),
+                          "the server's evaluation data")
     eval_data = _eval_split(data, int(cfg["eval-samples"]), seed)
     objective = get_objective(str(cfg["method"]))
     model = objective.build_model(data.input_shape)
@@ -378,6 +379,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         "secure_aggregation": bool(cfg["secagg"]),
         "run_id": cfg["run-id"],
         "refusals": refusals,
+        "labels": data.label_kind,  # multi-label: accuracies are mean per-label, plus AUCs
+        **{k: v for k, v in final.items() if k.endswith("_auc")},
     }
     write_report(run_dir, report)
     plot_run(run_dir, read_metrics(run_dir), privacy)

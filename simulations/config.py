@@ -11,14 +11,14 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import tomli_w
 
 from fedssl.client.trainer import LR_SCHEDULES
 from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS
 from fedssl.simulations.partitioners import PARTITIONERS
-from fedssl.ssl_core.datasets import DATASETS
+from fedssl.ssl_core.datasets import DATASETS, DEFAULT_DATASET, DataError, infer_dataset
 from fedssl.ssl_core.model_parts import ALGORITHMS, PARTS, parse_shared
 from fedssl.ssl_core.objectives import OBJECTIVES
 
@@ -35,8 +35,13 @@ def _opt(default: Any, help: str) -> Any:
 class ExperimentConfig:
     """A federated SSL experiment (what ``fedssl simulate`` runs)."""
 
+    #: set by :meth:`validate` when ``dataset`` was "auto" (printed by the simulator)
+    inferred_dataset: ClassVar[bool] = False
     # data
-    dataset: str = _opt("mnist1d", f"data source: {', '.join(DATASETS)}")
+    dataset: str = _opt("auto", f"data source: auto, {', '.join(DATASETS)}; auto infers it "
+                                "from --data-path (.npz file: npz, folder: imagefolder), "
+                                f"else {DEFAULT_DATASET}; an explicit dataset that cannot "
+                                "read --data-path is an error")
     data_path: str = _opt("", "file (.npz) or folder (image folder) for npz/imagefolder data")
     num_samples: int = _opt(4000, "records to generate for mnist1d (80 %% train pool, 20 %% test)")
     image_size: int = _opt(28, "side length images are resized to (imagefolder)")
@@ -127,7 +132,14 @@ class ExperimentConfig:
             if not ok:
                 raise ConfigError(f"{name.replace('_', '-')}: {msg}")
 
-        need(self.dataset in DATASETS, "dataset", f"unknown {self.dataset!r}; one of {DATASETS}")
+        need(self.dataset in (*DATASETS, "auto"), "dataset",
+             f"unknown {self.dataset!r}; one of {('auto', *DATASETS)}")
+        if self.dataset == "auto":  # resolved once; config.toml records the result
+            self.inferred_dataset = True
+        try:
+            self.dataset = infer_dataset(self.data_path, self.dataset)
+        except DataError as exc:
+            raise ConfigError(f"dataset: {exc}") from None
         need(self.method in OBJECTIVES, "method",
              f"unknown SSL method {self.method!r}; one of {sorted(OBJECTIVES)}")
         need(self.partitioner in PARTITIONERS, "partitioner",

@@ -14,12 +14,14 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
-from fedssl.client.data import DataSpec, cached_dataset, write_cache
+from fedssl.client.data import DataSpec, cached_dataset, partition_labels, write_cache
 from fedssl.simulations.config import ExperimentConfig
 from fedssl.simulations.partitioners import partition_indices
-from fedssl.ssl_core.datasets import SSLDataset
+from fedssl.ssl_core.datasets import SSLDataset, require_labels
+from fedssl.ssl_core.evaluation import FEW_LABEL_SKIPPED
 from fedssl.ssl_core.objectives import get_objective
 
 log = logging.getLogger("fedssl.simulate")
@@ -33,16 +35,32 @@ def data_spec(cfg: ExperimentConfig) -> DataSpec:
     return DataSpec(cfg.dataset, cfg.data_path, cfg.num_samples, cfg.seed, cfg.image_size)
 
 
-def preflight(cfg: ExperimentConfig) -> SSLDataset:
-    """Fail fast on anything the clients would trip over; returns the (checked) data set."""
+def preflight(cfg: ExperimentConfig, say: Callable[[str], None] = print) -> SSLDataset:
+    """Fail fast on anything the clients would trip over; returns the (checked) data set.
+
+    Every data choice is printed with ``say``: the dataset (and whether it was inferred from
+    the data path), records, channels, labels, the evaluation split and how it was made.
+    """
     from fedssl.privacy.dp_sgd import require_dp_sound
 
     objective = get_objective(cfg.method)
     if cfg.dp:
         require_dp_sound(objective)
-    data = cached_dataset(data_spec(cfg))
-    partition_indices(data.y_train, cfg.num_clients, 0, cfg.partitioner, cfg.dirichlet_alpha,
-                      cfg.shards_per_client, seed=cfg.seed)
+    data = require_labels(cached_dataset(data_spec(cfg)), "the simulation's evaluation data")
+    partition_indices(partition_labels(data, cfg.partitioner), cfg.num_clients, 0,
+                      cfg.partitioner, cfg.dirichlet_alpha, cfg.shards_per_client,
+                      seed=cfg.seed)
+    how = (f"inferred from --data-path {cfg.data_path}" if cfg.inferred_dataset and
+           cfg.data_path else "the default (no --data-path)" if cfg.inferred_dataset else
+           "--dataset")
+    say(f"[fedssl simulate] dataset {cfg.dataset} ({how})")
+    say(f"[fedssl simulate] data: {data.describe()}")
+    for note in data.notes:
+        say(f"[fedssl simulate] data: {note}")
+    if data.label_kind == "multi-label":
+        say(f"[fedssl simulate] evaluation: {data.num_classes} binary probes, one per label; "
+            "linear probe and kNN accuracy are mean per-label accuracies (AUCs in "
+            f"report.json); {FEW_LABEL_SKIPPED}")
     return data
 
 

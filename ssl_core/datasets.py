@@ -1,32 +1,59 @@
 """Data sources for self-supervised pretraining and labelled evaluation.
 
 Every source yields a :class:`SSLDataset`: float32 arrays in channels-first layout
-(``(N, C, L)`` for 1-D signals, ``(N, C, H, W)`` for images) plus integer labels. Labels are
-used only for the held-out evaluation (linear probe, kNN) and, in simulations, for label-skewed
-partitioning; the SSL objectives never see them.
+(``(N, C, L)`` for 1-D signals, ``(N, C, H, W)`` for images) plus, where the data has them,
+labels. SSL objectives never see labels: a site may train on unlabelled data. Labels are
+needed only by the held-out evaluation (linear probe, kNN: :func:`require_labels`) and, in
+simulations, by label-skewed partitioning. Labels are either one class per record (``(N,)``
+integers; MedMNIST's ``(N, 1)`` is squeezed) or multi-label (``(N, K)`` 0/1 flags, e.g.
+ChestMNIST's 14 findings), evaluated by K binary probes (:mod:`fedssl.ssl_core.evaluation`).
 
 Sources (all offline, no network at run time):
 
 - ``mnist1d``: the MNIST-1D benchmark (Greydanus 2020, "Scaling down deep learning"),
   generated locally with the ``mnist1d`` package for any number of samples.
 - ``digits``: scikit-learn's 8x8 handwritten digits.
-- ``npz``: arrays in the MedMNIST layout (``train_images``, ``train_labels``,
-  ``test_images``, ``test_labels``; optional ``val_*``).
+- ``npz``: arrays in the MedMNIST layout: ``train_images`` (``(N, H, W)`` grey or
+  ``(N, H, W, C)`` with C = 1 or 3), optional ``train_labels``, optional ``test_images`` /
+  ``test_labels`` (``val_*`` arrays are not used); or a single unlabelled ``images`` array
+  (with optional ``labels``). Only numeric arrays are read: nothing is unpickled.
 - ``imagefolder``: ``ROOT/<class>/<image>.png|jpg`` (PNG/JPEG via Pillow), resized to a
-  common size, or ``ROOT/train/<class>/...`` and ``ROOT/test/<class>/...``.
+  common size, or ``ROOT/train/<class>/...`` and ``ROOT/test/<class>/...``, or unlabelled
+  images directly in ``ROOT``. Channels come from the images: greyscale files give 1 channel,
+  colour files 3 (RGB; alpha is dropped). A folder mixing both is converted to the mode of
+  the majority of its files (a tie goes to RGB, which loses nothing), and a note says so.
 
-Bad input (missing paths, wrong shapes, NaN/Inf, empty folders, unreadable images) raises
-:class:`DataError` with a message that names the problem and the file.
+The format of a ``--data-path`` is inferred by :func:`infer_dataset` (``.npz`` file -> npz,
+folder -> imagefolder); an explicit dataset that cannot read the path is an error.
+
+Without test arrays, a data set that must supply an evaluation split (``with_test=True``:
+the simulator's and the server's) holds out 20 % of its training records, reproducibly from
+the seed; a site's data (``with_test=False``) only trains, so it holds nothing out and every
+record trains. Each such choice is recorded in :attr:`SSLDataset.notes` and printed by the
+commands (:meth:`SSLDataset.describe`).
+
+Bad input (missing paths, wrong shapes, NaN/Inf, empty folders, unreadable images, corrupt
+archives, object arrays) raises :class:`DataError` with a message that names the problem and
+the file.
 """
 
 from __future__ import annotations
 
+import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: share of the training records held out for evaluation when a source has no test split
+HOLDOUT_FRACTION = 0.2
+#: Pillow modes read as one grey channel; every other mode is read as RGB
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+#: npz arrays holding the training records, tried in order, with their labels' array
+NPZ_TRAIN_KEYS = (("train_images", "train_labels"), ("images", "labels"))
 
 
 class DataError(ValueError):
@@ -35,37 +62,106 @@ class DataError(ValueError):
 
 @dataclass
 class SSLDataset:
-    """Arrays of one data source, split into a training pool and a labelled test split."""
+    """Arrays of one data source: a training pool and (optionally) a test split.
+
+    ``y_train`` / ``y_test`` are ``None`` for unlabelled data; ``x_test`` is ``None`` for a
+    training-only source (a site's data). ``num_classes`` is the number of classes, the
+    number of labels for multi-label data, and 0 without labels. ``notes`` are the choices
+    made while loading (held-out split, colour conversion, ...), printed by the commands.
+    """
 
     name: str
     x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    y_train: np.ndarray | None
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
     num_classes: int
+    notes: tuple[str, ...] = ()
+    source: str = ""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one record without the batch axis, e.g. ``(1, 40)`` or ``(1, 8, 8)``."""
+        """Shape of one record without the batch axis, e.g. ``(1, 40)`` or ``(3, 28, 28)``."""
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def channels(self) -> int:
+        """Channels of a record (1 grey/signal, 3 RGB)."""
+        return int(self.x_train.shape[1])
 
     @property
     def modality(self) -> str:
         """``"signal"`` for ``(C, L)`` records, ``"image"`` for ``(C, H, W)`` records."""
         return "signal" if len(self.input_shape) == 2 else "image"
 
+    @property
+    def label_kind(self) -> str:
+        """``"none"``, ``"multi-class"`` (one class per record) or ``"multi-label"``."""
+        if self.y_train is None:
+            return "none"
+        return "multi-label" if self.y_train.ndim == 2 else "multi-class"
+
+    def describe(self) -> str:
+        """One line: records, shape, channels, labels and the evaluation split."""
+        if self.modality == "image":
+            colour = {1: "greyscale", 3: "RGB"}.get(self.channels, "")
+            chans = f"{self.channels} channel{'s' if self.channels != 1 else ''}" + (
+                f", {colour}" if colour else "")
+        else:
+            chans = f"{self.channels} channel{'s' if self.channels != 1 else ''}"
+        labels = {"none": "no labels", "multi-class": f"labels: {self.num_classes} classes",
+                  "multi-label": f"labels: multi-label ({self.num_classes} labels)"}[
+            self.label_kind]
+        test = "no test split" if self.x_test is None else f"{len(self.x_test)} test records"
+        where = f" from {self.source}" if self.source else ""
+        return (f"{self.name}{where}: {len(self.x_train)} training records of shape "
+                f"{self.input_shape} ({chans}); {labels}; {test}")
+
     def __post_init__(self) -> None:
         validate_arrays(self.x_train, self.y_train, f"{self.name} (train)")
+        if self.x_test is None:
+            if self.y_test is not None:
+                raise DataError(f"{self.name}: test labels without test records")
+            return
         validate_arrays(self.x_test, self.y_test, f"{self.name} (test)")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise DataError(
                 f"{self.name}: train records have shape {self.x_train.shape[1:]} but test "
                 f"records have shape {self.x_test.shape[1:]}"
             )
+        if (self.y_train is None) != (self.y_test is None) or (
+                self.y_train is not None and self.y_test is not None
+                and self.y_train.shape[1:] != self.y_test.shape[1:]):
+            raise DataError(f"{self.name}: train and test labels differ in kind "
+                            f"({_label_shape(self.y_train)} vs {_label_shape(self.y_test)})")
+
+
+def _label_shape(y: np.ndarray | None) -> str:
+    return "none" if y is None else f"shape {y.shape}"
+
+
+def require_labels(data: SSLDataset, where: str) -> SSLDataset:
+    """Check that ``data`` can be evaluated on (labels on both splits); returns it.
+
+    Raises:
+        DataError: naming ``where`` (e.g. "the server's evaluation data"), if labels or the
+            test split are missing: the linear probe and kNN need them.
+    """
+    if data.y_train is None or (data.x_test is not None and data.y_test is None):
+        raise DataError(
+            f"{where} ({data.source or data.name}) has no labels, but labels are required "
+            "there: the linear probe and kNN evaluation are fitted and scored on labelled "
+            "records (npz: add train_labels/test_labels; image folder: one sub-folder per "
+            "class). Sites may train on unlabelled data; the evaluation data must be labelled")
+    if data.x_test is None:
+        raise DataError(f"{where} ({data.source or data.name}) has no test split")
+    return data
 
 
 def validate_arrays(x: np.ndarray, y: np.ndarray | None, what: str) -> None:
     """Check shape, dtype and finiteness of a record array (and its labels).
+
+    Labels are ``(N,)`` non-negative integers or ``(N, K)`` 0/1 multi-label flags.
 
     Raises:
         DataError: naming ``what`` and the problem found.
@@ -85,18 +181,64 @@ def validate_arrays(x: np.ndarray, y: np.ndarray | None, what: str) -> None:
         bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
         raise DataError(f"{what}: {bad} record(s) contain NaN or Inf values")
     if y is not None:
-        if y.ndim != 1 or len(y) != len(x):
+        if y.ndim not in (1, 2) or len(y) != len(x):
             raise DataError(
-                f"{what}: labels must be a vector of length {len(x)}, got shape {y.shape}"
+                f"{what}: labels must be a vector of length {len(x)} (one class per record) "
+                f"or a ({len(x)}, K) 0/1 multi-label array, got shape {y.shape}"
             )
         if len(y) and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0):
             raise DataError(f"{what}: labels must be non-negative integers")
+        if y.ndim == 2 and len(y) and y.max() > 1:
+            raise DataError(f"{what}: multi-label labels of shape {y.shape} must be 0/1 "
+                            f"flags, found the value {int(y.max())}")
 
 
-def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _labels(raw: np.ndarray, n: int, what: str) -> np.ndarray:
+    """Labels as ``(N,)`` classes or ``(N, K)`` multi-label flags (``(N, 1)`` is squeezed)."""
+    y = np.asarray(raw)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim not in (1, 2) or len(y) != n:
+        raise DataError(
+            f"{what}: labels must be a vector of length {n} (one class per record) or an "
+            f"({n}, K) 0/1 multi-label array, got shape {y.shape}")
+    integral = np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_) or (
+        np.issubdtype(y.dtype, np.floating) and bool(np.all(y == np.round(y))))
+    if not integral:
+        raise DataError(f"{what}: labels must be integers, got dtype {y.dtype}")
+    return y.astype(np.int64)
+
+
+def _num_classes(*ys: np.ndarray | None) -> int:
+    present = [y for y in ys if y is not None and len(y)]
+    if not present:
+        return 0
+    if present[0].ndim == 2:
+        return int(present[0].shape[1])
+    return int(max(int(y.max()) for y in present) + 1)
+
+
+def _standardize(x_train: np.ndarray, x_test: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Scale by the training pool's global mean/std (one scalar each, no per-record info)."""
     mean, std = float(x_train.mean()), float(x_train.std()) or 1.0
-    return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
+    scaled = ((x_train - mean) / std).astype(np.float32)
+    return scaled, None if x_test is None else ((x_test - mean) / std).astype(np.float32)
+
+
+def _hold_out(x: np.ndarray, y: np.ndarray | None, seed: int, what: str
+              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None, str]:
+    """Split off :data:`HOLDOUT_FRACTION` of the records (reproducibly); returns
+    ``x_train, y_train, x_test, y_test, note``."""
+    if len(x) < 2:
+        raise DataError(f"{what} holds fewer than 2 records: nothing can be held out for "
+                        "evaluation")
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = max(1, int(len(x) * HOLDOUT_FRACTION))
+    te, tr = order[:cut], order[cut:]
+    note = (f"no test split in {what}: holding out {HOLDOUT_FRACTION:.0%} of the training "
+            f"records ({cut} of {len(x)}) for evaluation; they are not trained on")
+    return (x[tr], None if y is None else y[tr], x[te], None if y is None else y[te], note)
 
 
 def load_mnist1d(num_samples: int = 4000, seed: int = 0, test_fraction: float = 0.2) -> SSLDataset:
@@ -115,7 +257,7 @@ def load_mnist1d(num_samples: int = 4000, seed: int = 0, test_fraction: float = 
     x_tr, x_te = _standardize(x_tr, x_te)
     return SSLDataset(
         "mnist1d", x_tr, np.asarray(data["y"], np.int64), x_te,
-        np.asarray(data["y_test"], np.int64), 10,
+        np.asarray(data["y_test"], np.int64), 10, source="generated (mnist1d package)",
     )
 
 
@@ -130,119 +272,283 @@ def load_digits(seed: int = 0, test_fraction: float = 0.25) -> SSLDataset:
     n_test = int(len(x) * test_fraction)
     te, tr = order[:n_test], order[n_test:]
     x_tr, x_te = _standardize(x[tr], x[te])
-    return SSLDataset("digits", x_tr, y[tr], x_te, y[te], 10)
+    return SSLDataset("digits", x_tr, y[tr], x_te, y[te], 10, source="scikit-learn")
 
 
 def _images_to_nchw(images: np.ndarray, what: str) -> np.ndarray:
-    """MedMNIST stores (N, H, W) grey or (N, H, W, C) colour uint8 images."""
+    """MedMNIST stores (N, H, W) grey or (N, H, W, C) colour images (C = 1 or 3); an
+    (N, C, H, W) array with C = 1 or 3 is taken as it is."""
+    if not isinstance(images, np.ndarray) or not (
+            np.issubdtype(images.dtype, np.number) or images.dtype == np.bool_):
+        raise DataError(f"{what}: expected a numeric image array, got "
+                        f"{getattr(images, 'dtype', type(images).__name__)}")
     if images.ndim == 3:
         images = images[:, None, :, :]
     elif images.ndim == 4 and images.shape[-1] in (1, 3):
         images = images.transpose(0, 3, 1, 2)
-    elif images.ndim != 4:
+    elif not (images.ndim == 4 and images.shape[1] in (1, 3)):
         raise DataError(
-            f"{what}: expected images of shape (N, H, W) or (N, H, W, C), got {images.shape}"
+            f"{what}: expected images of shape (N, H, W) or (N, H, W, C) with C = 1 (grey) "
+            f"or 3 (RGB), got {images.shape}"
         )
     images = images.astype(np.float32)
-    if images.size and images.max() > 1.0:
+    if images.size and np.isfinite(images).all() and images.max() > 1.0:
         images = images / 255.0
     return images
 
 
-def load_npz(path: str | Path) -> SSLDataset:
-    """Load a ``.npz`` file in the MedMNIST layout."""
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` archive, refusing anything that is not numeric data."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a valid .npz file (not a zip archive of .npy arrays; "
+                        "write one with numpy.savez)")
+    content: dict[str, np.ndarray] = {}
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            for key in arrays.files:
+                try:
+                    value = arrays[key]
+                except ValueError as exc:
+                    if "pickle" in str(exc) or "Object arrays" in str(exc):
+                        raise DataError(f"{path}: array {key!r} holds Python objects, which "
+                                        "fedssl does not load (only numeric arrays are "
+                                        "read)") from None
+                    raise
+                if not isinstance(value, np.ndarray):
+                    raise DataError(f"{path}: member {key!r} is not a .npy array")
+                content[key] = value
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError) as exc:
+        raise DataError(f"{path} is not a valid .npz file ({type(exc).__name__}: "
+                        f"{exc})") from None
+    return content
+
+
+def load_npz(path: str | Path, with_test: bool = True, seed: int = 0) -> SSLDataset:
+    """Load a ``.npz`` file in the MedMNIST layout (labels optional, see the module doc).
+
+    ``with_test=False`` (a site's training data): only the training images are read and
+    every one of them trains; nothing is held out.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"npz data file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            content = {k: arrays[k] for k in arrays.files}
-    except Exception as exc:  # zipfile/ValueError/OSError: a corrupt archive
-        raise DataError(f"{path}: not a readable .npz archive ({exc})") from exc
-    missing = [k for k in ("train_images", "train_labels") if k not in content]
-    if missing:
-        raise DataError(f"{path}: missing arrays {missing}; found {sorted(content)}")
-    x_tr = _images_to_nchw(content["train_images"], f"{path}:train_images")
-    y_tr = np.asarray(content["train_labels"]).reshape(-1).astype(np.int64)
-    validate_arrays(x_tr, y_tr, f"{path}:train")
-    if "test_images" in content and "test_labels" in content:
+    content = _read_npz(path)
+    keys = next(((x, y) for x, y in NPZ_TRAIN_KEYS if x in content), None)
+    if keys is None:
+        raise DataError(f"{path}: no training images: expected an array named "
+                        f"{' or '.join(k for k, _ in NPZ_TRAIN_KEYS)}; found {sorted(content)}")
+    x_key, y_key = keys
+    notes: list[str] = []
+    x_tr = _images_to_nchw(content[x_key], f"{path}:{x_key}")
+    y_tr = _labels(content[y_key], len(x_tr), f"{path}:{y_key}") if y_key in content else None
+    validate_arrays(x_tr, y_tr, f"{path}:{x_key}")
+    x_te = y_te = None
+    if not with_test:
+        if "test_images" in content:
+            notes.append(f"test_images of {path.name} not used: a site only trains (the "
+                         "server evaluates on its own data)")
+    elif "test_images" in content:
         x_te = _images_to_nchw(content["test_images"], f"{path}:test_images")
-        y_te = np.asarray(content["test_labels"]).reshape(-1).astype(np.int64)
-    else:  # hold out 20 % of the training pool, reproducibly
-        order = np.random.default_rng(0).permutation(len(x_tr))
-        cut = max(1, len(x_tr) // 5)
-        x_te, y_te, x_tr, y_tr = x_tr[order[:cut]], y_tr[order[:cut]], x_tr[order[cut:]], y_tr[
-            order[cut:]]
-    validate_arrays(x_tr, y_tr, f"{path}:train")
-    validate_arrays(x_te, y_te, f"{path}:test")
+        if "test_labels" in content:
+            y_te = _labels(content["test_labels"], len(x_te), f"{path}:test_labels")
+        validate_arrays(x_te, y_te, f"{path}:test_images")
+    else:
+        x_tr, y_tr, x_te, y_te, note = _hold_out(x_tr, y_tr, seed, path.name)
+        notes.append(note)
     x_tr, x_te = _standardize(x_tr, x_te)
-    num_classes = int(max(y_tr.max(), y_te.max()) + 1)
-    return SSLDataset(path.stem, x_tr, y_tr, x_te, y_te, num_classes)
+    return SSLDataset(path.stem, x_tr, y_tr, x_te, y_te, _num_classes(y_tr, y_te),
+                      tuple(notes), source=str(path))
 
 
-def _read_class_folders(root: Path, size: int, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _read_images(files: list[Path], size: int, root: Path) -> tuple[np.ndarray, str | None]:
+    """Decode and resize ``files`` into ``(N, C, size, size)`` in [0, 1]; C is 1 if most
+    files are greyscale, else 3. Returns the array and a note when modes were mixed."""
     from PIL import Image, UnidentifiedImageError
 
-    xs: list[np.ndarray] = []
+    decoded: list[np.ndarray] = []
+    grey: list[bool] = []
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                is_grey = img.mode in GREY_MODES
+                img = img.convert("L" if is_grey else "RGB").resize((size, size))
+                arr = np.asarray(img, dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DataError(f"unreadable or corrupt image file: {file} ({exc})") from exc
+        decoded.append(arr[None] if is_grey else arr.transpose(2, 0, 1))
+        grey.append(is_grey)
+    n_grey = sum(grey)
+    n_colour = len(files) - n_grey
+    to_grey = n_grey > n_colour
+    note = None
+    if n_grey and n_colour:
+        minority = next(f for f, g in zip(files, grey, strict=True) if g != to_grey)
+        note = (f"image folder {root} mixes {n_grey} greyscale and {n_colour} colour images: "
+                f"all read as {'greyscale (1 channel)' if to_grey else 'RGB (3 channels)'}, "
+                f"the majority's mode (e.g. {minority} was converted)")
+    if to_grey:  # ITU-R 601-2 luma, the weights Pillow's convert("L") uses
+        weights = np.array([0.299, 0.587, 0.114], np.float32)[:, None, None]
+        out = [a if a.shape[0] == 1 else (a * weights).sum(0, keepdims=True) for a in decoded]
+    else:
+        out = [a if a.shape[0] == 3 else np.repeat(a, 3, axis=0) for a in decoded]
+    return np.stack(out).astype(np.float32), note
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return [f for f in sorted(folder.iterdir())
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def _read_class_folders(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    files: list[Path] = []
     ys: list[int] = []
     for label, cls in enumerate(classes):
-        for file in sorted((root / cls).iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(file) as img:
-                    img = img.convert("L").resize((size, size))
-                    xs.append(np.asarray(img, dtype=np.float32)[None] / 255.0)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"unreadable or corrupt image file: {file} ({exc})") from exc
-            ys.append(label)
-    if not xs:
+        found = _image_files(root / cls) if (root / cls).is_dir() else []
+        files += found
+        ys += [label] * len(found)
+    if not files:
         raise DataError(f"image folder {root} holds no PNG/JPEG images under {classes}")
-    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+    return files, np.asarray(ys, dtype=np.int64)
 
 
-def load_image_folder(root: str | Path, image_size: int = 28, seed: int = 0) -> SSLDataset:
-    """Load ``ROOT/<class>/*.png|jpg`` (or ``ROOT/train`` and ``ROOT/test`` class folders).
-
-    Images are converted to grey scale and resized to ``image_size`` x ``image_size``.
-    """
+def load_image_folder(root: str | Path, image_size: int = 28, seed: int = 0,
+                      with_test: bool = True) -> SSLDataset:
+    """Load ``ROOT/<class>/*.png|jpg`` (or ``ROOT/train`` and ``ROOT/test`` class folders, or
+    unlabelled images directly in ``ROOT``), resized to ``image_size`` x ``image_size``;
+    channels come from the images (see the module doc). ``with_test=False``: a site's data,
+    every image trains (``ROOT/test`` is not read)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
+    notes: list[str] = []
+    te_files: list[Path] = []
+    y_te: np.ndarray | None = None
     if (root / "train").is_dir() and (root / "test").is_dir():
         classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
         if not classes:
             raise DataError(f"image folder {root / 'train'} has no class sub-folders")
-        x_tr, y_tr = _read_class_folders(root / "train", image_size, classes)
-        x_te, y_te = _read_class_folders(root / "test", image_size, classes)
+        tr_files, y_tr = _read_class_folders(root / "train", classes)
+        if with_test:
+            te_files, y_te = _read_class_folders(root / "test", classes)
+        else:
+            notes.append(f"{root / 'test'} not used: a site only trains (the server evaluates "
+                         "on its own data)")
     else:
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-        if not classes:
-            raise DataError(f"image folder {root} is empty: expected one sub-folder per class")
-        x, y = _read_class_folders(root, image_size, classes)
-        if len(x) < 2:
-            raise DataError(f"image folder {root} holds fewer than 2 images")
-        order = np.random.default_rng(seed).permutation(len(x))
-        cut = max(1, len(x) // 5)
-        x_te, y_te, x_tr, y_tr = x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+        if classes:
+            tr_files, y_tr = _read_class_folders(root, classes)
+        else:
+            tr_files = _image_files(root)
+            if not tr_files:
+                raise DataError(f"image folder {root} is empty: expected one sub-folder per "
+                                "class, or PNG/JPEG images directly in it (unlabelled)")
+            y_tr = None
+            notes.append(f"{root} has no class sub-folders: its images are unlabelled")
+    x, note = _read_images(tr_files + te_files, image_size, root)
+    if note:
+        notes.append(note)
+    x_tr, x_te = x[:len(tr_files)], (x[len(tr_files):] if te_files else None)
+    if with_test and x_te is None:
+        x_tr, y_tr, x_te, y_te, held = _hold_out(x_tr, y_tr, seed, f"image folder {root}")
+        notes.append(held)
     x_tr, x_te = _standardize(x_tr, x_te)
-    return SSLDataset(root.name, x_tr, y_tr, x_te, y_te, len(classes))
+    return SSLDataset(root.name, x_tr, y_tr, x_te, y_te,
+                      len(classes) if y_tr is not None else 0, tuple(notes), source=str(root))
 
 
-DATASETS = ("mnist1d", "digits", "npz", "imagefolder")
+def _is_npz(path: Path) -> bool:
+    return path.suffix.lower() == ".npz"
+
+
+def _is_image_folder(path: Path) -> bool:
+    return path.is_dir()
+
+
+#: data sets generated locally (they read no data path)
+GENERATED_DATASETS = ("mnist1d", "digits")
+#: how the format of a data path is recognised, tried in order (the first match wins). A new
+#: file format (e.g. DICOM, issue 15) adds its rule here, before the catch-all folder rule,
+#: and its loader in :func:`load_dataset`.
+PATH_FORMATS: tuple[tuple[str, Callable[[Path], bool]], ...] = (
+    ("npz", _is_npz),
+    ("imagefolder", _is_image_folder),
+)
+DATASETS = (*GENERATED_DATASETS, *(name for name, _ in PATH_FORMATS))
+#: the data set a run uses when neither a dataset nor a data path is given
+DEFAULT_DATASET = "mnist1d"
+
+
+def infer_dataset(data_path: str | Path, dataset: str = "auto",
+                  default: str = DEFAULT_DATASET) -> str:
+    """Resolve ``dataset`` ("auto" or a name) against ``data_path`` ("" for none).
+
+    "auto" with a path gives the path's format (:data:`PATH_FORMATS`), without a path
+    ``default``. An explicit dataset is returned if the path suits it.
+
+    Raises:
+        DataError: the path's format is unknown or missing, or it contradicts the explicit
+            dataset (naming both).
+    """
+    path = Path(data_path) if str(data_path) else None
+    if dataset in ("auto", ""):
+        if path is None:
+            return default
+        return _format_of(path)
+    if path is None:
+        return dataset
+    if dataset in GENERATED_DATASETS:
+        raise DataError(
+            f"--dataset {dataset} generates its own records and reads no data path, but "
+            f"--data-path {path} was given: drop --dataset to infer the format from the path"
+            f"{_looks_like(path)}, or drop --data-path")
+    for name, matches in PATH_FORMATS:
+        if name == dataset:
+            if path.exists() and not matches(path):
+                raise DataError(f"--dataset {dataset} cannot read --data-path {path}"
+                                f"{_looks_like(path)}: drop --dataset to infer the format "
+                                "from the path")
+            return dataset
+    return dataset  # an unknown name: refused by load_dataset/validation with the choices
+
+
+def _looks_like(path: Path) -> str:
+    try:
+        return f" (it looks like {_format_of(path)} data)"
+    except DataError:
+        return ""
+
+
+def _format_of(path: Path) -> str:
+    for name, matches in PATH_FORMATS:
+        if matches(path):
+            return name
+    if not path.exists():
+        raise DataError(f"data path not found: {path}")
+    raise DataError(f"cannot tell the format of {path}: give a .npz file (MedMNIST layout) "
+                    "or a folder of PNG/JPEG images (one sub-folder per class), or --dataset")
 
 
 def load_dataset(
-    name: str, data_path: str = "", num_samples: int = 4000, seed: int = 0, image_size: int = 28
+    name: str, data_path: str = "", num_samples: int = 4000, seed: int = 0,
+    image_size: int = 28, with_test: bool = True,
 ) -> SSLDataset:
-    """Load a data source by name (see :data:`DATASETS`)."""
+    """Load a data source by name (see :data:`DATASETS`; "auto" infers it from the path).
+
+    ``with_test=False`` loads a site's training data: no evaluation split is held out.
+    """
+    name = infer_dataset(data_path, name)
     if name == "mnist1d":
         return load_mnist1d(num_samples=num_samples, seed=seed)
     if name == "digits":
         return load_digits(seed=seed)
-    if name in ("npz", "imagefolder"):
+    if name == "npz":
         if not data_path:
             raise DataError(f"dataset {name!r} needs a data path (--data-path)")
-        return load_npz(data_path) if name == "npz" else load_image_folder(data_path, image_size)
+        return load_npz(data_path, with_test=with_test, seed=seed)
+    if name == "imagefolder":
+        if not data_path:
+            raise DataError(f"dataset {name!r} needs a data path (--data-path)")
+        return load_image_folder(data_path, image_size, seed=seed, with_test=with_test)
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-

@@ -114,9 +114,10 @@ def test_client_checks_its_data_before_joining(tmp_path: Path) -> None:
     opts = ClientOptions(server="127.0.0.1:1", ca_cert=paths.ca_cert,
                          node_key=paths.node_key(1), data=good, state_dir=tmp_path / "s",
                          budget_epsilon=5.0)
-    node_config, _, records = check_site(opts)
+    node_config, _, data = check_site(opts)
     assert node_config["dataset"] == "npz" and node_config["budget-delta"] == 1e-5
-    assert records == 16 and node_config["client-id"] == "node-1"
+    # a site only trains: all 20 records, nothing held out (issue 16: it held out 4)
+    assert len(data.x_train) == 20 and node_config["client-id"] == "node-1"
     assert infer_dataset(tmp_path) == "imagefolder"
     (tmp_path / "empty").mkdir()
     for bad, match in ((tmp_path / "empty", "is empty"), (tmp_path / "none.npz", "not found")):

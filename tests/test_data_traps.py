@@ -1,0 +1,268 @@
+"""Issue 16, item 6 ("data traps"): what a site or researcher hands in is read as it is.
+
+Each test here failed on the behaviour before the fix: unlabelled npz refused, multi-label
+labels refused, ``--data-path x.npz`` silently trained on MNIST-1D, image folders turned grey,
+a corrupt npz suggested enabling pickle, a site silently held out 20 % of its records, and
+none of these choices was printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fedssl.cli import main
+from fedssl.client.data import DataSpec, cached_dataset, partition_labels
+from fedssl.simulations.config import ConfigError, ExperimentConfig
+from fedssl.simulations.simulate import preflight
+from fedssl.ssl_core.augmentations import ImageAugment
+from fedssl.ssl_core.datasets import (
+    DataError,
+    infer_dataset,
+    load_dataset,
+    load_image_folder,
+    load_npz,
+    require_labels,
+)
+from fedssl.ssl_core.encoders import build_encoder
+from fedssl.ssl_core.evaluation import evaluate_encoder
+from fedssl.ssl_core.objectives import get_objective
+
+RNG = np.random.default_rng(0)
+
+
+def _images(n: int, *shape: int) -> np.ndarray:
+    return RNG.integers(0, 255, (n, *shape), dtype=np.uint8)
+
+
+def _cfg(**kw: object) -> ExperimentConfig:
+    """A small simulation config (validated: the dataset is resolved)."""
+    base = {"num_clients": 2, "rounds": 1, "dp": False, "secagg": False}
+    return ExperimentConfig.from_dict({**base, **kw})
+
+
+# --- unlabelled data --------------------------------------------------------------------
+
+def test_unlabelled_npz_trains_and_evaluation_requires_labels(tmp_path: Path) -> None:
+    only = tmp_path / "site.npz"
+    np.savez(only, train_images=_images(20, 8, 8))
+    site = load_npz(only, with_test=False)
+    assert site.label_kind == "none" and site.y_train is None and site.num_classes == 0
+    assert len(site.x_train) == 20 and site.x_test is None
+    plain = tmp_path / "plain.npz"  # the documented single-array layout
+    np.savez(plain, images=_images(12, 8, 8, 3))
+    assert load_npz(plain, with_test=False).input_shape == (3, 8, 8)
+    # where labels are needed, the error says so (and where)
+    with pytest.raises(DataError, match=r"the server's evaluation data .*site\.npz.* has no "
+                                        "labels, but labels are required there"):
+        require_labels(load_npz(only), "the server's evaluation data")
+    with pytest.raises(DataError, match="labels are required there"):
+        preflight(_cfg(data_path=str(only), partitioner="iid"), say=lambda _: None)
+
+
+def test_fedssl_server_refuses_unlabelled_evaluation_data(tmp_path: Path, capsys) -> None:
+    only = tmp_path / "eval.npz"
+    np.savez(only, train_images=_images(20, 8, 8))
+    code = main(["server", "--certs", str(tmp_path / "certs"), "--data-path", str(only)])
+    assert code == 2
+    assert "labels are required there" in capsys.readouterr().err
+
+
+def test_unlabelled_image_folder(tmp_path: Path) -> None:
+    for i in range(4):
+        Image.fromarray(_images(1, 10, 10)[0]).save(tmp_path / f"{i}.png")
+    d = load_image_folder(tmp_path, image_size=8, with_test=False)
+    assert d.label_kind == "none" and len(d.x_train) == 4
+    assert any("unlabelled" in n for n in d.notes)
+
+
+# --- multi-label ----------------------------------------------------------------------
+
+def test_multilabel_npz_is_accepted_and_single_column_squeezed(tmp_path: Path) -> None:
+    path = tmp_path / "chest.npz"
+    y = RNG.integers(0, 2, (30, 14))
+    np.savez(path, train_images=_images(30, 8, 8), train_labels=y,
+             test_images=_images(10, 8, 8), test_labels=RNG.integers(0, 2, (10, 14)))
+    d = load_npz(path)
+    assert d.label_kind == "multi-label" and d.num_classes == 14
+    assert d.y_train.shape == (30, 14) and np.array_equal(d.y_train, y)
+    assert "multi-label (14 labels)" in d.describe()
+    squeezed = tmp_path / "one.npz"
+    np.savez(squeezed, train_images=_images(10, 8, 8), train_labels=np.arange(10)[:, None] % 3)
+    one = load_npz(squeezed)
+    assert one.label_kind == "multi-class" and one.y_train.ndim == 1 and one.num_classes == 3
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, train_images=_images(10, 8, 8), train_labels=np.full((10, 3), 2))
+    with pytest.raises(DataError, match="must be 0/1 flags"):
+        load_npz(bad)
+
+
+def _multilabel_blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, (n, 5))
+    return (y * 4.0 + rng.normal(size=(n, 5))).astype(np.float32), y
+
+
+def test_multilabel_evaluation_uses_per_label_probes() -> None:
+    f_tr, y_tr = _multilabel_blobs(300, 0)
+    f_te, y_te = _multilabel_blobs(200, 1)
+    out = evaluate_encoder(torch.nn.Identity(), f_tr, y_tr, f_te, y_te, labels_per_class=(1, 5))
+    assert out["linear_probe_accuracy"] > 0.9 and out["linear_probe_auc"] > 0.95
+    assert out["knn_accuracy"] > 0.9 and out["knn_auc"] > 0.95
+    assert not any("shot" in k for k in out)  # few-label probes skipped (printed reason)
+    noise = np.random.default_rng(2).normal(size=f_te.shape).astype(np.float32)
+    chance = evaluate_encoder(torch.nn.Identity(), f_tr, y_tr, noise, y_te)
+    assert 0.35 < chance["linear_probe_auc"] < 0.65 and 0.35 < chance["knn_auc"] < 0.65
+
+
+def test_multilabel_simulation_preflight_prints_the_evaluation(tmp_path: Path) -> None:
+    path = tmp_path / "chest.npz"
+    np.savez(path, train_images=_images(40, 8, 8), train_labels=RNG.integers(0, 2, (40, 14)))
+    lines: list[str] = []
+    preflight(_cfg(data_path=str(path), partitioner="iid"), say=lines.append)
+    text = "\n".join(lines)
+    assert "14 binary probes, one per label" in text and "few-label probes skipped" in text
+    with pytest.raises(DataError, match=r"multi-label .*use --partitioner iid"):
+        preflight(_cfg(data_path=str(path)), say=lines.append)  # default: dirichlet
+    assert len(partition_labels(load_npz(path), "iid")) == 32
+
+
+# --- dataset inference -----------------------------------------------------------------
+
+def test_dataset_is_inferred_from_the_data_path(tmp_path: Path) -> None:
+    npz = tmp_path / "x.npz"
+    np.savez(npz, train_images=_images(10, 8, 8), train_labels=np.arange(10) % 2)
+    folder = tmp_path / "imgs"
+    (folder / "a").mkdir(parents=True)
+    assert _cfg(data_path=str(npz)).dataset == "npz"
+    assert _cfg(data_path=str(folder)).dataset == "imagefolder"
+    assert _cfg().dataset == "mnist1d"  # no path: the generated default
+    assert _cfg(dataset="npz", data_path=str(npz)).dataset == "npz"
+    with pytest.raises(ConfigError, match=r"--dataset mnist1d .*--data-path .*x\.npz"):
+        _cfg(dataset="mnist1d", data_path=str(npz))
+    with pytest.raises(ConfigError, match=r"--dataset imagefolder cannot read --data-path"):
+        _cfg(dataset="imagefolder", data_path=str(npz))
+    with pytest.raises(ConfigError, match=r"--dataset npz cannot read --data-path .*imgs"):
+        _cfg(dataset="npz", data_path=str(folder))
+    with pytest.raises(DataError, match="data path not found"):
+        infer_dataset(tmp_path / "missing")
+    # the loaders agree (what `fedssl server` and the sites use)
+    assert load_dataset("auto", str(npz)).name == "x"
+
+
+def test_simulate_cli_refuses_a_contradicting_dataset(tmp_path: Path, capsys) -> None:
+    npz = tmp_path / "x.npz"
+    np.savez(npz, train_images=_images(10, 8, 8), train_labels=np.arange(10) % 2)
+    code = main(["simulate", "--dataset", "mnist1d", "--data-path", str(npz),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--dataset mnist1d" in err and str(npz) in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_simulate_preflight_prints_every_choice(tmp_path: Path) -> None:
+    npz = tmp_path / "rgb.npz"
+    np.savez(npz, train_images=_images(30, 8, 8, 3), train_labels=np.arange(30) % 3)
+    lines: list[str] = []
+    data = preflight(_cfg(data_path=str(npz)), say=lines.append)
+    text = "\n".join(lines)
+    assert f"dataset npz (inferred from --data-path {npz})" in text
+    assert "(3 channels, RGB)" in text and "labels: 3 classes" in text
+    assert "holding out 20% of the training records (6 of 30) for evaluation" in text
+    assert len(data.x_train) == 24 and len(data.x_test) == 6
+
+
+# --- colour ----------------------------------------------------------------------------
+
+def _colour_folder(root: Path, n_rgb: int, n_grey: int) -> None:
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+    for i in range(n_rgb):
+        arr = np.zeros((12, 12, 3), np.uint8)
+        arr[..., 0] = 200 + i  # red
+        Image.fromarray(arr, "RGB").save(root / "ab"[i % 2] / f"rgb{i}.png")
+    for i in range(n_grey):
+        Image.fromarray(np.full((12, 12), 100, np.uint8), "L").save(
+            root / "ab"[i % 2] / f"grey{i}.png")
+
+
+def test_image_folder_keeps_colour(tmp_path: Path) -> None:
+    _colour_folder(tmp_path / "rgb", 6, 0)
+    d = load_image_folder(tmp_path / "rgb", image_size=8)
+    assert d.input_shape == (3, 8, 8) and "RGB" in d.describe()
+    x = np.concatenate([d.x_train, d.x_test])
+    assert (x[:, 0] > x[:, 1] + 1).all()  # red stays red (standardised: still the largest)
+    _colour_folder(tmp_path / "grey", 0, 4)
+    assert load_image_folder(tmp_path / "grey", image_size=8).input_shape == (1, 8, 8)
+
+
+def test_mixed_image_folder_follows_the_majority_with_a_note(tmp_path: Path) -> None:
+    _colour_folder(tmp_path / "m1", 3, 1)
+    d = load_image_folder(tmp_path / "m1", image_size=8)
+    assert d.channels == 3
+    assert any("mixes 1 greyscale and 3 colour images: all read as RGB" in n for n in d.notes)
+    _colour_folder(tmp_path / "m2", 1, 3)
+    d = load_image_folder(tmp_path / "m2", image_size=8)
+    assert d.channels == 1 and any("all read as greyscale" in n for n in d.notes)
+
+
+def test_colour_npz_and_three_channel_training_parts(tmp_path: Path) -> None:
+    path = tmp_path / "rgb.npz"
+    np.savez(path, train_images=_images(16, 12, 12, 3))
+    d = load_npz(path, with_test=False)
+    assert d.input_shape == (3, 12, 12)
+    x = torch.as_tensor(d.x_train)
+    views = ImageAugment()(x, torch.Generator().manual_seed(0))
+    assert views.shape == x.shape
+    assert build_encoder(d.input_shape)(views).shape[0] == 16
+    model = get_objective("simsiam").build_model(d.input_shape)
+    assert torch.isfinite(model.encoder(views)).all()
+    rgba = tmp_path / "rgba.npz"  # was silently read as 28 channels of width 4
+    np.savez(rgba, train_images=_images(4, 28, 28, 4))
+    with pytest.raises(DataError, match=r"C = 1 \(grey\) or 3 \(RGB\), got \(4, 28, 28, 4\)"):
+        load_npz(rgba)
+
+
+# --- corrupt files ---------------------------------------------------------------------
+
+def test_corrupt_npz_messages_never_suggest_pickle(tmp_path: Path) -> None:
+    text = tmp_path / "text.npz"
+    text.write_bytes(b"this is not an archive at all")
+    with pytest.raises(DataError, match=r"text\.npz is not a valid \.npz file") as exc:
+        load_npz(text)
+    assert "pickle" not in str(exc.value)
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, train_images=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(DataError, match="array 'train_images' holds Python objects, which "
+                                        "fedssl does not load") as exc:
+        load_npz(objects)
+    assert "allow_pickle" not in str(exc.value)
+    good = tmp_path / "good.npz"
+    np.savez(good, train_images=_images(50, 16, 16))
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:-200])
+    with pytest.raises(DataError, match=r"is not a valid \.npz file") as exc:
+        load_npz(truncated)
+    assert "pickle" not in str(exc.value)
+
+
+# --- held-out split --------------------------------------------------------------------
+
+def test_site_holds_nothing_out_and_evaluation_data_says_it_does(tmp_path: Path) -> None:
+    path = tmp_path / "site.npz"
+    np.savez(path, train_images=_images(20, 8, 8), train_labels=np.arange(20) % 2,
+             test_images=_images(5, 8, 8), test_labels=np.arange(5) % 2)
+    site = cached_dataset(DataSpec("npz", str(path), with_test=False))
+    assert len(site.x_train) == 20 and site.x_test is None  # every record trains
+    assert any("test_images of site.npz not used" in n for n in site.notes)
+    no_test = tmp_path / "no_test.npz"
+    np.savez(no_test, train_images=_images(20, 8, 8), train_labels=np.arange(20) % 2)
+    assert len(load_npz(no_test, with_test=False).x_train) == 20
+    server = load_npz(no_test)  # evaluation data: the held-out share is printed
+    assert len(server.x_train) == 16 and len(server.x_test) == 4
+    assert server.notes == ("no test split in no_test.npz: holding out 20% of the training "
+                            "records (4 of 20) for evaluation; they are not trained on",)
