@@ -38,7 +38,7 @@ from fedssl.client.secagg import flatten, store_update
 from fedssl.client.trainer import TrainConfig, TrainingError, steps_per_epoch, train_local
 from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_of
 from fedssl.privacy.distributed_dp import DistributedDPError, SkellamPlan, encode_with_noise
-from fedssl.privacy.dp_sgd import DPSoundnessError, require_dp_sound
+from fedssl.privacy.dp_sgd import DPSoundnessError, clip_sensitivity
 from fedssl.privacy.identity import load_or_create_identity, public_pem
 from fedssl.privacy.ledger import LEGACY_RUN, Ledger, LedgerEntry, LedgerError, segments
 from fedssl.privacy.ledger import runs as ledger_runs
@@ -187,8 +187,8 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     device = compute_setup(context, config)
     objective = get_objective(str(config["method"]))
     dp = bool(config.get("dp", False))
-    if dp:
-        require_dp_sound(objective)
+    # 1 (per-record clipping) or 2 (group clipping); refuses a method with no proven bound
+    sensitivity = clip_sensitivity(objective) if dp else 1
     x = load_records(context, config)
 
     input_shape = tuple(int(d) for d in config["input-shape"])
@@ -223,11 +223,13 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     if dp:
         sample_rate = min(1.0, cfg.batch_size / len(x))
         planned = cfg.epochs * steps_per_epoch(len(x), cfg.batch_size, dp=True)
-        cfg.noise_multiplier = plan_noise(config, ledger, sample_rate, planned, server_round)
+        cfg.noise_multiplier = plan_noise(config, ledger, sample_rate, planned, server_round,
+                                          sensitivity)
         budget = SiteBudget.load(context.node_config, ident.state_dir)
         if budget is not None:  # the site's own lifetime limit, checked before any gradient
             entries = ledger.entries()
-            budget.check(segments(entries), (cfg.noise_multiplier, sample_rate, planned),
+            budget.check(segments(entries),
+                         (cfg.noise_multiplier / sensitivity, sample_rate, planned),
                          {rid: segments(es) for rid, es in ledger_runs(entries).items()
                           if rid != (run_id or LEGACY_RUN)})
 
@@ -245,6 +247,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
             round=server_round, client=ident.client_id, noise_multiplier=cfg.noise_multiplier,
             sample_rate=result.sample_rate, steps=result.steps, max_grad_norm=cfg.max_grad_norm,
             delta=delta, accountant=accountant, epsilon=0.0, run_id=run_id,
+            extra={"sensitivity": sensitivity} if sensitivity != 1 else {},
         )
         # the run's epsilon: this run's rounds only; the lifetime one: every round, all runs
         epsilon = epsilon_of([*ledger.history(run_id), entry.segment()], delta, accountant)
@@ -314,7 +317,8 @@ def warmup(msg: Message, context: Context) -> Message:
         model = objective.build_model(tuple(int(d) for d in config["input-shape"]))
         batch = min(8, max(2, int(config["batch-size"])))
         noise = torch.randn(2 * batch, *x.shape[1:])
-        dp = bool(config.get("dp", False)) and objective.decomposable
+        dp = bool(config.get("dp", False)) and (objective.decomposable
+                                                 or objective.clip_unit == "group")
         train_local(model, objective, noise, augment_for(tuple(x.shape[1:]),
                                                          str(config["dataset"])),
                     TrainConfig(batch_size=batch, dp=dp, noise_multiplier=1.0), device=device)
