@@ -39,7 +39,7 @@ from fedssl.client.trainer import TrainConfig, TrainingError, steps_per_epoch, t
 from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_of
 from fedssl.privacy.distributed_dp import DistributedDPError, SkellamPlan, encode_with_noise
 from fedssl.privacy.dp_sgd import DPSoundnessError, clip_sensitivity
-from fedssl.privacy.identity import load_or_create_identity, public_pem
+from fedssl.privacy.identity import public_pem
 from fedssl.privacy.ledger import LEGACY_RUN, Ledger, LedgerEntry, LedgerError, segments
 from fedssl.privacy.ledger import runs as ledger_runs
 from fedssl.privacy.secagg import Quantizer, SecAggError
@@ -184,6 +184,9 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
            ) -> Message:
     start = time.perf_counter()
     server_round = int(config["server-round"])
+    if bool(config.get("secagg", False)):
+        # secure aggregation's key setup precedes training: no setup, no gradient
+        secagg.require_ready(context, server_round)
     device = compute_setup(context, config)
     objective = get_objective(str(config["method"]))
     dp = bool(config.get("dp", False))
@@ -212,7 +215,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         warmup_rounds=int(config.get("warmup-rounds", 0)), round_index=server_round,
         total_rounds=max(server_round, int(config.get("num-rounds", server_round))),
     )
-    key = load_or_create_identity(ident.state_dir / "identity.pem")
+    key = secagg.site_identity(context, ident.state_dir)  # a site's registered key only
     ledger = Ledger(ident.ledger_path, key)
     pub = ident.ledger_path.with_suffix(".pub")
     if not pub.exists():
@@ -293,7 +296,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
             quantizer = Quantizer(float(config["secagg-clip"]),
                                   int(config["secagg-num-clients"]))
             q = quantizer.encode(update, rng=np.random.default_rng(cfg.seed))
-        store_update(context, q, ident.client_id)
+        store_update(context, q)
         return Message(RecordDict({"metrics": metrics, "status": status}), reply_to=msg)
     content = RecordDict({
         "arrays": ArrayRecord(shared), "metrics": metrics, "status": status,
@@ -333,7 +336,7 @@ def _secagg_stage(stage: str):
     def handler(msg: Message, context: Context) -> Message:
         ident = identify(context, msg.content["config"])
         maybe_fault(msg.content["config"], context.node_config, stage)
-        return secagg.handle(stage, msg, context, ident.state_dir)
+        return secagg.handle(stage, msg, context, ident.state_dir, ident.client_id)
 
     handler.__name__ = f"secagg_{stage}"
     handler.__doc__ = f"Secure-aggregation stage '{stage}' (see fedssl.client.secagg)."

@@ -43,6 +43,7 @@ from fedssl.ssl_core.datasets import infer_dataset as _infer_dataset
 from fedssl.ssl_core.device import resolve_device
 
 FLOWER_DIR = "flower"
+REGISTRY = "identities.json"  # next to ca.crt at every site
 DEFAULT_RUNTIME_PORT = 9094
 RETRY_SECONDS = 3.0
 #: substrings of Flower's SuperNode output worth showing without --verbose
@@ -121,28 +122,66 @@ def check_site(opts: ClientOptions) -> tuple[dict[str, object], bytes, SSLDatase
         "image-size": opts.image_size,
         "device": str(resolve_device(opts.device)),  # DeviceError: refused before joining
     }
-    # secure aggregation: the site's identity key (next to its node key, from `fedssl certs`)
-    # goes into its state dir, the public registry is read where the CA certificate is
-    identity = opts.node_key.with_name(f"{opts.node_key.stem}.identity.pem")
-    registry = opts.ca_cert.parent / "identities.json" if opts.ca_cert.is_file() else (
-        opts.ca_cert / "identities.json")
-    if identity.exists() and registry.exists():
-        opts.state_dir.mkdir(parents=True, exist_ok=True)
-        target = opts.state_dir / "identity.pem"
-        if not target.exists():
-            target.write_bytes(identity.read_bytes())
-            target.chmod(0o600)
-        node_config["identity-registry"] = str(registry.resolve())
-        names = set(json.loads(registry.read_text()))
-        if opts.node_key.stem not in names:
-            raise ClientSetupError(
-                f"{opts.node_key.stem!r} is not in the identity registry {registry} "
-                f"({', '.join(sorted(names))}): secure aggregation could not verify this site")
-        node_config["identity-name"] = opts.node_key.stem
+    # the site's registered identity key and the public registry (secure aggregation, ledger)
+    node_config.update(check_identity(opts))
     if opts.budget_epsilon is not None:
         node_config["budget-epsilon"] = float(opts.budget_epsilon)
         node_config["budget-delta"] = float(opts.budget_delta or 1e-5)
     return node_config, public, data
+
+
+def check_identity(opts: ClientOptions) -> dict[str, object]:
+    """The site's identity key and registry, checked before joining; their node config.
+
+    ``identities.json`` (from ``fedssl certs``) must be next to the CA certificate and list
+    this site under its node key's name; ``node-<i>.identity.pem`` next to the node key is
+    copied (mode 0600) into the state directory, where the ClientApp signs the ledger and the
+    secure-aggregation keys with it. A key already in the state directory is kept (it signs
+    the site's existing ledger) but must be the registered one. Nothing is ever generated
+    here: a key the registry does not list would be refused by secure aggregation and by the
+    server's ledger check after the site had trained.
+
+    Raises:
+        ClientSetupError: naming the missing or mismatching file.
+    """
+    from fedssl.privacy.identity import IdentityError, load_private_key, load_registry, public_pem
+
+    registry = (opts.ca_cert.parent if opts.ca_cert.is_file() else opts.ca_cert) / REGISTRY
+    name = opts.node_key.stem
+    if not registry.is_file():
+        raise ClientSetupError(f"identity registry not found: {registry} (the server operator "
+                               f"gives you {REGISTRY} with ca.crt; keep them side by side)")
+    try:
+        names = load_registry(registry)
+    except IdentityError as exc:
+        raise ClientSetupError(str(exc)) from None
+    if name not in names:
+        raise ClientSetupError(
+            f"{name!r} is not in the identity registry {registry} "
+            f"({', '.join(sorted(names))}): secure aggregation could not verify this site")
+    registered = public_pem(names[name][1])
+    source = opts.node_key.with_name(f"{name}.identity.pem")
+    target = opts.state_dir / "identity.pem"
+    key_file = target if target.is_file() else source
+    if not key_file.is_file():
+        raise ClientSetupError(f"identity key not found: {source} (the server operator gives "
+                               f"you {source.name} with the node key; keep them side by side)")
+    try:
+        key = load_private_key(key_file)
+    except IdentityError as exc:
+        raise ClientSetupError(str(exc)) from None
+    if public_pem(key) != registered:
+        raise ClientSetupError(
+            f"{key_file} is not the identity key {registry} registers for {name!r}"
+            + (" (it signs this site's existing ledger, so it is not replaced: use the state "
+               "directory it belongs to, or ask the operator to register it)"
+               if key_file == target else ""))
+    if key_file == source:
+        opts.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(source.read_bytes())
+    return {"identity-registry": str(registry.resolve()), "identity-name": name}
 
 
 def supernode_command(opts: ClientOptions, ca: Path, node_config_file: Path) -> list[str]:

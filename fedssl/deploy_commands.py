@@ -22,11 +22,12 @@ from typing import Any
 
 DEPLOY_COMMANDS = ("certs", "server", "client")
 
-#: run-config defaults of a real federation: the ServerApp's DEFAULTS with DP on (epsilon 8
-#: at delta 1e-5 over the run, as in pyproject's [tool.flwr.app.config]) and no progress bar
+#: run-config defaults of a real federation: the ServerApp's DEFAULTS (DP at epsilon 8,
+#: delta 1e-5 and secure aggregation on, as in simulations and pyproject's
+#: [tool.flwr.app.config]) with only what a deployment needs changed: no progress bar, its
+#: own run directory and a round timeout for real networks
 DEPLOY_OVERRIDES: dict[str, Any] = {
-    "dp": True, "target-epsilon": 8.0, "progress": False, "run-dir": "runs/federation",
-    "round-timeout": 600.0,
+    "progress": False, "run-dir": "runs/federation", "round-timeout": 600.0,
 }
 
 #: (flag, run-config key, type, help) of the server options mapped one-to-one on the run config
@@ -75,8 +76,12 @@ def add_deploy_parsers(subparsers: argparse._SubParsersAction) -> None:
         "certificate authority (ca.crt, ca.key), a TLS certificate for the server signed by it "
         "(server.crt, server.key) naming every --host plus 127.0.0.1 and localhost, one "
         "authentication key pair per node (nodes/node-<i>.key in OpenSSH format and "
-        "nodes/node-<i>.pub), and authorized_nodes.txt listing the public keys the server "
-        "will accept. Give each site ca.crt and its own node key; keep ca.key offline.")
+        "nodes/node-<i>.pub), one Ed25519 identity key per node (nodes/node-<i>.identity.pem: "
+        "signs its secure-aggregation keys and its privacy ledger), the public identity "
+        "registry identities.json, and authorized_nodes.txt listing the public keys the server "
+        "will accept. Prints, per site, the 4 files it needs (ca.crt, identities.json, "
+        "node-<i>.key, node-<i>.identity.pem) and its `fedssl client` command; keep ca.key "
+        "offline.")
     certs.add_argument("--out", required=True, type=Path, metavar="DIR",
                        help="directory to write (created if missing)")
     certs.add_argument("--nodes", required=True, type=int, metavar="N",
@@ -148,11 +153,13 @@ def add_deploy_parsers(subparsers: argparse._SubParsersAction) -> None:
                         help="the server's address, as named in its certificate")
     client.add_argument("--certs", required=True, type=Path, metavar="PATH",
                         help="the federation's CA certificate (ca.crt) or a directory "
-                        "holding it")
+                        "holding it; the identity registry identities.json must be next to "
+                        "it")
     client.add_argument("--node-key", required=True, type=Path, metavar="PATH",
                         help="this site's private authentication key (nodes/node-<i>.key "
                         "from `fedssl certs`, or any unencrypted OpenSSH ECDSA key whose .pub "
-                        "the server operator registered)")
+                        "the server operator registered); this site's registered identity "
+                        "key node-<i>.identity.pem must be next to it")
     client.add_argument("--data", required=True, type=Path, metavar="PATH",
                         help="this site's training data: a .npz file in the MedMNIST layout "
                         "(train_images, train_labels, ...) or a folder of class sub-folders "
@@ -266,13 +273,11 @@ def run_deploy(args: argparse.Namespace) -> int | None:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if command == "certs":
-            from fedssl.server.certs import create_certs
+            from fedssl.server.certs import create_certs, handoff
 
             hosts = [h.strip() for item in args.host for h in item.split(",") if h.strip()]
             paths = create_certs(args.out, args.nodes, hosts, overwrite=args.force)
-            _say(f"wrote {paths.root}: ca.crt ca.key server.crt server.key "
-                 f"authorized_nodes.txt nodes/node-1..{args.nodes}.key/.pub")
-            _say("give each site ca.crt and its own nodes/node-<i>.key; keep ca.key offline")
+            _say(handoff(paths, args.nodes, f"{hosts[0] if hosts else '127.0.0.1'}:9092"))
             return 0
         if command == "server":
             from fedssl.server.superlink import ServerOptions, run_server

@@ -45,7 +45,11 @@ from fedssl.server.report import (
     write_report,
 )
 from fedssl.server.run_record import record_run
-from fedssl.server.secure_aggregation import DistributedDP, SecureAggregation
+from fedssl.server.secure_aggregation import (
+    DistributedDP,
+    SecureAggregation,
+    simulated_registry,
+)
 from fedssl.server.strategy import FedSSLStrategy
 from fedssl.ssl_core.collapse import evaluate_with_collapse
 from fedssl.ssl_core.datasets import SSLDataset, require_labels
@@ -72,18 +76,25 @@ CLIENT_KEYS = (
     "views", "ema-decay", "lr-schedule", "warmup-rounds",
 )
 
+#: The run config's defaults: the one source every other place is checked against (tests/
+#: test_config_defaults.py): ``[tool.flwr.app.config]`` in pyproject.toml (what ``flwr run .``
+#: uses) holds every key with the same value, ``fedssl simulate``'s ExperimentConfig has the
+#: same defaults for the keys both know, and ``fedssl server`` changes only what a deployment
+#: needs (fedssl.deploy_commands.DEPLOY_OVERRIDES). DP (epsilon 8 at delta 1e-5 per client
+#: over the run) and secure aggregation are on by default everywhere; the default partitioner
+#: of simulated data is "dirichlet" (label skew, alpha 0.5), as in ``fedssl simulate``.
 DEFAULTS: dict[str, Any] = {
-    "num-server-rounds": 3, "method": "simsiam", "algorithm": "fedavg",
+    "num-server-rounds": 5, "method": "simsiam", "algorithm": "fedavg",
     "shared": "all", "fedema-tau": 0.7, "fedu-threshold": 0.5,
     "dataset": "mnist1d", "data-path": "",
-    "num-samples": 4000, "image-size": 28, "partitioner": "iid", "dirichlet-alpha": 0.5,
+    "num-samples": 4000, "image-size": 28, "partitioner": "dirichlet", "dirichlet-alpha": 0.5,
     "shards-per-client": 2, "local-epochs": 1, "batch-size": 32, "lr": 0.05, "momentum": 0.9,
-    "dp": False, "target-epsilon": 0.0, "noise-multiplier": 0.0, "max-grad-norm": 1.0,
+    "dp": True, "target-epsilon": 8.0, "noise-multiplier": 0.0, "max-grad-norm": 1.0,
     "delta": 1e-5, "accountant": "prv", "seed": 0, "run-dir": "runs/flwr-run", "threads": 1,
     "clients-per-round": 0, "eval-every": 1, "eval-samples": 4000, "round-timeout": 3600.0,
     "progress": True, "resume": False, "few-label": "1,5,10",
     "dropout-prob": 0.0, "straggler-prob": 0.0, "straggler-delay": 0.0,
-    "secagg": False, "secagg-clip": 2.0, "identity-registry": "",
+    "secagg": True, "secagg-clip": 2.0, "identity-registry": "",
     "client-dp": "off", "client-clip": 1.0, "client-noise-multiplier": 1.0,
     "client-dp-min-clients": 0, "device": "auto", "amp": False,
     "views": 0, "ema-decay": 0.0, "lr-schedule": "constant", "warmup-rounds": 0,
@@ -92,9 +103,12 @@ DEFAULTS: dict[str, Any] = {
 
 
 def make_server_app(run_config: dict[str, Any] | None = None,
-                    prepare_grid: Callable[[Grid], None] | None = None) -> ServerApp:
+                    prepare_grid: Callable[[Grid], None] | None = None,
+                    print_report: bool = False) -> ServerApp:
     """A ServerApp whose run config is ``run_config`` layered over Flower's run config;
-    ``prepare_grid`` (e.g. the simulator's event-driven dispatch) sees the grid first."""
+    ``prepare_grid`` (e.g. the simulator's event-driven dispatch) sees the grid first. With
+    ``print_report`` the result table of ``fedssl simulate`` (and the run directory) is
+    printed when the run ends (``flwr run . --stream`` shows the ServerApp's output)."""
     server_app = ServerApp()
 
     @server_app.main()
@@ -103,11 +117,16 @@ def make_server_app(run_config: dict[str, Any] | None = None,
         if prepare_grid is not None:
             prepare_grid(grid)
         run_federation(grid, cfg)
+        if print_report:
+            from fedssl.simulations.simulate import format_report
+
+            print(format_report(Path(str(cfg["run-dir"])).resolve()), flush=True)
 
     return server_app
 
 
-app = make_server_app()
+#: the app ``flwr run .`` and ``fedssl server`` load (pyproject's [tool.flwr.app.components])
+app = make_server_app(print_report=True)
 
 
 def _eval_split(data: SSLDataset, max_train: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -204,6 +223,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
             raise ValueError("client-level central DP clips individual updates, which secure "
                              "aggregation hides from the server: turn one of them off")
         registry = Path(str(cfg["identity-registry"]) or run_dir / "identities.json")
+        if not str(cfg["identity-registry"]) and not registry.exists():
+            # `flwr run .` (no driver made the simulated sites' keys): make them now
+            simulated_registry(run_dir, num_nodes)
         secure = SecureAggregation(strategy, registry, float(cfg["secagg-clip"]),
                                    float(cfg["round-timeout"]), run_dir.resolve())
         secure.fault_config = {k: cfg[k] for k in ("dropout-prob", "straggler-prob",
@@ -297,7 +319,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
             refusals.setdefault(cid, []).append({"round": server_round, "reason": reason})
         for cid, (text, pub) in outcome.ledgers.items():
             ident = registry_keys.get(cid)
-            problem = store_copy(run_dir, cid, text, pub, ident)
+            problem = store_copy(run_dir, cid, text, pub, ident,
+                                 registry=registry_keys if registry_file.exists() else None)
             if problem is not None:
                 log.warning("round %d: ledger copy of %s refused: %s", server_round, cid,
                             problem)

@@ -21,10 +21,16 @@ Layout of ``--out DIR``::
     server.crt server.key          SuperLink TLS certificate (signed by the CA) and key
     nodes/node-<i>.key             node i's private key (OpenSSH format, mode 0600)
     nodes/node-<i>.pub             node i's public key (OpenSSH line)
+    nodes/node-<i>.identity.pem    node i's Ed25519 identity key (signs its SecAgg round keys and
+                                   its privacy ledger; mode 0600)
+    identities.json                public identity registry: site name -> Ed25519 public key
     authorized_nodes.txt           the public keys the server will register, one per line
 
-A site receives ``ca.crt`` and its own ``nodes/node-<i>.key`` only (the key can also be
-generated at the site and only its ``.pub`` sent to the server operator).
+Site ``i`` receives exactly :meth:`CertPaths.site_files` (``ca.crt``, ``identities.json``, its
+own ``node-<i>.key`` and ``node-<i>.identity.pem``); :func:`handoff` is the list and the
+``fedssl client`` command ``fedssl certs`` prints for each site. The identity key must be the
+registered one: the server keeps no ledger signed by a key the registry does not list, and
+secure aggregation refuses unregistered round keys.
 """
 
 from __future__ import annotations
@@ -100,6 +106,12 @@ class CertPaths:
     def node_key(self, index: int) -> Path:
         """Private authentication key of node ``index`` (1-based)."""
         return self.root / NODES_DIR / f"node-{index}.key"
+
+    def site_files(self, index: int) -> tuple[Path, ...]:
+        """Every file site ``index`` needs, in the layout ``fedssl client`` reads: the CA
+        certificate and the registry side by side, the node key and the identity key side
+        by side."""
+        return (self.ca_cert, self.registry, self.node_key(index), self.identity_key(index))
 
     def require_server(self) -> None:
         """Raise :class:`CertError` naming the first file the server needs that is missing."""
@@ -265,3 +277,24 @@ def create_certs(out: Path, nodes: int, hosts: list[str] | None = None,
                   for i in range(1, nodes + 1)}
     write_registry(paths.registry, identities)
     return paths
+
+
+def handoff(paths: CertPaths, nodes: int, server: str = "SERVER:9092") -> str:
+    """What to give each site and the exact command it runs (printed by ``fedssl certs``).
+
+    The four files go into one folder at the site (``fedssl-site/`` below): ``fedssl client``
+    reads ``identities.json`` next to ``ca.crt`` and ``node-<i>.identity.pem`` next to
+    ``node-<i>.key``, and refuses to start without them.
+    """
+    lines = [f"wrote {paths.root}: ca.crt ca.key server.crt server.key identities.json "
+             f"authorized_nodes.txt nodes/node-1..{nodes}.key/.pub/.identity.pem",
+             "keep ca.key offline; server.crt, server.key, authorized_nodes.txt and "
+             "identities.json stay with the server",
+             "give each site, over a secure channel, these 4 files (into one folder, "
+             "fedssl-site/ below), then it runs:"]
+    for i in range(1, nodes + 1):
+        files = "  ".join(str(f) for f in paths.site_files(i))
+        lines += [f"  site {i}: {files}",
+                  f"    fedssl client --server {server} --certs fedssl-site/{CA_CERT} "
+                  f"--node-key fedssl-site/node-{i}.key --data DATA --state-dir STATE-DIR"]
+    return "\n".join(lines)

@@ -6,18 +6,20 @@ in its reply; the server stores them as ``RUN/ledger/<client>.jsonl`` and ``<cli
 the run directory holds what ``fedssl audit`` needs, as in simulations.
 
 Why it can be trusted: the copy is only accepted if every entry's hash chain and Ed25519
-signature verify, the key is the one the identity registry lists for that site (when there is
-a registry) and the one the server saw before (trust on first use otherwise), every entry names
-that client, and the new copy *extends* the stored one (the same entries, in order, plus new
-ones): a site cannot rewrite the history it already reported. A refused copy leaves the stored
-one untouched and is reported with its reason. The site's own file stays the original; an
-auditor can compare the two.
+signature verify, the key is one the identity registry lists (``identities.json`` from
+``fedssl certs``; the one listed for that site when its name is in it) and is used by no other
+client, it is the one the server saw before (trust on first use only when there is no registry
+at all), every entry names that client, and the new copy *extends* the stored one (the same
+entries, in order, plus new ones): a site cannot rewrite the history it already reported. A
+refused copy leaves the stored one untouched and is reported with its reason. The site's own
+file stays the original; an auditor can compare the two.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,6 +29,8 @@ from fedssl.privacy.ledger import LedgerError, read_ledger
 
 #: a ledger line is ~600 bytes; 4 MiB is several thousand rounds
 MAX_LEDGER_BYTES = 4 << 20
+#: the problem recorded for a ledger signed with a key the identity registry does not list
+NOT_REGISTERED = "ledger-key-not-registered"
 
 
 def _safe_name(client: str) -> bool:
@@ -34,8 +38,14 @@ def _safe_name(client: str) -> bool:
 
 
 def store_copy(run_dir: Path, client: str, text: str, pub_pem: bytes,
-               registry_key: Ed25519PublicKey | None = None) -> str | None:
-    """Verify and store ``client``'s ledger copy; returns ``None`` or why it was refused."""
+               registry_key: Ed25519PublicKey | None = None,
+               registry: Mapping[str, Ed25519PublicKey] | None = None) -> str | None:
+    """Verify and store ``client``'s ledger copy; returns ``None`` or why it was refused.
+
+    ``registry_key`` is the key the registry lists under ``client``'s name (if it does);
+    ``registry`` is the whole registry (name -> key): with it, a key that is not in it is
+    refused (:data:`NOT_REGISTERED`) and nothing is stored, instead of trusted on first use.
+    """
     if not _safe_name(client):
         return f"client name {client!r} is not a safe file name"
     if len(text.encode()) > MAX_LEDGER_BYTES:
@@ -47,9 +57,17 @@ def store_copy(run_dir: Path, client: str, text: str, pub_pem: bytes,
     pem = public_pem(key)
     if registry_key is not None and public_pem(registry_key) != pem:
         return "ledger key differs from the identity registry's key for this client"
+    if registry is not None and all(public_pem(k) != pem for k in registry.values()):
+        return (f"{NOT_REGISTERED}: the ledger of {client} is signed with a key the identity "
+                "registry does not list; no copy kept")
     folder = run_dir / "ledger"
-    folder.mkdir(parents=True, exist_ok=True)
     path, pub_path = folder / f"{client}.jsonl", folder / f"{client}.pub"
+    if registry is not None and folder.is_dir():
+        for other in folder.glob("*.pub"):
+            if other != pub_path and other.read_bytes() == pem:
+                return (f"ledger key already used by client {other.stem}: one registered key "
+                        "signs one site's ledger")
+    folder.mkdir(parents=True, exist_ok=True)
     if pub_path.exists() and pub_path.read_bytes() != pem:
         return "ledger key differs from the key this client used before"
     with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as fh:

@@ -1,14 +1,25 @@
 """Server side of secure aggregation: one federated round as a SecAgg+ workflow over Flower.
 
-The round runs five message exchanges over Flower's Message API (``Grid.send_and_receive``):
+The round runs six message exchanges over Flower's Message API (``Grid.send_and_receive``),
+the key setup *before* training, so that no client trains (and spends privacy) in a round
+whose secure setup cannot succeed:
 
-1. ``train``: sampled clients train; each keeps its quantised update node-local and replies
-   with metrics only;
-2. ``train.secagg_setup``: the round configuration (the clients that trained, graph degree k,
+1. ``train.secagg_identify``: each sampled client checks its identity key against the
+   registry and answers with its registry name (a client without a usable key drops out here,
+   before it has computed anything);
+2. ``train.secagg_setup``: the round configuration (the identified clients, graph degree k,
    threshold t, vector length d) -> each client's Ed25519-signed X25519 keys;
 3. ``train.secagg_share``: each client's neighbours' keys -> its AES-GCM-encrypted Shamir shares;
-4. ``train.secagg_mask``: the shares addressed to each client -> its masked update;
-5. ``train.secagg_unmask``: who survived and who dropped -> the shares that remove the masks.
+4. ``train``: the clients whose shares went out train; each keeps its quantised update
+   node-local and replies with metrics only (a client refuses to train unless its own setup
+   completed, :func:`fedssl.client.secagg.require_ready`);
+5. ``train.secagg_mask``: the shares addressed to each client that trained -> its masked update;
+6. ``train.secagg_unmask``: who survived and who dropped -> the shares that remove the masks.
+
+Training between the share and mask stages is what SecAgg+ allows (Bonawitz et al. 2017,
+Figure 4: the input is only needed at MaskedInputCollection): a client that shared its keys
+but then refuses or fails to train is a dropout whose pairwise masks are recovered from its
+neighbours' shares, exactly as for a client that vanishes.
 
 The protocol itself is :mod:`fedssl.privacy.secagg` (Bonawitz et al. 2017; Bell et al. 2020);
 this module only moves its messages. The server learns the sum of the survivors' quantised
@@ -29,12 +40,28 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 
 from fedssl.privacy.distributed_dp import DistributedDPError, SkellamPlan
-from fedssl.privacy.identity import load_registry
+from fedssl.privacy.identity import load_or_create_identity, load_registry, write_registry
 from fedssl.privacy.secagg import Quantizer, SecAggError, SecAggServer
 from fedssl.privacy.secagg.crypto import identity_public_bytes
 from fedssl.server.strategy import FedSSLStrategy, RoundOutcome
 
 log = logging.getLogger("fedssl.server")
+
+
+def simulated_registry(run_dir: Path, num_clients: int) -> Path:
+    """Identity keys of ``num_clients`` simulated sites and their registry, in ``run_dir``.
+
+    What ``fedssl simulate``'s driver writes before a run, for runs no driver prepared
+    (``flwr run .`` on Flower's local simulation): simulated client ``client-<pid>`` keeps its
+    key in ``RUN/clients/client-<pid>/identity.pem``, where the ClientApp looks for it, and
+    the public registry is ``RUN/identities.json``. Only for simulations: a real site's key is
+    made by ``fedssl certs`` and registered before the run.
+    """
+    keys = {f"client-{i:03d}": load_or_create_identity(
+        run_dir / "clients" / f"client-{i:03d}" / "identity.pem") for i in range(num_clients)}
+    log.warning("no identity registry: made %d simulated sites' identity keys and %s",
+                num_clients, run_dir / "identities.json")
+    return write_registry(run_dir / "identities.json", keys)
 
 
 @dataclass(frozen=True)
@@ -110,9 +137,34 @@ class SecureAggregation:
             out[node] = bytes(rec["payload"])
         return out
 
+    def _identify(self, grid: Grid, nodes: list[int], round_id: int) -> dict[int, int]:
+        """Ask every sampled node who it is; Flower node id -> registry index of those whose
+        identity checks out (the others are recorded as failed and take no further part)."""
+        outcome = self.strategy.last_outcome
+        claims = self._exchange(grid, "identify", {n: b"" for n in nodes}, round_id)
+        index_of: dict[int, int] = {}
+        taken: dict[str, int] = {}
+        for node, raw in sorted(claims.items()):
+            name = raw.decode("utf-8", errors="replace")
+            self.names[node] = name
+            if name not in self.registry:
+                outcome.failed[name] = "identify: not in the identity registry"
+            elif name in taken:
+                outcome.failed[name] = (f"identify: name also claimed by node {taken[name]}; "
+                                        "both are left out")
+                index_of.pop(taken[name], None)
+            else:
+                taken[name] = node
+                index_of[node] = self.registry[name][0]
+        return index_of
+
     def run(self, server_round: int, grid: Grid, arrays: ArrayRecord, config: ConfigRecord
             ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """One securely aggregated round; ``(None, metrics)`` if the protocol failed."""
+        """One securely aggregated round; ``(None, metrics)`` if the protocol failed.
+
+        Key setup (identify, setup, share) runs first; only the clients whose shares went out
+        are asked to train, so a failed setup costs no client any privacy.
+        """
         strategy = self.strategy
         self.released = None
         current = {k: v.numpy() for k, v in arrays.items()}
@@ -131,23 +183,15 @@ class SecureAggregation:
                 strategy.last_outcome = RoundOutcome(failed={"distributed-dp": str(exc)})
                 log.warning("round %d: not run: %s", server_round, exc)
                 return None, None
-        replies = grid.send_and_receive(strategy.messages(arrays, config, nodes),
-                                        timeout=self.timeout)
-        trained = strategy.screen(server_round, replies, with_arrays=False, sent_to=nodes)
-        metrics = (strategy.train_metrics_aggr_fn([m.content for m in trained],
-                                                  strategy.weighted_by_key)
-                   if trained else None)
-        index_of: dict[int, int] = {}
-        for msg in trained:
-            status = msg.content.config_records["status"]
-            cid = str(status.get("identity", status["client"]))  # its registry name
-            self.names[msg.metadata.src_node_id] = str(status["client"])
-            if cid in self.registry:
-                index_of[msg.metadata.src_node_id] = self.registry[cid][0]
-            else:
-                strategy.last_outcome.rejected[cid] = "not in the identity registry"
-        node_of = {i: n for n, i in index_of.items()}
+        setup_outcome = RoundOutcome()
+        strategy.last_outcome = setup_outcome  # what _exchange records failures in
+        metrics: MetricRecord | None = None
         try:
+            index_of = self._identify(grid, nodes, server_round)
+            node_of = {i: n for n, i in index_of.items()}
+            if not index_of:
+                raise SecAggError("no sampled client passed the secure-aggregation identity "
+                                  "check; nobody trained")
             server = SecAggServer(sorted(index_of.values()), d, identity_registry=self.by_index)
             cfg = server.setup().to_bytes()
             adv = self._exchange(grid, "setup", {n: cfg for n in index_of}, server_round)
@@ -155,8 +199,28 @@ class SecureAggregation:
             shares = self._exchange(grid, "share", {node_of[i]: m.to_bytes()
                                                     for i, m in dirs.items()}, server_round)
             bundles = server.collect_shares(shares.values())
+            # the clients whose shares went out (U2) train now; nobody else is asked to
+            ready = [node_of[i] for i in sorted(bundles)]
+            replies = grid.send_and_receive(strategy.messages(arrays, config, ready),
+                                            timeout=self.timeout)
+            trained = strategy.screen(server_round, replies, with_arrays=False, sent_to=ready)
+            outcome = strategy.last_outcome
+            outcome.failed = {**setup_outcome.failed, **outcome.failed}
+            outcome.rejected = {**setup_outcome.rejected, **outcome.rejected}
+            metrics = (strategy.train_metrics_aggr_fn([m.content for m in trained],
+                                                      strategy.weighted_by_key)
+                       if trained else None)
+            trained_nodes = set()
+            for msg in trained:
+                node = msg.metadata.src_node_id
+                if node not in index_of:  # cannot happen: only U2 nodes were asked
+                    continue
+                trained_nodes.add(node)
+                self.names[node] = str(msg.content.config_records["status"]["client"])
             masked = self._exchange(grid, "mask", {node_of[i]: m.to_bytes()
-                                                   for i, m in bundles.items()}, server_round)
+                                                   for i, m in bundles.items()
+                                                   if node_of[i] in trained_nodes},
+                                    server_round)
             if plan is not None and len(masked) < plan.min_clients:
                 # fewer noise shares than the accounting assumes: never unmask this sum
                 raise SecAggError(

@@ -449,6 +449,41 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
                           "choose another --run-dir")
 
 
+def require_registry(certs: CertPaths) -> dict[str, Any]:
+    """The identity registry ``CERTS/identities.json`` (site name -> Ed25519 key), or a
+    :class:`DeploySetupError` naming the file: secure aggregation checks every site's round
+    keys against it and the server keeps only ledgers signed by a key it lists."""
+    from fedssl.privacy.identity import IdentityError, load_registry
+
+    if not certs.registry.is_file():
+        raise DeploySetupError(
+            f"{certs.registry} not found: secure aggregation and the sites' ledger keys need "
+            "the identity registry `fedssl certs` writes next to ca.crt (copy it there; "
+            "--no-secagg --no-dp runs without it)")
+    try:
+        registry = load_registry(certs.registry)
+    except IdentityError as exc:
+        raise DeploySetupError(str(exc)) from None
+    if not registry:
+        raise DeploySetupError(f"{certs.registry} lists no site: no client could take part")
+    return registry
+
+
+def deploy_config(certs: CertPaths, run_config: dict[str, Any]) -> dict[str, Any]:
+    """``run_config`` with the identity registry of ``certs`` (``CERTS/identities.json``).
+
+    Read from the certificate directory, never the run directory, and checked here, before
+    anything starts: with secure aggregation or DP on (the defaults) a missing or unreadable
+    registry is a :class:`DeploySetupError` naming the file (``fedssl server`` exits 2).
+    """
+    cfg = dict(run_config)
+    if cfg.get("secagg") or cfg.get("dp"):
+        require_registry(certs)
+    if certs.registry.is_file():
+        cfg["identity-registry"] = str(certs.registry)
+    return cfg
+
+
 def run_server(opts: ServerOptions) -> int:
     """Start the SuperLink, register the nodes, run the federation, stop; an exit code.
 
@@ -464,13 +499,10 @@ def run_server(opts: ServerOptions) -> int:
     keys = read_authorized(certs.authorized)
     if not keys:
         raise DeploySetupError(f"{certs.authorized} lists no node keys: no client could join")
-    cfg = dict(opts.run_config)
+    cfg = deploy_config(certs, opts.run_config)
     run_dir = Path(str(cfg["run-dir"])).resolve()
     cfg["run-dir"] = str(run_dir)
     cfg["resume"] = bool(opts.resume or cfg.get("resume", False))
-    if certs.registry.exists():  # secure aggregation on whenever sites have identity keys
-        cfg.setdefault("secagg", True)
-        cfg.setdefault("identity-registry", str(certs.registry))
     check_run_dir(run_dir, cfg["resume"])
     host, port = split_address(opts.address)
     flower_home = run_dir / FLOWER_DIR

@@ -96,3 +96,24 @@ def test_key_change_and_oversized_copies_are_refused(site, monkeypatch) -> None:
     monkeypatch.setattr(ledger_copies, "MAX_LEDGER_BYTES", 100)
     assert "larger than" in store_copy(run, CID, *_copy(led))
     assert not list((run / "ledger").glob("*.tmp"))
+
+
+def test_ledger_key_not_in_the_registry_is_refused_and_nothing_kept(site) -> None:
+    """With an identity registry (every deployment has one), a ledger signed by a key the
+    registry does not list is refused, not trusted on first use (issue 16, item 5)."""
+    led, run = site
+    registry = {"node-1": Ed25519PrivateKey.generate().public_key(),
+                "node-2": Ed25519PrivateKey.generate().public_key()}
+    problem = store_copy(run, CID, *_copy(led), registry=registry)
+    assert problem is not None and problem.startswith(ledger_copies.NOT_REGISTERED)
+    assert not (run / "ledger").exists() or not list((run / "ledger").iterdir())
+    # the registered key (listed under the site's registry name, not its client id) is kept
+    registry["node-2"] = led.key.public_key()
+    assert store_copy(run, CID, *_copy(led), registry=registry) is None
+    assert (run / "ledger" / f"{CID}.jsonl").read_text() == led.path.read_text()
+    # one registered key signs one site's ledger: another client id may not reuse it
+    twin = Ledger(led.path.parent / "twin.jsonl", led.key)
+    twin.append(_entry(1, 0.5, client="client-009"))
+    problem = store_copy(run, "client-009", *_copy(twin), registry=registry)
+    assert problem is not None and "already used by client client-001" in problem
+    assert not (run / "ledger" / "client-009.jsonl").exists()

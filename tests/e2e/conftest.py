@@ -105,6 +105,10 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
 def federation_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Certificates for the sites plus one unlisted key, and per-site data from sklearn digits.
 
+    The unlisted key is an authentication key the server never registered, named
+    ``node-1.key`` and next to a copy of node 1's (registered) identity key, so the agent's
+    own checks pass and only the SuperLink's node authentication can refuse it.
+
     Site data are ``.npz`` files in the MedMNIST layout (``train_images`` (N, 8, 8) uint8,
     ``train_labels``); the server holds a separate labelled split for evaluation.
     """
@@ -113,11 +117,12 @@ def federation_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     root = tmp_path_factory.mktemp("federation")
     paths = create_certs(root / "certs", NUM_SITES)
     private, public = make_node_key("intruder")
-    rogue = root / "rogue" / "intruder.key"
+    rogue = root / "rogue" / "node-1.key"
     rogue.parent.mkdir()
     rogue.write_bytes(private)
     rogue.chmod(0o600)
     rogue.with_suffix(".pub").write_bytes(public)
+    rogue.with_name("node-1.identity.pem").write_bytes(paths.identity_key(1).read_bytes())
 
     digits = load_digits()
     images = (digits.images * 16).clip(0, 255).astype(np.uint8)
