@@ -1,220 +1,439 @@
-"""Quality benchmark: how good are encoders after federated, private SSL pretraining?
+"""Quality benchmark: does private federated SSL learn anything a random encoder does not?
 
-For each data set (MNIST-1D generated locally with >= 20k training records; sklearn digits)
-and each SSL method, one run measures the linear-probe (and kNN) accuracy of:
+Every row is measured in the same run, on the same data, probe split and seeds:
 
-- the randomly initialised encoder (the floor every method must beat),
-- centralized SSL (all training records in one place, same epochs budget),
-- federated SSL with ``fedssl simulate`` (10 clients, Dirichlet(0.5) label skew) without DP,
-- the same with DP-SGD at epsilon = 8 and epsilon = 3 (delta = 1e-5), for the methods that are
-  per-record decomposable (SimCLR is refused under DP by design),
-- the supervised reference (same encoder + linear head trained on all labels),
+- ``random init``: the untrained encoder (the floor every method must beat);
+- ``supervised 5-shot``: the same encoder + linear head trained from scratch on 5 labels per
+  class (what the few labels alone give, no pretraining);
+- ``public only``: the warm-start encoder (``--init-encoder``, or one pretrained here on data
+  disjoint from the private pool, see :mod:`fedssl.ssl_core.warm_start`) before any private
+  training: the gain from the private data is the difference to the federated rows;
+- ``centralized``: SSL on the pooled private training records with the SAME epoch budget as
+  the federation (``rounds * local_epochs`` epochs, same batch size, schedule and K);
+- ``federated``: FedAvg over ``--clients`` clients (IID or Dirichlet label skew), with
+  sample-level DP-SGD at each ``--epsilons`` (delta ``--delta``; per client, over the whole
+  run) or without DP;
+- ``client-level DP``: DP-FedAvg (central Gaussian, :mod:`fedssl.privacy.client_dp`) at
+  ``--client-dp-clients`` clients, local training non-private (the privacy unit is a client),
+  so in-batch SimCLR is allowed there;
 
-with the seconds each took, as a Markdown table, a JSON file and a plot of accuracy against
-epsilon under ``benchmarks/results/``.
+each evaluated by a full-label linear probe and kNN and 5-shot linear probe and kNN on frozen
+features; mean and std over ``--seeds``. Results: ``benchmarks/results/quality*.json`` and a
+PNG, plus a printed Markdown table.
+
+The federation runs IN PROCESS: sequential FedAvg over :func:`fedssl.client.trainer.train_local`
+(the function every Flower client calls, with the same TrainConfig, DP engines, Poisson
+sampling and noise calibration as ``client/app.py``: the noise multiplier is calibrated for the
+whole run's steps at the client's sample rate), weighted by the clients' record counts as the
+server's strategy does. No Flower, no secure aggregation (which does not change the average);
+``make demo`` runs the real simulation.
 
 Usage::
 
-    python benchmarks/quality.py                   # full table (long: tens of minutes)
-    python benchmarks/quality.py --quick           # small smoke version
-    python benchmarks/quality.py --datasets mnist1d --methods mae,simclr
+    python benchmarks/quality.py --quick                        # smoke run, ~1 minute
+    python benchmarks/quality.py --datasets mnist1d --settings random,supervised5,nodp,dp \\
+        --partitions dirichlet --seeds 0,1,2
+    python benchmarks/quality.py --help                         # every option
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import os
-import shutil
-import tempfile
+import sys
 import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from fedssl.client.trainer import TrainConfig, train_local
-from fedssl.simulations.config import ExperimentConfig
-from fedssl.simulations.simulate import simulate
+from fedssl.client.trainer import LR_SCHEDULES, TrainConfig, steps_per_epoch, train_local
+from fedssl.privacy.accountant import calibrate_noise, epsilon_of
+from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
+from fedssl.simulations.partitioners import partition_indices
 from fedssl.ssl_core.augmentations import augment_for
+from fedssl.ssl_core.collapse import collapse_metrics
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
-from fedssl.ssl_core.evaluation import evaluate_encoder
-from fedssl.ssl_core.objectives import OBJECTIVES, get_objective
+from fedssl.ssl_core.evaluation import evaluate_encoder, extract_features, few_label_subset
+from fedssl.ssl_core.objectives import get_objective
+from fedssl.ssl_core.warm_start import load_init_encoder, pretrain_public
 
 RESULTS = Path(__file__).parent / "results"
-
-#: per-method local-training hyper-parameters (batch size, learning rate)
-HPARAMS: dict[str, dict[str, Any]] = {
-    "simclr": {"batch_size": 256, "lr": 0.05},
-    "simsiam": {"batch_size": 128, "lr": 0.05},
-    "byol": {"batch_size": 128, "lr": 0.05},
-    "mae": {"batch_size": 128, "lr": 0.05},
-}
+SETTINGS = ("random", "supervised5", "public", "centralized", "nodp", "dp", "clientdp")
 
 
-def supervised_reference(data: SSLDataset, epochs: int, seed: int) -> float:
-    """Test accuracy of the same encoder plus a linear head trained on all labels."""
+@dataclass
+class Recipe:
+    """Local-training recipe of a federated or centralized SSL row."""
+
+    method: str = "simsiam"
+    rounds: int = 20
+    local_epochs: int = 1
+    batch_size: int = 256
+    lr: float = 0.05
+    momentum: float = 0.9
+    views: int = 0
+    ema_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    warmup_rounds: int = 0
+    max_grad_norm: float = 1.0
+    dp_engine: str = "auto"
+    init_encoder: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def train_config(self, round_index: int, seed: int, **kw: Any) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
+            momentum=self.momentum, seed=seed, views=self.views, ema_decay=self.ema_decay,
+            lr_schedule=self.lr_schedule, warmup_rounds=self.warmup_rounds,
+            round_index=round_index, total_rounds=self.rounds,
+            max_grad_norm=self.max_grad_norm, dp_engine=self.dp_engine, **kw)
+
+
+# ------------------------------------------------------------------------------ rows
+def _fresh_model(data: SSLDataset, recipe: Recipe, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    encoder = get_objective("simclr").build_model(data.input_shape).encoder
+    model = get_objective(recipe.method).build_model(data.input_shape)
+    if recipe.init_encoder:
+        load_init_encoder(model, recipe.init_encoder)
+    return model
+
+
+def evaluate(encoder: torch.nn.Module, data: SSLDataset, probe: np.ndarray, seed: int
+             ) -> dict[str, float]:
+    """Full-label and 5-shot linear probe and kNN (probe fitted on ``probe`` indices of the
+    training pool, tested on the test split), plus the collapse metrics."""
+    out = evaluate_encoder(encoder, data.x_train[probe], data.y_train[probe], data.x_test,
+                           data.y_test, labels_per_class=(5,), seed=seed)
+    out.update(collapse_metrics(extract_features(encoder, data.x_test[:2000])))
+    return out
+
+
+def supervised_few_shot(data: SSLDataset, shots: int, seed: int, epochs: int = 200
+                        ) -> dict[str, float]:
+    """Encoder + linear head trained from scratch on ``shots`` labels per class (full batch,
+    SGD with momentum, with the same augmentation as SSL), test accuracy."""
+    torch.manual_seed(seed)
+    encoder = get_objective("simsiam").build_model(data.input_shape).encoder
     model = torch.nn.Sequential(encoder, torch.nn.Linear(encoder.feature_dim, data.num_classes))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
+    sub = few_label_subset(data.y_train, shots, seed)
+    x, y = torch.as_tensor(data.x_train[sub]), torch.as_tensor(data.y_train[sub])
+    aug = augment_for(data.input_shape, data.name)
     gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    model.train()
     for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(x), generator=gen).split(128):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(aug(x, gen)), y).backward()
+        opt.step()
     model.eval()
     with torch.no_grad():
         pred = torch.cat([model(torch.as_tensor(data.x_test[i:i + 1024])).argmax(1)
                           for i in range(0, len(data.x_test), 1024)])
-    return float((pred.numpy() == data.y_test).mean())
+    return {"linear_probe_5shot": float((pred.numpy() == data.y_test).mean())}
 
 
-def centralized(data: SSLDataset, method: str, epochs: int, seed: int) -> dict[str, float]:
-    """SSL on the pooled training records, then the probes."""
-    torch.manual_seed(seed)
-    objective = get_objective(method)
-    model = objective.build_model(data.input_shape)
-    hp = HPARAMS.get(method, {})
-    for epoch in range(epochs):
-        train_local(model, objective, data.x_train, augment_for(data.input_shape, data.name),
-                    TrainConfig(epochs=1, batch_size=hp.get("batch_size", 128),
-                                lr=hp.get("lr", 0.05), seed=seed + epoch))
-    return evaluate_encoder(model.encoder, data.x_train, data.y_train, data.x_test, data.y_test)
+def centralized(data: SSLDataset, recipe: Recipe, seed: int) -> torch.nn.Module:
+    """SSL on the pooled training records: ``rounds * local_epochs`` epochs, same recipe."""
+    model = _fresh_model(data, recipe, seed)
+    objective = get_objective(recipe.method)
+    aug = augment_for(data.input_shape, data.name)
+    for r in range(1, recipe.rounds + 1):
+        train_local(model, objective, data.x_train, aug, recipe.train_config(r, seed * 1000 + r))
+    return model.encoder
 
 
-def federated(dataset: str, num_samples: int, method: str, rounds: int, local_epochs: int,
-              epsilon: float | None, seed: int, workdir: Path) -> dict[str, Any]:
-    """A ``fedssl simulate`` run; returns its report."""
-    hp = HPARAMS.get(method, {})
-    out = workdir / f"{dataset}-{method}-{epsilon or 'nodp'}"
-    cfg = ExperimentConfig(
-        dataset=dataset, num_samples=num_samples, num_clients=10, partitioner="dirichlet",
-        dirichlet_alpha=0.5, rounds=rounds, method=method, local_epochs=local_epochs,
-        batch_size=hp.get("batch_size", 128), lr=hp.get("lr", 0.05), dp=epsilon is not None,
-        target_epsilon=epsilon or 0.0, delta=1e-5, secagg=False, eval_every=rounds,
-        eval_samples=20000, few_label="", seed=seed, out=str(out),
-    )
-    simulate(cfg)
-    return json.loads((out / "report.json").read_text())
+def _average(states: list[dict[str, torch.Tensor]], weights: list[float]
+             ) -> dict[str, torch.Tensor]:
+    total = float(sum(weights))
+    return {k: sum(w / total * s[k].double() for s, w in zip(states, weights)).to(v.dtype)
+            for k, v in states[0].items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", default="mnist1d,digits")
-    parser.add_argument("--methods", default=",".join(sorted(OBJECTIVES)))
-    parser.add_argument("--num-samples", type=int, default=25000,
-                        help="MNIST-1D records generated (80 %% train pool)")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument("--epsilons", default="8,3")
-    parser.add_argument("--supervised-epochs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="tiny settings, for smoke tests")
-    args = parser.parse_args()
+def federated(data: SSLDataset, recipe: Recipe, seed: int, clients: int, partition: str,
+              alpha: float, epsilon: float | None, delta: float) -> tuple[torch.nn.Module,
+                                                                          dict[str, Any]]:
+    """Sequential in-process FedAvg over ``train_local``; DP-SGD per client at ``epsilon``."""
+    model = _fresh_model(data, recipe, seed)
+    objective = get_objective(recipe.method)
+    aug = augment_for(data.input_shape, data.name)
+    parts = [partition_indices(data.y_train, clients, c, partition, alpha, seed=seed)
+             for c in range(clients)]
+    sigmas: dict[int, float] = {}
+    eps_spent: list[float] = []
+    if epsilon is not None:
+        for c, idx in enumerate(parts):
+            q = min(1.0, recipe.batch_size / len(idx))
+            steps = recipe.local_epochs * steps_per_epoch(len(idx), recipe.batch_size, True)
+            sigmas[c] = calibrate_noise(epsilon, delta, q, steps * recipe.rounds)
+            eps_spent.append(epsilon_of([(sigmas[c], q, steps * recipe.rounds)], delta))
+    for r in range(1, recipe.rounds + 1):
+        global_state = copy.deepcopy(model.state_dict())
+        states, weights = [], []
+        for c, idx in enumerate(parts):
+            model.load_state_dict(global_state)
+            cfg = recipe.train_config(r, seed * 100_003 + r * 1009 + c,
+                                      dp=epsilon is not None,
+                                      noise_multiplier=sigmas.get(c, 0.0))
+            res = train_local(model, objective, data.x_train[idx], aug, cfg)
+            states.append(copy.deepcopy(model.state_dict()))
+            weights.append(res.num_examples)
+        model.load_state_dict(_average(states, weights))
+    info = {"clients": clients, "partition": partition, "client_sizes": [len(p) for p in parts],
+            "noise_multipliers": sorted(set(round(s, 4) for s in sigmas.values())),
+            "max_client_epsilon": max(eps_spent) if eps_spent else None}
+    return model.encoder, info
+
+
+def client_level_dp(data: SSLDataset, recipe: Recipe, seed: int, clients: int,
+                    partition: str, alpha: float, noise_multiplier: float, clip: float,
+                    rate: float, delta: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """DP-FedAvg (McMahan et al. 2018): Poisson-sampled clients, updates clipped to ``clip``,
+    Gaussian noise on the sum, fixed-denominator mean; local training without DP."""
+    model = _fresh_model(data, recipe, seed)
+    objective = get_objective(recipe.method)
+    aug = augment_for(data.input_shape, data.name)
+    parts = [partition_indices(data.y_train, clients, c, partition, alpha, seed=seed)
+             for c in range(clients)]
+    mech = ClientLevelGaussian(clip, noise_multiplier, expected_clients=rate * clients,
+                               rng=np.random.default_rng())
+    rng = np.random.default_rng()
+    for r in range(1, recipe.rounds + 1):
+        glob = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        template = {k: v.numpy() for k, v in glob.items()}
+        clipped = []
+        for c in poisson_sample(list(range(clients)), rate, rng):
+            model.load_state_dict(glob)
+            train_local(model, objective, data.x_train[parts[c]], aug,
+                        recipe.train_config(r, seed * 100_003 + r * 1009 + c))
+            upd = {k: (v.detach() - glob[k]).numpy() for k, v in model.state_dict().items()}
+            clipped.append(mech.clip(upd))
+        mean = mech.noisy_mean(clipped, template)
+        model.load_state_dict({k: glob[k] + torch.from_numpy(mean[k]).to(glob[k].dtype)
+                               for k in glob})
+    eps = epsilon_of([(noise_multiplier, rate, recipe.rounds)], delta)
+    return model.encoder, {"clients": clients, "client_level_epsilon": eps,
+                           "client_noise_multiplier": noise_multiplier, "client_clip": clip,
+                           "client_rate": rate}
+
+
+# ------------------------------------------------------------------------------ driver
+def _summary(values: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = sorted({k for v in values for k in v})
+    out = {}
+    for k in keys:
+        xs = [v[k] for v in values if k in v and v[k] is not None]
+        if xs:
+            out[k] = {"mean": float(np.mean(xs)), "std": float(np.std(xs)), "n": len(xs)}
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--datasets", default="mnist1d",
+                   help="comma-separated: mnist1d, digits, or npz:PATH (28x28 images)")
+    p.add_argument("--num-samples", type=int, default=25000,
+                   help="MNIST-1D records generated (80 %% train pool)")
+    p.add_argument("--settings", default=",".join(SETTINGS),
+                   help=f"comma-separated rows to run, from {SETTINGS}")
+    p.add_argument("--partitions", default="dirichlet", help="iid and/or dirichlet")
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
+    p.add_argument("--clients", type=int, default=10, help="clients of the sample-level rows")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (3 for mean +- std)")
+    p.add_argument("--epsilons", default="8,3", help="sample-level DP targets (per client)")
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--method", default="simsiam", help="SSL method of the private rows")
+    p.add_argument("--dp-method", default="", help="method of the DP rows (default --method)")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--local-epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="(expected, under DP) batch size; B/(sigma C) is the step's SNR")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--dp-lr", type=float, default=0.0, help="lr of the DP rows (0: --lr)")
+    p.add_argument("--views", type=int, default=0, help="augmentation multiplicity K")
+    p.add_argument("--dp-views", type=int, default=0, help="K of the DP rows (0: --views)")
+    p.add_argument("--ema-decay", type=float, default=0.0, help="parameter EMA per round")
+    p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES)
+    p.add_argument("--warmup-rounds", type=int, default=0)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--init-encoder", default="",
+                   help="warm-start encoder (safetensors) for the SSL rows; 'public' pretrains "
+                        "one here on data disjoint from the private pool")
+    p.add_argument("--public-samples", type=int, default=5000,
+                   help="records of the public set when --init-encoder public")
+    p.add_argument("--public-epochs", type=int, default=10)
+    p.add_argument("--probe-samples", type=int, default=5000,
+                   help="labelled training records the full-label probes are fitted on")
+    p.add_argument("--client-dp-clients", type=int, default=100)
+    p.add_argument("--client-dp-rate", type=float, default=0.3)
+    p.add_argument("--client-dp-noise", type=float, default=1.0)
+    p.add_argument("--client-dp-clip", type=float, default=1.0)
+    p.add_argument("--client-dp-method", default="simclr")
+    p.add_argument("--out", default="", help="results JSON (default results/quality.json)")
+    p.add_argument("--quick", action="store_true", help="tiny settings, for smoke tests")
+    args = p.parse_args(argv)
     if args.quick:
-        args.num_samples, args.rounds, args.local_epochs, args.supervised_epochs = 3000, 2, 1, 3
-    torch.set_num_threads(os.cpu_count() or 1)
+        args.num_samples, args.rounds, args.probe_samples = 3000, 2, 1000
+        args.public_samples, args.public_epochs = 1000, 1
+        args.client_dp_clients, args.batch_size = 20, 64
+    bad = [s for s in args.settings.split(",") if s and s not in SETTINGS]
+    if bad:
+        p.error(f"unknown settings {bad}; choose from {SETTINGS}")
+    bad = [s for s in args.partitions.split(",") if s not in ("iid", "dirichlet")]
+    if bad:
+        p.error(f"unknown partitions {bad}; choose iid and/or dirichlet")
+    if args.rounds < 1 or args.local_epochs < 1 or args.batch_size < 1:
+        p.error("rounds, local-epochs and batch-size must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("FEDSSL_THREADS", os.cpu_count() or 1)))
+    settings = [s for s in args.settings.split(",") if s]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     epsilons = [float(e) for e in args.epsilons.split(",") if e]
-    methods = [m for m in args.methods.split(",") if m]
-    rows: list[dict[str, Any]] = _Rows()
-    workdir = Path(tempfile.mkdtemp(prefix="fedssl-quality-"))
-    try:
-        for dataset in args.datasets.split(","):
-            data = load_dataset(dataset, num_samples=args.num_samples, seed=args.seed)
-            t0 = time.perf_counter()
-            sup = supervised_reference(data, args.supervised_epochs, args.seed)
-            rows.append({"dataset": dataset, "method": "-", "setting": "supervised reference",
-                         "linear_probe": sup, "knn": None,
-                         "seconds": time.perf_counter() - t0})
-            for method in tqdm(methods, desc=dataset):
-                torch.manual_seed(args.seed)
-                model = get_objective(method).build_model(data.input_shape)
-                t0 = time.perf_counter()
-                rnd = evaluate_encoder(model.encoder, data.x_train, data.y_train, data.x_test,
-                                       data.y_test)
-                rows.append({"dataset": dataset, "method": method, "setting": "random init",
-                             "linear_probe": rnd["linear_probe_accuracy"],
-                             "knn": rnd["knn_accuracy"], "seconds": time.perf_counter() - t0})
-                t0 = time.perf_counter()
-                cen = centralized(data, method, args.rounds * args.local_epochs, args.seed)
-                rows.append({"dataset": dataset, "method": method, "setting": "centralized",
-                             "linear_probe": cen["linear_probe_accuracy"],
-                             "knn": cen["knn_accuracy"], "seconds": time.perf_counter() - t0})
-                settings: list[float | None] = [None]
-                if OBJECTIVES[method].decomposable:
-                    settings += epsilons
-                for eps in settings:
-                    t0 = time.perf_counter()
-                    rep = federated(dataset, args.num_samples, method, args.rounds,
-                                    args.local_epochs, eps, args.seed, workdir)
-                    rows.append({
-                        "dataset": dataset, "method": method,
-                        "setting": "federated" + (f" DP eps={eps:g}" if eps else ""),
-                        "epsilon": eps, "linear_probe": rep["linear_probe_accuracy"],
-                        "knn": rep["knn_accuracy"], "seconds": time.perf_counter() - t0,
-                        "max_client_epsilon": max((c["epsilon"] for c in
-                                                   ((rep.get("privacy") or {}).get("clients")
-                                                    or {}).values()), default=None),
-                    })
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    report(rows, args)
+    base = Recipe(method=args.method, rounds=args.rounds, local_epochs=args.local_epochs,
+                  batch_size=args.batch_size, lr=args.lr, views=args.views,
+                  ema_decay=args.ema_decay, lr_schedule=args.lr_schedule,
+                  warmup_rounds=args.warmup_rounds, max_grad_norm=args.max_grad_norm)
+    dp_recipe = replace(base, method=args.dp_method or args.method, lr=args.dp_lr or args.lr,
+                        views=args.dp_views or args.views)
+    out_path = Path(args.out) if args.out else RESULTS / "quality.json"
+    results: dict[str, Any] = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                               "args": vars(args), "in_process": True, "rows": []}
+
+    def save() -> None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=2))
+
+    for dataset in [d for d in args.datasets.split(",") if d]:
+        _run_dataset(dataset, args, base, dp_recipe, settings, seeds, epsilons, results, save,
+                     out_path)
+    report(results, out_path)
+    return results
 
 
-class _Rows(list):
-    """Rows that are saved to ``results/quality_partial.json`` as soon as they are added, so
-    an interrupted benchmark keeps what it measured."""
+def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe: Recipe,
+                 settings: list[str], seeds: list[int], epsilons: list[float],
+                 results: dict[str, Any], save, out_path: Path) -> None:
+    """Every requested row of one data set, appended to ``results['rows']`` as measured."""
+    name, path = [*dataset.split(":", 1), ""][:2]
+    data = load_dataset(name, data_path=path, num_samples=args.num_samples, seed=0)
+    probe = np.random.default_rng(0).permutation(len(data.x_train))[:args.probe_samples]
+    init = args.init_encoder
+    if init == "public":
+        init = str(out_path.with_name(f"public_encoder_{data.name}.safetensors"))
+        t0 = time.perf_counter()
+        pretrain_public(data.name, data.input_shape, init, base.method,
+                        num_samples=args.public_samples, epochs=args.public_epochs,
+                        batch_size=base.batch_size, lr=base.lr, seed=12345)
+        print(f"[{data.name}] public warm start pretrained in "
+              f"{time.perf_counter() - t0:.0f} s -> {init}", flush=True)
+    recipe = replace(base, init_encoder=init)
+    dpr = replace(dp_recipe, init_encoder=init)
 
-    def append(self, row: dict[str, Any]) -> None:
-        super().append(row)
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "quality_partial.json").write_text(json.dumps(list(self), indent=2))
+    def row(label: str, fn, partition: str = "", **meta: Any) -> None:
+        per_seed, infos = [], []
+        t0 = time.perf_counter()
+        for seed in seeds:
+            res = fn(seed)
+            enc, info = res if isinstance(res, tuple) else (res, {})
+            per_seed.append(evaluate(enc, data, probe, seed) if isinstance(
+                enc, torch.nn.Module) else enc)
+            infos.append(info)
+        entry = {"dataset": data.name, "setting": label, "partition": partition, **meta,
+                 "seeds": seeds, "per_seed": per_seed, "summary": _summary(per_seed),
+                 "info": infos, "seconds": time.perf_counter() - t0}
+        results["rows"].append(entry)
+        save()
+        s = entry["summary"]
+        lin = s.get("linear_probe_accuracy", {"mean": math.nan})["mean"]
+        print(f"[{data.name}] {label:<34} {partition:<9} linear {lin:.3f}  5-shot "
+              f"{s['linear_probe_5shot']['mean']:.3f}  ({entry['seconds']:.0f} s)", flush=True)
+
+    if "random" in settings:
+        row("random init", lambda s: _fresh_model(data, replace(base, init_encoder=""),
+                                                  s).encoder)
+    if "supervised5" in settings:
+        row("supervised 5-shot (from scratch)", lambda s: supervised_few_shot(data, 5, s))
+    if "public" in settings and init:
+        row("public only (warm start)", lambda s: _fresh_model(data, recipe, s).encoder)
+    if "centralized" in settings:
+        row(f"centralized {recipe.method} (same budget)",
+            lambda s: centralized(data, recipe, s), **{"recipe": asdict(recipe)})
+    cdr = replace(recipe, method=args.client_dp_method)
+    for partition in args.partitions.split(","):
+        if "nodp" in settings:
+            row(f"federated {recipe.method} no DP", lambda s, pt=partition: federated(
+                data, recipe, s, args.clients, pt, args.alpha, None, args.delta),
+                partition, recipe=asdict(recipe))
+        if "dp" in settings:
+            for eps in epsilons:
+                row(f"federated {dpr.method} DP eps={eps:g}",
+                    lambda s, pt=partition, e=eps: federated(
+                        data, dpr, s, args.clients, pt, args.alpha, e, args.delta),
+                    partition, epsilon=eps, delta=args.delta, recipe=asdict(dpr))
+        if "clientdp" in settings:
+            row(f"client-level DP {cdr.method} ({args.client_dp_clients} clients)",
+                lambda s, pt=partition: client_level_dp(
+                    data, cdr, s, args.client_dp_clients, pt, args.alpha,
+                    args.client_dp_noise, args.client_dp_clip, args.client_dp_rate,
+                    args.delta), partition, recipe=asdict(cdr))
 
 
-def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    """Print the Markdown table; write JSON and the accuracy-vs-epsilon plot."""
-    print("| dataset | method | setting | linear probe | kNN | seconds |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        knn = f"{r['knn']:.3f}" if r["knn"] is not None else "-"
-        print(f"| {r['dataset']} | {r['method']} | {r['setting']} | {r['linear_probe']:.3f} | "
-              f"{knn} | {r['seconds']:.0f} |")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps({"args": vars(args), "rows": rows},
-                                                     indent=2))
+def _fmt(s: dict[str, Any], key: str) -> str:
+    if key not in s:
+        return "-"
+    m = s[key]
+    return f"{m['mean']:.3f} ± {m['std']:.3f}" if m["n"] > 1 else f"{m['mean']:.3f}"
+
+
+def report(results: dict[str, Any], out_path: Path) -> None:
+    """Print the Markdown table and write the PNG next to the JSON."""
+    print("\n| dataset | setting | partition | linear | kNN | 5-shot linear | 5-shot kNN | "
+          "feature std x sqrt(d) | seeds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results["rows"]:
+        s = r["summary"]
+        print(f"| {r['dataset']} | {r['setting']} | {r['partition'] or '-'} | "
+              f"{_fmt(s, 'linear_probe_accuracy')} | {_fmt(s, 'knn_accuracy')} | "
+              f"{_fmt(s, 'linear_probe_5shot')} | {_fmt(s, 'knn_5shot')} | "
+              f"{_fmt(s, 'feature_std_ratio')} | {len(r['seeds'])} |")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = results["rows"]
     datasets = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
-        for method in sorted({r["method"] for r in rows if r["dataset"] == dataset} - {"-"}):
-            pts = [(r["epsilon"] or np.inf, r["linear_probe"]) for r in rows
-                   if r["dataset"] == dataset and r["method"] == method
-                   and r["setting"].startswith("federated")]
-            if not pts:
-                continue
-            pts.sort()
-            xs = [p[0] if np.isfinite(p[0]) else 12.0 for p in pts]
-            ax.plot(xs, [p[1] for p in pts], marker="o", label=method)
-        sup = [r["linear_probe"] for r in rows if r["dataset"] == dataset
-               and r["setting"] == "supervised reference"]
-        if sup:
-            ax.axhline(sup[0], color="k", ls="--", lw=1, label="supervised")
-        ax.set(title=f"{dataset}: federated linear probe", xlabel="epsilon (12 = no DP)",
-               ylabel="accuracy")
-        ax.legend(fontsize=7)
+        rs = [r for r in rows if r["dataset"] == dataset]
+        labels = [f"{r['setting']}" + (f" [{r['partition']}]" if r["partition"] else "")
+                  for r in rs]
+        y = np.arange(len(rs))
+        for off, key, colour in ((-0.2, "linear_probe_accuracy", "C0"),
+                                 (0.2, "linear_probe_5shot", "C1")):
+            vals = [r["summary"].get(key, {"mean": math.nan, "std": 0.0}) for r in rs]
+            ax.barh(y + off, [v["mean"] for v in vals], 0.4, xerr=[v["std"] for v in vals],
+                    color=colour, label=key.replace("linear_probe_accuracy", "linear probe")
+                    .replace("linear_probe_5shot", "5-shot linear"))
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set(title=f"{dataset} (in-process FedAvg)", xlabel="test accuracy", xlim=(0.3, 1.0))
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(RESULTS / "quality_vs_epsilon.png", dpi=120)
-    print(f"\nwrote {RESULTS / 'quality.json'} and {RESULTS / 'quality_vs_epsilon.png'}")
+    png = out_path.with_suffix(".png")
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    print(f"\nwrote {out_path} and {png}")
 
 
 if __name__ == "__main__":
