@@ -14,6 +14,7 @@ through :func:`make_server_app`.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -185,7 +186,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     eval_data = _eval_split(data, int(cfg["eval-samples"]), seed)
     objective = get_objective(str(cfg["method"]))
     model = objective.build_model(data.input_shape)
+    random_encoder = None  # report.json's random_init stays the random encoder
     if str(cfg["init-encoder"]):  # warm start from public/synthetic data, never private
+        random_encoder = copy.deepcopy(model.encoder)
         load_init_encoder(model, str(cfg["init-encoder"]))
     device = resolve_device(str(cfg["device"]))  # the probes' feature extraction runs there
     shared = parse_shared(str(cfg["shared"]))
@@ -275,7 +278,11 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         baseline = evaluate_with_collapse(model.encoder, *eval_data, labels_per_class=shots,
                                           seed=seed, device=device)
         append_metrics(run_dir, {"round": 0, "clients": 0, "seconds": 0.0, **baseline})
-    log.info("random-init encoder: %s", baseline)
+    log.info("initial encoder: %s", baseline)
+    random_init = baseline
+    if random_encoder is not None:  # round 0 was the warm start: measure random init too
+        random_init = evaluate_with_collapse(random_encoder, *eval_data,
+                                             labels_per_class=shots, seed=seed, device=device)
     _await_replies(grid, warming, timeout=float(cfg["round-timeout"]))
 
     refusals: dict[str, list[dict[str, Any]]] = {}
@@ -396,7 +403,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         "linear_probe_accuracy": final["linear_probe_accuracy"],
         "knn_accuracy": final["knn_accuracy"],
         "few_label": {k: v for k, v in final.items() if "shot" in k},
-        "random_init": baseline,
+        "random_init": random_init,
+        "initial_encoder": baseline if random_encoder is not None else None,
         "wall_seconds": time.perf_counter() - wall_start,
         "privacy": privacy,
         "secure_aggregation": bool(cfg["secagg"]),

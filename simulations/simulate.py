@@ -152,6 +152,16 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False)
     return run_dir
 
 
+def _encoder_row(name: str, m: dict) -> str:
+    """One encoder's probes side by side ("-" where not measured, e.g. an old report)."""
+    def f(key: str) -> str:
+        v = m.get(key)
+        return f"{v:.3f}" if isinstance(v, int | float) else "-"
+
+    return (f"| {name} | {f('linear_probe_accuracy')} | {f('knn_accuracy')} | "
+            f"{f('linear_probe_5shot')} | {f('knn_5shot')} |")
+
+
 def format_report(run_dir: Path) -> str:
     """The result table printed after a run."""
     report = json.loads((run_dir / "report.json").read_text())
@@ -161,11 +171,13 @@ def format_report(run_dir: Path) -> str:
         f"{report['rounds']} rounds, {report['wall_seconds']:.1f} s, secure aggregation "
         f"{'on' if report.get('secure_aggregation') else 'off'}",
         "",
-        "| encoder | linear probe | kNN |",
-        "|---|---|---|",
-        f"| random init | {base['linear_probe_accuracy']:.3f} | {base['knn_accuracy']:.3f} |",
-        f"| federated {report['method']} | {report['linear_probe_accuracy']:.3f} | "
-        f"{report['knn_accuracy']:.3f} |",
+        "| encoder | linear probe | kNN | 5-shot linear | 5-shot kNN |",
+        "|---|---|---|---|---|",
+        _encoder_row("random init", base),
+        *([_encoder_row("public warm start (round 0)", report["initial_encoder"])]
+          if report.get("initial_encoder") else []),
+        _encoder_row(f"federated {report['method']}",
+                     {**report, **(report.get("few_label") or {})}),
     ]
     few = report.get("few_label") or {}
     shots = sorted({int(k.split("_")[-1].removesuffix("shot")) for k in few})
