@@ -11,7 +11,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import tomli_w
 
@@ -35,8 +35,6 @@ def _opt(default: Any, help: str) -> Any:
 class ExperimentConfig:
     """A federated SSL experiment (what ``fedssl simulate`` runs)."""
 
-    #: set by :meth:`validate` when ``dataset`` was "auto" (printed by the simulator)
-    inferred_dataset: ClassVar[bool] = False
     # data
     dataset: str = _opt("auto", f"data source: auto, {', '.join(DATASETS)}; auto infers it "
                                 "from --data-path (.npz file: npz, folder: imagefolder), "
@@ -135,6 +133,7 @@ class ExperimentConfig:
         need(self.dataset in (*DATASETS, "auto"), "dataset",
              f"unknown {self.dataset!r}; one of {('auto', *DATASETS)}")
         if self.dataset == "auto":  # resolved once; config.toml records the result
+            # a plain attribute, not an option: the simulator prints that it was inferred
             self.inferred_dataset = True
         try:
             self.dataset = infer_dataset(self.data_path, self.dataset)

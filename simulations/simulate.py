@@ -50,9 +50,9 @@ def preflight(cfg: ExperimentConfig, say: Callable[[str], None] = print) -> SSLD
     partition_indices(partition_labels(data, cfg.partitioner), cfg.num_clients, 0,
                       cfg.partitioner, cfg.dirichlet_alpha, cfg.shards_per_client,
                       seed=cfg.seed)
-    how = (f"inferred from --data-path {cfg.data_path}" if cfg.inferred_dataset and
-           cfg.data_path else "the default (no --data-path)" if cfg.inferred_dataset else
-           "--dataset")
+    inferred = getattr(cfg, "inferred_dataset", False)  # set by ExperimentConfig.validate
+    how = (f"inferred from --data-path {cfg.data_path}" if inferred and cfg.data_path
+           else "the default (no --data-path)" if inferred else "--dataset")
     say(f"[fedssl simulate] dataset {cfg.dataset} ({how})")
     say(f"[fedssl simulate] data: {data.describe()}")
     for note in data.notes:
