@@ -9,9 +9,13 @@ privacy claim in it holds. This command glues the two audits of :mod:`fedssl.pri
   al. 2022) and RDP (Mironov 2017), budgets, delta, configuration soundness, report.json;
 - :mod:`fedssl.privacy.empirical_audit` (``--empirical``): a one-run canary experiment on
   Opacus's DPOptimizer (Steinke, Nasr & Jagielski, NeurIPS 2023) giving an empirical lower
-  bound on epsilon that must not exceed the claim.
+  bound on epsilon that must not exceed the claim. A lower bound can refute a claim, never
+  confirm it: the verdict is ``violation``, ``no-violation-detected`` (with the power: the
+  largest epsilon the audit could have certified) or ``inconclusive`` (the audit could not
+  have certified a bound above the claim, even for a mechanism without noise).
 
-Exit status: 0 clean, 1 findings, 2 usage errors. The CLI registers it with::
+Exit status: 0 clean, 1 findings, 2 usage errors, 3 no findings but an empirical audit was
+inconclusive. The CLI registers it with::
 
     add_audit_parser(subparsers)          # in build_parser()
     return run_audit(args)                # when args.command == "audit"
@@ -30,7 +34,19 @@ from pathlib import Path
 from typing import Any
 
 EPILOG = """\
-exit status: 0 = clean, 1 = at least one finding, 2 = usage error (e.g. missing run dir).
+exit status: 0 = clean, 1 = at least one finding, 2 = usage error (e.g. missing run dir),
+3 = no finding, but an --empirical audit was inconclusive (it had no power to refute the claim).
+
+keys: every ledger's public key must be the one the identity registry lists for that client
+(RUN/identities.json, the config's identity-registry, or --registry); without a registry the
+audit says so (finding no-identity-registry), since a re-signed ledger with a replaced .pub
+would otherwise verify.
+
+empirical verdicts: a one-run canary audit gives a LOWER bound on epsilon. "violation": the
+bound exceeds the recorded mechanism's upper bound (the claim is false at the stated
+confidence). "no-violation-detected": below it, and the audit had the power to certify more
+(printed). "inconclusive": it could not have certified above the claim, even if every guess
+were right or the mechanism added no noise at all; it says nothing about the claim.
 
 outputs (RUN_DIR mode): OUT/audit.json (findings with severity/client/round/message and
 per-client, per-entry epsilons of every accountant), OUT/report.md (Markdown table, findings,
@@ -41,6 +57,7 @@ examples:
   fedssl audit runs/demo
   fedssl audit runs/demo --budget 6 --out /tmp/demo-audit
   fedssl audit runs/demo --empirical --client client-003
+  fedssl audit runs/server-run --registry certs/identities.json
   fedssl audit --empirical --noise-multiplier 1.1 --sample-rate 0.01 --steps 1000 --delta 1e-5
 """
 
@@ -57,13 +74,21 @@ def add_audit_parser(subparsers: Any) -> None:
         "flag recorded epsilons below the recomputation, budget overruns, delta mismatches, "
         "unsound configurations (DP with a non-decomposable SSL objective, DP without noise, "
         "an accountant that is not an upper bound) and report.json values that disagree with "
-        "the ledgers. With --empirical, also run a one-run canary audit (Steinke, Nasr & "
-        "Jagielski 2023) on Opacus's DP-SGD optimizer and check that its empirical epsilon "
-        "lower bound does not exceed the claimed epsilon.", 90),
+        "the ledgers; check every ledger key against the identity registry. With "
+        "--empirical, also run a one-run canary audit (Steinke, Nasr & Jagielski 2023) on "
+        "Opacus's DP-SGD optimizer: its empirical epsilon lower bound can refute the claimed "
+        "epsilon (violation) but never confirm it; when the audit has no power to refute it, "
+        "it says inconclusive.", 90),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
                    help="run directory written by `fedssl simulate` or the server (may be "
                    "omitted with --empirical and an explicit mechanism)")
+    p.add_argument("--registry", metavar="PATH",
+                   help="identity registry (identities.json) the ledger keys must match "
+                   "(default: RUN/identities.json, else the config's identity-registry)")
+    p.add_argument("--run-id", metavar="ID",
+                   help="run whose entries are audited in ledgers that span runs (default: "
+                   "RUN/run_id, else each ledger's last run)")
     p.add_argument("--budget", type=float, metavar="EPS",
                    help="epsilon budget to check every client against (default: the run's "
                    "config.toml [experiment] target_epsilon when > 0)")
@@ -100,17 +125,20 @@ def add_audit_parser(subparsers: Any) -> None:
                      help="delta of the claim (default: the ledger's / config's, else 1e-5)")
     emp.add_argument("--canaries", type=int, default=10_000, metavar="M",
                      help="number of canaries m, each included with probability 1/2 "
-                     "(default: 10000; the bound can't exceed about ln(m))")
+                     "(default: 10000; the bound can't exceed about ln(m), and a rarely "
+                     "sampled canary limits it further: see the verdicts below)")
     emp.add_argument("--guesses", type=int, default=None, metavar="R",
                      help="guesses r (top r/2 'in', bottom r/2 'out'); default: try "
-                     "r/m in {1, 5, 20, 90} %% with the confidence split (Bonferroni)")
+                     "r/m in {1, 5, 20, 90} %%, each also one-sided (top r/2 'in' only), "
+                     "with the confidence split (Bonferroni)")
     emp.add_argument("--confidence", type=float, default=0.95, metavar="P",
                      help="confidence of the empirical lower bound (default: 0.95)")
     emp.add_argument("--seed", type=int, default=0, help="seed of the canary experiment")
     emp.add_argument("--mechanism-noise-scale", type=float, default=1.0, metavar="F",
                      help="multiply the noise the optimizer actually adds by F while the "
-                     "claim stays the recorded one: 0 or 0.1 demonstrate that the audit "
-                     "catches a broken mechanism (default: 1 = audit the real mechanism)")
+                     "claim stays the recorded one, to test whether the audit would catch a "
+                     "broken mechanism at this setting (0 = no noise); whether it can is "
+                     "the verdict's power (default: 1 = audit the real mechanism)")
 
 
 def _usage(msg: str) -> int:
@@ -166,7 +194,7 @@ def _empirical_targets(args: argparse.Namespace, result: Any) -> list[dict[str, 
         chosen = [max(clients, key=lambda c: c.last.recorded)]
     targets = []
     for c in chosen:
-        segs = [Segment(e.noise_multiplier, e.sample_rate, e.steps,
+        segs = [Segment(e.effective_noise, e.sample_rate, e.steps,
                         args.max_grad_norm if args.max_grad_norm is not None
                         else e.max_grad_norm)
                 for e in c.entries]
@@ -201,13 +229,17 @@ def run_audit(args: argparse.Namespace) -> int:
         return _usage("need --canaries >= 4 and 2 <= --guesses <= --canaries")
     if args.delta is not None and not 0 < args.delta < 1:
         return _usage("--delta must be in (0, 1)")
+    if args.registry is not None and not Path(args.registry).is_file():
+        return _usage(f"identity registry not found: {args.registry}")
 
     result: AuditResult | None = None
     if args.run_dir is not None:
         run_dir = Path(args.run_dir)
         config, _ = load_run_config(run_dir)  # None: audit_run reports why
         result = audit_run(run_dir, config=config, budget=args.budget,
-                           tolerance=args.tolerance, progress=not args.quiet)
+                           tolerance=args.tolerance, progress=not args.quiet,
+                           registry=Path(args.registry) if args.registry else None,
+                           run_id=args.run_id)
 
     empirical: list[Any] = []
     if args.empirical:
@@ -233,19 +265,20 @@ def run_audit(args: argparse.Namespace) -> int:
                                  dp=True, method=None)
         for er in empirical:
             result.empirical.append(er.to_dict())
+            who = f"empirical audit{' of ' + er.client if er.client else ''}"
             if er.violation:
                 result.add("error", "empirical-violation",
                            f"empirical epsilon lower bound {er.epsilon_lower_bound:.3f} "
                            f"({100 * er.confidence:g} % confidence, {er.correct}/{er.guesses} "
-                           f"canary guesses right) exceeds the claimed epsilon "
-                           f"{er.claimed_epsilon:.3f}: the mechanism leaks more than claimed",
-                           er.client)
-            elif er.max_detectable_epsilon < er.claimed_epsilon:
-                result.notes.append(
-                    f"empirical audit{' of ' + er.client if er.client else ''}: with "
-                    f"{er.canaries} canaries the bound cannot exceed "
-                    f"{er.max_detectable_epsilon:.2f}, below the claim "
-                    f"{er.claimed_epsilon:.2f}: only a leak below that level is detectable")
+                           f"canary guesses right) exceeds {er.tightest_bound:.3f}, the "
+                           f"smallest upper bound of the recorded mechanism (claimed "
+                           f"{er.claimed_epsilon:.3f}): the mechanism leaks more than "
+                           "recorded", er.client)
+            elif er.verdict == "inconclusive":
+                result.notes.append(f"{who} INCONCLUSIVE: {er.reason}; it neither supports "
+                                    "nor refutes the claim")
+            else:
+                result.notes.append(f"{who}: no violation detected ({er.reason})")
 
     out_dir = Path(args.out) if args.out else (
         Path(args.run_dir) / "audit" if args.run_dir is not None else None)
@@ -272,10 +305,12 @@ def run_audit(args: argparse.Namespace) -> int:
                   f"noise scale {er.noise_scale:g}): {er.canaries} canaries, "
                   f"{er.correct}/{er.guesses} guesses right -> epsilon >= "
                   f"{er.epsilon_lower_bound:.3f} at {100 * er.confidence:g} % confidence; "
-                  f"claimed {er.claimed_epsilon:.3f} (PRV {er.claimed_by.get('prv', math.nan):.3f},"
-                  f" PLD {er.claimed_by.get('pld', math.nan):.3f}); max detectable "
-                  f"{er.max_detectable_epsilon:.2f}; {er.seconds:.1f} s -> "
-                  f"{'VIOLATION' if er.violation else 'ok'}")
+                  f"claimed {er.claimed_epsilon:.3f} ({er.claim_source}; recomputed PRV "
+                  f"{er.claimed_by.get('prv', math.nan):.3f}, PLD "
+                  f"{er.claimed_by.get('pld', math.nan):.3f}); could certify at most "
+                  f"{er.max_detectable_epsilon:.2f} (all guesses right), "
+                  f"{er.noise_free_epsilon:.2f} (no noise at all); {er.seconds:.1f} s -> "
+                  f"{er.verdict.upper()} ({er.reason})")
         if empirical:
             print()
         print(format_findings(result))
@@ -283,4 +318,6 @@ def run_audit(args: argparse.Namespace) -> int:
             print(f"note: {note}")
         for kind, path in paths.items():
             print(f"{kind}: {path}")
-    return 0 if result.clean else 1
+    if not result.clean:
+        return 1
+    return 3 if any(er.verdict == "inconclusive" for er in empirical) else 0

@@ -5,11 +5,17 @@ What and why: a run's epsilons are written by the clients that spent them (their
 not have to trust either, nor the single accountant that produced the numbers. This module
 
 1. verifies every ledger's hash chain and Ed25519 signatures against the client's public key
-   (``RUN/ledger/<client>.jsonl`` with ``RUN/ledger/<client>.pub``), and that the ``client``
-   field matches the file name;
+   (``RUN/ledger/<client>.jsonl`` with ``RUN/ledger/<client>.pub``), that the ``client``
+   field matches the file name, and that the public key is the one the identity registry
+   (``RUN/identities.json``, or ``--registry``; :func:`fedssl.privacy.identity.load_registry`)
+   lists for that client: anyone can re-sign a ledger with a fresh key and replace the
+   ``.pub``, only the registry (distributed out of band) ties a key to a site. Without a
+   registry that is a finding, never a silent pass; key fingerprints (SHA-256 of the raw
+   32-byte Ed25519 key) are printed per client;
 2. recomputes each client's cumulative epsilon after every entry from the recorded noise
-   multiplier, sample rate and steps with independent accountants of the Poisson-subsampled
-   Gaussian mechanism:
+   multiplier (divided by ``extra.sensitivity`` when recorded,
+   :meth:`fedssl.privacy.ledger.LedgerEntry.segment`), sample rate and steps with
+   independent accountants of the Poisson-subsampled Gaussian mechanism:
 
    - ``prv``: Opacus's privacy-random-variable accountant (Gopi, Lee & Wutschitz, "Numerical
      Composition of Differential Privacy", NeurIPS 2021), upper end of its error bound;
@@ -22,9 +28,15 @@ not have to trust either, nor the single accountant that produced the numbers. T
      conservative upper bound, used as a sanity check (RDP >= PRV, PLD);
 
    and flags an entry whose recorded epsilon is below the reference ``max(prv, pld)`` by more
-   than the tolerance (1 % by default);
-3. checks budgets (recorded or recomputed epsilon above ``target_epsilon`` of
-   ``config.toml`` or an explicit budget) and the delta of every entry against the config;
+   than the tolerance (1 % by default). A site's ledger may span several server runs: an
+   entry's ``epsilon`` is its run's (the composition of that run's entries; entries without a
+   run id were computed over the whole ledger) and ``lifetime_epsilon`` all runs'; both are
+   recomputed and checked. The run audited is ``RUN/run_id`` (server runs) or the run of each
+   ledger's last entry; its epsilon and the site's lifetime epsilon are shown side by side;
+3. checks budgets (the run's recorded or recomputed epsilon above ``target_epsilon`` of
+   ``config.toml``, a per-run target, or an explicit budget) and the delta of every entry
+   against the config. ``config.toml`` is either the simulator's (``[experiment]``) or the
+   server's (``[run]``, :mod:`fedssl.server.run_record`);
 4. checks soundness of the configuration: DP-SGD with an objective that is not per-record
    decomposable, DP without noise, an accountant that is not an upper bound;
 5. cross-checks ``report.json``'s privacy block against the verified ledgers.
@@ -57,9 +69,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS, epsilon_of
-from fedssl.privacy.identity import IdentityError, load_public_key
-from fedssl.privacy.ledger import LedgerEntry, LedgerError, read_ledger
+from fedssl.privacy.identity import IdentityError, load_public_key, load_registry
+from fedssl.privacy.ledger import (
+    LEGACY_RUN,
+    LedgerEntry,
+    LedgerError,
+    effective_noise_multiplier,
+    read_ledger,
+)
 
 #: accountants recomputed by the audit, in table order
 AUDIT_ACCOUNTANTS = ("prv", "pld", "rdp")
@@ -72,6 +93,14 @@ AGREEMENT_TOLERANCE = 0.05
 PRV_EPS_ERROR = 0.01
 
 Segment = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
+
+
+def key_fingerprint(key: Ed25519PublicKey) -> str:
+    """``SHA256:`` and the first 16 hex digits of SHA-256 over the raw 32-byte public key."""
+    import hashlib
+
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "SHA256:" + hashlib.sha256(raw).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,10 +244,27 @@ class EntryCheck:
     prv: float = math.nan
     pld: float = math.nan
     rdp: float = math.nan
+    #: the run the entry belongs to (:data:`~fedssl.privacy.ledger.LEGACY_RUN` without id)
+    run: str = LEGACY_RUN
+    #: ``extra.sensitivity`` (1 when absent): the accountants see noise / sensitivity
+    sensitivity: float = 1.0
+    #: recorded ``lifetime_epsilon`` (legacy entries: their ``epsilon`` is the lifetime one)
+    recorded_lifetime: float = math.nan
+    lifetime_prv: float = math.nan
+    lifetime_pld: float = math.nan
+    lifetime_rdp: float = math.nan
 
     @property
     def reference(self) -> float:
         return reference_epsilon(self.prv, self.pld)
+
+    @property
+    def lifetime_reference(self) -> float:
+        return reference_epsilon(self.lifetime_prv, self.lifetime_pld)
+
+    @property
+    def effective_noise(self) -> float:
+        return self.noise_multiplier / self.sensitivity
 
 
 @dataclass
@@ -229,8 +275,29 @@ class ClientAudit:
     ledger: str
     signature_verified: bool = False
     chain_verified: bool = False
+    #: this run's entries (what the run's claims are checked against)
     entries: list[EntryCheck] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
+    #: every entry of the ledger, all runs (the lifetime spend)
+    all_entries: list[EntryCheck] = field(default_factory=list)
+    run_id: str | None = None
+    key_fingerprint: str | None = None
+    registry_fingerprint: str | None = None
+    #: True: key is the registry's; False: not registered or differs; None: no registry
+    registered: bool | None = None
+
+    @property
+    def runs(self) -> dict[str, int]:
+        """Entries per run in this ledger."""
+        out: dict[str, int] = {}
+        for e in self.all_entries:
+            out[e.run] = out.get(e.run, 0) + 1
+        return out
+
+    @property
+    def lifetime(self) -> EntryCheck | None:
+        """The ledger's last entry (its lifetime fields are the site's lifetime spend)."""
+        return self.all_entries[-1] if self.all_entries else None
 
     @property
     def steps(self) -> int:
@@ -262,6 +329,10 @@ class AuditResult:
     empirical: list[dict[str, Any]] = field(default_factory=list)
     #: the client-level DP claim and its recomputation (None: no client-level DP)
     client_level: dict[str, Any] | None = None
+    #: the run audited (None: each ledger's last run)
+    run_id: str | None = None
+    #: where the identity registry came from (None: no registry)
+    registry: str | None = None
 
     @property
     def clean(self) -> bool:
@@ -286,19 +357,29 @@ class AuditResult:
 
         clients = {}
         for c in self.clients:
-            last = c.last
+            last, life = c.last, c.lifetime
             clients[c.client] = {
                 "ledger": c.ledger, "signature_verified": c.signature_verified,
                 "chain_verified": c.chain_verified, "rounds": len(c.entries), "steps": c.steps,
-                "status": c.status,
+                "status": c.status, "run_id": c.run_id, "runs": c.runs,
+                "key_fingerprint": c.key_fingerprint,
+                "registry_fingerprint": c.registry_fingerprint, "registered": c.registered,
                 "epsilon": {"recorded": last.recorded if last else None,
                             **{a: getattr(last, a) if last else None
                                for a in AUDIT_ACCOUNTANTS},
                             "reference": last.reference if last else None},
-                "entries": [{**asdict(e), "reference": e.reference} for e in c.entries],
+                "lifetime_epsilon": {
+                    "recorded": life.recorded_lifetime if life else None,
+                    **{a: getattr(life, f"lifetime_{a}") if life else None
+                       for a in AUDIT_ACCOUNTANTS},
+                    "reference": life.lifetime_reference if life else None},
+                "entries": [{**asdict(e), "reference": e.reference,
+                             "lifetime_reference": e.lifetime_reference}
+                            for e in c.all_entries],
             }
         return clean_float({
-            "run_dir": self.run_dir, "clean": self.clean,
+            "run_dir": self.run_dir, "clean": self.clean, "run_id": self.run_id,
+            "registry": self.registry,
             "budget": self.budget, "budget_source": self.budget_source, "delta": self.delta,
             "tolerance": self.tolerance, "dp": self.dp, "method": self.method,
             "accountants": {"reference": "max(prv, pld)", "prv": "opacus PRV (Gopi et al. "
@@ -315,11 +396,21 @@ class AuditResult:
 # the audit
 # --------------------------------------------------------------------------------------------
 def read_config_table(path: Path) -> dict[str, Any]:
-    """The ``[experiment]`` table of a run's ``config.toml`` (or its top level), unvalidated:
-    an unsound configuration must reach the audit, not be rejected before it."""
+    """A run's ``config.toml`` as the simulator's ``[experiment]`` keys, unvalidated (an
+    unsound configuration must reach the audit, not be rejected before it).
+
+    Reads the simulator's format (an ``[experiment]`` table), the server's (a ``[run]`` table
+    of kebab-case run-config keys, :mod:`fedssl.server.run_record`: mapped to the same names,
+    ``num-server-rounds`` to ``rounds``), or a bare top-level table."""
     raw = tomllib.loads(path.read_text())
-    table = raw.get("experiment", raw)
-    return dict(table) if isinstance(table, dict) else {}
+    if isinstance(raw.get("experiment"), dict):
+        return dict(raw["experiment"])
+    if isinstance(raw.get("run"), dict):
+        table = {k.replace("-", "_"): v for k, v in raw["run"].items()}
+        if "num_server_rounds" in table:
+            table["rounds"] = table.pop("num_server_rounds")
+        return table
+    return dict(raw)
 
 
 def _as_float(x: Any) -> float:
@@ -360,8 +451,12 @@ def _check_config(res: AuditResult, cfg: Mapping[str, Any]) -> None:
         res.add("error", "unsound-config", f"delta = {delta} is not in (0, 1)")
 
 
-def _load_ledger(res: AuditResult, path: Path, audit: ClientAudit) -> list[LedgerEntry]:
-    """Verify a ledger, turning every failure into a finding; returns what can be read."""
+def _load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
+                 registry: dict[str, Ed25519PublicKey] | None) -> list[LedgerEntry]:
+    """Verify a ledger, turning every failure into a finding; returns what can be read.
+
+    Signatures are verified with the ``.pub`` next to the ledger (the registry's key when
+    that is missing); the ``.pub`` must then be the registry's key for the client."""
     name = audit.client
     pub = path.with_suffix(".pub")
     key = None
@@ -373,6 +468,24 @@ def _load_ledger(res: AuditResult, path: Path, audit: ClientAudit) -> list[Ledge
             key = load_public_key(pub)
         except IdentityError as exc:
             res.add("error", "bad-public-key", f"{pub.name}: {exc}", name)
+    if key is not None:
+        audit.key_fingerprint = key_fingerprint(key)
+    if registry is not None:
+        anchor = registry.get(name)
+        audit.registry_fingerprint = key_fingerprint(anchor) if anchor is not None else None
+        audit.registered = anchor is not None and (
+            key is None or audit.key_fingerprint == audit.registry_fingerprint)
+        if anchor is None:
+            res.add("error", "ledger-key-not-registered",
+                    f"{name} is not in the identity registry ({res.registry}): nothing ties "
+                    f"the ledger key {audit.key_fingerprint or '-'} to a site", name)
+        elif key is not None and audit.key_fingerprint != audit.registry_fingerprint:
+            res.add("error", "ledger-key-mismatch",
+                    f"{pub.name} holds key {audit.key_fingerprint}, but the identity registry "
+                    f"lists {audit.registry_fingerprint} for {name}: the ledger was not signed "
+                    "with the site's registered key", name)
+        elif key is None:
+            key = anchor  # verify against the registered key instead
     entries: list[LedgerEntry] = []
     if key is not None:
         try:
@@ -406,13 +519,28 @@ def _check_entries(res: AuditResult, audit: ClientAudit, entries: list[LedgerEnt
                     f"entry names client {e.client!r} but the ledger file is {name}.jsonl",
                     name, e.round)
             break
+    audit.run_id = (entries[-1].run if res.run_id is None
+                    else (res.run_id or LEGACY_RUN))
     cumulative = 0
     for e in entries:
-        cumulative += e.steps
-        audit.entries.append(EntryCheck(
-            round=e.round, steps=e.steps, cumulative_steps=cumulative,
+        try:
+            effective_noise_multiplier(e.noise_multiplier, e.extra)
+            sensitivity = float(e.extra.get("sensitivity", 1.0))
+        except LedgerError as exc:
+            res.add("error", "invalid-entry", str(exc), name, e.round)
+            sensitivity = math.nan
+        check = EntryCheck(
+            round=e.round, steps=e.steps, cumulative_steps=0,
             noise_multiplier=e.noise_multiplier, sample_rate=e.sample_rate,
-            max_grad_norm=e.max_grad_norm, delta=e.delta, recorded=e.epsilon))
+            max_grad_norm=e.max_grad_norm, delta=e.delta, recorded=e.epsilon, run=e.run,
+            sensitivity=sensitivity,
+            recorded_lifetime=e.lifetime if e.lifetime_epsilon is not None or not e.run_id
+            else math.nan)
+        audit.all_entries.append(check)
+        if e.run == audit.run_id:
+            cumulative += e.steps
+            check.cumulative_steps = cumulative
+            audit.entries.append(check)
         if e.accountant not in UPPER_BOUND_ACCOUNTANTS:
             res.add("error", "unsound-accountant",
                     f"recorded with accountant {e.accountant!r}, which is not a guaranteed "
@@ -427,34 +555,68 @@ def _check_entries(res: AuditResult, audit: ClientAudit, entries: list[LedgerEnt
                     f"max_grad_norm={e.max_grad_norm}", name, e.round)
         if not 0 < e.delta < 1:
             res.add("error", "invalid-entry", f"delta {e.delta} not in (0, 1)", name, e.round)
-        elif res.delta is not None and not math.isclose(e.delta, res.delta, rel_tol=1e-9):
+        elif (e.run == audit.run_id and res.delta is not None
+              and not math.isclose(e.delta, res.delta, rel_tol=1e-9)):
             res.add("error", "delta-mismatch",
                     f"entry delta {e.delta:g} differs from the configured delta "
                     f"{res.delta:g}", name, e.round)
+    if not audit.entries:
+        res.notes.append(f"{name}'s ledger has no entry of run {audit.run_id} (entries of "
+                         f"other runs only: {', '.join(audit.runs)})")
+    elif len(audit.runs) > 1:
+        res.notes.append(f"{name}'s ledger spans {len(audit.runs)} runs "
+                         f"({', '.join(f'{r}: {n} entries' for r, n in audit.runs.items())}); "
+                         "the table shows run "
+                         f"{audit.run_id}'s epsilon and the site's lifetime epsilon")
+
+
+def _history(checks: Sequence[EntryCheck]) -> tuple[Segment, ...]:
+    return tuple((c.effective_noise, c.sample_rate, c.steps) for c in checks)
 
 
 def _recompute(res: AuditResult, audit: ClientAudit) -> None:
-    checks = audit.entries
-    valid = [c for c in checks if 0 < c.sample_rate <= 1 and 0 < c.delta < 1 and c.steps >= 0]
+    """Recompute every entry's run epsilon (its run's entries composed; a legacy entry's
+    claim is over the whole ledger) and lifetime epsilon (every entry composed)."""
+    checks = audit.all_entries
+    valid = [c for c in checks if 0 < c.sample_rate <= 1 and 0 < c.delta < 1 and c.steps >= 0
+             and math.isfinite(c.sensitivity)]
     if len(valid) != len(checks) or not checks:
         return
-    history = tuple((c.noise_multiplier, c.sample_rate, c.steps) for c in checks)
-    eps = recompute(history, tuple(c.delta for c in checks))
+    life = recompute(_history(checks), tuple(c.delta for c in checks))
     for i, c in enumerate(checks):
-        c.prv, c.pld, c.rdp = eps["prv"][i], eps["pld"][i], eps["rdp"][i]
+        c.lifetime_prv, c.lifetime_pld, c.lifetime_rdp = (
+            life["prv"][i], life["pld"][i], life["rdp"][i])
+    groups: dict[str, list[EntryCheck]] = {}
+    for c in checks:
+        groups.setdefault(c.run, []).append(c)
+    for run, group in groups.items():
+        if run == LEGACY_RUN:  # computed over the whole ledger when written
+            for c in group:
+                c.prv, c.pld, c.rdp = c.lifetime_prv, c.lifetime_pld, c.lifetime_rdp
+            continue
+        eps = recompute(_history(group), tuple(c.delta for c in group))
+        for i, c in enumerate(group):
+            c.prv, c.pld, c.rdp = eps["prv"][i], eps["pld"][i], eps["rdp"][i]
     tol = res.tolerance
     name = audit.client
     for c in checks:
         ref = c.reference
+        other = "" if c.run == audit.run_id else f" (run {c.run})"
         if math.isnan(ref):
             res.add("error", "accountant-failure",
                     "neither PRV nor PLD could evaluate this entry", name, c.round)
             continue
         if c.recorded < ref * (1 - tol):
             res.add("error", "epsilon-understated",
-                    f"recorded epsilon {c.recorded:.4g} is below the recomputed "
+                    f"recorded epsilon{other} {c.recorded:.4g} is below the recomputed "
                     f"{ref:.4g} (max of PRV {c.prv:.4g}, PLD {c.pld:.4g}) by "
                     f"{100 * (1 - c.recorded / ref):.1f} % (> {100 * tol:g} %)", name, c.round)
+        lref = c.lifetime_reference
+        if not math.isnan(lref) and c.recorded_lifetime < lref * (1 - tol):
+            res.add("error", "epsilon-understated",
+                    f"recorded lifetime epsilon{other} {c.recorded_lifetime:.4g} is below the "
+                    f"recomputed composition of every entry so far {lref:.4g} by more than "
+                    f"{100 * tol:g} %", name, c.round)
         finite = [v for v in (c.prv, c.pld) if math.isfinite(v)]
         if len(finite) == 2 and abs(finite[0] - finite[1]) > (
                 AGREEMENT_TOLERANCE * max(finite) + 2 * PRV_EPS_ERROR):
@@ -465,8 +627,8 @@ def _recompute(res: AuditResult, audit: ClientAudit) -> None:
             res.add("warning", "accountant-disagreement",
                     f"RDP {c.rdp:.4g} is below PRV/PLD {min(finite):.4g}: one accountant "
                     "is not an upper bound here", name, c.round)
-    if res.budget is not None:
-        for c in checks:
+    if res.budget is not None:  # a run's target: checked against the run's epsilon
+        for c in audit.entries:
             if c.recorded > res.budget:
                 res.add("error", "budget-overrun",
                         f"recorded epsilon {c.recorded:.4g} exceeds the budget "
@@ -492,6 +654,11 @@ def _check_report(res: AuditResult, run_dir: Path) -> None:
         return
     privacy = report.get("privacy") if isinstance(report, dict) else None
     ledgers = {c.client: c for c in res.clients if c.entries}
+    if (isinstance(privacy, dict) and privacy.get("run_id") is not None
+            and res.run_id is not None and str(privacy["run_id"]) != res.run_id):
+        res.add("error", "report-mismatch",
+                f"report.json is for run {privacy['run_id']}, the run directory's run id is "
+                f"{res.run_id}")
     if not privacy:
         if res.dp or ledgers:
             res.add("error", "report-mismatch",
@@ -520,6 +687,13 @@ def _check_report(res: AuditResult, run_dir: Path) -> None:
                 problems.append(f"steps {row['steps']} vs ledger {audit.steps}")
             if "rounds" in row and int(row["rounds"]) != len(audit.entries):
                 problems.append(f"rounds {row['rounds']} vs ledger {len(audit.entries)}")
+            life = audit.lifetime
+            if ("lifetime_epsilon" in row and life is not None
+                    and not math.isnan(life.recorded_lifetime)
+                    and not math.isclose(_as_float(row["lifetime_epsilon"]),
+                                         life.recorded_lifetime, rel_tol=1e-6)):
+                problems.append(f"lifetime_epsilon {row['lifetime_epsilon']} vs ledger "
+                                f"{life.recorded_lifetime:.6g}")
             for key in ("noise_multiplier", "sample_rate"):
                 if key in row and not math.isclose(float(row[key]), getattr(last, key),
                                                    rel_tol=1e-9):
@@ -583,14 +757,38 @@ def _check_client_level(res: AuditResult, run_dir: Path) -> None:
                          f"budget {res.budget:g} (different privacy unit: a whole client)")
 
 
+def _load_registry(res: AuditResult, run_dir: Path, given: Path | None,
+                   cfg: Mapping[str, Any]) -> dict[str, Ed25519PublicKey] | None:
+    """The identity registry's keys (client id -> public key), or None (with a finding)."""
+    candidates = [Path(given)] if given is not None else [
+        run_dir / "identities.json",
+        *([Path(str(cfg["identity_registry"]))] if cfg.get("identity_registry") else [])]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        where = str(given) if given is not None else " or ".join(map(str, candidates))
+        res.add("warning", "no-identity-registry",
+                f"no identity registry ({where} not found): each ledger's signatures were "
+                "checked only against the .pub stored next to it, which whoever rewrote the "
+                "ledger could replace; give --registry CERTS/identities.json")
+        return None
+    res.registry = str(path)
+    try:
+        return {cid: pub for cid, (_, pub) in load_registry(path).items()}
+    except IdentityError as exc:
+        res.add("error", "bad-registry", str(exc))
+        return None
+
+
 def audit_run(
     run_dir: Path,
     config: Mapping[str, Any] | None = None,
     budget: float | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     progress: bool = False,
+    registry: Path | None = None,
+    run_id: str | None = None,
 ) -> AuditResult:
-    """Audit ``run_dir``: ledgers, recomputed epsilons, budget, config soundness, report.
+    """Audit ``run_dir``: ledgers, keys, recomputed epsilons, budget, config, report.
 
     Args:
         run_dir: the run directory (see DESIGN.md, "Run directory contract").
@@ -599,6 +797,11 @@ def audit_run(
         budget: epsilon budget overriding ``target_epsilon`` of the config.
         tolerance: relative tolerance of the recorded-vs-recomputed and budget checks.
         progress: tqdm progress bar over clients (recomputation takes ~0.5 s per entry).
+        registry: the identity registry (default ``RUN/identities.json``, else the
+            config's ``identity_registry``); without one the keys can't be checked, which
+            is a finding.
+        run_id: the run to audit (default ``RUN/run_id``, the config's ``run_id``, else
+            each ledger's last run).
     """
     run_dir = Path(run_dir)
     cfg_error = ""
@@ -620,10 +823,15 @@ def audit_run(
         source = "--budget"
     elif float(cfg.get("target_epsilon", 0.0) or 0.0) > 0:
         budget = float(cfg["target_epsilon"])
+    if run_id is None:
+        id_file = run_dir / "run_id"
+        run_id = (id_file.read_text().strip() if id_file.exists()
+                  else str(cfg["run_id"]) if cfg.get("run_id") else None)
     res = AuditResult(run_dir=str(run_dir), budget=budget, budget_source=source, delta=delta,
-                      tolerance=tolerance, dp=dp, method=cfg.get("method"))
+                      tolerance=tolerance, dp=dp, method=cfg.get("method"), run_id=run_id)
     if config is None:
         res.add("error", "missing-config", cfg_error)
+    keys = _load_registry(res, run_dir, registry, cfg)
     _check_config(res, cfg)
     if budget is None:
         res.notes.append("no epsilon budget (target_epsilon = 0 and no --budget): budget not "
@@ -646,7 +854,7 @@ def audit_run(
                      leave=False):
         audit = ClientAudit(client=path.stem, ledger=str(path.relative_to(run_dir)))
         res.clients.append(audit)
-        entries = _load_ledger(res, path, audit)
+        entries = _load_ledger(res, path, audit, keys)
         if not entries:
             if audit.chain_verified:
                 res.add("warning", "empty-ledger", f"{path.name} has no entries", audit.client)
@@ -667,17 +875,29 @@ def _fmt(x: float | None) -> str:
     return "inf" if math.isinf(x) else f"{x:.3f}"
 
 
-TABLE_HEADER = ("client", "rounds", "steps", "recorded eps", "PRV", "PLD", "RDP", "status")
+TABLE_HEADER = ("client", "rounds", "steps", "recorded eps", "PRV", "PLD", "RDP",
+                "lifetime eps", "runs", "key", "status")
+_LEFT = (0, 9, 10)
+
+
+def _key_status(c: ClientAudit) -> str:
+    fp = c.key_fingerprint or "-"
+    state = {True: "registered", False: "NOT REGISTERED" if c.registry_fingerprint is None
+             else "MISMATCH", None: "no registry"}[c.registered]
+    return f"{fp} {state}"
 
 
 def table_rows(res: AuditResult) -> list[tuple[str, ...]]:
+    """One row per client: this run's last cumulative epsilons (recorded, recomputed), the
+    site's lifetime epsilon (recorded, all runs), its runs and its key."""
     rows = []
     for c in res.clients:
-        last = c.last
+        last, life = c.last, c.lifetime
         rows.append((c.client, str(len(c.entries)), str(c.steps),
                      _fmt(last.recorded if last else None), _fmt(last.prv if last else None),
                      _fmt(last.pld if last else None), _fmt(last.rdp if last else None),
-                     c.status))
+                     _fmt(life.recorded_lifetime if life else None), str(len(c.runs)),
+                     _key_status(c), c.status))
     return rows
 
 
@@ -685,7 +905,7 @@ def format_table(res: AuditResult) -> str:
     """Plain-text table, one row per client (last entry's cumulative epsilons)."""
     rows = [TABLE_HEADER, *table_rows(res)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADER))]
-    lines = ["  ".join(v.ljust(w) if i in (0, 7) else v.rjust(w)
+    lines = ["  ".join(v.ljust(w) if i in _LEFT else v.rjust(w)
                        for i, (v, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -743,15 +963,36 @@ def plot_epsilons(res: AuditResult, path: Path) -> Path | None:
 def format_markdown(res: AuditResult, plot: str | None) -> str:
     lines = [f"# Privacy audit of `{res.run_dir}`", "",
              f"**Result: {'CLEAN' if res.clean else f'{len(res.findings)} FINDING(S)'}**", "",
-             f"- DP: {res.dp}; method: {res.method}; delta: {res.delta}",
+             f"- DP: {res.dp}; method: {res.method}; delta: {res.delta}; run: "
+             f"{res.run_id if res.run_id is not None else 'the last run of each ledger'}",
+             f"- identity registry: {res.registry or 'NONE (ledger keys not checked)'}",
              f"- budget: {res.budget} ({res.budget_source if res.budget is not None else '-'})",
              "- accountants: PRV (Opacus; Gopi et al. 2021), PLD (dp-accounting, pessimistic "
              "connect-the-dots; Doroshenko et al. 2022), RDP (dp-accounting; Mironov 2017). "
              f"Reference = max(PRV, PLD); tolerance {100 * res.tolerance:g} %.", "",
-             "## Clients (cumulative epsilon after the last entry)", "",
+             "## Clients (cumulative epsilon after the run's last entry)", "",
+             "`recorded eps` and PRV/PLD/RDP: this run's epsilon; `lifetime eps`: the "
+             "recorded composition of every entry of the site's ledger (all runs).", "",
              "| " + " | ".join(TABLE_HEADER) + " |",
              "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(res)]
+    lines += ["", "## Ledger keys (SHA-256 of the raw Ed25519 public key, 16 hex digits)", "",
+              "| client | ledger .pub | identity registry | status |", "|---|---|---|---|"]
+    lines += [f"| {c.client} | {c.key_fingerprint or '-'} | "
+              f"{c.registry_fingerprint or ('-' if res.registry else 'no registry')} | "
+              f"{_key_status(c).split(' ', 1)[1]} |" for c in res.clients]
+    multi = [c for c in res.clients if len(c.runs) > 1]
+    if multi:
+        lines += ["", "## Sites whose ledger spans runs", "",
+                  "| client | runs (entries) | run eps | lifetime eps recorded | "
+                  "lifetime max(PRV, PLD) |", "|---|---|---|---|---|"]
+        for c in multi:
+            life = c.lifetime
+            lines.append(
+                f"| {c.client} | {', '.join(f'{r} ({n})' for r, n in c.runs.items())} | "
+                f"{_fmt(c.last.recorded if c.last else None)} | "
+                f"{_fmt(life.recorded_lifetime if life else None)} | "
+                f"{_fmt(life.lifetime_reference if life else None)} |")
     if res.client_level:
         cl = res.client_level
         lines += ["", "## Client-level DP", "",
@@ -772,16 +1013,24 @@ def format_markdown(res: AuditResult, plot: str | None) -> str:
     if res.empirical:
         lines += ["", "## Empirical audit (Steinke, Nasr & Jagielski 2023, one run)", "",
                   "| client | canaries | guesses | correct | lower bound | claimed eps | "
-                  "max detectable | noise scale | seconds |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "recomputed PRV / PLD | max certifiable (all right / no noise) | "
+                  "noise scale | verdict | seconds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for e in res.empirical:
+            by = e.get("claimed_by") or {}
             lines.append(
                 f"| {e.get('client') or '-'} | {e['canaries']} | {e['guesses']} | "
                 f"{e['correct']} | {_fmt(e['epsilon_lower_bound'])} | "
-                f"{_fmt(e['claimed_epsilon'])} | {_fmt(e['max_detectable_epsilon'])} | "
-                f"{e['noise_scale']:g} | {e['seconds']:.1f} |")
-        lines.append(f"\nConfidence {res.empirical[0]['confidence']:g}; a lower bound above "
-                     "the claimed epsilon refutes the claim.")
+                f"{_fmt(e['claimed_epsilon'])} ({e.get('claim_source', '-')}) | "
+                f"{_fmt(by.get('prv'))} / {_fmt(by.get('pld'))} | "
+                f"{_fmt(e['max_detectable_epsilon'])} / {_fmt(e.get('noise_free_epsilon'))} | "
+                f"{e['noise_scale']:g} | {e.get('verdict', '-')}: "
+                f"{str(e.get('reason', '')).replace('|', '/')} | {e['seconds']:.1f} |")
+        lines.append(f"\nConfidence {res.empirical[0]['confidence']:g}. A one-run audit gives a "
+                     "lower bound: above the smallest upper bound of the recorded mechanism it "
+                     "refutes the claim (violation); below it, it shows nothing unless the "
+                     "audit could have certified more (no-violation-detected, with that power); "
+                     "`inconclusive` means it could not have, even without any noise.")
     if plot:
         lines += ["", "## Epsilon per round", "", f"![epsilon per round]({plot})"]
     return "\n".join(lines) + "\n"

@@ -22,7 +22,11 @@ NeurIPS 2023, Algorithm 1 and Theorem 3 / Algorithm 2 of the paper):
    SGD that is the sum over steps of the noisy clipped updates along ``e_i``: the strongest
    observation of the final model for this canary).
 4. Guess "in" for the ``k`` highest scores and "out" for the ``k`` lowest (abstain on the rest),
-   so ``r = 2k`` guesses, of which ``v`` are correct.
+   so ``r = 2k`` guesses, of which ``v`` are correct; or, one-sided, only "in" for the ``k``
+   highest (``r = k``). The theorem holds for any guesser that sees only the output, abstaining
+   included; the one-sided guess is what sees a mechanism that samples each canary rarely: a
+   canary that was never sampled has no influence, so the lowest scores are a coin flip
+   between "out" and "in but never sampled", while the highest are certain.
 5. If the mechanism is (epsilon, delta)-DP, then (Theorem 3)
    ``P[v correct] <= beta + 2 m delta alpha`` with ``q = e^eps / (1 + e^eps)``,
    ``beta = P[Binomial(r, q) >= v]`` and
@@ -30,14 +34,24 @@ NeurIPS 2023, Algorithm 1 and Theorem 3 / Algorithm 2 of the paper):
    The empirical lower bound is the largest epsilon that this p-value rejects at the chosen
    confidence (bisection, as in the paper's Algorithm 2).
 
-Several values of ``k`` are tried by default; the confidence is split between them
-(Bonferroni), so the reported bound stays valid at the stated confidence.
+Several values of ``k`` (symmetric and one-sided) are tried by default; the confidence is
+split between them (Bonferroni), so the reported bound stays valid at the stated confidence.
 
-What it can and cannot show: with ``m`` canaries the bound cannot exceed roughly
-``ln(m)`` (and ``ln(1 / (2 m delta))``-ish once the ``2 m delta`` term dominates), reported as
-``max_detectable_epsilon``; a claim above it cannot be refuted by this audit, only a mechanism
-that leaks more than it says *below* that level. A broken mechanism (noise multiplier 0, or
-noise 10x smaller than recorded) is caught when its claimed epsilon is below that level.
+What it can and cannot show. The audit gives a *lower* bound: it can refute a claim (the
+lower bound exceeds the smallest upper bound the accountants give for the recorded mechanism:
+``violation``), never confirm one. Whether "no violation" means anything depends on its power,
+computed from the mechanism and ``m`` alone, not from the scores (:func:`detection_power`):
+
+- ``max_detectable_epsilon``: the bound if *every* guess were right, the most these ``m``
+  canaries can certify at this confidence (about ``ln(m)``, less once the ``2 m delta`` term
+  dominates);
+- ``noise_free_epsilon``: the bound a *noise-free* version of the recorded mechanism (same
+  sampling, same steps, no noise) is expected to reach: every canary sampled at least once is
+  then certain, the others indistinguishable from excluded ones.
+
+If either is at most the claim, even a mechanism that adds no noise at all would (be expected
+to) stay below the claim: the verdict is ``inconclusive``, never "ok". Otherwise a lower
+bound at or below the claim is ``no-violation-detected``, with the power stated.
 
 Example::
 
@@ -64,8 +78,11 @@ from torch import nn
 
 #: a canary's raw gradient norm, in units of the clip norm: the optimizer must clip it to C
 CANARY_NORM = 10.0
-#: fractions r/m of canaries guessed that are tried by default (Bonferroni-corrected)
+#: fractions 2k/m of canaries guessed that are tried by default (Bonferroni-corrected), each
+#: symmetric (top k "in", bottom k "out") and one-sided (top k "in")
 DEFAULT_GUESS_FRACTIONS = (0.01, 0.05, 0.2, 0.9)
+#: the verdicts of an empirical audit (a one-run audit gives a lower bound only)
+VERDICTS = ("violation", "no-violation-detected", "inconclusive")
 #: largest expected per-step grad-sample block (floats) per chunk of canary coordinates
 _BLOCK = 1 << 17
 
@@ -82,7 +99,13 @@ class Segment:
 
 @dataclass
 class CanaryAuditResult:
-    """Outcome of one canary audit; ``violation`` means the claim is refuted."""
+    """Outcome of one canary audit.
+
+    ``claimed_epsilon`` is the recorded claim (the ledger's epsilon) when there is one, else
+    the tightest recomputed upper bound; ``claimed_by`` holds every figure (recorded, PRV,
+    PLD). The lower bound is tested against ``tightest_bound``, the smallest of them: each is
+    an upper bound *if* the mechanism is what was recorded, so a lower bound above any of them
+    shows it is not (``violation``)."""
 
     canaries: int
     included: int
@@ -99,15 +122,51 @@ class CanaryAuditResult:
     segments: list[Segment]
     per_k: list[dict[str, float]] = field(default_factory=list)
     client: str | None = None
+    tightest_bound: float = math.nan
+    noise_free_epsilon: float = math.nan
+    claim_source: str = "recomputed"
 
     @property
     def violation(self) -> bool:
-        return self.epsilon_lower_bound > self.claimed_epsilon
+        return self.epsilon_lower_bound > self.tightest_bound
+
+    @property
+    def power(self) -> float:
+        """The most this audit can (be expected to) certify: the smaller of the all-correct
+        bound and the noise-free mechanism's expected bound."""
+        return min(self.max_detectable_epsilon, self.noise_free_epsilon)
+
+    @property
+    def verdict(self) -> str:
+        """``violation``; else ``inconclusive`` if the audit could not have certified a
+        bound above the claim even for a noise-free mechanism; else
+        ``no-violation-detected``. Never "ok": a lower bound can't confirm a claim."""
+        if self.violation:
+            return "violation"
+        return "inconclusive" if self.power <= self.tightest_bound else "no-violation-detected"
+
+    @property
+    def reason(self) -> str:
+        """One line saying why the verdict is what it is."""
+        if self.violation:
+            return (f"lower bound {self.epsilon_lower_bound:.3f} > upper bound "
+                    f"{self.tightest_bound:.3f} of the recorded mechanism")
+        if self.max_detectable_epsilon <= self.tightest_bound:
+            return (f"cannot certify above epsilon {self.max_detectable_epsilon:.3f} with "
+                    f"{self.canaries} canaries even if every guess were right, <= claimed "
+                    f"{self.tightest_bound:.3f}")
+        if self.noise_free_epsilon <= self.tightest_bound:
+            return (f"even with no noise at all this mechanism's sampling is expected to "
+                    f"certify only epsilon {self.noise_free_epsilon:.3f} <= claimed "
+                    f"{self.tightest_bound:.3f}")
+        return (f"power: could certify up to epsilon {self.power:.3f} (claimed "
+                f"{self.tightest_bound:.3f}); found {self.epsilon_lower_bound:.3f}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["segments"] = [asdict(s) for s in self.segments]
-        out["violation"] = self.violation
+        out.update(violation=self.violation, verdict=self.verdict, reason=self.reason,
+                   power=self.power)
         return out
 
 
@@ -156,15 +215,51 @@ def epsilon_lower_bound(m: int, r: int, v: int, delta: float, confidence: float 
 
 
 def guess_counts(included: np.ndarray, scores: np.ndarray, k: int,
-                 rng: np.random.Generator) -> tuple[int, int]:
-    """Guess "in" for the top ``k`` scores and "out" for the bottom ``k`` (ties broken at
-    random); returns ``(r, v)``: the number of guesses and of correct ones."""
+                 rng: np.random.Generator, one_sided: bool = False) -> tuple[int, int]:
+    """Guess "in" for the top ``k`` scores and "out" for the bottom ``k`` (only "in" with
+    ``one_sided``; ties broken at random); returns ``(r, v)``: the number of guesses and of
+    correct ones."""
     m = len(scores)
-    k = max(1, min(k, m // 2))
+    k = max(1, min(k, m if one_sided else m // 2))
     order = np.lexsort((rng.random(m), scores))  # ascending score, random among ties
     bottom, top = order[:k], order[m - k:]
+    if one_sided:
+        return k, int(included[top].sum())
     correct = int(included[top].sum()) + int((~included[bottom]).sum())
     return 2 * k, correct
+
+
+def guess_sets(canaries: int, guesses: int | None) -> list[tuple[int, bool]]:
+    """The ``(k, one_sided)`` guess sets tried: ``guesses`` given, that many symmetric guesses;
+    else each of :data:`DEFAULT_GUESS_FRACTIONS`, symmetric and one-sided."""
+    if guesses is not None:
+        return [(max(1, guesses // 2), False)]
+    ks = sorted({max(1, int(f * canaries / 2)) for f in DEFAULT_GUESS_FRACTIONS})
+    return [(k, side) for k in ks for side in (False, True)]
+
+
+def detection_power(segments: Sequence[Segment], canaries: int, delta: float,
+                    sets: Sequence[tuple[int, bool]], level: float) -> tuple[float, float]:
+    """``(max_detectable, noise_free)``: the largest lower bound the guess ``sets`` could
+    certify at ``level`` if every guess were right, and the one a noise-free version of the
+    mechanism is expected to reach (see the module docstring). Computed from the mechanism
+    only (expected counts: ``m/2`` canaries included, each sampled at least once with
+    probability ``1 - prod (1 - q)^T``), never from the observed scores."""
+    m = canaries
+    n_in = m / 2
+    never = math.prod((1.0 - s.sample_rate) ** s.steps for s in segments if s.steps > 0)
+    n_seen = n_in * (1.0 - never)  # included and sampled: certain without noise
+    zeros = m - n_seen  # excluded, or included and never sampled: indistinguishable
+    frac_in_zero = (n_in - n_seen) / zeros if zeros > 0 else 0.0
+    best_all = best_free = 0.0
+    for k, one_sided in sets:
+        r = k if one_sided else 2 * k
+        best_all = max(best_all, epsilon_lower_bound(m, r, r, delta, level))
+        top = min(k, n_seen) + max(0.0, k - n_seen) * frac_in_zero
+        bottom = 0.0 if one_sided else min(k, zeros) * (1.0 - frac_in_zero)
+        v = int(min(r, math.floor(top + bottom)))
+        best_free = max(best_free, epsilon_lower_bound(m, r, v, delta, level))
+    return best_all, best_free
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,8 +358,9 @@ def run_canary_audit(
             confidence split between them.
         confidence: e.g. 0.95: the lower bound holds except with probability 5 %.
         noise_scale: multiplies the noise handed to the optimizer (1 = correct mechanism).
-        recorded_epsilon: the ledger's claim, if any; the claim audited is the smallest of it
-            and the recomputed PRV/PLD epsilons of ``segments``.
+        recorded_epsilon: the ledger's claim, if any: shown as the claim; the lower bound is
+            tested against the smallest of it and the recomputed PRV/PLD epsilons of
+            ``segments`` (each an upper bound if the mechanism is as recorded).
         seed: seeds inclusion, Poisson sampling, noise and tie-breaking.
         progress: show a tqdm progress bar.
     """
@@ -287,31 +383,33 @@ def run_canary_audit(
     finally:
         torch.set_num_threads(threads)
 
-    if guesses is not None:
-        ks = [max(1, guesses // 2)]
-    else:
-        ks = sorted({max(1, int(f * canaries / 2)) for f in DEFAULT_GUESS_FRACTIONS})
-    level = 1.0 - (1.0 - confidence) / len(ks)  # Bonferroni over the k tried
+    sets = guess_sets(canaries, guesses)
+    level = 1.0 - (1.0 - confidence) / len(sets)  # Bonferroni over the guess sets tried
     per_k = []
     best: tuple[float, int, int] = (-1.0, 0, 0)
-    for k in ks:
-        r, v = guess_counts(included, scores, k, rng)
+    for k, one_sided in sets:
+        r, v = guess_counts(included, scores, k, rng, one_sided)
         lb = epsilon_lower_bound(canaries, r, v, delta, level)
-        per_k.append({"guesses": r, "correct": v, "epsilon_lower_bound": lb})
+        per_k.append({"guesses": r, "correct": v, "one_sided": one_sided,
+                      "epsilon_lower_bound": lb})
         if lb > best[0]:
             best = (lb, r, v)
-    max_detect = max(epsilon_lower_bound(canaries, 2 * k, 2 * k, delta, level) for k in ks)
+    max_detect, noise_free = detection_power(segments, canaries, delta, sets, level)
 
     claimed = claimed_epsilons(segments, delta)
     candidates = [e for e in claimed.values() if not math.isnan(e)]
     if recorded_epsilon is not None:
         candidates.append(recorded_epsilon)
+    tightest = min(candidates) if candidates else math.inf
     return CanaryAuditResult(
         canaries=canaries, included=int(included.sum()), guesses=best[1], correct=best[2],
         confidence=confidence, delta=delta, epsilon_lower_bound=best[0],
-        claimed_epsilon=min(candidates) if candidates else math.inf,
-        claimed_by={**claimed, **({"recorded": recorded_epsilon}
-                                  if recorded_epsilon is not None else {})},
+        # the claim shown is the recorded one; the recomputations stand beside it
+        claimed_epsilon=recorded_epsilon if recorded_epsilon is not None else tightest,
+        claimed_by={**({"recorded": recorded_epsilon} if recorded_epsilon is not None
+                       else {}), **claimed},
         max_detectable_epsilon=max_detect, noise_scale=noise_scale,
         seconds=time.perf_counter() - t0, segments=list(segments), per_k=per_k, client=client,
+        tightest_bound=tightest, noise_free_epsilon=noise_free,
+        claim_source="ledger" if recorded_epsilon is not None else "recomputed (min PRV, PLD)",
     )

@@ -14,12 +14,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedssl.audit_command import add_audit_parser, run_audit
 from fedssl.privacy.accountant import epsilon_of
-from fedssl.privacy.audit import audit_run, recompute
-from fedssl.privacy.identity import load_or_create_identity, public_pem
-from fedssl.privacy.ledger import Ledger, LedgerEntry
+from fedssl.privacy.audit import audit_run, format_findings, recompute
+from fedssl.privacy.identity import load_or_create_identity, public_pem, write_registry
+from fedssl.privacy.ledger import Ledger, LedgerEntry, read_ledger
 from fedssl.simulations.config import ExperimentConfig
 
 SIGMA, RATE, STEPS, DELTA = 1.0, 0.1, 10, 1e-5
@@ -77,6 +78,9 @@ def make_run(run: Path, clients: tuple[str, ...] = ("client-000", "client-001"),
     (run / "config.toml").write_text(ExperimentConfig(**cfg).to_toml())
     for c in clients:
         _write_ledger(run, c)
+    # the public identity registry, as `fedssl simulate` writes it (the keys' trust anchor)
+    write_registry(run / "identities.json", {
+        c: load_or_create_identity(run / "clients" / c / "identity.pem") for c in clients})
     if report:
         _write_report(run)
     return run
@@ -165,6 +169,11 @@ def test_missing_public_key(run: Path) -> None:
     (run / "ledger" / "client-000.pub").unlink()
     res = audit_run(run)
     assert [f.kind for f in res.findings] == ["missing-public-key"]
+    # the registry's key still verifies the signatures
+    assert res.clients[0].signature_verified and res.clients[0].registered
+    (run / "identities.json").unlink()
+    res = audit_run(run)
+    assert [f.kind for f in res.findings] == ["no-identity-registry", "missing-public-key"]
     # the chain still verifies, so the numbers are still recomputed and shown
     assert res.clients[0].chain_verified and not res.clients[0].signature_verified
     assert res.clients[0].last is not None and res.clients[0].last.prv > 0
@@ -302,3 +311,125 @@ def test_cumulative_epsilons_per_entry_are_monotone() -> None:
     # the composed PLD equals the one of the merged first two segments
     merged = recompute(((1.0, 0.05, 40),), (1e-5,), accountants=("pld",))
     assert eps["pld"][1] == pytest.approx(merged["pld"][0], rel=2e-3)
+
+
+# --- keys against the identity registry (issue 16.3b) -----------------------------------------
+def _resign(run: Path, client: str) -> None:
+    """A forger rebuilds the client's ledger, same numbers, signed with a fresh key, and
+    replaces its .pub: chain and signatures verify against that .pub."""
+    path = run / "ledger" / f"{client}.jsonl"
+    entries = read_ledger(path, None)
+    forger = Ed25519PrivateKey.generate()
+    path.unlink()
+    led = Ledger(path, forger)
+    for e in entries:
+        e.hash = e.signature = ""
+        led.append(e)
+    (run / "ledger" / f"{client}.pub").write_bytes(public_pem(forger))
+
+
+def test_resigned_ledger_with_replaced_key_is_a_finding(run: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Issue 16.3b: this passed with "no findings"."""
+    _resign(run, "client-001")
+    assert audit(run) == 1
+    out = capsys.readouterr().out
+    assert "ledger-key-mismatch" in out and "ledger-invalid" not in out
+    data = json.loads((run / "audit" / "audit.json").read_text())
+    (f,) = data["findings"]
+    assert (f["kind"], f["client"], f["severity"]) == ("ledger-key-mismatch", "client-001",
+                                                       "error")
+    row = data["clients"]["client-001"]
+    assert row["registered"] is False and row["key_fingerprint"] != row["registry_fingerprint"]
+    assert data["clients"]["client-000"]["registered"] is True
+    md = (run / "audit" / "report.md").read_text()
+    assert row["key_fingerprint"] in md and row["registry_fingerprint"] in md
+    assert row["key_fingerprint"] in f["message"] and "MISMATCH" in md
+
+
+def test_unregistered_client_and_missing_registry(run: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    registry = json.loads((run / "identities.json").read_text())
+    del registry["client-001"]
+    (tmp_path / "ids.json").write_text(json.dumps(registry))
+    (run / "identities.json").unlink()
+    assert audit(run) == 1  # no registry at all: said so, not a silent pass
+    out = capsys.readouterr().out
+    assert "no-identity-registry" in out and "no registry" in out
+    assert audit(run, "--registry", tmp_path / "ids.json") == 1
+    data = json.loads((run / "audit" / "audit.json").read_text())
+    assert [(f["kind"], f["client"]) for f in data["findings"]] == [
+        ("ledger-key-not-registered", "client-001")]
+    assert audit(run, "--registry", tmp_path / "nope.json") == 2
+
+
+# --- server run directories (issue 16.3a) and ledgers spanning runs (16.2) --------------------
+def _server_run(run: Path, target: float = 8.0) -> Path:
+    """A run directory as `fedssl server` writes it: RUN/config.toml in the server format
+    (fedssl.server.run_record), RUN/run_id, ledger copies, the registry."""
+    from fedssl.server.app import DEFAULTS
+    from fedssl.server.run_record import record_run
+
+    run.mkdir(parents=True)
+    rid = record_run(run, {**DEFAULTS, "run-dir": str(run), "dp": True, "delta": DELTA,
+                           "target-epsilon": target, "method": "simsiam"})
+    key = load_or_create_identity(run / "site-a.pem")
+    write_registry(run / "identities.json", {"site-a": key})
+    (run / "ledger").mkdir()
+    (run / "ledger" / "site-a.pub").write_bytes(public_pem(key))
+    led = Ledger(run / "ledger" / "site-a.jsonl", key)
+    history: list[tuple[float, float, int]] = []
+    # an earlier run of the same site (its state dir reused), then this one
+    for run_id, rounds in (("e" * 32, 2), (rid, ROUNDS)):
+        for r in range(1, rounds + 1):
+            history.append((SIGMA, RATE, STEPS))
+            led.append(LedgerEntry(
+                round=r, client="site-a", noise_multiplier=SIGMA, sample_rate=RATE,
+                steps=STEPS, max_grad_norm=1.0, delta=DELTA, accountant="prv",
+                epsilon=epsilon_of([(SIGMA, RATE, STEPS)] * r, DELTA), run_id=run_id,
+                lifetime_epsilon=epsilon_of(history, DELTA)))
+    from fedssl.server.report import ledger_privacy
+
+    (run / "report.json").write_text(json.dumps({
+        "method": "simsiam", "privacy": ledger_privacy(run, DELTA, rid)}))
+    return run
+
+
+def test_server_run_dir_is_auditable(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 16.3a: `missing-config: config.toml missing` on every server run directory;
+    16.2: a ledger spanning two runs is audited per run, the lifetime shown beside."""
+    run = _server_run(tmp_path / "run")
+    res = audit_run(run)
+    assert "missing-config" not in {f.kind for f in res.findings}
+    assert res.clean, format_findings(res)
+    assert res.budget == 8.0 and res.delta == DELTA and res.dp is True
+    (site,) = res.clients
+    assert site.run_id == (run / "run_id").read_text().strip() == res.run_id
+    assert len(site.entries) == ROUNDS and site.runs == {"e" * 32: 2, res.run_id: ROUNDS}
+    this_run = epsilon_of([(SIGMA, RATE, STEPS)] * ROUNDS, DELTA)
+    lifetime = epsilon_of([(SIGMA, RATE, STEPS)] * (ROUNDS + 2), DELTA)
+    assert site.last.recorded == pytest.approx(this_run)
+    assert site.lifetime.recorded_lifetime == pytest.approx(lifetime)
+    assert site.lifetime.lifetime_reference == pytest.approx(lifetime, rel=0.01)
+    assert audit(run) == 0  # the CLI reads the server-format config too
+    out = capsys.readouterr().out
+    assert f"{this_run:.3f}" in out and f"{lifetime:.3f}" in out
+    assert "spans 2 runs" in out
+    md = (run / "audit" / "report.md").read_text()
+    assert "Sites whose ledger spans runs" in md
+
+
+def test_understated_lifetime_epsilon_is_a_finding(tmp_path: Path) -> None:
+    run = _server_run(tmp_path / "run")
+    key = load_or_create_identity(run / "site-a.pem")
+    path = run / "ledger" / "site-a.jsonl"
+    entries = read_ledger(path, None)
+    path.unlink()
+    led = Ledger(path, key)
+    for e in entries:
+        e.hash = e.signature = ""
+        if e.run_id != "e" * 32:  # claims the run's epsilon as the lifetime one
+            e.lifetime_epsilon = e.epsilon
+        led.append(e)
+    found = [f for f in audit_run(run).findings if f.kind == "epsilon-understated"]
+    assert found and all("lifetime" in f.message for f in found)

@@ -73,7 +73,9 @@ def test_cli_empirical_with_explicit_mechanism(capsys: pytest.CaptureFixture) ->
     out = capsys.readouterr().out
     assert "VIOLATION" in out and "empirical-violation" in out
     assert audit(*base, "--canaries", 4000) == 0
-    assert "-> ok" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "-> NO-VIOLATION-DETECTED (power: could certify up to epsilon" in out
+    assert "-> ok" not in out
 
 
 def test_cli_empirical_on_run_dir(tmp_path: Path) -> None:
@@ -85,3 +87,82 @@ def test_cli_empirical_on_run_dir(tmp_path: Path) -> None:
     assert len(emp["segments"]) == 3  # the ledger's rounds replayed
     assert emp["epsilon_lower_bound"] <= emp["claimed_by"]["recorded"]
     assert "Empirical audit" in (run / "audit" / "report.md").read_text()
+
+
+# --- issue 16.3c: an audit without power says so; 16.3d: the claim shown is the recorded one
+#: 16 DP-SGD steps at q = 0.05 calibrated to a target epsilon of 4 (calibrate_noise: PRV
+#: 3.998, PLD 3.988: the issue's run)
+SIXTEEN = Segment(noise_multiplier=0.728759765625, sample_rate=0.05, steps=16,
+                  max_grad_norm=1.0)
+
+
+def test_noise_free_sixteen_step_mechanism_is_never_ok(capsys: pytest.CaptureFixture) -> None:
+    """The mechanism without any noise, 10k canaries: it reported "ok". Here only the
+    canaries sampled at least once (56 %) are certain, so even no noise at all can certify
+    only ~3.7 < the claim: inconclusive (exit 3), with the reason, never ok."""
+    res = run_canary_audit([SIXTEEN], 1e-5, canaries=10_000, noise_scale=0.0, progress=False)
+    assert res.claimed_epsilon == pytest.approx(3.988, abs=0.005)
+    assert res.noise_free_epsilon < res.claimed_epsilon < res.max_detectable_epsilon
+    assert not res.violation and res.verdict == "inconclusive"
+    assert "even with no noise at all" in res.reason
+    # the observed bound is what the power computation predicted for no noise
+    assert res.epsilon_lower_bound == pytest.approx(res.noise_free_epsilon, abs=0.3)
+    code = audit("--empirical", "--noise-multiplier", SIXTEEN.noise_multiplier,
+                 "--sample-rate", SIXTEEN.sample_rate, "--steps", SIXTEEN.steps,
+                 "--delta", 1e-5, "--mechanism-noise-scale", 0)
+    out = capsys.readouterr().out
+    assert code == 3 and "-> INCONCLUSIVE" in out and "-> ok" not in out
+
+
+def test_claims_beyond_what_the_canaries_can_certify_are_inconclusive() -> None:
+    res = run_canary_audit([Segment(0.7, 0.4, 16, 1.0)], 1e-5, canaries=4_000,
+                           noise_scale=0.0, progress=False)
+    assert res.claimed_epsilon > res.max_detectable_epsilon
+    assert res.verdict == "inconclusive" and "even if every guess were right" in res.reason
+
+
+def test_a_detectable_leak_is_a_violation() -> None:
+    """Noise-free at q = 0.01 over 16 steps claims 0.43: only the one-sided guesses (the few
+    sampled canaries are certain) see it; symmetric guesses alone stayed below the claim."""
+    leak = Segment(1.0, 0.01, 16, 1.0)
+    res = run_canary_audit([leak], 1e-5, canaries=10_000, noise_scale=0.0, progress=False)
+    assert res.verdict == "violation" and res.epsilon_lower_bound > 2 * res.claimed_epsilon
+    best = max(res.per_k, key=lambda k: k["epsilon_lower_bound"])
+    assert best["one_sided"]
+    honest = run_canary_audit([leak], 1e-5, canaries=10_000, progress=False)
+    assert honest.verdict == "no-violation-detected"
+    assert honest.epsilon_lower_bound <= honest.claimed_epsilon
+
+
+def test_detection_power_matches_the_all_correct_bound() -> None:
+    from fedssl.privacy.empirical_audit import detection_power, guess_sets
+
+    sets = guess_sets(10_000, None)
+    level = 1 - 0.05 / len(sets)
+    best, free = detection_power([MECHANISM], 10_000, 1e-5, sets, level)
+    assert best == pytest.approx(max(epsilon_lower_bound(10_000, r, r, 1e-5, level)
+                                     for r in (2 * k for k, _ in sets)))
+    assert free == pytest.approx(best, rel=0.02)  # q = 0.5, 20 steps: every canary is seen
+    _, rare = detection_power([SIXTEEN], 10_000, 1e-5, sets, level)
+    assert rare < 4.0 < best
+
+
+def test_claimed_is_the_recorded_epsilon(tmp_path: Path, capsys: pytest.CaptureFixture
+                                         ) -> None:
+    """Issue 16.3d: "claimed" showed PLD 3.989 while the ledger recorded 3.999."""
+    from tests.test_audit import _write_ledger
+
+    run = make_run(tmp_path / "run", clients=())
+    _write_ledger(run, "client-000", scale=1.003)  # recorded a little above PRV and PLD
+    from fedssl.privacy.identity import load_or_create_identity, write_registry
+
+    write_registry(run / "identities.json", {"client-000": load_or_create_identity(
+        run / "clients" / "client-000" / "identity.pem")})
+    (run / "report.json").unlink(missing_ok=True)
+    audit(run, "--empirical", "--canaries", 4000)
+    data = json.loads((run / "audit" / "audit.json").read_text())
+    (emp,) = data["empirical"]
+    recorded = emp["claimed_by"]["recorded"]
+    assert emp["claimed_epsilon"] == recorded > emp["claimed_by"]["pld"]
+    assert emp["claim_source"] == "ledger"
+    assert f"claimed {recorded:.3f} (ledger; recomputed PRV" in capsys.readouterr().out
