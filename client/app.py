@@ -101,6 +101,12 @@ def load_records(context: Context, config: ConfigRecord):
             int(config.get("shards-per-client", 2)), run_dir=str(config.get("run-dir", "")),
         )
     validate_arrays(x, None, "local data")
+    expected = tuple(int(d) for d in config.get("input-shape", ()))
+    if expected and tuple(x.shape[1:]) != expected:  # e.g. an RGB site in a grey federation
+        raise DataError(
+            f"this site's records have shape {tuple(x.shape[1:])} (channels, size) but the "
+            f"federation's model takes {expected}: convert the site's data (channels come from "
+            "the files: RGB images give 3, greyscale 1) or resize it (--image-size)")
     return x
 
 

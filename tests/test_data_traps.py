@@ -266,3 +266,26 @@ def test_site_holds_nothing_out_and_evaluation_data_says_it_does(tmp_path: Path)
     assert len(server.x_train) == 16 and len(server.x_test) == 4
     assert server.notes == ("no test split in no_test.npz: holding out 20% of the training "
                             "records (4 of 20) for evaluation; they are not trained on",)
+
+
+def test_colour_site_in_a_grey_federation_is_refused_clearly(tmp_path: Path,
+                                                              flower_identity) -> None:
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+    from fedssl.client.app import train
+    from fedssl.server.app import CLIENT_KEYS, DEFAULTS
+
+    site = tmp_path / "rgb.npz"
+    np.savez(site, train_images=_images(20, 12, 12, 3))
+    cfg = {**DEFAULTS, "dp": False, "secagg": False, "run-dir": str(tmp_path)}
+    config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
+    config.update({"num-rounds": 1, "server-round": 1, "input-shape": [1, 12, 12]})
+    model = get_objective(str(cfg["method"])).build_model((1, 12, 12))
+    msg = Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config}),
+                  dst_node_id=1, message_type="train")
+    ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config={}, node_config={
+        "state-dir": str(tmp_path / "state"), "data-path": str(site), "dataset": "npz"})
+    status = train(msg, ctx).content["status"]
+    assert status["status"] == "refused"
+    assert "records have shape (3, 12, 12)" in status["reason"]
+    assert "model takes (1, 12, 12)" in status["reason"]
