@@ -758,14 +758,19 @@ def _check_client_level(res: AuditResult, run_dir: Path) -> None:
 
 
 def _load_registry(res: AuditResult, run_dir: Path, given: Path | None,
-                   cfg: Mapping[str, Any]) -> dict[str, Ed25519PublicKey] | None:
-    """The identity registry's keys (client id -> public key), or None (with a finding)."""
+                   cfg: Mapping[str, Any], needed: bool = True
+                   ) -> dict[str, Ed25519PublicKey] | None:
+    """The identity registry's keys (client id -> public key), or None (with a finding when
+    there are ledgers whose keys it should have vouched for)."""
     candidates = [Path(given)] if given is not None else [
         run_dir / "identities.json",
         *([Path(str(cfg["identity_registry"]))] if cfg.get("identity_registry") else [])]
     path = next((c for c in candidates if c.is_file()), None)
     if path is None:
         where = str(given) if given is not None else " or ".join(map(str, candidates))
+        if not needed:
+            res.notes.append(f"no identity registry ({where} not found); no ledger to check")
+            return None
         res.add("warning", "no-identity-registry",
                 f"no identity registry ({where} not found): each ledger's signatures were "
                 "checked only against the .pub stored next to it, which whoever rewrote the "
@@ -831,7 +836,6 @@ def audit_run(
                       tolerance=tolerance, dp=dp, method=cfg.get("method"), run_id=run_id)
     if config is None:
         res.add("error", "missing-config", cfg_error)
-    keys = _load_registry(res, run_dir, registry, cfg)
     _check_config(res, cfg)
     if budget is None:
         res.notes.append("no epsilon budget (target_epsilon = 0 and no --budget): budget not "
@@ -844,6 +848,7 @@ def audit_run(
                 "dp = true but RUN/ledger holds no ledgers: no privacy claim can be verified")
     if paths and dp is False:
         res.add("warning", "unexpected-ledger", "ledgers exist although dp = false")
+    keys = _load_registry(res, run_dir, registry, cfg, needed=bool(paths))
     for pub in sorted(ledger_dir.glob("*.pub")) if ledger_dir.is_dir() else []:
         if not pub.with_suffix(".jsonl").exists():
             res.notes.append(f"{pub.name} has no ledger (client never trained)")
