@@ -58,11 +58,15 @@ def test_three_clients_two_rounds_with_dp(tmp_path: Path) -> None:
     assert all(r["clients"] == 2 and "client-001" in r["refused"] for r in rows[1:])
     assert {"loss", "seconds", "linear_probe_accuracy", "knn_accuracy"} <= set(rows[2])
     assert {"linear_probe_1shot", "knn_10shot"} <= set(report["few_label"])
+    # random init's few-label probes and every evaluation's collapse metric (issue 13)
+    assert {"linear_probe_1shot", "knn_10shot"} <= set(report["random_init"])
+    assert all({"feature_std_ratio", "effective_rank"} <= set(r) for r in (rows[0], rows[2]))
+    assert "| 5-shot linear |" in proc.stdout
     assert (out / "checkpoints" / "round-0002.safetensors").exists()
     assert json.loads((out / "checkpoints" / "state.json").read_text())["round"] == 2
     assert (out / "encoder.safetensors").stat().st_size > 1000
     assert ExperimentConfig.load(out / "config.toml").num_clients == 3
-    for plot in ("loss", "accuracy", "epsilon"):
+    for plot in ("loss", "accuracy", "epsilon", "collapse"):
         assert (out / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
 
     again = _run("simulate", "--out", str(out), "--rounds", "1")
