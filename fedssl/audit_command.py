@@ -136,9 +136,10 @@ def add_audit_parser(subparsers: Any) -> None:
     emp.add_argument("--seed", type=int, default=0, help="seed of the canary experiment")
     emp.add_argument("--mechanism-noise-scale", type=float, default=1.0, metavar="F",
                      help="multiply the noise the optimizer actually adds by F while the "
-                     "claim stays the recorded one, to test whether the audit would catch a "
-                     "broken mechanism at this setting (0 = no noise); whether it can is "
-                     "the verdict's power (default: 1 = audit the real mechanism)")
+                     "claim stays the recorded one, to see whether this audit catches a "
+                     "broken mechanism at this setting (0 = no noise at all; the verdict says "
+                     "violation, or inconclusive when it can't) (default: 1 = audit the real "
+                     "mechanism)")
 
 
 def _usage(msg: str) -> int:
