@@ -44,6 +44,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +53,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 HOLDOUT_FRACTION = 0.2
 #: Pillow modes read as one grey channel; every other mode is read as RGB
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+#: grey modes deeper than 8 bits, read without Pillow's 8-bit conversion (which clips)
+DEEP_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 #: npz arrays holding the training records, tried in order, with their labels' array
 NPZ_TRAIN_KEYS = (("train_images", "train_labels"), ("images", "labels"))
 
@@ -373,8 +376,11 @@ def _read_images(files: list[Path], size: int, root: Path) -> tuple[np.ndarray, 
         try:
             with Image.open(file) as img:
                 is_grey = img.mode in GREY_MODES
-                img = img.convert("L" if is_grey else "RGB").resize((size, size))
-                arr = np.asarray(img, dtype=np.float32) / 255.0
+                if img.mode in DEEP_GREY_MODES:  # 16-bit/float grey: keep its full range
+                    arr = _deep_grey(img, size)
+                else:
+                    img = img.convert("L" if is_grey else "RGB").resize((size, size))
+                    arr = np.asarray(img, dtype=np.float32) / 255.0
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise DataError(f"unreadable or corrupt image file: {file} ({exc})") from exc
         decoded.append(arr[None] if is_grey else arr.transpose(2, 0, 1))
@@ -394,6 +400,24 @@ def _read_images(files: list[Path], size: int, root: Path) -> tuple[np.ndarray, 
     else:
         out = [a if a.shape[0] == 3 else np.repeat(a, 3, axis=0) for a in decoded]
     return np.stack(out).astype(np.float32), note
+
+
+def _deep_grey(img: Any, size: int) -> np.ndarray:
+    """A 16-bit (or 32-bit int / float) greyscale image resized in float and scaled to
+    [0, 1]: 16-bit by 65535, wider integers by 65535 (or 255 if no value exceeds it), float
+    by its maximum if above 1. (Pillow's ``convert("L")`` would clip every value above 255,
+    turning most of a 16-bit medical image white.)"""
+    from PIL import Image
+
+    arr = np.asarray(img, dtype=np.float32)
+    if img.mode.startswith("I;16"):
+        scale = 65535.0
+    elif img.mode == "I":
+        scale = 65535.0 if arr.max() > 255 else 255.0
+    else:
+        scale = max(1.0, float(arr.max()))
+    resized = Image.fromarray(arr, mode="F").resize((size, size))
+    return np.clip(np.asarray(resized, dtype=np.float32) / scale, 0.0, 1.0)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -439,6 +463,9 @@ def load_image_folder(root: str | Path, image_size: int = 28, seed: int = 0,
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())
         if classes:
             tr_files, y_tr = _read_class_folders(root, classes)
+            if loose := _image_files(root):
+                notes.append(f"{len(loose)} image(s) directly in {root} (e.g. {loose[0].name}) "
+                             "not read: with class sub-folders, each image belongs in one")
         else:
             tr_files = _image_files(root)
             if not tr_files:

@@ -289,3 +289,18 @@ def test_colour_site_in_a_grey_federation_is_refused_clearly(tmp_path: Path,
     assert status["status"] == "refused"
     assert "records have shape (3, 12, 12)" in status["reason"]
     assert "model takes (1, 12, 12)" in status["reason"]
+
+
+def test_sixteen_bit_grey_images_keep_their_range(tmp_path: Path) -> None:
+    """Pillow's convert("L") clips 16-bit values above 255: a ramp became almost all white."""
+    (tmp_path / "a").mkdir()
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    for i in range(3):
+        Image.fromarray(ramp).save(tmp_path / "a" / f"{i}.png")
+    Image.fromarray(ramp).save(tmp_path / "loose.png")
+    d = load_image_folder(tmp_path, image_size=16, with_test=False)
+    assert d.channels == 1
+    x = d.x_train[0, 0]
+    assert x[0, 0] < x[8, 8] < x[-1, -1]  # the ramp survives (not saturated)
+    assert len(np.unique(x)) > 100
+    assert any("1 image(s) directly in" in n and "loose.png" in n for n in d.notes)
