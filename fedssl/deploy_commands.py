@@ -244,9 +244,12 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
     if cfg["round-timeout"] <= 0:
         raise ValueError("--round-timeout must be positive")
     # the server's evaluation data must load before anything starts (exit 2 otherwise)
-    require_labels(load_dataset(str(cfg["dataset"]), str(cfg["data-path"]),
-                                int(cfg["num-samples"]), int(cfg["seed"]),
-                                int(cfg["image-size"])), "the server's evaluation data")
+    data = require_labels(load_dataset(str(cfg["dataset"]), str(cfg["data-path"]),
+                                       int(cfg["num-samples"]), int(cfg["seed"]),
+                                       int(cfg["image-size"])), "the server's evaluation data")
+    _say(f"[fedssl server] evaluation data ({cfg['dataset']}): {data.describe()}")
+    for note in data.notes:  # e.g. the share held out to score the probes
+        _say(f"[fedssl server] evaluation data: {note}")
     return cfg
 
 

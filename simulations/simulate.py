@@ -52,7 +52,7 @@ def preflight(cfg: ExperimentConfig, say: Callable[[str], None] = print) -> SSLD
                       seed=cfg.seed)
     inferred = getattr(cfg, "inferred_dataset", False)  # set by ExperimentConfig.validate
     how = (f"inferred from --data-path {cfg.data_path}" if inferred and cfg.data_path
-           else "the default (no --data-path)" if inferred else "--dataset")
+           else "the default (no --data-path)" if inferred else "as given")
     say(f"[fedssl simulate] dataset {cfg.dataset} ({how})")
     say(f"[fedssl simulate] data: {data.describe()}")
     for note in data.notes:

@@ -304,3 +304,14 @@ def test_sixteen_bit_grey_images_keep_their_range(tmp_path: Path) -> None:
     assert x[0, 0] < x[8, 8] < x[-1, -1]  # the ramp survives (not saturated)
     assert len(np.unique(x)) > 100
     assert any("1 image(s) directly in" in n and "loose.png" in n for n in d.notes)
+
+
+def test_fedssl_server_prints_its_evaluation_data_and_held_out_share(tmp_path: Path,
+                                                                     capsys) -> None:
+    path = tmp_path / "eval.npz"
+    np.savez(path, train_images=_images(40, 8, 8), train_labels=np.arange(40) % 4)
+    main(["server", "--certs", str(tmp_path / "no-certs"), "--data-path", str(path)])
+    out = capsys.readouterr().out
+    assert "[fedssl server] evaluation data (npz): eval from" in out
+    assert "labels: 4 classes; 8 test records" in out
+    assert "holding out 20% of the training records (8 of 40) for evaluation" in out
