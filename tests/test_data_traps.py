@@ -315,3 +315,18 @@ def test_fedssl_server_prints_its_evaluation_data_and_held_out_share(tmp_path: P
     assert "[fedssl server] evaluation data (npz): eval from" in out
     assert "labels: 4 classes; 8 test records" in out
     assert "holding out 20% of the training records (8 of 40) for evaluation" in out
+
+
+@pytest.mark.parametrize("method", ["simsiam", "byol"])
+def test_dp_sgd_trains_on_three_channel_images(method: str) -> None:
+    from fedssl.client.trainer import TrainConfig, train_local
+    from fedssl.ssl_core.augmentations import augment_for
+
+    x = np.random.default_rng(1).standard_normal((32, 3, 12, 12)).astype(np.float32)
+    objective = get_objective(method)
+    model = objective.build_model((3, 12, 12))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train_local(model, objective, x, augment_for((3, 12, 12), "npz"),
+                         TrainConfig(batch_size=8, dp=True, noise_multiplier=1.0))
+    assert result.steps > 0 and np.isfinite(result.loss)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
