@@ -104,7 +104,8 @@ def add_deploy_parsers(subparsers: argparse._SubParsersAction) -> None:
         "Every option below maps onto the run configuration; --set reaches the rest.")
     server.add_argument("--certs", required=True, type=Path, metavar="DIR",
                         help="directory made by `fedssl certs` (ca.crt, server.crt, "
-                        "server.key, authorized_nodes.txt)")
+                        "server.key, authorized_nodes.txt, and identities.json: the sites' "
+                        "registered identity keys, needed with secure aggregation or DP)")
     server.add_argument("--address", default="0.0.0.0:9092", metavar="HOST:PORT",
                         help="address the SuperLink listens on (default: 0.0.0.0:9092, all "
                         "interfaces); clients connect to this port")
