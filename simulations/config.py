@@ -122,7 +122,9 @@ class ExperimentConfig:
                                     "(training and every secure-aggregation stage)")
     straggler_prob: float = _opt(0.0, "probability a simulated client is slow at a message")
     straggler_delay: float = _opt(0.0, "seconds a straggler sleeps (vs --round-timeout)")
-    round_timeout: float = _opt(3600.0, "seconds the server waits for a round's replies")
+    round_timeout: float = _opt(600.0, "seconds the server waits for a round's replies (well "
+                                       "above a benchmarked round, as fedssl server; raise it "
+                                       "for rounds that need longer)")
 
     def validate(self) -> ExperimentConfig:
         """Check ranges and names; returns self."""
@@ -191,6 +193,8 @@ class ExperimentConfig:
              f"must be between 0 and rounds ({self.rounds})")
         need(not self.init_encoder or Path(self.init_encoder).is_file(), "init_encoder",
              f"file {self.init_encoder!r} does not exist")
+        if self.init_encoder:  # the server may run elsewhere (Ray, flwr run): absolute
+            self.init_encoder = str(Path(self.init_encoder).resolve())
         need(self.client_clip > 0 and self.client_noise_multiplier >= 0, "client_clip",
              "client clip must be positive and the noise multiplier non-negative")
         need(all(k.strip().isdigit() and int(k) > 0 for k in self.few_label.split(",")
