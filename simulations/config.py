@@ -195,6 +195,8 @@ class ExperimentConfig:
              f"file {self.init_encoder!r} does not exist")
         if self.init_encoder:  # the server may run elsewhere (Ray, flwr run): absolute
             self.init_encoder = str(Path(self.init_encoder).resolve())
+        if self.init_encoder:  # the server may run elsewhere (Ray, flwr run): absolute
+            self.init_encoder = str(Path(self.init_encoder).resolve())
         need(self.client_clip > 0 and self.client_noise_multiplier >= 0, "client_clip",
              "client clip must be positive and the noise multiplier non-negative")
         need(all(k.strip().isdigit() and int(k) > 0 for k in self.few_label.split(",")
