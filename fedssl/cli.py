@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its last checkpointed round, with "
                      "its saved config.toml (clients keep their ledgers: spent privacy is "
-                     "never repeated)")
+                     "never repeated). A round that was interrupted is redone. Changing "
+                     "--rounds needs --extend")
+    sim.add_argument("--extend", action="store_true",
+                     help="with --resume: extend the run to --rounds N rounds (more than its "
+                     "config.toml says; recorded there). Prints what the extra rounds cost "
+                     "each client's privacy, with a warning when what is left of the target "
+                     "epsilon forces far more noise than the run used so far")
     _add_experiment_options(sim)
     add_deploy_parsers(sub)
     add_audit_parser(sub)
@@ -58,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return run_audit(args)
     if args.command == "simulate":
-        from fedssl.simulations.simulate import format_report, simulate
+        from fedssl.simulations.simulate import RunInterruptedError, format_report, simulate
 
         overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
                      if getattr(args, f.name) is not None}
@@ -72,10 +79,17 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = ExperimentConfig.load(config_path, overrides)
             else:
                 cfg = ExperimentConfig.load(args.config, overrides)
-            run_dir = simulate(cfg, verbose=args.verbose, resume=args.resume)
+            run_dir = simulate(cfg, verbose=args.verbose, resume=args.resume,
+                               extend=args.extend)
         except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:
             print(f"fedssl simulate: error: {exc}", file=sys.stderr)
             return 2
+        except RunInterruptedError as exc:  # SIGINT: 130, SIGTERM: 143
+            print(f"\nfedssl simulate: {exc}", file=sys.stderr, flush=True)
+            if exc.lingering:  # a thread of the run did not stop: don't wait for it at exit
+                sys.stdout.flush()
+                os._exit(exc.exit_code)
+            return exc.exit_code
         print(format_report(run_dir))
     return 0
 

@@ -15,7 +15,6 @@ through :func:`make_server_app`.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import random
 import time
@@ -36,7 +35,12 @@ from fedssl.privacy.accountant import epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian
 from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
 from fedssl.privacy.identity import load_registry
-from fedssl.server.checkpoint import export_encoder, load_latest, save_checkpoint
+from fedssl.server.checkpoint import (
+    export_encoder,
+    resume_point,
+    rewrite_metrics,
+    save_checkpoint,
+)
 from fedssl.server.ledger_copies import store_copy
 from fedssl.server.report import (
     append_metrics,
@@ -92,7 +96,7 @@ DEFAULTS: dict[str, Any] = {
     "shards-per-client": 2, "local-epochs": 1, "batch-size": 32, "lr": 0.05, "momentum": 0.9,
     "dp": True, "target-epsilon": 8.0, "noise-multiplier": 0.0, "max-grad-norm": 1.0,
     "delta": 1e-5, "accountant": "prv", "seed": 0, "run-dir": "runs/flwr-run", "threads": 1,
-    "clients-per-round": 0, "eval-every": 1, "eval-samples": 4000, "round-timeout": 3600.0,
+    "clients-per-round": 0, "eval-every": 1, "eval-samples": 4000, "round-timeout": 600.0,
     "progress": True, "resume": False, "few-label": "1,5,10",
     "dropout-prob": 0.0, "straggler-prob": 0.0, "straggler-delay": 0.0,
     "secagg": True, "secagg-clip": 2.0, "identity-registry": "",
@@ -252,21 +256,23 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     train_config["run-id"] = cfg["run-id"] = record_run(run_dir, cfg)
 
     start_round = 1
-    previous = read_metrics(run_dir)
     released: list[SkellamRound] = []  # distributed-DP rounds whose sum was unmasked
-    if cfg["resume"] and (latest := load_latest(run_dir)) is not None:
-        done, weights, _state = latest
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()},
-                              strict=False)
-        arrays = ArrayRecord(shared_state(model.state_dict(), shared))
-        start_round = done + 1
-        # rounds after the checkpoint (a crash between checkpoint and metrics) are redone
-        previous = [r for r in previous if r["round"] <= done]
+    point = resume_point(run_dir) if cfg["resume"] else None
+    previous = point.rows if point is not None else read_metrics(run_dir)
+    if point is not None:
+        # continue after the last *complete* round (checkpoint and metrics row written); a
+        # round interrupted or crashed before its row is redone, never counted as trained
+        if point.weights is not None:
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in point.weights.items()},
+                                  strict=False)
+            arrays = ArrayRecord(shared_state(model.state_dict(), shared))
+        start_round = point.round + 1
         released = [SkellamRound(**r["distributed_dp"]) for r in previous
                     if r.get("distributed_dp")]
-        (run_dir / "metrics.jsonl").write_text("".join(
-            json.dumps(r) + "\n" for r in previous))
-        log.warning("resuming from the checkpoint of round %d", done)
+        rewrite_metrics(run_dir, previous)
+        log.warning("resuming after round %d, the last complete round%s", point.round,
+                    f" (round {point.checkpointed}'s checkpoint has no metrics row: redone)"
+                    if point.checkpointed > point.round else "")
     elif previous:
         raise FileExistsError(f"{run_dir} already holds a run; set resume to continue it")
     warming = _push_warmup(grid, train_config, int(cfg.get("warmup-workers", 0)))

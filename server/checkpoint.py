@@ -4,14 +4,21 @@ Weights are stored with safetensors (no pickle: a checkpoint can't run code when
 ``RUN/checkpoints/round-NNNN.safetensors`` holds the whole global model after round N, and
 ``RUN/checkpoints/state.json`` the last completed round and the strategy's state, written
 atomically (temp file + rename) after the weights, so a crash never leaves a state that points
-at a missing or half-written checkpoint.
+at a missing or half-written checkpoint. Both are fsynced before the rename.
+
+A round is *complete* once its checkpoint and then its ``metrics.jsonl`` row (the last thing
+the server writes in a round) are on disk. :func:`resume_point` finds the last complete round,
+so a resumed run redoes a round that was interrupted or crashed anywhere before its metrics
+row, even after its checkpoint was written, and never counts it as trained.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +29,18 @@ class CheckpointError(ValueError):
     """Raised for a missing, corrupt or mismatched checkpoint."""
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
+    _fsync(tmp)
     os.replace(tmp, path)
 
 
@@ -36,6 +52,7 @@ def save_checkpoint(run_dir: Path, server_round: int, weights: dict[str, np.ndar
     path = ckpt_dir / f"round-{server_round:04d}.safetensors"
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp))
+    _fsync(tmp)
     os.replace(tmp, path)
     _atomic_write(ckpt_dir / "state.json",
                   json.dumps({"round": server_round, "weights": path.name, **state},
@@ -54,6 +71,70 @@ def load_latest(run_dir: Path) -> tuple[int, dict[str, np.ndarray], dict] | None
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"corrupt checkpoint in {run_dir / 'checkpoints'}: {exc}") from exc
     return int(state["round"]), weights, state
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: after ``round``, the last complete round."""
+
+    #: last complete round (0: none; the run restarts at round 1 from the seeded init)
+    round: int
+    #: the global model after ``round`` (None for round 0)
+    weights: dict[str, np.ndarray] | None
+    #: metrics.jsonl rows of rounds 0..round (rows of later, incomplete rounds dropped)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    #: the round ``state.json`` points at (> ``round`` when that round never got its row)
+    checkpointed: int = 0
+
+
+def _metrics_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of ``metrics.jsonl``; a torn last line (a crash while appending) is dropped."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError as exc:
+            if i == len(lines) - 1:
+                break
+            raise CheckpointError(f"{path}: line {i + 1} is not JSON ({exc})") from exc
+    return rows
+
+
+def resume_point(run_dir: Path) -> ResumePoint | None:
+    """The last complete round of the run in ``run_dir``: the latest round ``r`` (at most the
+    one ``state.json`` points at) whose checkpoint file exists and whose metrics row was
+    written; None if the directory holds no run (no metrics and no checkpoint)."""
+    state_path = run_dir / "checkpoints" / "state.json"
+    rows = _metrics_rows(run_dir / "metrics.jsonl")
+    if not rows and not state_path.exists():
+        return None
+    checkpointed = 0
+    if state_path.exists():
+        try:
+            checkpointed = int(json.loads(state_path.read_text())["round"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"corrupt checkpoint state {state_path}: {exc}") from exc
+    with_row = {int(r["round"]) for r in rows if "round" in r}
+    done = max((r for r in with_row if 0 < r <= checkpointed and (
+        run_dir / "checkpoints" / f"round-{r:04d}.safetensors").exists()), default=0)
+    weights = None
+    if done:
+        path = run_dir / "checkpoints" / f"round-{done:04d}.safetensors"
+        try:
+            weights = load_file(str(path))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"corrupt checkpoint {path}: {exc}") from exc
+    kept = [r for r in rows if int(r.get("round", -1)) <= done]
+    return ResumePoint(done, weights, kept, checkpointed)
+
+
+def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace ``metrics.jsonl`` with ``rows`` atomically (a crash keeps the old file)."""
+    _atomic_write(run_dir / "metrics.jsonl",
+                  "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def export_encoder(path: Path, model: torch.nn.Module, metadata: dict[str, str]) -> None:

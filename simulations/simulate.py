@@ -9,16 +9,25 @@ is DESIGN.md's run-directory contract.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import signal
+import sys
+import threading
 import time
+import tomllib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
+
+import tomli_w
 
 from fedssl.client.data import DataSpec, cached_dataset, partition_labels, write_cache
-from fedssl.simulations.config import ExperimentConfig
+from fedssl.simulations.config import ConfigError, ExperimentConfig
 from fedssl.simulations.partitioners import partition_indices
 from fedssl.ssl_core.datasets import SSLDataset, require_labels
 from fedssl.ssl_core.evaluation import FEW_LABEL_SKIPPED
@@ -82,27 +91,366 @@ def _start_ray(init_args: dict) -> None:
         })
 
 
+#: the signals that stop a run cleanly; the exit status is 128 + the signal number, the shell
+#: convention: 130 for SIGINT (Ctrl-C), 143 for SIGTERM
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: seconds a stop waits for the ServerApp and engine threads once the engine is down (they
+#: notice within 0.1 s unless the server is in the middle of an evaluation)
+STOP_WAIT_SECONDS = 60.0
+#: an extension whose rounds need more than this times the run's earlier noise multiplier is
+#: warned about: per-step gradient noise variance grows with the square (25x at 5x), so such
+#: rounds spend the rest of the budget on noise, not on learning
+USELESS_NOISE_RATIO = 5.0
+
+
+class _Signalled(KeyboardInterrupt):
+    """Raised in the main thread by a stop signal (a KeyboardInterrupt, so Flower's
+    ``except Exception`` clauses let it through and its ``finally`` clauses stop the engine)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class RunInterruptedError(Exception):
+    """The run was stopped by a signal. The simulation is torn down; the run directory keeps
+    every complete round, and ``--resume`` continues after the last one."""
+
+    def __init__(self, run_dir: Path | None, signum: int, kept: int | None, total: int,
+                 lingering: bool = False) -> None:
+        self.run_dir, self.signum, self.kept, self.total = run_dir, signum, kept, total
+        #: a thread of the run did not stop in time (the process must exit hard)
+        self.lingering = lingering
+        super().__init__(self.describe())
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+    def describe(self) -> str:
+        """What was stopped, what was kept, and how to resume."""
+        name = signal.Signals(self.signum).name + (" (Ctrl-C)" if self.signum == signal.SIGINT
+                                                   else "")
+        head = (f"stopped by {name}; the simulation is shut down (Flower's engine, the Ray "
+                "actors and Ray's processes)")
+        if self.run_dir is None or self.kept is None:
+            return head + "; nothing of the run was written yet"
+        if self.kept == 0:
+            kept = ("no round completed (metrics.jsonl keeps round 0, the random-init "
+                    "evaluation); a resume starts again at round 1")
+        else:
+            kept = (f"kept {self.run_dir / 'checkpoints' / f'round-{self.kept:04d}.safetensors'}"
+                    f" and metrics.jsonl rows 0-{self.kept}: round {self.kept} of {self.total}"
+                    " is the last complete round; a round in progress was not counted and is "
+                    "redone on resume")
+        return (f"{head}; {kept}. Resume with: fedssl simulate --out {self.run_dir} --resume")
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`_Signalled` in the main thread while the block runs.
+    A signal the process inherited as ignored (e.g. SIGINT of a background job of a
+    non-interactive shell) stays ignored, as Python itself does for SIGINT."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        from fedssl.simulations import dispatch
+
+        # at once, before the engine unwinds: replies that Ctrl-C's SIGINT to the actors
+        # (the terminal signals the whole process group) turns into errors must not let
+        # the server finish the round as a failed one and record it
+        dispatch.stop_all()
+        raise _Signalled(signum)
+
+    previous = {}
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """While a stop is under way (bounded by :data:`STOP_WAIT_SECONDS`), a repeated signal
+    says so instead of breaking off the teardown half-way (which could orphan Ray's
+    processes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: Any) -> None:
+        print(f"fedssl simulate: stopping (at most {STOP_WAIT_SECONDS:.0f} s)...",
+              file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS
+                if signal.getsignal(sig) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _proc_table() -> dict[int, tuple[int, str, int]]:
+    """``pid -> (parent pid, state, start time)`` of every process (Linux ``/proc``; empty
+    where there is none)."""
+    table: dict[int, tuple[int, str, int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        table[int(entry.name)] = (int(fields[1]), fields[0], int(fields[19]))
+    return table
+
+
+def _descendants(pid: int) -> dict[int, int]:
+    """Live descendants of ``pid`` as ``pid -> start time`` (to tell a reused pid apart)."""
+    table = _proc_table()
+    found: dict[int, int] = {}
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, state, start) in table.items():
+            if ppid == parent and child not in found and state != "Z":
+                found[child] = start
+                todo.append(child)
+    return found
+
+
+def _await_exit(processes: dict[int, int], timeout: float) -> None:
+    """Wait until ``processes`` have exited; SIGKILL those left after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        table = _proc_table()
+        left = [p for p, start in processes.items()
+                if p in table and table[p][2] == start and table[p][1] != "Z"]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            for p in left:
+                with suppress(OSError):
+                    os.kill(p, signal.SIGKILL)
+            return
+        time.sleep(0.1)
+
+
+def _tear_down(threads_before: set[threading.Thread]) -> bool:
+    """Stop what an interrupted simulation left running: every tuned grid raises at once
+    (the ServerApp thread ends mid-round, before the round is recorded), Ray shuts down
+    (actors, raylet, GCS: the processes ``ray.init`` started, each awaited and killed if it
+    outlives the shutdown by 10 s), and the threads the run started are joined. Returns True
+    if one of them is still alive after the wait."""
+    import ray
+
+    from fedssl.simulations import dispatch
+
+    dispatch.stop_all()
+    processes = _descendants(os.getpid())  # Ray's processes and the actors (its workers)
+    if ray.is_initialized():
+        ray.shutdown()
+    # Ray's workers notice their raylet's end on their own, a moment later: wait for them
+    _await_exit(processes, timeout=10.0)
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    started = [t for t in threading.enumerate()
+               if t not in threads_before and not t.daemon and t is not threading.current_thread()]
+    for thread in started:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return any(t.is_alive() for t in started)
+
+
+def _saved_experiment(run_dir: Path) -> dict[str, Any]:
+    """The whole TOML of ``RUN/config.toml`` (its ``[experiment]`` table is the run's
+    config; other tables, e.g. ``[[change]]``, are kept as they are)."""
+    path = run_dir / "config.toml"
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the run's config {path}: {exc}") from exc
+    if "experiment" not in raw:
+        raise ConfigError(f"{path} is not a fedssl simulate config (no [experiment] table)")
+    return raw
+
+
+def _record_changes(run_dir: Path, raw: dict[str, Any], cfg: ExperimentConfig,
+                    note: dict[str, str]) -> list[dict[str, Any]]:
+    """Write ``cfg`` as the run's ``[experiment]`` and append one ``[[change]]`` (key, old,
+    new, time, and ``note[key]`` if given) per setting that differs from the saved one
+    (``out``, the run's location, is not a setting). Atomic; returns the changes."""
+    old = dict(raw["experiment"])
+    new = dataclasses.asdict(cfg)
+    defaults = dataclasses.asdict(ExperimentConfig())
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    # a key the saved file lacks (an option added since) at its default is no change
+    changes = [{"key": k, "old": old.get(k, ""), "new": v, "time": stamp,
+                **({"note": note[k]} if k in note else {})}
+               for k, v in new.items() if k != "out" and old.get(k, defaults[k]) != v]
+    if changes:
+        new["out"] = old.get("out", new["out"])
+        raw = {**raw, "experiment": new, "change": [*raw.get("change", []), *changes]}
+        path = run_dir / "config.toml"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(tomli_w.dumps(raw))
+        os.replace(tmp, path)
+    return changes
+
+
+def _run_ledgers(run_dir: Path) -> dict[str, list[Any]]:
+    """This run's verified ledger entries per client, from ``RUN/ledger`` (a ledger that
+    fails verification is left out; the report's privacy block says why)."""
+    from fedssl.privacy.identity import load_public_key
+    from fedssl.privacy.ledger import LedgerError, read_ledger
+
+    rid_file = run_dir / "run_id"
+    run_id = rid_file.read_text().strip() if rid_file.exists() else None
+    out: dict[str, list[Any]] = {}
+    for path in sorted((run_dir / "ledger").glob("*.jsonl")):
+        pub = path.with_suffix(".pub")
+        try:
+            entries = read_ledger(path, load_public_key(pub))
+        except (LedgerError, OSError, ValueError):
+            continue
+        if run_id is not None and entries and hasattr(entries[0], "run"):
+            from fedssl.privacy.ledger import LEGACY_RUN
+
+            entries = [e for e in entries if e.run == (run_id or LEGACY_RUN)]
+        if entries:
+            out[entries[-1].client] = entries
+    return out
+
+
+def _segment(entry: Any) -> tuple[float, float, int]:
+    """An entry's ``(effective noise multiplier, sample rate, steps)`` for the accountant."""
+    if hasattr(entry, "segment"):
+        return entry.segment()
+    return (float(entry.noise_multiplier), float(entry.sample_rate), int(entry.steps))
+
+
+def extension_notes(run_dir: Path, cfg: ExperimentConfig, done: int) -> list[tuple[bool, str]]:
+    """What extending the run in ``run_dir`` to ``cfg.rounds`` rounds after round ``done``
+    costs each client, from its signed ledger and the project's accountant:
+    ``(is_warning, text)`` pairs. With a target epsilon, the clients calibrate the remaining
+    rounds to what is left of it; a warning says when that forces a noise multiplier above
+    :data:`USELESS_NOISE_RATIO` times the run's earlier one (or when nothing is left). With a
+    fixed noise multiplier, the note says how far each client's epsilon will grow."""
+    from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_of
+
+    if not cfg.dp:
+        return []
+    extra = cfg.rounds - done
+    notes: list[tuple[bool, str]] = []
+    for cid, entries in sorted(_run_ledgers(run_dir).items()):
+        spent = [_segment(e) for e in entries]
+        eff, rate, steps = spent[-1]
+        scale = entries[-1].noise_multiplier / eff if eff > 0 else 1.0  # recorded / effective
+        earlier = min(s for s, _, _ in spent)
+        eps_now = epsilon_of(spent, cfg.delta, cfg.accountant)
+        if cfg.target_epsilon <= 0:
+            eps_after = epsilon_of([*spent, (eff, rate, steps * extra)], cfg.delta,
+                                   cfg.accountant)
+            notes.append((False, f"{cid}: {extra} more round(s) at the fixed noise multiplier "
+                                 f"{entries[-1].noise_multiplier:.3g} take its epsilon from "
+                                 f"{eps_now:.3f} to about {eps_after:.3f}"))
+            continue
+        left = cfg.target_epsilon - eps_now
+        try:
+            need = calibrate_noise(cfg.target_epsilon, cfg.delta, rate, steps * extra,
+                                   cfg.accountant, spent=spent)
+        except AccountingError:
+            notes.append((True, f"{cid}: its target epsilon {cfg.target_epsilon:g} is spent "
+                                f"({eps_now:.3f} after {len(entries)} round(s)): the "
+                                f"{extra} extra round(s) cannot train it"))
+            continue
+        text = (f"{cid}: {extra} more round(s) must fit in the {left:.4f} epsilon left of "
+                f"its target {cfg.target_epsilon:g}: noise multiplier {need * scale:.3g} per "
+                f"round, {need / earlier:.1f}x the run's earlier {earlier * scale:.3g}")
+        if need > USELESS_NOISE_RATIO * earlier:
+            notes.append((True, text + f" (over {USELESS_NOISE_RATIO:g}x: these rounds add "
+                                       "noise, not learning)"))
+        else:
+            notes.append((False, text))
+    return notes
+
+
 def default_run_dir(cfg: ExperimentConfig) -> Path:
     return Path("runs") / f"{cfg.method}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False) -> Path:
-    """Run the experiment (or, with ``resume``, continue it from its last checkpoint);
-    returns the run directory."""
+def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False,
+             extend: bool = False) -> Path:
+    """Run the experiment (or, with ``resume``, continue it after its last complete round);
+    returns the run directory.
+
+    Resuming with a different round count than the run's ``config.toml`` is refused unless
+    ``extend`` (``--extend``) says so; an extension is recorded there as a ``[[change]]``
+    and what it costs each client's privacy is printed first (:func:`extension_notes`).
+
+    SIGINT (Ctrl-C) and SIGTERM stop the run within seconds: the simulation is torn down
+    (:func:`_tear_down`) and :class:`RunInterruptedError` says what was kept; its
+    ``exit_code`` is 130 or 143.
+    """
+    threads_before = set(threading.enumerate())
+    run_dir: Path | None = None
+    try:
+        with _stop_on_signals():
+            run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+            return _simulate(cfg, run_dir, verbose, resume, extend)
+    except _Signalled as exc:
+        signum = exc.signum
+    except KeyboardInterrupt:  # SIGINT before our handler was installed, or not in main
+        signum = signal.SIGINT
+    with _signals_deferred():
+        lingering = _tear_down(threads_before)
+    from fedssl.server.checkpoint import CheckpointError, resume_point
+
+    kept: int | None = None
+    if run_dir is not None:
+        try:
+            point = resume_point(run_dir)
+            kept = point.round if point is not None else None
+        except CheckpointError:
+            kept = None
+    raise RunInterruptedError(run_dir, int(signum), kept, cfg.rounds, lingering) from None
+
+
+def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
+              extend: bool) -> Path:
+    """:func:`simulate` without the signal handling."""
     from flwr.simulation import run_simulation
 
     from fedssl.client.app import app as client_app
     from fedssl.client.privacy_guard import write_site_file
     from fedssl.privacy.identity import load_or_create_identity, write_registry
     from fedssl.server.app import make_server_app
+    from fedssl.server.checkpoint import resume_point
     from fedssl.simulations import dispatch
 
     cfg.validate()
-    data = preflight(cfg)
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    if extend and not resume:
+        raise ConfigError("--extend continues a run: it needs --resume (and --out RUN_DIR)")
+    point = resume_point(run_dir) if resume else None
     if resume:
-        if not (run_dir / "checkpoints" / "state.json").exists():
-            raise FileNotFoundError(f"nothing to resume: {run_dir} has no checkpoint")
+        if point is None:
+            raise FileNotFoundError(f"nothing to resume: {run_dir} holds no round (no "
+                                    "metrics.jsonl or checkpoint)")
+        saved = _saved_experiment(run_dir)
+        _check_rounds(run_dir, int(saved["experiment"].get("rounds", cfg.rounds)), cfg,
+                      point.round, extend)
+    data = preflight(cfg)
+    if resume:
+        changes = _record_changes(run_dir, saved, cfg, {"rounds": (
+            f"extended with --resume --extend after round {point.round}")})
+        for c in changes:
+            print(f"fedssl simulate: resume changes {c['key']} from {c['old']!r} to "
+                  f"{c['new']!r} (recorded in {run_dir / 'config.toml'})", file=sys.stderr)
         (run_dir / "report.json").unlink(missing_ok=True)
     elif (run_dir / "metrics.jsonl").exists():
         raise FileExistsError(f"run directory {run_dir} already holds a run; choose another "
@@ -152,6 +500,42 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False)
     return run_dir
 
 
+def _check_rounds(run_dir: Path, saved: int, cfg: ExperimentConfig, done: int,
+                  extend: bool) -> None:
+    """Refuse a resume that would change the run's round count unless ``extend``; with
+    ``extend``, require more rounds and print each client's privacy cost of them."""
+    if cfg.rounds == saved:
+        if extend:
+            raise ConfigError(f"--extend: the run in {run_dir} already has {saved} rounds; "
+                              "give the new total with --rounds N (more than that)")
+        return
+    if not extend:
+        raise ConfigError(
+            f"rounds: the run in {run_dir} was configured for {saved} rounds (its "
+            f"config.toml) and {done} are complete; --resume --rounds {cfg.rounds} would "
+            f"change its plan (and each client's per-round privacy spend). Pass --extend to "
+            f"extend it to {cfg.rounds} rounds (recorded in config.toml), or drop --rounds "
+            "(nothing was changed)")
+    if cfg.rounds < max(saved, done):
+        raise ConfigError(f"--extend only adds rounds: the run has {saved} (done: {done}), "
+                          f"--rounds {cfg.rounds} would shorten it")
+    notes = extension_notes(run_dir, cfg, done)
+    print(f"fedssl simulate: extending {run_dir} from {saved} to {cfg.rounds} rounds "
+          f"({cfg.rounds - done} more after round {done})", file=sys.stderr)
+    for warn, text in notes:
+        print(f"fedssl simulate: {'WARNING: ' if warn else ''}{text}", file=sys.stderr)
+
+
+def _noise_range(entries: list[Any] | None, reported: dict[str, Any]) -> str:
+    """A client's noise multipliers over the run's ledger entries, ``min-max`` (one value
+    if they agree); without a ledger, the value the report holds."""
+    if not entries:
+        return f"{float(reported['noise_multiplier']):.3f}"
+    lo, hi = (f"{v:.3f}" for v in (min(e.noise_multiplier for e in entries),
+                                   max(e.noise_multiplier for e in entries)))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def _encoder_row(name: str, m: dict) -> str:
     """One encoder's probes side by side ("-" where not measured, e.g. an old report)."""
     def f(key: str) -> str:
@@ -190,11 +574,13 @@ def format_report(run_dir: Path) -> str:
     privacy = report.get("privacy")
     if privacy and privacy.get("clients"):
         lines += ["", f"privacy (delta = {privacy['delta']:g}, per client, from the signed "
-                      "ledgers):", "", "| client | epsilon | steps | noise multiplier | "
-                      "sample rate |", "|---|---|---|---|---|"]
+                      "ledgers; noise multiplier: min-max over the client's rounds):", "",
+                  "| client | epsilon | steps | noise multiplier | sample rate |",
+                  "|---|---|---|---|---|"]
+        ledgers = _run_ledgers(run_dir)
         for cid, p in sorted(privacy["clients"].items()):
             lines.append(f"| {cid} | {float(p['epsilon']):.3f} | {p['steps']} | "
-                         f"{p['noise_multiplier']:.3f} | {p['sample_rate']:.4f} |")
+                         f"{_noise_range(ledgers.get(cid), p)} | {p['sample_rate']:.4f} |")
     elif not (privacy or {}).get("client_level"):
         lines += ["", "privacy: DP off (no epsilon guarantee)"]
     level = (privacy or {}).get("client_level")
