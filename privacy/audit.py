@@ -285,6 +285,8 @@ class ClientAudit:
     registry_fingerprint: str | None = None
     #: True: key is the registry's; False: not registered or differs; None: no registry
     registered: bool | None = None
+    #: the registry name the key is registered under (the client id, or a node name)
+    registry_name: str | None = None
 
     @property
     def runs(self) -> dict[str, int]:
@@ -364,6 +366,7 @@ class AuditResult:
                 "status": c.status, "run_id": c.run_id, "runs": c.runs,
                 "key_fingerprint": c.key_fingerprint,
                 "registry_fingerprint": c.registry_fingerprint, "registered": c.registered,
+                "registry_name": c.registry_name,
                 "epsilon": {"recorded": last.recorded if last else None,
                             **{a: getattr(last, a) if last else None
                                for a in AUDIT_ACCOUNTANTS},
@@ -471,14 +474,25 @@ def _load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
     if key is not None:
         audit.key_fingerprint = key_fingerprint(key)
     if registry is not None:
+        # the registry names a site by its identity (a deployment's node name, e.g. node-1),
+        # its ledger by the client id (e.g. site-1): the same rules as the server's copies
+        # (fedssl.server.ledger_copies): registered under the client's name, that key; else
+        # the key must be one the registry lists, under a name no other ledger uses
+        by_fp = {key_fingerprint(k): n for n, k in registry.items()}
         anchor = registry.get(name)
+        if anchor is None and key is not None and audit.key_fingerprint in by_fp:
+            audit.registry_name = by_fp[audit.key_fingerprint]
+            anchor = registry[audit.registry_name]
+        elif anchor is not None:
+            audit.registry_name = name
         audit.registry_fingerprint = key_fingerprint(anchor) if anchor is not None else None
         audit.registered = anchor is not None and (
             key is None or audit.key_fingerprint == audit.registry_fingerprint)
         if anchor is None:
             res.add("error", "ledger-key-not-registered",
-                    f"{name} is not in the identity registry ({res.registry}): nothing ties "
-                    f"the ledger key {audit.key_fingerprint or '-'} to a site", name)
+                    f"the ledger key {audit.key_fingerprint or '-'} of {name} is not in the "
+                    f"identity registry ({res.registry}), under its name or any other: "
+                    "nothing ties it to a site", name)
         elif key is not None and audit.key_fingerprint != audit.registry_fingerprint:
             res.add("error", "ledger-key-mismatch",
                     f"{pub.name} holds key {audit.key_fingerprint}, but the identity registry "
@@ -486,6 +500,13 @@ def _load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
                     "with the site's registered key", name)
         elif key is None:
             key = anchor  # verify against the registered key instead
+        shared = [c.client for c in res.clients if c is not audit and c.registry_name
+                  and c.registry_name == audit.registry_name]
+        if audit.registered and shared:
+            res.add("error", "ledger-key-shared",
+                    f"{name}'s ledger is signed with registered identity "
+                    f"{audit.registry_name}'s key, as {', '.join(shared)}'s is: one registered "
+                    "key signs one site's ledger", name)
     entries: list[LedgerEntry] = []
     if key is not None:
         try:
@@ -982,10 +1003,12 @@ def format_markdown(res: AuditResult, plot: str | None) -> str:
              "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(res)]
     lines += ["", "## Ledger keys (SHA-256 of the raw Ed25519 public key, 16 hex digits)", "",
-              "| client | ledger .pub | identity registry | status |", "|---|---|---|---|"]
+              "| client | ledger .pub | identity registry | registered as | status |",
+              "|---|---|---|---|---|"]
     lines += [f"| {c.client} | {c.key_fingerprint or '-'} | "
               f"{c.registry_fingerprint or ('-' if res.registry else 'no registry')} | "
-              f"{_key_status(c).split(' ', 1)[1]} |" for c in res.clients]
+              f"{c.registry_name or '-'} | {_key_status(c).split(' ', 1)[1]} |"
+              for c in res.clients]
     multi = [c for c in res.clients if len(c.runs) > 1]
     if multi:
         lines += ["", "## Sites whose ledger spans runs", "",

@@ -433,3 +433,27 @@ def test_understated_lifetime_epsilon_is_a_finding(tmp_path: Path) -> None:
         led.append(e)
     found = [f for f in audit_run(run).findings if f.kind == "epsilon-understated"]
     assert found and all("lifetime" in f.message for f in found)
+
+
+def test_registry_by_node_name_and_shared_keys(run: Path) -> None:
+    """A deployment's registry names sites by node (node-1, ...), their ledgers by client id
+    (site-1, ...): a key the registry lists is registered, under whichever name; one key may
+    sign only one site's ledger."""
+    registry = json.loads((run / "identities.json").read_text())
+    (run / "identities.json").write_text(json.dumps(
+        {f"node-{i}": entry for i, entry in enumerate(registry.values())}))
+    res = audit_run(run)
+    assert res.clean, format_findings(res)
+    assert [c.registry_name for c in res.clients] == ["node-0", "node-1"]
+    # client-001's ledger rebuilt and signed with client-000's (registered) key
+    key = load_or_create_identity(run / "clients" / "client-000" / "identity.pem")
+    path = run / "ledger" / "client-001.jsonl"
+    entries = read_ledger(path, None)
+    path.unlink()
+    led = Ledger(path, key)
+    for e in entries:
+        e.hash = e.signature = ""
+        led.append(e)
+    (run / "ledger" / "client-001.pub").write_bytes(public_pem(key))
+    assert [(f.kind, f.client) for f in audit_run(run).findings] == [
+        ("ledger-key-shared", "client-001")]
