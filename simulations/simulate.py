@@ -227,20 +227,48 @@ def _descendants(pid: int) -> dict[int, int]:
 
 
 def _await_exit(processes: dict[int, int], timeout: float) -> None:
-    """Wait until ``processes`` have exited; SIGKILL those left after ``timeout``."""
+    """Wait until ``processes`` and this process's other descendants (orphans of the run
+    come here: :func:`_reap_orphans`) have exited; SIGKILL those left after ``timeout``, and
+    reap the ones that ended as this process's children."""
     deadline = time.monotonic() + timeout
+    seen = dict(processes)
     while True:
+        seen.update(_descendants(os.getpid()))
         table = _proc_table()
-        left = [p for p, start in processes.items()
+        left = [p for p, start in seen.items()
                 if p in table and table[p][2] == start and table[p][1] != "Z"]
-        if not left:
-            return
+        if not left or time.monotonic() > deadline + 2.0:
+            break
         if time.monotonic() > deadline:
             for p in left:
                 with suppress(OSError):
                     os.kill(p, signal.SIGKILL)
-            return
         time.sleep(0.1)
+    for p in seen:  # zombies reparented to this process
+        with suppress(OSError):
+            os.waitpid(p, os.WNOHANG)
+
+
+@contextmanager
+def _reap_orphans() -> Iterator[None]:
+    """Make this process the child subreaper of its descendants (Linux ``prctl``) while the
+    block runs: a Ray worker whose raylet died first (Ctrl-C signals the whole process group)
+    is reparented here rather than to init, so a stop finds and ends it. Elsewhere, or if
+    ``prctl`` is unavailable, nothing changes."""
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ok = sys.platform.startswith("linux") and libc.prctl(pr_set_child_subreaper, 1, 0, 0,
+                                                             0) == 0
+    except (OSError, AttributeError):
+        ok = False
+    try:
+        yield
+    finally:
+        if ok:
+            libc.prctl(pr_set_child_subreaper, 0, 0, 0, 0)
 
 
 def _tear_down(threads_before: set[threading.Thread]) -> bool:
@@ -399,16 +427,17 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False,
     """
     threads_before = set(threading.enumerate())
     run_dir: Path | None = None
-    try:
-        with _stop_on_signals():
-            run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-            return _simulate(cfg, run_dir, verbose, resume, extend)
-    except _Signalled as exc:
-        signum = exc.signum
-    except KeyboardInterrupt:  # SIGINT before our handler was installed, or not in main
-        signum = signal.SIGINT
-    with _signals_deferred():
-        lingering = _tear_down(threads_before)
+    with _reap_orphans():
+        try:
+            with _stop_on_signals():
+                run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+                return _simulate(cfg, run_dir, verbose, resume, extend)
+        except _Signalled as exc:
+            signum = exc.signum
+        except KeyboardInterrupt:  # SIGINT before our handler was installed, or not in main
+            signum = signal.SIGINT
+        with _signals_deferred():
+            lingering = _tear_down(threads_before)
     from fedssl.server.checkpoint import CheckpointError, resume_point
 
     kept: int | None = None
