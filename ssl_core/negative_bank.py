@@ -39,6 +39,9 @@ from torch import nn
 
 from fedssl.ssl_core.datasets import DataError
 
+#: generator seed of the public MNIST-1D split (as in :mod:`fedssl.ssl_core.warm_start`)
+MNIST1D_PUBLIC_SEED = 12345
+
 
 def _standardize_each(x: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit variance per record (no statistics shared across records)."""
@@ -154,12 +157,32 @@ class NegativeBank:
         raise DataError(f"negative bank: no synthetic generator for input shape {input_shape}")
 
     @classmethod
+    def mnist1d_public(cls, input_shape: tuple[int, ...], size: int = 256, seed: int = 0
+                       ) -> NegativeBank:
+        """Fresh MNIST-1D draws from the public generator with a public seed
+        (:data:`MNIST1D_PUBLIC_SEED` + ``seed``; fedssl's private pools use the run's seed),
+        the public split of :mod:`fedssl.ssl_core.warm_start`: in-distribution public data,
+        disjoint from the private records, standardised with its own mean/std."""
+        if tuple(input_shape) != (1, 40):
+            raise DataError(f"negative bank: mnist1d-public records have shape (1, 40), the "
+                            f"model's input shape is {tuple(input_shape)}")
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples, args.train_split = int(size) + 20, 1.0
+        args.seed = MNIST1D_PUBLIC_SEED + int(seed)
+        x = np.asarray(make_dataset(args)["x"], dtype=np.float32)[:size, None, :]
+        return cls(torch.from_numpy((x - x.mean()) / (x.std() or 1.0)), "mnist1d-public")
+
+    @classmethod
     def from_source(cls, source: str, input_shape: tuple[int, ...], size: int = 256,
                     seed: int = 0) -> NegativeBank:
-        """``"synthetic"`` or a path to a public ``.npz``; at most ``size`` records, a fixed
-        seeded subset of a larger public set."""
+        """``"synthetic"``, ``"mnist1d-public"`` or a path to a public ``.npz``; at most
+        ``size`` records, a fixed seeded subset of a larger public set."""
         if source == "synthetic":
             return cls.synthetic(input_shape, size, seed)
+        if source == "mnist1d-public":
+            return cls.mnist1d_public(input_shape, size, seed)
         x = load_public_records(source, input_shape)
         if len(x) > size:
             x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:size]]

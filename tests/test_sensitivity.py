@@ -143,22 +143,48 @@ def test_public_infonce_counts_all_k_views_of_a_record() -> None:
         assert total > 2 * C
 
 
-def test_public_infonce_bank_takes_no_gradient_and_is_not_private() -> None:
-    """The bank is synthetic (no data), fixed by its seed, and embedded without gradient:
-    changing the batch does not change the negatives."""
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("bank", ["synthetic", "mnist1d-public"])
+def test_public_infonce_without_momentum_encoder_is_per_record(engine, bank) -> None:
+    """Keys and bank from the online model itself (no EMA copy): still one row per record."""
     from fedssl.ssl_core.objectives.public_infonce import PublicInfoNCE
 
-    objective = PublicInfoNCE(bank_size=32, seed=3)
+    objective = PublicInfoNCE(bank=bank, bank_size=64, momentum=None)
+    worst, total = max_change(objective, (1, 40), engine=engine)
+    assert C * 0.99 <= worst <= C * (1 + 1e-4) and total > 2 * C
+    assert interaction(objective, (1, 40), engine=engine) < 1e-4
+
+
+@pytest.mark.parametrize("bank", ["synthetic", "mnist1d-public"])
+def test_public_infonce_bank_takes_no_gradient_and_is_not_private(bank) -> None:
+    """The bank is fixed by its source and seed (no private data), the negatives and the
+    keys take no gradient, and a training step does not change the negatives."""
+    from fedssl.ssl_core.objectives.public_infonce import PublicInfoNCE
+
+    objective = PublicInfoNCE(bank=bank, bank_size=32, seed=3)
     model = objective.build_model((1, 40), width=16)
     objective.start_round(model)
     neg = objective.negatives(model)
     assert not neg.requires_grad and neg.shape[0] == 32
+    assert objective.bank is not None and objective.bank.source == bank
+    assert objective.target is not None
+    assert not any(p.requires_grad for p in objective.target.parameters())
     views = _views((1, 40), 6, 2, seed=0)
     objective.per_record_loss(model, views).sum().backward()
+    assert all(p.grad is None for p in objective.target.parameters())
     torch.testing.assert_close(objective.negatives(model), neg)
-    again = PublicInfoNCE(bank_size=32, seed=3)
+    again = PublicInfoNCE(bank=bank, bank_size=32, seed=3)
     again.start_round(model)
     torch.testing.assert_close(again.bank.records, objective.bank.records)
+
+
+def test_public_infonce_auto_bank_follows_the_record_shape() -> None:
+    from fedssl.ssl_core.objectives.public_infonce import PublicInfoNCE
+
+    for shape, source in (((1, 40), "mnist1d-public"), ((1, 8, 8), "synthetic")):
+        objective = PublicInfoNCE(bank_size=16)
+        objective.start_round(objective.build_model(shape, width=8))
+        assert objective.bank.source == source and objective.bank.records.shape[1:] == shape
 
 
 def test_public_bank_from_npz_is_checked(tmp_path) -> None:
