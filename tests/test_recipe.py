@@ -168,3 +168,31 @@ def test_collapse_metrics_tell_collapsed_from_spread_features() -> None:
     assert s["effective_rank"] > 25 and c["effective_rank"] < s["effective_rank"]
     with pytest.raises(ValueError):
         collapse_metrics(np.zeros((1, 4)))
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"views": -1}, "views"), ({"views": 3, "method": "mae"}, "views"),
+    ({"ema_decay": 1.0}, "ema-decay"), ({"lr_schedule": "step"}, "lr-schedule"),
+    ({"warmup_rounds": 9, "rounds": 5}, "warmup-rounds"),
+    ({"init_encoder": "/no/such/encoder.safetensors"}, "init-encoder"),
+])
+def test_experiment_config_refuses_bad_recipe_options(bad: dict, match: str) -> None:
+    from fedssl.simulations.config import ConfigError, ExperimentConfig
+
+    with pytest.raises(ConfigError, match=match):
+        ExperimentConfig.from_dict(bad)
+
+
+def test_experiment_config_passes_the_recipe_to_the_clients(tmp_path) -> None:
+    from fedssl.server.app import CLIENT_KEYS
+    from fedssl.simulations.config import ExperimentConfig
+
+    enc = tmp_path / "enc.safetensors"
+    enc.write_bytes(b"x")
+    cfg = ExperimentConfig.from_dict({"views": 4, "ema_decay": 0.9, "lr_schedule": "cosine",
+                                      "warmup_rounds": 1, "init_encoder": str(enc)})
+    run = cfg.to_run_config("run")
+    assert (run["views"], run["ema-decay"], run["lr-schedule"], run["warmup-rounds"]) == (
+        4, 0.9, "cosine", 1)
+    assert run["init-encoder"] == str(enc.resolve())
+    assert {"views", "ema-decay", "lr-schedule", "warmup-rounds"} <= set(CLIENT_KEYS)
