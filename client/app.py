@@ -33,7 +33,7 @@ from fedssl.client import secagg
 from fedssl.client.data import DataSpec, cached_dataset, simulated_partition
 from fedssl.client.faults import maybe_fault
 from fedssl.client.federated_ssl import merge
-from fedssl.client.privacy_guard import SiteBudget
+from fedssl.client.privacy_guard import BudgetExceededError, SiteBudget
 from fedssl.client.secagg import flatten, store_update
 from fedssl.client.trainer import TrainConfig, TrainingError, steps_per_epoch, train_local
 from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_of
@@ -196,6 +196,14 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     device = compute_setup(context, config)
     objective = get_objective(str(config["method"]))
     dp = bool(config.get("dp", False))
+    budget = SiteBudget.load(context.node_config, ident.state_dir)
+    if budget is not None and not dp:
+        # the site's budget binds only what DP-SGD accounts for: a round without it (the
+        # server's choice, dp=false) would spend an unbounded, unrecorded amount
+        raise BudgetExceededError(
+            f"this site has its own privacy budget (epsilon {budget.epsilon:g} at delta "
+            f"{budget.delta:g}) and the server asked for a round without record-level DP "
+            "(dp = false); the budget can only be kept under DP-SGD: not training")
     # 1 (per-record clipping) or 2 (group clipping); refuses a method with no proven bound
     sensitivity = clip_sensitivity(objective) if dp else 1
     x = load_records(context, config)
@@ -234,7 +242,6 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         planned = cfg.epochs * steps_per_epoch(len(x), cfg.batch_size, dp=True)
         cfg.noise_multiplier = plan_noise(config, ledger, sample_rate, planned, server_round,
                                           sensitivity)
-        budget = SiteBudget.load(context.node_config, ident.state_dir)
         if budget is not None:  # the site's own lifetime limit, checked before any gradient
             entries = ledger.entries()
             budget.check(segments(entries),

@@ -95,6 +95,20 @@ def test_node_config_budget_takes_precedence(tmp_path: Path, flower_identity) ->
     assert "budget of 0.5" in reply.content["status"]["reason"]
 
 
+def test_site_budget_refuses_a_round_without_dp(tmp_path: Path, flower_identity) -> None:
+    """A server that sends dp = false cannot bypass the site's own budget: such a round
+    would spend an unbounded, unrecorded amount, so the site refuses it before training."""
+    from fedssl.client.privacy_guard import write_site_file
+
+    write_site_file(tmp_path / "clients" / "client-001", epsilon=0.5, delta=1e-5)
+    reply = _call(tmp_path, 1, dp=False)
+    status = reply.content["status"]
+    assert status["status"] == "refused"
+    assert "without record-level DP" in status["reason"]
+    assert "arrays" not in reply.content
+    assert not (tmp_path / "ledger" / "client-001.jsonl").exists()
+
+
 def test_fedema_keeps_local_model_between_rounds(tmp_path: Path, flower_identity) -> None:
     """The local model lives in the node's context.state; only shared parts are sent."""
     from fedssl.client.app import LOCAL_MODEL_KEY
