@@ -55,6 +55,7 @@ import torch
 from fedssl.client.trainer import LR_SCHEDULES, TrainConfig, steps_per_epoch, train_local
 from fedssl.privacy.accountant import calibrate_noise, epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
+from fedssl.privacy.dp_sgd import clip_sensitivity
 from fedssl.simulations.partitioners import partition_indices
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.collapse import collapse_metrics
@@ -167,11 +168,14 @@ def federated(data: SSLDataset, recipe: Recipe, seed: int, clients: int, partiti
     sigmas: dict[int, float] = {}
     eps_spent: list[float] = []
     if epsilon is not None:
+        # as client/app.py: noise calibrated at the effective multiplier sigma / sensitivity
+        # (2 for group-clipped objectives, 1 for per-record ones)
+        sens = clip_sensitivity(objective)
         for c, idx in enumerate(parts):
             q = min(1.0, recipe.batch_size / len(idx))
             steps = recipe.local_epochs * steps_per_epoch(len(idx), recipe.batch_size, True)
-            sigmas[c] = calibrate_noise(epsilon, delta, q, steps * recipe.rounds)
-            eps_spent.append(epsilon_of([(sigmas[c], q, steps * recipe.rounds)], delta))
+            sigmas[c] = sens * calibrate_noise(epsilon, delta, q, steps * recipe.rounds)
+            eps_spent.append(epsilon_of([(sigmas[c] / sens, q, steps * recipe.rounds)], delta))
     for r in range(1, recipe.rounds + 1):
         global_state = copy.deepcopy(model.state_dict())
         states, weights = [], []
