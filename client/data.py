@@ -78,7 +78,8 @@ def cached_dataset(spec: DataSpec, run_dir: str = "") -> SSLDataset:
     folder = cache_dir(run_dir, spec) if run_dir else None
     if folder is not None and (folder / "meta.json").exists():
         meta = json.loads((folder / "meta.json").read_text())
-        arrays = [np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS]
+        arrays = [np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                  for name in _ARRAYS]
         return SSLDataset(meta["name"], *arrays, num_classes=int(meta["num_classes"]))
     return load_dataset(spec.dataset, spec.data_path, spec.num_samples, spec.seed,
                         spec.image_size, with_test=spec.with_test)

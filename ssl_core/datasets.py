@@ -322,7 +322,10 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                 content[key] = value
     except DataError:
         raise
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError) as exc:
+    # RuntimeError covers encrypted members and NotImplementedError (an unknown compression
+    # method); MemoryError a header that claims more than the machine holds
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError,
+            RuntimeError, MemoryError) as exc:
         raise DataError(f"{path} is not a valid .npz file ({type(exc).__name__}: "
                         f"{exc})") from None
     return content
@@ -381,7 +384,8 @@ def _read_images(files: list[Path], size: int, root: Path) -> tuple[np.ndarray, 
                 else:
                     img = img.convert("L" if is_grey else "RGB").resize((size, size))
                     arr = np.asarray(img, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, MemoryError,
+                Image.DecompressionBombError) as exc:
             raise DataError(f"unreadable or corrupt image file: {file} ({exc})") from exc
         decoded.append(arr[None] if is_grey else arr.transpose(2, 0, 1))
         grey.append(is_grey)

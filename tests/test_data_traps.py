@@ -8,6 +8,7 @@ none of these choices was printed.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -330,3 +331,50 @@ def test_dp_sgd_trains_on_three_channel_images(method: str) -> None:
                          TrainConfig(batch_size=8, dp=True, noise_multiplier=1.0))
     assert result.steps > 0 and np.isfinite(result.loss)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _flag_zip_members(path: Path, local_offset: int, central_offset: int, value: bytes,
+                      mask: bool) -> None:
+    """Rewrite a field of every member header of the zip at ``path`` (local and central)."""
+    raw = bytearray(path.read_bytes())
+    for sig, off in ((b"PK\x03\x04", local_offset), (b"PK\x01\x02", central_offset)):
+        i = raw.find(sig)
+        while i >= 0:
+            if mask:
+                raw[i + off] |= value[0]
+            else:
+                raw[i + off:i + off + len(value)] = value
+            i = raw.find(sig, i + 4)
+    path.write_bytes(bytes(raw))
+
+
+def test_encrypted_unsupported_and_bomb_files_are_data_errors(tmp_path: Path) -> None:
+    """Archives with an encrypted member or an unknown compression method, and a PNG whose
+    header claims 20000 x 20000 pixels, end in a DataError naming the file, not a traceback."""
+    import struct
+    import zlib
+
+    from fedssl.ssl_core.datasets import load_image_folder, load_npz
+
+    enc = tmp_path / "enc.npz"
+    np.savez(enc, train_images=np.zeros((4, 8, 8), np.uint8))
+    _flag_zip_members(enc, 6, 8, b"\x01", mask=True)  # general-purpose bit 0: encrypted
+    method = tmp_path / "method.npz"
+    np.savez(method, train_images=np.zeros((4, 8, 8), np.uint8))
+    _flag_zip_members(method, 8, 10, struct.pack("<H", 99), mask=False)
+    for path in (enc, method):
+        with pytest.raises(DataError, match=str(path.name)):
+            load_npz(path)
+
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "PNG")
+    png = bytearray(buf.getvalue())
+    ihdr = png.find(b"IHDR")
+    png[ihdr + 4:ihdr + 12] = struct.pack(">II", 20000, 20000)
+    png[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(png[ihdr:ihdr + 17])))
+    (root / "a" / "big.png").write_bytes(bytes(png))
+    Image.new("L", (8, 8)).save(root / "a" / "ok.png")
+    with pytest.raises(DataError, match=r"big\.png"):
+        load_image_folder(root)
