@@ -150,7 +150,7 @@ class GroupDPSGD:
             optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
             expected_batch_size=expected, loss_reduction="mean",
             generator=noise_generator or generator,
-            group_source=lambda: objective.last_groups, num_groups=self.num_groups,
+            group_source=objective.take_groups, num_groups=self.num_groups,
         )
 
     def __enter__(self) -> GroupDPSGD:

@@ -342,3 +342,25 @@ def test_group_training_step_equals_the_tested_group_clipped_sum(signals) -> Non
         applied = torch.cat([p.grad.reshape(-1) for p in dp.optimizer.params])
     expected = group_clipped_gradient_sum(model, objective, views, groups, 2, C) / 16
     torch.testing.assert_close(applied, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_group_loss_evaluated_twice_in_one_step_is_refused(signals) -> None:
+    """Group ids are drawn per evaluation of the loss: a second evaluation before the step
+    would redraw them, so the rows of the first would be summed into the wrong groups and the
+    2C bound would not hold. The engine refuses the step instead."""
+    from fedssl.privacy.group_clip import GroupDPSGD
+
+    objective = get_objective("infonce-group")
+    model = objective.build_model((1, 40), width=16)
+    data = torch.as_tensor(signals)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with GroupDPSGD(model, opt, data, 16, 1.0, C, objective,
+                    generator=torch.Generator().manual_seed(1)) as dp:
+        (batch,) = next(iter(dp.loader))
+        views = _views((1, 40), len(batch), 2, seed=2)
+        dp.optimizer.zero_grad(set_to_none=True)
+        loss = objective.per_record_loss(dp.module, views).mean()
+        loss = loss + objective.per_record_loss(dp.module, views).mean()
+        loss.backward()
+        with pytest.raises(DPSoundnessError, match="evaluated 2 times"):
+            dp.optimizer.step()

@@ -87,6 +87,8 @@ class GroupInfoNCE(Objective):
         self._fallback = torch.Generator().manual_seed(0)
         #: the group ids of the last :meth:`per_record_loss` call (read by the DP engine)
         self.last_groups: torch.Tensor | None = None
+        #: draws since the DP engine last took the ids (exactly one per step is sound)
+        self._draws = 0
 
     def num_groups(self, expected_batch_size: int) -> int:
         """``G`` from the (public) expected batch size."""
@@ -104,9 +106,28 @@ class GroupInfoNCE(Objective):
         # no DP engine bound (non-private training): the batch's own group count
         return torch.randint(0, self.num_groups(n), (n,), generator=self._fallback)
 
+    def take_groups(self) -> torch.Tensor | None:
+        """The group ids of this step's gradient rows, for the DP engine's clipping.
+
+        Raises:
+            DPSoundnessError: if the loss was evaluated more than once since the last step
+                (the ids were redrawn, so they no longer match every row's group and the
+                2C bound would not hold).
+        """
+        from fedssl.privacy.dp_sgd import DPSoundnessError
+
+        draws, self._draws = self._draws, 0
+        if draws > 1:
+            raise DPSoundnessError(
+                f"the group loss was evaluated {draws} times in one DP-SGD step; group ids "
+                "are drawn per evaluation, so the rows' groups would not match: evaluate "
+                "it once per step")
+        return self.last_groups if draws == 1 else None
+
     def per_record_loss(self, model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
         groups = self.draw_groups(len(views[0]))
         self.last_groups = groups
+        self._draws += 1
         return self.group_loss(model, views, groups)
 
     def group_loss(self, model: nn.Module, views: list[torch.Tensor], groups: torch.Tensor
