@@ -124,6 +124,8 @@ class SecureAggregation:
                 f"{stage}: no reply before the round timeout")
         for reply in replies:
             node = reply.metadata.src_node_id
+            if node not in payloads:
+                continue  # the SuperLink answering for an unreachable node: timed out, above
             if reply.has_error():
                 outcome.failed[self.names.get(node, f"node-{node}")] = (
                     f"{stage}: {reply.error.reason[-300:]}")
@@ -205,6 +207,9 @@ class SecureAggregation:
                                             timeout=self.timeout)
             trained = strategy.screen(server_round, replies, with_arrays=False, sent_to=ready)
             outcome = strategy.last_outcome
+            for node in ready:  # a failed train reply names no client: its name is known
+                if f"node-{node}" in outcome.failed and node in self.names:
+                    outcome.failed[self.names[node]] = outcome.failed.pop(f"node-{node}")
             outcome.failed = {**setup_outcome.failed, **outcome.failed}
             outcome.rejected = {**setup_outcome.rejected, **outcome.rejected}
             metrics = (strategy.train_metrics_aggr_fn([m.content for m in trained],

@@ -89,3 +89,36 @@ def test_failed_secure_setup_costs_that_client_no_privacy(tmp_path: Path) -> Non
     # the ServerApp prints fedssl simulate's result table and the run directory at the end
     assert "| federated simsiam |" in proc.stdout
     assert f"run directory: {run.resolve()}" in proc.stdout
+
+
+def _drops(seed: int, rnd: int, pid: int, stage: int, p: float) -> bool:
+    """Whether ``fedssl.client.faults.maybe_fault`` drops (round, client) at ``stage``."""
+    import numpy as np
+
+    return bool(np.random.default_rng([seed, rnd, pid, stage]).random(2)[0] < p)
+
+
+@pytest.mark.slow
+def test_dropout_after_key_setup_is_recovered(tmp_path: Path) -> None:
+    """A client that shared its keys and then vanishes at training (SecAgg+ stages now run
+    identify, setup, share, train, mask, unmask) is a dropout: its masks are recovered from
+    its neighbours' shares and the others' sum is released."""
+    from fedssl.client.faults import STAGE_IDS
+
+    p = 0.3
+    stages = [STAGE_IDS.get("identify", 9), *(STAGE_IDS[s] for s in
+                                              ("setup", "share", "train", "mask", "unmask"))]
+    seed = next(s for s in range(2000)  # client 1 drops at training, nobody else anywhere
+                if all(_drops(s, 1, pid, st, p) == (pid == 1 and st == STAGE_IDS["train"])
+                       for pid in range(3) for st in stages))
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedssl.cli", "simulate", "--num-clients", "3", "--rounds", "1",
+         "--num-samples", "300", "--partitioner", "iid", "--no-dp", "--secagg",
+         "--dropout-prob", str(p), "--seed", str(seed), "--eval-samples", "100",
+         "--few-label", "", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1]
+    assert row["clients"] == 2, row
+    assert "simulated dropout at stage 'train'" in row["failed"]["client-001"], row
+    assert "secagg" not in row["failed"] and row["loss"] is not None, row
