@@ -342,6 +342,7 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
               f"{time.perf_counter() - t0:.0f} s -> {init}", flush=True)
     recipe = replace(base, init_encoder=init)
     dpr = replace(dp_recipe, init_encoder=init)
+    warm = " (from warm start)" if init else ""
 
     def row(label: str, fn, partition: str = "", **meta: Any) -> None:
         per_seed, infos = [], []
@@ -370,22 +371,22 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
     if "public" in settings and init:
         row("public only (warm start)", lambda s: _fresh_model(data, recipe, s).encoder)
     if "centralized" in settings:
-        row(f"centralized {recipe.method} (same budget)",
+        row(f"centralized {recipe.method} (same budget){warm}",
             lambda s: centralized(data, recipe, s), **{"recipe": asdict(recipe)})
     cdr = replace(recipe, method=args.client_dp_method)
     for partition in args.partitions.split(","):
         if "nodp" in settings:
-            row(f"federated {recipe.method} no DP", lambda s, pt=partition: federated(
+            row(f"federated {recipe.method} no DP{warm}", lambda s, pt=partition: federated(
                 data, recipe, s, args.clients, pt, args.alpha, None, args.delta),
                 partition, recipe=asdict(recipe))
         if "dp" in settings:
             for eps in epsilons:
-                row(f"federated {dpr.method} DP eps={eps:g}",
+                row(f"federated {dpr.method} DP eps={eps:g}{warm}",
                     lambda s, pt=partition, e=eps: federated(
                         data, dpr, s, args.clients, pt, args.alpha, e, args.delta),
                     partition, epsilon=eps, delta=args.delta, recipe=asdict(dpr))
         if "clientdp" in settings:
-            row(f"client-level DP {cdr.method} ({args.client_dp_clients} clients)",
+            row(f"client-level DP {cdr.method} ({args.client_dp_clients} clients){warm}",
                 lambda s, pt=partition: client_level_dp(
                     data, cdr, s, args.client_dp_clients, pt, args.alpha,
                     args.client_dp_noise, args.client_dp_clip, args.client_dp_rate,
