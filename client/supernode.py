@@ -214,21 +214,41 @@ class LedgerWatcher(threading.Thread):
     def run(self) -> None:
         """Poll the ledger every second until stopped."""
         while not self.stop_event.wait(1.0):
+            self.poll()
+
+    def poll(self) -> None:
+        """Print a line for each entry appended since the last poll."""
+        try:
+            lines = self.ledger.read_text().splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines[self.seen:]:
             try:
-                lines = self.ledger.read_text().splitlines()
-            except FileNotFoundError:
-                continue
-            for line in lines[self.seen:]:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # being written; read it next time
-                budget = f" of the site's budget {self.budget:g}" if self.budget else ""
-                self.say(f"[fedssl client] round {entry.get('round')}: trained under DP-SGD "
-                         f"(noise {float(entry.get('noise_multiplier', 0)):.3g}), epsilon "
-                         f"spent so far {float(entry.get('epsilon', 0)):.3f}{budget} at "
-                         f"delta {entry.get('delta')}")
-                self.seen += 1
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                break  # being written; read it next time
+            self.say(format_ledger_entry(entry, self.budget))
+            self.seen += 1
+
+
+def format_ledger_entry(entry: dict, budget: float | None) -> str:
+    """One console line for a ledger entry: the site's lifetime epsilon (all runs; what its
+    budget bounds) against the budget, this run's epsilon, and the noise, with the effective
+    noise (``noise / extra.sensitivity``, what the accountant uses) for a group-clipped
+    method. An entry written before ``lifetime_epsilon`` existed has only the one figure."""
+    noise = float(entry.get("noise_multiplier", 0))
+    sens = (entry.get("extra") or {}).get("sensitivity", 1)
+    noise_text = f"noise {noise:.3g}"
+    if float(sens) != 1:
+        noise_text += f", effective {noise / float(sens):.3g} at sensitivity {float(sens):g}"
+    run_eps = float(entry.get("epsilon", 0))
+    life = entry.get("lifetime_epsilon")
+    life_eps = run_eps if life is None else float(life)
+    of_budget = f" of the site's budget {budget:g}" if budget else ""
+    this_run = f" (this run {run_eps:.3f})" if life is not None else ""
+    return (f"[fedssl client] round {entry.get('round')}: trained under DP-SGD "
+            f"({noise_text}), site epsilon spent so far {life_eps:.3f}{of_budget}"
+            f"{this_run} at delta {entry.get('delta')}")
 
 
 def _classify_exit(output: list[str]) -> str:

@@ -420,6 +420,21 @@ def _as_float(x: Any) -> float:
     return math.inf if x == "inf" else float(x)
 
 
+def _method_sensitivity(method: str | None) -> int | None:
+    """The clip sensitivity of ``method``'s objective under DP-SGD
+    (:func:`fedssl.privacy.dp_sgd.clip_sensitivity`: 1 per-record, 2 group-clipped); None for
+    an unknown method or one with no proven bound."""
+    from fedssl.privacy.dp_sgd import DPSoundnessError, clip_sensitivity
+    from fedssl.ssl_core.objectives import OBJECTIVES
+
+    if not method or method not in OBJECTIVES:
+        return None
+    try:
+        return clip_sensitivity(OBJECTIVES[method]())
+    except DPSoundnessError:
+        return None
+
+
 def _check_config(res: AuditResult, cfg: Mapping[str, Any]) -> None:
     from fedssl.ssl_core.objectives import OBJECTIVES
 
@@ -430,7 +445,7 @@ def _check_config(res: AuditResult, cfg: Mapping[str, Any]) -> None:
         res.add("error", "unsound-config",
                 f"dp = true with unknown method {method!r}: its per-record decomposability "
                 "(required for per-record clipping to bound the sensitivity) can't be checked")
-    elif not OBJECTIVES[method].decomposable:
+    elif _method_sensitivity(method) is None:
         res.add("error", "unsound-config",
                 f"dp = true with method {method!r}, whose objective is not per-record "
                 "decomposable: per-record clipping does not bound one record's influence, so "
@@ -543,6 +558,7 @@ def _check_entries(res: AuditResult, audit: ClientAudit, entries: list[LedgerEnt
     audit.run_id = (entries[-1].run if res.run_id is None
                     else (res.run_id or LEGACY_RUN))
     cumulative = 0
+    required = _method_sensitivity(res.method) if res.dp else None
     for e in entries:
         try:
             effective_noise_multiplier(e.noise_multiplier, e.extra)
@@ -550,6 +566,16 @@ def _check_entries(res: AuditResult, audit: ClientAudit, entries: list[LedgerEnt
         except LedgerError as exc:
             res.add("error", "invalid-entry", str(exc), name, e.round)
             sensitivity = math.nan
+        if required is not None and sensitivity < required:
+            # the accountant divides the noise by the recorded sensitivity: one below the
+            # method's would make every epsilon over this entry too small
+            recorded = ("extra.sensitivity" if "sensitivity" in e.extra
+                        else "no extra.sensitivity, so the default")
+            res.add("error", "sensitivity-understated",
+                    f"entry records sensitivity {sensitivity:g} ({recorded}), but method "
+                    f"{res.method!r} clips with sensitivity {required}: its "
+                    f"epsilon is computed at noise {e.noise_multiplier:g} / {sensitivity:g} "
+                    f"instead of / {required} and understates the spend", name, e.round)
         check = EntryCheck(
             round=e.round, steps=e.steps, cumulative_steps=0,
             noise_multiplier=e.noise_multiplier, sample_rate=e.sample_rate,

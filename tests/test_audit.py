@@ -40,18 +40,23 @@ def audit(*argv: str) -> int:
 
 def _write_ledger(run: Path, client: str, rounds: int = ROUNDS, sigma: float = SIGMA,
                   delta: float = DELTA, accountant: str = "prv", scale: float = 1.0,
-                  field_client: str | None = None) -> Ledger:
+                  field_client: str | None = None, sensitivity: int | None = None,
+                  epsilon_sensitivity: int | None = None) -> Ledger:
+    """``sensitivity``: recorded as ``extra.sensitivity`` when set; ``epsilon_sensitivity``:
+    the one the recorded epsilons are computed at (default: the recorded one, else 1)."""
     key = load_or_create_identity(run / "clients" / client / "identity.pem")
     (run / "ledger").mkdir(parents=True, exist_ok=True)
     (run / "ledger" / f"{client}.pub").write_bytes(public_pem(key))
     led = Ledger(run / "ledger" / f"{client}.jsonl", key)
     history = []
+    extra = {} if sensitivity is None else {"sensitivity": sensitivity}
+    sens = epsilon_sensitivity or sensitivity or 1
     for r in range(1, rounds + 1):
-        history.append((sigma, RATE, STEPS))
+        history.append((sigma / sens, RATE, STEPS))
         eps = epsilon_of(history, delta) * scale
         led.append(LedgerEntry(round=r, client=field_client or client, noise_multiplier=sigma,
                                sample_rate=RATE, steps=STEPS, max_grad_norm=1.0, delta=delta,
-                               accountant=accountant, epsilon=eps))
+                               accountant=accountant, epsilon=eps, extra=dict(extra)))
     return led
 
 
@@ -230,6 +235,43 @@ def test_non_decomposable_objective_under_dp(run: Path) -> None:
     cfg.write_text(cfg.read_text().replace('method = "simsiam"', 'method = "simclr"'))
     res = audit_run(run)
     assert any(f.kind == "unsound-config" and "simclr" in f.message for f in res.findings)
+
+
+def _group_run(run: Path, sensitivity: int | None,
+               epsilon_sensitivity: int | None = None) -> Path:
+    """A run of the group-clipped method (clip sensitivity 2) whose ledger records
+    ``sensitivity`` and whose epsilons are computed at ``epsilon_sensitivity``."""
+    make_run(run, clients=("client-000",), report=False, method="infonce-group",
+             target_epsilon=50.0)
+    (run / "ledger" / "client-000.jsonl").unlink()
+    _write_ledger(run, "client-000", sigma=2.0, sensitivity=sensitivity,
+                  epsilon_sensitivity=epsilon_sensitivity)
+    return run
+
+
+def test_group_clipped_run_recording_sensitivity_2_is_clean(tmp_path: Path) -> None:
+    """infonce-group is DP-sound at sensitivity 2: not an unsound configuration (it was one
+    when the audit checked per-record decomposability instead of the clip sensitivity)."""
+    res = audit_run(_group_run(tmp_path / "run", sensitivity=2))
+    assert res.clean, format_findings(res)
+
+
+@pytest.mark.parametrize("recorded", [None, 1])
+def test_group_ledger_understating_sensitivity_is_an_error(tmp_path: Path,
+                                                           recorded: int | None) -> None:
+    """A group-clipped ledger recording sensitivity 1 (or none) with epsilons consistent with
+    that record would pass the recomputation; the method's sensitivity 2 shows the
+    understatement."""
+    res = audit_run(_group_run(tmp_path / "run", sensitivity=recorded, epsilon_sensitivity=1))
+    found = [f for f in res.findings if f.kind == "sensitivity-understated"]
+    assert [f.round for f in found] == list(range(1, ROUNDS + 1))
+    assert all(f.severity == "error" and f.client == "client-000" for f in found)
+    assert "infonce-group" in found[0].message and "2" in found[0].message
+    assert not res.clean
+
+
+def test_per_record_ledger_with_sensitivity_1_is_not_understated(run: Path) -> None:
+    assert "sensitivity-understated" not in kinds(run)
 
 
 def test_dp_without_noise(tmp_path: Path) -> None:

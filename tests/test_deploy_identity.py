@@ -157,3 +157,36 @@ def test_site_clientapp_refuses_instead_of_creating_a_ledger_key(
 
     assert (state / "ledger.pub").read_bytes() == public_pem(
         load_private_key(certs.identity_key(1)))
+
+
+def test_ledger_watcher_prints_the_sites_lifetime_epsilon_against_its_budget(
+        tmp_path: Path) -> None:
+    """The budget bounds the lifetime epsilon (all runs), not the run's: the watcher shows the
+    lifetime figure against it, labels the run's, and shows the effective noise of a
+    group-clipped method (sensitivity 2)."""
+    from fedssl.client.supernode import LedgerWatcher
+    from fedssl.privacy.ledger import Ledger, LedgerEntry
+
+    path = tmp_path / "ledger.jsonl"
+    led = Ledger(path, Ed25519PrivateKey.generate())
+    led.append(LedgerEntry(round=1, client="site-1", noise_multiplier=1.5, sample_rate=0.1,
+                           steps=10, max_grad_norm=1.0, delta=1e-5, accountant="prv",
+                           epsilon=0.8))  # a legacy entry: its epsilon is the lifetime one
+    said: list[str] = []
+    watcher = LedgerWatcher(path, 10.0, said.append)
+    led.append(LedgerEntry(round=1, client="site-1", noise_multiplier=3.0, sample_rate=0.1,
+                           steps=10, max_grad_norm=1.0, delta=1e-5, accountant="prv",
+                           epsilon=1.25, run_id="run-b", lifetime_epsilon=4.5,
+                           extra={"sensitivity": 2}))
+    watcher.poll()
+    assert len(said) == 1
+    line = said[0]
+    assert "spent so far 4.500 of the site's budget 10" in line
+    assert "this run 1.250" in line
+    assert "noise 3, effective 1.5 at sensitivity 2" in line
+    # an old entry (no lifetime_epsilon, no sensitivity): its epsilon, no run figure
+    said.clear()
+    watcher.seen = 0
+    watcher.poll()
+    assert "spent so far 0.800 of the site's budget 10" in said[0]
+    assert "this run" not in said[0] and "effective" not in said[0]
