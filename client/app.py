@@ -122,11 +122,16 @@ def run_id_of(config: ConfigRecord) -> str:
     sent, in which case the run's spend is taken to be the whole ledger, conservatively).
 
     Raises:
-        ValueError: if the run id is not a short alphanumeric string.
+        ValueError: if the run id is not a short alphanumeric string, or is the name ledgers
+            reserve for entries without a run id (:data:`~fedssl.privacy.ledger.LEGACY_RUN`):
+            the run's entries would count as the legacy run's.
     """
     rid = str(config.get("run-id", ""))
     if rid and not (len(rid) <= 64 and rid.replace("-", "").isalnum()):
         raise ValueError(f"run id {rid!r} is not a short alphanumeric string")
+    if rid.lower() == LEGACY_RUN:
+        raise ValueError(f"run id {rid!r} is reserved for ledger entries without a run id "
+                         "(they would be mixed with this run's); the server must send another")
     return rid
 
 

@@ -241,6 +241,45 @@ def runs(entries: Iterable[LedgerEntry]) -> dict[str, list[LedgerEntry]]:
     return out
 
 
+_INT_FIELDS = ("round", "steps")
+_FLOAT_FIELDS = ("noise_multiplier", "sample_rate", "max_grad_norm", "delta", "epsilon")
+_STR_FIELDS = ("client", "accountant", "run_id")
+
+
+def _normalise(entry: LedgerEntry) -> None:
+    """Give ``entry``'s typed fields the types :meth:`LedgerEntry.from_json` reads back
+    (an int ``max_grad_norm`` is hashed as ``1`` but read back as ``1.0``: the line would fail
+    its hash check on every later read), refusing values that don't convert exactly.
+
+    Raises:
+        LedgerError: naming the field, for a non-integral round/steps, a non-number, a bool,
+            or an ``extra`` that is not a dict.
+    """
+    def bad(name: str, value: object, want: str) -> LedgerError:
+        return LedgerError(f"ledger entry field {name} = {value!r} is not {want}")
+
+    for name in _INT_FIELDS + _FLOAT_FIELDS + ("lifetime_epsilon",):
+        value = getattr(entry, name)
+        if name == "lifetime_epsilon" and value is None:
+            continue
+        if isinstance(value, bool):
+            raise bad(name, value, "a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise bad(name, value, "a number") from None
+        if name in _INT_FIELDS:
+            if not number.is_integer():
+                raise bad(name, value, "an integer")
+            setattr(entry, name, int(number))
+        else:
+            setattr(entry, name, number)
+    for name in _STR_FIELDS:
+        setattr(entry, name, str(getattr(entry, name)))
+    if not isinstance(entry.extra, dict):
+        raise bad("extra", entry.extra, "a dict")
+
+
 class Ledger:
     """A client's own ledger file, appended to with its identity key."""
 
@@ -258,7 +297,10 @@ class Ledger:
         return segments(self.entries(), run_id)
 
     def append(self, entry: LedgerEntry) -> LedgerEntry:
-        """Verify the chain, link, hash and sign ``entry``, and append it to the file."""
+        """Verify the chain, normalise the field types (:func:`_normalise`), link, hash and
+        sign ``entry``, and append it to the file; an entry that would not read back exactly
+        as it was hashed is refused before anything is written."""
+        _normalise(entry)
         existing = self.entries()
         same_run = [e for e in existing if e.run == entry.run]
         if same_run and entry.round < same_run[-1].round:
@@ -269,6 +311,14 @@ class Ledger:
         entry.prev_hash = existing[-1].hash if existing else GENESIS
         entry.hash = entry.compute_hash()
         entry.signature = self.key.sign(entry.hash.encode()).hex()
+        try:  # the line must read back as it was hashed, or every later round is blocked
+            again = LedgerEntry.from_json(entry.to_json(), str(self.path))
+        except (LedgerError, TypeError, ValueError) as exc:
+            raise LedgerError(f"{self.path}: entry for round {entry.round} not written: it "
+                              f"does not serialise ({exc})") from exc
+        if again.compute_hash() != entry.hash:
+            raise LedgerError(f"{self.path}: entry for round {entry.round} not written: it "
+                              "would not read back as hashed (a field of an unsupported type)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as fh:
             fh.write(entry.to_json() + "\n")

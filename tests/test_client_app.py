@@ -212,3 +212,14 @@ def test_round_without_run_id_plans_against_the_whole_ledger(tmp_path: Path,
     m = _call(tmp_path, 2).content["metrics"]
     entries = _ledger(tmp_path)
     assert entries[-1].run_id == "" and m["epsilon"] == m["lifetime-epsilon"] <= 4.0
+
+
+@pytest.mark.parametrize("rid", ["legacy", "LEGACY"])
+def test_run_id_reserved_for_legacy_entries_is_refused(tmp_path: Path, flower_identity,
+                                                       rid: str) -> None:
+    """``legacy`` names the run of ledger entries without a run id: a run called that would
+    have its spend mixed with theirs, so the round is refused before anything is spent."""
+    reply = _call(tmp_path, run_id=rid)
+    assert reply.content["status"]["status"] == "refused"
+    assert "reserved" in reply.content["status"]["reason"]
+    assert not (tmp_path / "ledger" / "client-001.jsonl").exists()

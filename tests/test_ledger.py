@@ -168,3 +168,35 @@ def test_sensitivity_scales_the_effective_noise_multiplier(ledger: Ledger) -> No
     for bad in (0, -1, "x", float("inf")):
         with pytest.raises(LedgerError, match="sensitivity"):
             effective_noise_multiplier(1.0, {"sensitivity": bad})
+
+
+def test_int_and_numpy_fields_are_normalised_so_the_line_reads_back(tmp_path: Path) -> None:
+    """An entry built with an int clip norm / noise (or numpy scalars) was hashed as ``1`` but
+    read back as ``1.0``: a hash mismatch that blocked every later round."""
+    import numpy as np
+
+    ledger = Ledger(tmp_path / "fresh.jsonl", Ed25519PrivateKey.generate())
+    ledger.append(LedgerEntry(round=np.int64(1), client="client-001", noise_multiplier=2,
+                              sample_rate=np.float32(0.5), steps=np.int64(10),
+                              max_grad_norm=1, delta=1e-5, accountant="prv", epsilon=1,
+                              lifetime_epsilon=1))
+    ledger.append(_entry(2, 2.0))
+    entries = ledger.entries()
+    assert [e.round for e in entries] == [1, 2]
+    first = entries[0]
+    assert (first.max_grad_norm, first.noise_multiplier, first.steps) == (1.0, 2.0, 10)
+    assert type(first.max_grad_norm) is float and type(first.steps) is int
+
+
+@pytest.mark.parametrize(("field", "value"), [("steps", 2.5), ("round", "x"),
+                                              ("max_grad_norm", None), ("epsilon", True)])
+def test_entry_with_an_unconvertible_field_is_refused_before_writing(
+        ledger: Ledger, field: str, value: object) -> None:
+    before = ledger.path.read_text()
+    bad = _entry(4, 2.0)
+    setattr(bad, field, value)
+    with pytest.raises(LedgerError, match=field):
+        ledger.append(bad)
+    assert ledger.path.read_text() == before
+    ledger.append(_entry(4, 2.0))  # the ledger is still usable
+    assert [e.round for e in ledger.entries()] == [1, 2, 3, 4]
