@@ -97,6 +97,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: seconds a stop waits for the ServerApp and engine threads once the engine is down (they
 #: notice within 0.1 s unless the server is in the middle of an evaluation)
 STOP_WAIT_SECONDS = 60.0
+#: seconds a SIGKILLed process of the run may take to go (it frees its memory first; slow on
+#: a loaded machine)
+KILL_WAIT_SECONDS = 20.0
 #: an extension whose rounds need more than this times the run's earlier noise multiplier is
 #: warned about: per-step gradient noise variance grows with the square (25x at 5x), so such
 #: rounds spend the rest of the budget on noise, not on learning
@@ -147,6 +150,21 @@ class RunInterruptedError(Exception):
         return (f"{head}; {kept}. Resume with: fedssl simulate --out {self.run_dir} --resume")
 
 
+def _raise_stop(signum: int, _frame: Any) -> None:
+    """The stop signals' handler while a run is on (see :func:`_stop_on_signals`)."""
+    from fedssl.simulations import dispatch
+
+    # at once, before the engine unwinds: replies that Ctrl-C's SIGINT to the actors (the
+    # terminal signals the whole process group) turns into errors must not let the server
+    # finish the round as a failed one and record it
+    dispatch.stop_all()
+    raise _Signalled(signum)
+
+
+#: signals whose handler is :func:`_raise_stop` now (those not inherited as ignored)
+_HANDLED: list[int] = []
+
+
 @contextmanager
 def _stop_on_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`_Signalled` in the main thread while the block runs.
@@ -155,25 +173,26 @@ def _stop_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, _frame: Any) -> None:
-        from fedssl.simulations import dispatch
-
-        # at once, before the engine unwinds: replies that Ctrl-C's SIGINT to the actors
-        # (the terminal signals the whole process group) turns into errors must not let
-        # the server finish the round as a failed one and record it
-        dispatch.stop_all()
-        raise _Signalled(signum)
-
     previous = {}
     for sig in STOP_SIGNALS:
         if signal.getsignal(sig) is not signal.SIG_IGN:
-            previous[sig] = signal.signal(sig, handler)
+            previous[sig] = signal.signal(sig, _raise_stop)
+    _HANDLED[:] = list(previous)
     try:
         yield
     finally:
+        _HANDLED.clear()
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _reclaim_stop_signals() -> None:
+    """Put :func:`_raise_stop` back after ``ray.init``: Ray's core worker installs its own C
+    handler for SIGTERM in the driver (it logs "SIGTERM received" and dies on the spot, with
+    no teardown), which replaces Python's."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in _HANDLED:
+            signal.signal(sig, _raise_stop)
 
 
 @contextmanager
@@ -237,7 +256,11 @@ def _await_exit(processes: dict[int, int], timeout: float) -> None:
         table = _proc_table()
         left = [p for p, start in seen.items()
                 if p in table and table[p][2] == start and table[p][1] != "Z"]
-        if not left or time.monotonic() > deadline + 2.0:
+        if not left:
+            break
+        if time.monotonic() > deadline + KILL_WAIT_SECONDS:
+            print(f"fedssl simulate: processes of the run still running after SIGKILL: "
+                  f"{sorted(left)}", file=sys.stderr)
             break
         if time.monotonic() > deadline:
             for p in left:
@@ -514,6 +537,7 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
     # evaluates the initial encoder (the "query.warmup" message)
     run_config["warmup-workers"] = min(cfg.num_clients, max(1, int(cores // cfg.cpus_per_client)))
     _start_ray(init_args)
+    _reclaim_stop_signals()
     # replies and new messages wake the engine instead of 0.1 s polls; each actor holds its
     # next message while it trains (not with simulated stragglers: they sleep in the actor)
     dispatch.install(pipeline_depth=1 if cfg.straggler_prob > 0 else 2)
