@@ -92,6 +92,27 @@ def test_three_clients_two_rounds_with_dp(tmp_path: Path) -> None:
                               load_public_key(out / "ledger" / f"{cid}.pub"))
         assert [e.round for e in entries] == [1, 2] and entries[-1].epsilon <= 5.0
 
+    # a finished run is extended only explicitly (before: `--resume --rounds 3` silently
+    # trained a third round at noise ~10 with config.toml still saying 2, and the table showed
+    # that last noise as the client's)
+    refused = _run("simulate", "--out", str(out), "--resume", "--rounds", "3", timeout=120)
+    assert refused.returncode == 2 and "Pass --extend" in refused.stderr
+    assert ExperimentConfig.load(out / "config.toml").rounds == 2
+    extended = _run("simulate", "--out", str(out), "--resume", "--rounds", "3", "--extend")
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "extending" in extended.stderr and "from 2 to 3 rounds" in extended.stderr
+    assert "WARNING: client-000: 1 more round(s)" in extended.stderr  # the 5 are spent
+    assert ExperimentConfig.load(out / "config.toml").rounds == 3
+    assert "extended with --resume --extend" in (out / "config.toml").read_text()
+    for cid in ("client-000", "client-002"):
+        entries = read_ledger(out / "ledger" / f"{cid}.jsonl",
+                              load_public_key(out / "ledger" / f"{cid}.pub"))
+        assert [e.round for e in entries] == [1, 2, 3] and entries[-1].epsilon <= 5.0
+        lo, hi = (min(e.noise_multiplier for e in entries),
+                  max(e.noise_multiplier for e in entries))
+        assert hi > 5 * lo and f"| {cid} |" in extended.stdout
+        assert f"{lo:.3f}-{hi:.3f}" in extended.stdout
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
