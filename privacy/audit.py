@@ -741,10 +741,12 @@ def _check_report(res: AuditResult, run_dir: Path) -> None:
                                          life.recorded_lifetime, rel_tol=1e-6)):
                 problems.append(f"lifetime_epsilon {row['lifetime_epsilon']} vs ledger "
                                 f"{life.recorded_lifetime:.6g}")
-            for key in ("noise_multiplier", "sample_rate"):
-                if key in row and not math.isclose(float(row[key]), getattr(last, key),
+            for key, attr in (("noise_multiplier", "noise_multiplier"),
+                              ("sample_rate", "sample_rate"), ("sensitivity", "sensitivity"),
+                              ("effective_noise_multiplier", "effective_noise")):
+                if key in row and not math.isclose(float(row[key]), getattr(last, attr),
                                                    rel_tol=1e-9):
-                    problems.append(f"{key} {row[key]} vs ledger {getattr(last, key)}")
+                    problems.append(f"{key} {row[key]} vs ledger {getattr(last, attr)}")
         except (TypeError, ValueError) as exc:
             problems.append(f"unreadable values ({exc})")
         if problems:

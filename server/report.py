@@ -45,7 +45,10 @@ def ledger_privacy(run_dir: Path, delta: float, run_id: str | None = None) -> di
     ledger's last entry): ``epsilon`` is the run's recorded cumulative epsilon, an upper bound
     on what this run's training spent of the site's records. ``lifetime_epsilon`` is the
     recorded composition of every entry of the ledger (all runs), the bound on the site's
-    total loss; ``other_runs`` names the runs it also covers.
+    total loss; ``other_runs`` names the runs it also covers. ``noise_multiplier`` is the
+    recorded sigma (noise std / clip norm); ``sensitivity`` is the last entry's clip
+    sensitivity (``extra.sensitivity``: 2 for a group-clipped method) and
+    ``effective_noise_multiplier`` = sigma / sensitivity, the one the accountants use.
     """
     clients: dict[str, Any] = {}
     for path in sorted((run_dir / "ledger").glob("*.jsonl")):
@@ -64,6 +67,8 @@ def ledger_privacy(run_dir: Path, delta: float, run_id: str | None = None) -> di
             "steps": sum(e.steps for e in mine),
             "rounds": len(mine),
             "noise_multiplier": last.noise_multiplier,
+            "sensitivity": float(last.extra.get("sensitivity", 1.0)),
+            "effective_noise_multiplier": last.segment()[0],
             "sample_rate": last.sample_rate,
             "max_grad_norm": last.max_grad_norm,
             "accountant": last.accountant,

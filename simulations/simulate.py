@@ -581,12 +581,19 @@ def _check_rounds(run_dir: Path, saved: int, cfg: ExperimentConfig, done: int,
 
 def _noise_range(entries: list[Any] | None, reported: dict[str, Any]) -> str:
     """A client's noise multipliers over the run's ledger entries, ``min-max`` (one value
-    if they agree); without a ledger, the value the report holds."""
+    if they agree); without a ledger, the value the report holds. Where the clip sensitivity
+    is not 1 (group clipping), the effective one (sigma / sensitivity) follows, labelled."""
+    def span(values: list[float]) -> str:
+        lo, hi = (f"{v:.3f}" for v in (min(values), max(values)))
+        return lo if lo == hi else f"{lo}-{hi}"
+
     if not entries:
-        return f"{float(reported['noise_multiplier']):.3f}"
-    lo, hi = (f"{v:.3f}" for v in (min(e.noise_multiplier for e in entries),
-                                   max(e.noise_multiplier for e in entries)))
-    return lo if lo == hi else f"{lo}-{hi}"
+        raw = [float(reported["noise_multiplier"])]
+        eff = [float(reported.get("effective_noise_multiplier", raw[0]))]
+    else:
+        raw = [float(e.noise_multiplier) for e in entries]
+        eff = [e.segment()[0] for e in entries]
+    return span(raw) if eff == raw else f"{span(raw)} (effective {span(eff)})"
 
 
 def _encoder_row(name: str, m: dict) -> str:
@@ -627,7 +634,8 @@ def format_report(run_dir: Path) -> str:
     privacy = report.get("privacy")
     if privacy and privacy.get("clients"):
         lines += ["", f"privacy (delta = {privacy['delta']:g}, per client, from the signed "
-                      "ledgers; noise multiplier: min-max over the client's rounds):", "",
+                      "ledgers; noise multiplier: min-max over the client's rounds, effective = "
+                      "sigma / clip sensitivity where that is not 1):", "",
                   "| client | epsilon | steps | noise multiplier | sample rate |",
                   "|---|---|---|---|---|"]
         ledgers = _run_ledgers(run_dir)

@@ -499,3 +499,25 @@ def test_registry_by_node_name_and_shared_keys(run: Path) -> None:
     (run / "ledger" / "client-001.pub").write_bytes(public_pem(key))
     assert [(f.kind, f.client) for f in audit_run(run).findings] == [
         ("ledger-key-shared", "client-001")]
+
+
+def test_report_rows_give_sensitivity_and_effective_noise(tmp_path: Path) -> None:
+    """report.json's per-client noise_multiplier is the raw sigma; a group-clipped run's row
+    also says its sensitivity 2 and the effective sigma / 2 the accountants use, and the
+    audit checks both against the ledger."""
+    from fedssl.server.report import ledger_privacy
+
+    run = _group_run(tmp_path / "run", sensitivity=2)
+    privacy = ledger_privacy(run, DELTA)
+    row = privacy["clients"]["client-000"]
+    assert (row["noise_multiplier"], row["sensitivity"],
+            row["effective_noise_multiplier"]) == (2.0, 2.0, 1.0)
+    report = {"method": "infonce-group", "privacy": privacy}
+    (run / "report.json").write_text(json.dumps(report))
+    res = audit_run(run)
+    assert res.clean, format_findings(res)
+    row["effective_noise_multiplier"] = 2.0  # the raw sigma passed off as the effective one
+    (run / "report.json").write_text(json.dumps(report))
+    res = audit_run(run)
+    assert any(f.kind == "report-mismatch" and "effective_noise_multiplier" in f.message
+               for f in res.findings)

@@ -8,14 +8,14 @@ from pathlib import Path
 from fedssl.simulations.simulate import format_report
 
 
-def _report(tmp_path: Path, initial: dict | None) -> str:
+def _report(tmp_path: Path, initial: dict | None, privacy: dict | None = None) -> str:
     probes = {"linear_probe_accuracy": 0.8, "knn_accuracy": 0.7, "linear_probe_5shot": 0.5,
               "knn_5shot": 0.4}
     report = {"method": "simsiam", "dataset": "mnist1d", "clients": 2, "rounds": 1,
               "wall_seconds": 1.0, "secure_aggregation": True,
               "linear_probe_accuracy": 0.9, "knn_accuracy": 0.85,
               "few_label": {"linear_probe_5shot": 0.6, "knn_5shot": 0.55},
-              "random_init": probes, "initial_encoder": initial, "privacy": None,
+              "random_init": probes, "initial_encoder": initial, "privacy": privacy,
               "refusals": {}}
     (tmp_path / "report.json").write_text(json.dumps(report))
     return format_report(tmp_path)
@@ -31,3 +31,34 @@ def test_random_init_and_federated_few_label_numbers_are_side_by_side(tmp_path: 
 def test_warm_start_row_is_shown_when_the_run_had_one(tmp_path: Path) -> None:
     text = _report(tmp_path, {"linear_probe_accuracy": 0.88, "knn_accuracy": 0.8})
     assert "| public warm start (round 0) | 0.880 | 0.800 | - | - |" in text
+
+
+def test_privacy_table_labels_the_effective_noise_of_a_group_clipped_run(
+        tmp_path: Path) -> None:
+    """A group-clipped method's ledger records sigma 2 at sensitivity 2: the table shows the
+    recorded sigma and, labelled, the effective sigma / 2 the epsilon is computed at."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedssl.privacy.identity import public_pem
+    from fedssl.privacy.ledger import Ledger, LedgerEntry
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "ledger").mkdir()
+    (tmp_path / "ledger" / "client-000.pub").write_bytes(public_pem(key))
+    led = Ledger(tmp_path / "ledger" / "client-000.jsonl", key)
+    led.append(LedgerEntry(round=1, client="client-000", noise_multiplier=2.0,
+                           sample_rate=0.1, steps=10, max_grad_norm=1.0, delta=1e-5,
+                           accountant="prv", epsilon=1.0, extra={"sensitivity": 2}))
+    rows = {"client-000": {"epsilon": 1.0, "steps": 10, "noise_multiplier": 2.0,
+                           "sample_rate": 0.1},
+            # no ledger: the report's own figures
+            "client-001": {"epsilon": 1.0, "steps": 10, "noise_multiplier": 3.0,
+                           "sensitivity": 2.0, "effective_noise_multiplier": 1.5,
+                           "sample_rate": 0.1},
+            "client-002": {"epsilon": 1.0, "steps": 10, "noise_multiplier": 3.0,
+                           "sample_rate": 0.1}}
+    text = _report(tmp_path, None, privacy={"delta": 1e-5, "clients": rows})
+    assert "| client-000 | 1.000 | 10 | 2.000 (effective 1.000) | 0.1000 |" in text
+    assert "| client-001 | 1.000 | 10 | 3.000 (effective 1.500) | 0.1000 |" in text
+    assert "| client-002 | 1.000 | 10 | 3.000 | 0.1000 |" in text
+    assert "effective = sigma / clip sensitivity" in text
