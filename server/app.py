@@ -41,7 +41,7 @@ from fedssl.server.checkpoint import (
     rewrite_metrics,
     save_checkpoint,
 )
-from fedssl.server.ledger_copies import store_copy
+from fedssl.server.ledger_copies import NOT_REGISTERED, store_copy
 from fedssl.server.report import (
     append_metrics,
     ledger_privacy,
@@ -158,6 +158,20 @@ def _await_replies(grid: Grid, ids: set[str], timeout: float) -> None:
         ids -= {m.metadata.reply_to_message_id for m in grid.pull_messages(ids)}
         if ids:
             time.sleep(0.01)
+
+
+def store_reply_copy(run_dir: Path, cid: str, text: str, pub: bytes, identity: str | None,
+                     registry: dict[str, Any] | None) -> str | None:
+    """Store a reply's ledger copy (:func:`~fedssl.server.ledger_copies.store_copy`); None or
+    why it was refused. The registry key is looked up by the identity name the reply gives
+    (``identity``, e.g. ``node-1``; else the client id): with a registry, the ledger must be
+    signed with that identity's registered key, not just any registered key."""
+    name = identity or cid
+    ident = (registry or {}).get(name)
+    if registry is not None and ident is None:
+        return (f"{NOT_REGISTERED}: {cid} replied as identity {name!r}, which the identity "
+                "registry does not list; no copy kept")
+    return store_copy(run_dir, cid, text, pub, ident, registry=registry)
 
 
 def min_dp_clients(cfg: dict[str, Any], per_round: int) -> int:
@@ -331,9 +345,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         for cid, reason in outcome.refused.items():
             refusals.setdefault(cid, []).append({"round": server_round, "reason": reason})
         for cid, (text, pub) in outcome.ledgers.items():
-            ident = registry_keys.get(cid)
-            problem = store_copy(run_dir, cid, text, pub, ident,
-                                 registry=registry_keys if registry_file.exists() else None)
+            problem = store_reply_copy(run_dir, cid, text, pub,
+                                       outcome.ledger_identities.get(cid),
+                                       registry_keys if registry_file.exists() else None)
             if problem is not None:
                 log.warning("round %d: ledger copy of %s refused: %s", server_round, cid,
                             problem)

@@ -51,6 +51,8 @@ class RoundOutcome:
     client_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     #: sites' ledger copies sent with their replies: client -> (ledger text, public key PEM)
     ledgers: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    #: the identity-registry name each ledger-sending reply gives (``status["identity"]``)
+    ledger_identities: dict[str, str] = field(default_factory=dict)
 
 
 def client_name(msg: Message) -> str:
@@ -251,6 +253,8 @@ class FedSSLStrategy(FedAvg):
                 continue
             if status is not None and "ledger" in status and "ledger-pub" in status:
                 outcome.ledgers[cid] = (str(status["ledger"]), bytes(status["ledger-pub"]))
+                if "identity" in status:
+                    outcome.ledger_identities[cid] = str(status["identity"])
             if on_accept is not None and values is not None:
                 on_accept(values, float(n))
             outcome.accepted.append(cid)

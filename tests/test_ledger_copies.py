@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedssl.privacy.identity import load_public_key, public_pem
 from fedssl.privacy.ledger import Ledger, LedgerEntry, read_ledger
 from fedssl.server import ledger_copies
-from fedssl.server.ledger_copies import store_copy
+from fedssl.server.ledger_copies import NOT_REGISTERED, store_copy
 
 CID = "client-001"
 
@@ -117,3 +117,30 @@ def test_ledger_key_not_in_the_registry_is_refused_and_nothing_kept(site) -> Non
     problem = store_copy(run, "client-009", *_copy(twin), registry=registry)
     assert problem is not None and "already used by client client-001" in problem
     assert not (run / "ledger" / "client-009.jsonl").exists()
+
+
+def test_reply_copy_is_checked_against_the_key_of_the_identity_it_replied_as(site) -> None:
+    """A deployment's registry names sites by identity (node-1), their ledgers by client id
+    (site-1): the copy must be signed with the registered key of the identity the reply
+    gives, not with whichever registered key (e.g. another site's)."""
+    from fedssl.server.app import store_reply_copy
+
+    led, run = site
+    other = Ed25519PrivateKey.generate()
+    registry = {"node-1": led.key.public_key(), "node-2": other.public_key()}
+    # signed with node-1's key but replying as node-2: refused, nothing kept
+    problem = store_reply_copy(run, CID, *_copy(led), "node-2", registry)
+    assert problem is not None and "identity registry" in problem
+    assert not (run / "ledger" / f"{CID}.jsonl").exists()
+    # an identity the registry does not list
+    problem = store_reply_copy(run, CID, *_copy(led), "node-9", registry)
+    assert problem is not None and problem.startswith(NOT_REGISTERED)
+    assert not (run / "ledger" / f"{CID}.jsonl").exists()
+    # its own identity: stored
+    assert store_reply_copy(run, CID, *_copy(led), "node-1", registry) is None
+    assert (run / "ledger" / f"{CID}.jsonl").read_text() == led.path.read_text()
+    # no identity in the reply: looked up by the client id, which must then be registered
+    assert store_reply_copy(run, CID, *_copy(led), None, registry).startswith(NOT_REGISTERED)
+    assert store_reply_copy(run, CID, *_copy(led), None, {CID: led.key.public_key()}) is None
+    # no registry at all: trust on first use, as before
+    assert store_reply_copy(run / "tofu", CID, *_copy(led), "node-2", None) is None
