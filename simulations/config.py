@@ -20,6 +20,7 @@ from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS
 from fedssl.simulations.partitioners import PARTITIONERS
 from fedssl.ssl_core.datasets import DATASETS, DEFAULT_DATASET, DataError, infer_dataset
 from fedssl.ssl_core.model_parts import ALGORITHMS, PARTS, parse_shared
+from fedssl.ssl_core.negative_bank import MNIST1D_PUBLIC_SEED
 from fedssl.ssl_core.objectives import OBJECTIVES
 
 
@@ -195,8 +196,13 @@ class ExperimentConfig:
              f"file {self.init_encoder!r} does not exist")
         if self.init_encoder:  # the server may run elsewhere (Ray, flwr run): absolute
             self.init_encoder = str(Path(self.init_encoder).resolve())
-        if self.init_encoder:  # the server may run elsewhere (Ray, flwr run): absolute
-            self.init_encoder = str(Path(self.init_encoder).resolve())
+        # the public MNIST-1D split (warm start, infonce-public's bank) is generated with a
+        # seed of its own: a private pool generated with that seed would be the public data,
+        # trained on without DP
+        need(not (self.dataset == "mnist1d" and self.seed == MNIST1D_PUBLIC_SEED
+                  and (self.init_encoder or self.method == "infonce-public")), "seed",
+             f"{MNIST1D_PUBLIC_SEED} is the seed of the public MNIST-1D split used by the warm "
+             "start and infonce-public's negative bank; the private pool must use another seed")
         need(self.client_clip > 0 and self.client_noise_multiplier >= 0, "client_clip",
              "client clip must be positive and the noise multiplier non-negative")
         need(all(k.strip().isdigit() and int(k) > 0 for k in self.few_label.split(",")

@@ -183,6 +183,18 @@ def test_experiment_config_refuses_bad_recipe_options(bad: dict, match: str) -> 
         ExperimentConfig.from_dict(bad)
 
 
+def test_private_pool_may_not_use_the_public_split_seed() -> None:
+    """With public data in play (infonce-public's bank, a warm start), the private MNIST-1D
+    pool generated with the public split's seed would be the public data itself."""
+    from fedssl.simulations.config import ConfigError, ExperimentConfig
+    from fedssl.ssl_core.negative_bank import MNIST1D_PUBLIC_SEED
+
+    with pytest.raises(ConfigError, match="seed"):
+        ExperimentConfig.from_dict({"method": "infonce-public", "seed": MNIST1D_PUBLIC_SEED})
+    ExperimentConfig.from_dict({"method": "infonce-public", "seed": MNIST1D_PUBLIC_SEED + 1})
+    ExperimentConfig.from_dict({"method": "simsiam", "seed": MNIST1D_PUBLIC_SEED})
+
+
 def test_experiment_config_passes_the_recipe_to_the_clients(tmp_path) -> None:
     from fedssl.server.app import CLIENT_KEYS
     from fedssl.simulations.config import ExperimentConfig
