@@ -113,6 +113,11 @@ def add_deploy_parsers(subparsers: argparse._SubParsersAction) -> None:
                         help="continue the run in --run-dir from its last checkpointed round "
                         "(clients keep their ledgers: privacy already spent is never "
                         "repeated)")
+    server.add_argument("--extend", action="store_true",
+                        help="with --resume: change the run's round count to --rounds (more "
+                        "rounds than planned; recorded in RUN/config.toml). Without it, "
+                        "--resume keeps the run's own round count and refuses a different "
+                        "--rounds, since each site's noise is planned for the run's rounds")
     server.add_argument("--min-clients", type=int, default=0, metavar="N",
                         help="start the run once N clients are connected (default: every "
                         "authorised node)")
@@ -240,6 +245,9 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
         cfg["dataset"] = args.dataset
     if args.resume:
         cfg["resume"] = True
+        _resume_rounds(cfg, Path(str(cfg["run-dir"])), args.num_server_rounds, args.extend)
+    elif args.extend:
+        raise ValueError("--extend continues a run: it needs --resume")
     if cfg["num-server-rounds"] < 1:
         raise ValueError("--rounds must be at least 1")
     if cfg["round-timeout"] <= 0:
@@ -252,6 +260,37 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
     for note in data.notes:  # e.g. the share held out to score the probes
         _say(f"[fedssl server] evaluation data: {note}")
     return cfg
+
+
+def _resume_rounds(cfg: dict[str, Any], run_dir: Path, rounds: int | None,
+                   extend: bool) -> None:
+    """On ``--resume``, the round count is the run's own (``RUN/config.toml``) unless
+    ``--extend`` changes it: a silently extended run would make every site spend what is left
+    of its target on the extra rounds (noise far above the run's), so it must be asked for."""
+    import tomllib
+
+    from fedssl.server.run_record import CONFIG_FILE
+
+    path = run_dir / CONFIG_FILE
+    try:
+        saved = tomllib.loads(path.read_text()).get("run", {}).get("num-server-rounds")
+    except (OSError, tomllib.TOMLDecodeError):
+        saved = None  # no server-format config: check_run_dir reports what is missing
+    if saved is None:
+        return
+    saved = int(saved)
+    if rounds is None or rounds == saved:
+        if extend:
+            raise ValueError(f"--extend: the run in {run_dir} already has {saved} rounds; "
+                             "give a larger --rounds")
+        cfg["num-server-rounds"] = saved
+    elif not extend:
+        raise ValueError(
+            f"the run in {run_dir} was configured for {saved} rounds; --resume --rounds "
+            f"{rounds} would change its plan (and each site's per-round privacy spend): pass "
+            f"--extend to extend it (recorded in {path}), or drop --rounds")
+    elif rounds < saved:
+        raise ValueError(f"--extend only adds rounds: the run has {saved}, --rounds {rounds}")
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

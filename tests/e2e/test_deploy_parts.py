@@ -130,3 +130,23 @@ def test_client_checks_its_data_before_joining(tmp_path: Path) -> None:
     opts.data = bad_sizes
     with pytest.raises(DataError):
         check_site(opts)
+
+
+def test_server_resume_keeps_the_runs_rounds_unless_extended(tmp_path: Path) -> None:
+    """`fedssl server --resume` takes the run's own round count; a different --rounds is
+    refused unless --extend asks for it (issue 16 item 8, deployment side)."""
+    from fedssl.server.run_record import write_run_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run_config(run, {"num-server-rounds": 3, "run-dir": str(run)}, "abc")
+    base = ("--dataset", "digits", "--run-dir", str(run), "--resume")
+    assert server_run_config(_server_args(*base))["num-server-rounds"] == 3
+    with pytest.raises(ValueError, match="--extend"):
+        server_run_config(_server_args(*base, "--rounds", "5"))
+    assert server_run_config(_server_args(*base, "--rounds", "5", "--extend"))[
+        "num-server-rounds"] == 5
+    with pytest.raises(ValueError, match="only adds rounds"):
+        server_run_config(_server_args(*base, "--rounds", "2", "--extend"))
+    with pytest.raises(ValueError, match="needs --resume"):
+        server_run_config(_server_args("--dataset", "digits", "--extend"))
