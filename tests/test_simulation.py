@@ -176,7 +176,7 @@ def test_dropouts_and_stragglers_cost_only_themselves(tmp_path: Path) -> None:
     other client is averaged. Four actors (0.5 CPU each), all warmed up before round 1 (the
     warm-up sends one message per actor), one straggler per round: in round 2, round 1's
     straggler (still asleep) and round 2's hold two actors, the other two serve the rest."""
-    n, p_drop, p_slow, delay, timeout = 6, 0.2, 0.25, 25.0, 10.0
+    n, p_drop, p_slow, delay, timeout = 6, 0.2, 0.25, 50.0, 20.0
 
     def fates(s: int, r: int) -> list[str]:
         return [_faults(s, r, c, p_drop, p_slow) for c in range(n)]
