@@ -55,6 +55,7 @@ import time
 import types
 import weakref
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from queue import Queue
 from typing import Any
 
@@ -70,6 +71,8 @@ _MAX_WAIT = 0.1
 _LOCK = threading.Lock()
 #: link states of tuned grids (the simulations in this process), for :func:`stop_all`
 _STATES: weakref.WeakSet[InMemoryLinkState] = weakref.WeakSet()
+#: seconds a stop waits for the replies of the busy actors it killed to turn into errors
+KILL_WAIT_SECONDS = 10.0
 
 
 class SimulationStoppedError(RuntimeError):
@@ -237,7 +240,23 @@ class PipelinedRayBackend(raybackend.RayBackend):
         return getattr(self, "_slots", 0) if self.pool else 0
 
     def terminate(self) -> None:
-        """Terminate each actor once (the pool holds it once per free slot)."""
+        """Terminate each actor once (the pool holds it once per free slot).
+
+        An actor still busy with a message (the engine was stopped mid-round: a signal, a
+        crash) is killed first and its reply awaited as the error it now is: an engine
+        worker thread blocked in ``ray.get`` on that reply would otherwise stay blocked past
+        ``ray.shutdown`` (Flower's terminate only queues ``terminate.remote()`` behind the
+        busy work), and the process could not stop until the actor's message was done."""
+        import ray
+
+        if self.pool is not None:
+            busy = dict(self.pool._future_to_actor)
+            if busy and ray.is_initialized():
+                for actor in {id(a): a for a in busy.values()}.values():
+                    with suppress(Exception):  # already dead, or Ray half-way down
+                        ray.kill(actor, no_restart=True)
+                with suppress(Exception):
+                    ray.wait(list(busy), num_returns=len(busy), timeout=KILL_WAIT_SECONDS)
         if self.pool is not None and hasattr(self, "_actors"):
             self.pool.pool = list(self._actors)
         super().terminate()
