@@ -56,12 +56,12 @@ from fedssl.client.trainer import LR_SCHEDULES, TrainConfig, steps_per_epoch, tr
 from fedssl.privacy.accountant import calibrate_noise, epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
 from fedssl.privacy.dp_sgd import clip_sensitivity
-from fedssl.simulations.partitioners import partition_indices
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.collapse import collapse_metrics
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
 from fedssl.ssl_core.evaluation import evaluate_encoder, extract_features, few_label_subset
 from fedssl.ssl_core.objectives import get_objective
+from fedssl.ssl_core.partitioners import partition_indices
 from fedssl.ssl_core.warm_start import load_init_encoder, pretrain_public
 
 RESULTS = Path(__file__).parent / "results"

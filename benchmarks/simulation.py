@@ -313,9 +313,9 @@ def _floor_setup(n: int, records: int, seed: int) -> tuple[tuple[int, ...], list
     state (record shape, partitions, state dict)."""
     import torch
 
-    from fedssl.simulations.partitioners import partition_indices
     from fedssl.ssl_core.datasets import load_dataset
     from fedssl.ssl_core.objectives import get_objective
+    from fedssl.ssl_core.partitioners import partition_indices
 
     torch.set_num_threads(1)
     data = load_dataset("mnist1d", "", pool_samples(n, records), seed)

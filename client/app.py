@@ -30,7 +30,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedssl.client import secagg
-from fedssl.client.data import DataSpec, cached_dataset, simulated_partition
 from fedssl.client.faults import maybe_fault
 from fedssl.client.federated_ssl import merge
 from fedssl.client.privacy_guard import BudgetExceededError, SiteBudget
@@ -44,6 +43,7 @@ from fedssl.privacy.ledger import LEGACY_RUN, Ledger, LedgerEntry, LedgerError, 
 from fedssl.privacy.ledger import runs as ledger_runs
 from fedssl.privacy.secagg import Quantizer, SecAggError
 from fedssl.ssl_core.augmentations import augment_for
+from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, simulated_partition
 from fedssl.ssl_core.datasets import DataError, validate_arrays
 from fedssl.ssl_core.device import DeviceError, resolve_device
 from fedssl.ssl_core.objectives import UnknownMethodError, get_objective

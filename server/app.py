@@ -30,7 +30,6 @@ from flwr.serverapp import Grid, ServerApp
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from fedssl.client.data import DataSpec, cached_dataset
 from fedssl.privacy.accountant import epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian
 from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
@@ -57,6 +56,7 @@ from fedssl.server.secure_aggregation import (
 )
 from fedssl.server.strategy import FedSSLStrategy
 from fedssl.ssl_core.collapse import evaluate_with_collapse
+from fedssl.ssl_core.data_cache import DataSpec, cached_dataset
 from fedssl.ssl_core.datasets import SSLDataset, require_labels
 from fedssl.ssl_core.device import resolve_device
 from fedssl.ssl_core.evaluation import evaluate_encoder

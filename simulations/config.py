@@ -17,11 +17,11 @@ import tomli_w
 
 from fedssl.client.trainer import LR_SCHEDULES
 from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS
-from fedssl.simulations.partitioners import PARTITIONERS
 from fedssl.ssl_core.datasets import DATASETS, DEFAULT_DATASET, DataError, infer_dataset
 from fedssl.ssl_core.model_parts import ALGORITHMS, PARTS, parse_shared
 from fedssl.ssl_core.negative_bank import MNIST1D_PUBLIC_SEED
 from fedssl.ssl_core.objectives import OBJECTIVES
+from fedssl.ssl_core.partitioners import PARTITIONERS
 
 
 class ConfigError(ValueError):

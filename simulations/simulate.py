@@ -26,12 +26,12 @@ from typing import Any
 
 import tomli_w
 
-from fedssl.client.data import DataSpec, cached_dataset, partition_labels, write_cache
 from fedssl.simulations.config import ConfigError, ExperimentConfig
-from fedssl.simulations.partitioners import partition_indices
+from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, partition_labels, write_cache
 from fedssl.ssl_core.datasets import SSLDataset, require_labels
 from fedssl.ssl_core.evaluation import FEW_LABEL_SKIPPED
 from fedssl.ssl_core.objectives import get_objective
+from fedssl.ssl_core.partitioners import partition_indices
 
 log = logging.getLogger("fedssl.simulate")
 

@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 from fedssl.cli import main
-from fedssl.client.data import DataSpec, cached_dataset, partition_labels
 from fedssl.simulations.config import ConfigError, ExperimentConfig
 from fedssl.simulations.simulate import preflight
 from fedssl.ssl_core.augmentations import ImageAugment
+from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, partition_labels
 from fedssl.ssl_core.datasets import (
     DataError,
     infer_dataset,

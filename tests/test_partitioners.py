@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedssl.simulations.partitioners import PartitionError, partition_indices
+from fedssl.ssl_core.partitioners import PartitionError, partition_indices
 
 LABELS = np.repeat(np.arange(10), 100)
 

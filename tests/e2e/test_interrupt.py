@@ -7,7 +7,8 @@ Before the fix, SIGINT left the driver waiting for the ServerApp thread until th
 (3600 s), after which the round was recorded as done without updates; SIGTERM killed the driver
 at once and left Ray's processes behind; later, a stop that landed while an actor was busy
 (here: a straggler's sleep) left an engine thread blocked in ``ray.get`` past
-``ray.shutdown`` and the driver alive for a minute (the busy actors are now killed first). Every client here sleeps 2 s at each message (a
+``ray.shutdown`` and the driver alive for a minute (the busy actors are now killed first).
+Every client here sleeps 2 s at each message (a
 simulated straggler; five messages per round with secure aggregation), so the signal lands in
 the middle of a round. The waits are hang detectors, not timing assertions.
 """

@@ -109,7 +109,7 @@ def simulated_partition(
     shards_per_client: int, run_dir: str = "",
 ) -> np.ndarray:
     """The training records of one simulated client (labels are not handed out)."""
-    from fedssl.simulations.partitioners import partition_indices
+    from fedssl.ssl_core.partitioners import partition_indices
 
     data = cached_dataset(spec, run_dir)
     idx = partition_indices(
