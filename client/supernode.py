@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedssl.server.certs import CA_CERT, CertError, node_public_key
+from fedssl.privacy.certs import CA_CERT, CertError, node_public_key
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
 from fedssl.ssl_core.datasets import infer_dataset as _infer_dataset
 from fedssl.ssl_core.device import resolve_device

@@ -6,7 +6,7 @@ Wiring (two lines in :mod:`fedssl.cli`)::
     if (code := run_deploy(args)) is not None: return code   # in main()
 
 The commands are thin: argument parsing and error reporting live here; the work is done by
-:mod:`fedssl.server.certs`, :mod:`fedssl.server.superlink` and :mod:`fedssl.client.supernode`.
+:mod:`fedssl.privacy.certs`, :mod:`fedssl.server.superlink` and :mod:`fedssl.client.supernode`.
 Bad input (missing or malformed certificates and keys, unreadable data, an invalid budget, a
 run directory that already holds a run) is reported before anything is started, with exit
 code 2; a run that fails or a client the server refuses exits non-zero (1, or 3 for a client).
@@ -307,7 +307,7 @@ def run_deploy(args: argparse.Namespace) -> int | None:
     if command not in DEPLOY_COMMANDS:
         return None
     from fedssl.client.supernode import ClientSetupError
-    from fedssl.server.certs import CertError
+    from fedssl.privacy.certs import CertError
     from fedssl.server.superlink import DeployError
     from fedssl.ssl_core.datasets import DataError
 
@@ -316,7 +316,7 @@ def run_deploy(args: argparse.Namespace) -> int | None:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if command == "certs":
-            from fedssl.server.certs import create_certs, handoff
+            from fedssl.privacy.certs import create_certs, handoff
 
             hosts = [h.strip() for item in args.host for h in item.split(",") if h.strip()]
             paths = create_certs(args.out, args.nodes, hosts, overwrite=args.force)

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedssl.server.certs import CertPaths, read_authorized
+from fedssl.privacy.certs import CertPaths, read_authorized
 
 #: paths that remote (non-local) peers may use: the Fleet API and the health check
 REMOTE_PATH_PREFIXES = ("/v1/fleet/", "/health")

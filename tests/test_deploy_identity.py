@@ -16,8 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedssl.client.supernode import ClientOptions, ClientSetupError, check_identity
 from fedssl.deploy_commands import main as deploy_main
+from fedssl.privacy.certs import CertPaths, create_certs
 from fedssl.privacy.identity import public_pem
-from fedssl.server.certs import CertPaths, create_certs
 from fedssl.server.superlink import DeploySetupError, deploy_config, free_port
 
 DEPLOY = [sys.executable, "-m", "fedssl.deploy_commands"]

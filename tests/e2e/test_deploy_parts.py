@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from fedssl.client.supernode import ClientOptions, check_site, infer_dataset
 from fedssl.deploy_commands import add_deploy_parsers, server_run_config
-from fedssl.server.certs import CertError, CertPaths, create_certs, read_authorized
+from fedssl.privacy.certs import CertError, CertPaths, create_certs, read_authorized
 from fedssl.server.superlink import DeploySetupError, LocalControlGuard, check_run_dir
 from fedssl.ssl_core.datasets import DataError
 
