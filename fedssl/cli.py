@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         return run_audit(args)
     if args.command == "simulate":
-        from fedssl.simulations.simulate import RunInterruptedError, format_report, simulate
+        from fedssl.server.report_table import format_report
+        from fedssl.simulations.simulate import RunInterruptedError, simulate
 
         overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
                      if getattr(args, f.name) is not None}

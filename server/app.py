@@ -123,7 +123,7 @@ def make_server_app(run_config: dict[str, Any] | None = None,
             prepare_grid(grid)
         run_federation(grid, cfg)
         if print_report:
-            from fedssl.simulations.simulate import format_report
+            from fedssl.server.report_table import format_report
 
             print(format_report(Path(str(cfg["run-dir"])).resolve()), flush=True)
 

@@ -561,7 +561,7 @@ def run_server(opts: ServerOptions) -> int:
             say(f"[fedssl server] {format_round(row)}")
         if sub_status == "completed":
             say(f"[fedssl server] run {run_id} completed: {run_dir / 'report.json'}")
-            from fedssl.simulations.simulate import format_report
+            from fedssl.server.report_table import format_report
 
             opts.print_fn(format_report(run_dir))  # the table `fedssl simulate` prints
             return 0

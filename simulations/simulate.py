@@ -10,7 +10,6 @@ is DESIGN.md's run-directory contract.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -26,6 +25,7 @@ from typing import Any
 
 import tomli_w
 
+from fedssl.server.report_table import run_ledgers
 from fedssl.simulations.config import ConfigError, ExperimentConfig
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, partition_labels, write_cache
 from fedssl.ssl_core.datasets import SSLDataset, require_labels
@@ -354,30 +354,6 @@ def _record_changes(run_dir: Path, raw: dict[str, Any], cfg: ExperimentConfig,
     return changes
 
 
-def _run_ledgers(run_dir: Path) -> dict[str, list[Any]]:
-    """This run's verified ledger entries per client, from ``RUN/ledger`` (a ledger that
-    fails verification is left out; the report's privacy block says why)."""
-    from fedssl.privacy.identity import load_public_key
-    from fedssl.privacy.ledger import LedgerError, read_ledger
-
-    rid_file = run_dir / "run_id"
-    run_id = rid_file.read_text().strip() if rid_file.exists() else None
-    out: dict[str, list[Any]] = {}
-    for path in sorted((run_dir / "ledger").glob("*.jsonl")):
-        pub = path.with_suffix(".pub")
-        try:
-            entries = read_ledger(path, load_public_key(pub))
-        except (LedgerError, OSError, ValueError):
-            continue
-        if run_id is not None and entries and hasattr(entries[0], "run"):
-            from fedssl.privacy.ledger import LEGACY_RUN
-
-            entries = [e for e in entries if e.run == (run_id or LEGACY_RUN)]
-        if entries:
-            out[entries[-1].client] = entries
-    return out
-
-
 def _segment(entry: Any) -> tuple[float, float, int]:
     """An entry's ``(effective noise multiplier, sample rate, steps)`` for the accountant."""
     if hasattr(entry, "segment"):
@@ -398,7 +374,7 @@ def extension_notes(run_dir: Path, cfg: ExperimentConfig, done: int) -> list[tup
         return []
     extra = cfg.rounds - done
     notes: list[tuple[bool, str]] = []
-    for cid, entries in sorted(_run_ledgers(run_dir).items()):
+    for cid, entries in sorted(run_ledgers(run_dir).items()):
         spent = [_segment(e) for e in entries]
         eff, rate, steps = spent[-1]
         scale = entries[-1].noise_multiplier / eff if eff > 0 else 1.0  # recorded / effective
@@ -577,83 +553,3 @@ def _check_rounds(run_dir: Path, saved: int, cfg: ExperimentConfig, done: int,
           f"({cfg.rounds - done} more after round {done})", file=sys.stderr)
     for warn, text in notes:
         print(f"fedssl simulate: {'WARNING: ' if warn else ''}{text}", file=sys.stderr)
-
-
-def _noise_range(entries: list[Any] | None, reported: dict[str, Any]) -> str:
-    """A client's noise multipliers over the run's ledger entries, ``min-max`` (one value
-    if they agree); without a ledger, the value the report holds. Where the clip sensitivity
-    is not 1 (group clipping), the effective one (sigma / sensitivity) follows, labelled."""
-    def span(values: list[float]) -> str:
-        lo, hi = (f"{v:.3f}" for v in (min(values), max(values)))
-        return lo if lo == hi else f"{lo}-{hi}"
-
-    if not entries:
-        raw = [float(reported["noise_multiplier"])]
-        eff = [float(reported.get("effective_noise_multiplier", raw[0]))]
-    else:
-        raw = [float(e.noise_multiplier) for e in entries]
-        eff = [e.segment()[0] for e in entries]
-    return span(raw) if eff == raw else f"{span(raw)} (effective {span(eff)})"
-
-
-def _encoder_row(name: str, m: dict) -> str:
-    """One encoder's probes side by side ("-" where not measured, e.g. an old report)."""
-    def f(key: str) -> str:
-        v = m.get(key)
-        return f"{v:.3f}" if isinstance(v, int | float) else "-"
-
-    return (f"| {name} | {f('linear_probe_accuracy')} | {f('knn_accuracy')} | "
-            f"{f('linear_probe_5shot')} | {f('knn_5shot')} |")
-
-
-def format_report(run_dir: Path) -> str:
-    """The result table printed after a run."""
-    report = json.loads((run_dir / "report.json").read_text())
-    base = report["random_init"]
-    lines = [
-        f"fedssl run: {report['method']} on {report['dataset']}, {report['clients']} clients, "
-        f"{report['rounds']} rounds, {report['wall_seconds']:.1f} s, secure aggregation "
-        f"{'on' if report.get('secure_aggregation') else 'off'}",
-        "",
-        "| encoder | linear probe | kNN | 5-shot linear | 5-shot kNN |",
-        "|---|---|---|---|---|",
-        _encoder_row("random init", base),
-        *([_encoder_row("public warm start (round 0)", report["initial_encoder"])]
-          if report.get("initial_encoder") else []),
-        _encoder_row(f"federated {report['method']}",
-                     {**report, **(report.get("few_label") or {})}),
-    ]
-    few = report.get("few_label") or {}
-    shots = sorted({int(k.split("_")[-1].removesuffix("shot")) for k in few})
-    if shots:
-        lines += ["", "| labels per class | " + " | ".join(map(str, shots)) + " |",
-                  "|---" * (len(shots) + 1) + "|",
-                  "| linear probe | " + " | ".join(f"{few[f'linear_probe_{k}shot']:.3f}"
-                                                  for k in shots) + " |",
-                  "| kNN | " + " | ".join(f"{few[f'knn_{k}shot']:.3f}" for k in shots) + " |"]
-    privacy = report.get("privacy")
-    if privacy and privacy.get("clients"):
-        lines += ["", f"privacy (delta = {privacy['delta']:g}, per client, from the signed "
-                      "ledgers; noise multiplier: min-max over the client's rounds, effective = "
-                      "sigma / clip sensitivity where that is not 1):", "",
-                  "| client | epsilon | steps | noise multiplier | sample rate |",
-                  "|---|---|---|---|---|"]
-        ledgers = _run_ledgers(run_dir)
-        for cid, p in sorted(privacy["clients"].items()):
-            lines.append(f"| {cid} | {float(p['epsilon']):.3f} | {p['steps']} | "
-                         f"{_noise_range(ledgers.get(cid), p)} | {p['sample_rate']:.4f} |")
-    elif not (privacy or {}).get("client_level"):
-        lines += ["", "privacy: DP off (no epsilon guarantee)"]
-    level = (privacy or {}).get("client_level")
-    if level:
-        lines += ["", f"client-level DP ({level['mechanism']}): epsilon = "
-                      f"{level['epsilon']:.3f} at delta = {level['delta']:g} (noise multiplier "
-                      f"{level['noise_multiplier']:g}, clip {level['clip']:g}, client rate "
-                      f"{level['sample_rate']:.3f}, {level['rounds']} rounds)"]
-        if "assumes" in level:
-            lines.append(f"  assumes {level['assumes']} (at least {level['min_clients']})")
-    for cid, items in sorted(report.get("refusals", {}).items()):
-        rounds = ", ".join(str(i["round"]) for i in items)
-        lines.append(f"{cid} refused round(s) {rounds}: {items[-1]['reason']}")
-    lines += ["", f"run directory: {run_dir}"]
-    return "\n".join(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedssl.simulations.simulate import format_report
+from fedssl.server.report_table import format_report
 
 
 def _report(tmp_path: Path, initial: dict | None, privacy: dict | None = None) -> str:

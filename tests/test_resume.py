@@ -21,8 +21,9 @@ from fedssl.privacy.accountant import calibrate_noise, epsilon_of
 from fedssl.privacy.identity import load_or_create_identity, public_pem
 from fedssl.privacy.ledger import Ledger, LedgerEntry
 from fedssl.server.checkpoint import CheckpointError, resume_point, save_checkpoint
+from fedssl.server.report_table import format_report
 from fedssl.simulations.config import ExperimentConfig
-from fedssl.simulations.simulate import USELESS_NOISE_RATIO, extension_notes, format_report
+from fedssl.simulations.simulate import USELESS_NOISE_RATIO, extension_notes
 
 DELTA, RATE, STEPS = 1e-5, 0.1, 20
 
