@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,14 +158,119 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def control_client(address: str, ca_cert: Path) -> Any:
-    """A Flower Control API client (HTTPS, server verified against ``ca_cert``)."""
+def control_client(address: str, ca_cert: Path, verbose: bool = False) -> Any:
+    """A Flower Control API client (HTTPS, server verified against ``ca_cert``). Flower's
+    "Using SuperLink: ..." line is printed only if ``verbose``."""
     from flwr.cli.typing import SuperLinkConnection
     from flwr.cli.utils import init_http_client_from_connection
 
+    from fedssl.quiet import flower_cli_output
+
     connection = SuperLinkConnection(name="fedssl", address=address,
                                      root_certificates=str(ca_cert), insecure=False)
-    return init_http_client_from_connection(connection)
+    with flower_cli_output(verbose):
+        return init_http_client_from_connection(connection)
+
+
+class SuperLinkAccessError(DeployError):
+    """The SuperLink (or whatever listens on its port) answers, but this side cannot use
+    it: TLS fails (a certificate not signed by the CA, or not naming the address; not TLS
+    at all) or the Control API refuses the request (HTTP 401/403). Waiting cannot fix it."""
+
+
+#: HTTP statuses of a server that is still starting (or behind a proxy that is): retried
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from (``__cause__``, else ``__context__``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def access_problem(exc: BaseException, address: str, ca_cert: Path) -> str | None:
+    """What a failed Control API request says about the set-up: None when the SuperLink
+    is just not up (yet): connection refused, reset or closed, a time-out, HTTP 502-504;
+    else a message naming the problem (TLS or authentication first)."""
+    import ssl
+
+    import httpx
+
+    for link in _chain(exc):
+        if isinstance(link, ssl.SSLCertVerificationError):
+            return (f"TLS: the certificate of the server at {address} does not verify "
+                    f"against the CA certificate {ca_cert} ({link.verify_message}): it is "
+                    "not signed by that CA, or does not name this address (check --certs; "
+                    "`fedssl certs --host` names the server's addresses)")
+        if isinstance(link, ssl.SSLError):
+            return (f"TLS handshake with {address} failed ({link.reason or link}): is it a "
+                    "fedssl/Flower SuperLink with TLS on that port?")
+    for link in _chain(exc):
+        if isinstance(link, httpx.HTTPStatusError):
+            code = link.response.status_code
+            if code in RETRY_STATUSES:
+                return None
+            body = link.response.text[:200].strip()
+            if code in (401, 403):
+                return (f"the server at {address} refused the Control API request (HTTP "
+                        f"{code}{': ' + body if body else ''}): authentication failed or this "
+                        "peer is not allowed (the Control API answers local peers only)")
+            return (f"the server at {address} answered the Control API with HTTP {code}"
+                    f"{': ' + body if body else ''}: is it a Flower SuperLink?")
+        if isinstance(link, (httpx.TransportError, ConnectionError, TimeoutError,
+                             socket.timeout)):
+            return None  # not up yet, or restarting
+    return (f"the Control API at {address} failed with {type(exc).__name__}: {exc} (not a "
+            "connection problem, so waiting would not help)")
+
+
+def wait_for_control_api(address: str, ca_cert: Path, timeout: float = 60.0,
+                         check_alive: Callable[[], None] | None = None,
+                         verbose: bool = False) -> Any:
+    """Block until the Control API at ``address`` answers ``ListNodes`` over TLS verified
+    against ``ca_cert``; returns the connected client.
+
+    "Not up yet" (nothing listening, connection reset, HTTP 502-504) is retried every 0.5 s
+    for ``timeout`` seconds, then a :class:`DeployError` says so. A TLS or authentication
+    failure raises :class:`SuperLinkAccessError` at once, naming the problem
+    (:func:`access_problem`); so does an unusable CA certificate file. ``check_alive`` is
+    called before every try (it raises if the SuperLink process is gone).
+    """
+    from flwr.proto.control_pb2 import ListNodesRequest
+
+    host, port = split_address(address)
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        if check_alive is not None:
+            check_alive()
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                pass
+        except OSError as exc:  # refused / unreachable: not listening yet
+            last = exc
+        else:
+            try:
+                client = control_client(address, ca_cert, verbose)
+            except Exception as exc:  # the CA file itself (unreadable, not a certificate)
+                raise SuperLinkAccessError(f"cannot use the CA certificate {ca_cert}: "
+                                           f"{exc}") from exc
+            try:
+                client.ListNodes(ListNodesRequest())
+                return client
+            except Exception as exc:
+                problem = access_problem(exc, address, ca_cert)
+                if problem is not None:
+                    raise SuperLinkAccessError(problem) from exc
+                last = exc
+        if time.monotonic() >= deadline:
+            raise DeployError(f"the SuperLink at {address} did not come up within "
+                              f"{timeout:.0f} s (last: {last})")
+        time.sleep(0.5)
 
 
 def _openssh_to_flower(line: bytes) -> bytes:
@@ -309,29 +414,21 @@ class SuperLinkProcess:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          env=env)
 
-    def wait_ready(self, timeout: float = 60.0) -> Any:
-        """Block until the Control API answers; returns a connected Control API client."""
-        from flwr.proto.control_pb2 import ListNodesRequest
+    def wait_ready(self, timeout: float = 60.0, verbose: bool = False) -> Any:
+        """Block until the Control API answers; returns a connected Control API client
+        (:func:`wait_for_control_api`: TLS and authentication problems are reported at
+        once, a SuperLink that exits with its log's tail)."""
 
-        deadline = time.monotonic() + timeout
-        address = local_control_address(self.host, self.port)
-        last: Exception | None = None
-        while time.monotonic() < deadline:
+        def check_alive() -> None:
             if self.proc is not None and self.proc.poll() is not None:
                 raise DeployError(f"the SuperLink exited with code {self.proc.returncode}; "
                                   f"see {self.log_path}:\n{tail(self.log_path)}")
-            try:
-                with socket.create_connection(("127.0.0.1" if self.host in ("0.0.0.0", "")
-                                               else self.host, self.port), timeout=1):
-                    pass
-                client = control_client(address, self.certs.ca_cert)
-                client.ListNodes(ListNodesRequest())
-                return client
-            except Exception as exc:  # not up yet (connection refused, TLS not ready, ...)
-                last = exc
-                time.sleep(0.5)
-        raise DeployError(f"the SuperLink did not come up within {timeout:.0f} s ({last}); "
-                          f"see {self.log_path}")
+
+        try:
+            return wait_for_control_api(local_control_address(self.host, self.port),
+                                        self.certs.ca_cert, timeout, check_alive, verbose)
+        except SuperLinkAccessError as exc:
+            raise SuperLinkAccessError(f"{exc}; SuperLink log: {self.log_path}") from exc
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate the SuperLink (its SuperExec and ServerApp follow it); kill if stuck."""
@@ -408,11 +505,11 @@ def _stream_logs(client_factory: Callable[[], Any], run_id: int, out: Path,
             fh.write(f"\n[fedssl] log stream ended: {exc}\n")
 
 
-def format_round(row: dict[str, Any]) -> str:
-    """One progress line for a ``metrics.jsonl`` row."""
-    parts = [f"round {row['round']}"]
+def format_round(row: dict[str, Any], rounds: int | None = None) -> str:
+    """One progress line for a ``metrics.jsonl`` row (``round k/rounds`` when given)."""
+    parts = [f"round {row['round']}{f'/{rounds}' if rounds else ''}"]
     if row["round"] == 0:
-        parts.append("(random-init encoder)")
+        parts.append("(initial encoder)")
     else:
         parts.append(f"clients {row.get('clients', 0)}")
     for key, label in (("loss", "loss"), ("linear_probe_accuracy", "linear probe"),
@@ -517,7 +614,7 @@ def run_server(opts: ServerOptions) -> int:
         f"log: {superlink_log}")
     link.start()
     try:
-        client = link.wait_ready()
+        client = link.wait_ready(verbose=opts.verbose)
         ids = register_nodes(client, keys)
         say(f"[fedssl server] {len(ids)} authorised node key(s) registered; waiting for "
             f"{need} client(s) to connect (up to {opts.wait_clients_timeout:.0f} s)")
@@ -538,17 +635,22 @@ def run_server(opts: ServerOptions) -> int:
             f"rounds -> {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         run_id = start_run(client, cfg)
-        address = local_control_address(host, port)
+        say(f"[fedssl server] run {run_id} started; start-up: the ServerApp loads its "
+            "evaluation data and evaluates the initial encoder (round 0) while the clients "
+            "warm up")
+        # made here, not in the thread: making one prints (unless verbose, swallowed here)
+        log_client = control_client(local_control_address(host, port), certs.ca_cert,
+                                    opts.verbose)
         log_thread = threading.Thread(
             target=_stream_logs, daemon=True,
-            args=(lambda: control_client(address, certs.ca_cert), run_id,
+            args=(lambda: log_client, run_id,
                   flower_home / "serverapp.log", say if opts.verbose else None))
         log_thread.start()
         printed = len(_read_rows(run_dir / "metrics.jsonl")) if cfg["resume"] else 0
         while True:
             rows = _read_rows(run_dir / "metrics.jsonl")
             for row in rows[printed:]:
-                say(f"[fedssl server] {format_round(row)}")
+                say(f"[fedssl server] {format_round(row, cfg['num-server-rounds'])}")
             printed = max(printed, len(rows))
             status, sub_status, details = run_status(client, run_id)
             if status == "finished":
@@ -558,7 +660,7 @@ def run_server(opts: ServerOptions) -> int:
             time.sleep(1.0)
         log_thread.join(timeout=5)
         for row in _read_rows(run_dir / "metrics.jsonl")[printed:]:
-            say(f"[fedssl server] {format_round(row)}")
+            say(f"[fedssl server] {format_round(row, cfg['num-server-rounds'])}")
         if sub_status == "completed":
             say(f"[fedssl server] run {run_id} completed: {run_dir / 'report.json'}")
             from fedssl.server.report_table import format_report

@@ -35,10 +35,15 @@ FEW_LABEL_SKIPPED = ("few-label probes skipped: 'k labels per class' is undefine
 def extract_features(
     encoder: nn.Module, x: np.ndarray, batch_size: int = 512, device: str | torch.device = "cpu"
 ) -> np.ndarray:
-    """Frozen encoder features of ``x`` in eval mode, as float32 ``(N, D)``."""
+    """Frozen encoder features of ``x`` in eval mode, as float32 ``(N, D)``.
+
+    ``x`` may be a read-only memory map (the run's shared data cache): each batch is copied
+    into a writable float32 array first, since torch cannot share a read-only buffer (it
+    warns, and a tensor over it would allow writes numpy forbids)."""
     encoder.eval().to(device)
     out = [
-        encoder(torch.as_tensor(x[i:i + batch_size], dtype=torch.float32, device=device)).cpu()
+        encoder(torch.as_tensor(np.require(x[i:i + batch_size], np.float32, "W"),
+                                device=device)).cpu()
         for i in range(0, len(x), batch_size)
     ]
     return torch.cat(out).numpy().astype(np.float32)
