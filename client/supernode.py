@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedssl.privacy.certs import CA_CERT, CertError, node_public_key
+from fedssl.quiet import is_noise
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
 from fedssl.ssl_core.datasets import infer_dataset as _infer_dataset
 from fedssl.ssl_core.device import resolve_device
@@ -46,9 +48,12 @@ FLOWER_DIR = "flower"
 REGISTRY = "identities.json"  # next to ca.crt at every site
 DEFAULT_RUNTIME_PORT = 9094
 RETRY_SECONDS = 3.0
-#: substrings of Flower's SuperNode output worth showing without --verbose
-SHOWN = ("SuperNode ID", "WARNING", "ERROR", "refuses", "Connection attempt failed",
+#: substrings of Flower's SuperNode output worth showing without --verbose (the SuperNode ID
+#: line is folded into fedssl's "connected" line; known banners are dropped: fedssl.quiet)
+SHOWN = ("WARNING", "ERROR", "refuses", "Connection attempt failed",
          "Exit Code", "Traceback", "Error:")
+#: terminal colour codes in Flower's log lines (kept in the log file, not on the console)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class ClientSetupError(ValueError):
@@ -299,9 +304,13 @@ class SuperNodeRunner:
                 del self.output[:-200]
                 if "SuperNode ID" in line:
                     self.connected = True
-                    self.say("[fedssl client] connected and authenticated; waiting for rounds")
-                if self.verbose or any(s in line for s in SHOWN):
+                    node = line.rpartition("SuperNode ID:")[2].strip()
+                    self.say("[fedssl client] connected and authenticated"
+                             f"{f' (SuperNode ID {node})' if node else ''}; waiting for rounds")
+                if self.verbose:
                     self.say(f"[flower] {line}")
+                elif any(s in line for s in SHOWN) and not is_noise(line):
+                    self.say(f"[flower] {ANSI.sub('', line)}")
 
     def run(self) -> int:
         """Start, wait for the exit, return its code (the pump thread is not waited for:

@@ -103,6 +103,10 @@ def add_audit_parser(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true",
                    help="print audit.json to stdout instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show third-party warnings (every Python warning, once per "
+                   "place it comes from); by default known banners are dropped "
+                   "(fedssl.quiet)")
     emp = p.add_argument_group(
         "empirical audit", textwrap.fill(
         "One-run canary audit (Steinke, Nasr & Jagielski, NeurIPS 2023) of "
@@ -205,7 +209,21 @@ def _empirical_targets(args: argparse.Namespace, result: Any) -> list[dict[str, 
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    """Run ``fedssl audit`` with parsed ``args``; returns the exit status."""
+    """Run ``fedssl audit`` with parsed ``args``; returns the exit status. Known third-party
+    banners are dropped unless ``--verbose``, which shows every warning instead."""
+    import warnings
+
+    from fedssl.quiet import quiet_output
+
+    verbose = bool(getattr(args, "verbose", False))
+    with warnings.catch_warnings(), quiet_output(verbose):
+        if verbose:
+            warnings.simplefilter("default")
+        return _run_audit(args)
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    """:func:`run_audit` without the output filtering."""
     from fedssl.privacy.audit import (
         AuditResult,
         audit_run,

@@ -306,14 +306,22 @@ def run_deploy(args: argparse.Namespace) -> int | None:
     command = getattr(args, "command", None)
     if command not in DEPLOY_COMMANDS:
         return None
+    if command in ("server", "client"):
+        # `kill PID` stops the SuperLink/SuperNode too (the finally blocks run)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    from fedssl.quiet import quiet_output
+
+    with quiet_output(bool(getattr(args, "verbose", False))):  # Flower's known banners
+        return _run_deploy(command, args)
+
+
+def _run_deploy(command: str, args: argparse.Namespace) -> int:
+    """:func:`run_deploy` for one of :data:`DEPLOY_COMMANDS`, output filtering aside."""
     from fedssl.client.supernode import ClientSetupError
     from fedssl.privacy.certs import CertError
     from fedssl.server.superlink import DeployError
     from fedssl.ssl_core.datasets import DataError
 
-    if command in ("server", "client"):
-        # `kill PID` stops the SuperLink/SuperNode too (the finally blocks run)
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if command == "certs":
             from fedssl.privacy.certs import create_certs, handoff

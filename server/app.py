@@ -28,7 +28,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from fedssl.privacy.accountant import epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian
@@ -41,6 +40,7 @@ from fedssl.server.checkpoint import (
     save_checkpoint,
 )
 from fedssl.server.ledger_copies import NOT_REGISTERED, store_copy
+from fedssl.server.progress import RunProgress
 from fedssl.server.report import (
     append_metrics,
     ledger_privacy,
@@ -289,8 +289,10 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                     if point.checkpointed > point.round else "")
     elif previous:
         raise FileExistsError(f"{run_dir} already holds a run; set resume to continue it")
+    progress = RunProgress(rounds, start_round, enabled=bool(cfg["progress"]))
     warming = _push_warmup(grid, train_config, int(cfg.get("warmup-workers", 0)))
     shots = tuple(int(k) for k in str(cfg["few-label"]).split(",") if k.strip())
+    progress.phase(f"round 0/{rounds}: evaluating the initial encoder")
     if previous and previous[0]["round"] == 0:
         baseline = {k: v for k, v in previous[0].items()
                     if k not in ("round", "clients", "seconds")}
@@ -303,6 +305,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     if random_encoder is not None:  # round 0 was the warm start: measure random init too
         random_init = evaluate_with_collapse(random_encoder, *eval_data,
                                              labels_per_class=shots, seed=seed, device=device)
+    if warming:
+        progress.phase(f"warm-up: {len(warming)} client worker(s) loading code and data")
     _await_replies(grid, warming, timeout=float(cfg["round-timeout"]))
 
     refusals: dict[str, list[dict[str, Any]]] = {}
@@ -311,9 +315,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         for cid, reason in (row.get("refused") or {}).items():
             refusals.setdefault(cid, []).append({"round": row["round"], "reason": reason})
     eval_every = int(cfg["eval-every"])
-    bar = tqdm(range(start_round, rounds + 1), desc="rounds", unit="round",
-               initial=start_round - 1, total=rounds, disable=not cfg["progress"])
-    for server_round in bar:
+    progress.start_rounds()
+    for server_round in range(start_round, rounds + 1):
+        progress.phase(f"round {server_round}/{rounds}: training")
         t0 = time.perf_counter()
         train_config["server-round"] = server_round
         if secure is not None:
@@ -375,12 +379,13 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                 row["distributed_dp"] = asdict(released[-1])
             row["client_level_epsilon"] = skellam_epsilon(released, float(cfg["delta"]))
         if server_round % eval_every == 0 or server_round == rounds:
+            progress.phase(f"round {server_round}/{rounds}: evaluating")
             row.update(evaluate_with_collapse(model.encoder, *eval_data, device=device))
         row["seconds"] = time.perf_counter() - t0
         append_metrics(run_dir, row)
-        bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "linear_probe_accuracy",
-                                                     "epsilon_max") if row.get(k) is not None})
+        progress.round_done(row)
 
+    progress.phase("final evaluation" + (" (few-label probes)" if shots else ""))
     shots = tuple(int(k) for k in str(cfg["few-label"]).split(",") if k.strip())
     final = evaluate_encoder(model.encoder, *eval_data, labels_per_class=shots, seed=seed,
                              device=device)
@@ -433,6 +438,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         "labels": data.label_kind,  # multi-label: accuracies are mean per-label, plus AUCs
         **{k: v for k, v in final.items() if k.endswith("_auc")},
     }
+    progress.phase("writing the report and plots")
     write_report(run_dir, report)
     plot_run(run_dir, read_metrics(run_dir), privacy)
+    progress.phase("done")
+    progress.close()
     return report

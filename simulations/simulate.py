@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 import tomllib
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import tomli_w
 
+from fedssl.quiet import quiet_output
 from fedssl.server.report_table import run_ledgers
 from fedssl.simulations.config import ConfigError, ExperimentConfig
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, partition_labels, write_cache
@@ -497,10 +497,9 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
     run_config = cfg.to_run_config(str(run_dir.resolve()))
     run_config["resume"] = resume
 
-    if not verbose:
+    if not verbose:  # Flower's INFO log; its known banners: quiet_output below
         logging.getLogger("flwr").setLevel(logging.WARNING)
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
     cores = os.cpu_count() or 1
     init_args = {"num_cpus": cores, "include_dashboard": False,
                  "logging_level": logging.INFO if verbose else logging.ERROR,
@@ -512,17 +511,21 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
     # one worker per cpus-per-client cores: each loads code and data while the server
     # evaluates the initial encoder (the "query.warmup" message)
     run_config["warmup-workers"] = min(cfg.num_clients, max(1, int(cores // cfg.cpus_per_client)))
-    _start_ray(init_args)
-    _reclaim_stop_signals()
-    # replies and new messages wake the engine instead of 0.1 s polls; each actor holds its
-    # next message while it trains (not with simulated stragglers: they sleep in the actor)
-    dispatch.install(pipeline_depth=1 if cfg.straggler_prob > 0 else 2)
-    run_simulation(
-        server_app=make_server_app(run_config, prepare_grid=dispatch.tune_grid),
-        client_app=client_app,
-        num_supernodes=cfg.num_clients, backend_config=backend_config,
-        verbose_logging=verbose,
-    )
+    print(f"[fedssl simulate] start-up: Ray ({cores} CPUs) and Flower's simulation engine "
+          f"for {cfg.num_clients} clients ({run_config['warmup-workers']} worker(s))",
+          flush=True)
+    with quiet_output(verbose):  # Flower's and Ray's banners about fedssl's own choices
+        _start_ray(init_args)
+        _reclaim_stop_signals()
+        # replies and new messages wake the engine instead of 0.1 s polls; each actor holds
+        # its next message while it trains (not with simulated stragglers: they sleep in it)
+        dispatch.install(pipeline_depth=1 if cfg.straggler_prob > 0 else 2)
+        run_simulation(
+            server_app=make_server_app(run_config, prepare_grid=dispatch.tune_grid),
+            client_app=client_app,
+            num_supernodes=cfg.num_clients, backend_config=backend_config,
+            verbose_logging=verbose,
+        )
     if not (run_dir / "report.json").exists():
         raise RuntimeError(f"the simulation ended without a report in {run_dir}; rerun with "
                            "--verbose to see the server's log")
