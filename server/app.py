@@ -317,7 +317,10 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     eval_every = int(cfg["eval-every"])
     progress.start_rounds()
     for server_round in range(start_round, rounds + 1):
-        progress.phase(f"round {server_round}/{rounds}: training")
+        progress.phase(f"round {server_round}/{rounds}: training" + (
+            " (clients first calibrate their DP noise)"
+            if server_round == start_round and cfg["dp"] and float(cfg["target-epsilon"]) > 0
+            else ""))
         t0 = time.perf_counter()
         train_config["server-round"] = server_round
         if secure is not None:
