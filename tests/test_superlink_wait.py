@@ -34,7 +34,7 @@ PATIENT = 60.0
 class _Answer(http.server.BaseHTTPRequestHandler):
     """Answers every request with the status of its server (``server.status``)."""
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         body = b'{"detail":"test server"}'
         self.send_response(self.server.status)  # type: ignore[attr-defined]
         self.send_header("content-type", "application/json")
@@ -83,18 +83,17 @@ def test_nothing_listening_is_a_time_out_not_an_access_error() -> None:
 
 def test_server_busy_starting_is_retried(two_cas) -> None:
     ours, _ = two_cas
-    with https_server(ours, status=503) as address:
-        with pytest.raises(DeployError, match="did not come up within") as info:
-            wait_for_control_api(address, ours.ca_cert, timeout=1.5)
+    with (https_server(ours, status=503) as address,
+          pytest.raises(DeployError, match="did not come up within") as info):
+        wait_for_control_api(address, ours.ca_cert, timeout=1.5)
     assert not isinstance(info.value, SuperLinkAccessError)
     assert "503" in str(info.value)
 
 
 def test_certificate_of_another_ca_is_reported_at_once(two_cas) -> None:
     ours, theirs = two_cas
-    with https_server(theirs) as address:
-        with pytest.raises(SuperLinkAccessError) as info:
-            wait_for_control_api(address, ours.ca_cert, timeout=PATIENT)
+    with https_server(theirs) as address, pytest.raises(SuperLinkAccessError) as info:
+        wait_for_control_api(address, ours.ca_cert, timeout=PATIENT)
     text = str(info.value)
     assert "TLS" in text and "does not verify against the CA certificate" in text
     assert str(ours.ca_cert) in text and address in text
@@ -117,27 +116,27 @@ def test_certificate_not_naming_the_address_is_reported_at_once(two_cas) -> None
 
 def test_plain_http_on_the_port_is_a_tls_error(two_cas) -> None:
     ours, _ = two_cas
-    with https_server(None) as address:
-        with pytest.raises(SuperLinkAccessError, match="TLS handshake with .* failed"):
-            wait_for_control_api(address, ours.ca_cert, timeout=PATIENT)
+    with (https_server(None) as address,
+          pytest.raises(SuperLinkAccessError, match=r"TLS handshake with .* failed")):
+        wait_for_control_api(address, ours.ca_cert, timeout=PATIENT)
 
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_refused_request_is_an_authentication_error(two_cas, status: int) -> None:
     ours, _ = two_cas
-    with https_server(ours, status=status) as address:
-        with pytest.raises(SuperLinkAccessError, match=f"refused the Control API request "
-                                                       f"\\(HTTP {status}"):
-            wait_for_control_api(address, ours.ca_cert, timeout=PATIENT)
+    with (https_server(ours, status=status) as address,
+          pytest.raises(SuperLinkAccessError,
+                        match=rf"refused the Control API request \(HTTP {status}")):
+        wait_for_control_api(address, ours.ca_cert, timeout=PATIENT)
 
 
 def test_unusable_ca_file_is_reported_at_once(two_cas, tmp_path: Path) -> None:
     ours, _ = two_cas
     bad = tmp_path / "ca.crt"
     bad.write_text("not a certificate\n")
-    with https_server(ours) as address:
-        with pytest.raises(SuperLinkAccessError, match="cannot use the CA certificate"):
-            wait_for_control_api(address, bad, timeout=PATIENT)
+    with (https_server(ours) as address,
+          pytest.raises(SuperLinkAccessError, match="cannot use the CA certificate")):
+        wait_for_control_api(address, bad, timeout=PATIENT)
 
 
 @pytest.mark.slow
