@@ -1,6 +1,7 @@
 # fedssl: the two commands of the README.
 #   make demo   create .venv, install, run the default federated simulation, print the table
-#   make test   create .venv, install, run the test suite
+#   make test   create .venv, install, ruff, the fast test suite (unit + doctests; < 5 min on 2 cores)
+#   make test-all  make test, then the slow end-to-end tests (Ray simulations, real SuperLinks)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # CPU wheel of torch lies on this disk; pin it first so no CUDA build is pulled in.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: demo test lint bench clean install
+.PHONY: demo test test-slow test-all lint bench clean install
 
 install: $(STAMP)
 
@@ -25,7 +26,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-all: test test-slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

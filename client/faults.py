@@ -24,16 +24,29 @@ class SimulatedDropoutError(RuntimeError):
     """The simulated client vanished (the server sees a failed reply)."""
 
 
+def planned_fault(seed: int, server_round: int, partition_id: int, stage: str,
+                  dropout_prob: float, straggler_prob: float) -> str:
+    """What the run's fault model does to one message: ``"drop"``, ``"slow"`` or ``"ok"``.
+
+    A pure function of (seed, round, client, stage) and the two probabilities, so a
+    researcher (or a test) can say in advance which client drops or straggles where."""
+    rng = np.random.default_rng([int(seed), int(server_round), int(partition_id),
+                                 STAGE_IDS.get(stage, 9)])
+    drop, slow = rng.random(2)
+    if drop < dropout_prob:
+        return "drop"
+    return "slow" if slow < straggler_prob else "ok"
+
+
 def maybe_fault(config: Mapping[str, Any], node_config: Mapping[str, Any], stage: str) -> None:
     """Apply this run's simulated faults to one message of one client."""
     p_drop = float(config.get("dropout-prob", 0.0))
     p_slow = float(config.get("straggler-prob", 0.0))
     if (p_drop <= 0 and p_slow <= 0) or "partition-id" not in node_config:
         return
-    rng = np.random.default_rng([int(config.get("seed", 0)), int(config.get("server-round", 0)),
-                                 int(node_config["partition-id"]), STAGE_IDS.get(stage, 9)])
-    drop, slow = rng.random(2)
-    if drop < p_drop:
+    fate = planned_fault(int(config.get("seed", 0)), int(config.get("server-round", 0)),
+                         int(node_config["partition-id"]), stage, p_drop, p_slow)
+    if fate == "drop":
         raise SimulatedDropoutError(f"simulated dropout at stage {stage!r}")
-    if slow < p_slow:
+    if fate == "slow":
         time.sleep(float(config.get("straggler-delay", 0.0)))
