@@ -291,6 +291,28 @@ def _resume_rounds(cfg: dict[str, Any], run_dir: Path, rounds: int | None,
             f"--extend to extend it (recorded in {path}), or drop --rounds")
     elif rounds < saved:
         raise ValueError(f"--extend only adds rounds: the run has {saved}, --rounds {rounds}")
+    else:
+        _say_extension_costs(cfg, run_dir, saved, rounds)
+
+
+def _say_extension_costs(cfg: dict[str, Any], run_dir: Path, saved: int, rounds: int) -> None:
+    """Print what ``--extend`` costs each site (from the server's verified copies of the
+    sites' ledgers, ``RUN/ledger``), with a warning where the extra rounds would only add
+    noise (:func:`fedssl.server.extension.extension_costs`)."""
+    from fedssl.server.checkpoint import resume_point
+    from fedssl.server.extension import extension_costs
+
+    point = resume_point(run_dir)
+    done = point.round if point is not None else 0
+    _say(f"[fedssl server] extending {run_dir} from {saved} to {rounds} rounds "
+         f"({rounds - done} more after round {done})")
+    if not cfg.get("dp", True):
+        return
+    for warn, text in extension_costs(run_dir, rounds, done,
+                                      target_epsilon=float(cfg["target-epsilon"]),
+                                      delta=float(cfg["delta"]),
+                                      accountant=str(cfg["accountant"])):
+        _say(f"[fedssl server] {'WARNING: ' if warn else ''}{text}")
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

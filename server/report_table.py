@@ -94,9 +94,16 @@ def format_report(run_dir: Path) -> str:
                       "sigma / clip sensitivity where that is not 1):", "",
                   "| client | epsilon | steps | noise multiplier | sample rate |",
                   "|---|---|---|---|---|"]
+        # a site whose ledger spans earlier runs (its --state-dir reused): its lifetime
+        # epsilon (all runs composed, what its own budget bounds) is shown beside the run's
+        spans = any(p.get("other_runs") for p in privacy["clients"].values())
+        if spans:
+            lines[-2:] = ["| client | epsilon (this run) | lifetime epsilon (all runs) | "
+                          "steps | noise multiplier | sample rate |", "|---|---|---|---|---|---|"]
         ledgers = run_ledgers(run_dir)
         for cid, p in sorted(privacy["clients"].items()):
-            lines.append(f"| {cid} | {float(p['epsilon']):.3f} | {p['steps']} | "
+            life = (f" {float(p.get('lifetime_epsilon', p['epsilon'])):.3f} |" if spans else "")
+            lines.append(f"| {cid} | {float(p['epsilon']):.3f} |{life} {p['steps']} | "
                          f"{_noise_range(ledgers.get(cid), p)} | {p['sample_rate']:.4f} |")
     elif not (privacy or {}).get("client_level"):
         lines += ["", "privacy: DP off (no epsilon guarantee)"]

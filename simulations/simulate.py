@@ -25,7 +25,7 @@ from typing import Any
 import tomli_w
 
 from fedssl.quiet import quiet_output
-from fedssl.server.report_table import run_ledgers
+from fedssl.server.extension import extension_costs
 from fedssl.simulations.config import ConfigError, ExperimentConfig
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, partition_labels, write_cache
 from fedssl.ssl_core.datasets import SSLDataset, require_labels
@@ -100,10 +100,6 @@ STOP_WAIT_SECONDS = 60.0
 #: seconds a SIGKILLed process of the run may take to go (it frees its memory first; slow on
 #: a loaded machine)
 KILL_WAIT_SECONDS = 20.0
-#: an extension whose rounds need more than this times the run's earlier noise multiplier is
-#: warned about: per-step gradient noise variance grows with the square (25x at 5x), so such
-#: rounds spend the rest of the budget on noise, not on learning
-USELESS_NOISE_RATIO = 5.0
 
 
 class _Signalled(KeyboardInterrupt):
@@ -354,57 +350,13 @@ def _record_changes(run_dir: Path, raw: dict[str, Any], cfg: ExperimentConfig,
     return changes
 
 
-def _segment(entry: Any) -> tuple[float, float, int]:
-    """An entry's ``(effective noise multiplier, sample rate, steps)`` for the accountant."""
-    if hasattr(entry, "segment"):
-        return entry.segment()
-    return (float(entry.noise_multiplier), float(entry.sample_rate), int(entry.steps))
-
-
 def extension_notes(run_dir: Path, cfg: ExperimentConfig, done: int) -> list[tuple[bool, str]]:
     """What extending the run in ``run_dir`` to ``cfg.rounds`` rounds after round ``done``
-    costs each client, from its signed ledger and the project's accountant:
-    ``(is_warning, text)`` pairs. With a target epsilon, the clients calibrate the remaining
-    rounds to what is left of it; a warning says when that forces a noise multiplier above
-    :data:`USELESS_NOISE_RATIO` times the run's earlier one (or when nothing is left). With a
-    fixed noise multiplier, the note says how far each client's epsilon will grow."""
-    from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_of
-
+    costs each client (:func:`fedssl.server.extension.extension_costs`); nothing without DP."""
     if not cfg.dp:
         return []
-    extra = cfg.rounds - done
-    notes: list[tuple[bool, str]] = []
-    for cid, entries in sorted(run_ledgers(run_dir).items()):
-        spent = [_segment(e) for e in entries]
-        eff, rate, steps = spent[-1]
-        scale = entries[-1].noise_multiplier / eff if eff > 0 else 1.0  # recorded / effective
-        earlier = min(s for s, _, _ in spent)
-        eps_now = epsilon_of(spent, cfg.delta, cfg.accountant)
-        if cfg.target_epsilon <= 0:
-            eps_after = epsilon_of([*spent, (eff, rate, steps * extra)], cfg.delta,
-                                   cfg.accountant)
-            notes.append((False, f"{cid}: {extra} more round(s) at the fixed noise multiplier "
-                                 f"{entries[-1].noise_multiplier:.3g} take its epsilon from "
-                                 f"{eps_now:.3f} to about {eps_after:.3f}"))
-            continue
-        left = cfg.target_epsilon - eps_now
-        try:
-            need = calibrate_noise(cfg.target_epsilon, cfg.delta, rate, steps * extra,
-                                   cfg.accountant, spent=spent)
-        except AccountingError:
-            notes.append((True, f"{cid}: its target epsilon {cfg.target_epsilon:g} is spent "
-                                f"({eps_now:.3f} after {len(entries)} round(s)): the "
-                                f"{extra} extra round(s) cannot train it"))
-            continue
-        text = (f"{cid}: {extra} more round(s) must fit in the {left:.4f} epsilon left of "
-                f"its target {cfg.target_epsilon:g}: noise multiplier {need * scale:.3g} per "
-                f"round, {need / earlier:.1f}x the run's earlier {earlier * scale:.3g}")
-        if need > USELESS_NOISE_RATIO * earlier:
-            notes.append((True, text + f" (over {USELESS_NOISE_RATIO:g}x: these rounds add "
-                                       "noise, not learning)"))
-        else:
-            notes.append((False, text))
-    return notes
+    return extension_costs(run_dir, cfg.rounds, done, target_epsilon=cfg.target_epsilon,
+                           delta=cfg.delta, accountant=cfg.accountant)
 
 
 def default_run_dir(cfg: ExperimentConfig) -> Path:

@@ -62,3 +62,18 @@ def test_privacy_table_labels_the_effective_noise_of_a_group_clipped_run(
     assert "| client-001 | 1.000 | 10 | 3.000 (effective 1.500) | 0.1000 |" in text
     assert "| client-002 | 1.000 | 10 | 3.000 | 0.1000 |" in text
     assert "effective = sigma / clip sensitivity" in text
+
+
+def test_a_site_reused_across_runs_shows_its_lifetime_epsilon(tmp_path: Path) -> None:
+    """A site whose ledger spans an earlier run: the table shows this run's epsilon and the
+    lifetime one its budget bounds (before: the run's only, so a site near its budget looked
+    fresh)."""
+    rows = {"client-000": {"epsilon": 1.0, "lifetime_epsilon": 2.5, "steps": 10,
+                           "noise_multiplier": 3.0, "sample_rate": 0.1,
+                           "other_runs": {"run-a": {"rounds": 2, "epsilon": 1.9}}},
+            "client-001": {"epsilon": 1.0, "lifetime_epsilon": 1.0, "steps": 10,
+                           "noise_multiplier": 3.0, "sample_rate": 0.1, "other_runs": {}}}
+    text = _report(tmp_path, None, privacy={"delta": 1e-5, "clients": rows})
+    assert "| client | epsilon (this run) | lifetime epsilon (all runs) |" in text
+    assert "| client-000 | 1.000 | 2.500 | 10 | 3.000 | 0.1000 |" in text
+    assert "| client-001 | 1.000 | 1.000 | 10 | 3.000 | 0.1000 |" in text

@@ -21,9 +21,10 @@ from fedssl.privacy.accountant import calibrate_noise, epsilon_of
 from fedssl.privacy.identity import load_or_create_identity, public_pem
 from fedssl.privacy.ledger import Ledger, LedgerEntry
 from fedssl.server.checkpoint import CheckpointError, resume_point, save_checkpoint
+from fedssl.server.extension import USELESS_NOISE_RATIO
 from fedssl.server.report_table import format_report
 from fedssl.simulations.config import ExperimentConfig
-from fedssl.simulations.simulate import USELESS_NOISE_RATIO, extension_notes
+from fedssl.simulations.simulate import extension_notes
 
 DELTA, RATE, STEPS = 1e-5, 0.1, 20
 
@@ -185,3 +186,20 @@ def test_an_extension_is_recorded_in_config_toml(tmp_path: Path) -> None:
     assert raw["experiment"]["rounds"] == 4
     assert raw["change"][0]["note"] == "extended with --extend"
     assert ExperimentConfig.load(tmp_path / "config.toml").rounds == 4
+
+
+def test_server_extension_warns_like_simulate(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # before: `fedssl server --resume --extend` extended a run whose sites had spent their
+    # target without a word about the useless noise the extra rounds would carry
+    from fedssl.deploy_commands import _resume_rounds
+
+    _finished_run(tmp_path, rounds=2, target=1.0)
+    (tmp_path / "config.toml").write_text('[run]\nnum-server-rounds = 2\n')  # server format
+    cfg = {"dp": True, "target-epsilon": 1.0, "delta": DELTA, "accountant": "prv"}
+    _resume_rounds(cfg, tmp_path, 4, True)
+    out = capsys.readouterr().out
+    assert "extending" in out and "from 2 to 4 rounds (2 more after round 2)" in out
+    warnings = [line for line in out.splitlines() if "WARNING" in line]
+    assert len(warnings) == 2, out
+    assert all("noise, not learning" in w or "cannot train" in w for w in warnings)
