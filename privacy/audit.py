@@ -424,7 +424,7 @@ def _method_sensitivity(method: str | None) -> int | None:
     """The clip sensitivity of ``method``'s objective under DP-SGD
     (:func:`fedssl.privacy.dp_sgd.clip_sensitivity`: 1 per-record, 2 group-clipped); None for
     an unknown method or one with no proven bound."""
-    from fedssl.privacy.dp_sgd import DPSoundnessError, clip_sensitivity
+    from fedssl.privacy.dp_engine import DPSoundnessError, clip_sensitivity
     from fedssl.ssl_core.objectives import OBJECTIVES
 
     if not method or method not in OBJECTIVES:

@@ -20,99 +20,28 @@ Opacus: Yousefpour et al., "Opacus: User-Friendly Differential Privacy Library i
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
+# the shared checks and sampling live in dp_engine (imported by every engine); their names stay
+# importable from here
+from fedssl.privacy.dp_engine import (
+    DPSetup,
+    DPSoundnessError,
+    PoissonEngine,
+    clip_sensitivity,
+    poisson_loader,
+    require_clip_unit,
+    require_dp_sound,
+)
 from fedssl.ssl_core.objectives.base import Objective
 
-
-class DPSoundnessError(ValueError):
-    """Raised when a configuration would make the reported epsilon not a true upper bound."""
-
-
-def clip_sensitivity(objective: Objective) -> int:
-    """L2 sensitivity of ``objective``'s clipped DP-SGD sum in units of the clip norm ``C``
-    (add/remove one record): 1 for a per-record decomposable objective clipped per record, 2
-    for one clipped per randomly drawn group (:mod:`fedssl.privacy.group_clip`). The ledger
-    records it as ``extra.sensitivity`` and every epsilon is computed at
-    ``noise_multiplier / sensitivity``.
-
-    Raises:
-        DPSoundnessError: for an objective with no proven bound (see :func:`require_dp_sound`).
-    """
-    unit = getattr(objective, "clip_unit", "record")
-    if unit == "group":
-        return 2
-    if unit == "record" and objective.decomposable:
-        return 1
-    raise DPSoundnessError(
-        f"method {objective.name!r} is not per-record decomposable (every record appears "
-        "in every other record's loss), so per-record clipping does not bound its "
-        "sensitivity and DP-SGD would report a false epsilon; with sample-level DP use a "
-        "DP-sound method (e.g. 'simsiam', 'infonce-public', 'infonce-group'), or train it "
-        "under client-level DP only (--no-dp --client-dp central|distributed)"
-    )
+__all__ = ["DPSGD", "DPSetup", "DPSoundnessError", "PoissonEngine", "clip_sensitivity",
+           "clipped_gradient_sum", "poisson_loader", "require_clip_unit", "require_dp_sound"]
 
 
-def require_dp_sound(objective: Objective) -> None:
-    """Refuse objectives whose sensitivity under DP-SGD has no proven bound (per-record
-    clipping of a decomposable loss: C; group clipping of a group loss: 2C)."""
-    clip_sensitivity(objective)
-
-
-def _require_clip_unit(objective: Objective, clip_unit: str) -> None:
-    unit = getattr(objective, "clip_unit", "record")
-    if unit != clip_unit:
-        raise DPSoundnessError(
-            f"method {objective.name!r} must be clipped per {unit}, but this DP engine clips "
-            f"per {clip_unit}: its sensitivity would not be bounded (group objectives run on "
-            "fedssl.privacy.group_clip.GroupDPSGD, selected by dp_engine 'auto' or 'hooks')")
-
-
-@dataclass
-class DPSetup:
-    """What a DP-SGD round runs with; recorded in the ledger."""
-
-    noise_multiplier: float
-    max_grad_norm: float
-    sample_rate: float
-    steps: int
-
-
-def poisson_loader(
-    data: torch.Tensor, batch_size: int, noise_multiplier: float, max_grad_norm: float,
-    objective: Objective, generator: torch.Generator | None = None, pin_memory: bool = False,
-    clip_unit: str = "record",
-) -> tuple[Any, float, int]:
-    """Check a DP-SGD setup and return ``(Poisson loader, sample rate, expected batch
-    size)``, shared by all DP engines so they sample and account identically. ``clip_unit``
-    is what the calling engine clips ("record"; "group" for :mod:`fedssl.privacy.group_clip`).
-
-    Raises:
-        DPSoundnessError: for an objective without a proven bound, one whose clipping unit is
-            not the engine's, a non-positive clip norm or a negative noise multiplier.
-    """
-    require_dp_sound(objective)
-    _require_clip_unit(objective, clip_unit)
-    if max_grad_norm <= 0:
-        raise DPSoundnessError(f"max_grad_norm must be positive, got {max_grad_norm}")
-    if noise_multiplier < 0:
-        raise DPSoundnessError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
-    # opacus is imported on first use: it costs ~2 s per process, which a non-DP simulation
-    # worker should not pay
-    from opacus.data_loader import DPDataLoader
-
-    sample_rate = min(1.0, batch_size / len(data))
-    loader = DPDataLoader(TensorDataset(data), sample_rate=sample_rate, generator=generator,
-                          pin_memory=pin_memory)
-    return loader, sample_rate, max(1, round(sample_rate * len(data)))
-
-
-class DPSGD:
+class DPSGD(PoissonEngine):
     """Wrap a model, optimizer and local data for one round of DP-SGD on Opacus.
 
     Use as a context manager: the Opacus hooks are removed on exit, leaving the original
@@ -134,9 +63,8 @@ class DPSGD:
     ) -> None:
         """``generator`` draws the Poisson samples (CPU) and, unless ``noise_generator`` is
         given (needed on CUDA), the noise."""
-        self.loader, self.sample_rate, expected = poisson_loader(
-            data, batch_size, noise_multiplier, max_grad_norm, objective, generator, pin_memory)
-        self.num_batches = max(1, round(1 / self.sample_rate))
+        super().__init__(data, batch_size, noise_multiplier, max_grad_norm, objective,
+                         generator, pin_memory)
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
@@ -145,12 +73,9 @@ class DPSGD:
         self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
         self.optimizer = DPOptimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-            expected_batch_size=expected, loss_reduction="mean",
+            expected_batch_size=self.expected_batch_size, loss_reduction="mean",
             generator=noise_generator or generator,
         )
-
-    def __enter__(self) -> DPSGD:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.module._close()
@@ -169,9 +94,9 @@ def clipped_gradient_sum(
     ``model.parameters()`` order. Group-clipped objectives are refused (their sum is
     :func:`fedssl.privacy.group_clip.group_clipped_gradient_sum`).
     """
-    _require_clip_unit(objective, "record")
+    require_clip_unit(objective, "record")
     if engine == "fast":
-        from fedssl.privacy.fast_clip import FastClipper  # fast_clip imports this module
+        from fedssl.privacy.fast_clip import FastClipper  # opacus: imported on first use
 
         with FastClipper(model) as clipper:
             with clipper.record():

@@ -57,8 +57,9 @@ import torch.nn.functional as F
 from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
 
-from fedssl.privacy.dp_sgd import DPSoundnessError, poisson_loader
+from fedssl.privacy.dp_engine import DPSoundnessError, PoissonEngine
 from fedssl.ssl_core.objectives.base import Objective
+from fedssl.ssl_core.ws_layers import WS_EPS, WSConv1d, WSConv2d, ws_backward
 
 
 class UnsupportedModelError(DPSoundnessError):
@@ -539,10 +540,41 @@ class _Embedding(_Layer):
         return out
 
 
+class _WSConv(_Conv):
+    """Rule for weight-standardised convolutions (:mod:`fedssl.ssl_core.ws_layers`):
+    materialised per-record kernel gradients, mapped through the WS backward
+    (:func:`~fedssl.ssl_core.ws_layers.ws_backward`), then norms and clipped sum of the mapped
+    gradients (ghost norms do not carry over through that map; the Opacus engine's rule is
+    :mod:`fedssl.privacy.ws_rules`)."""
+
+    def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        m = self.module
+        out, cin = m.out_channels, m.in_channels
+        sq = pairs[0][1].new_zeros(n)
+        self._pairs = pairs
+        self._per_record = None
+        self._bias = None
+        if self.weight is not None:
+            per = self._materialise(pairs, n)
+            if self._taps_first:  # (taps, N, out * C) -> (N, out, C, taps) = weight layout
+                per = per.reshape(-1, n, out, cin).permute(1, 2, 3, 0)
+            per = per.reshape(n, *self.weight.shape)
+            raw = ws_backward(per, self.weight, WS_EPS).reshape(1, n, -1)
+            self._taps_first = False
+            self._per_record = raw
+            sq += _sq(raw[0])
+        if self.bias is not None:
+            gb = sum(gy.reshape(n, out, -1).sum(2) for _, gy in pairs)
+            assert isinstance(gb, torch.Tensor)
+            sq += _sq(gb)
+            self._bias = gb
+        return sq
+
+
 #: exact module types with a per-record rule (subclasses may override ``forward``: refused)
 RULES: dict[type[nn.Module], type[_Layer]] = {
     nn.Linear: _Linear, nn.Conv1d: _Conv, nn.Conv2d: _Conv, nn.GroupNorm: _GroupNorm,
-    nn.LayerNorm: _LayerNorm, nn.Embedding: _Embedding,
+    nn.LayerNorm: _LayerNorm, nn.Embedding: _Embedding, WSConv1d: _WSConv, WSConv2d: _WSConv,
 }
 
 
@@ -759,7 +791,7 @@ def unsupported_reason(model: nn.Module, params: Sequence[nn.Parameter] | None =
     return None
 
 
-class FastDPSGD:
+class FastDPSGD(PoissonEngine):
     """DP-SGD with :class:`FastClipper`: same sampling, clipping, noise and scaling as
     :class:`fedssl.privacy.dp_sgd.DPSGD` (Opacus), one backward per step.
 
@@ -793,9 +825,8 @@ class FastDPSGD:
         pin_memory: bool = False,
         noise_generator: torch.Generator | None = None,
     ) -> None:
-        self.loader, self.sample_rate, self.expected_batch_size = poisson_loader(
-            data, batch_size, noise_multiplier, max_grad_norm, objective, generator, pin_memory)
-        self.num_batches = max(1, round(1 / self.sample_rate))
+        super().__init__(data, batch_size, noise_multiplier, max_grad_norm, objective,
+                         generator, pin_memory)
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
         self.generator = noise_generator or generator
@@ -826,12 +857,5 @@ class FastDPSGD:
             p.grad = (s + noise).view_as(p) / self.expected_batch_size
         self.optimizer.step()
 
-    def __enter__(self) -> FastDPSGD:
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.clipper.close()
-
-
-# weight-standardised convolutions: their rule lives in its own module (it subclasses _Conv)
-from fedssl.privacy import ws_rules as _ws_rules  # noqa: E402,F401

@@ -40,7 +40,7 @@ import warnings
 import torch
 from torch import nn
 
-from fedssl.privacy.dp_sgd import DPSoundnessError, poisson_loader
+from fedssl.privacy.dp_engine import DPSoundnessError, PoissonEngine
 from fedssl.ssl_core.objectives.base import Objective
 
 #: the L2 sensitivity of a group-clipped sum, in units of the clip norm (add/remove one record)
@@ -107,7 +107,7 @@ def _group_optimizer_class():
     return GroupDPOptimizer
 
 
-class GroupDPSGD:
+class GroupDPSGD(PoissonEngine):
     """One round of group-clipped DP-SGD on Opacus (hooks mode); same protocol as
     :class:`fedssl.privacy.dp_sgd.DPSGD` (``loader``, ``module``, ``optimizer``,
     ``sample_rate``; a context manager). While open, the objective draws its group ids from
@@ -115,6 +115,7 @@ class GroupDPSGD:
     """
 
     sensitivity = GROUP_SENSITIVITY
+    clip_unit = "group"
 
     def __init__(
         self,
@@ -130,10 +131,9 @@ class GroupDPSGD:
         noise_generator: torch.Generator | None = None,
     ) -> None:
         _require_group_objective(objective)
-        self.loader, self.sample_rate, expected = poisson_loader(
-            data, batch_size, noise_multiplier, max_grad_norm, objective, generator, pin_memory,
-            clip_unit="group")
-        self.num_batches = max(1, round(1 / self.sample_rate))
+        super().__init__(data, batch_size, noise_multiplier, max_grad_norm, objective,
+                         generator, pin_memory)
+        expected = self.expected_batch_size
         self.objective = objective
         self.num_groups = objective.num_groups(expected)
         # group ids: secret like the sampling; a CPU generator (the ids index CPU-side rows)
@@ -152,9 +152,6 @@ class GroupDPSGD:
             generator=noise_generator or generator,
             group_source=objective.take_groups, num_groups=self.num_groups,
         )
-
-    def __enter__(self) -> GroupDPSGD:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.objective.bind(None, None)

@@ -11,18 +11,19 @@ a plain convolution, then apply ``J^T`` record by record:
 - Opacus hooks mode: :func:`compute_ws_conv_grad_sample`, registered with Opacus's
   ``register_grad_sampler`` (Opacus's own conv sampler dispatches on the exact type and would
   not unfold a subclass's input);
-- the fast engine (:mod:`fedssl.privacy.fast_clip`): :class:`_WSConv`, registered in its
-  ``RULES``. Ghost norms ``||G_i||`` do not carry over through ``J^T`` (it is not an
-  isometry), so this rule always materialises ``G_i``, maps it, and takes norms and the
-  clipped sum of the mapped gradients.
+- the fast engine: ``fedssl.privacy.fast_clip._WSConv``, in its ``RULES`` (it lives there:
+  this module does not import the fast engine, so the two never import each other). Ghost
+  norms ``||G_i||`` do not carry over through ``J^T`` (it is not an isometry), so that rule
+  always materialises ``G_i``, maps it, and takes norms and the clipped sum of the mapped
+  gradients.
 
 The clip norm therefore bounds the gradient w.r.t. the parameter actually updated, and the
 per-record sensitivity argument of :mod:`fedssl.privacy.dp_sgd` holds unchanged
 (``tests/test_ws_layers.py`` checks both against autograd, ``tests/test_sensitivity.py`` and
 ``tests/test_fast_clip.py`` run the WS encoders through both engines).
 
-This module is imported by :mod:`fedssl.privacy.fast_clip` and by :mod:`fedssl.privacy.dp_sgd`
-before they build a model wrapper, so the registration is always in place.
+The Opacus engines (:mod:`fedssl.privacy.dp_sgd`, :mod:`fedssl.privacy.group_clip`) import
+this module before they build a model wrapper, so the registration is always in place.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from opacus.grad_sample.utils import register_grad_sampler
 from opacus.utils.tensor_utils import unfold2d
 from torch import nn
 
-from fedssl.privacy import fast_clip
 from fedssl.ssl_core.ws_layers import WS_EPS, WSConv1d, WSConv2d, ws_backward
 
 
@@ -74,35 +74,3 @@ def compute_ws_conv_grad_sample(
     if layer.bias is not None and layer.bias.requires_grad:
         ret[layer.bias] = backprops.reshape(x.shape[0], layer.out_channels, -1).sum(2)
     return ret
-
-
-class _WSConv(fast_clip._Conv):
-    """Fast-engine rule for WS convolutions: materialised per-record kernel gradients, mapped
-    through the WS backward, then norms and clipped sum of the mapped gradients."""
-
-    def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
-        m = self.module
-        out, cin = m.out_channels, m.in_channels
-        sq = pairs[0][1].new_zeros(n)
-        self._pairs = pairs
-        self._per_record = None
-        self._bias = None
-        if self.weight is not None:
-            per = self._materialise(pairs, n)
-            if self._taps_first:  # (taps, N, out * C) -> (N, out, C, taps) = weight layout
-                per = per.reshape(-1, n, out, cin).permute(1, 2, 3, 0)
-            per = per.reshape(n, *self.weight.shape)
-            raw = ws_backward(per, self.weight, WS_EPS).reshape(1, n, -1)
-            self._taps_first = False
-            self._per_record = raw
-            sq += fast_clip._sq(raw[0])
-        if self.bias is not None:
-            gb = sum(gy.reshape(n, out, -1).sum(2) for _, gy in pairs)
-            assert isinstance(gb, torch.Tensor)
-            sq += fast_clip._sq(gb)
-            self._bias = gb
-        return sq
-
-
-fast_clip.RULES[WSConv1d] = _WSConv
-fast_clip.RULES[WSConv2d] = _WSConv

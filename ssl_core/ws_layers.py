@@ -16,8 +16,8 @@ closed form per output channel (``s = sqrt(var + eps)``, means over the fan-in):
     dL/dW = (G - mean(G) - W_hat * mean(G * W_hat)) / s
 
 (:func:`ws_backward`). Ghost norms of ``G_i`` do not carry over through this map, so both DP
-engines materialise ``G_i`` for these layers and apply the map (:mod:`fedssl.privacy.ws_rules`:
-an Opacus grad sampler and a fast-engine rule).
+engines materialise ``G_i`` for these layers and apply the map (an Opacus grad sampler in
+:mod:`fedssl.privacy.ws_rules`, a rule in :mod:`fedssl.privacy.fast_clip`).
 
 The standardisation is computed with ``F.layer_norm`` over the flattened fan-in, which is
 exactly the formula above and makes ``W`` enter the autograd graph once per call (the fast

@@ -114,7 +114,7 @@ class GroupInfoNCE(Objective):
                 (the ids were redrawn, so they no longer match every row's group and the
                 2C bound would not hold).
         """
-        from fedssl.privacy.dp_sgd import DPSoundnessError
+        from fedssl.ssl_core.dp_soundness import DPSoundnessError
 
         draws, self._draws = self._draws, 0
         if draws > 1:
