@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedssl.client.pretrain import pretrain_public
 from fedssl.client.trainer import LR_SCHEDULES, TrainConfig, steps_per_epoch, train_local
 from fedssl.privacy.accountant import calibrate_noise, epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
@@ -62,7 +63,7 @@ from fedssl.ssl_core.datasets import SSLDataset, load_dataset
 from fedssl.ssl_core.evaluation import evaluate_encoder, extract_features, few_label_subset
 from fedssl.ssl_core.objectives import get_objective
 from fedssl.ssl_core.partitioners import partition_indices
-from fedssl.ssl_core.warm_start import load_init_encoder, pretrain_public
+from fedssl.ssl_core.warm_start import load_init_encoder
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = ("random", "supervised5", "public", "centralized", "nodp", "dp", "clientdp")

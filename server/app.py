@@ -33,12 +33,7 @@ from fedssl.privacy.accountant import epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian
 from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
 from fedssl.privacy.identity import load_registry
-from fedssl.server.checkpoint import (
-    export_encoder,
-    resume_point,
-    rewrite_metrics,
-    save_checkpoint,
-)
+from fedssl.server.checkpoint import resume_point, rewrite_metrics, save_checkpoint
 from fedssl.server.ledger_copies import NOT_REGISTERED, store_copy
 from fedssl.server.progress import RunProgress
 from fedssl.server.report import (
@@ -67,7 +62,7 @@ from fedssl.ssl_core.model_parts import (
     shared_state,
 )
 from fedssl.ssl_core.objectives import get_objective
-from fedssl.ssl_core.warm_start import load_init_encoder
+from fedssl.ssl_core.warm_start import export_encoder, load_init_encoder
 
 log = logging.getLogger("fedssl.server")
 

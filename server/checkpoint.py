@@ -1,10 +1,11 @@
-"""Checkpoints of the global model and strategy state, and the exported encoder.
+"""Checkpoints of the global model and strategy state.
 
 Weights are stored with safetensors (no pickle: a checkpoint can't run code when loaded).
 ``RUN/checkpoints/round-NNNN.safetensors`` holds the whole global model after round N, and
 ``RUN/checkpoints/state.json`` the last completed round and the strategy's state, written
-atomically (temp file + rename) after the weights, so a crash never leaves a state that points
-at a missing or half-written checkpoint. Both are fsynced before the rename.
+atomically (:mod:`fedssl.atomic`: temp file, fsync, rename) after the weights, so a crash never
+leaves a state that points at a missing or half-written checkpoint. The exported encoder
+(``RUN/encoder.safetensors``) is :func:`fedssl.ssl_core.warm_start.export_encoder`.
 
 A round is *complete* once its checkpoint and then its ``metrics.jsonl`` row (the last thing
 the server writes in a round) are on disk. :func:`resume_point` finds the last complete round,
@@ -15,33 +16,18 @@ row, even after its checkpoint was written, and never counts it as trained.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from safetensors.numpy import load_file, save_file
+
+from fedssl.atomic import atomic_path, atomic_write_bytes
 
 
 class CheckpointError(ValueError):
     """Raised for a missing, corrupt or mismatched checkpoint."""
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    _fsync(tmp)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(run_dir: Path, server_round: int, weights: dict[str, np.ndarray],
@@ -50,13 +36,11 @@ def save_checkpoint(run_dir: Path, server_round: int, weights: dict[str, np.ndar
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"round-{server_round:04d}.safetensors"
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp))
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _atomic_write(ckpt_dir / "state.json",
-                  json.dumps({"round": server_round, "weights": path.name, **state},
-                             indent=2).encode())
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp))
+    atomic_write_bytes(ckpt_dir / "state.json",
+                       json.dumps({"round": server_round, "weights": path.name, **state},
+                                  indent=2).encode())
     return path
 
 
@@ -133,16 +117,6 @@ def resume_point(run_dir: Path) -> ResumePoint | None:
 
 def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Replace ``metrics.jsonl`` with ``rows`` atomically (a crash keeps the old file)."""
-    _atomic_write(run_dir / "metrics.jsonl",
-                  "".join(json.dumps(r) + "\n" for r in rows).encode())
+    atomic_write_bytes(run_dir / "metrics.jsonl",
+                       "".join(json.dumps(r) + "\n" for r in rows).encode())
 
-
-def export_encoder(path: Path, model: torch.nn.Module, metadata: dict[str, str]) -> None:
-    """Save the encoder part of an SSL model (``encoder.`` prefix stripped) as safetensors."""
-    from safetensors.torch import save_file as save_torch
-
-    tensors = {k.removeprefix("encoder."): v.detach().cpu().contiguous()
-               for k, v in model.state_dict().items() if k.startswith("encoder.")}
-    tmp = path.with_name(path.name + ".tmp")
-    save_torch(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)

@@ -17,13 +17,12 @@ file stays the original; an auditor can compare the two.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedssl.atomic import atomic_path
 from fedssl.privacy.identity import IdentityError, load_public_key, public_pem
 from fedssl.privacy.ledger import LedgerError, read_ledger
 
@@ -31,6 +30,10 @@ from fedssl.privacy.ledger import LedgerError, read_ledger
 MAX_LEDGER_BYTES = 4 << 20
 #: the problem recorded for a ledger signed with a key the identity registry does not list
 NOT_REGISTERED = "ledger-key-not-registered"
+
+
+class _RefusedError(Exception):
+    """A ledger copy that is not stored (the message says why)."""
 
 
 def _safe_name(client: str) -> bool:
@@ -70,23 +73,24 @@ def store_copy(run_dir: Path, client: str, text: str, pub_pem: bytes,
     folder.mkdir(parents=True, exist_ok=True)
     if pub_path.exists() and pub_path.read_bytes() != pem:
         return "ledger key differs from the key this client used before"
-    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as fh:
-        fh.write(text)
-        tmp = Path(fh.name)
+    # the copy is written beside the stored one and verified there; it replaces the stored one
+    # atomically only if it verifies (a refusal raises _RefusedError, which discards it)
     try:
-        try:
-            entries = read_ledger(tmp, key)
-        except LedgerError as exc:
-            return f"ledger copy does not verify: {str(exc).replace(str(tmp), 'copy')}"
-        if any(e.client != client for e in entries):
-            return "ledger copy holds entries of another client"
-        old = read_ledger(path, key) if path.exists() else []
-        if [e.hash for e in entries[: len(old)]] != [e.hash for e in old]:
-            return ("ledger copy does not extend the stored one (entries changed, removed or "
-                    "reordered)")
-        if not pub_path.exists():
-            pub_path.write_bytes(pem)
-        os.replace(tmp, path)
-        return None
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+            try:
+                entries = read_ledger(tmp, key)
+            except LedgerError as exc:
+                raise _RefusedError("ledger copy does not verify: "
+                                    f"{str(exc).replace(str(tmp), 'copy')}") from exc
+            if any(e.client != client for e in entries):
+                raise _RefusedError("ledger copy holds entries of another client")
+            old = read_ledger(path, key) if path.exists() else []
+            if [e.hash for e in entries[: len(old)]] != [e.hash for e in old]:
+                raise _RefusedError("ledger copy does not extend the stored one (entries "
+                                    "changed, removed or reordered)")
+            if not pub_path.exists():
+                pub_path.write_bytes(pem)
+    except _RefusedError as exc:
+        return str(exc)
+    return None

@@ -19,7 +19,6 @@ Both files are written atomically (temp file + rename).
 from __future__ import annotations
 
 import logging
-import os
 import time
 import tomllib
 import uuid
@@ -28,18 +27,14 @@ from typing import Any
 
 import tomli_w
 
+from fedssl.atomic import atomic_write_text
+
 log = logging.getLogger("fedssl.server")
 
 RUN_ID_FILE = "run_id"
 CONFIG_FILE = "config.toml"
 #: run-config keys that describe one invocation, not the run (never recorded as changes)
 VOLATILE_KEYS = ("resume", "progress", "warmup-workers")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def resolve_run_id(run_dir: Path, resume: bool) -> str:
@@ -58,7 +53,7 @@ def resolve_run_id(run_dir: Path, resume: bool) -> str:
                     "run against their whole ledger", run_dir)
         return ""
     rid = uuid.uuid4().hex
-    _atomic_write(path, rid + "\n")
+    atomic_write_text(path, rid + "\n")
     return rid
 
 
@@ -75,7 +70,7 @@ def write_run_config(run_dir: Path, cfg: dict[str, Any], run_id: str) -> Path | 
     table = {k: _toml_value(v) for k, v in sorted(cfg.items()) if k not in VOLATILE_KEYS}
     table["run-id"] = run_id
     if not path.exists():
-        _atomic_write(path, tomli_w.dumps({"run": table}))
+        atomic_write_text(path, tomli_w.dumps({"run": table}))
         return path
     try:
         raw = tomllib.loads(path.read_text())
@@ -94,7 +89,7 @@ def write_run_config(run_dir: Path, cfg: dict[str, Any], run_id: str) -> Path | 
                     c["new"], path)
     raw["run"] = {**old, **table}
     raw["change"] = [*raw.get("change", []), *changes]
-    _atomic_write(path, tomli_w.dumps(raw))
+    atomic_write_text(path, tomli_w.dumps(raw))
     return path
 
 

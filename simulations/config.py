@@ -76,7 +76,7 @@ class ExperimentConfig:
     init_encoder: str = _opt("", "warm-start encoder (safetensors, keys without 'encoder.') "
                                  "pretrained on public or synthetic data, never the private "
                                  "records; make one with 'python -m "
-                                 "fedssl.ssl_core.warm_start --out FILE'")
+                                 "fedssl.client.pretrain --out FILE'")
     # differential privacy
     dp: bool = _opt(True, "train with DP-SGD (per-record clipping over all views + noise)")
     target_epsilon: float = _opt(8.0, "each client's epsilon budget for the whole run; the "

@@ -24,6 +24,7 @@ from typing import Any
 
 import tomli_w
 
+from fedssl.atomic import atomic_write_text
 from fedssl.quiet import quiet_output
 from fedssl.server.extension import extension_costs
 from fedssl.simulations.config import ConfigError, ExperimentConfig
@@ -344,9 +345,7 @@ def _record_changes(run_dir: Path, raw: dict[str, Any], cfg: ExperimentConfig,
         new["out"] = old.get("out", new["out"])
         raw = {**raw, "experiment": new, "change": [*raw.get("change", []), *changes]}
         path = run_dir / "config.toml"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(tomli_w.dumps(raw))
-        os.replace(tmp, path)
+        atomic_write_text(path, tomli_w.dumps(raw))
     return changes
 
 

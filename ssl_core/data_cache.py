@@ -15,14 +15,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fedssl.atomic import atomic_directory
 from fedssl.ssl_core.datasets import DataError, SSLDataset, load_dataset
 
 
@@ -59,15 +57,12 @@ def write_cache(run_dir: str | Path, spec: DataSpec, data: SSLDataset) -> Path |
     if (final / "meta.json").exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
-    for name in _ARRAYS:
-        np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(data, name)))
-    (tmp / "meta.json").write_text(json.dumps({"name": data.name,
-                                               "num_classes": data.num_classes}))
-    try:
-        os.replace(tmp, final)
-    except OSError:  # another process won the race: use its copy
-        shutil.rmtree(tmp, ignore_errors=True)
+    # (another process may win the race: its copy is kept, ours dropped)
+    with atomic_directory(final) as tmp:
+        for name in _ARRAYS:
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(data, name)))
+        (tmp / "meta.json").write_text(json.dumps({"name": data.name,
+                                                   "num_classes": data.num_classes}))
     return final
 
 

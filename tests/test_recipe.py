@@ -141,7 +141,7 @@ def test_invalid_recipe_options_are_refused(bad: dict, match: str) -> None:
 
 
 def test_warm_start_loads_an_exported_encoder_and_refuses_a_mismatch(tmp_path) -> None:
-    from fedssl.server.checkpoint import export_encoder
+    from fedssl.ssl_core.warm_start import export_encoder
 
     src = get_objective("simsiam").build_model((1, 40))
     export_encoder(tmp_path / "enc.safetensors", src, {"input_shape": "1,40"})

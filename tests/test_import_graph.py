@@ -1,0 +1,194 @@
+"""The one-way data flow of the packages, checked on their source (``ast``, nothing imported).
+
+Data flows one way (README "Layout", ``docs/architecture.md``): data source -> augmentations ->
+objective (``ssl_core``) -> local trainer + DP-SGD (``client`` on ``privacy``) -> update (clip,
+quantize, mask) -> secure sum (``privacy.secagg``) -> strategy (``server``) -> global encoder
+-> evaluation/report; ``simulations`` and the ``fedssl`` command drive all of it. A module
+never reaches back up this flow. Every ``import`` counts, at module level or inside a function
+(a lazy import is still a dependency), and ``if TYPE_CHECKING:`` imports too.
+
+Rules:
+
+- ``ssl_core`` and ``privacy`` never import Flower (``flwr``), ``server``, ``client`` or
+  ``simulations``; ``server`` and ``client`` are the only packages that speak Flower messages
+  (``simulations`` drives Flower's simulation engine).
+- ``ssl_core`` never imports ``privacy``: the objective comes before DP-SGD in the flow.
+- ``privacy`` imports ``ssl_core`` only in its DP-SGD engine, which consumes what comes before
+  it: the :class:`~fedssl.ssl_core.objectives.base.Objective` whose per-record losses it clips
+  and the layers it has per-record gradient rules for (``ssl_core.ws_layers``), plus the audit,
+  which checks the objectives' DP soundness. The modules after the trainer (accountant,
+  ledger, identity, certificates, client-level and distributed DP, secure aggregation) never
+  import ``ssl_core``: :data:`PRIVACY_SSL_CORE_USERS` lists the allowed ones, and each may
+  import only ``ssl_core.objectives``, ``ssl_core.ws_layers`` and ``ssl_core.dp_soundness``
+  (the error both an objective and the engine raise, defined below both).
+- ``client`` never imports ``server`` or ``simulations``; ``server`` never imports ``client``
+  or ``simulations``.
+- The package modules may import only the ``fedssl`` top-level modules in :data:`LEAVES`
+  (small utilities that themselves import no ``fedssl`` package), never the commands.
+- No import cycle between the modules of ``privacy`` (nor of ``ssl_core``).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+#: package folder -> import name (pyproject's package-dir mapping)
+PACKAGES = {"fedssl": "fedssl", "ssl_core": "fedssl.ssl_core", "privacy": "fedssl.privacy",
+            "client": "fedssl.client", "server": "fedssl.server",
+            "simulations": "fedssl.simulations"}
+#: fedssl top-level modules every package may import (they import no fedssl package)
+LEAVES = {"fedssl", "fedssl.atomic", "fedssl.quiet"}
+#: the privacy modules that may import ssl_core (the DP-SGD engine and the audit)
+PRIVACY_SSL_CORE_USERS = {"fedssl.privacy.dp_engine", "fedssl.privacy.dp_sgd",
+                          "fedssl.privacy.fast_clip", "fedssl.privacy.group_clip",
+                          "fedssl.privacy.ws_rules", "fedssl.privacy.audit"}
+PRIVACY_MAY_USE = ("fedssl.ssl_core.objectives", "fedssl.ssl_core.ws_layers",
+                   "fedssl.ssl_core.dp_soundness")
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for folder, name in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT / folder).with_suffix("").parts
+            if rel[-1] == "__init__":
+                rel = rel[:-1]
+            mods[".".join((name, *rel))] = path
+    return mods
+
+
+MODULES = _modules()
+
+
+def _imports(module: str, path: Path) -> set[tuple[str, int]]:
+    """``(imported name, line)`` for every import in the file; ``from a import b`` gives both
+    ``a`` and ``a.b`` (``b`` may be a submodule)."""
+    out = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {(a.name, node.lineno) for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            out.add((target, node.lineno))
+            out |= {(f"{target}.{a.name}", node.lineno) for a in node.names}
+    return out
+
+
+def _resolve(name: str) -> str | None:
+    """The fedssl module ``name`` refers to (itself or its longest module prefix)."""
+    while name:
+        if name in MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _edges() -> list[tuple[str, str, str, int]]:
+    """``(module, imported fedssl module or raw external name, file, line)``."""
+    edges = []
+    for mod, path in MODULES.items():
+        for name, line in _imports(mod, path):
+            target = _resolve(name) if name.startswith("fedssl") else name
+            if target and target != mod:
+                edges.append((mod, target, str(path.relative_to(ROOT)), line))
+    return edges
+
+
+EDGES = _edges()
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in PACKAGES else "fedssl"
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _violations(rule) -> list[str]:
+    return sorted({f"{file}:{line}: {mod} imports {target}"
+                   for mod, target, file, line in EDGES if rule(mod, target)})
+
+
+def test_the_graph_sees_the_known_imports() -> None:
+    """The parser resolves absolute, relative and lazy imports (guards the checks below)."""
+    pairs = {(m, t) for m, t, _, _ in EDGES}
+    assert ("fedssl.client.trainer", "fedssl.privacy.dp_sgd") in pairs
+    assert ("fedssl.server.app", "flwr.serverapp") in pairs or any(
+        m == "fedssl.server.app" and t.startswith("flwr") for m, t in pairs)
+    assert ("fedssl.privacy.secagg.client", "fedssl.privacy.secagg.shamir") in pairs
+    assert len(MODULES) > 60
+
+
+@pytest.mark.parametrize("low", ["ssl_core", "privacy"])
+def test_ssl_core_and_privacy_never_import_flower_or_the_packages_above(low: str) -> None:
+    above = ("flwr", "fedssl.server", "fedssl.client", "fedssl.simulations")
+    assert _violations(lambda m, t: _package(m) == low and _within(t, above)) == []
+
+
+def test_ssl_core_never_imports_privacy() -> None:
+    assert _violations(lambda m, t: _package(m) == "ssl_core"
+                       and _within(t, ("fedssl.privacy",))) == []
+
+
+def test_privacy_imports_ssl_core_only_in_the_dp_sgd_engine() -> None:
+    assert _violations(lambda m, t: _package(m) == "privacy"
+                       and _within(t, ("fedssl.ssl_core",))
+                       and (m not in PRIVACY_SSL_CORE_USERS
+                            or not _within(t, PRIVACY_MAY_USE))) == []
+
+
+def test_client_and_server_never_import_each_other_or_simulations() -> None:
+    assert _violations(lambda m, t: _package(m) == "client" and _within(
+        t, ("fedssl.server", "fedssl.simulations"))) == []
+    assert _violations(lambda m, t: _package(m) == "server" and _within(
+        t, ("fedssl.client", "fedssl.simulations"))) == []
+
+
+def test_packages_import_only_the_leaf_utilities_of_fedssl() -> None:
+    assert _violations(lambda m, t: _package(m) != "fedssl" and _package(t) == "fedssl"
+                       and t in MODULES and t not in LEAVES) == []
+    assert _violations(lambda m, t: m in LEAVES and t in MODULES
+                       and _package(t) != "fedssl") == []
+
+
+def _cycles(package: str) -> list[list[str]]:
+    graph: dict[str, set[str]] = {}
+    for mod, target, _, _ in EDGES:
+        # (a package's __init__ importing its own submodules is not a cycle of concern)
+        if (_package(mod) == package and target in MODULES and _package(target) == package
+                and not target.startswith(mod + ".")):
+            graph.setdefault(mod, set()).add(target)
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append([*stack[stack.index(nxt):], nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    return cycles
+
+
+@pytest.mark.parametrize("package", ["privacy", "ssl_core"])
+def test_no_import_cycle_inside(package: str) -> None:
+    assert _cycles(package) == []
