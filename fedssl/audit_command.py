@@ -171,13 +171,13 @@ def load_run_config(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
 
 def _empirical_targets(args: argparse.Namespace, result: Any) -> list[dict[str, Any]]:
     """The mechanisms to audit: from the CLI, or from the chosen clients' ledgers."""
-    from fedssl.privacy.empirical_audit import Segment
+    from fedssl.privacy.empirical_audit import MechanismSegment
 
     explicit = (args.noise_multiplier, args.sample_rate, args.steps)
     if any(v is not None for v in explicit):
         if any(v is None for v in explicit):
             raise ValueError("--noise-multiplier, --sample-rate and --steps go together")
-        seg = Segment(args.noise_multiplier, args.sample_rate, args.steps,
+        seg = MechanismSegment(args.noise_multiplier, args.sample_rate, args.steps,
                       args.max_grad_norm if args.max_grad_norm is not None else 1.0)
         delta = args.delta or (result.delta if result is not None and result.delta else 1e-5)
         return [{"client": args.client if args.client not in (None, "all") else None,
@@ -199,7 +199,7 @@ def _empirical_targets(args: argparse.Namespace, result: Any) -> list[dict[str, 
         chosen = [max(clients, key=lambda c: c.last.recorded)]
     targets = []
     for c in chosen:
-        segs = [Segment(e.effective_noise, e.sample_rate, e.steps,
+        segs = [MechanismSegment(e.effective_noise, e.sample_rate, e.steps,
                         args.max_grad_norm if args.max_grad_norm is not None
                         else e.max_grad_norm)
                 for e in c.entries]
@@ -226,6 +226,7 @@ def _run_audit(args: argparse.Namespace) -> int:
     """:func:`run_audit` without the output filtering."""
     from fedssl.privacy.audit import (
         AuditResult,
+        FindingKind,
         audit_run,
         format_findings,
         format_table,
@@ -286,7 +287,7 @@ def _run_audit(args: argparse.Namespace) -> int:
             result.empirical.append(er.to_dict())
             who = f"empirical audit{' of ' + er.client if er.client else ''}"
             if er.violation:
-                result.add("error", "empirical-violation",
+                result.add("error", FindingKind.EMPIRICAL_VIOLATION,
                            f"empirical epsilon lower bound {er.epsilon_lower_bound:.3f} "
                            f"({100 * er.confidence:g} % confidence, {er.correct}/{er.guesses} "
                            f"canary guesses right) exceeds {er.tightest_bound:.3f}, the "

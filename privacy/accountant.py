@@ -23,7 +23,10 @@ ACCOUNTANTS = ("prv", "rdp", "gdp")
 #: accountants whose epsilon is a guaranteed upper bound (usable for budgets and reports)
 UPPER_BOUND_ACCOUNTANTS = ("prv", "rdp")
 
-Segment = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
+#: steps of DP-SGD at one setting, as the accountants compose them:
+#: ``(noise_multiplier, sample_rate, steps)``; a history is a sequence of them (the one
+#: definition: :mod:`fedssl.privacy.audit` and the client's guard import it from here)
+Segment = tuple[float, float, int]
 
 
 class AccountingError(ValueError):

@@ -66,13 +66,14 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS, epsilon_of
+from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS, Segment, epsilon_of
 from fedssl.privacy.identity import IdentityError, load_public_key, load_registry
 from fedssl.privacy.ledger import (
     LEGACY_RUN,
@@ -91,9 +92,6 @@ AGREEMENT_TOLERANCE = 0.05
 #: Opacus's PRV accountant returns the upper end of an absolute 0.01 error band, so PRV sits
 #: 0.01 above PLD at every setting measured: at small epsilons that is several per cent
 PRV_EPS_ERROR = 0.01
-
-Segment = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
-
 
 def key_fingerprint(key: Ed25519PublicKey) -> str:
     """``SHA256:`` and the first 16 hex digits of SHA-256 over the raw 32-byte public key."""
@@ -217,16 +215,56 @@ def reference_epsilon(prv: float, pld: float) -> float:
 # --------------------------------------------------------------------------------------------
 # result types
 # --------------------------------------------------------------------------------------------
+class FindingKind(StrEnum):
+    """What an audit finding is about. A ``str`` (``StrEnum``): ``Finding.kind`` compares,
+    hashes, prints and serialises to JSON exactly as the string value, which is what the text
+    and JSON reports have always carried (``epsilon-understated`` is a ledger entry whose
+    recorded epsilon is below the recomputed one; ``understated-epsilon`` the client-level
+    claim of ``report.json``)."""
+
+    UNSOUND_CONFIG = "unsound-config"
+    MISSING_PUBLIC_KEY = "missing-public-key"
+    BAD_PUBLIC_KEY = "bad-public-key"
+    LEDGER_KEY_NOT_REGISTERED = "ledger-key-not-registered"
+    LEDGER_KEY_MISMATCH = "ledger-key-mismatch"
+    LEDGER_KEY_SHARED = "ledger-key-shared"
+    LEDGER_INVALID = "ledger-invalid"
+    CLIENT_MISMATCH = "client-mismatch"
+    INVALID_ENTRY = "invalid-entry"
+    SENSITIVITY_UNDERSTATED = "sensitivity-understated"
+    UNSOUND_ACCOUNTANT = "unsound-accountant"
+    ZERO_NOISE = "zero-noise"
+    DELTA_MISMATCH = "delta-mismatch"
+    ACCOUNTANT_FAILURE = "accountant-failure"
+    EPSILON_UNDERSTATED = "epsilon-understated"
+    ACCOUNTANT_DISAGREEMENT = "accountant-disagreement"
+    BUDGET_OVERRUN = "budget-overrun"
+    REPORT_MISMATCH = "report-mismatch"
+    CLIENT_LEVEL = "client-level"
+    UNDERSTATED_EPSILON = "understated-epsilon"
+    NO_IDENTITY_REGISTRY = "no-identity-registry"
+    BAD_REGISTRY = "bad-registry"
+    MISSING_CONFIG = "missing-config"
+    MISSING_LEDGER = "missing-ledger"
+    UNEXPECTED_LEDGER = "unexpected-ledger"
+    EMPTY_LEDGER = "empty-ledger"
+    EMPIRICAL_VIOLATION = "empirical-violation"
+
+
 @dataclass
 class Finding:
     """One problem found. Every finding fails the audit (exit 1); ``severity`` ranks them:
     ``error`` (a privacy claim is false or unverifiable) or ``warning`` (suspicious)."""
 
     severity: str
-    kind: str
+    kind: FindingKind
     message: str
     client: str | None = None
     round: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, FindingKind):
+            raise TypeError(f"Finding.kind must be a FindingKind, got {self.kind!r}")
 
 
 @dataclass
@@ -277,7 +315,7 @@ class ClientAudit:
     chain_verified: bool = False
     #: this run's entries (what the run's claims are checked against)
     entries: list[EntryCheck] = field(default_factory=list)
-    kinds: list[str] = field(default_factory=list)
+    kinds: list[FindingKind] = field(default_factory=list)
     #: every entry of the ledger, all runs (the lifetime spend)
     all_entries: list[EntryCheck] = field(default_factory=list)
     run_id: str | None = None
@@ -340,7 +378,7 @@ class AuditResult:
     def clean(self) -> bool:
         return not self.findings
 
-    def add(self, severity: str, kind: str, message: str, client: str | None = None,
+    def add(self, severity: str, kind: FindingKind, message: str, client: str | None = None,
             round: int | None = None) -> None:
         self.findings.append(Finding(severity, kind, message, client, round))
         for c in self.clients:
@@ -442,31 +480,31 @@ def _check_config(res: AuditResult, cfg: Mapping[str, Any]) -> None:
         return
     method = str(cfg.get("method", ""))
     if method not in OBJECTIVES:
-        res.add("error", "unsound-config",
+        res.add("error", FindingKind.UNSOUND_CONFIG,
                 f"dp = true with unknown method {method!r}: its per-record decomposability "
                 "(required for per-record clipping to bound the sensitivity) can't be checked")
     elif _method_sensitivity(method) is None:
-        res.add("error", "unsound-config",
+        res.add("error", FindingKind.UNSOUND_CONFIG,
                 f"dp = true with method {method!r}, whose objective is not per-record "
                 "decomposable: per-record clipping does not bound one record's influence, so "
                 "no recorded epsilon of this run is a valid guarantee")
     noise = float(cfg.get("noise_multiplier", 0.0) or 0.0)
     target = float(cfg.get("target_epsilon", 0.0) or 0.0)
     if noise <= 0 and target <= 0:
-        res.add("error", "unsound-config",
+        res.add("error", FindingKind.UNSOUND_CONFIG,
                 "dp = true but neither a target epsilon nor a positive noise multiplier is "
                 "set: DP-SGD without noise gives no privacy (epsilon = inf)")
     accountant = str(cfg.get("accountant", "prv"))
     if accountant not in UPPER_BOUND_ACCOUNTANTS:
-        res.add("error", "unsound-config",
+        res.add("error", FindingKind.UNSOUND_CONFIG,
                 f"accountant {accountant!r} is not a guaranteed upper bound (use one of "
                 f"{', '.join(UPPER_BOUND_ACCOUNTANTS)})")
     clip = float(cfg.get("max_grad_norm", 1.0) or 0.0)
     if clip <= 0:
-        res.add("error", "unsound-config", f"max_grad_norm = {clip}: nothing is clipped")
+        res.add("error", FindingKind.UNSOUND_CONFIG, f"max_grad_norm = {clip}: nothing is clipped")
     delta = cfg.get("delta")
     if delta is not None and not 0 < float(delta) < 1:
-        res.add("error", "unsound-config", f"delta = {delta} is not in (0, 1)")
+        res.add("error", FindingKind.UNSOUND_CONFIG, f"delta = {delta} is not in (0, 1)")
 
 
 def _load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
@@ -479,13 +517,13 @@ def _load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
     pub = path.with_suffix(".pub")
     key = None
     if not pub.exists():
-        res.add("error", "missing-public-key",
+        res.add("error", FindingKind.MISSING_PUBLIC_KEY,
                 f"{pub.name} is missing: the ledger's signatures cannot be verified", name)
     else:
         try:
             key = load_public_key(pub)
         except IdentityError as exc:
-            res.add("error", "bad-public-key", f"{pub.name}: {exc}", name)
+            res.add("error", FindingKind.BAD_PUBLIC_KEY, f"{pub.name}: {exc}", name)
     if key is not None:
         audit.key_fingerprint = key_fingerprint(key)
     if registry is not None:
@@ -504,12 +542,12 @@ def _load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
         audit.registered = anchor is not None and (
             key is None or audit.key_fingerprint == audit.registry_fingerprint)
         if anchor is None:
-            res.add("error", "ledger-key-not-registered",
+            res.add("error", FindingKind.LEDGER_KEY_NOT_REGISTERED,
                     f"the ledger key {audit.key_fingerprint or '-'} of {name} is not in the "
                     f"identity registry ({res.registry}), under its name or any other: "
                     "nothing ties it to a site", name)
         elif key is not None and audit.key_fingerprint != audit.registry_fingerprint:
-            res.add("error", "ledger-key-mismatch",
+            res.add("error", FindingKind.LEDGER_KEY_MISMATCH,
                     f"{pub.name} holds key {audit.key_fingerprint}, but the identity registry "
                     f"lists {audit.registry_fingerprint} for {name}: the ledger was not signed "
                     "with the site's registered key", name)
@@ -518,7 +556,7 @@ def _load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
         shared = [c.client for c in res.clients if c is not audit and c.registry_name
                   and c.registry_name == audit.registry_name]
         if audit.registered and shared:
-            res.add("error", "ledger-key-shared",
+            res.add("error", FindingKind.LEDGER_KEY_SHARED,
                     f"{name}'s ledger is signed with registered identity "
                     f"{audit.registry_name}'s key, as {', '.join(shared)}'s is: one registered "
                     "key signs one site's ledger", name)
@@ -528,7 +566,7 @@ def _load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
             entries = read_ledger(path, key)
             audit.signature_verified = audit.chain_verified = True
         except LedgerError as exc:
-            res.add("error", "ledger-invalid", str(exc), name)
+            res.add("error", FindingKind.LEDGER_INVALID, str(exc), name)
             key = None
             entries = []
             # still show numbers if at least the chain holds (wrong key or forged signature)
@@ -543,7 +581,7 @@ def _load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
             entries = read_ledger(path, None)
             audit.chain_verified = True
         except LedgerError as exc:
-            res.add("error", "ledger-invalid", str(exc), name)
+            res.add("error", FindingKind.LEDGER_INVALID, str(exc), name)
     return entries
 
 
@@ -551,7 +589,7 @@ def _check_entries(res: AuditResult, audit: ClientAudit, entries: list[LedgerEnt
     name = audit.client
     for e in entries:
         if e.client != name:
-            res.add("error", "client-mismatch",
+            res.add("error", FindingKind.CLIENT_MISMATCH,
                     f"entry names client {e.client!r} but the ledger file is {name}.jsonl",
                     name, e.round)
             break
@@ -564,14 +602,14 @@ def _check_entries(res: AuditResult, audit: ClientAudit, entries: list[LedgerEnt
             effective_noise_multiplier(e.noise_multiplier, e.extra)
             sensitivity = float(e.extra.get("sensitivity", 1.0))
         except LedgerError as exc:
-            res.add("error", "invalid-entry", str(exc), name, e.round)
+            res.add("error", FindingKind.INVALID_ENTRY, str(exc), name, e.round)
             sensitivity = math.nan
         if required is not None and sensitivity < required:
             # the accountant divides the noise by the recorded sensitivity: one below the
             # method's would make every epsilon over this entry too small
             recorded = ("extra.sensitivity" if "sensitivity" in e.extra
                         else "no extra.sensitivity, so the default")
-            res.add("error", "sensitivity-understated",
+            res.add("error", FindingKind.SENSITIVITY_UNDERSTATED,
                     f"entry records sensitivity {sensitivity:g} ({recorded}), but method "
                     f"{res.method!r} clips with sensitivity {required}: its "
                     f"epsilon is computed at noise {e.noise_multiplier:g} / {sensitivity:g} "
@@ -589,22 +627,23 @@ def _check_entries(res: AuditResult, audit: ClientAudit, entries: list[LedgerEnt
             check.cumulative_steps = cumulative
             audit.entries.append(check)
         if e.accountant not in UPPER_BOUND_ACCOUNTANTS:
-            res.add("error", "unsound-accountant",
+            res.add("error", FindingKind.UNSOUND_ACCOUNTANT,
                     f"recorded with accountant {e.accountant!r}, which is not a guaranteed "
                     "upper bound", name, e.round)
         if e.steps > 0 and e.noise_multiplier <= 0:
-            res.add("error", "zero-noise",
+            res.add("error", FindingKind.ZERO_NOISE,
                     f"{e.steps} DP-SGD steps with noise multiplier {e.noise_multiplier}: "
                     "epsilon is infinite", name, e.round)
         if not (0 < e.sample_rate <= 1) or e.steps < 0 or e.max_grad_norm <= 0:
-            res.add("error", "invalid-entry",
+            res.add("error", FindingKind.INVALID_ENTRY,
                     f"impossible parameters: sample_rate={e.sample_rate}, steps={e.steps}, "
                     f"max_grad_norm={e.max_grad_norm}", name, e.round)
         if not 0 < e.delta < 1:
-            res.add("error", "invalid-entry", f"delta {e.delta} not in (0, 1)", name, e.round)
+            res.add("error", FindingKind.INVALID_ENTRY, f"delta {e.delta} not in (0, 1)", name,
+                    e.round)
         elif (e.run == audit.run_id and res.delta is not None
               and not math.isclose(e.delta, res.delta, rel_tol=1e-9)):
-            res.add("error", "delta-mismatch",
+            res.add("error", FindingKind.DELTA_MISMATCH,
                     f"entry delta {e.delta:g} differs from the configured delta "
                     f"{res.delta:g}", name, e.round)
     if not audit.entries:
@@ -650,39 +689,39 @@ def _recompute(res: AuditResult, audit: ClientAudit) -> None:
         ref = c.reference
         other = "" if c.run == audit.run_id else f" (run {c.run})"
         if math.isnan(ref):
-            res.add("error", "accountant-failure",
+            res.add("error", FindingKind.ACCOUNTANT_FAILURE,
                     "neither PRV nor PLD could evaluate this entry", name, c.round)
             continue
         if c.recorded < ref * (1 - tol):
-            res.add("error", "epsilon-understated",
+            res.add("error", FindingKind.EPSILON_UNDERSTATED,
                     f"recorded epsilon{other} {c.recorded:.4g} is below the recomputed "
                     f"{ref:.4g} (max of PRV {c.prv:.4g}, PLD {c.pld:.4g}) by "
                     f"{100 * (1 - c.recorded / ref):.1f} % (> {100 * tol:g} %)", name, c.round)
         lref = c.lifetime_reference
         if not math.isnan(lref) and c.recorded_lifetime < lref * (1 - tol):
-            res.add("error", "epsilon-understated",
+            res.add("error", FindingKind.EPSILON_UNDERSTATED,
                     f"recorded lifetime epsilon{other} {c.recorded_lifetime:.4g} is below the "
                     f"recomputed composition of every entry so far {lref:.4g} by more than "
                     f"{100 * tol:g} %", name, c.round)
         finite = [v for v in (c.prv, c.pld) if math.isfinite(v)]
         if len(finite) == 2 and abs(finite[0] - finite[1]) > (
                 AGREEMENT_TOLERANCE * max(finite) + 2 * PRV_EPS_ERROR):
-            res.add("warning", "accountant-disagreement",
+            res.add("warning", FindingKind.ACCOUNTANT_DISAGREEMENT,
                     f"PRV {c.prv:.4g} and PLD {c.pld:.4g} differ by more than "
                     f"{100 * AGREEMENT_TOLERANCE:g} % + {2 * PRV_EPS_ERROR:g}", name, c.round)
         if math.isfinite(c.rdp) and finite and c.rdp < min(finite) * (1 - tol):
-            res.add("warning", "accountant-disagreement",
+            res.add("warning", FindingKind.ACCOUNTANT_DISAGREEMENT,
                     f"RDP {c.rdp:.4g} is below PRV/PLD {min(finite):.4g}: one accountant "
                     "is not an upper bound here", name, c.round)
     if res.budget is not None:  # a run's target: checked against the run's epsilon
         for c in audit.entries:
             if c.recorded > res.budget:
-                res.add("error", "budget-overrun",
+                res.add("error", FindingKind.BUDGET_OVERRUN,
                         f"recorded epsilon {c.recorded:.4g} exceeds the budget "
                         f"{res.budget:g} ({res.budget_source})", name, c.round)
                 break
             if c.reference > res.budget * (1 + tol):
-                res.add("error", "budget-overrun",
+                res.add("error", FindingKind.BUDGET_OVERRUN,
                         f"recomputed epsilon {c.reference:.4g} exceeds the budget "
                         f"{res.budget:g} ({res.budget_source}) by more than {100 * tol:g} %",
                         name, c.round)
@@ -697,30 +736,30 @@ def _check_report(res: AuditResult, run_dir: Path) -> None:
     try:
         report = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        res.add("error", "report-mismatch", f"report.json unreadable: {exc}")
+        res.add("error", FindingKind.REPORT_MISMATCH, f"report.json unreadable: {exc}")
         return
     privacy = report.get("privacy") if isinstance(report, dict) else None
     ledgers = {c.client: c for c in res.clients if c.entries}
     if (isinstance(privacy, dict) and privacy.get("run_id") is not None
             and res.run_id is not None and str(privacy["run_id"]) != res.run_id):
-        res.add("error", "report-mismatch",
+        res.add("error", FindingKind.REPORT_MISMATCH,
                 f"report.json is for run {privacy['run_id']}, the run directory's run id is "
                 f"{res.run_id}")
     if not privacy:
         if res.dp or ledgers:
-            res.add("error", "report-mismatch",
+            res.add("error", FindingKind.REPORT_MISMATCH,
                     "report.json has no privacy block although DP is on / ledgers exist")
         return
     if res.delta is not None and privacy.get("delta") is not None and not math.isclose(
             float(privacy["delta"]), res.delta, rel_tol=1e-9):
-        res.add("error", "report-mismatch",
+        res.add("error", FindingKind.REPORT_MISMATCH,
                 f"report.json delta {privacy['delta']} differs from the configured "
                 f"{res.delta:g}")
     reported = privacy.get("clients") or {}
     for cid, row in sorted(reported.items()):
         audit = ledgers.get(cid)
         if audit is None:
-            res.add("error", "report-mismatch",
+            res.add("error", FindingKind.REPORT_MISMATCH,
                     f"report.json gives epsilon for {cid}, which has no readable ledger", cid)
             continue
         last = audit.last
@@ -750,10 +789,10 @@ def _check_report(res: AuditResult, run_dir: Path) -> None:
         except (TypeError, ValueError) as exc:
             problems.append(f"unreadable values ({exc})")
         if problems:
-            res.add("error", "report-mismatch",
+            res.add("error", FindingKind.REPORT_MISMATCH,
                     "report.json disagrees with the ledger: " + "; ".join(problems), cid)
     for cid in sorted(set(ledgers) - set(reported)):
-        res.add("error", "report-mismatch",
+        res.add("error", FindingKind.REPORT_MISMATCH,
                 f"{cid} has a ledger but report.json gives no epsilon for it", cid)
 
 
@@ -777,15 +816,16 @@ def _check_client_level(res: AuditResult, run_dir: Path) -> None:
         released = [SkellamRound(**{k: float(v) for k, v in r.items()})
                     for r in level.get("released", [])]
     except (KeyError, TypeError, ValueError) as exc:
-        res.add("error", "client-level", f"report.json client_level block malformed ({exc})")
+        res.add("error", FindingKind.CLIENT_LEVEL,
+                f"report.json client_level block malformed ({exc})")
         return
     if "Skellam" in str(level.get("mechanism", "")):
         if len(released) != rounds:
-            res.add("error", "client-level", f"client_level lists {len(released)} released "
-                    f"rounds but claims {rounds}")
+            res.add("error", FindingKind.CLIENT_LEVEL,
+                    f"client_level lists {len(released)} released rounds but claims {rounds}")
         if any(r.noise_multiplier != z for r in released):
-            res.add("error", "client-level", "a released round's noise multiplier differs "
-                    "from the configured one")
+            res.add("error", FindingKind.CLIENT_LEVEL,
+                    "a released round's noise multiplier differs from the configured one")
         recomputed = skellam_epsilon(released, delta)
         floor = pld_epsilons([(z, 1.0, rounds)], [delta])[-1] if rounds else 0.0
         what = "Skellam RDP (Agarwal et al. 2021)"
@@ -798,7 +838,7 @@ def _check_client_level(res: AuditResult, run_dir: Path) -> None:
                         "recomputed": recomputed, "gaussian_floor": floor,
                         "accountant": what, "rounds": rounds}
     if recorded < recomputed * (1 - res.tolerance) or recorded < floor * (1 - res.tolerance):
-        res.add("error", "understated-epsilon",
+        res.add("error", FindingKind.UNDERSTATED_EPSILON,
                 f"client-level epsilon {recorded:.4g} is below the recomputation "
                 f"{recomputed:.4g} ({what}; Gaussian floor {floor:.4g})")
     if res.budget is not None and recomputed > res.budget * (1 + res.tolerance):
@@ -820,7 +860,7 @@ def _load_registry(res: AuditResult, run_dir: Path, given: Path | None,
         if not needed:
             res.notes.append(f"no identity registry ({where} not found); no ledger to check")
             return None
-        res.add("warning", "no-identity-registry",
+        res.add("warning", FindingKind.NO_IDENTITY_REGISTRY,
                 f"no identity registry ({where} not found): each ledger's signatures were "
                 "checked only against the .pub stored next to it, which whoever rewrote the "
                 "ledger could replace; give --registry CERTS/identities.json")
@@ -829,7 +869,7 @@ def _load_registry(res: AuditResult, run_dir: Path, given: Path | None,
     try:
         return {cid: pub for cid, (_, pub) in load_registry(path).items()}
     except IdentityError as exc:
-        res.add("error", "bad-registry", str(exc))
+        res.add("error", FindingKind.BAD_REGISTRY, str(exc))
         return None
 
 
@@ -884,7 +924,7 @@ def audit_run(
     res = AuditResult(run_dir=str(run_dir), budget=budget, budget_source=source, delta=delta,
                       tolerance=tolerance, dp=dp, method=cfg.get("method"), run_id=run_id)
     if config is None:
-        res.add("error", "missing-config", cfg_error)
+        res.add("error", FindingKind.MISSING_CONFIG, cfg_error)
     _check_config(res, cfg)
     if budget is None:
         res.notes.append("no epsilon budget (target_epsilon = 0 and no --budget): budget not "
@@ -893,10 +933,10 @@ def audit_run(
     ledger_dir = run_dir / "ledger"
     paths = sorted(ledger_dir.glob("*.jsonl")) if ledger_dir.is_dir() else []
     if not paths and dp:
-        res.add("error", "missing-ledger",
+        res.add("error", FindingKind.MISSING_LEDGER,
                 "dp = true but RUN/ledger holds no ledgers: no privacy claim can be verified")
     if paths and dp is False:
-        res.add("warning", "unexpected-ledger", "ledgers exist although dp = false")
+        res.add("warning", FindingKind.UNEXPECTED_LEDGER, "ledgers exist although dp = false")
     keys = _load_registry(res, run_dir, registry, cfg, needed=bool(paths))
     for pub in sorted(ledger_dir.glob("*.pub")) if ledger_dir.is_dir() else []:
         if not pub.with_suffix(".jsonl").exists():
@@ -911,7 +951,8 @@ def audit_run(
         entries = _load_ledger(res, path, audit, keys)
         if not entries:
             if audit.chain_verified:
-                res.add("warning", "empty-ledger", f"{path.name} has no entries", audit.client)
+                res.add("warning", FindingKind.EMPTY_LEDGER, f"{path.name} has no entries",
+                        audit.client)
             continue
         _check_entries(res, audit, entries)
         _recompute(res, audit)

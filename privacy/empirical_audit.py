@@ -55,9 +55,9 @@ bound at or below the claim is ``no-violation-detected``, with the power stated.
 
 Example::
 
-    from fedssl.privacy.empirical_audit import Segment, run_canary_audit
+    from fedssl.privacy.empirical_audit import MechanismSegment, run_canary_audit
 
-    res = run_canary_audit([Segment(4.0, 0.5, 20, 1.0)], delta=1e-5, canaries=10_000)
+    res = run_canary_audit([MechanismSegment(4.0, 0.5, 20, 1.0)], delta=1e-5, canaries=10_000)
     assert res.epsilon_lower_bound <= res.claimed_epsilon
 """
 
@@ -76,6 +76,8 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from scipy import stats
 from torch import nn
 
+from fedssl.privacy.accountant import Segment
+
 #: a canary's raw gradient norm, in units of the clip norm: the optimizer must clip it to C
 CANARY_NORM = 10.0
 #: fractions 2k/m of canaries guessed that are tried by default (Bonferroni-corrected), each
@@ -88,13 +90,21 @@ _BLOCK = 1 << 17
 
 
 @dataclass(frozen=True)
-class Segment:
-    """Steps of DP-SGD with one setting (one ledger entry, or one CLI-given mechanism)."""
+class MechanismSegment:
+    """Steps of DP-SGD with one setting (one ledger entry, or one CLI-given mechanism), as the
+    canary audit replays them: the accountant's :data:`fedssl.privacy.accountant.Segment`
+    (``accounted``) plus the clip norm the replayed steps clip to. A separate type because it
+    describes a mechanism to run, not a history to compose."""
 
     noise_multiplier: float
     sample_rate: float
     steps: int
     max_grad_norm: float = 1.0
+
+    @property
+    def accounted(self) -> Segment:
+        """The ``(noise_multiplier, sample_rate, steps)`` the accountants compose."""
+        return (self.noise_multiplier, self.sample_rate, self.steps)
 
 
 @dataclass
@@ -119,7 +129,7 @@ class CanaryAuditResult:
     max_detectable_epsilon: float
     noise_scale: float
     seconds: float
-    segments: list[Segment]
+    segments: list[MechanismSegment]
     per_k: list[dict[str, float]] = field(default_factory=list)
     client: str | None = None
     tightest_bound: float = math.nan
@@ -238,7 +248,7 @@ def guess_sets(canaries: int, guesses: int | None) -> list[tuple[int, bool]]:
     return [(k, side) for k in ks for side in (False, True)]
 
 
-def detection_power(segments: Sequence[Segment], canaries: int, delta: float,
+def detection_power(segments: Sequence[MechanismSegment], canaries: int, delta: float,
                     sets: Sequence[tuple[int, bool]], level: float) -> tuple[float, float]:
     """``(max_detectable, noise_free)``: the largest lower bound the guess ``sets`` could
     certify at ``level`` if every guess were right, and the one a noise-free version of the
@@ -274,7 +284,7 @@ def _chunk_size(m: int, sample_rate: float) -> int:
 
 
 def canary_scores(
-    segments: Sequence[Segment],
+    segments: Sequence[MechanismSegment],
     included: np.ndarray,
     noise_scale: float = 1.0,
     generator: torch.Generator | None = None,
@@ -327,17 +337,17 @@ def canary_scores(
     return scores
 
 
-def claimed_epsilons(segments: Sequence[Segment], delta: float) -> dict[str, float]:
+def claimed_epsilons(segments: Sequence[MechanismSegment], delta: float) -> dict[str, float]:
     """Upper bounds of the claimed mechanism: Opacus PRV and Google PLD (see privacy.audit)."""
     from fedssl.privacy.audit import recompute
 
-    history = tuple((s.noise_multiplier, s.sample_rate, s.steps) for s in segments)
+    history = tuple(s.accounted for s in segments)
     eps = recompute(history, (delta,) * len(history), accountants=("prv", "pld"))
     return {name: values[-1] for name, values in eps.items()}
 
 
 def run_canary_audit(
-    segments: Sequence[Segment],
+    segments: Sequence[MechanismSegment],
     delta: float,
     canaries: int = 10_000,
     guesses: int | None = None,

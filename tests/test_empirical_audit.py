@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fedssl.privacy.empirical_audit import (
-    Segment,
+    MechanismSegment,
     epsilon_lower_bound,
     guess_counts,
     p_value,
@@ -22,7 +22,7 @@ from fedssl.privacy.empirical_audit import (
 from tests.test_audit import audit, make_run
 
 #: claims epsilon ~2.4 at delta 1e-5; with 10k canaries the audit can certify up to ~6.7
-MECHANISM = Segment(noise_multiplier=4.0, sample_rate=0.5, steps=20, max_grad_norm=1.0)
+MECHANISM = MechanismSegment(noise_multiplier=4.0, sample_rate=0.5, steps=20, max_grad_norm=1.0)
 
 
 def test_bound_matches_closed_form_without_delta() -> None:
@@ -92,7 +92,7 @@ def test_cli_empirical_on_run_dir(tmp_path: Path) -> None:
 # --- issue 16.3c: an audit without power says so; 16.3d: the claim shown is the recorded one
 #: 16 DP-SGD steps at q = 0.05 calibrated to a target epsilon of 4 (calibrate_noise: PRV
 #: 3.998, PLD 3.988: the issue's run)
-SIXTEEN = Segment(noise_multiplier=0.728759765625, sample_rate=0.05, steps=16,
+SIXTEEN = MechanismSegment(noise_multiplier=0.728759765625, sample_rate=0.05, steps=16,
                   max_grad_norm=1.0)
 
 
@@ -115,7 +115,7 @@ def test_noise_free_sixteen_step_mechanism_is_never_ok(capsys: pytest.CaptureFix
 
 
 def test_claims_beyond_what_the_canaries_can_certify_are_inconclusive() -> None:
-    res = run_canary_audit([Segment(0.7, 0.4, 16, 1.0)], 1e-5, canaries=4_000,
+    res = run_canary_audit([MechanismSegment(0.7, 0.4, 16, 1.0)], 1e-5, canaries=4_000,
                            noise_scale=0.0, progress=False)
     assert res.claimed_epsilon > res.max_detectable_epsilon
     assert res.verdict == "inconclusive" and "even if every guess were right" in res.reason
@@ -124,7 +124,7 @@ def test_claims_beyond_what_the_canaries_can_certify_are_inconclusive() -> None:
 def test_a_detectable_leak_is_a_violation() -> None:
     """Noise-free at q = 0.01 over 16 steps claims 0.43: only the one-sided guesses (the few
     sampled canaries are certain) see it; symmetric guesses alone stayed below the claim."""
-    leak = Segment(1.0, 0.01, 16, 1.0)
+    leak = MechanismSegment(1.0, 0.01, 16, 1.0)
     res = run_canary_audit([leak], 1e-5, canaries=10_000, noise_scale=0.0, progress=False)
     assert res.verdict == "violation" and res.epsilon_lower_bound > 2 * res.claimed_epsilon
     best = max(res.per_k, key=lambda k: k["epsilon_lower_bound"])

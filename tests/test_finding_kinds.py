@@ -1,0 +1,67 @@
+"""Audit finding kinds are one enum (issue 14): the reports carry the same strings as before."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from fedssl.privacy.audit import AuditResult, Finding, FindingKind, format_findings, write_audit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _result() -> AuditResult:
+    res = AuditResult(run_dir="run", budget=8.0, budget_source="config", delta=1e-5,
+                      tolerance=0.01, dp=True, method="simsiam")
+    res.add("error", FindingKind.EPSILON_UNDERSTATED, "recorded 1.0 < recomputed 2.0",
+            "client-0", 3)
+    res.add("warning", FindingKind.NO_IDENTITY_REGISTRY, "no registry")
+    return res
+
+
+def test_json_and_text_output_carry_the_same_strings_as_before(tmp_path: Path) -> None:
+    res = _result()
+    data = json.loads(json.dumps(res.to_dict()))
+    assert [(f["severity"], f["kind"]) for f in data["findings"]] == [
+        ("error", "epsilon-understated"), ("warning", "no-identity-registry")]
+    written = json.loads(write_audit(res, tmp_path, plot=False)["json"].read_text())
+    assert [f["kind"] for f in written["findings"]] == ["epsilon-understated",
+                                                       "no-identity-registry"]
+    assert format_findings(res).splitlines()[0] == (
+        "[error] epsilon-understated (client-0 round 3): recorded 1.0 < recomputed 2.0")
+    # the kinds still compare and hash as their strings (callers filter on them)
+    assert {f.kind for f in res.findings} == {"epsilon-understated", "no-identity-registry"}
+    assert FindingKind("report-mismatch") is FindingKind.REPORT_MISMATCH
+
+
+def test_a_finding_with_a_bare_string_kind_is_refused() -> None:
+    with pytest.raises(TypeError, match="FindingKind"):
+        Finding("error", "epsilon-understated", "m")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="FindingKind"):
+        _result().add("error", "zero-noise", "m")  # type: ignore[arg-type]
+
+
+def test_every_finding_in_the_source_is_created_with_the_enum() -> None:
+    """Every ``.add(severity, kind, ...)`` / ``Finding(...)`` call passes ``FindingKind.X``."""
+    bad, calls = [], 0
+    for path in [*(ROOT / "privacy").rglob("*.py"), *(ROOT / "fedssl").rglob("*.py"),
+                 *(ROOT / "server").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or len(node.args) < 2:
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            sev = node.args[0]
+            if name not in ("add", "Finding") or not (
+                    isinstance(sev, ast.Constant) and sev.value in ("error", "warning")):
+                continue
+            calls += 1
+            kind = node.args[1]
+            if not (isinstance(kind, ast.Attribute) and isinstance(kind.value, ast.Name)
+                    and kind.value.id == "FindingKind" and kind.attr in FindingKind.__members__):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert calls > 40
+    assert bad == []
