@@ -5,7 +5,8 @@ validate their updates (:class:`~fedssl.server.strategy.FedSSLStrategy`), averag
 and every ``eval-every`` rounds (and after the last) evaluate the global encoder with a linear
 probe and kNN on the server's labelled split. Round 0 evaluates the randomly initialised
 encoder, the baseline every result is compared with. At the end the encoder is exported and
-``report.json`` and the plots are written (see DESIGN.md, "Run directory contract").
+``report.json`` and the plots are written (see README.md, "Run directory", and
+docs/architecture.md).
 
 Configuration is Flower's run config (kebab-case keys, ``[tool.flwr.app.config]`` in
 pyproject.toml for ``flwr run .``); ``fedssl simulate`` passes its resolved experiment config

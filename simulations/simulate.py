@@ -4,7 +4,7 @@ The driver checks everything it can before any actor starts (config values, the 
 the partition sizes, DP soundness of the method), so that bad input fails in a second with a
 clear message rather than inside a Ray worker. It then runs the real fedssl ServerApp and
 ClientApp with ``flwr.simulation.run_simulation`` and returns the run directory, whose layout
-is DESIGN.md's run-directory contract.
+is README.md's "Run directory" (and docs/architecture.md).
 """
 
 from __future__ import annotations
