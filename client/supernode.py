@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedssl.privacy.certs import CA_CERT, CertError, node_public_key
+from fedssl.processes import start_process, stop_process
 from fedssl.quiet import is_noise
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
 from fedssl.ssl_core.datasets import infer_dataset as _infer_dataset
@@ -316,9 +317,9 @@ class SuperNodeRunner:
         """Start, wait for the exit, return its code (the pump thread is not waited for:
         Flower's SuperExec inherits the pipe and outlives the SuperNode by a moment)."""
         # same process group as `fedssl client`: Ctrl-C (or killing the group) stops it too
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=self.env, text=True,
-                                     errors="replace", bufsize=1)
+        self.proc = start_process(self.cmd, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, env=self.env, text=True,
+                                  errors="replace", bufsize=1)
         pump = threading.Thread(target=self._pump, name="fedssl-supernode-output",
                                 daemon=True)
         pump.start()
@@ -328,13 +329,8 @@ class SuperNodeRunner:
 
     def stop(self) -> None:
         """Terminate the SuperNode (its SuperExec and ClientApp exit with it)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc, timeout=10.0)
 
 
 def run_client(opts: ClientOptions) -> int:

@@ -41,7 +41,7 @@ PACKAGES = {"fedssl": "fedssl", "ssl_core": "fedssl.ssl_core", "privacy": "fedss
             "client": "fedssl.client", "server": "fedssl.server",
             "simulations": "fedssl.simulations"}
 #: fedssl top-level modules every package may import (they import no fedssl package)
-LEAVES = {"fedssl", "fedssl.atomic", "fedssl.quiet"}
+LEAVES = {"fedssl", "fedssl.atomic", "fedssl.quiet", "fedssl.processes"}
 #: the privacy modules that may import ssl_core (the DP-SGD engine and the audit)
 PRIVACY_SSL_CORE_USERS = {"fedssl.privacy.dp_engine", "fedssl.privacy.dp_sgd",
                           "fedssl.privacy.fast_clip", "fedssl.privacy.group_clip",
