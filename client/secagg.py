@@ -35,6 +35,7 @@ from fedssl.privacy.identity import (
 )
 from fedssl.privacy.secagg import SecAggClient, SecAggError
 from fedssl.privacy.secagg.crypto import identity_public_bytes
+from fedssl.privacy.secagg.messages import payload_bytes
 
 STAGES = ("identify", "setup", "share", "mask", "unmask")
 STATE_KEY = "secagg"
@@ -177,9 +178,9 @@ def handle(stage: str, msg: Message, context: Context, state_dir: Path,
            client_id: str = "") -> Message:
     """Run one protocol stage; reply ``{"secagg": {"payload": bytes}}`` or an error status."""
     config = msg.content["config"]
-    payload = bytes(config["payload"])
     name = identity_name(context, client_id or str(context.node_id))
     try:
+        payload = payload_bytes(config.get("payload"), "secure-aggregation payload")
         if stage == "identify":
             out = _identify(context, state_dir, config, client_id or str(context.node_id))
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -59,7 +60,7 @@ def load_public_key(data: bytes | str | Path) -> Ed25519PublicKey:
     raw = Path(data).read_bytes() if isinstance(data, (str, Path)) else data
     try:
         key = serialization.load_pem_public_key(raw)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise IdentityError(f"not a PEM public key: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise IdentityError("public key is not Ed25519")

@@ -143,12 +143,24 @@ class LedgerEntry:
 
     @classmethod
     def from_json(cls, line: str, where: str) -> LedgerEntry:
+        """Parse one ledger line (its chain and signature are :func:`read_ledger`'s checks).
+
+        Raises:
+            LedgerError: for anything but an entry whose fields have the written types; the
+                line may come from another party (a site's copy sent to the server), so deep
+                nesting, numbers too large for a float or an int, and non-finite counts are
+                refused here, never raised as RecursionError/OverflowError.
+        """
         try:
             raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LedgerError(f"{where}: not valid JSON ({exc})") from exc
+        except RecursionError:
+            raise LedgerError(f"{where}: not a ledger entry (JSON nested too deeply)") from None
+        except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+            raise LedgerError(f"{where}: not valid JSON ({exc})") from None
         if not isinstance(raw, dict):
             raise LedgerError(f"{where}: entry is not a JSON object")
+        if _depth(raw) > MAX_DEPTH:
+            raise LedgerError(f"{where}: entry nested more than {MAX_DEPTH} levels deep")
         missing = [f for f in FIELDS if f not in raw]
         if missing:
             raise LedgerError(f"{where}: missing fields {missing}")
@@ -173,8 +185,26 @@ class LedgerEntry:
                 lifetime_epsilon=None if life is None else
                 math.inf if life == "inf" else float(life),
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise LedgerError(f"{where}: a field has the wrong type ({exc})") from exc
+
+
+#: how deeply a ledger entry's JSON may nest (``extra`` holds flat values; deeper nesting
+#: only serves to exhaust the recursion of the hash's canonical JSON)
+MAX_DEPTH = 16
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of a decoded JSON value (1 for a flat object), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                stack.extend((v, depth + 1) for v in
+                             (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def read_ledger(path: str | Path, public_key: Ed25519PublicKey | None) -> list[LedgerEntry]:
@@ -192,7 +222,11 @@ def read_ledger(path: str | Path, public_key: Ed25519PublicKey | None) -> list[L
     entries: list[LedgerEntry] = []
     prev = GENESIS
     last_round: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # entries are ASCII JSON: anything else is tampering
+        raise LedgerError(f"{path}: not UTF-8 text ({exc})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"

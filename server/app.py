@@ -347,10 +347,12 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         }
         for cid, reason in outcome.refused.items():
             refusals.setdefault(cid, []).append({"round": server_round, "reason": reason})
-        for cid, (text, pub) in outcome.ledgers.items():
-            problem = store_reply_copy(run_dir, cid, text, pub,
-                                       outcome.ledger_identities.get(cid),
-                                       registry_keys if registry_file.exists() else None)
+        ledger_problems = {cid: store_reply_copy(run_dir, cid, text, pub,
+                                                 outcome.ledger_identities.get(cid),
+                                                 registry_keys if registry_file.exists()
+                                                 else None)
+                           for cid, (text, pub) in outcome.ledgers.items()}
+        for cid, problem in {**ledger_problems, **outcome.ledger_refused}.items():
             if problem is not None:
                 log.warning("round %d: ledger copy of %s refused: %s", server_round, cid,
                             problem)

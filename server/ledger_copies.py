@@ -51,7 +51,11 @@ def store_copy(run_dir: Path, client: str, text: str, pub_pem: bytes,
     """
     if not _safe_name(client):
         return f"client name {client!r} is not a safe file name"
-    if len(text.encode()) > MAX_LEDGER_BYTES:
+    try:
+        size = len(text.encode("utf-8"))
+    except (UnicodeEncodeError, AttributeError):  # lone surrogates, or not a str at all
+        return "ledger copy is not UTF-8 text"
+    if size > MAX_LEDGER_BYTES:
         return f"ledger copy larger than {MAX_LEDGER_BYTES} bytes"
     try:
         key = load_public_key(pub_pem)
@@ -77,7 +81,7 @@ def store_copy(run_dir: Path, client: str, text: str, pub_pem: bytes,
     # atomically only if it verifies (a refusal raises _RefusedError, which discards it)
     try:
         with atomic_path(path) as tmp:
-            tmp.write_text(text)
+            tmp.write_text(text, encoding="utf-8")
             try:
                 entries = read_ledger(tmp, key)
             except LedgerError as exc:

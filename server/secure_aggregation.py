@@ -41,8 +41,9 @@ from flwr.serverapp import Grid
 
 from fedssl.privacy.distributed_dp import DistributedDPError, SkellamPlan
 from fedssl.privacy.identity import load_or_create_identity, load_registry, write_registry
-from fedssl.privacy.secagg import Quantizer, SecAggError, SecAggServer
+from fedssl.privacy.secagg import MalformedMessageError, Quantizer, SecAggError, SecAggServer
 from fedssl.privacy.secagg.crypto import identity_public_bytes
+from fedssl.privacy.secagg.messages import payload_bytes
 from fedssl.server.strategy import FedSSLStrategy, RoundOutcome
 
 log = logging.getLogger("fedssl.server")
@@ -136,7 +137,10 @@ class SecureAggregation:
                 outcome.failed[str(rec.get("client", node)) if rec else f"node-{node}"] = (
                     f"{stage}: {reason}")
                 continue
-            out[node] = bytes(rec["payload"])
+            try:
+                out[node] = payload_bytes(rec["payload"], "payload")
+            except MalformedMessageError as exc:
+                outcome.failed[self.names.get(node, f"node-{node}")] = f"{stage}: {exc}"
         return out
 
     def _identify(self, grid: Grid, nodes: list[int], round_id: int) -> dict[int, int]:

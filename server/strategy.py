@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -38,6 +39,9 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
 
 log = logging.getLogger("fedssl.server")
+#: the largest example count a reply may claim (an exact float; NaN, inf or 1e308 weights
+#: would turn the weighted mean into NaN)
+MAX_EXAMPLES = 2**53
 
 
 @dataclass
@@ -53,6 +57,8 @@ class RoundOutcome:
     ledgers: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     #: the identity-registry name each ledger-sending reply gives (``status["identity"]``)
     ledger_identities: dict[str, str] = field(default_factory=dict)
+    #: ledger copies refused before verification (fields of the wrong type): client -> why
+    ledger_refused: dict[str, str] = field(default_factory=dict)
 
 
 def client_name(msg: Message) -> str:
@@ -71,15 +77,36 @@ def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()
 
 
+def _check_npy_size(data: bytes) -> None:
+    """Refuse ``.npy`` bytes whose header declares another size than the bytes that follow,
+    before ``np.load`` allocates the declared array (it does, before reading a byte of it: a
+    header claiming 2**40 elements would cost that much memory, or a MemoryError).
+
+    Raises:
+        ValueError: the header is unreadable or the sizes disagree.
+    """
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read_header(stream)
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != len(data) - stream.tell():
+        raise ValueError(f"its header declares shape {shape} of {dtype} ({declared} bytes) "
+                         f"but {len(data) - stream.tell()} bytes follow")
+
+
 def _decode(array: Array, ref: np.ndarray) -> np.ndarray:
     """``array.numpy()``, without numpy's header parsing when the bytes are exactly what
     ``np.save`` writes for ``ref``'s dtype and shape (then the result is the same array, a
-    read-only view); anything else takes Flower's general path and its checks."""
+    read-only view); anything else takes Flower's general path and its checks, after the
+    declared size is checked against the bytes (:func:`_check_npy_size`)."""
     data = array.data
     if array.stype == "numpy.ndarray" and isinstance(data, bytes):
         header = _npy_header(ref.dtype.str, ref.shape)
         if len(data) == len(header) + ref.nbytes and data.startswith(header):
             return np.frombuffer(data, dtype=ref.dtype, offset=len(header)).reshape(ref.shape)
+        _check_npy_size(data)
     return array.numpy()
 
 
@@ -129,7 +156,9 @@ class WeightedMean:
     def add(self, values: dict[str, np.ndarray], weight: float) -> None:
         self.total += weight
         for k, v in values.items():
-            self.sums[k] += weight * v
+            # in float64: ``weight * v`` of a float32 array stays float32 and overflows to
+            # inf for a weight near 3.4e38 (found by tests/test_fuzz_decoders.py)
+            self.sums[k] += np.multiply(v, weight, dtype=np.float64)
 
     def result(self) -> ArrayRecord:
         out = {}
@@ -244,17 +273,25 @@ class FedSSLStrategy(FedAvg):
                     values, problem = decode_arrays(arrays, self.reference)
                 metrics = next(iter(msg.content.metric_records.values()))
                 n = metrics.get(self.weighted_by_key)
-                if problem is None and (not isinstance(n, (int, float)) or n <= 0):
-                    problem = f"'{self.weighted_by_key}' must be a positive number, got {n!r}"
+                if problem is None and (not isinstance(n, (int, float)) or isinstance(n, bool)
+                                        or not 0 < n <= MAX_EXAMPLES):
+                    problem = (f"'{self.weighted_by_key}' must be a positive number of "
+                               f"examples (at most 2**53), got {n!r}")
             if problem is not None:
                 outcome.rejected[cid] = problem
                 log.warning("round %d: rejected update from client %s: %s",
                             server_round, cid, problem)
                 continue
             if status is not None and "ledger" in status and "ledger-pub" in status:
-                outcome.ledgers[cid] = (str(status["ledger"]), bytes(status["ledger-pub"]))
-                if "identity" in status:
-                    outcome.ledger_identities[cid] = str(status["identity"])
+                text, pub = status["ledger"], status["ledger-pub"]
+                if isinstance(text, str) and isinstance(pub, bytes):
+                    outcome.ledgers[cid] = (text, pub)
+                    if "identity" in status:
+                        outcome.ledger_identities[cid] = str(status["identity"])
+                else:  # never bytes(pub): an int would become that many zero bytes
+                    outcome.ledger_refused[cid] = (
+                        f"ledger copy must be text and its key bytes, got "
+                        f"{type(text).__name__} and {type(pub).__name__}")
             if on_accept is not None and values is not None:
                 on_accept(values, float(n))
             outcome.accepted.append(cid)

@@ -82,7 +82,10 @@ class _Reader:
     def __init__(self, data: bytes | bytearray | memoryview, name: str, msg_type: int) -> None:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise MalformedMessageError(f"{name}: expected bytes, got {type(data).__name__}")
-        self.view = memoryview(data).cast("B")
+        try:
+            self.view = memoryview(data).cast("B")
+        except TypeError:  # a strided or multi-dimensional buffer: no flat byte view
+            raise MalformedMessageError(f"{name}: expected contiguous bytes") from None
         self.name = name
         self.pos = 0
         magic, version, got_type = _HEADER.unpack(self.take(_HEADER.size, "header"))
@@ -133,6 +136,24 @@ class _Reader:
             raise MalformedMessageError(
                 f"{self.name}: {len(self.view) - self.pos} unexpected trailing bytes"
             )
+
+
+def payload_bytes(value: object, field: str) -> bytes:
+    """A message's bytes as carried in a transport record (e.g. a Flower ConfigRecord value),
+    checked to be bytes: ``bytes(value)`` would turn an integer into that many zero bytes
+    (``bytes(2**40)``), a list of small ints into bytes, and raise TypeError on anything else.
+
+    Raises:
+        MalformedMessageError: naming ``field`` and the type found.
+    """
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        try:
+            return memoryview(value).cast("B").tobytes()
+        except TypeError:
+            pass
+    raise MalformedMessageError(f"{field}: expected bytes, got {type(value).__name__}")
 
 
 def _check_len(name: str, field: str, value: bytes, n: int) -> None:
