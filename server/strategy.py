@@ -34,9 +34,9 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
+from fedssl.server.flower_strategy_adapter import construct_messages, sample_nodes
 
 log = logging.getLogger("fedssl.server")
 #: the largest example count a reply may claim (an exact float; NaN, inf or 1e308 weights
@@ -207,7 +207,7 @@ class FedSSLStrategy(FedAvg):
                  message_type: str = MessageType.TRAIN) -> list[Message]:
         """One message per node carrying the global model and the round config."""
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return list(self._construct_messages(record, nodes, message_type))
+        return construct_messages(self, record, nodes, message_type)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -46,33 +46,42 @@ The ClientApp loader: Flower passes its loader (a closure) with every message, a
 pickles a closure by value, module lookups included: 42 % of the driver's busy time at 100
 clients. Here it is stored once in Ray's object store and each actor process loads it once
 (:class:`SharedAppLoader`).
+
+The Flower internals all this needs (the engine's dispatcher and Ray backend, replaced
+process-wide while a simulation runs; the link state's and the grid's methods, wrapped per
+instance) are patched in one place, :mod:`fedssl.simulations.flower_engine_adapter`, which
+refuses to patch any Flower release but the one it was written for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-import types
 import weakref
 from collections.abc import Iterable, Iterator
-from contextlib import suppress
 from queue import Queue
 from typing import Any
 
 from flwr.app import Message
-from flwr.server.superlink.fleet.vce import vce_api
-from flwr.server.superlink.fleet.vce.backend import raybackend
-from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-_ORIGINAL_DISPATCH = vce_api.add_messages_to_queue
+from fedssl.simulations import flower_engine_adapter as engine
+from fedssl.simulations.flower_engine_adapter import (
+    KILL_WAIT_SECONDS,
+    PipelinedRayBackend,
+    SharedAppLoader,
+)
+
+__all__ = ["KILL_WAIT_SECONDS", "PipelinedRayBackend", "SharedAppLoader",
+           "SimulationStoppedError", "add_messages_to_queue", "install", "installed",
+           "mark_stopped", "send_and_receive", "send_and_stream", "stop_all", "tune_grid",
+           "uninstall"]
+
 #: longest sleep without an event (a safety net; events normally wake the loops at once)
 _MAX_WAIT = 0.1
 _LOCK = threading.Lock()
 #: link states of tuned grids (the simulations in this process), for :func:`stop_all`
-_STATES: weakref.WeakSet[InMemoryLinkState] = weakref.WeakSet()
-#: seconds a stop waits for the replies of the busy actors it killed to turn into errors
-KILL_WAIT_SECONDS = 10.0
+_STATES: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class SimulationStoppedError(RuntimeError):
@@ -84,9 +93,9 @@ def _stopped(state: Any) -> bool:
     return bool(getattr(state, "_fedssl_stopped", False))
 
 
-def mark_stopped(state: InMemoryLinkState) -> None:
+def mark_stopped(state: Any) -> None:
     """Mark ``state``'s engine stopped: its grid's calls raise, its waits wake at once."""
-    state._fedssl_stopped = True  # type: ignore[attr-defined]
+    state._fedssl_stopped = True
     for event in _events(state):
         event.set()
 
@@ -97,37 +106,28 @@ def stop_all() -> None:
         mark_stopped(state)
 
 
-def _check(grid: InMemoryGrid) -> None:
+def _check(grid: Any) -> None:
     if _stopped(grid.state):
         raise SimulationStoppedError("the simulation engine stopped (interrupted or crashed); "
                                 "the round in progress is abandoned")
 
 
-def _events(state: InMemoryLinkState) -> tuple[threading.Event, threading.Event]:
+def _events(state: Any) -> tuple[threading.Event, threading.Event]:
     """(message stored, reply stored) events of ``state``; wraps its store methods once."""
     with _LOCK:
         events = getattr(state, "_fedssl_events", None)
         if events is None:
             events = (threading.Event(), threading.Event())
-            for name, event in zip(("store_message_ins", "store_message_res"), events,
-                                   strict=True):
-                original = getattr(state, name)
-
-                def store(message: Message, _original=original, _event=event) -> Any:
-                    result = _original(message)
-                    _event.set()
-                    return result
-
-                setattr(state, name, store)
-            state._fedssl_events = events  # type: ignore[attr-defined]
+            engine.notify_on_store(state, *events)
+            state._fedssl_events = events
     return events
 
 
 def add_messages_to_queue(state: Any, queue: Queue[Message], nodes_mapping: Any,
                           f_stop: threading.Event) -> None:
     """Drop-in for ``vce_api.add_messages_to_queue`` that waits on an event, not a 0.1 s poll."""
-    if not isinstance(state, InMemoryLinkState):
-        _ORIGINAL_DISPATCH(state, queue, nodes_mapping, f_stop)
+    if not engine.is_in_memory_state(state):
+        engine.FLOWER_DISPATCHER(state, queue, nodes_mapping, f_stop)
         return
     try:
         _dispatch(state, queue, set(nodes_mapping.keys()), f_stop)
@@ -135,17 +135,12 @@ def add_messages_to_queue(state: Any, queue: Queue[Message], nodes_mapping: Any,
         mark_stopped(state)
 
 
-def _dispatch(state: InMemoryLinkState, queue: Queue[Message], nodes: set[int],
+def _dispatch(state: Any, queue: Queue[Message], nodes: set[int],
               f_stop: threading.Event) -> None:
     stored, _ = _events(state)
     while not f_stop.is_set():
         stored.clear()  # before the scan: a message stored during it wakes the next one
-        with state.lock:
-            pending: dict[int, int] = {}
-            for msg in state.message_ins_store.values():
-                if msg.metadata.delivered_at == "" and msg.metadata.dst_node_id in nodes:
-                    pending[msg.metadata.dst_node_id] = pending.get(
-                        msg.metadata.dst_node_id, 0) + 1
+        pending = engine.undelivered_per_node(state, nodes)
         for node_id in pending:
             for msg in state.get_message_ins(node_id=node_id, limit=1):
                 queue.put(msg)
@@ -154,7 +149,7 @@ def _dispatch(state: InMemoryLinkState, queue: Queue[Message], nodes: set[int],
         stored.wait(_MAX_WAIT)
 
 
-def send_and_stream(grid: InMemoryGrid, messages: Iterable[Message], *,
+def send_and_stream(grid: Any, messages: Iterable[Message], *,
                     timeout: float | None = None) -> Iterator[Message]:
     """Push ``messages`` now; the returned iterator yields each reply as it is stored (woken
     by the store, not a poll) until all are in or ``timeout`` passes. A server that screens
@@ -183,112 +178,36 @@ def send_and_stream(grid: InMemoryGrid, messages: Iterable[Message], *,
     return replies()
 
 
-def send_and_receive(grid: InMemoryGrid, messages: Iterable[Message], *,
+def send_and_receive(grid: Any, messages: Iterable[Message], *,
                      timeout: float | None = None) -> Iterable[Message]:
     """``InMemoryGrid.send_and_receive`` that wakes on each stored reply instead of polling."""
     return list(send_and_stream(grid, messages, timeout=timeout))
 
 
-#: loaders already fetched by this (actor) process, by object id
-_LOADERS: dict[str, Any] = {}
-
-
-class SharedAppLoader:
-    """A ClientApp loader that crosses to the actors as an object id, not as pickled code.
-
-    Calling it fetches the loader from Ray's object store the first time in a process (then
-    from ``_LOADERS``) and calls it, so it is a drop-in for the loader Flower passes.
-    """
-
-    def __init__(self, loader: Any) -> None:
-        import ray
-
-        self.ref = ray.put(loader)
-
-    def __call__(self) -> Any:
-        key = self.ref.hex()
-        loader = _LOADERS.get(key)
-        if loader is None:
-            import ray
-
-            loader = _LOADERS[key] = ray.get(self.ref)
-        return loader()
-
-
-class PipelinedRayBackend(raybackend.RayBackend):
-    """Flower's Ray backend with ``depth`` message slots per actor (see the module docstring).
-
-    The engine starts one worker thread per slot (``num_workers``); the pool hands out a slot
-    per message and takes it back with the reply, so an actor never holds more than ``depth``
-    messages. With ``depth = 1`` each actor runs one message at a time, as in Flower's.
-    """
-
-    depth: int = 1
-
-    def build(self, app_fn: Any) -> None:
-        super().build(app_fn)
-        assert self.pool is not None  # built by the parent or it raised
-        self.app_fn = SharedAppLoader(app_fn)
-        self._actors = list(self.pool.pool)
-        # actor order repeated: the first submits spread over all actors, later ones queue
-        self.pool.pool = self._actors * self.depth
-        self._slots = len(self.pool.pool)
-
-    @property
-    def num_workers(self) -> int:
-        """Engine worker threads: one per slot."""
-        return getattr(self, "_slots", 0) if self.pool else 0
-
-    def terminate(self) -> None:
-        """Terminate each actor once (the pool holds it once per free slot).
-
-        An actor still busy with a message (the engine was stopped mid-round: a signal, a
-        crash) is killed first and its reply awaited as the error it now is: an engine
-        worker thread blocked in ``ray.get`` on that reply would otherwise stay blocked past
-        ``ray.shutdown`` (Flower's terminate only queues ``terminate.remote()`` behind the
-        busy work), and the process could not stop until the actor's message was done."""
-        import ray
-
-        if self.pool is not None:
-            busy = dict(self.pool._future_to_actor)
-            if busy and ray.is_initialized():
-                for actor in {id(a): a for a in busy.values()}.values():
-                    with suppress(Exception):  # already dead, or Ray half-way down
-                        ray.kill(actor, no_restart=True)
-                with suppress(Exception):
-                    ray.wait(list(busy), num_returns=len(busy), timeout=KILL_WAIT_SECONDS)
-        if self.pool is not None and hasattr(self, "_actors"):
-            self.pool.pool = list(self._actors)
-        super().terminate()
-
-
 def install(pipeline_depth: int = 2) -> None:
     """Use event-driven dispatch in this process's simulation engine, with ``pipeline_depth``
-    messages in flight per actor (1 = Flower's one at a time). Idempotent."""
-    vce_api.add_messages_to_queue = add_messages_to_queue
-    PipelinedRayBackend.depth = max(1, int(pipeline_depth))
-    # ``vce_api.start_vce`` imports ``RayBackend`` from this module when it builds the backend
-    raybackend.RayBackend = PipelinedRayBackend
+    messages in flight per actor (1 = Flower's one at a time), until :func:`uninstall`.
+    Idempotent."""
+    engine.install(add_messages_to_queue, pipeline_depth)
 
 
-def _guarded(grid: InMemoryGrid, name: str) -> None:
-    """Make ``grid.<name>`` raise :class:`SimulationStoppedError` once the engine stopped."""
-    original = getattr(grid, name)
+def uninstall() -> None:
+    """Give this process's simulation engine Flower's own dispatcher and Ray backend back."""
+    engine.uninstall()
 
-    def call(*args: Any, **kwargs: Any) -> Any:
-        _check(grid)
-        return original(*args, **kwargs)
 
-    setattr(grid, name, call)
+@contextlib.contextmanager
+def installed(pipeline_depth: int = 2) -> Iterator[None]:
+    """:func:`install` while the block runs (one simulation), then :func:`uninstall`."""
+    with engine.installed(add_messages_to_queue, pipeline_depth):
+        yield
 
 
 def tune_grid(grid: Any) -> None:
     """Give an in-memory grid event-driven ``send_and_receive`` and a streaming
     ``send_and_stream``, all of whose calls raise :class:`SimulationStoppedError` once the
     engine stopped (other grids unchanged)."""
-    if isinstance(grid, InMemoryGrid) and isinstance(grid.state, InMemoryLinkState):
-        _STATES.add(grid.state)
-        for name in ("push_messages", "pull_messages", "get_node_ids"):
-            _guarded(grid, name)
-        grid.send_and_receive = types.MethodType(send_and_receive, grid)
-        grid.send_and_stream = types.MethodType(send_and_stream, grid)
+    state = engine.grid_state(grid)
+    if state is not None:
+        _STATES.add(state)
+        engine.patch_grid(grid, lambda: _check(grid), send_and_receive, send_and_stream)

@@ -18,13 +18,14 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
 from fedssl.atomic import atomic_write_text
+from fedssl.processes import await_exit, descendants
 from fedssl.quiet import quiet_output
 from fedssl.server.extension import extension_costs
 from fedssl.simulations.config import ConfigError, ExperimentConfig
@@ -214,59 +215,14 @@ def _signals_deferred() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _proc_table() -> dict[int, tuple[int, str, int]]:
-    """``pid -> (parent pid, state, start time)`` of every process (Linux ``/proc``; empty
-    where there is none)."""
-    table: dict[int, tuple[int, str, int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        table[int(entry.name)] = (int(fields[1]), fields[0], int(fields[19]))
-    return table
-
-
-def _descendants(pid: int) -> dict[int, int]:
-    """Live descendants of ``pid`` as ``pid -> start time`` (to tell a reused pid apart)."""
-    table = _proc_table()
-    found: dict[int, int] = {}
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        for child, (ppid, state, start) in table.items():
-            if ppid == parent and child not in found and state != "Z":
-                found[child] = start
-                todo.append(child)
-    return found
-
-
 def _await_exit(processes: dict[int, int], timeout: float) -> None:
     """Wait until ``processes`` and this process's other descendants (orphans of the run
     come here: :func:`_reap_orphans`) have exited; SIGKILL those left after ``timeout``, and
-    reap the ones that ended as this process's children."""
-    deadline = time.monotonic() + timeout
-    seen = dict(processes)
-    while True:
-        seen.update(_descendants(os.getpid()))
-        table = _proc_table()
-        left = [p for p, start in seen.items()
-                if p in table and table[p][2] == start and table[p][1] != "Z"]
-        if not left:
-            break
-        if time.monotonic() > deadline + KILL_WAIT_SECONDS:
-            print(f"fedssl simulate: processes of the run still running after SIGKILL: "
-                  f"{sorted(left)}", file=sys.stderr)
-            break
-        if time.monotonic() > deadline:
-            for p in left:
-                with suppress(OSError):
-                    os.kill(p, signal.SIGKILL)
-        time.sleep(0.1)
-    for p in seen:  # zombies reparented to this process
-        with suppress(OSError):
-            os.waitpid(p, os.WNOHANG)
+    reap the ones that ended as this process's children (:func:`fedssl.processes.await_exit`)."""
+    left = await_exit(processes, timeout, kill_wait=KILL_WAIT_SECONDS)
+    if left:
+        print(f"fedssl simulate: processes of the run still running after SIGKILL: "
+              f"{sorted(left)}", file=sys.stderr)
 
 
 @contextmanager
@@ -302,7 +258,7 @@ def _tear_down(threads_before: set[threading.Thread]) -> bool:
     from fedssl.simulations import dispatch
 
     dispatch.stop_all()
-    processes = _descendants(os.getpid())  # Ray's processes and the actors (its workers)
+    processes = descendants(os.getpid())  # Ray's processes and the actors (its workers)
     if ray.is_initialized():
         ray.shutdown()
     # Ray's workers notice their raylet's end on their own, a moment later: wait for them
@@ -469,14 +425,15 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
         _start_ray(init_args)
         _reclaim_stop_signals()
         # replies and new messages wake the engine instead of 0.1 s polls; each actor holds
-        # its next message while it trains (not with simulated stragglers: they sleep in it)
-        dispatch.install(pipeline_depth=1 if cfg.straggler_prob > 0 else 2)
-        run_simulation(
-            server_app=make_server_app(run_config, prepare_grid=dispatch.tune_grid),
-            client_app=client_app,
-            num_supernodes=cfg.num_clients, backend_config=backend_config,
-            verbose_logging=verbose,
-        )
+        # its next message while it trains (not with simulated stragglers: they sleep in it);
+        # Flower's own dispatcher and backend are put back when the simulation ends
+        with dispatch.installed(pipeline_depth=1 if cfg.straggler_prob > 0 else 2):
+            run_simulation(
+                server_app=make_server_app(run_config, prepare_grid=dispatch.tune_grid),
+                client_app=client_app,
+                num_supernodes=cfg.num_clients, backend_config=backend_config,
+                verbose_logging=verbose,
+            )
     if not (run_dir / "report.json").exists():
         raise RuntimeError(f"the simulation ended without a report in {run_dir}; rerun with "
                            "--verbose to see the server's log")

@@ -18,7 +18,8 @@ from fedssl.client.supernode import ClientOptions, ClientSetupError, check_ident
 from fedssl.deploy_commands import main as deploy_main
 from fedssl.privacy.certs import CertPaths, create_certs
 from fedssl.privacy.identity import public_pem
-from fedssl.server.superlink import DeploySetupError, deploy_config, free_port
+from fedssl.server.superlink import DeploySetupError, deploy_config
+from fedssl.server.superlink_control import free_port
 
 DEPLOY = [sys.executable, "-m", "fedssl.deploy_commands"]
 

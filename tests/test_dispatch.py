@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent('''
     from flwr.clientapp import ClientApp
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedssl.simulations import dispatch
+    from fedssl.simulations import dispatch, flower_engine_adapter
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
     app = ClientApp()
@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent('''
         value = int(msg.content["config"]["value"])
         return Message(RecordDict({"config": ConfigRecord({
             "value": value * 10, "start": start, "end": time.time(), "pid": os.getpid(),
-            "loaders": len(dispatch._LOADERS)})}), reply_to=msg)
+            "loaders": len(flower_engine_adapter._LOADERS)})}), reply_to=msg)
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     dispatch.install(pipeline_depth=2)

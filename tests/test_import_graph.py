@@ -26,6 +26,10 @@ Rules:
 - The package modules may import only the ``fedssl`` top-level modules in :data:`LEAVES`
   (small utilities that themselves import no ``fedssl`` package), never the commands.
 - No import cycle between the modules of ``privacy`` (nor of ``ssl_core``).
+- Flower internals (anything but its public app API: ``flwr.app``, ``flwr.clientapp``,
+  ``flwr.serverapp`` and its strategies, ``flwr.simulation``, and the wire protocol
+  ``flwr.proto``) are imported only by the adapter modules in :data:`FLOWER_ADAPTERS`, one per
+  Flower concern, each of which checks the Flower version before it touches them.
 """
 
 from __future__ import annotations
@@ -41,7 +45,17 @@ PACKAGES = {"fedssl": "fedssl", "ssl_core": "fedssl.ssl_core", "privacy": "fedss
             "client": "fedssl.client", "server": "fedssl.server",
             "simulations": "fedssl.simulations"}
 #: fedssl top-level modules every package may import (they import no fedssl package)
-LEAVES = {"fedssl", "fedssl.atomic", "fedssl.quiet", "fedssl.processes"}
+LEAVES = {"fedssl", "fedssl.atomic", "fedssl.quiet", "fedssl.flower_version",
+          "fedssl.processes"}
+#: Flower's public API (what any module that speaks Flower may import)
+FLOWER_PUBLIC = ("flwr.app", "flwr.clientapp", "flwr.serverapp", "flwr.simulation",
+                 "flwr.proto")
+#: ... except these modules of it, which are internals
+FLOWER_PRIVATE = ("flwr.serverapp.strategy.strategy_utils",)
+#: the only modules that import Flower internals (one per Flower concern)
+FLOWER_ADAPTERS = {"fedssl.simulations.flower_engine_adapter",
+                   "fedssl.server.flower_superlink_adapter",
+                   "fedssl.server.flower_strategy_adapter"}
 #: the privacy modules that may import ssl_core (the DP-SGD engine and the audit)
 PRIVACY_SSL_CORE_USERS = {"fedssl.privacy.dp_engine", "fedssl.privacy.dp_sgd",
                           "fedssl.privacy.fast_clip", "fedssl.privacy.group_clip",
@@ -192,3 +206,16 @@ def _cycles(package: str) -> list[list[str]]:
 @pytest.mark.parametrize("package", ["privacy", "ssl_core"])
 def test_no_import_cycle_inside(package: str) -> None:
     assert _cycles(package) == []
+
+
+def _flower_internal(name: str) -> bool:
+    return _within(name, ("flwr",)) and (not _within(name, FLOWER_PUBLIC)
+                                         or _within(name, FLOWER_PRIVATE))
+
+
+def test_only_the_adapters_import_flower_internals() -> None:
+    assert _flower_internal("flwr.serverapp.strategy.strategy_utils")
+    assert _flower_internal("flwr.superlink.extensions")
+    assert not _flower_internal("flwr.serverapp.strategy.FedAvg")
+    assert _violations(lambda m, t: m not in FLOWER_ADAPTERS and _flower_internal(t)) == []
+    assert FLOWER_ADAPTERS <= set(MODULES)

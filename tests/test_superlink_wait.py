@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 from fedssl.privacy.certs import CertPaths, create_certs
-from fedssl.server.superlink import (
+from fedssl.server.superlink_control import (
     DeployError,
     SuperLinkAccessError,
-    SuperLinkProcess,
     free_port,
     wait_for_control_api,
 )
+from fedssl.server.superlink_process import SuperLinkProcess
 
 #: long enough that a wait retrying a misconfiguration would fail by its other error
 PATIENT = 60.0

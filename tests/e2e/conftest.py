@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from fedssl.privacy.certs import CertPaths, create_certs, make_node_key
-from fedssl.server.superlink import free_port
+from fedssl.server.superlink_control import free_port
 
 NUM_SITES = 3
 RECORDS_PER_SITE = 150
