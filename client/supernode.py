@@ -83,9 +83,9 @@ class ClientOptions:
 
 
 def infer_dataset(data: Path, dataset: str = "auto") -> str:
-    """``npz`` for a ``.npz`` file, ``imagefolder`` for a directory (unless given; a given
-    format that cannot read the path is a DataError): see
-    :func:`fedssl.ssl_core.datasets.infer_dataset`."""
+    """``npz`` for a ``.npz`` file, ``nifti``/``dicom`` for NIfTI/DICOM files or folders of
+    them, ``imagefolder`` for another directory (unless given; a given format that cannot
+    read the path is a DataError): see :func:`fedssl.ssl_core.datasets.infer_dataset`."""
     return _infer_dataset(data, dataset)
 
 

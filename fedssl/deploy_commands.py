@@ -51,8 +51,8 @@ _SERVER_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--max-grad-norm", "max-grad-norm", float, "per-record clipping norm of DP-SGD"),
     ("--delta", "delta", float, "DP delta of the run's guarantee"),
     ("--accountant", "accountant", str, "privacy accountant: prv or rdp"),
-    ("--image-size", "image-size", int, "side length image-folder data is resized to (server "
-     "and clients must agree)"),
+    ("--image-size", "image-size", int, "side length image-folder, DICOM and NIfTI images are "
+     "resized to (server and clients must agree)"),
     ("--eval-every", "eval-every", int, "evaluate the global encoder every N rounds (and "
      "after the last)"),
     ("--eval-samples", "eval-samples", int, "labelled records of the server's evaluation data "
@@ -126,11 +126,14 @@ def add_deploy_parsers(subparsers: argparse._SubParsersAction) -> None:
                         "(default: 600)")
     server.add_argument("--dataset", default="auto",
                         help="the server's own labelled evaluation data: npz, imagefolder, "
-                        "digits or mnist1d (default: inferred from --data-path, else "
+                        "dicom, nifti, digits or mnist1d (default: inferred from --data-path, "
+                        "else "
                         f"{defaults['dataset']}); its record shape must match the clients' data")
     server.add_argument("--data-path", default="", metavar="PATH",
                         help="the server's labelled evaluation data (.npz in the MedMNIST "
-                        "layout or an image folder); used for the linear probe and kNN only, "
+                        "layout, an image folder, a folder of DICOM .dcm files or of NIfTI "
+                        "volumes, one sub-folder per class); used for the linear probe and "
+                        "kNN only, "
                         "never for training")
     for flag, key, typ, text in _SERVER_OPTIONS:
         server.add_argument(flag, dest=key.replace("-", "_"), type=typ, default=None,
@@ -168,9 +171,11 @@ def add_deploy_parsers(subparsers: argparse._SubParsersAction) -> None:
                         "key node-<i>.identity.pem must be next to it")
     client.add_argument("--data", required=True, type=Path, metavar="PATH",
                         help="this site's training data: a .npz file in the MedMNIST layout "
-                        "(train_images, train_labels, ...) or a folder of class sub-folders "
-                        "with PNG/JPEG images")
-    client.add_argument("--dataset", default="auto", choices=("auto", "npz", "imagefolder"),
+                        "(train_images, train_labels, ...), a folder of PNG/JPEG images, a "
+                        "folder of DICOM .dcm files (searched recursively) or NIfTI "
+                        ".nii/.nii.gz volumes (sliced into 2-D images)")
+    client.add_argument("--dataset", default="auto",
+                        choices=("auto", "npz", "imagefolder", "dicom", "nifti"),
                         help="data format (default: inferred from --data)")
     client.add_argument("--state-dir", required=True, type=Path, metavar="DIR",
                         help="where this site keeps its state: identity.pem (ledger signing "

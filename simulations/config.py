@@ -38,12 +38,16 @@ class ExperimentConfig:
 
     # data
     dataset: str = _opt("auto", f"data source: auto, {', '.join(DATASETS)}; auto infers it "
-                                "from --data-path (.npz file: npz, folder: imagefolder), "
+                                "from --data-path (.npz file: npz, .nii/.nii.gz file or "
+                                "folder of them: nifti, folder of .dcm files: dicom, other "
+                                "folder: imagefolder), "
                                 f"else {DEFAULT_DATASET}; an explicit dataset that cannot "
                                 "read --data-path is an error")
-    data_path: str = _opt("", "file (.npz) or folder (image folder) for npz/imagefolder data")
+    data_path: str = _opt("", "file (.npz, .nii/.nii.gz, .dcm) or folder (PNG/JPEG images, "
+                              "DICOM .dcm files, NIfTI volumes) for npz/imagefolder/dicom/"
+                              "nifti data")
     num_samples: int = _opt(4000, "records to generate for mnist1d (80 %% train pool, 20 %% test)")
-    image_size: int = _opt(28, "side length images are resized to (imagefolder)")
+    image_size: int = _opt(28, "side length images are resized to (imagefolder, dicom, nifti)")
     # federation
     num_clients: int = _opt(10, "number of simulated clients (SuperNodes)")
     clients_per_round: int = _opt(0, "clients sampled per round (0 = all)")
