@@ -11,11 +11,12 @@ a plain convolution, then apply ``J^T`` record by record:
 - Opacus hooks mode: :func:`compute_ws_conv_grad_sample`, registered with Opacus's
   ``register_grad_sampler`` (Opacus's own conv sampler dispatches on the exact type and would
   not unfold a subclass's input);
-- the fast engine: ``fedssl.privacy.fast_clip._WSConv``, in its ``RULES`` (it lives there:
-  this module does not import the fast engine, so the two never import each other). Ghost
-  norms ``||G_i||`` do not carry over through ``J^T`` (it is not an isometry), so that rule
-  always materialises ``G_i``, maps it, and takes norms and the clipped sum of the mapped
-  gradients.
+- the fast engine: :class:`WSConvRule`, registered with
+  :func:`~fedssl.privacy.fast_clip_rules.register_rule` (this module imports the rules, never
+  the fast engine; the engine imports this module, so the rule is registered whenever a
+  ``FastClipper`` exists). Ghost norms ``||G_i||`` do not carry over through ``J^T`` (it is
+  not an isometry), so that rule always materialises ``G_i``, maps it, and takes norms and the
+  clipped sum of the mapped gradients.
 
 The clip norm therefore bounds the gradient w.r.t. the parameter actually updated, and the
 per-record sensitivity argument of :mod:`fedssl.privacy.dp_sgd` holds unchanged
@@ -34,6 +35,7 @@ from opacus.grad_sample.utils import register_grad_sampler
 from opacus.utils.tensor_utils import unfold2d
 from torch import nn
 
+from fedssl.privacy.fast_clip_rules import ConvRule, register_rule, sq_norms
 from fedssl.ssl_core.ws_layers import WS_EPS, WSConv1d, WSConv2d, ws_backward
 
 
@@ -74,3 +76,35 @@ def compute_ws_conv_grad_sample(
     if layer.bias is not None and layer.bias.requires_grad:
         ret[layer.bias] = backprops.reshape(x.shape[0], layer.out_channels, -1).sum(2)
     return ret
+
+
+@register_rule(WSConv1d, WSConv2d)
+class WSConvRule(ConvRule):
+    """Rule for weight-standardised convolutions (:mod:`fedssl.ssl_core.ws_layers`):
+    materialised per-record kernel gradients, mapped through the WS backward
+    (:func:`~fedssl.ssl_core.ws_layers.ws_backward`), then norms and clipped sum of the mapped
+    gradients (ghost norms do not carry over through that map; the Opacus engine's rule is
+    :func:`compute_ws_conv_grad_sample`)."""
+
+    def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        m = self.module
+        out, cin = m.out_channels, m.in_channels
+        sq = pairs[0][1].new_zeros(n)
+        self._pairs = pairs
+        self._per_record = None
+        self._bias = None
+        if self.weight is not None:
+            per = self._materialise(pairs, n)
+            if self._taps_first:  # (taps, N, out * C) -> (N, out, C, taps) = weight layout
+                per = per.reshape(-1, n, out, cin).permute(1, 2, 3, 0)
+            per = per.reshape(n, *self.weight.shape)
+            raw = ws_backward(per, self.weight, WS_EPS).reshape(1, n, -1)
+            self._taps_first = False
+            self._per_record = raw
+            sq += sq_norms(raw[0])
+        if self.bias is not None:
+            gb = sum(gy.reshape(n, out, -1).sum(2) for _, gy in pairs)
+            assert isinstance(gb, torch.Tensor)
+            sq += sq_norms(gb)
+            self._bias = gb
+        return sq
