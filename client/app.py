@@ -42,6 +42,7 @@ from fedssl.privacy.identity import public_pem
 from fedssl.privacy.ledger import LEGACY_RUN, Ledger, LedgerEntry, LedgerError, segments
 from fedssl.privacy.ledger import runs as ledger_runs
 from fedssl.privacy.secagg import Quantizer, SecAggError
+from fedssl.run_layout import RunLayout, SiteLayout
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, simulated_partition
 from fedssl.ssl_core.datasets import DataError, validate_arrays
@@ -75,10 +76,10 @@ def identify(context: Context, config: ConfigRecord) -> ClientIdentity:
     if "state-dir" in node:
         cid = str(node.get("client-id", f"node-{context.node_id}"))
         state = Path(str(node["state-dir"]))
-        return ClientIdentity(cid, state, state / "ledger.jsonl")
+        return ClientIdentity(cid, state, SiteLayout(state).ledger)
     cid = f"client-{int(node['partition-id']):03d}"
-    run_dir = Path(str(config["run-dir"]))
-    return ClientIdentity(cid, run_dir / "clients" / cid, run_dir / "ledger" / f"{cid}.jsonl")
+    run = RunLayout(str(config["run-dir"]))
+    return ClientIdentity(cid, run.client_dir(cid), run.ledger(cid))
 
 
 def load_records(context: Context, config: ConfigRecord):

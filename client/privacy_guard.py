@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedssl.privacy.accountant import AccountingError, Segment, epsilon_of
-
-SITE_FILE = "site.toml"
+from fedssl.run_layout import SiteLayout
 
 
 class BudgetExceededError(AccountingError):
@@ -44,7 +43,7 @@ class SiteBudget:
     def load(cls, node_config: Mapping[str, Any], state_dir: Path) -> SiteBudget | None:
         """The budget from the node config, else from ``state_dir/site.toml``; None if unset."""
         raw: dict[str, Any] = {}
-        site_file = state_dir / SITE_FILE
+        site_file = SiteLayout(state_dir).site_file
         if site_file.exists():
             try:
                 raw = dict(tomllib.loads(site_file.read_text()).get("privacy", {}))
@@ -98,6 +97,6 @@ class SiteBudget:
 def write_site_file(state_dir: Path, epsilon: float, delta: float) -> Path:
     """Write a site's local ``site.toml`` (used by simulations to give each site a budget)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / SITE_FILE
+    path = SiteLayout(state_dir).site_file
     path.write_text(f"[privacy]\nbudget_epsilon = {epsilon!r}\nbudget_delta = {delta!r}\n")
     return path

@@ -41,12 +41,13 @@ from pathlib import Path
 from fedssl.privacy.certs import CA_CERT, CertError, node_public_key
 from fedssl.processes import start_process, stop_process
 from fedssl.quiet import is_noise
+from fedssl.run_layout import IDENTITIES_FILE, SiteLayout
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
 from fedssl.ssl_core.datasets import infer_dataset as _infer_dataset
 from fedssl.ssl_core.device import resolve_device
 
 FLOWER_DIR = "flower"
-REGISTRY = "identities.json"  # next to ca.crt at every site
+REGISTRY = IDENTITIES_FILE  # next to ca.crt at every site
 DEFAULT_RUNTIME_PORT = 9094
 RETRY_SECONDS = 3.0
 #: substrings of Flower's SuperNode output worth showing without --verbose (the SuperNode ID
@@ -167,7 +168,7 @@ def check_identity(opts: ClientOptions) -> dict[str, object]:
             f"({', '.join(sorted(names))}): secure aggregation could not verify this site")
     registered = public_pem(names[name][1])
     source = opts.node_key.with_name(f"{name}.identity.pem")
-    target = opts.state_dir / "identity.pem"
+    target = SiteLayout(opts.state_dir).identity
     key_file = target if target.is_file() else source
     if not key_file.is_file():
         raise ClientSetupError(f"identity key not found: {source} (the server operator gives "
@@ -375,7 +376,7 @@ def run_client(opts: ClientOptions) -> int:
     cmd = supernode_command(opts, ca, node_config_file)
     say(f"[fedssl client] connecting to {opts.server} as {node_config['client-id']} "
         f"(TLS, node authentication); state: {state}; log: {log_path}")
-    watcher = LedgerWatcher(state / "ledger.jsonl", opts.budget_epsilon, say)
+    watcher = LedgerWatcher(SiteLayout(state).ledger, opts.budget_epsilon, say)
     watcher.start()
     last_ok = time.monotonic()
     runner: SuperNodeRunner | None = None

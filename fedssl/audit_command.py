@@ -33,6 +33,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from fedssl.run_layout import RunLayout
+
 EPILOG = """\
 exit status: 0 = clean, 1 = at least one finding, 2 = usage error (e.g. missing run dir),
 3 = no finding, but an --empirical audit was inconclusive (it had no power to refute the claim).
@@ -157,7 +159,7 @@ def load_run_config(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
     from fedssl.privacy.audit import read_config_table
     from fedssl.simulations.config import ExperimentConfig
 
-    path = run_dir / "config.toml"
+    path = RunLayout(run_dir).config
     if not path.exists():
         return None, None
     try:

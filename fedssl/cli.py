@@ -7,10 +7,10 @@ import argparse
 import dataclasses
 import os
 import sys
-from pathlib import Path
 
 from fedssl.audit_command import add_audit_parser, run_audit
 from fedssl.deploy_commands import add_deploy_parsers, run_deploy
+from fedssl.run_layout import RunLayout
 from fedssl.simulations.config import ConfigError, ExperimentConfig
 
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.resume:  # the run's own resolved config, plus explicit overrides
                 if not args.out:
                     raise ConfigError("--resume needs --out RUN_DIR")
-                config_path = Path(args.out) / "config.toml"
+                config_path = RunLayout(args.out).config
                 if not config_path.exists():
                     raise FileNotFoundError(f"nothing to resume: {config_path} not found")
                 cfg = ExperimentConfig.load(config_path, overrides)

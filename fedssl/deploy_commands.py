@@ -274,9 +274,9 @@ def _resume_rounds(cfg: dict[str, Any], run_dir: Path, rounds: int | None,
     of its target on the extra rounds (noise far above the run's), so it must be asked for."""
     import tomllib
 
-    from fedssl.server.run_record import CONFIG_FILE
+    from fedssl.run_layout import RunLayout
 
-    path = run_dir / CONFIG_FILE
+    path = RunLayout(run_dir).config
     try:
         saved = tomllib.loads(path.read_text()).get("run", {}).get("num-server-rounds")
     except (OSError, tomllib.TOMLDecodeError):

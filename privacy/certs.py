@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedssl.privacy.identity import load_or_create_identity, write_registry
+from fedssl.run_layout import IDENTITIES_FILE
 
 #: file names inside a certificate directory
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
@@ -77,7 +78,7 @@ class CertPaths:
     def registry(self) -> Path:
         """Public identity registry (client id -> Ed25519 key), given to every client and the
         server: the trust anchor of secure aggregation's key signatures."""
-        return self.root / "identities.json"
+        return self.root / IDENTITIES_FILE
 
     def identity_key(self, index: int) -> Path:
         """Node ``index``'s Ed25519 identity key (signs its SecAgg keys and its ledger)."""

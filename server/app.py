@@ -34,6 +34,7 @@ from fedssl.privacy.accountant import epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian
 from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
 from fedssl.privacy.identity import load_registry
+from fedssl.run_layout import RunLayout
 from fedssl.server.checkpoint import resume_point, rewrite_metrics, save_checkpoint
 from fedssl.server.ledger_copies import NOT_REGISTERED, store_copy
 from fedssl.server.progress import RunProgress
@@ -191,6 +192,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(seed)
     run_dir = Path(str(cfg["run-dir"]))
     run_dir.mkdir(parents=True, exist_ok=True)
+    layout = RunLayout(run_dir)
     rounds = int(cfg["num-server-rounds"])
 
     spec = DataSpec(str(cfg["dataset"]), str(cfg["data-path"]), int(cfg["num-samples"]),
@@ -239,7 +241,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         if client_dp is not None:
             raise ValueError("client-level central DP clips individual updates, which secure "
                              "aggregation hides from the server: turn one of them off")
-        registry = Path(str(cfg["identity-registry"]) or run_dir / "identities.json")
+        registry = Path(str(cfg["identity-registry"]) or layout.identities)
         if not str(cfg["identity-registry"]) and not registry.exists():
             # `flwr run .` (no driver made the simulated sites' keys): make them now
             simulated_registry(run_dir, num_nodes)
@@ -254,7 +256,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     elif cfg["client-dp"] == "distributed":
         raise ValueError("distributed client-level DP adds its noise under secure aggregation: "
                          "turn secure aggregation on")
-    registry_file = Path(str(cfg["identity-registry"]) or run_dir / "identities.json")
+    registry_file = Path(str(cfg["identity-registry"]) or layout.identities)
     registry_keys = ({name: pub for name, (_, pub) in load_registry(registry_file).items()}
                      if registry_file.exists() else {})
     train_config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
@@ -391,7 +393,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     final = evaluate_encoder(model.encoder, *eval_data, labels_per_class=shots, seed=seed,
                              device=device)
     model.cpu()
-    export_encoder(run_dir / "encoder.safetensors", model, {
+    export_encoder(layout.encoder, model, {
         "method": str(cfg["method"]), "dataset": data.name,
         "input_shape": ",".join(map(str, data.input_shape)), "rounds": str(rounds),
     })

@@ -24,6 +24,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from fedssl.atomic import atomic_path, atomic_write_bytes
+from fedssl.run_layout import RunLayout
 
 
 class CheckpointError(ValueError):
@@ -33,12 +34,12 @@ class CheckpointError(ValueError):
 def save_checkpoint(run_dir: Path, server_round: int, weights: dict[str, np.ndarray],
                     state: dict) -> Path:
     """Write round ``server_round``'s weights, then point ``state.json`` at them."""
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    path = ckpt_dir / f"round-{server_round:04d}.safetensors"
+    layout = RunLayout(run_dir)
+    layout.checkpoints.mkdir(parents=True, exist_ok=True)
+    path = layout.checkpoint(server_round)
     with atomic_path(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp))
-    atomic_write_bytes(ckpt_dir / "state.json",
+    atomic_write_bytes(layout.checkpoint_state,
                        json.dumps({"round": server_round, "weights": path.name, **state},
                                   indent=2).encode())
     return path
@@ -46,14 +47,15 @@ def save_checkpoint(run_dir: Path, server_round: int, weights: dict[str, np.ndar
 
 def load_latest(run_dir: Path) -> tuple[int, dict[str, np.ndarray], dict] | None:
     """The last completed round, its weights and strategy state (None if no checkpoint)."""
-    state_path = run_dir / "checkpoints" / "state.json"
+    layout = RunLayout(run_dir)
+    state_path = layout.checkpoint_state
     if not state_path.exists():
         return None
     try:
         state = json.loads(state_path.read_text())
-        weights = load_file(str(run_dir / "checkpoints" / state["weights"]))
+        weights = load_file(str(layout.checkpoints / state["weights"]))
     except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"corrupt checkpoint in {run_dir / 'checkpoints'}: {exc}") from exc
+        raise CheckpointError(f"corrupt checkpoint in {layout.checkpoints}: {exc}") from exc
     return int(state["round"]), weights, state
 
 
@@ -91,8 +93,9 @@ def resume_point(run_dir: Path) -> ResumePoint | None:
     """The last complete round of the run in ``run_dir``: the latest round ``r`` (at most the
     one ``state.json`` points at) whose checkpoint file exists and whose metrics row was
     written; None if the directory holds no run (no metrics and no checkpoint)."""
-    state_path = run_dir / "checkpoints" / "state.json"
-    rows = _metrics_rows(run_dir / "metrics.jsonl")
+    layout = RunLayout(run_dir)
+    state_path = layout.checkpoint_state
+    rows = _metrics_rows(layout.metrics)
     if not rows and not state_path.exists():
         return None
     checkpointed = 0
@@ -102,11 +105,11 @@ def resume_point(run_dir: Path) -> ResumePoint | None:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"corrupt checkpoint state {state_path}: {exc}") from exc
     with_row = {int(r["round"]) for r in rows if "round" in r}
-    done = max((r for r in with_row if 0 < r <= checkpointed and (
-        run_dir / "checkpoints" / f"round-{r:04d}.safetensors").exists()), default=0)
+    done = max((r for r in with_row if 0 < r <= checkpointed
+                and layout.checkpoint(r).exists()), default=0)
     weights = None
     if done:
-        path = run_dir / "checkpoints" / f"round-{done:04d}.safetensors"
+        path = layout.checkpoint(done)
         try:
             weights = load_file(str(path))
         except (OSError, ValueError) as exc:
@@ -117,6 +120,6 @@ def resume_point(run_dir: Path) -> ResumePoint | None:
 
 def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Replace ``metrics.jsonl`` with ``rows`` atomically (a crash keeps the old file)."""
-    atomic_write_bytes(run_dir / "metrics.jsonl",
+    atomic_write_bytes(RunLayout(run_dir).metrics,
                        "".join(json.dumps(r) + "\n" for r in rows).encode())
 

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedssl.atomic import atomic_path
 from fedssl.privacy.identity import IdentityError, load_public_key, public_pem
 from fedssl.privacy.ledger import LedgerError, read_ledger
+from fedssl.run_layout import RunLayout
 
 #: a ledger line is ~600 bytes; 4 MiB is several thousand rounds
 MAX_LEDGER_BYTES = 4 << 20
@@ -67,8 +68,9 @@ def store_copy(run_dir: Path, client: str, text: str, pub_pem: bytes,
     if registry is not None and all(public_pem(k) != pem for k in registry.values()):
         return (f"{NOT_REGISTERED}: the ledger of {client} is signed with a key the identity "
                 "registry does not list; no copy kept")
-    folder = run_dir / "ledger"
-    path, pub_path = folder / f"{client}.jsonl", folder / f"{client}.pub"
+    folder = RunLayout(run_dir).ledger_dir
+    path = RunLayout(run_dir).ledger(client)
+    pub_path = path.with_suffix(".pub")
     if registry is not None and folder.is_dir():
         for other in folder.glob("*.pub"):
             if other != pub_path and other.read_bytes() == pem:

@@ -15,16 +15,17 @@ from typing import Any
 
 from fedssl.privacy.identity import load_public_key
 from fedssl.privacy.ledger import LEGACY_RUN, LedgerEntry, read_ledger, runs
+from fedssl.run_layout import RunLayout
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
     """Append one round's metrics as a JSON line."""
-    with (run_dir / "metrics.jsonl").open("a") as fh:
+    with RunLayout(run_dir).metrics.open("a") as fh:
         fh.write(json.dumps(row, default=_jsonable) + "\n")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
+    path = RunLayout(run_dir).metrics
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -51,7 +52,7 @@ def ledger_privacy(run_dir: Path, delta: float, run_id: str | None = None) -> di
     ``effective_noise_multiplier`` = sigma / sensitivity, the one the accountants use.
     """
     clients: dict[str, Any] = {}
-    for path in sorted((run_dir / "ledger").glob("*.jsonl")):
+    for path in RunLayout(run_dir).ledgers():
         pub = path.with_suffix(".pub")
         entries: list[LedgerEntry] = read_ledger(path, load_public_key(pub))
         if not entries:
@@ -79,7 +80,7 @@ def ledger_privacy(run_dir: Path, delta: float, run_id: str | None = None) -> di
 
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> Path:
-    path = run_dir / "report.json"
+    path = RunLayout(run_dir).report
     path.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
     return path
 
@@ -91,7 +92,7 @@ def plot_run(run_dir: Path, rows: list[dict[str, Any]], privacy: dict[str, Any] 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plots = run_dir / "plots"
+    plots = RunLayout(run_dir).plots
     plots.mkdir(exist_ok=True)
     rounds = [r["round"] for r in rows]
 
@@ -132,7 +133,7 @@ def plot_run(run_dir: Path, rows: list[dict[str, Any]], privacy: dict[str, Any] 
 
     if privacy and privacy.get("clients"):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for path in sorted((run_dir / "ledger").glob("*.jsonl")):
+        for path in RunLayout(run_dir).ledgers():
             entries = read_ledger(path, None)
             ax.plot([e.round for e in entries], [e.epsilon for e in entries], marker=".",
                     alpha=0.7, label=entries[0].client if entries else path.stem)

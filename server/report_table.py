@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedssl.run_layout import RunLayout
+
 
 def run_ledgers(run_dir: Path) -> dict[str, list[Any]]:
     """This run's verified ledger entries per client, from ``RUN/ledger`` (a ledger that
@@ -17,10 +19,11 @@ def run_ledgers(run_dir: Path) -> dict[str, list[Any]]:
     from fedssl.privacy.identity import load_public_key
     from fedssl.privacy.ledger import LedgerError, read_ledger
 
-    rid_file = run_dir / "run_id"
+    layout = RunLayout(run_dir)
+    rid_file = layout.run_id
     run_id = rid_file.read_text().strip() if rid_file.exists() else None
     out: dict[str, list[Any]] = {}
-    for path in sorted((run_dir / "ledger").glob("*.jsonl")):
+    for path in layout.ledgers():
         pub = path.with_suffix(".pub")
         try:
             entries = read_ledger(path, load_public_key(pub))
@@ -64,7 +67,7 @@ def _encoder_row(name: str, m: dict) -> str:
 
 def format_report(run_dir: Path) -> str:
     """The result table printed after a run."""
-    report = json.loads((run_dir / "report.json").read_text())
+    report = json.loads(RunLayout(run_dir).report.read_text())
     base = report["random_init"]
     lines = [
         f"fedssl run: {report['method']} on {report['dataset']}, {report['clients']} clients, "

@@ -28,11 +28,12 @@ from typing import Any
 import tomli_w
 
 from fedssl.atomic import atomic_write_text
+from fedssl.run_layout import CONFIG_FILE, RUN_ID_FILE, RunLayout
 
 log = logging.getLogger("fedssl.server")
 
-RUN_ID_FILE = "run_id"
-CONFIG_FILE = "config.toml"
+__all__ = ["CONFIG_FILE", "RUN_ID_FILE", "VOLATILE_KEYS", "record_run", "resolve_run_id",
+           "write_run_config"]
 #: run-config keys that describe one invocation, not the run (never recorded as changes)
 VOLATILE_KEYS = ("resume", "progress", "warmup-workers")
 
@@ -42,13 +43,13 @@ def resolve_run_id(run_dir: Path, resume: bool) -> str:
     (written there). A resumed run directory from before run ids existed gets ``""``: its
     earlier rounds are in the sites' ledgers without a run id, so the sites must keep
     planning against their whole ledger (the conservative reading of an unknown run)."""
-    path = run_dir / RUN_ID_FILE
+    path = RunLayout(run_dir).run_id
     if path.exists():
         rid = path.read_text().strip()
         if not (rid.isalnum() and len(rid) <= 64):
             raise ValueError(f"{path}: {rid!r} is not a run id")
         return rid
-    if resume and (run_dir / "checkpoints" / "state.json").exists():
+    if resume and RunLayout(run_dir).checkpoint_state.exists():
         log.warning("%s has no run id (written before run ids existed): the sites plan this "
                     "run against their whole ledger", run_dir)
         return ""
@@ -66,7 +67,7 @@ def write_run_config(run_dir: Path, cfg: dict[str, Any], run_id: str) -> Path | 
     record settings that changed. Returns the path written, or None if left as it was.
 
     A simulate-format file (``[experiment]``) is the simulator's and is left alone."""
-    path = run_dir / CONFIG_FILE
+    path = RunLayout(run_dir).config
     table = {k: _toml_value(v) for k, v in sorted(cfg.items()) if k not in VOLATILE_KEYS}
     table["run-id"] = run_id
     if not path.exists():

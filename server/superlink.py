@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fedssl.privacy.certs import CertPaths, read_authorized
+from fedssl.run_layout import RunLayout
 from fedssl.server.superlink_control import (
     DeployError,
     DeploySetupError,
@@ -99,10 +100,11 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to start over an existing run (or to resume nothing) before anything starts."""
-    metrics = run_dir / "metrics.jsonl"
+    layout = RunLayout(run_dir)
+    metrics = layout.metrics
     if resume:
-        if not (run_dir / "checkpoints" / "state.json").exists():
-            raise DeploySetupError(f"nothing to resume: {run_dir / 'checkpoints' / 'state.json'} "
+        if not layout.checkpoint_state.exists():
+            raise DeploySetupError(f"nothing to resume: {layout.checkpoint_state} "
                               "not found")
     elif metrics.exists() and metrics.stat().st_size > 0:
         raise DeploySetupError(f"{run_dir} already holds a run: pass --resume to continue it or "
@@ -209,9 +211,9 @@ def run_server(opts: ServerOptions) -> int:
             args=(lambda: log_client, run_id,
                   flower_home / "serverapp.log", say if opts.verbose else None))
         log_thread.start()
-        printed = len(_read_rows(run_dir / "metrics.jsonl")) if cfg["resume"] else 0
+        printed = len(_read_rows(RunLayout(run_dir).metrics)) if cfg["resume"] else 0
         while True:
-            rows = _read_rows(run_dir / "metrics.jsonl")
+            rows = _read_rows(RunLayout(run_dir).metrics)
             for row in rows[printed:]:
                 say(f"[fedssl server] {format_round(row, cfg['num-server-rounds'])}")
             printed = max(printed, len(rows))
@@ -222,10 +224,10 @@ def run_server(opts: ServerOptions) -> int:
                 raise DeployError(f"the SuperLink exited during the run; see {superlink_log}")
             time.sleep(1.0)
         log_thread.join(timeout=5)
-        for row in _read_rows(run_dir / "metrics.jsonl")[printed:]:
+        for row in _read_rows(RunLayout(run_dir).metrics)[printed:]:
             say(f"[fedssl server] {format_round(row, cfg['num-server-rounds'])}")
         if sub_status == "completed":
-            say(f"[fedssl server] run {run_id} completed: {run_dir / 'report.json'}")
+            say(f"[fedssl server] run {run_id} completed: {RunLayout(run_dir).report}")
             from fedssl.server.report_table import format_report
 
             opts.print_fn(format_report(run_dir))  # the table `fedssl simulate` prints

@@ -27,6 +27,7 @@ import tomli_w
 from fedssl.atomic import atomic_write_text
 from fedssl.processes import await_exit, descendants
 from fedssl.quiet import quiet_output
+from fedssl.run_layout import RunLayout
 from fedssl.server.extension import extension_costs
 from fedssl.simulations.config import ConfigError, ExperimentConfig
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, partition_labels, write_cache
@@ -141,7 +142,7 @@ class RunInterruptedError(Exception):
             kept = ("no round completed (metrics.jsonl keeps round 0, the random-init "
                     "evaluation); a resume starts again at round 1")
         else:
-            kept = (f"kept {self.run_dir / 'checkpoints' / f'round-{self.kept:04d}.safetensors'}"
+            kept = (f"kept {RunLayout(self.run_dir).checkpoint(self.kept)}"
                     f" and metrics.jsonl rows 0-{self.kept}: round {self.kept} of {self.total}"
                     " is the last complete round; a round in progress was not counted and is "
                     "redone on resume")
@@ -274,7 +275,7 @@ def _tear_down(threads_before: set[threading.Thread]) -> bool:
 def _saved_experiment(run_dir: Path) -> dict[str, Any]:
     """The whole TOML of ``RUN/config.toml`` (its ``[experiment]`` table is the run's
     config; other tables, e.g. ``[[change]]``, are kept as they are)."""
-    path = run_dir / "config.toml"
+    path = RunLayout(run_dir).config
     try:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -300,7 +301,7 @@ def _record_changes(run_dir: Path, raw: dict[str, Any], cfg: ExperimentConfig,
     if changes:
         new["out"] = old.get("out", new["out"])
         raw = {**raw, "experiment": new, "change": [*raw.get("change", []), *changes]}
-        path = run_dir / "config.toml"
+        path = RunLayout(run_dir).config
         atomic_write_text(path, tomli_w.dumps(raw))
     return changes
 
@@ -369,6 +370,7 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
     from fedssl.simulations import dispatch
 
     cfg.validate()
+    layout = RunLayout(run_dir)
     if extend and not resume:
         raise ConfigError("--extend continues a run: it needs --resume (and --out RUN_DIR)")
     point = resume_point(run_dir) if resume else None
@@ -385,21 +387,21 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
             f"extended with --resume --extend after round {point.round}")})
         for c in changes:
             print(f"fedssl simulate: resume changes {c['key']} from {c['old']!r} to "
-                  f"{c['new']!r} (recorded in {run_dir / 'config.toml'})", file=sys.stderr)
-        (run_dir / "report.json").unlink(missing_ok=True)
-    elif (run_dir / "metrics.jsonl").exists():
+                  f"{c['new']!r} (recorded in {RunLayout(run_dir).config})", file=sys.stderr)
+        layout.report.unlink(missing_ok=True)
+    elif layout.metrics.exists():
         raise FileExistsError(f"run directory {run_dir} already holds a run; choose another "
                               "--out or pass --resume (nothing was overwritten)")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(cfg.to_toml())
+        layout.config.write_text(cfg.to_toml())
         for cid, eps in cfg.parsed_site_budgets().items():  # each site's own local config
-            write_site_file(run_dir / "clients" / cid, eps, cfg.delta)
+            write_site_file(layout.client_dir(cid), eps, cfg.delta)
         # each site's identity key, and the public registry distributed out of band
         keys = {f"client-{i:03d}": load_or_create_identity(
-            run_dir / "clients" / f"client-{i:03d}" / "identity.pem")
+            layout.client_site(f"client-{i:03d}").identity)
             for i in range(cfg.num_clients)}
-        write_registry(run_dir / "identities.json", keys)
+        write_registry(layout.identities, keys)
     write_cache(run_dir.resolve(), data_spec(cfg), data)  # generated once, mapped by all
     run_config = cfg.to_run_config(str(run_dir.resolve()))
     run_config["resume"] = resume
@@ -434,7 +436,7 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
                 num_supernodes=cfg.num_clients, backend_config=backend_config,
                 verbose_logging=verbose,
             )
-    if not (run_dir / "report.json").exists():
+    if not layout.report.exists():
         raise RuntimeError(f"the simulation ended without a report in {run_dir}; rerun with "
                            "--verbose to see the server's log")
     return run_dir

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fedssl.atomic import atomic_directory
+from fedssl.run_layout import RunLayout
 from fedssl.ssl_core.datasets import DataError, SSLDataset, load_dataset
 
 
@@ -45,7 +46,7 @@ _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 def cache_dir(run_dir: str | Path, spec: DataSpec) -> Path:
     """Where a run keeps the generated data set ``spec`` (``RUN/cache/<dataset>-<hash>``)."""
     digest = hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
-    return Path(run_dir) / "cache" / f"{spec.dataset}-{digest}"
+    return RunLayout(run_dir).cache / f"{spec.dataset}-{digest}"
 
 
 def write_cache(run_dir: str | Path, spec: DataSpec, data: SSLDataset) -> Path | None:

@@ -45,7 +45,7 @@ PACKAGES = {"fedssl": "fedssl", "ssl_core": "fedssl.ssl_core", "privacy": "fedss
             "client": "fedssl.client", "server": "fedssl.server",
             "simulations": "fedssl.simulations"}
 #: fedssl top-level modules every package may import (they import no fedssl package)
-LEAVES = {"fedssl", "fedssl.atomic", "fedssl.quiet", "fedssl.flower_version",
+LEAVES = {"fedssl", "fedssl.atomic", "fedssl.quiet", "fedssl.flower_version", "fedssl.run_layout",
           "fedssl.processes"}
 #: Flower's public API (what any module that speaks Flower may import)
 FLOWER_PUBLIC = ("flwr.app", "flwr.clientapp", "flwr.serverapp", "flwr.simulation",
