@@ -15,12 +15,13 @@ Rules:
 - ``ssl_core`` never imports ``privacy``: the objective comes before DP-SGD in the flow.
 - ``privacy`` imports ``ssl_core`` only in its DP-SGD engine, which consumes what comes before
   it: the :class:`~fedssl.ssl_core.objectives.base.Objective` whose per-record losses it clips
-  and the layers it has per-record gradient rules for (``ssl_core.ws_layers``), plus the audit,
-  which checks the objectives' DP soundness. The modules after the trainer (accountant,
-  ledger, identity, certificates, client-level and distributed DP, secure aggregation) never
-  import ``ssl_core``: :data:`PRIVACY_SSL_CORE_USERS` lists the allowed ones, and each may
-  import only ``ssl_core.objectives``, ``ssl_core.ws_layers`` and ``ssl_core.dp_soundness``
-  (the error both an objective and the engine raise, defined below both).
+  and the layers it has per-record gradient rules for (``ssl_core.ws_layers``), plus the
+  audit's checks (``privacy.audit_checks``), which check the objectives' DP soundness. The
+  modules after the trainer (accountant, ledger, identity, certificates, client-level and
+  distributed DP, secure aggregation) never import ``ssl_core``:
+  :data:`PRIVACY_SSL_CORE_USERS` lists the allowed ones, and each may import only
+  ``ssl_core.objectives``, ``ssl_core.ws_layers`` and ``ssl_core.dp_soundness`` (the error
+  both an objective and the engine raise, defined below both).
 - ``client`` never imports ``server`` or ``simulations``; ``server`` never imports ``client``
   or ``simulations``.
 - The package modules may import only the ``fedssl`` top-level modules in :data:`LEAVES`
@@ -59,7 +60,7 @@ FLOWER_ADAPTERS = {"fedssl.simulations.flower_engine_adapter",
 #: the privacy modules that may import ssl_core (the DP-SGD engine and the audit)
 PRIVACY_SSL_CORE_USERS = {"fedssl.privacy.dp_engine", "fedssl.privacy.dp_sgd",
                           "fedssl.privacy.fast_clip", "fedssl.privacy.group_clip",
-                          "fedssl.privacy.ws_rules", "fedssl.privacy.audit"}
+                          "fedssl.privacy.ws_rules", "fedssl.privacy.audit_checks"}
 PRIVACY_MAY_USE = ("fedssl.ssl_core.objectives", "fedssl.ssl_core.ws_layers",
                    "fedssl.ssl_core.dp_soundness")
 
