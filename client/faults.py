@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-STAGE_IDS = {"train": 0, "setup": 1, "share": 2, "mask": 3, "unmask": 4}
+STAGE_IDS = {"train": 0, "setup": 1, "share": 2, "mask": 3, "unmask": 4, "consistency": 5}
 
 
 class SimulatedDropoutError(RuntimeError):

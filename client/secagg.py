@@ -8,7 +8,10 @@ A securely aggregated round runs, per client (see :mod:`fedssl.server.secure_agg
     train                 -> local training (:mod:`fedssl.client.app`); the quantised update
                              stays in the node-local ``context.state``, only metrics are sent
     train.secagg_mask     -> the masked update                   (MaskedInput)
-    train.secagg_unmask   -> the shares the server needs to remove the masks (UnmaskResponse)
+    train.secagg_consistency -> its signature on the survivor set U3 it is shown
+                             (ConsistencySignature; Bonawitz et al. 2017's consistency check)
+    train.secagg_unmask   -> the shares the server needs to remove the masks (UnmaskResponse),
+                             only once t registered survivors' signatures verify on the same U3
 
 The key setup comes *before* training so that a client whose secure setup cannot succeed
 (no identity key, a key the registry does not list, a neighbour key whose signature does not
@@ -37,7 +40,7 @@ from fedssl.privacy.secagg import SecAggClient, SecAggError
 from fedssl.privacy.secagg.crypto import identity_public_bytes
 from fedssl.privacy.secagg.messages import payload_bytes
 
-STAGES = ("identify", "setup", "share", "mask", "unmask")
+STAGES = ("identify", "setup", "share", "mask", "consistency", "unmask")
 STATE_KEY = "secagg"
 UPDATE_KEY = "secagg-update"
 IDENTITY_FILE = "identity.pem"
@@ -197,6 +200,9 @@ def handle(stage: str, msg: Message, context: Context, state_dir: Path,
                 q = context.state.array_records[UPDATE_KEY]["q"].numpy()
                 out = client.mask_input(payload, q.astype(np.uint32)).to_bytes()
                 record["stage"] = "masked"
+            elif stage == "consistency":
+                out = client.consistency_check(payload).to_bytes()
+                record["stage"] = "signed"
             elif stage == "unmask":
                 out = client.unmask(payload).to_bytes()
             else:

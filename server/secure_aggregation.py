@@ -1,6 +1,6 @@
 """Server side of secure aggregation: one federated round as a SecAgg+ workflow over Flower.
 
-The round runs six message exchanges over Flower's Message API (``Grid.send_and_receive``),
+The round runs seven message exchanges over Flower's Message API (``Grid.send_and_receive``),
 the key setup *before* training, so that no client trains (and spends privacy) in a round
 whose secure setup cannot succeed:
 
@@ -14,7 +14,12 @@ whose secure setup cannot succeed:
    node-local and replies with metrics only (a client refuses to train unless its own setup
    completed, :func:`fedssl.client.secagg.require_ready`);
 5. ``train.secagg_mask``: the shares addressed to each client that trained -> its masked update;
-6. ``train.secagg_unmask``: who survived and who dropped -> the shares that remove the masks.
+6. ``train.secagg_consistency``: the survivor set ``U3`` (the same for everyone) -> each
+   client's Ed25519 signature on it (Bonawitz et al. 2017's consistency check);
+7. ``train.secagg_unmask``: who survived and who dropped, with every signature of stage 6 ->
+   the shares that remove the masks (a client reveals nothing unless ``t`` registered
+   survivors signed the very set it was shown; a client that drops at stage 6 is treated as
+   one that drops at stage 7).
 
 Training between the share and mask stages is what SecAgg+ allows (Bonawitz et al. 2017,
 Figure 4: the input is only needed at MaskedInputCollection): a client that shared its keys
@@ -235,7 +240,11 @@ class SecureAggregation:
                 raise SecAggError(
                     f"distributed DP: only {len(masked)} masked updates arrived, fewer than "
                     f"the {plan.min_clients} noise shares each release needs; not unmasked")
-            requests = server.collect_masked_inputs(masked.values())
+            checks = server.collect_masked_inputs(masked.values())
+            signed = self._exchange(grid, "consistency", {node_of[i]: m.to_bytes()
+                                                          for i, m in checks.items()},
+                                    server_round)
+            requests = server.collect_consistency_signatures(signed.values())
             unmask = self._exchange(grid, "unmask", {node_of[i]: m.to_bytes()
                                                      for i, m in requests.items()}, server_round)
             result = server.collect_unmask_responses(unmask.values())

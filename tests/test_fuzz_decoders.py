@@ -9,7 +9,7 @@ and a huge declared size must be refused before anything of that size is allocat
 
 Decoders covered:
 
-- the eight SecAgg+ wire messages (``privacy/secagg/messages.py``, ``from_bytes``/``parse``:
+- the ten SecAgg+ wire messages (``privacy/secagg/messages.py``, ``from_bytes``/``parse``:
   :class:`MalformedMessageError`), the Shamir share value and the raw identity key
   (``shamir.decode_share_value``, ``crypto.load_identity_public``), the payload of a Flower
   SecAgg record (``messages.payload_bytes``), and the client's and server's protocol stages
@@ -46,6 +46,8 @@ from fedssl.privacy.identity import IdentityError, load_public_key, public_pem
 from fedssl.privacy.ledger import Ledger, LedgerEntry, LedgerError, read_ledger
 from fedssl.privacy.secagg import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     KeyDirectory,
     MalformedMessageError,
     MaskedInput,
@@ -117,7 +119,7 @@ def _refused_within(decode: Callable[[], object], error: type[BaseException] | t
 
 # --------------------------------------------------------------------------- SecAgg+ messages
 MESSAGES = (SetupConfig, AdvertiseKeys, KeyDirectory, ShareKeys, ShareBundle, MaskedInput,
-            UnmaskRequest, UnmaskResponse)
+            ConsistencyCheck, ConsistencySignature, UnmaskRequest, UnmaskResponse)
 IDS = [10, 11, 12, 13, 14]
 D = 16
 
@@ -140,8 +142,12 @@ class _Round:
         self.bundles = self.server.collect_shares(list(self.shares.values()))
         x = np.arange(D, dtype=np.uint32)
         self.masked = {u: clients[u].mask_input(self.bundles[u], x) for u in IDS}
+        self.before_consistency = {u: c.export_state() for u, c in clients.items()}
+        self.checks = self.server.collect_masked_inputs(list(self.masked.values()))
+        self.signatures = {u: clients[u].consistency_check(self.checks[u]) for u in IDS}
         self.before_unmask = {u: c.export_state() for u, c in clients.items()}
-        self.requests = self.server.collect_masked_inputs(list(self.masked.values()))
+        self.requests = self.server.collect_consistency_signatures(
+            list(self.signatures.values()))
         self.responses = {u: clients[u].unmask(self.requests[u]) for u in IDS}
 
     def wire(self, cls: type) -> list[bytes]:
@@ -149,6 +155,8 @@ class _Round:
         found = {SetupConfig: [self.config], AdvertiseKeys: self.adverts.values(),
                  KeyDirectory: self.dirs.values(), ShareKeys: self.shares.values(),
                  ShareBundle: self.bundles.values(), MaskedInput: self.masked.values(),
+                 ConsistencyCheck: self.checks.values(),
+                 ConsistencySignature: self.signatures.values(),
                  UnmaskRequest: self.requests.values(),
                  UnmaskResponse: self.responses.values()}[cls]
         return [m.to_bytes() for m in found]
@@ -201,6 +209,7 @@ def _count_offsets(cls: type) -> list[tuple[int, str]]:
         ShareKeys: [(after_header + 8, "<I")],
         ShareBundle: [(after_header + 8, "<I")],
         MaskedInput: [(after_header + 8, "<Q")],
+        ConsistencyCheck: [(after_header + 8, "<I")],
         UnmaskRequest: [(after_header + 8, "<I")],
         UnmaskResponse: [(after_header + 8, "<I")],
     }.get(cls, [])
@@ -227,6 +236,18 @@ def test_the_second_count_of_two_is_checked_too() -> None:
         struct.pack_into("<I", raw, second, 0xFFFFFFFF)
         _refused_within(lambda raw=bytes(raw), cls=cls: cls.from_bytes(raw),
                         MalformedMessageError)
+
+
+@pytest.mark.parametrize("huge", [MAX_NODES + 1, (1 << 31), (1 << 32) - 1])
+def test_the_signature_count_of_an_unmask_request_is_checked(huge: int) -> None:
+    """UnmaskRequest's third list (the relayed consistency signatures) is bounded too."""
+    raw = bytearray(ROUND.wire(UnmaskRequest)[0])
+    at = HEADER + 8
+    for _ in range(2):  # skip survivors and dropped
+        at += 4 + 8 * struct.unpack_from("<I", raw, at)[0]
+    assert struct.unpack_from("<I", raw, at)[0] == len(IDS)  # every signature relayed
+    struct.pack_into("<I", raw, at, huge)
+    _refused_within(lambda: UnmaskRequest.from_bytes(bytes(raw)), MalformedMessageError)
 
 
 @FUZZ
@@ -304,12 +325,56 @@ def test_client_mask_input_fuzzed(raw: bytes, who: int) -> None:
 
 
 @FUZZ
+@given(raw=mutated(ROUND.wire(ConsistencyCheck)), who=st.sampled_from(IDS))
+def test_client_consistency_check_fuzzed(raw: bytes, who: int) -> None:
+    client = ROUND.client(who, ROUND.before_consistency)
+    try:
+        sig = client.consistency_check(raw)
+    except SecAggError:
+        return
+    # signed: only a set this client may sign (itself, >= t ids of the round, no stranger)
+    survivors = ConsistencyCheck.from_bytes(raw).survivors
+    assert who in survivors and set(survivors) <= set(IDS)
+    assert len(survivors) >= ROUND.config.threshold and sig.sender == who
+
+
+@FUZZ
 @given(raw=mutated(ROUND.wire(UnmaskRequest)), who=st.sampled_from(IDS))
 def test_client_unmask_fuzzed(raw: bytes, who: int) -> None:
     try:
         ROUND.client(who, ROUND.before_unmask).unmask(raw)
     except SecAggError:
         return
+    # it revealed shares: the request carried >= t signatures valid on the signed set
+    assert len(UnmaskRequest.from_bytes(raw).signatures) >= ROUND.config.threshold
+
+
+@FUZZ
+@given(raw=mutated(ROUND.wire(ConsistencySignature)), slot=st.sampled_from(range(len(IDS))))
+def test_server_collect_consistency_signatures_fuzzed(raw: bytes, slot: int) -> None:
+    """One client's consistency signature replaced by fuzzed bytes: a SecAggError (strict)
+    or, non-strict, the sender dropped; an accepted signature verifies on U3."""
+    sigs = ROUND.wire(ConsistencySignature)
+    sigs[slot] = raw
+    for strict in (True, False):
+        server = _server_at_consistency(strict)
+        try:
+            requests = server.collect_consistency_signatures(sigs)
+        except SecAggError:
+            continue
+        relayed = next(iter(requests.values())).signatures
+        assert all(ROUND.signatures[u].signature == sig for u, sig in relayed)
+
+
+def _server_at_consistency(strict: bool) -> SecAggServer:
+    """A server replaying ROUND up to (not including) the consistency signatures."""
+    server = SecAggServer(IDS, D, round_id=ROUND.config.round_id,
+                          identity_registry=ROUND.registry, strict=strict)
+    server.setup()
+    server.collect_advertisements(list(ROUND.adverts.values()))
+    server.collect_shares(list(ROUND.shares.values()))
+    server.collect_masked_inputs(list(ROUND.masked.values()))
+    return server
 
 
 @FUZZ

@@ -9,6 +9,8 @@ import pytest
 
 from fedssl.privacy.secagg import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     KeyDirectory,
     MalformedMessageError,
     MaskedInput,
@@ -44,7 +46,9 @@ def _all_messages() -> list[bytes]:
     bundles = r.server.collect_shares(list(shares.values()))
     x = np.arange(r.d, dtype=np.uint32)
     masked = {u: r.clients[u].mask_input(bundles[u], x) for u in r.ids}
-    reqs = r.server.collect_masked_inputs(list(masked.values()))
+    checks = r.server.collect_masked_inputs(list(masked.values()))
+    sigs = {u: r.clients[u].consistency_check(checks[u]) for u in r.ids}
+    reqs = r.server.collect_consistency_signatures(list(sigs.values()))
     resps = {u: r.clients[u].unmask(reqs[u]) for u in r.ids}
     u = r.ids[0]
     return [
@@ -54,6 +58,8 @@ def _all_messages() -> list[bytes]:
         shares[u].to_bytes(),
         bundles[u].to_bytes(),
         masked[u].to_bytes(),
+        checks[u].to_bytes(),
+        sigs[u].to_bytes(),
         reqs[u].to_bytes(),
         resps[u].to_bytes(),
     ]
@@ -66,6 +72,8 @@ CLASSES = [
     ShareKeys,
     ShareBundle,
     MaskedInput,
+    ConsistencyCheck,
+    ConsistencySignature,
     UnmaskRequest,
     UnmaskResponse,
 ]
@@ -163,6 +171,26 @@ def test_duplicated_ids_rejected_in_parsing() -> None:
         UnmaskRequest(rid, 10, (10, 11), (11,))
     with pytest.raises(MalformedMessageError, match="sorted"):
         SetupConfig(rid, (3, 2, 1), 2, 2, 5)
+    # the consistency messages: sorted, distinct survivors and signers; 64-byte signatures
+    with pytest.raises(MalformedMessageError, match="sorted"):
+        ConsistencyCheck(rid, 10, (11, 10))
+    with pytest.raises(MalformedMessageError, match="duplicated"):
+        ConsistencyCheck(rid, 10, (10, 10))
+    with pytest.raises(MalformedMessageError, match="signature"):
+        ConsistencySignature(rid, 10, b"\x00" * 63)
+    sig = b"\x01" * 64
+    with pytest.raises(MalformedMessageError, match="duplicated"):
+        UnmaskRequest(rid, 10, (10,), (), ((11, sig), (11, sig)))
+    with pytest.raises(MalformedMessageError, match="sorted"):
+        UnmaskRequest(rid, 10, (10,), (), ((12, sig), (11, sig)))
+    with pytest.raises(MalformedMessageError, match="signature"):
+        UnmaskRequest(rid, 10, (10,), (), ((11, sig[:-1]),))
+    with pytest.raises(MalformedMessageError, match="pairs"):
+        UnmaskRequest(rid, 10, (10,), (), ((11, sig, 1),))  # type: ignore[arg-type]
+    one = bytearray(UnmaskRequest(rid, 10, (10,), (), ((11, sig), (12, sig))).to_bytes())
+    struct.pack_into("<Q", one, len(one) - 72, 11)  # second signer also 11
+    with pytest.raises(MalformedMessageError, match="duplicated"):
+        UnmaskRequest.from_bytes(bytes(one))
     with pytest.raises(MalformedMessageError, match="duplicated"):
         KeyDirectory(rid, 10, (r.adverts[10], r.adverts[10]))
     ad = r.adverts[10].to_bytes()

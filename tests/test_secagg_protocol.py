@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import chisquare
 
 from fedssl.privacy.secagg import (
+    ConsistencyCheck,
     DecryptionError,
     Dropouts,
     InsufficientParticipantsError,
@@ -68,10 +69,16 @@ class Round:
         dirs = self.advertise()
         return self.server.collect_shares([self.clients[u].share_keys(dirs[u]) for u in dirs])
 
-    def through_masked(self) -> dict[int, UnmaskRequest]:
+    def through_masked(self) -> dict[int, ConsistencyCheck]:
         bundles = self.through_shares()
         return self.server.collect_masked_inputs(
             [self.clients[u].mask_input(bundles[u], self.inputs[u]) for u in bundles]
+        )
+
+    def through_consistency(self) -> dict[int, UnmaskRequest]:
+        checks = self.through_masked()
+        return self.server.collect_consistency_signatures(
+            [self.clients[u].consistency_check(checks[u]) for u in checks]
         )
 
 
@@ -121,15 +128,17 @@ def test_dropouts_at_every_stage() -> None:
         after_advertise=frozenset({1, 2}),
         after_share_keys=frozenset({3, 4, 5}),
         after_masked_input=frozenset({6, 7}),
+        after_consistency=frozenset({8}),
     )
     result = run_secagg(inputs, dropouts=drops)
     assert result.dropped == (3, 4, 5)
-    assert result.survivors == tuple(u for u in ids if u > 5)  # 6, 7 sent input: included
+    assert result.survivors == tuple(u for u in ids if u > 5)  # 6, 7, 8 sent input: included
     assert np.array_equal(result.total, _expected(inputs, result.survivors))
 
 
 @pytest.mark.parametrize(
-    "stage", ["after_advertise", "after_share_keys", "after_masked_input", "combined"]
+    "stage",
+    ["after_advertise", "after_share_keys", "after_masked_input", "after_consistency", "combined"],
 )
 def test_single_stage_dropouts(stage: str) -> None:
     rng = np.random.default_rng(len(stage))
@@ -137,7 +146,8 @@ def test_single_stage_dropouts(stage: str) -> None:
     inputs = _inputs(rng, ids, 333)
     drop = frozenset({101, 107, 113})
     kwargs = (
-        {"after_advertise": drop, "after_share_keys": frozenset({115}), "after_masked_input": {104}}
+        {"after_advertise": drop, "after_share_keys": frozenset({115}), "after_masked_input": {104},
+         "after_consistency": frozenset({110})}
         if stage == "combined"
         else {stage: drop}
     )
@@ -146,7 +156,9 @@ def test_single_stage_dropouts(stage: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "stage", ["before_advertise", "after_advertise", "after_share_keys", "after_masked_input"]
+    "stage",
+    ["before_advertise", "after_advertise", "after_share_keys", "after_masked_input",
+     "after_consistency"],
 )
 def test_too_few_survivors_raise_cleanly(stage: str) -> None:
     rng = np.random.default_rng(3)
@@ -253,16 +265,20 @@ def test_redirected_ciphertext_fails_authentication() -> None:
 
 def test_client_refuses_inconsistent_unmask_request() -> None:
     r = Round(8, 16, degree=7)
-    reqs = r.through_masked()
+    reqs = r.through_consistency()
     u = r.ids[0]
     req = reqs[u]
-    hidden = UnmaskRequest(req.round_id, u, (u,), ())  # neighbours neither alive nor dropped
-    with pytest.raises((MalformedMessageError, InsufficientParticipantsError)):
+    hidden = UnmaskRequest(req.round_id, u, (u,), (), req.signatures)  # neighbours unlisted
+    with pytest.raises(MalformedMessageError, match="survivors differ"):
         r.clients[u].unmask(hidden)
+    # after the consistency check the server can no longer call a signed survivor dropped
     v = r.ids[1]
     others = tuple(x for x in reqs[v].survivors if x != r.ids[2])
-    both = UnmaskRequest(req.round_id, v, others, (r.ids[2],))  # v claims 2 dropped: fine
-    assert r.clients[v].unmask(both).key_shares[0][0] == r.ids[2]
+    both = UnmaskRequest(req.round_id, v, others, (r.ids[2],), req.signatures)
+    with pytest.raises(MalformedMessageError, match="survivors differ"):
+        r.clients[v].unmask(both)
+    w = r.ids[3]
+    assert r.clients[w].unmask(reqs[w]).key_shares == ()  # the honest request: no key share
 
 
 def test_stage_order_enforced() -> None:
@@ -342,7 +358,11 @@ def test_client_state_survives_export_between_stages() -> None:
     masked = [r.clients[u].mask_input(bundles[u], r.inputs[u]) for u in bundles]
     for u in bundles:
         hop(u)
-    reqs = r.server.collect_masked_inputs(masked)
+    checks = r.server.collect_masked_inputs(masked)
+    sigs = [r.clients[u].consistency_check(checks[u]) for u in checks]
+    for u in checks:
+        hop(u)
+    reqs = r.server.collect_consistency_signatures(sigs)
     result = r.server.collect_unmask_responses([r.clients[u].unmask(reqs[u]) for u in reqs])
     assert np.array_equal(result.total, _expected(r.inputs, result.survivors))
     with pytest.raises(MalformedMessageError):

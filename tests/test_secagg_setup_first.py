@@ -101,13 +101,13 @@ def _drops(seed: int, rnd: int, pid: int, stage: int, p: float) -> bool:
 @pytest.mark.slow
 def test_dropout_after_key_setup_is_recovered(tmp_path: Path) -> None:
     """A client that shared its keys and then vanishes at training (SecAgg+ stages now run
-    identify, setup, share, train, mask, unmask) is a dropout: its masks are recovered from
-    its neighbours' shares and the others' sum is released."""
+    identify, setup, share, train, mask, consistency, unmask) is a dropout: its masks are
+    recovered from its neighbours' shares and the others' sum is released."""
     from fedssl.client.faults import STAGE_IDS
 
     p = 0.3
-    stages = [STAGE_IDS.get("identify", 9), *(STAGE_IDS[s] for s in
-                                              ("setup", "share", "train", "mask", "unmask"))]
+    stages = [STAGE_IDS.get("identify", 9), *(STAGE_IDS[s] for s in (
+        "setup", "share", "train", "mask", "consistency", "unmask"))]
     seed = next(s for s in range(2000)  # client 1 drops at training, nobody else anywhere
                 if all(_drops(s, 1, pid, st, p) == (pid == 1 and st == STAGE_IDS["train"])
                        for pid in range(3) for st in stages))

@@ -2,8 +2,9 @@
 
 Implements Bonawitz et al. 2017 (CCS, "Practical Secure Aggregation for Privacy-Preserving
 Machine Learning") with the sparse k-regular communication graph of Bell et al. 2020 (CCS,
-"Secure Single-Server Aggregation with (Poly)Logarithmic Overhead"). No Flower imports: the
-Flower workflow / client mod only moves the :mod:`.messages` between
+"Secure Single-Server Aggregation with (Poly)Logarithmic Overhead"), including Bonawitz et
+al.'s consistency check (signed survivor sets) of the malicious-server variant. No Flower
+imports: the Flower workflow / client mod only moves the :mod:`.messages` between
 :class:`SecAggClient` and :class:`SecAggServer`.
 
 Modules: :mod:`.shamir` (secret sharing), :mod:`.crypto` (X25519, HKDF, AES-GCM, Ed25519),
@@ -26,6 +27,8 @@ from .errors import (
 from .graph import build_graph, default_degree, default_threshold, effective_degree
 from .messages import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     EncryptedShares,
     KeyDirectory,
     MaskedInput,
@@ -43,6 +46,8 @@ __all__ = [
     "AdvertiseKeys",
     "AggregationResult",
     "ClientStage",
+    "ConsistencyCheck",
+    "ConsistencySignature",
     "DecryptionError",
     "Dropouts",
     "EncryptedShares",

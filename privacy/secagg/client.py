@@ -6,6 +6,7 @@ server's message (object or bytes) and returns the client's reply message::
     adv    = client.setup(config)                 # AdvertiseKeys (signed c_pk, s_pk)
     shares = client.share_keys(directory)         # ShareKeys (encrypted Shamir shares)
     masked = client.mask_input(bundle, q)         # MaskedInput (q: uint32 vector of length d)
+    sig    = client.consistency_check(check)      # ConsistencySignature (signed U3)
     resp   = client.unmask(request)               # UnmaskResponse
 
 Masking: with ``N2(u)`` the neighbours whose encrypted shares reached ``u`` (they are alive
@@ -22,12 +23,27 @@ client in a failed state, so it never continues a compromised round):
 * the relayed keys are for this client's graph neighbours only, its own entry is unchanged,
   all keys are distinct and at least ``t`` holders remain;
 * shares decrypt under AES-GCM with associated data binding round, sender and receiver;
-* at unmasking, a neighbour is revealed *either* as survivor (share of ``b_v``) *or* as dropped
-  (share of ``s_sk_v``), never both, and only if at least ``t`` survivors are claimed.
+* consistency check (Bonawitz et al. 2017, Figure 4, round 3, malicious-server variant): the
+  server shows the survivor set ``U3``; the client checks it holds itself, at least ``t`` ids of
+  this round, and only neighbours whose shares reached it, then signs (round digest, its id,
+  ``U3``) with its identity key - once per round: it never signs a second set;
+* at unmasking, the request must carry at least ``t`` signatures, from distinct clients of
+  ``U3`` registered in the identity registry, that all verify on *exactly* the ``U3`` this
+  client signed (a forged, unregistered, foreign or other-set signature aborts), and its
+  survivor/dropped lists must be what that ``U3`` implies; only then is a neighbour revealed,
+  *either* as survivor (share of ``b_v``) *or* as dropped (share of ``s_sk_v``), never both.
 
-Trust model: clients are honest-but-curious, the server may be malicious in relaying keys
-(signatures), but Bonawitz et al.'s extra consistency-check round (signed survivor lists) is not
-implemented, so a server that lies about who dropped to different clients is out of scope.
+Trust model: clients are honest-but-curious; the server may be malicious in relaying keys
+(signatures) and in telling clients who survived. What the consistency check guarantees:
+every client that releases unmasking shares was shown a ``U3`` that ``t`` distinct registered
+clients signed, and an honest client signs one set per round; so two honest clients release
+shares under different sets only if ``2t - c`` distinct clients signed (``c`` colluding
+clients may sign both), which cannot happen when ``2t > n + c`` (``n`` = clients in the
+round's SetupConfig; Bonawitz et al.'s setting). With SecAgg+'s sparse graph and ``t`` a
+majority of ``k + 1 < n``, the check alone does not rule a split out; there, that each honest
+holder reveals one of the two shares of a neighbour, and ``2t > k + 1``, is what keeps the
+server from getting both ``b_v`` and ``s_sk_v`` while fewer than ``2t - k - 1`` of ``v``'s
+neighbours collude with it.
 """
 
 from __future__ import annotations
@@ -56,6 +72,8 @@ from .messages import (
     PLAINTEXT_BYTES,
     U32,
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     EncryptedShares,
     KeyDirectory,
     MaskedInput,
@@ -82,6 +100,7 @@ class ClientStage(Enum):
     ADVERTISED = "advertised"
     SHARED = "shared"
     MASKED = "masked"
+    SIGNED = "signed"
     DONE = "done"
     FAILED = "failed"
 
@@ -281,18 +300,87 @@ class SecAggClient:
         return MaskedInput(cfg.round_id, me, masked)
 
     # ------------------------------------------------------------------ stage 3
+    def consistency_check(self, check: ConsistencyCheck | bytes) -> ConsistencySignature:
+        """Sign the survivor set ``U3`` the server shows (once per round), after checking it."""
+        self._expect(ClientStage.MASKED, "sign the survivor set")
+        try:
+            msg = ConsistencyCheck.parse(check)
+            cfg, me = self._config, self.node_id
+            self._check_round(msg.round_id, "ConsistencyCheck")
+            if msg.receiver != me:
+                raise MalformedMessageError(f"ConsistencyCheck: addressed to {msg.receiver}")
+            u3 = msg.survivors
+            if me not in u3:
+                raise MalformedMessageError("ConsistencyCheck: this node is not a survivor")
+            strangers = set(u3) - set(cfg.node_ids)
+            if strangers:
+                raise MalformedMessageError(
+                    f"ConsistencyCheck: node {min(strangers)} is not in this round"
+                )
+            unseen = (set(u3) & self._neighbours) - self._live
+            if unseen:
+                raise MalformedMessageError(
+                    f"ConsistencyCheck: neighbour {min(unseen)} listed as survivor, but its "
+                    "shares never reached this node"
+                )
+            if len(u3) < cfg.threshold:
+                raise InsufficientParticipantsError(
+                    f"ConsistencyCheck: {len(u3)} survivors < threshold {cfg.threshold}"
+                )
+            sig = crypto.sign_consistency(self._identity_key, self._digest, me, u3)
+        except SecAggError as exc:
+            raise self._fail(exc) from None
+        self._u3 = tuple(u3)
+        self.stage = ClientStage.SIGNED
+        return ConsistencySignature(cfg.round_id, me, sig)
+
+    def _check_consistency(self, req: UnmaskRequest) -> None:
+        """``t`` valid signatures on this client's ``U3`` from distinct registered members."""
+        cfg, u3 = self._config, self._u3
+        members = set(u3)
+        for signer, sig in req.signatures:  # signers are distinct: the parser checks it
+            if signer not in members:
+                raise SignatureVerificationError(
+                    f"UnmaskRequest: consistency signature from node {signer}, which is not "
+                    "in the survivor set this node signed; aborting"
+                )
+            if signer == self.node_id:
+                ident = self._identity_key.public_key()
+            elif signer in self._registry:
+                ident = crypto.load_identity_public(self._registry[signer])
+            else:
+                raise SignatureVerificationError(
+                    f"UnmaskRequest: no registered identity key for signer {signer}; aborting"
+                )
+            crypto.verify_consistency(ident, self._digest, signer, u3, sig)
+        if len(req.signatures) < cfg.threshold:
+            raise InsufficientParticipantsError(
+                f"UnmaskRequest: {len(req.signatures)} consistency signatures on the survivor "
+                f"set < threshold {cfg.threshold}; not revealing any share"
+            )
+
+    # ------------------------------------------------------------------ stage 4
     def unmask(self, request: UnmaskRequest | bytes) -> UnmaskResponse:
-        """Reveal ``b``-shares of surviving neighbours and ``s_sk``-shares of dropped ones."""
-        self._expect(ClientStage.MASKED, "unmask")
+        """After the consistency check: reveal ``b``-shares of surviving neighbours and
+        ``s_sk``-shares of dropped ones."""
+        self._expect(ClientStage.SIGNED, "unmask")
         try:
             req = UnmaskRequest.parse(request)
             cfg, me = self._config, self.node_id
             self._check_round(req.round_id, "UnmaskRequest")
             if req.receiver != me:
                 raise MalformedMessageError(f"UnmaskRequest: addressed to {req.receiver}")
+            self._check_consistency(req)
+            u3 = set(self._u3)
             survivors, dropped = set(req.survivors), set(req.dropped)
-            if me not in survivors:
-                raise MalformedMessageError("UnmaskRequest: this node is not listed as survivor")
+            if survivors != ({me} | self._live) & u3:
+                raise MalformedMessageError(
+                    "UnmaskRequest: survivors differ from the signed survivor set"
+                )
+            if dropped & u3:
+                raise MalformedMessageError(
+                    "UnmaskRequest: a node of the signed survivor set is listed as dropped"
+                )
             if len(survivors) < cfg.threshold:
                 raise InsufficientParticipantsError(
                     f"only {len(survivors)} survivors < threshold {cfg.threshold}"
@@ -343,6 +431,8 @@ class SecAggClient:
             state["peers"] = [b64(e.to_bytes()) for e in self._peers.values()]
         if hasattr(self, "_live"):
             state["live"] = sorted(self._live)
+        if hasattr(self, "_u3"):
+            state["u3"] = list(self._u3)
         return json.dumps(state, sort_keys=True).encode("utf-8")
 
     @classmethod
@@ -381,6 +471,10 @@ class SecAggClient:
                 client._peers = {p.node_id: p for p in peers}
             if "live" in data:
                 client._live = frozenset(int(v) for v in data["live"])
+            if "u3" in data:
+                u3 = tuple(int(v) for v in data["u3"])
+                ConsistencyCheck(client._config.round_id, client.node_id, u3)  # validates
+                client._u3 = u3
         except SecAggError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -14,6 +14,10 @@ What (Bonawitz et al. 2017, CCS, Section 4 / Figure 4; Bell et al. 2020, CCS):
 * Each client signs ``(round digest, node id, c_pk, s_pk)`` with its long-term Ed25519 identity
   key (the "PKI" variant of Bonawitz et al. that defeats a server substituting public keys,
   i.e. the man-in-the-middle a semi-honest-only Flower SecAgg+ cannot detect).
+* In the consistency check (Bonawitz et al. 2017, Figure 4, round 3 of the malicious-server
+  variant) each client signs ``(round digest, node id, U3)`` with the same identity key: the
+  survivor set it was shown, so no two clients can be shown different sets without it being
+  detected (:func:`sign_consistency`, :func:`verify_consistency`).
 
 Why: every primitive is from the ``cryptography`` package (OpenSSL), constant-time and
 audited; nothing here is homemade except the framing.
@@ -140,6 +144,40 @@ def verify_advertisement(
         raise SignatureVerificationError(
             f"public keys advertised for node {node_id} are not signed by its registered "
             "identity key (substituted key or wrong round); aborting"
+        ) from None
+
+
+def consistency_payload(digest: bytes, node_id: int, survivors: tuple[int, ...]) -> bytes:
+    """Bytes a client signs in the consistency check: round digest, its id and the sorted
+    survivor set ``U3`` it was shown (count-prefixed, so no two sets share an encoding)."""
+    ids = tuple(int(v) for v in survivors)
+    return (DOMAIN + b"consistency" + digest + struct.pack("<QI", node_id, len(ids))
+            + struct.pack(f"<{len(ids)}Q", *ids))
+
+
+def sign_consistency(
+    identity_key: Ed25519PrivateKey, digest: bytes, node_id: int, survivors: tuple[int, ...]
+) -> bytes:
+    """Ed25519 signature over :func:`consistency_payload`."""
+    return identity_key.sign(consistency_payload(digest, node_id, survivors))
+
+
+def verify_consistency(
+    identity_public: Ed25519PublicKey,
+    digest: bytes,
+    node_id: int,
+    survivors: tuple[int, ...],
+    signature: bytes,
+) -> None:
+    """Raise :class:`SignatureVerificationError` unless ``node_id`` signed exactly ``survivors``
+    in this round."""
+    try:
+        identity_public.verify(signature, consistency_payload(digest, node_id, survivors))
+    except InvalidSignature:
+        raise SignatureVerificationError(
+            f"consistency signature of node {node_id} does not verify on the survivor set this "
+            "client was shown (forged, from another round, or the server showed node "
+            f"{node_id} a different set); aborting"
         ) from None
 
 

@@ -9,7 +9,10 @@ What: one frozen dataclass per message of Bonawitz et al. (2017, Figure 4) / Bel
     client -> server  ShareKeys        AES-GCM ciphertexts of (b_u, s_sk_u) shares (round 1)
     server -> client  ShareBundle      the ciphertexts addressed to this client
     client -> server  MaskedInput      y_u = x_u + PRG(b_u) +- sum PRG(s_uv)     (round 2)
-    server -> client  UnmaskRequest    survivors U3 and dropped U2 \\ U3
+    server -> client  ConsistencyCheck the survivor set U3 (the same for every client)
+    client -> server  ConsistencySignature  Ed25519 signature on (round, U3)     (round 3)
+    server -> client  UnmaskRequest    survivors and dropped among its neighbours, and
+                                       every consistency signature received (U4)
     client -> server  UnmaskResponse   b-shares of survivors, s_sk-shares of dropped (round 4)
 
 Wire format: ``b"FSA" | version u8 | type u8 | round_id[32]`` followed by the fields, with
@@ -40,7 +43,8 @@ from .errors import MalformedMessageError
 from .shamir import SHARE_BYTES
 
 MAGIC = b"FSA"
-VERSION = 1
+#: 2: the consistency check (types 9, 10) and the signatures in UnmaskRequest
+VERSION = 2
 ROUND_ID_BYTES = 32
 PLAINTEXT_BYTES = 2 * SHARE_BYTES  # b_u share || s_sk share
 CIPHERTEXT_BYTES = NONCE_BYTES + PLAINTEXT_BYTES + TAG_BYTES
@@ -185,6 +189,17 @@ def _check_sorted_ids(name: str, field: str, ids: tuple[int, ...]) -> None:
     _check_unique(name, field, ids)
     if list(ids) != sorted(ids):
         raise MalformedMessageError(f"{name}: '{field}' must be sorted")
+
+
+def _check_signatures(name: str, items: tuple[tuple[int, bytes], ...]) -> None:
+    """``(signer, signature)`` pairs: sorted by signer, each signer once, 64-byte signatures."""
+    if not isinstance(items, tuple) or any(
+        not isinstance(it, tuple) or len(it) != 2 for it in items
+    ):
+        raise MalformedMessageError(f"{name}: signatures must be (node id, signature) pairs")
+    for _, sig in items:
+        _check_len(name, "signature", sig, SIGNATURE_BYTES)
+    _check_sorted_ids(name, "signers", tuple(signer for signer, _ in items))
 
 
 class _Message:
@@ -447,14 +462,74 @@ class MaskedInput(_Message):
 
 
 @dataclass(frozen=True)
+class ConsistencyCheck(_Message):
+    """The survivor set ``U3`` (every client whose masked input the server received).
+
+    Bonawitz et al. 2017, Figure 4, round 3 (ConsistencyCheck, malicious-server variant): the
+    server sends the same ``U3`` to every client in it; each signs what it was shown.
+    """
+
+    TYPE: ClassVar[int] = 9
+    round_id: bytes
+    receiver: int
+    survivors: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        name = "ConsistencyCheck"
+        _check_len(name, "round_id", self.round_id, ROUND_ID_BYTES)
+        _check_id(name, "receiver", self.receiver)
+        _check_sorted_ids(name, "survivors", self.survivors)
+
+    def to_bytes(self) -> bytes:
+        return _Writer(self.TYPE, self.round_id).u64(self.receiver).ids(self.survivors).done()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> ConsistencyCheck:
+        r = _Reader(data, "ConsistencyCheck", cls.TYPE)
+        receiver = r.u64("receiver")
+        survivors = r.ids("survivors")
+        r.done()
+        return cls(r.round_id, receiver, survivors)
+
+
+@dataclass(frozen=True)
+class ConsistencySignature(_Message):
+    """``sender``'s Ed25519 signature on (round digest, its id, the ``U3`` it was shown)."""
+
+    TYPE: ClassVar[int] = 10
+    round_id: bytes
+    sender: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        name = "ConsistencySignature"
+        _check_len(name, "round_id", self.round_id, ROUND_ID_BYTES)
+        _check_id(name, "sender", self.sender)
+        _check_len(name, "signature", self.signature, SIGNATURE_BYTES)
+
+    def to_bytes(self) -> bytes:
+        return _Writer(self.TYPE, self.round_id).u64(self.sender).raw(self.signature).done()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> ConsistencySignature:
+        r = _Reader(data, "ConsistencySignature", cls.TYPE)
+        sender = r.u64("sender")
+        signature = r.fixed(SIGNATURE_BYTES, "signature")
+        r.done()
+        return cls(r.round_id, sender, signature)
+
+
+@dataclass(frozen=True)
 class UnmaskRequest(_Message):
-    """Survivors ``U3`` (sent masked input) and dropped ``U2 \\ U3`` (shared keys, then left)."""
+    """Survivors (sent masked input) and dropped (shared keys, then left) among ``receiver``'s
+    neighbours, with every consistency signature the server received, sorted by signer."""
 
     TYPE: ClassVar[int] = 7
     round_id: bytes
     receiver: int
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    signatures: tuple[tuple[int, bytes], ...] = ()
 
     def __post_init__(self) -> None:
         name = "UnmaskRequest"
@@ -467,18 +542,26 @@ class UnmaskRequest(_Message):
             raise MalformedMessageError(
                 f"{name}: node {min(both)} listed as both survivor and dropped"
             )
+        _check_signatures(name, self.signatures)
 
     def to_bytes(self) -> bytes:
         w = _Writer(self.TYPE, self.round_id).u64(self.receiver)
-        return w.ids(self.survivors).ids(self.dropped).done()
+        w.ids(self.survivors).ids(self.dropped).u32(len(self.signatures))
+        for signer, sig in self.signatures:
+            w.u64(signer).raw(sig)
+        return w.done()
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> UnmaskRequest:
         r = _Reader(data, "UnmaskRequest", cls.TYPE)
         receiver = r.u64("receiver")
         survivors, dropped = r.ids("survivors"), r.ids("dropped")
+        n = r.count("signatures", 8 + SIGNATURE_BYTES)
+        sigs = tuple(
+            (r.u64("signer"), r.fixed(SIGNATURE_BYTES, "signature")) for _ in range(n)
+        )
         r.done()
-        return cls(r.round_id, receiver, survivors, dropped)
+        return cls(r.round_id, receiver, survivors, dropped, sigs)
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,17 @@ and returns the next messages, keyed by destination node id::
     config = server.setup()                                  # SetupConfig -> every node
     directories = server.collect_advertisements(adverts)     # {node: KeyDirectory}
     bundles = server.collect_shares(share_msgs)              # {node: ShareBundle}
-    requests = server.collect_masked_inputs(masked_msgs)     # {node: UnmaskRequest}
+    checks = server.collect_masked_inputs(masked_msgs)       # {node: ConsistencyCheck}
+    requests = server.collect_consistency_signatures(sigs)   # {node: UnmaskRequest}
     result = server.collect_unmask_responses(responses)      # AggregationResult
 
 Participant sets follow the paper: ``U1`` advertised keys, ``U2 <= U1`` shared keys,
-``U3 <= U2`` sent a masked input, ``U4 <= U3`` answered the unmask request. The output is
+``U3 <= U2`` sent a masked input, ``U4 <= U3`` signed ``U3`` in the consistency check (Bonawitz
+et al.'s malicious-server variant: every client of ``U4`` is sent all ``U4``'s signatures and
+reveals nothing unless ``t`` of them verify on the set it signed), ``U5 <= U4`` answered the
+unmask request. A client of ``U3`` that does not sign is treated like one that answers no
+unmask request: its input is in the sum and its ``b`` is rebuilt from its neighbours' shares,
+as long as every secret still has ``t`` holders in ``U4``. The output is
 ``sum_{u in U3} q_u (mod 2^32)``: the server subtracts ``PRG(b_u)`` for every ``u in U3``
 (``b_u`` reconstructed from ``t`` shares) and, for every ``v in U2 \\ U3``, reconstructs ``s_sk_v``
 (checked against the advertised ``s_pk_v``) and removes the pairwise masks ``v`` left in its
@@ -53,6 +59,8 @@ from .messages import (
     ROUND_ID_BYTES,
     U32,
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     KeyDirectory,
     MaskedInput,
     SetupConfig,
@@ -64,7 +72,7 @@ from .messages import (
 from .prg import apply_masks
 from .shamir import Share, decode_share_value, node_x, reconstruct_bytes
 
-M = TypeVar("M", AdvertiseKeys, ShareKeys, MaskedInput, UnmaskResponse)
+M = TypeVar("M", AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskResponse)
 
 
 class ServerStage(Enum):
@@ -75,6 +83,7 @@ class ServerStage(Enum):
     KEYS = "keys"
     SHARES = "shares"
     MASKED = "masked"
+    SIGNED = "signed"
     DONE = "done"
     FAILED = "failed"
 
@@ -290,8 +299,8 @@ class SecAggServer:
 
     def collect_masked_inputs(
         self, messages: Iterable[MaskedInput | bytes]
-    ) -> dict[int, UnmaskRequest]:
-        """Sum ``U3``'s masked inputs; ask each survivor for the shares needed to unmask."""
+    ) -> dict[int, ConsistencyCheck]:
+        """Sum ``U3``'s masked inputs; show every survivor the same ``U3`` to sign."""
         self._expect(ServerStage.SHARES, "collect masked inputs")
         d = self.config.vector_length
 
@@ -324,22 +333,58 @@ class SecAggServer:
         self._u3 = frozenset(u3)
         self._dropped = self._u2 - self._u3
         self.stage = ServerStage.MASKED
+        rid, survivors = self.config.round_id, tuple(sorted(u3))
+        return {u: ConsistencyCheck(rid, u, survivors) for u in survivors}
+
+    def collect_consistency_signatures(
+        self, messages: Iterable[ConsistencySignature | bytes]
+    ) -> dict[int, UnmaskRequest]:
+        """Collect ``U4``'s signatures on ``U3``; ask each signer for its unmasking shares,
+        relaying every signature (each client checks ``t`` of them before revealing)."""
+        self._expect(ServerStage.MASKED, "collect consistency signatures")
+        survivors = tuple(sorted(self._u3))
+
+        def check(msg: ConsistencySignature) -> None:
+            if self._registry is not None:
+                if msg.sender not in self._registry:
+                    raise MalformedMessageError(f"no identity key for node {msg.sender}")
+                crypto.verify_consistency(
+                    self._registry[msg.sender], self.digest, msg.sender, survivors, msg.signature
+                )
+
+        sigs, rejected = self._gather(messages, ConsistencySignature, self._u3, check)
+        u4 = set(sigs)
+        t = self.threshold
+        if len(u4) < t:
+            raise self._insufficient(f"consistency check: {len(u4)} signers < threshold {t}")
+        for u in sorted(self._u2):
+            holders = len(((self.graph[u] & self._u2) | {u}) & u4)
+            if holders < t:
+                raise self._insufficient(
+                    f"consistency check: node {u}'s secrets have {holders} signing holders "
+                    f"< threshold {t}"
+                )
+        self.rejected += rejected
+        self._u4 = frozenset(u4)
+        self.stage = ServerStage.SIGNED
         rid = self.config.round_id
+        relayed = tuple((v, sigs[v].signature) for v in sorted(u4))  # type: ignore[union-attr]
         return {
             u: UnmaskRequest(
                 rid,
                 u,
-                tuple(sorted((self.graph[u] | {u}) & u3)),
+                tuple(sorted((self.graph[u] | {u}) & self._u3)),
                 tuple(sorted(self.graph[u] & self._dropped)),
+                relayed,
             )
-            for u in sorted(u3)
+            for u in sorted(u4)
         }
 
     def collect_unmask_responses(
         self, messages: Iterable[UnmaskResponse | bytes]
     ) -> AggregationResult:
         """Reconstruct ``b_u`` (survivors) and ``s_sk_v`` (dropped), remove masks, return sum."""
-        self._expect(ServerStage.MASKED, "collect unmask responses")
+        self._expect(ServerStage.SIGNED, "collect unmask responses")
         u2, u3, dropped = self._u2, self._u3, self._dropped
 
         def check(msg: UnmaskResponse) -> None:
@@ -355,7 +400,7 @@ class SecAggServer:
             for _, y in msg.seed_shares + msg.key_shares:
                 decode_share_value(y)
 
-        responses, rejected = self._gather(messages, UnmaskResponse, u3, check)
+        responses, rejected = self._gather(messages, UnmaskResponse, self._u4, check)
         t = self.threshold
         seed_shares: dict[int, list[Share]] = {u: [] for u in u3}
         key_shares: dict[int, list[Share]] = {v: [] for v in dropped}

@@ -5,18 +5,20 @@ together exactly as a transport would (optionally through the byte encoding of e
 for tests, benchmarks and simulations. :func:`run_round` is the general form (inputs produced
 on demand), :func:`run_secagg_mean` adds the quantisation step and returns the decoded mean.
 
-Dropouts are scripted per stage (Bonawitz et al. 2017 name the sets U1..U4):
+Dropouts are scripted per stage (Bonawitz et al. 2017 name the sets U1..U5):
 
 * ``before_advertise``: never answers (not in U1);
 * ``after_advertise``: advertises keys, then vanishes (in U1, not U2: nothing to recover);
 * ``after_share_keys``: shares keys, sends no input (in U2, not U3: pairwise masks recovered
   from its neighbours' shares of ``s_sk``);
-* ``after_masked_input``: sends its masked input, then vanishes (in U3, not U4: its input is
-  in the sum and ``b_u`` is rebuilt from its neighbours' shares).
+* ``after_masked_input``: sends its masked input, then vanishes before the consistency check
+  (in U3, not U4: its input is in the sum and ``b_u`` is rebuilt from its neighbours' shares);
+* ``after_consistency``: signs the survivor set, then vanishes (in U4, not U5: the same).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,7 @@ class Dropouts:
     after_advertise: frozenset[int] = field(default_factory=frozenset)
     after_share_keys: frozenset[int] = field(default_factory=frozenset)
     after_masked_input: frozenset[int] = field(default_factory=frozenset)
+    after_consistency: frozenset[int] = field(default_factory=frozenset)
 
 
 def make_identities(node_ids: list[int]) -> dict[int, Ed25519PrivateKey]:
@@ -85,11 +88,14 @@ def run_round(
     dropouts: Dropouts | None = None,
     identity_keys: Mapping[int, Ed25519PrivateKey] | None = None,
     serialize: bool = True,
+    stage_seconds: dict[str, float] | None = None,
 ) -> AggregationResult:
     """One round where client ``u``'s input is produced by ``get_input(u)`` when it is needed.
 
     Masked inputs are generated and consumed one client at a time, so memory stays ``O(d)``
-    beyond what ``get_input`` holds.
+    beyond what ``get_input`` holds. ``stage_seconds``, if given, receives the seconds each
+    exchange took (``setup``, ``share``, ``mask``, ``consistency``, ``unmask``: every client's
+    and the server's work for that stage, encoding included).
     """
     ids = sorted(node_ids)
     drop = dropouts or Dropouts()
@@ -101,21 +107,39 @@ def run_round(
     def wire(msg: Any) -> Any:
         return msg.to_bytes() if serialize else msg
 
+    clock = [time.perf_counter()]
+
+    def lap(stage: str) -> None:
+        now = time.perf_counter()
+        if stage_seconds is not None:
+            stage_seconds[stage] = stage_seconds.get(stage, 0.0) + now - clock[0]
+        clock[0] = now
+
     config = wire(server.setup())
     alive = [u for u in ids if u not in drop.before_advertise]
     directories = server.collect_advertisements([wire(clients[u].setup(config)) for u in alive])
+    lap("setup")
     alive = [u for u in directories if u not in drop.after_advertise]
     bundles = server.collect_shares(
         [wire(clients[u].share_keys(wire(directories[u]))) for u in alive]
     )
+    lap("share")
     alive = [u for u in bundles if u not in drop.after_share_keys]
-    requests = server.collect_masked_inputs(
+    checks = server.collect_masked_inputs(
         wire(clients[u].mask_input(wire(bundles[u]), get_input(u))) for u in alive
     )
-    alive = [u for u in requests if u not in drop.after_masked_input]
-    return server.collect_unmask_responses(
+    lap("mask")
+    alive = [u for u in checks if u not in drop.after_masked_input]
+    requests = server.collect_consistency_signatures(
+        [wire(clients[u].consistency_check(wire(checks[u]))) for u in alive]
+    )
+    lap("consistency")
+    alive = [u for u in requests if u not in drop.after_consistency]
+    result = server.collect_unmask_responses(
         [wire(clients[u].unmask(wire(requests[u]))) for u in alive]
     )
+    lap("unmask")
+    return result
 
 
 def run_secagg_mean(
