@@ -11,6 +11,10 @@ accountant of :data:`AUDIT_ACCOUNTANTS` and returns the cumulative epsilon after
   construction;
 - ``rdp``: dp-accounting's Rényi-DP accountant (Mironov 2017), looser but conservative.
 
+Each is an accountant of the registry (:mod:`fedssl.privacy.accountants`):
+:data:`REGISTRY_NAMES` maps the audit's column names to the registry's (the audit's ``rdp`` is
+dp-accounting's, ``dpa-rdp``, independent of Opacus's ``rdp`` that clients may record with).
+
 The reference the audit checks claims against is ``max(prv, pld)``
 (:func:`reference_epsilon`). What the audit does with these numbers is in
 :mod:`fedssl.privacy.audit_checks`.
@@ -19,88 +23,33 @@ The reference the audit checks claims against is ``max(prv, pld)``
 from __future__ import annotations
 
 import functools
-import logging
 import math
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
 
-from fedssl.privacy.accountant import Segment, epsilon_of
+from fedssl.privacy.accountants import Segment, create_accountant, pld_interval, quiet
 
 #: accountants recomputed by the audit, in table order
 AUDIT_ACCOUNTANTS = ("prv", "pld", "rdp")
+#: the audit's accountant names -> the registry's (``create_accountant``)
+REGISTRY_NAMES = {"prv": "prv", "pld": "pld", "rdp": "dpa-rdp"}
 #: Opacus's PRV accountant returns the upper end of an absolute 0.01 error band, so PRV sits
 #: 0.01 above PLD at every setting measured: at small epsilons that is several per cent
 PRV_EPS_ERROR = 0.01
 
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence dp-accounting's RDP convergence warnings (an excluded order only makes the RDP
-    bound looser, never wrong) and Opacus PRV's numpy warnings at q = 1."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        absl.setLevel(level)
-
-
-def _event(noise: float, rate: float, steps: int) -> Any:
-    import dp_accounting as dpa
-
-    return dpa.SelfComposedDpEvent(
-        dpa.PoissonSampledDpEvent(rate, dpa.GaussianDpEvent(noise)), steps)
-
-
-def pld_interval(epsilon: float) -> float:
-    """PLD value-discretisation interval for a PLD whose epsilon is at most ``epsilon`` (the
-    RDP bound): 1e-3 relative, at most 1e-3 absolute. Measured here: the pessimistic PLD at
-    1e-3 is within 0.05 % of the one at 1e-4 from 100 to 10k steps and ~10x faster; 1e-2
-    overshoots by 5 % at 10k steps (q=0.01, sigma=1)."""
-    if not math.isfinite(epsilon) or epsilon <= 0:
-        return 1e-3
-    return float(min(1e-3, max(1e-5, 1e-3 * epsilon)))
+__all__ = ["AUDIT_ACCOUNTANTS", "PRV_EPS_ERROR", "REGISTRY_NAMES", "pld_epsilons",
+           "pld_interval", "prv_epsilons", "rdp_epsilons", "recompute", "reference_epsilon"]
 
 
 def pld_epsilons(history: Sequence[Segment], deltas: Sequence[float],
                  interval: float | None = None) -> list[float]:
-    """Cumulative epsilon after each segment, Google dp-accounting PLD (pessimistic)."""
-    from dp_accounting.pld import PLDAccountant
-
-    if interval is None:
-        interval = pld_interval(rdp_epsilons(history, deltas)[-1] if history else 1.0)
-    acc = PLDAccountant(value_discretization_interval=interval)
-    return _cumulative(acc, history, deltas)
-
-
-def _cumulative(acc, history: Sequence[Segment], deltas: Sequence[float]) -> list[float]:
-    """Compose the segments into a dp-accounting accountant one by one; epsilon after each
-    (``inf`` from the first noise-free segment on)."""
-    out, spent, broken = [], False, False
-    with _quiet():
-        for (noise, rate, steps), delta in zip(history, deltas, strict=True):
-            if steps > 0 and rate > 0:
-                if noise <= 0:
-                    broken = True
-                else:
-                    acc.compose(_event(noise, rate, steps))
-                    spent = True
-            out.append(math.inf if broken else
-                       float(acc.get_epsilon(delta)) if spent else 0.0)
-    return out
+    """Cumulative epsilon after each segment, Google dp-accounting PLD (pessimistic; the
+    interval defaults to :func:`pld_interval` of the RDP epsilon)."""
+    return create_accountant("pld", interval=interval).epsilons(history, deltas)
 
 
 def rdp_epsilons(history: Sequence[Segment], deltas: Sequence[float]) -> list[float]:
     """Cumulative epsilon after each segment, Google dp-accounting RDP (conservative)."""
-    from dp_accounting.rdp import RdpAccountant
-
-    acc = RdpAccountant()
-    return _cumulative(acc, history, deltas)
+    return create_accountant(REGISTRY_NAMES["rdp"]).epsilons(history, deltas)
 
 
 def prv_epsilons(history: Sequence[Segment], deltas: Sequence[float]) -> list[float]:
@@ -110,9 +59,9 @@ def prv_epsilons(history: Sequence[Segment], deltas: Sequence[float]) -> list[fl
 
 @functools.lru_cache(maxsize=4096)
 def _prv(history: tuple[Segment, ...], delta: float) -> float:
-    with _quiet():
+    with quiet():
         try:
-            return epsilon_of(history, delta, "prv")
+            return create_accountant("prv").epsilon(history, delta)
         except (ValueError, RuntimeError, OverflowError, ArithmeticError):
             return math.nan  # reported as an accountant failure, never as a pass
 

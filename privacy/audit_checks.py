@@ -411,7 +411,7 @@ def check_client_level(res: AuditResult, path: Path) -> None:
         return  # _check_report names an unreadable report
     if not level:
         return
-    from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
+    from fedssl.privacy.accountants import SkellamRound, create_accountant
 
     try:
         delta, recorded = float(level["delta"]), float(level["epsilon"])
@@ -430,7 +430,7 @@ def check_client_level(res: AuditResult, path: Path) -> None:
         if any(r.noise_multiplier != z for r in released):
             res.add("error", FindingKind.CLIENT_LEVEL,
                     "a released round's noise multiplier differs from the configured one")
-        recomputed = skellam_epsilon(released, delta)
+        recomputed = create_accountant("skellam").epsilon(released, delta)
         floor = pld_epsilons([(z, 1.0, rounds)], [delta])[-1] if rounds else 0.0
         what = "Skellam RDP (Agarwal et al. 2021)"
     else:

@@ -30,6 +30,8 @@ with ``mu`` the total noise variance per coordinate. Given the cohort, the clien
 is independent noise added on both sides of the comparison (post-processing), so the shift of
 its update is hidden by the noise of *all* shares in the sum, at least ``mu``. Rounds compose by
 adding RDP; RDP converts to ``(epsilon, delta)`` with Opacus's conversion (Balle et al. 2020).
+The bound and its accountant are :mod:`fedssl.privacy.accountants.skellam` (registry name
+``skellam``); this module is the mechanism (plan, clipping, quantisation, noise shares).
 
 Client sampling: no amplification is claimed. The server chooses the cohort, and the released
 sum's offset reveals how many shares it holds, so "this client may not have been sampled" hides
@@ -47,20 +49,27 @@ mechanism's output.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from fedssl.privacy.accountants import create_accountant
+from fedssl.privacy.accountants.skellam import (
+    ORDERS,
+    DistributedDPError,
+    SkellamRound,
+    skellam_rdp,
+)
 from fedssl.privacy.secagg.quantization import MODULUS, Quantizer
 
-#: integer RDP orders (the Skellam bound and the subsampling bound need integers >= 2)
-ORDERS: tuple[int, ...] = (*range(2, 65), 80, 96, 128, 160, 192, 256, 384, 512)
+__all__ = ["HEADROOM_SIGMAS", "MAX_SHARE_VARIANCE", "MIN_LEVELS", "ORDERS", "DistributedDPError",
+           "SkellamPlan", "SkellamRound", "clip_l2", "encode_with_noise", "skellam_epsilon",
+           "skellam_noise", "skellam_rdp"]
+
 #: headroom reserved per client, in standard deviations of its noise share
 HEADROOM_SIGMAS = 10.0
 #: largest variance of one client's share: numpy's Poisson sampler (PTRS) works in float64 and
@@ -72,54 +81,11 @@ MAX_SHARE_VARIANCE = float(2 ** 40)
 MIN_LEVELS = 256
 
 
-class DistributedDPError(ValueError):
-    """Raised when distributed DP cannot be configured soundly (clear message, no fallback)."""
-
-
-def skellam_rdp(order: int, l2: float, l1: float, mu: float) -> float:
-    """RDP at integer ``order`` of one Skellam release (Agarwal et al. 2021, Thm 3.5)."""
-    if order < 2 or int(order) != order:
-        raise DistributedDPError(f"the Skellam bound needs an integer order >= 2, got {order}")
-    if mu <= 0:
-        return math.inf
-    a = float(order)
-    return a * l2 ** 2 / (2 * mu) + min(((2 * a - 1) * l2 ** 2 + 6 * l1) / (4 * mu ** 2),
-                                        3 * l1 / (2 * mu))
-
-
-@dataclass(frozen=True)
-class SkellamRound:
-    """What one round of the distributed mechanism was: enough to recompute its privacy."""
-
-    noise_multiplier: float  # z: total noise std / integer L2 sensitivity
-    l2_sensitivity: float    # D2, integer units
-    l1_sensitivity: float    # D1, integer units
-
-    @property
-    def variance(self) -> float:
-        """Total noise variance per coordinate, ``mu = (z D2)^2``."""
-        return (self.noise_multiplier * self.l2_sensitivity) ** 2
-
-
-@functools.lru_cache(maxsize=1024)
-def _round_rdp(r: SkellamRound) -> tuple[float, ...]:
-    return tuple(skellam_rdp(a, r.l2_sensitivity, r.l1_sensitivity, r.variance) for a in ORDERS)
-
-
 def skellam_epsilon(rounds: Iterable[SkellamRound], delta: float) -> float:
-    """``epsilon`` at ``delta`` of composing ``rounds`` (``inf`` if any had no noise)."""
-    rounds = list(rounds)
-    if not rounds:
-        return 0.0
-    if any(r.noise_multiplier <= 0 for r in rounds):
-        return math.inf
-    from opacus.accountants.analysis.rdp import get_privacy_spent
-
-    total = np.sum([_round_rdp(r) for r in rounds], axis=0)
-    with warnings.catch_warnings():  # "optimal order is the smallest alpha": 2 is the least
-        warnings.simplefilter("ignore")  # integer order the Skellam bound holds for
-        eps, _ = get_privacy_spent(orders=list(ORDERS), rdp=total, delta=delta)
-    return float(eps)
+    """``epsilon`` at ``delta`` of composing ``rounds`` (``inf`` if any had no noise): the
+    registry's ``skellam`` accountant
+    (:class:`~fedssl.privacy.accountants.skellam.SkellamAccountant`)."""
+    return create_accountant("skellam").epsilon(rounds, delta)
 
 
 @dataclass(frozen=True)

@@ -50,3 +50,26 @@ def test_spent_budget_and_approximate_accountant_refused() -> None:
         calibrate_noise(0.5, 1e-5, 0.5, 10, spent=[(0.5, 0.5, 100)])
     with pytest.raises(AccountingError, match="upper bound"):
         epsilon_of([(1.0, 0.1, 10)], 1e-5, "gdp")
+
+
+def test_registry_holds_every_accountant_behind_one_interface() -> None:
+    from fedssl.privacy.accountant import ACCOUNTANTS, UPPER_BOUND_ACCOUNTANTS
+    from fedssl.privacy.accountants import REGISTRY, Accountant, create_accountant
+
+    assert set(REGISTRY) == {"prv", "rdp", "gdp", "pld", "dpa-rdp", "skellam"}
+    assert all(issubclass(c, Accountant) and c.name == n for n, c in REGISTRY.items())
+    assert set(ACCOUNTANTS) <= set(REGISTRY)
+    assert {n for n in ACCOUNTANTS if REGISTRY[n].upper_bound} == set(UPPER_BOUND_ACCOUNTANTS)
+    with pytest.raises(AccountingError, match="unknown accountant"):
+        create_accountant("moments")
+
+
+def test_accountant_steps_like_opacus_and_matches_epsilon_of() -> None:
+    from fedssl.privacy.accountants import create_accountant
+
+    acc = create_accountant("rdp")
+    acc.step(1.0, 0.05, 40)
+    acc.step(noise_multiplier=1.0, sample_rate=0.05, steps=60)
+    assert acc.get_epsilon(1e-5) == epsilon_of([(1.0, 0.05, 100)], 1e-5, "rdp")
+    assert create_accountant("pld").epsilon([], 1e-5) == 0.0
+    assert math.isinf(create_accountant("dpa-rdp").epsilon([(0.0, 0.1, 10)], 1e-5))

@@ -1,0 +1,52 @@
+"""Privacy accountants behind one interface, in a registry (like ``opacus.accountants``).
+
+:class:`~fedssl.privacy.accountants.base.Accountant` composes a history of a mechanism's
+releases into ``(epsilon, delta)``; :func:`create_accountant` builds one by name:
+
+=========== ============================================ ============== =====================
+name        accountant                                   history item   upper bound
+=========== ============================================ ============== =====================
+``prv``     Opacus PRV (Gopi et al. 2021)                ``Segment``    yes (default)
+``rdp``     Opacus RDP (Mironov 2017)                    ``Segment``    yes
+``gdp``     Opacus GDP (CLT; Dong, Roth & Su 2019)       ``Segment``    no: approximation
+``pld``     dp-accounting PLD, pessimistic (2022)        ``Segment``    yes
+``dpa-rdp`` dp-accounting RDP (Mironov 2017)             ``Segment``    yes
+``skellam`` Skellam RDP (Agarwal et al. 2021)            SkellamRound   yes
+=========== ============================================ ============== =====================
+
+Users: :func:`fedssl.privacy.accountant.epsilon_of` and
+:func:`~fedssl.privacy.accountant.calibrate_noise` (a client's budget: ``prv`` or ``rdp``),
+the audit's independent recomputation (:mod:`fedssl.privacy.audit_accounting`: ``prv``,
+``pld``, ``dpa-rdp``, ``skellam``) and distributed DP
+(:func:`fedssl.privacy.distributed_dp.skellam_epsilon`).
+"""
+
+from fedssl.privacy.accountants.base import (
+    REGISTRY,
+    Accountant,
+    AccountingError,
+    GaussianAccountant,
+    Segment,
+    accountant_names,
+    create_accountant,
+    quiet,
+    register_accountant,
+)
+from fedssl.privacy.accountants.dpa import (
+    DpaRDPAccountant,
+    PLDAccountant,
+    pld_interval,
+)
+from fedssl.privacy.accountants.opacus_accountants import (
+    GDPAccountant,
+    OpacusAccountant,
+    PRVAccountant,
+    RDPAccountant,
+)
+from fedssl.privacy.accountants.skellam import SkellamAccountant, SkellamRound
+
+__all__ = ["REGISTRY", "Accountant", "AccountingError", "DpaRDPAccountant", "GDPAccountant",
+           "GaussianAccountant", "OpacusAccountant", "PLDAccountant", "PRVAccountant",
+           "RDPAccountant", "Segment", "SkellamAccountant", "SkellamRound",
+           "accountant_names", "create_accountant", "pld_interval", "quiet",
+           "register_accountant"]
