@@ -43,6 +43,7 @@ from fedssl.privacy.ledger import LEGACY_RUN, Ledger, LedgerEntry, LedgerError, 
 from fedssl.privacy.ledger import runs as ledger_runs
 from fedssl.privacy.secagg import Quantizer, SecAggError
 from fedssl.run_layout import RunLayout, SiteLayout
+from fedssl.run_spec import config_view
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, simulated_partition
 from fedssl.ssl_core.datasets import DataError, validate_arrays
@@ -84,11 +85,9 @@ def identify(context: Context, config: ConfigRecord) -> ClientIdentity:
 
 def load_records(context: Context, config: ConfigRecord):
     """This client's unlabelled training records."""
-    spec = DataSpec(
-        dataset=str(config["dataset"]), data_path=str(config.get("data-path", "")),
-        num_samples=int(config.get("num-samples", 4000)), seed=int(config.get("seed", 0)),
-        image_size=int(config.get("image-size", 28)),
-    )
+    run = config_view(config)
+    spec = DataSpec(dataset=run.dataset, data_path=run.data_path, num_samples=run.num_samples,
+                    seed=run.seed, image_size=run.image_size)
     node = context.node_config
     if "data-path" in node:  # a real site: everything under its own data path
         spec = DataSpec(str(node.get("dataset", "npz")), str(node["data-path"]),
@@ -98,8 +97,7 @@ def load_records(context: Context, config: ConfigRecord):
     else:
         x = simulated_partition(
             spec, int(node["partition-id"]), int(node["num-partitions"]),
-            str(config.get("partitioner", "iid")), float(config.get("dirichlet-alpha", 0.5)),
-            int(config.get("shards-per-client", 2)), run_dir=str(config.get("run-dir", "")),
+            run.partitioner, run.dirichlet_alpha, run.shards_per_client, run_dir=run.run_dir,
         )
     validate_arrays(x, None, "local data")
     expected = tuple(int(d) for d in config.get("input-shape", ()))
@@ -114,8 +112,9 @@ def load_records(context: Context, config: ConfigRecord):
 def compute_setup(context: Context, config: ConfigRecord) -> torch.device:
     """Set this worker's torch threads and return its device (the site's own ``device``
     node config wins over the run's)."""
-    torch.set_num_threads(max(1, int(float(config.get("threads", 1)))))
-    return resolve_device(str(context.node_config.get("device", config.get("device", "auto"))))
+    run = config_view(config)
+    torch.set_num_threads(max(1, run.threads))
+    return resolve_device(str(context.node_config.get("device", run.device)))
 
 
 def run_id_of(config: ConfigRecord) -> str:
@@ -151,12 +150,11 @@ def plan_noise(config: ConfigRecord, ledger: Ledger, sample_rate: float, steps: 
     see :meth:`~fedssl.privacy.ledger.LedgerEntry.segment`) scales the calibrated effective
     noise multiplier back to the one handed to the optimizer.
     """
-    delta = float(config["delta"])
-    accountant = str(config.get("accountant", "prv"))
-    target = float(config.get("target-epsilon", 0.0))
+    run = config_view(config)
+    delta, accountant, target = run.delta, run.accountant, run.target_epsilon
     history = ledger.history(run_id_of(config))
     if target <= 0:
-        sigma = float(config["noise-multiplier"])
+        sigma = run.noise_multiplier
         if sigma <= 0:
             raise AccountingError("DP is on but neither a target epsilon nor a positive "
                                   "noise multiplier was given")
@@ -196,12 +194,13 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
            ) -> Message:
     start = time.perf_counter()
     server_round = int(config["server-round"])
-    if bool(config.get("secagg", False)):
+    run = config_view(config)  # the run's settings, typed (fedssl.run_spec)
+    if run.secagg:
         # secure aggregation's key setup precedes training: no setup, no gradient
         secagg.require_ready(context, server_round)
     device = compute_setup(context, config)
-    objective = get_objective(str(config["method"]))
-    dp = bool(config.get("dp", False))
+    objective = get_objective(run.method)
+    dp = run.dp
     budget = SiteBudget.load(context.node_config, ident.state_dir)
     if budget is not None and not dp:
         # the site's budget binds only what DP-SGD accounts for: a round without it (the
@@ -219,20 +218,16 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     global_state = msg.content["arrays"].to_torch_state_dict()
     local = context.state.array_records.get(LOCAL_MODEL_KEY)
     mixing = merge(model, global_state, local.to_torch_state_dict() if local else None,
-                   str(config.get("algorithm", "fedavg")),
-                   float(config.get("fedema-tau", 0.7)), float(config.get("fedu-threshold", 0.5)))
+                   run.algorithm, run.fedema_tau, run.fedu_threshold)
     cfg = TrainConfig(
-        epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),
-        lr=float(config["lr"]), momentum=float(config.get("momentum", 0.9)),
-        seed=int(config.get("seed", 0)) * 100_003 + server_round * 1009
+        epochs=run.local_epochs, batch_size=run.batch_size, lr=run.lr, momentum=run.momentum,
+        seed=run.seed * 100_003 + server_round * 1009
         + int(context.node_config.get("partition-id", 0)),
-        dp=dp, max_grad_norm=float(config.get("max-grad-norm", 1.0)),
-        amp=bool(config.get("amp", False)),
+        dp=dp, max_grad_norm=run.max_grad_norm, amp=run.amp,
         # the run's recipe (client/trainer.py TrainConfig): augmentation multiplicity, EMA of
         # the local iterates (what is sent), learning-rate schedule over the run's rounds
-        views=int(config.get("views", 0)), ema_decay=float(config.get("ema-decay", 0.0)),
-        lr_schedule=str(config.get("lr-schedule", "constant")),
-        warmup_rounds=int(config.get("warmup-rounds", 0)), round_index=server_round,
+        views=run.views, ema_decay=run.ema_decay, lr_schedule=run.lr_schedule,
+        warmup_rounds=run.warmup_rounds, round_index=server_round,
         total_rounds=max(server_round, int(config.get("num-rounds", server_round))),
     )
     key = secagg.site_identity(context, ident.state_dir)  # a site's registered key only
@@ -255,16 +250,15 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
                          {rid: segments(es) for rid, es in ledger_runs(entries).items()
                           if rid != (run_id or LEGACY_RUN)})
 
-    augment = augment_for(input_shape, str(config["dataset"]))
+    augment = augment_for(input_shape, run.dataset)
     result = train_local(model, objective, x, augment, cfg, device=device)
     state = model.cpu().state_dict()
-    if str(config.get("algorithm", "fedavg")) != "fedavg":  # kept node-local for next round
+    if run.algorithm != "fedavg":  # kept node-local for next round
         context.state[LOCAL_MODEL_KEY] = ArrayRecord(state)
     shared = {k: state[k] for k in global_state}  # only the parts the server averages
 
     if dp:
-        delta = float(config["delta"])
-        accountant = str(config.get("accountant", "prv"))
+        delta, accountant = run.delta, run.accountant
         entry = LedgerEntry(
             round=server_round, client=ident.client_id, noise_multiplier=cfg.noise_multiplier,
             sample_rate=result.sample_rate, steps=result.steps, max_grad_norm=cfg.max_grad_norm,
@@ -297,22 +291,21 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         # a site: the server keeps a verified copy of the signed ledger in its run directory
         status["ledger"] = ident.ledger_path.read_text()
         status["ledger-pub"] = pub.read_bytes()
-    if bool(config.get("secagg", False)):
+    if run.secagg:
         # the server must learn only the sum: keep the quantised update on this node
         new = {k: v.detach().cpu().numpy() for k, v in shared.items()}
         update = flatten(new) - flatten({k: v.numpy() for k, v in msg.content["arrays"].items()})
         if not np.isfinite(update).all():
             raise TrainingError("the local update contains NaN or Inf; not sending it")
-        if str(config.get("client-dp", "off")) == "distributed":
+        if run.client_dp == "distributed":
             # clip, scale, round and add this client's Skellam noise share before masking
             plan = SkellamPlan.make(
-                float(config["client-clip"]), float(config["secagg-clip"]),
-                float(config["client-noise-multiplier"]),
-                int(config["client-dp-min-clients"]), int(config["secagg-num-clients"]),
+                run.client_clip, run.secagg_clip, run.client_noise_multiplier,
+                run.client_dp_min_clients, int(config["secagg-num-clients"]),
                 update.size)
             q = encode_with_noise(update, plan, rng=np.random.default_rng(cfg.seed))
         else:
-            quantizer = Quantizer(float(config["secagg-clip"]),
+            quantizer = Quantizer(run.secagg_clip,
                                   int(config["secagg-num-clients"]))
             q = quantizer.encode(update, rng=np.random.default_rng(cfg.seed))
         store_update(context, q)
@@ -335,14 +328,15 @@ def warmup(msg: Message, context: Context) -> Message:
     try:
         device = compute_setup(context, config)
         x = load_records(context, config)
-        objective = get_objective(str(config["method"]))
+        run = config_view(config)
+        objective = get_objective(run.method)
         model = objective.build_model(tuple(int(d) for d in config["input-shape"]))
-        batch = min(8, max(2, int(config["batch-size"])))
+        batch = min(8, max(2, run.batch_size))
         noise = torch.randn(2 * batch, *x.shape[1:])
-        dp = bool(config.get("dp", False)) and (objective.decomposable
+        dp = run.dp and (objective.decomposable
                                                  or objective.clip_unit == "group")
         train_local(model, objective, noise, augment_for(tuple(x.shape[1:]),
-                                                         str(config["dataset"])),
+                                                         run.dataset),
                     TrainConfig(batch_size=batch, dp=dp, noise_multiplier=1.0), device=device)
         status = "ok"
     except Exception as exc:  # the round itself will report the problem properly

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from fedssl.run_spec import config_view
+
 STAGE_IDS = {"train": 0, "setup": 1, "share": 2, "mask": 3, "unmask": 4, "consistency": 5}
 
 
@@ -40,13 +42,13 @@ def planned_fault(seed: int, server_round: int, partition_id: int, stage: str,
 
 def maybe_fault(config: Mapping[str, Any], node_config: Mapping[str, Any], stage: str) -> None:
     """Apply this run's simulated faults to one message of one client."""
-    p_drop = float(config.get("dropout-prob", 0.0))
-    p_slow = float(config.get("straggler-prob", 0.0))
+    run = config_view(config)
+    p_drop, p_slow = run.dropout_prob, run.straggler_prob
     if (p_drop <= 0 and p_slow <= 0) or "partition-id" not in node_config:
         return
-    fate = planned_fault(int(config.get("seed", 0)), int(config.get("server-round", 0)),
+    fate = planned_fault(run.seed, int(config.get("server-round", 0)),
                          int(node_config["partition-id"]), stage, p_drop, p_slow)
     if fate == "drop":
         raise SimulatedDropoutError(f"simulated dropout at stage {stage!r}")
     if fate == "slow":
-        time.sleep(float(config.get("straggler-delay", 0.0)))
+        time.sleep(run.straggler_delay)

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedssl.privacy.dp_sgd import DPSoundnessError
+from fedssl.run_spec import LR_SCHEDULES as RUN_LR_SCHEDULES
 from fedssl.ssl_core.host_memory import retain_freed_memory
 from fedssl.ssl_core.objectives.base import Objective
 
@@ -107,8 +108,9 @@ class TrainConfig:
                              f"got {self.round_index}")
 
 
-#: the learning-rate schedules of :class:`TrainConfig`
-LR_SCHEDULES = ("constant", "cosine")
+#: the learning-rate schedules of :class:`TrainConfig` (named with the run's settings,
+#: :data:`fedssl.run_spec.LR_SCHEDULES`; implemented by :func:`scheduled_lr`)
+LR_SCHEDULES = RUN_LR_SCHEDULES
 
 
 def scheduled_lr(cfg: TrainConfig, step: int, steps: int) -> float:

@@ -20,52 +20,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedssl import run_spec
+
 DEPLOY_COMMANDS = ("certs", "server", "client")
 
-#: run-config defaults of a real federation: the ServerApp's DEFAULTS (DP at epsilon 8,
-#: delta 1e-5 and secure aggregation on, as in simulations and pyproject's
+#: run-config defaults of a real federation: the run's defaults (fedssl.run_spec.RunSpec: DP at
+#: epsilon 8, delta 1e-5 and secure aggregation on, as in simulations and pyproject's
 #: [tool.flwr.app.config]) with only what a deployment needs changed: no progress bar, its
 #: own run directory and a round timeout for real networks
-DEPLOY_OVERRIDES: dict[str, Any] = {
-    "progress": False, "run-dir": "runs/federation", "round-timeout": 600.0,
-}
+DEPLOY_OVERRIDES: dict[str, Any] = run_spec.DEPLOY_OVERRIDES
 
-#: (flag, run-config key, type, help) of the server options mapped one-to-one on the run config
-_SERVER_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
-    ("--rounds", "num-server-rounds", int, "number of federated rounds"),
-    ("--run-dir", "run-dir", str, "run directory: metrics.jsonl, checkpoints/, report.json, "
-     "encoder.safetensors, plots/ and Flower's logs under flower/"),
-    ("--round-timeout", "round-timeout", float, "seconds the server waits for the clients' "
-     "replies in a round; a client that has not answered by then (crashed, disconnected, too "
-     "slow) counts as a dropout and the round goes on with the others"),
-    ("--clients-per-round", "clients-per-round", int, "clients sampled per round (0: all "
-     "connected clients)"),
-    ("--method", "method", str, "SSL objective: simsiam or byol (simclr is refused under DP)"),
-    ("--local-epochs", "local-epochs", int, "local epochs per round on each client"),
-    ("--batch-size", "batch-size", int, "expected batch size (Poisson sampling under DP)"),
-    ("--lr", "lr", float, "client learning rate"),
-    ("--target-epsilon", "target-epsilon", float, "each client calibrates its noise so the "
-     "whole run costs at most this epsilon (0: use --noise-multiplier)"),
-    ("--noise-multiplier", "noise-multiplier", float, "fixed DP-SGD noise multiplier (when "
-     "--target-epsilon is 0)"),
-    ("--max-grad-norm", "max-grad-norm", float, "per-record clipping norm of DP-SGD"),
-    ("--delta", "delta", float, "DP delta of the run's guarantee"),
-    ("--accountant", "accountant", str, "privacy accountant: prv or rdp"),
-    ("--image-size", "image-size", int, "side length image-folder, DICOM and NIfTI images are "
-     "resized to (server and clients must agree)"),
-    ("--eval-every", "eval-every", int, "evaluate the global encoder every N rounds (and "
-     "after the last)"),
-    ("--eval-samples", "eval-samples", int, "labelled records of the server's evaluation data "
-     "the probes are fitted on (at most)"),
-    ("--seed", "seed", int, "random seed"),
-    ("--threads", "threads", int, "torch threads each client uses for training"),
-)
+#: (flag, run-config key, type, help) of the server options mapped one-to-one on the run
+#: config: the RunSpec settings that have a ``fedssl server`` help text
+_SERVER_OPTIONS: tuple[tuple[str, str, type, str], ...] = tuple(
+    (o.server_flag, o.key, o.type, o.server_help) for o in run_spec.options()
+    if o.server_flag and o.server_help)
 
 
 def _config_defaults() -> dict[str, Any]:
-    from fedssl.server.app import DEFAULTS
-
-    return {**DEFAULTS, **DEPLOY_OVERRIDES}
+    return {**run_spec.DEFAULTS, **DEPLOY_OVERRIDES}
 
 
 def add_deploy_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -135,15 +108,15 @@ def add_deploy_parsers(subparsers: argparse._SubParsersAction) -> None:
                         "volumes, one sub-folder per class); used for the linear probe and "
                         "kNN only, "
                         "never for training")
-    for flag, key, typ, text in _SERVER_OPTIONS:
-        server.add_argument(flag, dest=key.replace("-", "_"), type=typ, default=None,
-                            metavar=typ.__name__.upper(),
-                            help=f"{text} (default: {defaults[key]!r})")
-    server.add_argument("--dp", action=argparse.BooleanOptionalAction, default=None,
-                        help=f"train with DP-SGD on the clients (default: {defaults['dp']})")
-    server.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=None,
-                        help="secure aggregation: the server learns only the sum of the "
-                        f"updates (default: {defaults['secagg']})")
+    for flag, key, typ, text in _SERVER_OPTIONS:  # generated from the RunSpec
+        if typ is bool:
+            server.add_argument(flag, dest=key.replace("-", "_"), default=None,
+                                action=argparse.BooleanOptionalAction,
+                                help=f"{text} (default: {defaults[key]})")
+        else:
+            server.add_argument(flag, dest=key.replace("-", "_"), type=typ, default=None,
+                                metavar=typ.__name__.upper(),
+                                help=f"{text} (default: {defaults[key]!r})")
     server.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other run-config key of the ServerApp (repeatable), e.g. "
                         "--set algorithm=fedema; keys: " + ", ".join(sorted(defaults)))
@@ -240,9 +213,6 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key.replace("-", "_"))
         if value is not None:
             cfg[key] = value
-    for key in ("dp", "secagg"):
-        if getattr(args, key) is not None:
-            cfg[key] = bool(getattr(args, key))
     if args.data_path:
         cfg["data-path"] = str(Path(args.data_path).resolve())
         cfg["dataset"] = infer_dataset(Path(args.data_path), args.dataset)
@@ -257,6 +227,8 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--rounds must be at least 1")
     if cfg["round-timeout"] <= 0:
         raise ValueError("--round-timeout must be positive")
+    # the same checks and errors as fedssl simulate's (a ConfigError: exit 2)
+    cfg = run_spec.validate_run_config(cfg)
     # the server's evaluation data must load before anything starts (exit 2 otherwise)
     data = require_labels(load_dataset(str(cfg["dataset"]), str(cfg["data-path"]),
                                        int(cfg["num-samples"]), int(cfg["seed"]),

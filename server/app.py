@@ -9,7 +9,8 @@ encoder, the baseline every result is compared with. At the end the encoder is e
 docs/architecture.md).
 
 Configuration is Flower's run config (kebab-case keys, ``[tool.flwr.app.config]`` in
-pyproject.toml for ``flwr run .``); ``fedssl simulate`` passes its resolved experiment config
+pyproject.toml for ``flwr run .``), whose settings, defaults and checks are
+:class:`fedssl.run_spec.RunSpec`'s; ``fedssl simulate`` passes its resolved experiment config
 through :func:`make_server_app`.
 """
 
@@ -30,11 +31,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from threadpoolctl import threadpool_limits
 
+from fedssl import run_spec
 from fedssl.privacy.accountant import epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian
 from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
 from fedssl.privacy.identity import load_registry
 from fedssl.run_layout import RunLayout
+from fedssl.run_spec import validate_run_config
 from fedssl.server.checkpoint import resume_point, rewrite_metrics, save_checkpoint
 from fedssl.server.ledger_copies import NOT_REGISTERED, store_copy
 from fedssl.server.progress import RunProgress
@@ -68,40 +71,18 @@ from fedssl.ssl_core.warm_start import export_encoder, load_init_encoder
 
 log = logging.getLogger("fedssl.server")
 
-#: run-config keys forwarded to every client in the round's ConfigRecord
-CLIENT_KEYS = (
-    "method", "algorithm", "fedema-tau", "fedu-threshold", "dataset", "data-path",
-    "num-samples", "image-size", "partitioner",
-    "dirichlet-alpha", "shards-per-client", "local-epochs", "batch-size", "lr", "momentum",
-    "dp", "target-epsilon", "noise-multiplier", "max-grad-norm", "delta", "accountant", "seed",
-    "run-dir", "threads", "dropout-prob", "straggler-prob", "straggler-delay", "device", "amp",
-    "views", "ema-decay", "lr-schedule", "warmup-rounds",
-)
+#: run-config keys forwarded to every client in the round's ConfigRecord (RunSpec fields marked
+#: for the clients)
+CLIENT_KEYS = run_spec.CLIENT_KEYS
 
-#: The run config's defaults: the one source every other place is checked against (tests/
-#: test_config_defaults.py): ``[tool.flwr.app.config]`` in pyproject.toml (what ``flwr run .``
-#: uses) holds every key with the same value, ``fedssl simulate``'s ExperimentConfig has the
-#: same defaults for the keys both know, and ``fedssl server`` changes only what a deployment
-#: needs (fedssl.deploy_commands.DEPLOY_OVERRIDES). DP (epsilon 8 at delta 1e-5 per client
-#: over the run) and secure aggregation are on by default everywhere; the default partitioner
-#: of simulated data is "dirichlet" (label skew, alpha 0.5), as in ``fedssl simulate``.
-DEFAULTS: dict[str, Any] = {
-    "num-server-rounds": 5, "method": "simsiam", "algorithm": "fedavg",
-    "shared": "all", "fedema-tau": 0.7, "fedu-threshold": 0.5,
-    "dataset": "mnist1d", "data-path": "",
-    "num-samples": 4000, "image-size": 28, "partitioner": "dirichlet", "dirichlet-alpha": 0.5,
-    "shards-per-client": 2, "local-epochs": 1, "batch-size": 32, "lr": 0.05, "momentum": 0.9,
-    "dp": True, "target-epsilon": 8.0, "noise-multiplier": 0.0, "max-grad-norm": 1.0,
-    "delta": 1e-5, "accountant": "prv", "seed": 0, "run-dir": "runs/flwr-run", "threads": 1,
-    "clients-per-round": 0, "eval-every": 1, "eval-samples": 4000, "round-timeout": 600.0,
-    "progress": True, "resume": False, "few-label": "1,5,10",
-    "dropout-prob": 0.0, "straggler-prob": 0.0, "straggler-delay": 0.0,
-    "secagg": True, "secagg-clip": 2.0, "identity-registry": "",
-    "client-dp": "off", "client-clip": 1.0, "client-noise-multiplier": 1.0,
-    "client-dp-min-clients": 0, "device": "auto", "amp": False,
-    "views": 0, "ema-decay": 0.0, "lr-schedule": "constant", "warmup-rounds": 0,
-    "init-encoder": "",
-}
+#: The run config's defaults, derived from :class:`fedssl.run_spec.RunSpec` (the one source):
+#: ``[tool.flwr.app.config]`` in pyproject.toml (what ``flwr run .`` uses) holds every key with
+#: the same value, ``fedssl simulate``'s ExperimentConfig is built from the same fields, and
+#: ``fedssl server`` changes only what a deployment needs (run_spec.DEPLOY_OVERRIDES). DP
+#: (epsilon 8 at delta 1e-5 per client over the run) and secure aggregation are on by default
+#: everywhere; the default partitioner of simulated data is "dirichlet" (label skew, alpha
+#: 0.5), as in ``fedssl simulate``.
+DEFAULTS: dict[str, Any] = run_spec.DEFAULTS
 
 
 def make_server_app(run_config: dict[str, Any] | None = None,
@@ -115,7 +96,8 @@ def make_server_app(run_config: dict[str, Any] | None = None,
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = {**DEFAULTS, **dict(context.run_config), **(run_config or {})}
+        # the run config checked as fedssl simulate checks its options (same errors)
+        cfg = validate_run_config({**dict(context.run_config), **(run_config or {})})
         if prepare_grid is not None:
             prepare_grid(grid)
         run_federation(grid, cfg)

@@ -25,7 +25,12 @@ Rules:
 - ``client`` never imports ``server`` or ``simulations``; ``server`` never imports ``client``
   or ``simulations``.
 - The package modules may import only the ``fedssl`` top-level modules in :data:`LEAVES`
-  (small utilities that themselves import no ``fedssl`` package), never the commands.
+  (small utilities that themselves import no ``fedssl`` package), never the commands;
+  ``client``, ``server`` and ``simulations`` may also import the run's settings
+  (:data:`RUN_SPEC`, ``fedssl/run_spec.py``), which sit above ``ssl_core`` and ``privacy``
+  (whose registries name the choices) and below the apps: the settings import only
+  ``ssl_core``, ``privacy`` and the leaves, never Flower, and ``ssl_core``/``privacy`` never
+  import them.
 - No import cycle between the modules of ``privacy`` (nor of ``ssl_core``).
 - Flower internals (anything but its public app API: ``flwr.app``, ``flwr.clientapp``,
   ``flwr.serverapp`` and its strategies, ``flwr.simulation``, and the wire protocol
@@ -48,6 +53,9 @@ PACKAGES = {"fedssl": "fedssl", "ssl_core": "fedssl.ssl_core", "privacy": "fedss
 #: fedssl top-level modules every package may import (they import no fedssl package)
 LEAVES = {"fedssl", "fedssl.atomic", "fedssl.quiet", "fedssl.flower_version", "fedssl.run_layout",
           "fedssl.processes"}
+#: the run's settings: imported by client, server, simulations (and the commands); imports only
+#: ssl_core, privacy and the leaves
+RUN_SPEC = {"fedssl.run_spec"}
 #: Flower's public API (what any module that speaks Flower may import)
 FLOWER_PUBLIC = ("flwr.app", "flwr.clientapp", "flwr.serverapp", "flwr.simulation",
                  "flwr.proto")
@@ -173,7 +181,9 @@ def test_client_and_server_never_import_each_other_or_simulations() -> None:
 
 def test_packages_import_only_the_leaf_utilities_of_fedssl() -> None:
     assert _violations(lambda m, t: _package(m) != "fedssl" and _package(t) == "fedssl"
-                       and t in MODULES and t not in LEAVES) == []
+                       and t in MODULES and t not in LEAVES
+                       and not (t in RUN_SPEC
+                                and _package(m) in ("client", "server", "simulations"))) == []
     assert _violations(lambda m, t: m in LEAVES and t in MODULES
                        and _package(t) != "fedssl") == []
 
@@ -220,3 +230,10 @@ def test_only_the_adapters_import_flower_internals() -> None:
     assert not _flower_internal("flwr.serverapp.strategy.FedAvg")
     assert _violations(lambda m, t: m not in FLOWER_ADAPTERS and _flower_internal(t)) == []
     assert set(MODULES) >= FLOWER_ADAPTERS
+
+
+def test_the_run_settings_sit_between_the_libraries_and_the_apps() -> None:
+    assert set(MODULES) >= RUN_SPEC
+    assert _violations(lambda m, t: m in RUN_SPEC and (
+        _within(t, ("flwr", "fedssl.client", "fedssl.server", "fedssl.simulations"))
+        or (_package(t) == "fedssl" and t in MODULES and t not in LEAVES))) == []
