@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedssl.privacy.mechanisms import GAUSSIAN_ACCOUNTANTS, Mechanism
+
 Update = dict[str, np.ndarray]
 
 
@@ -39,8 +41,31 @@ def update_norm(update: Update) -> float:
                              for v in update.values())))
 
 
-class ClientLevelGaussian:
-    """Clip client updates to ``clip`` and release their noisy mean (DP-FedAvg)."""
+class ClientLevelGaussian(Mechanism):
+    """Clip client updates to ``clip`` and release their noisy mean (DP-FedAvg).
+
+    Guarantee: (epsilon, delta)-DP for **one client's entire data** (add/remove), epsilon
+    from composing the Poisson-subsampled Gaussian mechanism (client sampling rate ``q``,
+    noise multiplier ``z``) over the rounds with an accountant of
+    :data:`~fedssl.privacy.mechanisms.GAUSSIAN_ACCOUNTANTS` (``prv`` by default).
+
+    Sensitivity: every included update is clipped to L2 norm ``S`` (:meth:`clip`) and the sum
+    is divided by the fixed expected count ``q N``, so one client moves the pre-noise sum by
+    at most ``S`` (sensitivity 1 in units of ``S``); the noise is ``N(0, z^2 S^2 I)``.
+
+    Assumptions: the server applies the mechanism honestly (central DP: it sees the
+    individual updates), samples clients by Poisson sampling at rate ``q`` with secret
+    randomness, and releases only the noisy mean.
+    """
+
+    privacy_unit = "one client's entire data"
+    neighbouring = "add/remove"
+    accountants = GAUSSIAN_ACCOUNTANTS
+    assumptions = ("honest server (central DP: it sees individual updates)",
+                   "Poisson client sampling at rate q with secret randomness",
+                   "only the noisy mean is released")
+    #: L2 sensitivity of the clipped sum in units of the clip norm ``S``
+    sensitivity = 1.0
 
     def __init__(self, clip: float, noise_multiplier: float, expected_clients: float,
                  rng: np.random.Generator) -> None:

@@ -53,6 +53,7 @@ import math
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -64,6 +65,7 @@ from fedssl.privacy.accountants.skellam import (
     SkellamRound,
     skellam_rdp,
 )
+from fedssl.privacy.mechanisms import Mechanism
 from fedssl.privacy.secagg.quantization import MODULUS, Quantizer
 
 __all__ = ["HEADROOM_SIGMAS", "MAX_SHARE_VARIANCE", "MIN_LEVELS", "ORDERS", "DistributedDPError",
@@ -89,8 +91,22 @@ def skellam_epsilon(rounds: Iterable[SkellamRound], delta: float) -> float:
 
 
 @dataclass(frozen=True)
-class SkellamPlan:
-    """How a client encodes its update for one round: scale, headroom, noise share.
+class SkellamPlan(Mechanism):
+    """How a client encodes its update for one round: scale, headroom, noise share. One round
+    of the distributed Skellam mechanism (the release is the unmasked sum of
+    :func:`encode_with_noise` outputs).
+
+    Guarantee: (epsilon, delta)-DP for **one client's entire data** under *zero-out*
+    neighbours, epsilon from the ``skellam`` accountant
+    (:class:`~fedssl.privacy.accountants.skellam.SkellamAccountant`) over the released rounds'
+    :meth:`round_record`; no amplification by client sampling is claimed.
+
+    Sensitivity: :attr:`l2_sensitivity` ``D2 = s S + 2 sqrt(d)`` and :attr:`l1_sensitivity` in
+    integer units (clip, quantisation, stochastic rounding); the total noise std is
+    ``z D2``, so the sensitivity is 1 in units of ``D2``.
+
+    Assumptions: at least ``min_clients`` honest shares in every released sum (semi-honest
+    server, SecAgg+ threshold), and the modular sum wraps only with negligible probability.
 
     The quantiser maps ``[-c, c]`` affinely onto ``[h, h + M]``; the integer sensitivity is
     ``s S + 2 sqrt(d)`` with ``s = M / (2c)``. ``M`` is the largest even level count for which
@@ -106,6 +122,15 @@ class SkellamPlan:
     dim: int                 # d
     levels: int              # M
     headroom: int            # h
+
+    privacy_unit: ClassVar[str] = "one client's entire data"
+    neighbouring: ClassVar[str] = "zero-out"
+    accountants: ClassVar[tuple[str, ...]] = ("skellam",)
+    assumptions: ClassVar[tuple[str, ...]] = (
+        "at least min_clients honest shares in every released sum (semi-honest server)",
+        "the modular sum wraps only with negligible probability (10-sigma headroom)")
+    #: L2 sensitivity in units of ``D2`` (the noise multiplier is ``std / D2``)
+    sensitivity: ClassVar[float] = 1.0
 
     @classmethod
     def make(cls, clip: float, coord_clip: float, noise_multiplier: float, min_clients: int,

@@ -20,6 +20,7 @@ from typing import Any, Self
 import torch
 from torch.utils.data import TensorDataset
 
+from fedssl.privacy.mechanisms import GAUSSIAN_ACCOUNTANTS, Mechanism
 from fedssl.ssl_core.dp_soundness import DPSoundnessError
 from fedssl.ssl_core.objectives.base import Objective
 
@@ -105,8 +106,25 @@ def poisson_loader(
     return loader, sample_rate, max(1, round(sample_rate * len(data)))
 
 
-class PoissonEngine:
-    """Base of the DP-SGD engines: checks the setup and builds the Poisson loader.
+class PoissonEngine(Mechanism):
+    """Base of the DP-SGD engines: checks the setup and builds the Poisson loader. The
+    mechanism every engine implements: DP-SGD's Poisson-subsampled Gaussian mechanism
+    (Abadi et al., CCS 2016).
+
+    Guarantee: (epsilon, delta)-DP for **one record** of the client's local data set
+    (add/remove), epsilon from composing the Poisson-subsampled Gaussian mechanism (rate
+    ``q = sample_rate``, noise multiplier ``noise_multiplier / sensitivity``) over all steps
+    with an accountant of :data:`~fedssl.privacy.mechanisms.GAUSSIAN_ACCOUNTANTS` (``prv`` by
+    default; ``fedssl.privacy.accountant.epsilon_of``).
+
+    Sensitivity: each step adds ``N(0, sigma^2 C^2 I)`` to the sum of gradients clipped to
+    ``C = max_grad_norm``; one record moves that sum by at most ``sensitivity * C``, with
+    ``sensitivity`` from the objective (:func:`clip_sensitivity`: 1 for a per-record
+    decomposable objective clipped per record over all its views, 2 for a group-clipped one).
+
+    Assumptions: the objective's sensitivity bound holds (checked: :func:`clip_sensitivity`
+    refuses objectives without one), batches are Poisson samples drawn with a secret
+    generator, and only the noisy sums (the model after the round) leave the client.
 
     Sets ``loader`` (the Poisson-sampled batches of ``data``), ``sample_rate`` (``q``),
     ``expected_batch_size`` (``round(q n)``, the divisor of the noisy sum) and ``num_batches``
@@ -119,6 +137,12 @@ class PoissonEngine:
     """
 
     clip_unit = "record"
+    privacy_unit = "one record of a client's local data"
+    neighbouring = "add/remove"
+    accountants = GAUSSIAN_ACCOUNTANTS
+    assumptions = ("the objective's clip sensitivity bound holds (per-record decomposable, "
+                   "or clipped per group)", "Poisson sampling with a secret generator",
+                   "only the noisy clipped sums leave the client")
 
     def __init__(
         self,
@@ -134,6 +158,9 @@ class PoissonEngine:
             data, batch_size, noise_multiplier, max_grad_norm, objective, generator, pin_memory,
             clip_unit=self.clip_unit)
         self.num_batches = max(1, round(1 / self.sample_rate))
+        self.noise_multiplier = noise_multiplier
+        self.max_grad_norm = max_grad_norm
+        self.sensitivity = clip_sensitivity(objective)
 
     def __enter__(self) -> Self:
         return self
