@@ -10,7 +10,10 @@ are the total compute a round costs on this machine; medians over ``--repeats``)
   and their verification, Shamir sharing of ``b_u`` and ``s_sk_u``, AES-GCM share encryption,
   AES-256-CTR masks, every message encoded to and parsed from bytes; server routing, masked-sum,
   Shamir reconstruction, mask removal, decoding the mean. Long-term Ed25519 identity keys are
-  generated once, outside the timing (they are per node, not per round).
+  generated once, outside the timing (they are per node, not per round). Includes the
+  consistency check (every survivor signs U3, the server verifies the n signatures against the
+  registry and relays t, every client verifies those t before unmasking); ``cons`` is the
+  signing exchange alone (the clients' t verifications each are timed in the unmask stage).
 * flower - Flower 1.41's own SecAgg+ code: the client stage functions of
   ``flwr.client.mod.secure_aggregation.secaggplus_mod`` (``_setup``: two SECP384R1 key pairs;
   ``_share_keys``: pycryptodome Shamir via ``create_shares`` + ECDH/HKDF + Fernet per neighbour;
@@ -71,7 +74,8 @@ def plaintext_round(vectors: list[np.ndarray]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- ours
-def ours_round(vectors: list[np.ndarray], k: int, t: int, identities: dict[int, Any]) -> np.ndarray:
+def ours_round(vectors: list[np.ndarray], k: int, t: int, identities: dict[int, Any],
+               stages: dict[str, float] | None = None) -> np.ndarray:
     n = len(vectors)
     quantizer = Quantizer(CLIP, n)
     mean, _ = run_secagg_mean(
@@ -81,6 +85,7 @@ def ours_round(vectors: list[np.ndarray], k: int, t: int, identities: dict[int, 
         threshold=t,
         identity_keys=identities,
         serialize=True,
+        stage_seconds=stages,
     )
     return mean
 
@@ -234,9 +239,17 @@ def run_cell(cell: Cell, repeats: int, budget: float, flower_rate: list[float]) 
     truth = np.mean(np.stack(pool).astype(np.float64)[[i % POOL for i in range(cell.n)]], axis=0)
     identities = make_identities(list(range(cell.n)))
     work = cell.n * (cell.k + 1) * cell.d
+    stages: dict[str, float] = {}
+
+    def ours() -> np.ndarray:
+        stages.clear()
+        out = ours_round(vectors, cell.k, cell.t, identities, stages)
+        cell.times.setdefault("consistency", []).append(stages["consistency"])
+        return out
+
     runners: dict[str, Callable[[], np.ndarray]] = {
         "plaintext": lambda: plaintext_round(vectors),
-        "ours": lambda: ours_round(vectors, cell.k, cell.t, identities),
+        "ours": ours,
         "flower": lambda: flower_round(vectors, cell.k, cell.t),
     }
     for name, fn in runners.items():
@@ -290,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.getloadavg()[0]:.2f} at start"
     )
     print(
-        f"# repeats={args.repeats}, clip={CLIP}, medians in seconds; added = protocol - plaintext"
+        f"# repeats={args.repeats}, clip={CLIP}, medians in seconds; added = protocol - plaintext;"
+        " cons = the consistency check inside ours"
     )
     cells: list[Cell] = []
     flower_rate: list[float] = []
@@ -300,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         cells.append(cell)
         print(f"#   done n={n} d={d}", file=sys.stderr, flush=True)
     header = (
-        f"{'n':>4} {'d':>9} {'k':>3} {'t':>3} {'plain':>8} {'ours':>8} {'flower':>8} "
+        f"{'n':>4} {'d':>9} {'k':>3} {'t':>3} {'plain':>8} {'ours':>8} {'cons':>7} {'flower':>8} "
         f"{'ours+':>8} {'flower+':>8} {'ours+/flower+':>13} {'err ours':>9} {'err flwr':>9}"
     )
     print(header)
@@ -312,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = None if ours_add is None or not flower_add else ours_add / flower_add
         print(
             f"{c.n:>4} {c.d:>9} {c.k:>3} {c.t:>3} {fmt(plain):>8} {fmt(ours):>8} "
+            f"{fmt(c.median('consistency'), '.4f'):>7} "
             f"{fmt(flower):>8} {fmt(ours_add):>8} {fmt(flower_add):>8} {fmt(ratio):>13} "
             f"{fmt(c.error.get('ours'), '.1e'):>9} {fmt(c.error.get('flower'), '.1e'):>9}"
         )

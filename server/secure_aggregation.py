@@ -16,7 +16,7 @@ whose secure setup cannot succeed:
 5. ``train.secagg_mask``: the shares addressed to each client that trained -> its masked update;
 6. ``train.secagg_consistency``: the survivor set ``U3`` (the same for everyone) -> each
    client's Ed25519 signature on it (Bonawitz et al. 2017's consistency check);
-7. ``train.secagg_unmask``: who survived and who dropped, with every signature of stage 6 ->
+7. ``train.secagg_unmask``: who survived and who dropped, with t signatures of stage 6 ->
    the shares that remove the masks (a client reveals nothing unless ``t`` registered
    survivors signed the very set it was shown; a client that drops at stage 6 is treated as
    one that drops at stage 7).

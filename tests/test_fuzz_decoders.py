@@ -245,7 +245,7 @@ def test_the_signature_count_of_an_unmask_request_is_checked(huge: int) -> None:
     at = HEADER + 8
     for _ in range(2):  # skip survivors and dropped
         at += 4 + 8 * struct.unpack_from("<I", raw, at)[0]
-    assert struct.unpack_from("<I", raw, at)[0] == len(IDS)  # every signature relayed
+    assert struct.unpack_from("<I", raw, at)[0] == ROUND.config.threshold  # t relayed
     struct.pack_into("<I", raw, at, huge)
     _refused_within(lambda: UnmaskRequest.from_bytes(bytes(raw)), MalformedMessageError)
 

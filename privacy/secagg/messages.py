@@ -12,7 +12,7 @@ What: one frozen dataclass per message of Bonawitz et al. (2017, Figure 4) / Bel
     server -> client  ConsistencyCheck the survivor set U3 (the same for every client)
     client -> server  ConsistencySignature  Ed25519 signature on (round, U3)     (round 3)
     server -> client  UnmaskRequest    survivors and dropped among its neighbours, and
-                                       every consistency signature received (U4)
+                                       t of the consistency signatures (from U4)
     client -> server  UnmaskResponse   b-shares of survivors, s_sk-shares of dropped (round 4)
 
 Wire format: ``b"FSA" | version u8 | type u8 | round_id[32]`` followed by the fields, with
@@ -522,7 +522,7 @@ class ConsistencySignature(_Message):
 @dataclass(frozen=True)
 class UnmaskRequest(_Message):
     """Survivors (sent masked input) and dropped (shared keys, then left) among ``receiver``'s
-    neighbours, with every consistency signature the server received, sorted by signer."""
+    neighbours, with the consistency signatures the server relays (t of them), by signer."""
 
     TYPE: ClassVar[int] = 7
     round_id: bytes

@@ -14,8 +14,8 @@ and returns the next messages, keyed by destination node id::
 
 Participant sets follow the paper: ``U1`` advertised keys, ``U2 <= U1`` shared keys,
 ``U3 <= U2`` sent a masked input, ``U4 <= U3`` signed ``U3`` in the consistency check (Bonawitz
-et al.'s malicious-server variant: every client of ``U4`` is sent all ``U4``'s signatures and
-reveals nothing unless ``t`` of them verify on the set it signed), ``U5 <= U4`` answered the
+et al.'s malicious-server variant: every client of ``U4`` is sent ``t`` of ``U4``'s signatures
+and reveals nothing unless they all verify on the set it signed), ``U5 <= U4`` answered the
 unmask request. A client of ``U3`` that does not sign is treated like one that answers no
 unmask request: its input is in the sum and its ``b`` is rebuilt from its neighbours' shares,
 as long as every secret still has ``t`` holders in ``U4``. The output is
@@ -340,7 +340,9 @@ class SecAggServer:
         self, messages: Iterable[ConsistencySignature | bytes]
     ) -> dict[int, UnmaskRequest]:
         """Collect ``U4``'s signatures on ``U3``; ask each signer for its unmasking shares,
-        relaying every signature (each client checks ``t`` of them before revealing)."""
+        relaying ``t`` of the signatures (those of the ``t`` smallest ids of ``U4``): what each
+        client needs to verify before it reveals anything. Relaying all of them would cost
+        every client ``|U4|`` instead of ``t`` signature verifications and prove no more."""
         self._expect(ServerStage.MASKED, "collect consistency signatures")
         survivors = tuple(sorted(self._u3))
 
@@ -368,7 +370,10 @@ class SecAggServer:
         self._u4 = frozenset(u4)
         self.stage = ServerStage.SIGNED
         rid = self.config.round_id
-        relayed = tuple((v, sigs[v].signature) for v in sorted(u4))  # type: ignore[union-attr]
+        relayed = tuple(
+            (v, sigs[v].signature)  # type: ignore[union-attr]
+            for v in sorted(u4)[:t]
+        )
         return {
             u: UnmaskRequest(
                 rid,

@@ -101,7 +101,8 @@ def run_round(
     drop = dropouts or Dropouts()
     keys = identity_keys if identity_keys is not None else make_identities(ids)
     registry = {u: crypto.identity_public_bytes(keys[u]) for u in ids}
-    server = SecAggServer(ids, vector_length, degree=degree, threshold=threshold)
+    server = SecAggServer(ids, vector_length, degree=degree, threshold=threshold,
+                          identity_registry=registry)
     clients = {u: SecAggClient(u, keys[u], registry) for u in ids}
 
     def wire(msg: Any) -> Any:
