@@ -27,6 +27,7 @@ sums with Opacus's per-sample gradients): an approximate rule breaks the sensiti
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -81,6 +82,12 @@ class LayerRule:
         raise NotImplementedError
 
 
+def _same_class(a: type, b: type) -> bool:
+    """One class imported twice under two module names."""
+    return a.__qualname__ == b.__qualname__ and (
+        inspect.getsourcefile(a) == inspect.getsourcefile(b))
+
+
 #: exact module type -> its per-record rule (filled by :func:`register_rule`)
 RULES: dict[type[nn.Module], type[LayerRule]] = {}
 
@@ -88,11 +95,15 @@ RULES: dict[type[nn.Module], type[LayerRule]] = {}
 def register_rule(*module_types: type[nn.Module]
                   ) -> Callable[[type[LayerRule]], type[LayerRule]]:
     """Class decorator: ``rule`` computes the per-record gradients of ``module_types``
-    (exact types; a later registration for the same type replaces the earlier one)."""
+    (exact types; a later registration of another rule for the same type replaces the
+    earlier one; a second import of the same rule, e.g. by pytest's doctest collection under
+    another module name, keeps the first)."""
 
     def decorator(rule: type[LayerRule]) -> type[LayerRule]:
         for t in module_types:
-            RULES[t] = rule
+            old = RULES.get(t)
+            if old is None or not _same_class(old, rule):
+                RULES[t] = rule
         return rule
 
     return decorator

@@ -58,6 +58,9 @@ def test_registry_holds_every_accountant_behind_one_interface() -> None:
 
     assert set(REGISTRY) == {"prv", "rdp", "gdp", "pld", "dpa-rdp", "skellam"}
     assert all(issubclass(c, Accountant) and c.name == n for n, c in REGISTRY.items())
+    # a second import of a module (pytest's doctest collection: privacy.x besides
+    # fedssl.privacy.x) keeps the first registration
+    assert all(c.__module__.startswith("fedssl.privacy.accountants.") for c in REGISTRY.values())
     assert set(ACCOUNTANTS) <= set(REGISTRY)
     assert {n for n in ACCOUNTANTS if REGISTRY[n].upper_bound} == set(UPPER_BOUND_ACCOUNTANTS)
     with pytest.raises(AccountingError, match="unknown accountant"):

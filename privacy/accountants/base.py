@@ -21,6 +21,7 @@ dp-accounting, ``skellam``).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from abc import ABC, abstractmethod
@@ -107,11 +108,21 @@ REGISTRY: dict[str, type[Accountant[Any]]] = {}
 A = TypeVar("A", bound=type[Accountant[Any]])
 
 
+def same_class(a: type, b: type) -> bool:
+    """``a`` and ``b`` are one class imported twice under two module names (pytest's doctest
+    collection imports ``privacy/x.py`` as ``privacy.x`` besides ``fedssl.privacy.x``)."""
+    return a.__qualname__ == b.__qualname__ and (
+        inspect.getsourcefile(a) == inspect.getsourcefile(b))
+
+
 def register_accountant(cls: A) -> A:
-    """Class decorator: register ``cls`` under ``cls.name``."""
+    """Class decorator: register ``cls`` under ``cls.name`` (a later registration of another
+    class replaces it; a second import of the same class keeps the first)."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no registry name")
-    REGISTRY[cls.name] = cls
+    old = REGISTRY.get(cls.name)
+    if old is None or not same_class(old, cls):
+        REGISTRY[cls.name] = cls
     return cls
 
 
