@@ -15,7 +15,8 @@ from fedssl.simulations.config import ConfigError, ExperimentConfig
 
 
 def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
-    """One ``--option`` per ExperimentConfig field, help text taken from the field."""
+    """One ``--option`` per ExperimentConfig field (the RunSpec settings simulate sets, plus the
+    simulation's own: :mod:`fedssl.simulations.config`), help text taken from the field."""
     defaults = ExperimentConfig()
     for f in dataclasses.fields(ExperimentConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -1,5 +1,6 @@
-"""One set of defaults everywhere (issue 16, items 1 and 7): ``fedssl.server.app.DEFAULTS`` is
-the source; ``flwr run .`` (pyproject's ``[tool.flwr.app.config]``), ``fedssl simulate``
+"""One set of defaults everywhere (issue 16, items 1 and 7; issue 14 item 1): the settings are
+declared once, in ``fedssl.run_spec.RunSpec``, and ``fedssl.server.app.DEFAULTS`` is its view;
+``flwr run .`` (pyproject's ``[tool.flwr.app.config]``), ``fedssl simulate``
 (ExperimentConfig) and ``fedssl server`` (DEPLOY_OVERRIDES) must agree with it."""
 
 from __future__ import annotations
