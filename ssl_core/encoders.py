@@ -62,6 +62,9 @@ class ConvEncoder1d(nn.Module):
             nn.ReLU(),
         )
         self.feature_dim = feature_dim
+        #: the constructor's arguments: recorded beside exported weights (encoder_file.py)
+        self.arch_kwargs = {"in_channels": in_channels, "width": width,
+                            "feature_dim": feature_dim, "ws": ws}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x).mean(dim=-1)
@@ -118,6 +121,8 @@ class ResNetEncoder2d(nn.Module):
         self.feature_dim = 4 * w
         if feature_dim is not None and feature_dim != self.feature_dim:
             raise ValueError(f"ResNetEncoder2d width {w} gives feature_dim {4 * w}")
+        #: the constructor's arguments: recorded beside exported weights (encoder_file.py)
+        self.arch_kwargs = {"in_channels": in_channels, "width": width, "ws": ws}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x)).mean(dim=(-2, -1))

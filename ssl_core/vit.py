@@ -196,6 +196,10 @@ class ViTEncoder(nn.Module):
             *[Block(dim, default_heads(dim, heads), mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.feature_dim = dim
+        #: the constructor's arguments: recorded beside exported weights (encoder_file.py)
+        self.arch_kwargs = {"input_shape": list(self.patchify.input_shape), "dim": dim,
+                            "depth": depth, "heads": heads, "mlp_ratio": mlp_ratio,
+                            "patch_size": patch_size}
         init_weights(self)
 
     def tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:

@@ -78,13 +78,18 @@ def load_init_encoder(model: nn.Module, path: str | Path) -> dict[str, str]:
 
 def export_encoder(path: Path, model: nn.Module, metadata: dict[str, str]) -> None:
     """Save the encoder part of an SSL model (``encoder.`` prefix stripped) as safetensors,
-    atomically; :func:`load_init_encoder` reads it back."""
+    atomically, with ``metadata`` and the encoder's architecture record (class and
+    constructor arguments: :func:`fedssl.ssl_core.encoder_file.architecture_record`);
+    :func:`load_init_encoder` and :func:`fedssl.load_encoder` read it back."""
     from safetensors.torch import save_file as save_torch
+
+    from fedssl.ssl_core.encoder_file import architecture_record
 
     tensors = {k.removeprefix("encoder."): v.detach().cpu().contiguous()
                for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    record = architecture_record(model.encoder) if hasattr(model, "encoder") else {}
     with atomic_path(path) as tmp:
-        save_torch(tensors, str(tmp), metadata=metadata)
+        save_torch(tensors, str(tmp), metadata={**record, **metadata})
 
 
 if __name__ == "__main__":

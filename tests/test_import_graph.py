@@ -53,6 +53,9 @@ PACKAGES = {"fedssl": "fedssl", "ssl_core": "fedssl.ssl_core", "privacy": "fedss
 #: fedssl top-level modules every package may import (they import no fedssl package)
 LEAVES = {"fedssl", "fedssl.atomic", "fedssl.quiet", "fedssl.flower_version", "fedssl.run_layout",
           "fedssl.processes"}
+#: the library API the ``fedssl`` package re-exports (``fedssl.load_encoder``), imported only
+#: lazily by ``fedssl/__init__.py`` (PEP 562 ``__getattr__``), so the leaf stays light
+PUBLIC_API = {"fedssl.ssl_core.encoder_file"}
 #: the run's settings: imported by client, server, simulations (and the commands); imports only
 #: ssl_core, privacy and the leaves
 RUN_SPEC = {"fedssl.run_spec"}
@@ -185,7 +188,18 @@ def test_packages_import_only_the_leaf_utilities_of_fedssl() -> None:
                        and not (t in RUN_SPEC
                                 and _package(m) in ("client", "server", "simulations"))) == []
     assert _violations(lambda m, t: m in LEAVES and t in MODULES
-                       and _package(t) != "fedssl") == []
+                       and _package(t) != "fedssl"
+                       and not (m == "fedssl" and t in PUBLIC_API)) == []
+
+
+def test_the_package_re_exports_its_api_lazily() -> None:
+    """``fedssl/__init__.py`` imports the API it re-exports only inside ``__getattr__``:
+    ``import fedssl`` (which every fedssl module's import runs first) loads nothing else."""
+    tree = ast.parse(MODULES["fedssl"].read_text())
+    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    assert all(not (getattr(n, "module", "") or "").startswith("fedssl") for n in top)
+    lazy = {t for m, t, _, _ in EDGES if m == "fedssl" and t in MODULES}
+    assert lazy <= PUBLIC_API
 
 
 def _cycles(package: str) -> list[list[str]]:
