@@ -15,6 +15,8 @@ name itself (``tests/test_run_layout.py`` greps the source for stray names)::
     RUN/encoder.safetensors    final encoder weights         RunLayout.encoder
     RUN/plots/                 loss, accuracy, epsilon       RunLayout.plots
     RUN/cache/                 the simulation's data         RunLayout.cache
+    RUN/tensorboard/           TensorBoard event files       RunLayout.tensorboard
+    RUN/evaluation.json        ``fedssl evaluate``'s result  RunLayout.evaluation
     RUN/clients/<client>/      a simulated site's own state  RunLayout.client_dir(cid)
 
 A site's own state directory (``fedssl client --state-dir``, or a simulated site's
@@ -47,6 +49,8 @@ CHECKPOINT_STATE_FILE = "state.json"
 ENCODER_FILE = "encoder.safetensors"
 PLOTS_DIR = "plots"
 CACHE_DIR = "cache"
+TENSORBOARD_DIR = "tensorboard"
+EVALUATION_FILE = "evaluation.json"
 CLIENTS_DIR = "clients"
 #: a site's state directory
 IDENTITY_FILE = "identity.pem"
@@ -154,6 +158,16 @@ class RunLayout:
     def cache(self) -> Path:
         """``cache/``: a simulation's generated data, memory-mapped by every worker."""
         return self.root / CACHE_DIR
+
+    @property
+    def tensorboard(self) -> Path:
+        """``tensorboard/``: TensorBoard event files of the per-round metrics (--tensorboard)."""
+        return self.root / TENSORBOARD_DIR
+
+    @property
+    def evaluation(self) -> Path:
+        """``evaluation.json``: ``fedssl evaluate``'s probes on a labelled set."""
+        return self.root / EVALUATION_FILE
 
     def client_dir(self, client: str) -> Path:
         """``clients/<client>/``: a simulated site's state directory."""

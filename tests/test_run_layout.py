@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("fedssl", "ssl_core", "privacy", "client", "server", "simulations")
 NAMES = ("config.toml", "run_id", "metrics.jsonl", "report.json", "identities.json",
          "identity.pem", "ledger", "checkpoints", "state.json", "encoder.safetensors", "plots",
-         "cache", "clients", "site.toml", "ledger.jsonl")
+         "cache", "clients", "site.toml", "ledger.jsonl", "tensorboard", "evaluation.json")
 _NAME = "|".join(re.escape(n) for n in NAMES)
 #: a path joined from a literal name (``run_dir / "ledger"``) or a module constant that
 #: spells a file name (``CONFIG_FILE = "config.toml"``)
@@ -56,6 +56,8 @@ def test_layout_paths() -> None:
     assert run.checkpoint_state == Path("RUN/checkpoints/state.json")
     assert (run.encoder, run.plots, run.cache) == (
         Path("RUN/encoder.safetensors"), Path("RUN/plots"), Path("RUN/cache"))
+    assert (run.tensorboard, run.evaluation) == (Path("RUN/tensorboard"),
+                                                 Path("RUN/evaluation.json"))
     site = run.client_site("client-002")
     assert site == SiteLayout("RUN/clients/client-002")
     assert (site.identity, site.ledger, site.site_file) == (
