@@ -1,5 +1,6 @@
 """``fedssl`` command line: ``simulate`` (researchers), ``certs``/``server``/``client`` (a real
-federation), ``audit`` (privacy auditors)."""
+federation), ``audit`` (privacy auditors), ``evaluate`` and ``compare`` (a run's encoder on
+labelled data; several runs side by side)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import os
 import sys
 
 from fedssl.audit_command import add_audit_parser, run_audit
+from fedssl.compare_command import add_compare_parser, run_compare
 from fedssl.deploy_commands import add_deploy_parsers, run_deploy
+from fedssl.evaluate_command import add_evaluate_parser, run_evaluate
 from fedssl.run_layout import RunLayout
 from fedssl.simulations.config import ConfigError, ExperimentConfig
 
@@ -56,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_options(sim)
     add_deploy_parsers(sub)
     add_audit_parser(sub)
+    add_evaluate_parser(sub)
+    add_compare_parser(sub)
     return parser
 
 
@@ -65,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return code
     if args.command == "audit":
         return run_audit(args)
+    if args.command == "evaluate":
+        return run_evaluate(args)
+    if args.command == "compare":
+        return run_compare(args)
     if args.command == "simulate":
         from fedssl.server.report_table import format_report
         from fedssl.simulations.simulate import RunInterruptedError, simulate

@@ -230,6 +230,12 @@ class RunSpec:
     eval_samples: int = _opt(4000, "max labelled pool records used to fit the probes",
                              server="labelled records of the server's evaluation data the "
                              "probes are fitted on (at most)")
+    tensorboard: bool = _opt(False, "also write each round's metrics (loss, probe accuracy, "
+                                    "each client's epsilon, round seconds) as TensorBoard "
+                                    "event files in RUN/tensorboard/",
+                             server="write TensorBoard event files of each round's metrics "
+                             "(loss, probe accuracy, each client's epsilon, round seconds) "
+                             "to RUN/tensorboard/")
     seed: int = _opt(0, "seed of data generation, partitioning, initialisation and sampling",
                      client=True, server="random seed")
     device: str = _opt("auto", "torch device of clients and server: auto (CUDA when the "

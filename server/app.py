@@ -55,6 +55,7 @@ from fedssl.server.secure_aggregation import (
     simulated_registry,
 )
 from fedssl.server.strategy import FedSSLStrategy
+from fedssl.server.tensorboard_log import TensorBoardLog
 from fedssl.ssl_core.collapse import evaluate_with_collapse
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset
 from fedssl.ssl_core.datasets import SSLDataset, require_labels
@@ -270,6 +271,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     elif previous:
         raise FileExistsError(f"{run_dir} already holds a run; set resume to continue it")
     progress = RunProgress(rounds, start_round, enabled=bool(cfg["progress"]))
+    tensorboard = (TensorBoardLog(run_dir, start_round if point is not None else 0,
+                                  str(cfg["run-id"])) if cfg.get("tensorboard") else None)
     warming = _push_warmup(grid, train_config, int(cfg.get("warmup-workers", 0)))
     shots = tuple(int(k) for k in str(cfg["few-label"]).split(",") if k.strip())
     progress.phase(f"round 0/{rounds}: evaluating the initial encoder")
@@ -280,6 +283,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         baseline = evaluate_with_collapse(model.encoder, *eval_data, labels_per_class=shots,
                                           seed=seed, device=device)
         append_metrics(run_dir, {"round": 0, "clients": 0, "seconds": 0.0, **baseline})
+        if tensorboard is not None:
+            tensorboard.add_round({"round": 0, "clients": 0, "seconds": 0.0, **baseline})
     log.info("initial encoder: %s", baseline)
     random_init = baseline
     if random_encoder is not None:  # round 0 was the warm start: measure random init too
@@ -368,8 +373,12 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
             row.update(evaluate_with_collapse(model.encoder, *eval_data, device=device))
         row["seconds"] = time.perf_counter() - t0
         append_metrics(run_dir, row)
+        if tensorboard is not None:
+            tensorboard.add_round(row)
         progress.round_done(row)
 
+    if tensorboard is not None:
+        tensorboard.close()
     progress.phase("final evaluation" + (" (few-label probes)" if shots else ""))
     shots = tuple(int(k) for k in str(cfg["few-label"]).split(",") if k.strip())
     final = evaluate_encoder(model.encoder, *eval_data, labels_per_class=shots, seed=seed,

@@ -98,3 +98,12 @@ def test_a_directory_that_is_not_a_run_is_a_clear_error(
     (good / "report.json").write_text("{not json")
     assert _main([str(good)]) == 2
     assert "report.json: not readable JSON" in capsys.readouterr().err
+
+
+def test_fedssl_compare_is_a_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                        ) -> None:
+    from fedssl.cli import main
+
+    run = _run(tmp_path, "r", "simsiam", dp=False)
+    assert main(["compare", str(run), "--out", str(tmp_path / "c.png")]) == 0
+    assert "simsiam" in capsys.readouterr().out and (tmp_path / "c.png").is_file()

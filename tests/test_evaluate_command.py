@@ -96,3 +96,14 @@ def test_not_a_run_and_no_data_are_usage_errors(
     assert "--data PATH" in capsys.readouterr().err
     assert _main([str(run), "--data", "x.npz", "--few-label", "a"]) == 2
     assert "--few-label" in capsys.readouterr().err
+
+
+def test_fedssl_evaluate_is_a_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                         ) -> None:
+    from fedssl.cli import main
+
+    run = _run_dir(tmp_path)
+    assert main(["evaluate", str(run), "--data", str(_npz(tmp_path / "l.npz")),
+                 "--few-label", "", "--no-baseline"]) == 0
+    assert "trained encoder" in capsys.readouterr().out
+    assert (run / "evaluation.json").is_file()

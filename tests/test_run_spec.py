@@ -117,10 +117,11 @@ def test_server_options_are_generated_from_the_spec() -> None:
         "num-server-rounds", "run-dir", "round-timeout", "clients-per-round", "method",
         "local-epochs", "batch-size", "lr", "target-epsilon", "noise-multiplier",
         "max-grad-norm", "delta", "accountant", "image-size", "eval-every", "eval-samples",
-        "seed", "threads", "dp", "secagg"}
+        "seed", "threads", "dp", "secagg", "tensorboard"}
     for flag, key, typ, _ in _SERVER_OPTIONS:
         assert typ is spec[key].type and flag == spec[key].server_flag
-    assert {"--rounds", "--run-dir", "--no-dp", "--secagg"} <= set(_server_flags())
+    assert {"--rounds", "--run-dir", "--no-dp", "--secagg", "--tensorboard"} <= set(
+        _server_flags())
 
 
 def _server_flags() -> set[str]:

@@ -21,6 +21,14 @@ from fedssl.simulations.config import ExperimentConfig
 FEDSSL = [sys.executable, "-m", "fedssl.cli"]
 
 
+def _tensorboard(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
     return subprocess.run([*FEDSSL, *args], capture_output=True, text=True, timeout=timeout,
@@ -33,7 +41,7 @@ def test_three_clients_two_rounds_with_dp(tmp_path: Path) -> None:
     proc = _run("simulate", "--num-clients", "3", "--rounds", "2", "--num-samples", "600",
                 "--partitioner", "dirichlet", "--dirichlet-alpha", "1.0", "--dp",
                 "--target-epsilon", "5", "--eval-samples", "300", "--out", str(out),
-                "--site-budgets", "client-001=0.1")
+                "--site-budgets", "client-001=0.1", "--tensorboard")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| federated simsiam |" in proc.stdout and "client-002" in proc.stdout
     assert "client-001 refused round(s) 1, 2: privacy budget would be exceeded" in proc.stdout
@@ -69,6 +77,17 @@ def test_three_clients_two_rounds_with_dp(tmp_path: Path) -> None:
     assert ExperimentConfig.load(out / "config.toml").num_clients == 3
     for plot in ("loss", "accuracy", "epsilon", "collapse"):
         assert (out / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+    # --tensorboard (issue 15 item 5a): the rows and the ledgers' epsilons as scalars
+    scalars = _tensorboard(out)
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2]
+    assert [s for s, _ in scalars["eval/linear_probe_accuracy"]] == [0, 1, 2]
+    assert [s for s, _ in scalars["privacy/epsilon/client-002"]] == [1, 2]
+    assert "privacy/epsilon/client-001" not in scalars  # it never trained
+    assert scalars["time/round_seconds"][-1][1] == pytest.approx(rows[2]["seconds"])
+    # the exported encoder rebuilds from its own record (issue 15 item 4a)
+    import fedssl
+
+    assert fedssl.load_encoder(out).arch_kwargs["in_channels"] == 1
 
     again = _run("simulate", "--out", str(out), "--rounds", "1")
     assert again.returncode == 2 and "already holds a run" in again.stderr
@@ -88,6 +107,8 @@ def test_three_clients_two_rounds_with_dp(tmp_path: Path) -> None:
     assert [r["round"] for r in rows] == [0, 1, 2]
     report = json.loads((out / "report.json").read_text())
     assert [r["round"] for r in report["refusals"]["client-001"]] == [1, 2]
+    # the resumed run's events replace round 2's (purge_step), once
+    assert [s for s, _ in _tensorboard(out)["train/loss"]] == [1, 2]
     for cid in ("client-000", "client-002"):
         entries = read_ledger(out / "ledger" / f"{cid}.jsonl",
                               load_public_key(out / "ledger" / f"{cid}.pub"))
