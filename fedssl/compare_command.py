@@ -212,7 +212,10 @@ def plot_runs(runs: list[RunSummary], out: Path) -> Path:
             title="Privacy spent (record-level DP)")
     if not any(r.epsilon for r in runs):
         eps.text(0.5, 0.5, "no DP ledgers", ha="center", va="center", transform=eps.transAxes)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (acc, eps):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
