@@ -15,12 +15,17 @@ configuration (``config``); the client
    (:mod:`fedssl.client.secagg`) so the server learns only the sum — or replies with
    ``status = "refused"`` and a reason (bad data, unsound DP configuration, exhausted budget),
    never with a crash.
+
+The production app, ``app``, carries no mods; the simulator builds its own from the same
+handlers with :func:`make_client_app` and the simulated fault model
+(:func:`fedssl.client.faults.fault_mod`; see :mod:`fedssl.simulations.client_app`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +35,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedssl.client import secagg
-from fedssl.client.faults import maybe_fault
 from fedssl.client.federated_ssl import merge
 from fedssl.client.privacy_guard import BudgetExceededError, SiteBudget
 from fedssl.client.secagg import flatten, store_update
@@ -57,8 +61,10 @@ REFUSALS = (DataError, DPSoundnessError, AccountingError, TrainingError, LedgerE
             DistributedDPError, DeviceError,
             UnknownMethodError, SecAggError, ValueError)
 
-app = ClientApp()
 LOCAL_MODEL_KEY = "local-model"
+
+#: a Flower client mod: ``mod(msg, context, call_next) -> reply``
+Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 
 
 @dataclass
@@ -175,7 +181,6 @@ def _refusal(msg: Message, cid: str, reason: str) -> Message:
     return Message(content, reply_to=msg)
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """Run one round of local SSL training and reply with the updated model."""
     config = msg.content["config"]
@@ -183,7 +188,6 @@ def train(msg: Message, context: Context) -> Message:
         ident = identify(context, config)
     except (KeyError, ValueError) as exc:
         return _refusal(msg, f"node-{context.node_id}", f"cannot identify client: {exc}")
-    maybe_fault(config, context.node_config, "train")
     try:
         return _train(msg, context, config, ident)
     except REFUSALS as exc:
@@ -316,7 +320,6 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     return Message(content, reply_to=msg)
 
 
-@app.query("warmup")
 def warmup(msg: Message, context: Context) -> Message:
     """Simulation start-up: load this worker's code and data, and run two training steps
     (the round's DP engine included) of a throwaway model on random inputs, while the server
@@ -348,7 +351,6 @@ def warmup(msg: Message, context: Context) -> Message:
 def _secagg_stage(stage: str):
     def handler(msg: Message, context: Context) -> Message:
         ident = identify(context, msg.content["config"])
-        maybe_fault(msg.content["config"], context.node_config, stage)
         return secagg.handle(stage, msg, context, ident.state_dir, ident.client_id)
 
     handler.__name__ = f"secagg_{stage}"
@@ -356,5 +358,17 @@ def _secagg_stage(stage: str):
     return handler
 
 
-for _stage in secagg.STAGES:
-    app.train(f"secagg_{_stage}")(_secagg_stage(_stage))
+def make_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
+    """A ClientApp with fedssl's handlers: ``train``, ``query.warmup`` and one
+    ``train.secagg_<stage>`` per secure-aggregation stage, wrapped in ``mods`` (Flower client
+    mods, outermost first; the simulator's fault model, never the production app's)."""
+    client_app = ClientApp(mods=list(mods))
+    client_app.train()(train)
+    client_app.query("warmup")(warmup)
+    for stage in secagg.STAGES:
+        client_app.train(f"secagg_{stage}")(_secagg_stage(stage))
+    return client_app
+
+
+#: the production ClientApp (``flwr run .``, ``fedssl client``): no simulation-only mods
+app = make_client_app()

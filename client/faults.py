@@ -7,17 +7,26 @@ at every stage, including between secure-aggregation stages. With ``straggler-pr
 sleeps ``straggler-delay`` seconds; the server's ``round-timeout`` decides whether it still
 counts. Draws come from a generator seeded by (seed, round, client, stage): reproducible.
 Only simulated clients (those with a ``partition-id``) are ever faulted.
+
+The fault model is simulation-only: it reaches the ClientApp as a Flower client mod,
+:func:`fault_mod`, which the simulator's ClientApp carries
+(``fedssl.simulations.client_app.simulation_app``) and the production one
+(``fedssl.client.app:app``) does not.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from flwr.app import Context, Message
 
 from fedssl.run_spec import config_view
+
+#: the message type of a secure-aggregation stage is ``train.<SECAGG_PREFIX><stage>``
+SECAGG_PREFIX = "secagg_"
 
 STAGE_IDS = {"train": 0, "setup": 1, "share": 2, "mask": 3, "unmask": 4, "consistency": 5}
 
@@ -52,3 +61,30 @@ def maybe_fault(config: Mapping[str, Any], node_config: Mapping[str, Any], stage
         raise SimulatedDropoutError(f"simulated dropout at stage {stage!r}")
     if fate == "slow":
         time.sleep(run.straggler_delay)
+
+
+def stage_of(message_type: str) -> str | None:
+    """The fault model's stage of a message type: ``"train"`` for a training round, the
+    secure-aggregation stage name (:data:`fedssl.client.secagg.STAGES`) for
+    ``train.secagg_<stage>``, ``None`` for a message that is never faulted (``query.warmup``)."""
+    category, _, action = message_type.partition(".")
+    if category != "train":
+        return None
+    if not action or action == "default":
+        return "train"
+    if action.startswith(SECAGG_PREFIX):
+        return action[len(SECAGG_PREFIX):]
+    return None
+
+
+def fault_mod(msg: Message, context: Context,
+              call_next: Callable[[Message, Context], Message]) -> Message:
+    """Flower client mod applying the run's simulated faults before the handler runs.
+
+    A dropout raises :class:`SimulatedDropoutError` out of the ClientApp (the server sees a
+    failed reply), a straggler sleeps ``straggler-delay`` seconds first; any other message
+    (and every message of a real site: no ``partition-id``) passes through unchanged."""
+    stage = stage_of(msg.metadata.message_type)
+    if stage is not None and "config" in msg.content:
+        maybe_fault(msg.content["config"], context.node_config, stage)
+    return call_next(msg, context)

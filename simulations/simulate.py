@@ -362,12 +362,12 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
     """:func:`simulate` without the signal handling."""
     from flwr.simulation import run_simulation
 
-    from fedssl.client.app import app as client_app
     from fedssl.client.privacy_guard import write_site_file
     from fedssl.privacy.identity import load_or_create_identity, write_registry
     from fedssl.server.app import make_server_app
     from fedssl.server.checkpoint import resume_point
     from fedssl.simulations import dispatch
+    from fedssl.simulations.client_app import simulation_app as client_app
 
     cfg.validate()
     layout = RunLayout(run_dir)

@@ -1,0 +1,17 @@
+"""The simulator's ClientApp: the production handlers (:mod:`fedssl.client.app`) wrapped in
+the simulation-only Flower mods, today the simulated fault model
+(:func:`fedssl.client.faults.fault_mod`: dropouts and stragglers).
+
+``fedssl simulate`` hands :data:`simulation_app` to ``run_simulation``; the object (not a
+module path) reaches Flower's Ray actors inside the ClientApp loader
+(:class:`fedssl.simulations.flower_engine_adapter.SharedAppLoader`). The production app,
+``fedssl.client.app:app`` (``flwr run .``, ``fedssl client``), carries no mods.
+"""
+
+from __future__ import annotations
+
+from fedssl.client.app import make_client_app
+from fedssl.client.faults import fault_mod
+
+#: the simulated sites' ClientApp: the same handlers, with simulated faults
+simulation_app = make_client_app(mods=[fault_mod])
