@@ -39,11 +39,11 @@ from fedssl.privacy.identity import (
 from fedssl.privacy.secagg import SecAggClient, SecAggError
 from fedssl.privacy.secagg.crypto import identity_public_bytes
 from fedssl.privacy.secagg.messages import payload_bytes
+from fedssl.run_layout import RunLayout, SiteLayout
 
 STAGES = ("identify", "setup", "share", "mask", "consistency", "unmask")
 STATE_KEY = "secagg"
 UPDATE_KEY = "secagg-update"
-IDENTITY_FILE = "identity.pem"
 
 
 class SecureSetupError(SecAggError):
@@ -54,7 +54,7 @@ def registry_path(context: Context, config: ConfigRecord) -> Path:
     """Where this node's trusted identity registry is (node config, else the run dir)."""
     if "identity-registry" in context.node_config:
         return Path(str(context.node_config["identity-registry"]))
-    return Path(str(config["run-dir"])) / "identities.json"
+    return RunLayout(str(config["run-dir"])).identities
 
 
 def flatten(weights: dict[str, np.ndarray]) -> np.ndarray:
@@ -79,7 +79,7 @@ def site_identity(context: Context, state_dir: Path) -> Ed25519PrivateKey:
     Raises:
         SecureSetupError: a site's key is missing, unreadable, or not the registered one.
     """
-    path = state_dir / IDENTITY_FILE
+    path = SiteLayout(state_dir).identity
     if "state-dir" not in context.node_config:
         return load_or_create_identity(path)
     if not path.is_file():

@@ -109,6 +109,7 @@ from fedssl.privacy.audit_report import (
     write_audit,
 )
 from fedssl.privacy.identity import IdentityError, load_registry
+from fedssl.run_layout import RunLayout
 
 __all__ = ["AGREEMENT_TOLERANCE", "AUDIT_ACCOUNTANTS", "DEFAULT_TOLERANCE", "PRV_EPS_ERROR",
            "TABLE_HEADER", "AuditResult", "ClientAudit", "EntryCheck", "Finding",
@@ -143,7 +144,7 @@ def _load_registry(res: AuditResult, run_dir: Path, given: Path | None,
     """The identity registry's keys (client id -> public key), or None (with a finding when
     there are ledgers whose keys it should have vouched for)."""
     candidates = [Path(given)] if given is not None else [
-        run_dir / "identities.json",
+        RunLayout(run_dir).identities,
         *([Path(str(cfg["identity_registry"]))] if cfg.get("identity_registry") else [])]
     path = next((c for c in candidates if c.is_file()), None)
     if path is None:
@@ -189,9 +190,10 @@ def audit_run(
             each ledger's last run).
     """
     run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     cfg_error = ""
     if config is None:
-        cfg_path = run_dir / "config.toml"
+        cfg_path = layout.config
         if cfg_path.exists():
             try:
                 config = read_config_table(cfg_path)
@@ -209,7 +211,7 @@ def audit_run(
     elif float(cfg.get("target_epsilon", 0.0) or 0.0) > 0:
         budget = float(cfg["target_epsilon"])
     if run_id is None:
-        id_file = run_dir / "run_id"
+        id_file = layout.run_id
         run_id = (id_file.read_text().strip() if id_file.exists()
                   else str(cfg["run_id"]) if cfg.get("run_id") else None)
     res = AuditResult(run_dir=str(run_dir), budget=budget, budget_source=source, delta=delta,
@@ -221,7 +223,7 @@ def audit_run(
         res.notes.append("no epsilon budget (target_epsilon = 0 and no --budget): budget not "
                          "checked")
 
-    ledger_dir = run_dir / "ledger"
+    ledger_dir = layout.ledger_dir
     paths = sorted(ledger_dir.glob("*.jsonl")) if ledger_dir.is_dir() else []
     if not paths and dp:
         res.add("error", FindingKind.MISSING_LEDGER,
@@ -247,7 +249,7 @@ def audit_run(
             continue
         check_entries(res, audit, entries)
         check_epsilons(res, audit)
-    check_report(res, run_dir / "report.json")
-    check_client_level(res, run_dir / "report.json")
+    check_report(res, layout.report)
+    check_client_level(res, layout.report)
     return res
 

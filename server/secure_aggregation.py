@@ -49,6 +49,7 @@ from fedssl.privacy.identity import load_or_create_identity, load_registry, writ
 from fedssl.privacy.secagg import MalformedMessageError, Quantizer, SecAggError, SecAggServer
 from fedssl.privacy.secagg.crypto import identity_public_bytes
 from fedssl.privacy.secagg.messages import payload_bytes
+from fedssl.run_layout import RunLayout
 from fedssl.server.strategy import FedSSLStrategy, RoundOutcome
 
 log = logging.getLogger("fedssl.server")
@@ -63,11 +64,12 @@ def simulated_registry(run_dir: Path, num_clients: int) -> Path:
     the public registry is ``RUN/identities.json``. Only for simulations: a real site's key is
     made by ``fedssl certs`` and registered before the run.
     """
+    layout = RunLayout(run_dir)
     keys = {f"client-{i:03d}": load_or_create_identity(
-        run_dir / "clients" / f"client-{i:03d}" / "identity.pem") for i in range(num_clients)}
+        layout.client_site(f"client-{i:03d}").identity) for i in range(num_clients)}
     log.warning("no identity registry: made %d simulated sites' identity keys and %s",
-                num_clients, run_dir / "identities.json")
-    return write_registry(run_dir / "identities.json", keys)
+                num_clients, layout.identities)
+    return write_registry(layout.identities, keys)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ _NAME = "|".join(re.escape(n) for n in NAMES)
 STRAY = re.compile(rf"""/\s*["']({_NAME})["']|^\s*[A-Z_]+\s*=\s*["']({_NAME})["']""", re.M)
 #: modules edited concurrently by other work when the layout was introduced; each still
 #: spells names itself and is to move onto RunLayout (issue 14 item 1, what is left)
-NOT_YET = {"privacy/audit.py", "server/secure_aggregation.py", "client/secagg.py"}
+NOT_YET: set[str] = set()
 
 
 def _sources() -> list[Path]:
