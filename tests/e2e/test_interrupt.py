@@ -60,9 +60,20 @@ def started() -> Iterator[list[subprocess.Popen]]:
         proc.wait(timeout=30)
 
 
+def _as_a_terminal_job() -> None:
+    """In the child before exec: SIGINT/SIGTERM at their defaults, as for a job an interactive
+    shell runs in the foreground. A test runner started in the background by a
+    non-interactive shell inherits SIGINT ignored (POSIX), and ``fedssl simulate`` rightly
+    leaves an ignored SIGINT ignored (``nohup fedssl simulate ... &``): Ctrl-C would then be
+    tested against a process that was told to ignore it."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _start(started: list[subprocess.Popen], log: Path, *args: str) -> subprocess.Popen:
     proc = subprocess.Popen([*FEDSSL, *args], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+                            start_new_session=True, preexec_fn=_as_a_terminal_job,
+                            env={**os.environ, "RAY_DEDUP_LOGS": "0"})
     started.append(proc)
     return proc
 
