@@ -57,11 +57,15 @@ def run_secagg(
     dropouts: Dropouts | None = None,
     identity_keys: Mapping[int, Ed25519PrivateKey] | None = None,
     serialize: bool = True,
+    round_id: bytes | None = None,
 ) -> AggregationResult:
     """Securely sum uint32 ``inputs`` (node id -> vector); returns the server's result.
 
     Raises :class:`~.errors.InsufficientParticipantsError` when dropouts leave fewer than
     ``threshold`` participants where shares are needed; ``inputs`` are never modified.
+    ``round_id`` (32 bytes, default random) seeds the communication graph: whether a given
+    set of dropouts leaves enough share holders depends on who neighbours whom, so a caller
+    that scripts dropouts and expects success fixes it.
     """
     lengths = {np.asarray(v).shape for v in inputs.values()}
     if len(lengths) != 1 or len(next(iter(lengths))) != 1:
@@ -75,6 +79,7 @@ def run_secagg(
         dropouts=dropouts,
         identity_keys=identity_keys,
         serialize=serialize,
+        round_id=round_id,
     )
 
 
@@ -89,20 +94,22 @@ def run_round(
     identity_keys: Mapping[int, Ed25519PrivateKey] | None = None,
     serialize: bool = True,
     stage_seconds: dict[str, float] | None = None,
+    round_id: bytes | None = None,
 ) -> AggregationResult:
     """One round where client ``u``'s input is produced by ``get_input(u)`` when it is needed.
 
     Masked inputs are generated and consumed one client at a time, so memory stays ``O(d)``
     beyond what ``get_input`` holds. ``stage_seconds``, if given, receives the seconds each
     exchange took (``setup``, ``share``, ``mask``, ``consistency``, ``unmask``: every client's
-    and the server's work for that stage, encoding included).
+    and the server's work for that stage, encoding included). ``round_id`` as in
+    :func:`run_secagg`.
     """
     ids = sorted(node_ids)
     drop = dropouts or Dropouts()
     keys = identity_keys if identity_keys is not None else make_identities(ids)
     registry = {u: crypto.identity_public_bytes(keys[u]) for u in ids}
     server = SecAggServer(ids, vector_length, degree=degree, threshold=threshold,
-                          identity_registry=registry)
+                          round_id=round_id, identity_registry=registry)
     clients = {u: SecAggClient(u, keys[u], registry) for u in ids}
 
     def wire(msg: Any) -> Any:
