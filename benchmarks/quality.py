@@ -57,6 +57,7 @@ from fedssl.client.trainer import LR_SCHEDULES, TrainConfig, steps_per_epoch, tr
 from fedssl.privacy.accountant import calibrate_noise, epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
 from fedssl.privacy.dp_sgd import clip_sensitivity
+from fedssl.server.server_optimizer import ServerMomentum
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.collapse import collapse_metrics
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
@@ -86,6 +87,8 @@ class Recipe:
     max_grad_norm: float = 1.0
     dp_engine: str = "auto"
     init_encoder: str = ""
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def train_config(self, round_index: int, seed: int, **kw: Any) -> TrainConfig:
@@ -177,6 +180,7 @@ def federated(data: SSLDataset, recipe: Recipe, seed: int, clients: int, partiti
             steps = recipe.local_epochs * steps_per_epoch(len(idx), recipe.batch_size, True)
             sigmas[c] = sens * calibrate_noise(epsilon, delta, q, steps * recipe.rounds)
             eps_spent.append(epsilon_of([(sigmas[c] / sens, q, steps * recipe.rounds)], delta))
+    server_opt = ServerMomentum(recipe.server_lr, recipe.server_momentum)
     for r in range(1, recipe.rounds + 1):
         global_state = copy.deepcopy(model.state_dict())
         states, weights = [], []
@@ -188,7 +192,12 @@ def federated(data: SSLDataset, recipe: Recipe, seed: int, clients: int, partiti
             res = train_local(model, objective, data.x_train[idx], aug, cfg)
             states.append(copy.deepcopy(model.state_dict()))
             weights.append(res.num_examples)
-        model.load_state_dict(_average(states, weights))
+        mean = _average(states, weights)
+        if not server_opt.is_plain_fedavg:  # FedAvgM: post-processing of the average
+            current = {k: v.numpy() for k, v in global_state.items()}
+            mean = {k: torch.from_numpy(v) for k, v in server_opt.step(
+                current, {k: v.numpy() for k, v in mean.items()}).items()}
+        model.load_state_dict(mean)
     info = {"clients": clients, "partition": partition, "client_sizes": [len(p) for p in parts],
             "noise_multipliers": sorted(set(round(s, 4) for s in sigmas.values())),
             "max_client_epsilon": max(eps_spent) if eps_spent else None}
@@ -267,6 +276,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES)
     p.add_argument("--warmup-rounds", type=int, default=0)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--server-lr", type=float, default=1.0,
+                   help="server learning rate of FedAvgM (1 with momentum 0: FedAvg)")
+    p.add_argument("--server-momentum", type=float, default=0.0,
+                   help="server momentum of FedAvgM (fedssl.server.server_optimizer)")
     p.add_argument("--init-encoder", default="",
                    help="warm-start encoder (safetensors) for the SSL rows; 'public' pretrains "
                         "one here on data disjoint from the private pool")
@@ -307,7 +320,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = Recipe(method=args.method, rounds=args.rounds, local_epochs=args.local_epochs,
                   batch_size=args.batch_size, lr=args.lr, views=args.views,
                   ema_decay=args.ema_decay, lr_schedule=args.lr_schedule,
-                  warmup_rounds=args.warmup_rounds, max_grad_norm=args.max_grad_norm)
+                  warmup_rounds=args.warmup_rounds, max_grad_norm=args.max_grad_norm,
+                  server_lr=args.server_lr, server_momentum=args.server_momentum)
     dp_recipe = replace(base, method=args.dp_method or args.method, lr=args.dp_lr or args.lr,
                         views=args.dp_views or args.views)
     out_path = Path(args.out) if args.out else RESULTS / "quality.json"

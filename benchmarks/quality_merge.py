@@ -42,6 +42,15 @@ def _order(row: dict[str, Any]) -> tuple[Any, ...]:
             row["partition"], setting)
 
 
+#: recipe fields added after some results were recorded, with the value those runs used
+RECIPE_DEFAULTS = {"server_lr": 1.0, "server_momentum": 0.0}
+
+
+def _recipe(row: dict[str, Any]) -> dict[str, Any] | None:
+    recipe = row.get("recipe")
+    return None if recipe is None else {**RECIPE_DEFAULTS, **recipe}
+
+
 def merge(inputs: list[tuple[Path, str]]) -> dict[str, Any]:
     """Pool the rows of ``inputs`` (file, label suffix); see the module docstring."""
     merged: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -59,7 +68,7 @@ def merge(inputs: list[tuple[Path, str]]) -> dict[str, Any]:
                 merged[key] = {**r, "setting": r["setting"] + suffix, "commands": row_cmds}
                 continue
             m = merged[key]
-            if m.get("recipe") != r.get("recipe"):
+            if _recipe(m) != _recipe(r):
                 raise SystemExit(f"{path}: row {key} has a different recipe from an earlier "
                                  "file's; label one of them with FILE:SUFFIX")
             clash = set(m["seeds"]) & set(r["seeds"])
