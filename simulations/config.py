@@ -3,10 +3,11 @@ from the CLI.
 
 :class:`ExperimentConfig` is built from :class:`fedssl.run_spec.RunSpec` (the run's settings,
 declared once: type, default, help, checks) plus what only a simulation has: the number of
-simulated clients, their resources, their own privacy budgets and the run directory
-(``--out``). Every field carries its help text, which is what ``fedssl simulate --help``
-prints, so the documentation of an option can't drift from the option. Values are validated
-on load; a bad value raises :class:`ConfigError` naming the option.
+simulated clients, their resources, the Ray cluster they run on (``--ray-address``), their
+own privacy budgets and the run directory (``--out``). Every field carries its help text,
+which is what ``fedssl simulate --help`` prints, so the documentation of an option can't
+drift from the option. Values are validated on load; a bad value raises
+:class:`ConfigError` naming the option.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import tomli_w
 
 from fedssl.run_spec import ConfigError, RunSpec, check_settings, coerce, options
+from fedssl.simulations.ray_cluster import parse_address
 
 __all__ = ["ConfigError", "ExperimentConfig"]
 
@@ -45,6 +47,13 @@ _SIMULATION_FIELDS: tuple[tuple[str, type, Any], ...] = (
     ("gpus_per_client", float, _sim(0.0, "share of a GPU reserved per simulated client (Ray), "
                                          "e.g. 0.25 runs 4 clients per GPU; 0 = CPU only",
                                     "cpus_per_client")),
+    ("ray_address", str, _sim("", "run on the existing Ray cluster whose head listens at "
+                                  "HOST:PORT (what `ray start --head` prints) instead of a "
+                                  "local Ray; every node needs the same fedssl install, the "
+                                  "data path and the run directory (--out) at the same "
+                                  "absolute path on a shared file system (README: 'Past one "
+                                  "machine'); empty: start Ray on this machine",
+                              "gpus_per_client")),
 )
 
 
@@ -77,6 +86,8 @@ class _Experiment:
         need(self.num_clients >= 1, "num_clients", "must be at least 1")
         need(self.gpus_per_client >= 0, "gpus_per_client", "must be >= 0")
         need(self.cpus_per_client > 0, "cpus_per_client", "must be positive")
+        if self.ray_address:
+            parse_address(self.ray_address)  # its syntax; reachability when the run starts
         check_settings(self, num_clients=self.num_clients)
         need(self.site_budget_epsilon >= 0, "site_budget_epsilon", "must be non-negative")
         self.parsed_site_budgets()

@@ -4,7 +4,8 @@ The driver checks everything it can before any actor starts (config values, the 
 the partition sizes, DP soundness of the method), so that bad input fails in a second with a
 clear message rather than inside a Ray worker. It then runs the real fedssl ServerApp and
 ClientApp with ``flwr.simulation.run_simulation`` and returns the run directory, whose layout
-is README.md's "Run directory" (and docs/architecture.md).
+is README.md's "Run directory" (and docs/architecture.md). Ray is started on this machine, or,
+with ``--ray-address``, an existing Ray cluster is joined (:mod:`fedssl.simulations.ray_cluster`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fedssl.processes import await_exit, descendants
 from fedssl.quiet import quiet_output
 from fedssl.run_layout import RunLayout
 from fedssl.server.extension import extension_costs
+from fedssl.simulations import ray_cluster
 from fedssl.simulations.config import ConfigError, ExperimentConfig
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, partition_labels, write_cache
 from fedssl.ssl_core.datasets import SSLDataset, require_labels
@@ -370,6 +372,8 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
     from fedssl.simulations.client_app import simulation_app as client_app
 
     cfg.validate()
+    if cfg.ray_address:  # an unreachable cluster is refused now, before anything is written
+        ray_cluster.probe(cfg.ray_address)
     layout = RunLayout(run_dir)
     if extend and not resume:
         raise ConfigError("--extend continues a run: it needs --resume (and --out RUN_DIR)")
@@ -409,23 +413,29 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
     if not verbose:  # Flower's INFO log; its known banners: quiet_output below
         logging.getLogger("flwr").setLevel(logging.WARNING)
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    cores = os.cpu_count() or 1
-    init_args = {"num_cpus": cores, "include_dashboard": False,
-                 "logging_level": logging.INFO if verbose else logging.ERROR,
-                 "log_to_driver": verbose}
-    backend_config = {
+    ray_logs = {"logging_level": logging.INFO if verbose else logging.ERROR,
+                "log_to_driver": verbose}
+    backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": cfg.cpus_per_client, "num_gpus": cfg.gpus_per_client},
-        "init_args": init_args,
     }
-    # one worker per cpus-per-client cores: each loads code and data while the server
-    # evaluates the initial encoder (the "query.warmup" message)
-    run_config["warmup-workers"] = min(cfg.num_clients, max(1, int(cores // cfg.cpus_per_client)))
-    print(f"[fedssl simulate] start-up: Ray ({cores} CPUs) and Flower's simulation engine "
+    if cfg.ray_address:  # joined before the engine starts, so Flower's backend does not init
+        where, workers = _join_cluster(cfg, run_dir, run_config, ray_logs, verbose)
+    else:
+        cores = os.cpu_count() or 1
+        backend_config["init_args"] = init_args = {"num_cpus": cores,
+                                                   "include_dashboard": False, **ray_logs}
+        # one worker per cpus-per-client cores
+        where, workers = f"Ray ({cores} CPUs)", int(cores // cfg.cpus_per_client)
+    # each worker loads code and data while the server evaluates the initial encoder (the
+    # "query.warmup" message)
+    run_config["warmup-workers"] = min(cfg.num_clients, max(1, workers))
+    print(f"[fedssl simulate] start-up: {where} and Flower's simulation engine "
           f"for {cfg.num_clients} clients ({run_config['warmup-workers']} worker(s))",
           flush=True)
     with quiet_output(verbose):  # Flower's and Ray's banners about fedssl's own choices
-        _start_ray(init_args)
-        _reclaim_stop_signals()
+        if not cfg.ray_address:
+            _start_ray(init_args)
+            _reclaim_stop_signals()
         # replies and new messages wake the engine instead of 0.1 s polls; each actor holds
         # its next message while it trains (not with simulated stragglers: they sleep in it);
         # Flower's own dispatcher and backend are put back when the simulation ends
@@ -440,6 +450,28 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
         raise RuntimeError(f"the simulation ended without a report in {run_dir}; rerun with "
                            "--verbose to see the server's log")
     return run_dir
+
+
+def _join_cluster(cfg: ExperimentConfig, run_dir: Path, run_config: dict[str, Any],
+                  ray_logs: dict[str, Any], verbose: bool) -> tuple[str, int]:
+    """Join the Ray cluster at ``cfg.ray_address`` (:mod:`fedssl.simulations.ray_cluster`)
+    and check that every node that can host a client runs fedssl on this run directory and
+    data; returns how to name the cluster in the start-up line and the number of client
+    actors it holds. A relative ``--data-path`` is made absolute for the clients (a node's
+    workers start in the directory ``ray start`` ran in there)."""
+    address = cfg.ray_address
+    print(f"[fedssl simulate] start-up: joining the Ray cluster at {address}", flush=True)
+    if cfg.data_path:
+        run_config["data-path"] = str(Path(cfg.data_path).resolve())
+    with quiet_output(verbose):
+        ray_cluster.connect(address, **ray_logs)
+        _reclaim_stop_signals()  # Ray's driver installs its own SIGTERM handler
+        nodes = ray_cluster.check_nodes(address, run_dir.resolve(),
+                                        str(run_config.get("data-path", "")),
+                                        cfg.cpus_per_client, cfg.gpus_per_client)
+    cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
+    return (f"the Ray cluster at {address} ({len(nodes)} node(s) for clients, {cpus:g} CPUs)",
+            sum(n["slots"] for n in nodes))
 
 
 def _check_rounds(run_dir: Path, saved: int, cfg: ExperimentConfig, done: int,
