@@ -13,8 +13,10 @@ configuration (``config``); the client
 5. replies with the updated weights and metrics — or, with secure aggregation on, keeps its
    quantised update on the node and takes part in the SecAgg+ stages
    (:mod:`fedssl.client.secagg`) so the server learns only the sum — or replies with
-   ``status = "refused"`` and a reason (bad data, unsound DP configuration, exhausted budget),
-   never with a crash.
+   ``status = "refused"`` and a reason (bad data, unsound DP configuration, exhausted budget,
+   a global model whose names, shapes, dtypes or sizes do not fit the local model:
+   :mod:`fedssl.client.global_model`, checked before any of it is decoded), never with a
+   crash.
 
 The production app, ``app``, carries no mods; the simulator builds its own from the same
 handlers with :func:`make_client_app` and the simulated fault model
@@ -36,6 +38,7 @@ from flwr.clientapp import ClientApp
 
 from fedssl.client import secagg
 from fedssl.client.federated_ssl import merge
+from fedssl.client.global_model import GlobalModelError, decode_global_model
 from fedssl.client.privacy_guard import BudgetExceededError, SiteBudget
 from fedssl.client.secagg import flatten, store_update
 from fedssl.client.trainer import TrainConfig, TrainingError, steps_per_epoch, train_local
@@ -58,7 +61,7 @@ log = logging.getLogger("fedssl.client")
 
 #: errors a client answers with a refusal instead of crashing
 REFUSALS = (DataError, DPSoundnessError, AccountingError, TrainingError, LedgerError,
-            DistributedDPError, DeviceError,
+            DistributedDPError, DeviceError, GlobalModelError,
             UnknownMethodError, SecAggError, ValueError)
 
 LOCAL_MODEL_KEY = "local-model"
@@ -219,7 +222,9 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
 
     input_shape = tuple(int(d) for d in config["input-shape"])
     model = objective.build_model(input_shape)
-    global_state = msg.content["arrays"].to_torch_state_dict()
+    # names, dtypes, shapes and sizes checked against the local model before anything is
+    # decoded (GlobalModelError: a refusal, the local model and state untouched)
+    global_state = decode_global_model(msg.content["arrays"], model)
     local = context.state.array_records.get(LOCAL_MODEL_KEY)
     mixing = merge(model, global_state, local.to_torch_state_dict() if local else None,
                    run.algorithm, run.fedema_tau, run.fedu_threshold)
@@ -298,7 +303,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     if run.secagg:
         # the server must learn only the sum: keep the quantised update on this node
         new = {k: v.detach().cpu().numpy() for k, v in shared.items()}
-        update = flatten(new) - flatten({k: v.numpy() for k, v in msg.content["arrays"].items()})
+        update = flatten(new) - flatten({k: v.numpy() for k, v in global_state.items()})
         if not np.isfinite(update).all():
             raise TrainingError("the local update contains NaN or Inf; not sending it")
         if run.client_dp == "distributed":
