@@ -6,6 +6,45 @@ clear message rather than inside a Ray worker. It then runs the real fedssl Serv
 ClientApp with ``flwr.simulation.run_simulation`` and returns the run directory, whose layout
 is README.md's "Run directory" (and docs/architecture.md). Ray is started on this machine, or,
 with ``--ray-address``, an existing Ray cluster is joined (:mod:`fedssl.simulations.ray_cluster`).
+
+Why ``run_simulation``, which Flower 1.41 marks deprecated (issue 15, item 2; its banner is
+dropped by :mod:`fedssl.quiet`): Flower 1.41 has no in-process simulation entry point that is
+not deprecated. ``flwr.simulation`` exports ``run_simulation`` (deprecated: "Please use `flwr
+run` in the CLI instead"), ``start_simulation`` (deprecated since 1.13), and
+``run_simulation_process`` / ``SimulationIoConnection``, the body of the ``flwr-simulation``
+process, which Flower documents as internal to ``flwr run`` (flwrlabs/flower#5739): it pulls a
+run from a SuperLink's Runtime API with a token, installs the FAB, loads the apps by name and
+calls the private ``_run_simulation``. The supported path is ``flwr run`` against a SuperLink
+with the simulation runtime (README: ``flwr run . local``), where the engine runs in that
+separate ``flwr-simulation`` process, and fedssl's simulator cannot keep its work there:
+
+- its event-driven, pipelined dispatcher and backend (:mod:`fedssl.simulations.dispatch`)
+  are process-wide patches installed before the engine starts. In ``flwr-simulation`` fedssl
+  code runs only as the apps Flower loads: the ServerApp in a thread started alongside the
+  engine (a patch from there races the engine's start) and the ClientApp, loaded by the
+  private ``start_vce`` just before it builds the backend (a patch from there depends on
+  that private order, and would make the production ClientApp carry simulator code, which
+  ``client/`` may not import);
+- Ray is started by Flower's backend there, with a ``runtime_env`` (every actor through a
+  runtime-env setup worker) and only ``num_cpus``/``num_gpus``/logging from the federation
+  config: no ``max_direct_call_object_size``, no ``--ray-address``;
+- what this driver does before and around the engine (checks that fail in a second, the
+  sites' keys, budgets and the data cache, Ctrl-C/SIGTERM teardown, ``--resume``, the
+  progress display) would be split between the ``flwr`` CLI, the SuperLink and that process.
+
+Measured here on 2 cores shared with two other benchmark jobs (load average 6-10), the same
+runs (``--num-samples 3000 --eval-samples 300 --few-label '' --no-dp --partitioner iid
+--batch-size 32``, secure aggregation on, 3 rounds) with ``fedssl simulate`` and with ``flwr
+run . local --federation-config num-supernodes=N --run-config ... --stream`` against a
+SuperLink (``flower-superlink --insecure --simulation --isolation subprocess``, no runtime
+dependency installation) started first: 10 clients, wall 25.0 / 28.4 s vs 37.0 / 35.5 s,
+rounds 2-3 1.8-2.7 s vs 3.2-3.8 s (round 1: 1.5-1.8 s vs 10-12 s: no warm-up under ``flwr
+run``); 50 clients, wall 25.1 s vs 47.3 s, rounds 2-3 2.1-2.4 s vs 6.5-7.0 s. That is
+benchmarks/simulation.py's "flower" row (Flower's own engine: 1.42x, 1.55x, 2.25x slower per
+round than fedssl at 10, 100, 1000 clients, benchmarks/results/simulation.json) plus the
+``flwr run`` start. So fedssl keeps ``run_simulation`` until Flower offers an in-process
+entry point with a backend hook; :mod:`fedssl.simulations.flower_engine_adapter` refuses any
+Flower but 1.41.0, so an upgrade revisits this.
 """
 
 from __future__ import annotations
