@@ -144,6 +144,11 @@ class RunLayout:
         """``checkpoints/round-NNNN.safetensors``."""
         return self.checkpoints / f"round-{server_round:04d}.safetensors"
 
+    def server_momentum(self, server_round: int) -> Path:
+        """``checkpoints/round-NNNN.server-momentum.safetensors``: FedAvgM's velocity after
+        that round (only with server momentum)."""
+        return self.checkpoints / f"round-{server_round:04d}.server-momentum.safetensors"
+
     @property
     def encoder(self) -> Path:
         """``encoder.safetensors``: the final encoder."""

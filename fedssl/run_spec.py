@@ -37,6 +37,7 @@ fedssl.run_spec.ConfigError: delta: must be in (0, 1)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -175,6 +176,13 @@ class RunSpec:
                             choices=LR_SCHEDULES)
     warmup_rounds: int = _opt(0, "linear learning-rate warm-up over the first k rounds",
                               client=True)
+    server_lr: float = _opt(1.0, "server learning rate of FedAvgM on each round's aggregated "
+                                 "update (1 with server momentum 0: plain FedAvg); "
+                                 "post-processing of the aggregate, no privacy cost")
+    server_momentum: float = _opt(0.0, "server momentum of FedAvgM (Hsu et al. 2019), in [0, "
+                                       "1): a round's averaged update is only a few local "
+                                       "steps long, momentum lengthens it; post-processing, "
+                                       "no privacy cost")
     init_encoder: str = _opt("", "warm-start encoder (safetensors, keys without 'encoder.') "
                                  "pretrained on public or synthetic data, never the private "
                                  "records; make one with 'python -m "
@@ -423,6 +431,8 @@ def check_settings(s: Any, num_clients: int | None = None) -> None:
              f"method {s.method!r} takes {cls.num_views} view(s); K > 2 views are "
              "supported by the multi-view methods (simsiam, byol)")
     need(0 <= s.ema_decay < 1, "ema_decay", "must be in [0, 1)")
+    need(math.isfinite(s.server_lr) and s.server_lr > 0, "server_lr", "must be positive")
+    need(0 <= s.server_momentum < 1, "server_momentum", "must be in [0, 1)")
     need(s.lr_schedule in LR_SCHEDULES, "lr_schedule",
          f"unknown {s.lr_schedule!r}; one of {LR_SCHEDULES}")
     need(0 <= s.warmup_rounds <= s.rounds, "warmup_rounds",

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from threadpoolctl import threadpool_limits
 
@@ -54,6 +54,7 @@ from fedssl.server.secure_aggregation import (
     SecureAggregation,
     simulated_registry,
 )
+from fedssl.server.server_optimizer import ServerMomentum
 from fedssl.server.strategy import FedSSLStrategy
 from fedssl.server.tensorboard_log import TensorBoardLog
 from fedssl.ssl_core.collapse import evaluate_with_collapse
@@ -219,6 +220,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         fraction_train=client_rate,
         min_train_nodes=per_round, min_available_nodes=per_round, fraction_evaluate=0.0,
     )
+    # FedAvgM (fedssl.server.server_optimizer): post-processing of each round's aggregate
+    server_opt = ServerMomentum(float(cfg["server-lr"]), float(cfg["server-momentum"]))
     secure = None
     if cfg["secagg"]:
         if client_dp is not None:
@@ -262,6 +265,11 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                                   strict=False)
             arrays = ArrayRecord(shared_state(model.state_dict(), shared))
         start_round = point.round + 1
+        if point.server_momentum is not None:
+            server_opt.load_state(point.server_momentum)
+        elif not server_opt.is_plain_fedavg and point.round > 0:
+            log.warning("resuming with server momentum but round %d's checkpoint holds no "
+                        "velocity: the momentum restarts from zero", point.round)
         released = [SkellamRound(**r["distributed_dp"]) for r in previous
                     if r.get("distributed_dp")]
         rewrite_metrics(run_dir, previous)
@@ -322,12 +330,17 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
             log.warning("round %d: no valid update (refused: %s, rejected: %s, failed: %s); "
                         "the global model is unchanged", server_round, outcome.refused,
                         outcome.rejected, outcome.failed)
-        else:
+        elif server_opt.is_plain_fedavg:
             arrays = new_arrays
+        else:  # FedAvgM: the aggregate is a pseudo-gradient step from the current model
+            stepped = server_opt.step({k: v.numpy() for k, v in arrays.items()},
+                                      {k: v.numpy() for k, v in new_arrays.items()})
+            arrays = ArrayRecord({k: Array(v) for k, v in stepped.items()})
         model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
         save_checkpoint(run_dir, server_round,
                         {k: v.numpy() for k, v in arrays.items()},
-                        {"seed": seed, "method": cfg["method"]})
+                        {"seed": seed, "method": cfg["method"]},
+                        server_momentum=server_opt.state() or None)
         row: dict[str, Any] = {
             "round": server_round,
             "loss": float(agg["loss"]) if agg and "loss" in agg else None,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from fedssl.atomic import atomic_path, atomic_write_bytes
@@ -32,10 +33,15 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(run_dir: Path, server_round: int, weights: dict[str, np.ndarray],
-                    state: dict) -> Path:
-    """Write round ``server_round``'s weights, then point ``state.json`` at them."""
+                    state: dict, server_momentum: dict[str, np.ndarray] | None = None) -> Path:
+    """Write round ``server_round``'s weights (and FedAvgM's velocity, if given), then point
+    ``state.json`` at them."""
     layout = RunLayout(run_dir)
     layout.checkpoints.mkdir(parents=True, exist_ok=True)
+    if server_momentum:
+        with atomic_path(layout.server_momentum(server_round)) as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in server_momentum.items()},
+                      str(tmp))
     path = layout.checkpoint(server_round)
     with atomic_path(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp))
@@ -54,7 +60,7 @@ def load_latest(run_dir: Path) -> tuple[int, dict[str, np.ndarray], dict] | None
     try:
         state = json.loads(state_path.read_text())
         weights = load_file(str(layout.checkpoints / state["weights"]))
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise CheckpointError(f"corrupt checkpoint in {layout.checkpoints}: {exc}") from exc
     return int(state["round"]), weights, state
 
@@ -71,6 +77,8 @@ class ResumePoint:
     rows: list[dict[str, Any]] = field(default_factory=list)
     #: the round ``state.json`` points at (> ``round`` when that round never got its row)
     checkpointed: int = 0
+    #: FedAvgM's velocity after ``round`` (None: no server momentum was saved)
+    server_momentum: dict[str, np.ndarray] | None = None
 
 
 def _metrics_rows(path: Path) -> list[dict[str, Any]]:
@@ -107,15 +115,21 @@ def resume_point(run_dir: Path) -> ResumePoint | None:
     with_row = {int(r["round"]) for r in rows if "round" in r}
     done = max((r for r in with_row if 0 < r <= checkpointed
                 and layout.checkpoint(r).exists()), default=0)
-    weights = None
+    weights = velocity = None
     if done:
         path = layout.checkpoint(done)
         try:
             weights = load_file(str(path))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SafetensorError) as exc:
             raise CheckpointError(f"corrupt checkpoint {path}: {exc}") from exc
+        path = layout.server_momentum(done)
+        if path.exists():
+            try:
+                velocity = load_file(str(path))
+            except (OSError, ValueError, SafetensorError) as exc:
+                raise CheckpointError(f"corrupt checkpoint {path}: {exc}") from exc
     kept = [r for r in rows if int(r.get("round", -1)) <= done]
-    return ResumePoint(done, weights, kept, checkpointed)
+    return ResumePoint(done, weights, kept, checkpointed, velocity)
 
 
 def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from fedssl.run_layout import RunLayout
 from fedssl.server.server_optimizer import ServerMomentum
 
 
@@ -57,3 +60,37 @@ def test_mismatched_aggregate_is_refused_and_state_untouched() -> None:
     with pytest.raises(ValueError, match="shape"):
         opt.step(_model(0.0), {**_model(1.0), "w": np.zeros((3,), np.float32)})
     assert opt.velocity == {}  # a refused step moves nothing
+
+
+def test_velocity_is_checkpointed_and_resumed(tmp_path: Path) -> None:
+    from fedssl.server.checkpoint import CheckpointError, resume_point, save_checkpoint
+
+    opt = ServerMomentum(momentum=0.9)
+    weights = opt.step(_model(0.0), _model(1.0))
+    save_checkpoint(tmp_path, 1, weights, {"seed": 0}, server_momentum=opt.state())
+    (tmp_path / "metrics.jsonl").write_text('{"round": 0}\n{"round": 1}\n')
+    point = resume_point(tmp_path)
+    assert point is not None and point.server_momentum is not None
+    assert set(point.server_momentum) == {"w", "b"}  # float arrays only
+    assert np.allclose(point.server_momentum["w"], 1.0)
+    # FedAvg saves no velocity file, and a resume of it gets none
+    save_checkpoint(tmp_path / "plain", 1, weights, {"seed": 0})
+    (tmp_path / "plain" / "metrics.jsonl").write_text('{"round": 0}\n{"round": 1}\n')
+    assert resume_point(tmp_path / "plain").server_momentum is None  # type: ignore[union-attr]
+    assert not list((tmp_path / "plain" / "checkpoints").glob("*server-momentum*"))
+    # a damaged velocity file is named, not silently replaced by zeros
+    RunLayout(tmp_path).server_momentum(1).write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="server-momentum"):
+        resume_point(tmp_path)
+
+
+def test_a_damaged_weights_checkpoint_is_a_checkpoint_error(tmp_path: Path) -> None:
+    # safetensors raises its own SafetensorError (not a ValueError) for a bad header: it used
+    # to escape the resume as a bare traceback
+    from fedssl.server.checkpoint import CheckpointError, resume_point, save_checkpoint
+
+    save_checkpoint(tmp_path, 1, _model(1.0), {"seed": 0})
+    (tmp_path / "metrics.jsonl").write_text('{"round": 0}\n{"round": 1}\n')
+    RunLayout(tmp_path).checkpoint(1).write_bytes(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match="round-0001"):
+        resume_point(tmp_path)

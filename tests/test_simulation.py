@@ -186,6 +186,51 @@ def test_secure_aggregation_gives_the_plain_average(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_server_momentum_steps_from_the_aggregate_and_survives_a_resume(tmp_path: Path) -> None:
+    """FedAvgM end to end: with the same seed, round 1 equals FedAvg's (the velocity is the
+    first update), round 2 is FedAvg's round 2 plus momentum x round 1's velocity; a resume
+    after round 1 restores the velocity from the checkpoint and gives the same round 2."""
+    from safetensors.numpy import load_file
+
+    common = ["simulate", "--num-clients", "2", "--rounds", "2", "--num-samples", "300",
+              "--partitioner", "iid", "--no-dp", "--no-secagg", "--eval-samples", "100",
+              "--few-label", ""]
+    momentum = ["--server-momentum", "0.5"]
+    for name, extra in (("plain", []), ("fedavgm", momentum)):
+        proc = _run(*common, *extra, "--out", str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def ckpt(name: str, r: int, kind: str = "") -> dict[str, np.ndarray]:
+        return load_file(str(tmp_path / name / "checkpoints" / f"round-{r:04d}{kind}.safetensors"))
+
+    plain1, plain2, mom1, mom2 = ckpt("plain", 1), ckpt("plain", 2), ckpt("fedavgm", 1), \
+        ckpt("fedavgm", 2)
+    vel1, vel2 = ckpt("fedavgm", 1, ".server-momentum"), ckpt("fedavgm", 2, ".server-momentum")
+    assert not list((tmp_path / "plain" / "checkpoints").glob("*server-momentum*"))
+    floats = [k for k in mom1 if np.issubdtype(mom1[k].dtype, np.floating)]
+    assert floats and set(vel1) == set(floats)
+    for k in mom1:
+        assert np.array_equal(mom1[k], plain1[k]), k  # round 1: v = the update itself
+    for k in floats:  # round 2: FedAvg's step plus 0.5 x round 1's velocity
+        assert np.allclose(mom2[k], plain2[k] + 0.5 * vel1[k], atol=1e-5), k
+        assert np.allclose(vel2[k], 0.5 * vel1[k] + (plain2[k] - plain1[k]), atol=1e-5), k
+
+    # crash after round 1: the resume takes round 1's velocity from its checkpoint
+    run = tmp_path / "fedavgm"
+    (run / "checkpoints" / "round-0002.safetensors").unlink()
+    (run / "checkpoints" / "round-0002.server-momentum.safetensors").unlink()
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    state.update(round=1, weights="round-0001.safetensors")
+    (run / "checkpoints" / "state.json").write_text(json.dumps(state))
+    (run / "report.json").unlink()
+    resumed = _run("simulate", "--out", str(run), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = ckpt("fedavgm", 2)
+    for k in floats:  # without the velocity it would be FedAvg's round 2
+        assert np.allclose(again[k], mom2[k], atol=1e-5), k
+
+
+@pytest.mark.slow
 def test_dropouts_and_stragglers_cost_only_themselves(tmp_path: Path) -> None:
     """Simulated faults end to end: a dropout fails its own reply, a straggler sleeps past the
     round timeout and is recorded as timed out, the server moves on at the timeout, and every
