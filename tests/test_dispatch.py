@@ -23,11 +23,11 @@ SCRIPT = textwrap.dedent('''
 
     @app.train()
     def train(msg, context):
-        start = time.time()
+        start = time.monotonic()  # not time.time(): a clock step would reorder the spans
         time.sleep(0.3)
         value = int(msg.content["config"]["value"])
         return Message(RecordDict({"config": ConfigRecord({
-            "value": value * 10, "start": start, "end": time.time(), "pid": os.getpid(),
+            "value": value * 10, "start": start, "end": time.monotonic(), "pid": os.getpid(),
             "loaders": len(flower_engine_adapter._LOADERS)})}), reply_to=msg)
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
