@@ -182,11 +182,13 @@ class Federation:
             "--runtime-port", str(free_port()), *extra)
 
     def metrics(self) -> list[dict]:
-        """Rows of ``RUN/metrics.jsonl`` written so far."""
+        """Rows of ``RUN/metrics.jsonl`` written so far (complete lines only: this polls the
+        file while the server appends to it, and a read can land mid-append)."""
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = path.read_text().split("\n")[:-1]  # the part after the last newline: torn
+        return [json.loads(line) for line in lines if line.strip()]
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str,
                  watch: list[Proc]) -> None:

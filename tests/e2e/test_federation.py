@@ -74,7 +74,11 @@ def test_three_clients_two_rounds_over_tls_with_dp(federation) -> None:
 
 def test_unlisted_node_key_is_refused(federation) -> None:
     """A node whose key is not in authorized_nodes.txt cannot join; it exits with code 3."""
-    server = federation.server(rounds=1)
+    server = federation.server("--wait-clients-timeout", "600", rounds=1)  # outlives the rogue
+    # the SuperLink must be up before the rogue's 8 s join timeout starts: started together,
+    # a slow server start (a loaded machine) made it "could not be reached", not "refused"
+    federation.wait_for(lambda: "0/3 clients connected" in server.output(), 120,
+                        "node registration", [server])
     rogue = federation.client(1, "--join-timeout", "8", key=federation.files["rogue_key"])
     assert rogue.wait(timeout=90) == 3
     out = rogue.output()
@@ -82,7 +86,7 @@ def test_unlisted_node_key_is_refused(federation) -> None:
     superlink_log = (federation.run_dir / "flower" / "superlink.log").read_text()
     assert "No SuperNode found with the given public key" in superlink_log
     assert server.popen.poll() is None  # still waiting for its real clients
-    assert "0/3 clients connected" in server.output()
+    assert "1/3 clients connected" not in server.output()  # the rogue never counted
 
 
 def test_client_with_empty_data_folder_does_not_join(federation) -> None:
