@@ -190,6 +190,20 @@ class Federation:
         lines = path.read_text().split("\n")[:-1]  # the part after the last newline: torn
         return [json.loads(line) for line in lines if line.strip()]
 
+    def flower_processes(self) -> list[int]:
+        """Pids of the server's Flower processes still running: the SuperLink starts
+        ``flower-superexec`` (and it the ServerApp) in a session of their own, so a SIGKILL
+        of the server's group does not reach them; they exit once they see the SuperLink
+        gone. Found by their ``FLWR_HOME`` (the run directory's ``flower``)."""
+        mark = f"FLWR_HOME={self.run_dir / 'flower'}".encode()
+        found = []
+        for entry in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError):
+                if (mark in (entry / "environ").read_bytes().split(b"\0")
+                        and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"):
+                    found.append(int(entry.name))
+        return found
+
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str,
                  watch: list[Proc]) -> None:
         """Poll ``predicate``; fail with the processes' output on timeout or early exit."""
