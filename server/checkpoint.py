@@ -32,6 +32,21 @@ class CheckpointError(ValueError):
     """Raised for a missing, corrupt or mismatched checkpoint."""
 
 
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as safetensors, atomically (a crash keeps the old file or none)."""
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+
+
+def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Read a safetensors checkpoint file; any damage is a :class:`CheckpointError` naming it
+    (safetensors raises its own ``SafetensorError``, which is not a ``ValueError``)."""
+    try:
+        return load_file(str(path))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise CheckpointError(f"corrupt checkpoint {path}: {exc}") from exc
+
+
 def save_checkpoint(run_dir: Path, server_round: int, weights: dict[str, np.ndarray],
                     state: dict, server_momentum: dict[str, np.ndarray] | None = None) -> Path:
     """Write round ``server_round``'s weights (and FedAvgM's velocity, if given), then point
@@ -39,12 +54,9 @@ def save_checkpoint(run_dir: Path, server_round: int, weights: dict[str, np.ndar
     layout = RunLayout(run_dir)
     layout.checkpoints.mkdir(parents=True, exist_ok=True)
     if server_momentum:
-        with atomic_path(layout.server_momentum(server_round)) as tmp:
-            save_file({k: np.ascontiguousarray(v) for k, v in server_momentum.items()},
-                      str(tmp))
+        _save_arrays(layout.server_momentum(server_round), server_momentum)
     path = layout.checkpoint(server_round)
-    with atomic_path(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp))
+    _save_arrays(path, weights)
     atomic_write_bytes(layout.checkpoint_state,
                        json.dumps({"round": server_round, "weights": path.name, **state},
                                   indent=2).encode())
@@ -117,17 +129,9 @@ def resume_point(run_dir: Path) -> ResumePoint | None:
                 and layout.checkpoint(r).exists()), default=0)
     weights = velocity = None
     if done:
-        path = layout.checkpoint(done)
-        try:
-            weights = load_file(str(path))
-        except (OSError, ValueError, SafetensorError) as exc:
-            raise CheckpointError(f"corrupt checkpoint {path}: {exc}") from exc
-        path = layout.server_momentum(done)
-        if path.exists():
-            try:
-                velocity = load_file(str(path))
-            except (OSError, ValueError, SafetensorError) as exc:
-                raise CheckpointError(f"corrupt checkpoint {path}: {exc}") from exc
+        weights = _load_arrays(layout.checkpoint(done))
+        if layout.server_momentum(done).exists():
+            velocity = _load_arrays(layout.server_momentum(done))
     kept = [r for r in rows if int(r.get("round", -1)) <= done]
     return ResumePoint(done, weights, kept, checkpointed, velocity)
 
