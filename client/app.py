@@ -18,9 +18,10 @@ configuration (``config``); the client
    :mod:`fedssl.client.global_model`, checked before any of it is decoded), never with a
    crash.
 
-The production app, ``app``, carries no mods; the simulator builds its own from the same
-handlers with :func:`make_client_app` and the simulated fault model
-(:func:`fedssl.client.faults.fault_mod`; see :mod:`fedssl.simulations.client_app`).
+The production app, ``app``, carries no mods and nothing simulation-only; the simulator builds
+its own from the same handlers with :func:`make_client_app`, the simulated fault model
+(:func:`fedssl.client.faults.fault_mod`) and its start-up query
+(:func:`fedssl.simulations.warmup.warmup`; see :mod:`fedssl.simulations.client_app`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,13 @@ from fedssl.client.federated_ssl import merge
 from fedssl.client.global_model import GlobalModelError, decode_global_model
 from fedssl.client.privacy_guard import BudgetExceededError, SiteBudget
 from fedssl.client.secagg import flatten, store_update
-from fedssl.client.trainer import TrainConfig, TrainingError, steps_per_epoch, train_local
+from fedssl.client.trainer import (
+    TrainConfig,
+    TrainingError,
+    TrainResult,
+    steps_per_epoch,
+    train_local,
+)
 from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_of
 from fedssl.privacy.distributed_dp import DistributedDPError, SkellamPlan, encode_with_noise
 from fedssl.privacy.dp_sgd import DPSoundnessError, clip_sensitivity
@@ -199,6 +206,8 @@ def train(msg: Message, context: Context) -> Message:
 
 def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientIdentity
            ) -> Message:
+    """One round, in the order the module docstring gives; every refusal is raised before
+    the first gradient (REFUSALS)."""
     start = time.perf_counter()
     server_round = int(config["server-round"])
     run = config_view(config)  # the run's settings, typed (fedssl.run_spec)
@@ -228,60 +237,29 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     local = context.state.array_records.get(LOCAL_MODEL_KEY)
     mixing = merge(model, global_state, local.to_torch_state_dict() if local else None,
                    run.algorithm, run.fedema_tau, run.fedu_threshold)
-    cfg = TrainConfig(
-        epochs=run.local_epochs, batch_size=run.batch_size, lr=run.lr, momentum=run.momentum,
-        seed=run.seed * 100_003 + server_round * 1009
-        + int(context.node_config.get("partition-id", 0)),
-        dp=dp, max_grad_norm=run.max_grad_norm, amp=run.amp,
-        # the run's recipe (client/trainer.py TrainConfig): augmentation multiplicity, EMA of
-        # the local iterates (what is sent), learning-rate schedule over the run's rounds
-        views=run.views, ema_decay=run.ema_decay, lr_schedule=run.lr_schedule,
-        warmup_rounds=run.warmup_rounds, round_index=server_round,
-        total_rounds=max(server_round, int(config.get("num-rounds", server_round))),
-    )
+    cfg = round_train_config(config, context, server_round, dp)
     key = secagg.site_identity(context, ident.state_dir)  # a site's registered key only
     ledger = Ledger(ident.ledger_path, key)
     pub = ident.ledger_path.with_suffix(".pub")
     if not pub.exists():
         pub.parent.mkdir(parents=True, exist_ok=True)
         pub.write_bytes(public_pem(key))
-    epsilon = lifetime_epsilon = 0.0
     run_id = run_id_of(config)
     if dp:
-        sample_rate = min(1.0, cfg.batch_size / len(x))
-        planned = cfg.epochs * steps_per_epoch(len(x), cfg.batch_size, dp=True)
-        cfg.noise_multiplier = plan_noise(config, ledger, sample_rate, planned, server_round,
-                                          sensitivity)
-        if budget is not None:  # the site's own lifetime limit, checked before any gradient
-            entries = ledger.entries()
-            budget.check(segments(entries),
-                         (cfg.noise_multiplier / sensitivity, sample_rate, planned),
-                         {rid: segments(es) for rid, es in ledger_runs(entries).items()
-                          if rid != (run_id or LEGACY_RUN)})
+        cfg.noise_multiplier = _plan_round_noise(config, ledger, budget, cfg, len(x),
+                                                 server_round, sensitivity, run_id)
 
-    augment = augment_for(input_shape, run.dataset)
-    result = train_local(model, objective, x, augment, cfg, device=device)
+    result = train_local(model, objective, x, augment_for(input_shape, run.dataset), cfg,
+                         device=device)
     state = model.cpu().state_dict()
     if run.algorithm != "fedavg":  # kept node-local for next round
         context.state[LOCAL_MODEL_KEY] = ArrayRecord(state)
     shared = {k: state[k] for k in global_state}  # only the parts the server averages
 
+    epsilon = lifetime_epsilon = 0.0
     if dp:
-        delta, accountant = run.delta, run.accountant
-        entry = LedgerEntry(
-            round=server_round, client=ident.client_id, noise_multiplier=cfg.noise_multiplier,
-            sample_rate=result.sample_rate, steps=result.steps, max_grad_norm=cfg.max_grad_norm,
-            delta=delta, accountant=accountant, epsilon=0.0, run_id=run_id,
-            extra={"sensitivity": sensitivity} if sensitivity != 1 else {},
-        )
-        # the run's epsilon: this run's rounds only; the lifetime one: every round, all runs
-        epsilon = epsilon_of([*ledger.history(run_id), entry.segment()], delta, accountant)
-        lifetime_epsilon = epsilon_of([*ledger.history(), entry.segment()], delta, accountant)
-        entry.epsilon, entry.lifetime_epsilon = epsilon, lifetime_epsilon
-        ledger.append(entry)
-        log.info("client %s round %d: run epsilon %.4g (run %s), lifetime epsilon %.4g "
-                 "(all runs) at delta %g", ident.client_id, server_round, epsilon,
-                 run_id or LEGACY_RUN, lifetime_epsilon, delta)
+        epsilon, lifetime_epsilon = _record_round(ledger, ident.client_id, config, cfg, result,
+                                                  server_round, run_id, sensitivity)
     metrics = MetricRecord({
         "num-examples": result.num_examples,
         "loss": result.loss,
@@ -302,22 +280,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         status["ledger-pub"] = pub.read_bytes()
     if run.secagg:
         # the server must learn only the sum: keep the quantised update on this node
-        new = {k: v.detach().cpu().numpy() for k, v in shared.items()}
-        update = flatten(new) - flatten({k: v.numpy() for k, v in global_state.items()})
-        if not np.isfinite(update).all():
-            raise TrainingError("the local update contains NaN or Inf; not sending it")
-        if run.client_dp == "distributed":
-            # clip, scale, round and add this client's Skellam noise share before masking
-            plan = SkellamPlan.make(
-                run.client_clip, run.secagg_clip, run.client_noise_multiplier,
-                run.client_dp_min_clients, int(config["secagg-num-clients"]),
-                update.size)
-            q = encode_with_noise(update, plan, rng=np.random.default_rng(cfg.seed))
-        else:
-            quantizer = Quantizer(run.secagg_clip,
-                                  int(config["secagg-num-clients"]))
-            q = quantizer.encode(update, rng=np.random.default_rng(cfg.seed))
-        store_update(context, q)
+        _keep_masked_update(context, config, shared, global_state, cfg.seed)
         return Message(RecordDict({"metrics": metrics, "status": status}), reply_to=msg)
     content = RecordDict({
         "arrays": ArrayRecord(shared), "metrics": metrics, "status": status,
@@ -325,32 +288,90 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     return Message(content, reply_to=msg)
 
 
-def warmup(msg: Message, context: Context) -> Message:
-    """Simulation start-up: load this worker's code and data, and run two training steps
-    (the round's DP engine included) of a throwaway model on random inputs, while the server
-    evaluates the initial encoder, so that round 1 does not wait for imports and first-call
-    costs. The site's records are only loaded: no gradient of them is computed, nothing is
-    sent back but a status, and no privacy is spent."""
-    config = msg.content["config"]
-    start = time.perf_counter()
-    try:
-        device = compute_setup(context, config)
-        x = load_records(context, config)
-        run = config_view(config)
-        objective = get_objective(run.method)
-        model = objective.build_model(tuple(int(d) for d in config["input-shape"]))
-        batch = min(8, max(2, run.batch_size))
-        noise = torch.randn(2 * batch, *x.shape[1:])
-        dp = run.dp and (objective.decomposable
-                                                 or objective.clip_unit == "group")
-        train_local(model, objective, noise, augment_for(tuple(x.shape[1:]),
-                                                         run.dataset),
-                    TrainConfig(batch_size=batch, dp=dp, noise_multiplier=1.0), device=device)
-        status = "ok"
-    except Exception as exc:  # the round itself will report the problem properly
-        status = f"warm-up failed: {exc}"
-    return Message(RecordDict({"status": ConfigRecord({
-        "status": status, "seconds": time.perf_counter() - start})}), reply_to=msg)
+def round_train_config(config: ConfigRecord, context: Context, server_round: int,
+                       dp: bool) -> TrainConfig:
+    """The local training of round ``server_round`` (:class:`~fedssl.client.trainer.
+    TrainConfig`) from the round's configuration: the optimiser, DP-SGD's clip norm, the
+    run's recipe (augmentation multiplicity, EMA of the local iterates, which is what is
+    sent, learning-rate schedule over the run's rounds) and a seed per run, round and site.
+    The noise multiplier is planned separately (:func:`plan_noise`)."""
+    run = config_view(config)
+    return TrainConfig(
+        epochs=run.local_epochs, batch_size=run.batch_size, lr=run.lr, momentum=run.momentum,
+        seed=run.seed * 100_003 + server_round * 1009
+        + int(context.node_config.get("partition-id", 0)),
+        dp=dp, max_grad_norm=run.max_grad_norm, amp=run.amp,
+        views=run.views, ema_decay=run.ema_decay, lr_schedule=run.lr_schedule,
+        warmup_rounds=run.warmup_rounds, round_index=server_round,
+        total_rounds=max(server_round, int(config.get("num-rounds", server_round))),
+    )
+
+
+def _plan_round_noise(config: ConfigRecord, ledger: Ledger, budget: SiteBudget | None,
+                      cfg: TrainConfig, num_records: int, server_round: int,
+                      sensitivity: float, run_id: str) -> float:
+    """The round's noise multiplier (:func:`plan_noise`), checked against the site's own
+    lifetime budget before any gradient (BudgetExceededError: the round is refused)."""
+    sample_rate = min(1.0, cfg.batch_size / num_records)
+    planned = cfg.epochs * steps_per_epoch(num_records, cfg.batch_size, dp=True)
+    sigma = plan_noise(config, ledger, sample_rate, planned, server_round, sensitivity)
+    if budget is not None:  # the site's own lifetime limit, checked before any gradient
+        entries = ledger.entries()
+        budget.check(segments(entries), (sigma / sensitivity, sample_rate, planned),
+                     {rid: segments(es) for rid, es in ledger_runs(entries).items()
+                      if rid != (run_id or LEGACY_RUN)})
+    return sigma
+
+
+def _record_round(ledger: Ledger, client_id: str, config: ConfigRecord, cfg: TrainConfig,
+                  result: TrainResult, server_round: int, run_id: str, sensitivity: float
+                  ) -> tuple[float, float]:
+    """Append the round's signed entry to the ledger; returns the run's epsilon (this run's
+    rounds only, what the run's report claims) and the lifetime one (every round of every
+    run of this site)."""
+    run = config_view(config)
+    delta, accountant = run.delta, run.accountant
+    entry = LedgerEntry(
+        round=server_round, client=client_id, noise_multiplier=cfg.noise_multiplier,
+        sample_rate=result.sample_rate, steps=result.steps, max_grad_norm=cfg.max_grad_norm,
+        delta=delta, accountant=accountant, epsilon=0.0, run_id=run_id,
+        extra={"sensitivity": sensitivity} if sensitivity != 1 else {},
+    )
+    epsilon = epsilon_of([*ledger.history(run_id), entry.segment()], delta, accountant)
+    lifetime_epsilon = epsilon_of([*ledger.history(), entry.segment()], delta, accountant)
+    entry.epsilon, entry.lifetime_epsilon = epsilon, lifetime_epsilon
+    ledger.append(entry)
+    log.info("client %s round %d: run epsilon %.4g (run %s), lifetime epsilon %.4g "
+             "(all runs) at delta %g", client_id, server_round, epsilon,
+             run_id or LEGACY_RUN, lifetime_epsilon, delta)
+    return epsilon, lifetime_epsilon
+
+
+def _keep_masked_update(context: Context, config: ConfigRecord,
+                        shared: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor],
+                        seed: int) -> None:
+    """Secure aggregation: quantise the update (with distributed DP: clipped, scaled,
+    rounded and with this client's Skellam noise share) and keep it on this node for the
+    masking stage; the server learns only the sum.
+
+    Raises:
+        TrainingError: if the update holds NaN or Inf.
+    """
+    run = config_view(config)
+    new = {k: v.detach().cpu().numpy() for k, v in shared.items()}
+    update = flatten(new) - flatten({k: v.numpy() for k, v in global_state.items()})
+    if not np.isfinite(update).all():
+        raise TrainingError("the local update contains NaN or Inf; not sending it")
+    if run.client_dp == "distributed":
+        # clip, scale, round and add this client's Skellam noise share before masking
+        plan = SkellamPlan.make(
+            run.client_clip, run.secagg_clip, run.client_noise_multiplier,
+            run.client_dp_min_clients, int(config["secagg-num-clients"]), update.size)
+        q = encode_with_noise(update, plan, rng=np.random.default_rng(seed))
+    else:
+        quantizer = Quantizer(run.secagg_clip, int(config["secagg-num-clients"]))
+        q = quantizer.encode(update, rng=np.random.default_rng(seed))
+    store_update(context, q)
 
 
 def _secagg_stage(stage: str):
@@ -364,12 +385,12 @@ def _secagg_stage(stage: str):
 
 
 def make_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
-    """A ClientApp with fedssl's handlers: ``train``, ``query.warmup`` and one
-    ``train.secagg_<stage>`` per secure-aggregation stage, wrapped in ``mods`` (Flower client
-    mods, outermost first; the simulator's fault model, never the production app's)."""
+    """A ClientApp with fedssl's handlers: ``train`` and one ``train.secagg_<stage>`` per
+    secure-aggregation stage, wrapped in ``mods`` (Flower client mods, outermost first; the
+    simulator's fault model, never the production app's). The simulator adds its start-up
+    query to its own app (:mod:`fedssl.simulations.client_app`)."""
     client_app = ClientApp(mods=list(mods))
     client_app.train()(train)
-    client_app.query("warmup")(warmup)
     for stage in secagg.STAGES:
         client_app.train(f"secagg_{stage}")(_secagg_stage(stage))
     return client_app

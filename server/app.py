@@ -1,12 +1,15 @@
 """The fedssl ServerApp: federated rounds of SSL training, evaluation, checkpoints, report.
 
-Per round: sample clients, send them the global model and the round configuration, collect and
-validate their updates (:class:`~fedssl.server.strategy.FedSSLStrategy`), average, checkpoint,
-and every ``eval-every`` rounds (and after the last) evaluate the global encoder with a linear
-probe and kNN on the server's labelled split. Round 0 evaluates the randomly initialised
-encoder, the baseline every result is compared with. At the end the encoder is exported and
-``report.json`` and the plots are written (see README.md, "Run directory", and
-docs/architecture.md).
+Per round: sample clients, send them the global model and the round configuration, collect,
+validate and aggregate their updates (:class:`~fedssl.server.aggregation.Aggregation`: plain,
+client-level DP or secure aggregation, then the server optimizer), checkpoint, write the
+round's metrics row (:class:`~fedssl.server.round_metrics.RoundMetrics`), and every
+``eval-every`` rounds (and after the last) evaluate the global encoder with a linear probe and
+kNN on the server's labelled split (:class:`~fedssl.server.evaluation.ServerEvaluation`).
+Round 0 evaluates the randomly initialised encoder, the baseline every result is compared
+with. At the end the encoder is exported and ``report.json`` and the plots are written (see
+README.md, "Run directory", and docs/architecture.md). Nothing here is simulation-only: the
+simulator prepares its grid through :func:`make_server_app`'s ``prepare_grid``.
 
 Configuration is Flower's run config (kebab-case keys, ``[tool.flwr.app.config]`` in
 pyproject.toml for ``flwr run .``), whose settings, defaults and checks are
@@ -21,25 +24,20 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from threadpoolctl import threadpool_limits
 
 from fedssl import run_spec
-from fedssl.privacy.accountant import epsilon_of
-from fedssl.privacy.client_dp import ClientLevelGaussian
-from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
-from fedssl.privacy.identity import load_registry
 from fedssl.run_layout import RunLayout
 from fedssl.run_spec import validate_run_config
+from fedssl.server.aggregation import Aggregation
 from fedssl.server.checkpoint import resume_point, rewrite_metrics, save_checkpoint
-from fedssl.server.ledger_copies import NOT_REGISTERED, store_copy
+from fedssl.server.evaluation import ServerEvaluation
 from fedssl.server.progress import RunProgress
 from fedssl.server.report import (
     append_metrics,
@@ -48,20 +46,12 @@ from fedssl.server.report import (
     read_metrics,
     write_report,
 )
+from fedssl.server.round_metrics import RoundMetrics
 from fedssl.server.run_record import record_run
-from fedssl.server.secure_aggregation import (
-    DistributedDP,
-    SecureAggregation,
-    simulated_registry,
-)
-from fedssl.server.server_optimizer import ServerMomentum
-from fedssl.server.strategy import FedSSLStrategy
 from fedssl.server.tensorboard_log import TensorBoardLog
-from fedssl.ssl_core.collapse import evaluate_with_collapse
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset
-from fedssl.ssl_core.datasets import SSLDataset, require_labels
+from fedssl.ssl_core.datasets import require_labels
 from fedssl.ssl_core.device import resolve_device
-from fedssl.ssl_core.evaluation import evaluate_encoder
 from fedssl.ssl_core.model_parts import (
     ALGORITHMS,
     AlgorithmError,
@@ -88,12 +78,15 @@ DEFAULTS: dict[str, Any] = run_spec.DEFAULTS
 
 
 def make_server_app(run_config: dict[str, Any] | None = None,
-                    prepare_grid: Callable[[Grid], None] | None = None,
+                    prepare_grid: Callable[[Grid, dict[str, Any]], None] | None = None,
                     print_report: bool = False) -> ServerApp:
-    """A ServerApp whose run config is ``run_config`` layered over Flower's run config;
-    ``prepare_grid`` (e.g. the simulator's event-driven dispatch) sees the grid first. With
-    ``print_report`` the result table of ``fedssl simulate`` (and the run directory) is
-    printed when the run ends (``flwr run . --stream`` shows the ServerApp's output)."""
+    """A ServerApp whose run config is ``run_config`` layered over Flower's run config.
+    ``prepare_grid(grid, cfg)`` sees the grid and the checked run config first: the
+    simulator's (:func:`fedssl.simulations.warmup.prepare_grid`) gives its in-memory grid
+    event-driven, streaming dispatch and starts its workers' warm-up; the production app has
+    none. With ``print_report`` the result table of ``fedssl simulate`` (and the run
+    directory) is printed when the run ends (``flwr run . --stream`` shows the ServerApp's
+    output)."""
     server_app = ServerApp()
 
     @server_app.main()
@@ -101,7 +94,7 @@ def make_server_app(run_config: dict[str, Any] | None = None,
         # the run config checked as fedssl simulate checks its options (same errors)
         cfg = validate_run_config({**dict(context.run_config), **(run_config or {})})
         if prepare_grid is not None:
-            prepare_grid(grid)
+            prepare_grid(grid, cfg)
         run_federation(grid, cfg)
         if print_report:
             from fedssl.server.report_table import format_report
@@ -115,51 +108,85 @@ def make_server_app(run_config: dict[str, Any] | None = None,
 app = make_server_app(print_report=True)
 
 
-def _eval_split(data: SSLDataset, max_train: int, seed: int) -> tuple[np.ndarray, ...]:
-    """Labelled records the probes are fitted on (a capped subset) and tested on."""
-    idx = np.random.default_rng(seed).permutation(len(data.x_train))[:max_train]
-    return data.x_train[idx], data.y_train[idx], data.x_test, data.y_test
+def initial_model(cfg: dict[str, Any], input_shape: tuple[int, ...]
+                  ) -> tuple[torch.nn.Module, torch.nn.Module | None, tuple[str, ...]]:
+    """The method's model for ``input_shape``, randomly initialised or warm-started from
+    ``init-encoder`` (public or synthetic data, never private); the random encoder when it
+    was warm-started (report.json's ``random_init`` stays the random one, else None); the
+    model parts the server shares.
+
+    Raises:
+        AlgorithmError: for an unknown algorithm, or shared parts without the encoder.
+    """
+    model = get_objective(str(cfg["method"])).build_model(input_shape)
+    random_encoder = None
+    if str(cfg["init-encoder"]):
+        random_encoder = copy.deepcopy(model.encoder)
+        load_init_encoder(model, str(cfg["init-encoder"]))
+    shared = parse_shared(str(cfg["shared"]))
+    if str(cfg["algorithm"]) not in ALGORITHMS:
+        raise AlgorithmError(f"unknown algorithm {cfg['algorithm']!r}; one of {ALGORITHMS}")
+    if not any(k.startswith("encoder.") for k in shared_state(model.state_dict(), shared)):
+        raise AlgorithmError("the encoder must be among the shared parts")
+    return model, random_encoder, shared
 
 
-def _push_warmup(grid: Grid, config: ConfigRecord, workers: int) -> set[str]:
-    """Simulation: ask ``workers`` nodes (one per simulation worker) to load code and data
-    now, while the server evaluates the initial encoder; returns the message ids."""
-    if workers <= 0:
-        return set()
-    nodes = sorted(grid.get_node_ids())[:workers]
-    messages = [Message(RecordDict({"config": ConfigRecord(dict(config))}), dst_node_id=node,
-                        message_type="query.warmup") for node in nodes]
-    return set(grid.push_messages(messages))
+def round_config(cfg: dict[str, Any], input_shape: tuple[int, ...], run_dir: Path
+                 ) -> ConfigRecord:
+    """The configuration every round sends the clients (its ``server-round`` is set per
+    round): the clients' settings, the run's length, the model's input shape, the run
+    directory and the run's id, which tells this run's ledger entries from a site's other
+    runs (kept on resume; writing ``RUN/config.toml`` makes the run directory auditable,
+    :func:`fedssl.server.run_record.record_run`)."""
+    config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
+    config["num-rounds"] = int(cfg["num-server-rounds"])
+    config["input-shape"] = list(input_shape)
+    config["run-dir"] = str(run_dir.resolve())
+    config["run-id"] = cfg["run-id"] = record_run(run_dir, cfg)
+    return config
 
 
-def _await_replies(grid: Grid, ids: set[str], timeout: float) -> None:
-    """Collect (and drop) the replies to ``ids``, waiting at most ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while ids and time.monotonic() < end:
-        ids -= {m.metadata.reply_to_message_id for m in grid.pull_messages(ids)}
-        if ids:
-            time.sleep(0.01)
+class Start(NamedTuple):
+    """Where a run starts (:func:`resume`)."""
+
+    #: the first round to train
+    round: int
+    #: the global model to start from (None: the initial one)
+    arrays: ArrayRecord | None
+    #: the metrics rows of the rounds already done
+    rows: list[dict[str, Any]]
+    #: whether this continues a run (a checkpoint was found)
+    resumed: bool
 
 
-def store_reply_copy(run_dir: Path, cid: str, text: str, pub: bytes, identity: str | None,
-                     registry: dict[str, Any] | None) -> str | None:
-    """Store a reply's ledger copy (:func:`~fedssl.server.ledger_copies.store_copy`); None or
-    why it was refused. The registry key is looked up by the identity name the reply gives
-    (``identity``, e.g. ``node-1``; else the client id): with a registry, the ledger must be
-    signed with that identity's registered key, not just any registered key."""
-    name = identity or cid
-    ident = (registry or {}).get(name)
-    if registry is not None and ident is None:
-        return (f"{NOT_REGISTERED}: {cid} replied as identity {name!r}, which the identity "
-                "registry does not list; no copy kept")
-    return store_copy(run_dir, cid, text, pub, ident, registry=registry)
+def resume(cfg: dict[str, Any], run_dir: Path, model: torch.nn.Module,
+           shared: tuple[str, ...], aggregation: Aggregation) -> Start:
+    """Where the run starts: round 1, or, with ``resume``, the round after the last
+    *complete* one (checkpoint and metrics row written; a round interrupted or crashed
+    before its row is redone, never counted as trained), whose weights are loaded into
+    ``model``, the server optimizer's velocity and the distributed-DP releases into
+    ``aggregation``. The clients' ledgers still hold what they spent.
 
-
-def min_dp_clients(cfg: dict[str, Any], per_round: int) -> int:
-    """Noise shares every distributed-DP release must hold: the configured number, else
-    80 % of the clients sampled per round (so a few dropouts do not void a round)."""
-    given = int(cfg["client-dp-min-clients"])
-    return given if given > 0 else max(1, int(0.8 * per_round))
+    Raises:
+        FileExistsError: if ``run_dir`` already holds a run and ``resume`` is off.
+    """
+    point = resume_point(run_dir) if cfg["resume"] else None
+    if point is None:
+        previous = read_metrics(run_dir)
+        if previous:
+            raise FileExistsError(f"{run_dir} already holds a run; set resume to continue it")
+        return Start(1, None, previous, resumed=False)
+    arrays = None
+    if point.weights is not None:
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in point.weights.items()},
+                              strict=False)
+        arrays = ArrayRecord(shared_state(model.state_dict(), shared))
+    aggregation.resume(point.rows, point.server_momentum, point.round)
+    rewrite_metrics(run_dir, point.rows)
+    log.warning("resuming after round %d, the last complete round%s", point.round,
+                f" (round {point.checkpointed}'s checkpoint has no metrics row: redone)"
+                if point.checkpointed > point.round else "")
+    return Start(point.round + 1, arrays, point.rows, resumed=True)
 
 
 def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -169,8 +196,6 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     # when called from this thread while Ray and torch's OpenMP pool shared 2 cores; the
     # server's own numerical work (probes on <= eval-samples records) is small.
     threadpool_limits(limits=1, user_api="blas")
-    # with resume, a restarted server continues from the last checkpointed round: the global
-    # model comes back from RUN/checkpoints, the clients' ledgers still hold what they spent
     seed = int(cfg["seed"])
     random.seed(seed)  # Flower samples nodes with the `random` module
     torch.manual_seed(seed)
@@ -183,131 +208,42 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                     seed, int(cfg["image-size"]))
     data = require_labels(cached_dataset(spec, str(run_dir.resolve())),
                           "the server's evaluation data")
-    eval_data = _eval_split(data, int(cfg["eval-samples"]), seed)
-    objective = get_objective(str(cfg["method"]))
-    model = objective.build_model(data.input_shape)
-    random_encoder = None  # report.json's random_init stays the random encoder
-    if str(cfg["init-encoder"]):  # warm start from public/synthetic data, never private
-        random_encoder = copy.deepcopy(model.encoder)
-        load_init_encoder(model, str(cfg["init-encoder"]))
-    device = resolve_device(str(cfg["device"]))  # the probes' feature extraction runs there
-    shared = parse_shared(str(cfg["shared"]))
-    if str(cfg["algorithm"]) not in ALGORITHMS:
-        raise AlgorithmError(f"unknown algorithm {cfg['algorithm']!r}; one of {ALGORITHMS}")
+    shots = tuple(int(k) for k in str(cfg["few-label"]).split(",") if k.strip())
+    evaluation = ServerEvaluation(data, int(cfg["eval-samples"]), seed, shots,
+                                  resolve_device(str(cfg["device"])))
+    model, random_encoder, shared = initial_model(cfg, data.input_shape)
     global_state = shared_state(model.state_dict(), shared)
-    if not any(k.startswith("encoder.") for k in global_state):
-        raise AlgorithmError("the encoder must be among the shared parts")
     reference = {k: v.detach().cpu().numpy() for k, v in global_state.items()}
     arrays = ArrayRecord(global_state)
 
     num_nodes = len(list(grid.get_node_ids())) or int(cfg.get("num-clients", 1))
-    per_round = int(cfg["clients-per-round"]) or num_nodes
-    client_dp, client_rate = None, per_round / max(1, num_nodes)
-    if cfg["client-dp"] == "central":
-        client_dp = ClientLevelGaussian(
-            float(cfg["client-clip"]), float(cfg["client-noise-multiplier"]),
-            expected_clients=client_rate * num_nodes,
-            # OS entropy, not the run seed: config.toml holds the seed, and noise that can be
-            # regenerated can be subtracted from the released model
-            rng=np.random.default_rng())
-    elif cfg["client-dp"] not in ("off", "distributed"):
-        raise ValueError("client-dp must be 'off', 'central' or 'distributed', got "
-                         f"{cfg['client-dp']!r}")
-    strategy = FedSSLStrategy(
-        reference=reference, client_dp=client_dp, client_rate=client_rate,
-        # client-level DP's sampling must be unpredictable too (its amplification assumes it)
-        rng=np.random.default_rng(None if client_dp is not None else seed + 11),
-        fraction_train=client_rate,
-        min_train_nodes=per_round, min_available_nodes=per_round, fraction_evaluate=0.0,
-    )
-    # FedAvgM (fedssl.server.server_optimizer): post-processing of each round's aggregate
-    server_opt = ServerMomentum(float(cfg["server-lr"]), float(cfg["server-momentum"]))
-    secure = None
-    if cfg["secagg"]:
-        if client_dp is not None:
-            raise ValueError("client-level central DP clips individual updates, which secure "
-                             "aggregation hides from the server: turn one of them off")
-        registry = Path(str(cfg["identity-registry"]) or layout.identities)
-        if not str(cfg["identity-registry"]) and not registry.exists():
-            # `flwr run .` (no driver made the simulated sites' keys): make them now
-            simulated_registry(run_dir, num_nodes)
-        secure = SecureAggregation(strategy, registry, float(cfg["secagg-clip"]),
-                                   float(cfg["round-timeout"]), run_dir.resolve())
-        secure.fault_config = {k: cfg[k] for k in ("dropout-prob", "straggler-prob",
-                                                   "straggler-delay", "seed")}
-        if cfg["client-dp"] == "distributed":
-            secure.dp = DistributedDP(float(cfg["client-clip"]),
-                                      float(cfg["client-noise-multiplier"]),
-                                      min_dp_clients(cfg, per_round))
-    elif cfg["client-dp"] == "distributed":
-        raise ValueError("distributed client-level DP adds its noise under secure aggregation: "
-                         "turn secure aggregation on")
-    registry_file = Path(str(cfg["identity-registry"]) or layout.identities)
-    registry_keys = ({name: pub for name, (_, pub) in load_registry(registry_file).items()}
-                     if registry_file.exists() else {})
-    train_config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
-    train_config["num-rounds"] = rounds
-    train_config["input-shape"] = list(data.input_shape)
-    train_config["run-dir"] = str(run_dir.resolve())
-    # the run's id (kept on resume) tells this run's ledger entries from a site's other runs;
-    # RUN/config.toml makes the run directory auditable (fedssl.server.run_record)
-    train_config["run-id"] = cfg["run-id"] = record_run(run_dir, cfg)
-
-    start_round = 1
-    released: list[SkellamRound] = []  # distributed-DP rounds whose sum was unmasked
-    point = resume_point(run_dir) if cfg["resume"] else None
-    previous = point.rows if point is not None else read_metrics(run_dir)
-    if point is not None:
-        # continue after the last *complete* round (checkpoint and metrics row written); a
-        # round interrupted or crashed before its row is redone, never counted as trained
-        if point.weights is not None:
-            model.load_state_dict({k: torch.from_numpy(v) for k, v in point.weights.items()},
-                                  strict=False)
-            arrays = ArrayRecord(shared_state(model.state_dict(), shared))
-        start_round = point.round + 1
-        if point.server_momentum is not None:
-            server_opt.load_state(point.server_momentum)
-        elif not server_opt.is_plain_fedavg and point.round > 0:
-            log.warning("resuming with server momentum but round %d's checkpoint holds no "
-                        "velocity: the momentum restarts from zero", point.round)
-        released = [SkellamRound(**r["distributed_dp"]) for r in previous
-                    if r.get("distributed_dp")]
-        rewrite_metrics(run_dir, previous)
-        log.warning("resuming after round %d, the last complete round%s", point.round,
-                    f" (round {point.checkpointed}'s checkpoint has no metrics row: redone)"
-                    if point.checkpointed > point.round else "")
-    elif previous:
-        raise FileExistsError(f"{run_dir} already holds a run; set resume to continue it")
+    aggregation = Aggregation(cfg, num_nodes, reference, seed, layout)
+    train_config = round_config(cfg, data.input_shape, run_dir)
+    start = resume(cfg, run_dir, model, shared, aggregation)
+    start_round, previous = start.round, start.rows
+    arrays = start.arrays if start.arrays is not None else arrays
+    metrics = RoundMetrics(run_dir, Path(str(cfg["identity-registry"]) or layout.identities),
+                           previous, dp=bool(cfg["dp"]),
+                           divergence=cfg["algorithm"] != "fedavg")
     progress = RunProgress(rounds, start_round, enabled=bool(cfg["progress"]))
-    tensorboard = (TensorBoardLog(run_dir, start_round if point is not None else 0,
+    tensorboard = (TensorBoardLog(run_dir, start_round if start.resumed else 0,
                                   str(cfg["run-id"])) if cfg.get("tensorboard") else None)
-    warming = _push_warmup(grid, train_config, int(cfg.get("warmup-workers", 0)))
-    shots = tuple(int(k) for k in str(cfg["few-label"]).split(",") if k.strip())
+
     progress.phase(f"round 0/{rounds}: evaluating the initial encoder")
     if previous and previous[0]["round"] == 0:
         baseline = {k: v for k, v in previous[0].items()
                     if k not in ("round", "clients", "seconds")}
     else:  # the initial encoder, few-label probes included (report.json's random_init)
-        baseline = evaluate_with_collapse(model.encoder, *eval_data, labels_per_class=shots,
-                                          seed=seed, device=device)
-        append_metrics(run_dir, {"round": 0, "clients": 0, "seconds": 0.0, **baseline})
+        baseline = evaluation.initial(model.encoder)
+        row0 = {"round": 0, "clients": 0, "seconds": 0.0, **baseline}
+        append_metrics(run_dir, row0)
         if tensorboard is not None:
-            tensorboard.add_round({"round": 0, "clients": 0, "seconds": 0.0, **baseline})
+            tensorboard.add_round(row0)
     log.info("initial encoder: %s", baseline)
-    random_init = baseline
-    if random_encoder is not None:  # round 0 was the warm start: measure random init too
-        random_init = evaluate_with_collapse(random_encoder, *eval_data,
-                                             labels_per_class=shots, seed=seed, device=device)
-    if warming:
-        progress.phase(f"warm-up: {len(warming)} client worker(s) loading code and data")
-    _await_replies(grid, warming, timeout=float(cfg["round-timeout"]))
+    # round 0 was the warm start: measure the random initialisation too
+    random_init = (evaluation.initial(random_encoder) if random_encoder is not None
+                   else baseline)
 
-    refusals: dict[str, list[dict[str, Any]]] = {}
-    reported: dict[str, dict[str, Any]] = {}  # what clients' replies claimed (deployments)
-    for row in previous:
-        for cid, reason in (row.get("refused") or {}).items():
-            refusals.setdefault(cid, []).append({"round": row["round"], "reason": reason})
-    eval_every = int(cfg["eval-every"])
     progress.start_rounds()
     for server_round in range(start_round, rounds + 1):
         progress.phase(f"round {server_round}/{rounds}: training" + (
@@ -316,122 +252,37 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
             else ""))
         t0 = time.perf_counter()
         train_config["server-round"] = server_round
-        if secure is not None:
-            new_arrays, agg = secure.run(server_round, grid, arrays, train_config)
-        else:
-            messages = strategy.configure_train(server_round, arrays, train_config, grid)
-            # a grid that can stream replies (the simulation's) lets the strategy screen and
-            # average each one as it arrives
-            send = getattr(grid, "send_and_stream", grid.send_and_receive)
-            replies = send(messages, timeout=float(cfg["round-timeout"]))
-            new_arrays, agg = strategy.aggregate_train(server_round, replies)
-        outcome = strategy.last_outcome
-        if new_arrays is None:
-            log.warning("round %d: no valid update (refused: %s, rejected: %s, failed: %s); "
-                        "the global model is unchanged", server_round, outcome.refused,
-                        outcome.rejected, outcome.failed)
-        elif server_opt.is_plain_fedavg:
-            arrays = new_arrays
-        else:  # FedAvgM: the aggregate is a pseudo-gradient step from the current model
-            stepped = server_opt.step({k: v.numpy() for k, v in arrays.items()},
-                                      {k: v.numpy() for k, v in new_arrays.items()})
-            arrays = ArrayRecord({k: Array(v) for k, v in stepped.items()})
+        aggregate, agg = aggregation.run_round(server_round, grid, arrays, train_config)
+        arrays = aggregation.step(server_round, arrays, aggregate)
         model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
-        save_checkpoint(run_dir, server_round,
-                        {k: v.numpy() for k, v in arrays.items()},
+        save_checkpoint(run_dir, server_round, {k: v.numpy() for k, v in arrays.items()},
                         {"seed": seed, "method": cfg["method"]},
-                        server_momentum=server_opt.state() or None)
-        row: dict[str, Any] = {
-            "round": server_round,
-            "loss": float(agg["loss"]) if agg and "loss" in agg else None,
-            "clients": len(outcome.accepted),
-            "refused": outcome.refused, "rejected": outcome.rejected, "failed": outcome.failed,
-        }
-        for cid, reason in outcome.refused.items():
-            refusals.setdefault(cid, []).append({"round": server_round, "reason": reason})
-        ledger_problems = {cid: store_reply_copy(run_dir, cid, text, pub,
-                                                 outcome.ledger_identities.get(cid),
-                                                 registry_keys if registry_file.exists()
-                                                 else None)
-                           for cid, (text, pub) in outcome.ledgers.items()}
-        for cid, problem in {**ledger_problems, **outcome.ledger_refused}.items():
-            if problem is not None:
-                log.warning("round %d: ledger copy of %s refused: %s", server_round, cid,
-                            problem)
-                row.setdefault("ledger_refused", {})[cid] = problem
-        for cid, m in outcome.client_metrics.items():
-            seen = reported.setdefault(cid, {"steps": 0, "rounds": 0})
-            seen.update(epsilon=m.get("epsilon", 0.0), noise_multiplier=m.get(
-                "noise-multiplier", 0.0), sample_rate=m.get("sample-rate", 0.0))
-            seen["steps"] += int(m.get("steps", 0))
-            seen["rounds"] += 1
-        # the clients' own training seconds: how much of the round was model compute
-        row["client_train_seconds"] = sum(m.get("train-seconds", 0.0)
-                                          for m in outcome.client_metrics.values())
-        eps = [m.get("epsilon", 0.0) for m in outcome.client_metrics.values()]
-        if cfg["dp"] and eps:
-            row["epsilon_max"] = max(eps)
-        if agg and "divergence" in agg and cfg["algorithm"] != "fedavg":
-            row["divergence"] = float(agg["divergence"])
-        if client_dp is not None:
-            row["client_level_epsilon"] = epsilon_of(
-                [(client_dp.noise_multiplier, client_rate, server_round)], float(cfg["delta"]))
-        if secure is not None and secure.dp is not None:
-            if secure.released is not None:
-                released.append(secure.released.round_record())
-                row["distributed_dp"] = asdict(released[-1])
-            row["client_level_epsilon"] = skellam_epsilon(released, float(cfg["delta"]))
-        if server_round % eval_every == 0 or server_round == rounds:
+                        server_momentum=aggregation.server_opt.state() or None)
+        row = metrics.row(server_round, aggregation.outcome, agg)
+        row.update(aggregation.round_privacy(server_round))
+        if server_round % int(cfg["eval-every"]) == 0 or server_round == rounds:
             progress.phase(f"round {server_round}/{rounds}: evaluating")
-            row.update(evaluate_with_collapse(model.encoder, *eval_data, device=device))
+            row.update(evaluation.during_run(model.encoder))
         row["seconds"] = time.perf_counter() - t0
         append_metrics(run_dir, row)
         if tensorboard is not None:
             tensorboard.add_round(row)
         progress.round_done(row)
-
     if tensorboard is not None:
         tensorboard.close()
+
     progress.phase("final evaluation" + (" (few-label probes)" if shots else ""))
-    shots = tuple(int(k) for k in str(cfg["few-label"]).split(",") if k.strip())
-    final = evaluate_encoder(model.encoder, *eval_data, labels_per_class=shots, seed=seed,
-                             device=device)
+    final = evaluation.final(model.encoder)
     model.cpu()
     export_encoder(layout.encoder, model, {
         "method": str(cfg["method"]), "dataset": data.name,
         "input_shape": ",".join(map(str, data.input_shape)), "rounds": str(rounds),
     })
-    privacy = (ledger_privacy(run_dir, float(cfg["delta"]), str(cfg["run-id"])) if cfg["dp"]
-               else None)
-    if privacy is not None and not privacy["clients"] and reported:
-        # no verified ledger copy arrived (sites without DP ledgers to send): the replies
-        privacy["clients"] = reported
-        privacy["source"] = "client replies (no verified ledger copy in RUN/ledger)"
-    if client_dp is not None:
-        privacy = privacy or {"delta": float(cfg["delta"]), "clients": {}}
-        privacy["client_level"] = {
-            "mechanism": "DP-FedAvg (central Gaussian)", "delta": float(cfg["delta"]),
-            "epsilon": epsilon_of([(client_dp.noise_multiplier, client_rate, rounds)],
-                                  float(cfg["delta"])),
-            "noise_multiplier": client_dp.noise_multiplier, "clip": client_dp.clip_norm,
-            "sample_rate": client_rate, "rounds": rounds,
-        }
-    if secure is not None and secure.dp is not None:
-        privacy = privacy or {"delta": float(cfg["delta"]), "clients": {}}
-        privacy["client_level"] = {
-            "mechanism": "distributed Skellam under secure aggregation",
-            "delta": float(cfg["delta"]),
-            "epsilon": skellam_epsilon(released, float(cfg["delta"])),
-            "noise_multiplier": secure.dp.noise_multiplier, "clip": secure.dp.clip,
-            "min_clients": secure.dp.min_clients, "sample_rate": 1.0,
-            "rounds": len(released), "released": [asdict(r) for r in released],
-            "assumes": "at least min_clients honest clients' noise shares in every unmasked "
-                       "sum; no amplification by client sampling is claimed",
-        }
+    privacy = run_privacy(run_dir, cfg, metrics.reported, aggregation.run_privacy(rounds))
     report = {
         "method": cfg["method"], "algorithm": cfg["algorithm"], "shared": list(shared),
         "dataset": data.name, "clients": num_nodes, "rounds": rounds,
-        "clients_per_round": per_round,
+        "clients_per_round": aggregation.per_round,
         "linear_probe_accuracy": final["linear_probe_accuracy"],
         "knn_accuracy": final["knn_accuracy"],
         "few_label": {k: v for k, v in final.items() if "shot" in k},
@@ -441,7 +292,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         "privacy": privacy,
         "secure_aggregation": bool(cfg["secagg"]),
         "run_id": cfg["run-id"],
-        "refusals": refusals,
+        "refusals": metrics.refusals,
         "labels": data.label_kind,  # multi-label: accuracies are mean per-label, plus AUCs
         **{k: v for k, v in final.items() if k.endswith("_auc")},
     }
@@ -451,3 +302,20 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     progress.phase("done")
     progress.close()
     return report
+
+
+def run_privacy(run_dir: Path, cfg: dict[str, Any], reported: dict[str, dict[str, Any]],
+                client_level: dict[str, Any] | None) -> dict[str, Any] | None:
+    """report.json's ``privacy`` block: the clients' record-level spend from their verified
+    ledger copies (under DP; the clients' replies only when no verified copy arrived,
+    labelled as such) and the client-level mechanism's ``client_level`` block, if any."""
+    delta = float(cfg["delta"])
+    privacy = ledger_privacy(run_dir, delta, str(cfg["run-id"])) if cfg["dp"] else None
+    if privacy is not None and not privacy["clients"] and reported:
+        # no verified ledger copy arrived (sites without DP ledgers to send): the replies
+        privacy["clients"] = reported
+        privacy["source"] = "client replies (no verified ledger copy in RUN/ledger)"
+    if client_level is not None:
+        privacy = privacy or {"delta": delta, "clients": {}}
+        privacy["client_level"] = client_level
+    return privacy

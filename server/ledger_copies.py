@@ -100,3 +100,17 @@ def store_copy(run_dir: Path, client: str, text: str, pub_pem: bytes,
     except _RefusedError as exc:
         return str(exc)
     return None
+
+
+def store_reply_copy(run_dir: Path, cid: str, text: str, pub: bytes, identity: str | None,
+                     registry: Mapping[str, Ed25519PublicKey] | None) -> str | None:
+    """Store a reply's ledger copy (:func:`store_copy`); None or why it was refused. The
+    registry key is looked up by the identity name the reply gives (``identity``, e.g.
+    ``node-1``; else the client id): with a registry, the ledger must be signed with that
+    identity's registered key, not just any registered key."""
+    name = identity or cid
+    ident = (registry or {}).get(name)
+    if registry is not None and ident is None:
+        return (f"{NOT_REGISTERED}: {cid} replied as identity {name!r}, which the identity "
+                "registry does not list; no copy kept")
+    return store_copy(run_dir, cid, text, pub, ident, registry=registry)

@@ -1,6 +1,7 @@
 """The simulator's ClientApp: the production handlers (:mod:`fedssl.client.app`) wrapped in
 the simulation-only Flower mods, today the simulated fault model
-(:func:`fedssl.client.faults.fault_mod`: dropouts and stragglers).
+(:func:`fedssl.client.faults.fault_mod`: dropouts and stragglers), plus the simulation's
+start-up query (``query.warmup``: :func:`fedssl.simulations.warmup.warmup`).
 
 ``fedssl simulate`` hands :data:`simulation_app` to ``run_simulation``; the object (not a
 module path) reaches Flower's Ray actors inside the ClientApp loader
@@ -12,6 +13,9 @@ from __future__ import annotations
 
 from fedssl.client.app import make_client_app
 from fedssl.client.faults import fault_mod
+from fedssl.simulations.warmup import warmup
 
-#: the simulated sites' ClientApp: the same handlers, with simulated faults
+#: the simulated sites' ClientApp: the same handlers, with simulated faults and the start-up
+#: query each simulation worker answers while the server evaluates the initial encoder
 simulation_app = make_client_app(mods=[fault_mod])
+simulation_app.query("warmup")(warmup)

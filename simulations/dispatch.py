@@ -74,7 +74,7 @@ from fedssl.simulations.flower_engine_adapter import (
 
 __all__ = ["KILL_WAIT_SECONDS", "PipelinedRayBackend", "SharedAppLoader",
            "SimulationStoppedError", "add_messages_to_queue", "install", "installed",
-           "mark_stopped", "send_and_receive", "send_and_stream", "stop_all", "tune_grid",
+           "mark_stopped", "send_and_receive", "stop_all", "tune_grid",
            "uninstall"]
 
 #: longest sleep without an event (a safety net; events normally wake the loops at once)
@@ -149,12 +149,14 @@ def _dispatch(state: Any, queue: Queue[Message], nodes: set[int],
         stored.wait(_MAX_WAIT)
 
 
-def send_and_stream(grid: Any, messages: Iterable[Message], *,
-                    timeout: float | None = None) -> Iterator[Message]:
-    """Push ``messages`` now; the returned iterator yields each reply as it is stored (woken
-    by the store, not a poll) until all are in or ``timeout`` passes. A server that screens
-    and averages replies as they arrive does that work while the clients still train, not
-    in the pause between rounds."""
+def send_and_receive(grid: Any, messages: Iterable[Message], *,
+                     timeout: float | None = None) -> Iterator[Message]:
+    """``InMemoryGrid.send_and_receive`` that streams: push ``messages`` now; the returned
+    iterator yields each reply as it is stored (woken by the store, not a poll) until all are
+    in or ``timeout`` passes. Flower's ``Grid.send_and_receive`` promises an iterable of
+    replies, and the server's strategy screens and averages them in one pass, so on the
+    simulator that work happens while the clients still train, not in the pause between
+    rounds (a deployment's grid returns them all at once)."""
     _, replied = _events(grid.state)
     _check(grid)
     msg_ids = set(grid.push_messages(messages))
@@ -178,12 +180,6 @@ def send_and_stream(grid: Any, messages: Iterable[Message], *,
     return replies()
 
 
-def send_and_receive(grid: Any, messages: Iterable[Message], *,
-                     timeout: float | None = None) -> Iterable[Message]:
-    """``InMemoryGrid.send_and_receive`` that wakes on each stored reply instead of polling."""
-    return list(send_and_stream(grid, messages, timeout=timeout))
-
-
 def install(pipeline_depth: int = 2) -> None:
     """Use event-driven dispatch in this process's simulation engine, with ``pipeline_depth``
     messages in flight per actor (1 = Flower's one at a time), until :func:`uninstall`.
@@ -204,10 +200,10 @@ def installed(pipeline_depth: int = 2) -> Iterator[None]:
 
 
 def tune_grid(grid: Any) -> None:
-    """Give an in-memory grid event-driven ``send_and_receive`` and a streaming
-    ``send_and_stream``, all of whose calls raise :class:`SimulationStoppedError` once the
-    engine stopped (other grids unchanged)."""
+    """Give an in-memory grid an event-driven, streaming ``send_and_receive``
+    (:func:`send_and_receive`); all of its calls raise :class:`SimulationStoppedError` once
+    the engine stopped (other grids unchanged)."""
     state = engine.grid_state(grid)
     if state is not None:
         _STATES.add(state)
-        engine.patch_grid(grid, lambda: _check(grid), send_and_receive, send_and_stream)
+        engine.patch_grid(grid, lambda: _check(grid), send_and_receive)

@@ -25,7 +25,7 @@ Per instance (these objects live as long as one simulation):
   (:func:`undelivered_per_node`); messages are still handed out by Flower's own
   ``get_message_ins``.
 - ``InMemoryGrid.push_messages`` / ``pull_messages`` / ``get_node_ids`` are wrapped with a
-  check, and ``send_and_receive`` / ``send_and_stream`` replaced (:func:`patch_grid`);
+  check, and ``send_and_receive`` replaced (:func:`patch_grid`);
   ``grid.state`` (the grid's link state) is read.
 
 Each entry point first checks that the installed Flower is the release this adapter was
@@ -116,10 +116,10 @@ def grid_state(grid: Any) -> InMemoryLinkState | None:
 
 
 def patch_grid(grid: InMemoryGrid, guard: Callable[[], None],
-               send_and_receive: Callable[..., Any], send_and_stream: Callable[..., Any]) -> None:
+               send_and_receive: Callable[..., Any]) -> None:
     """Make ``grid``'s ``push_messages``, ``pull_messages`` and ``get_node_ids`` call
-    ``guard()`` first, and bind ``send_and_receive`` / ``send_and_stream`` (functions taking
-    the grid first) as its methods of those names."""
+    ``guard()`` first, and bind ``send_and_receive`` (a function taking the grid first) as
+    its method of that name."""
     check()
     for name in ("push_messages", "pull_messages", "get_node_ids"):
         original = getattr(grid, name)
@@ -130,7 +130,6 @@ def patch_grid(grid: InMemoryGrid, guard: Callable[[], None],
 
         setattr(grid, name, call)
     grid.send_and_receive = types.MethodType(send_and_receive, grid)  # type: ignore[method-assign]
-    grid.send_and_stream = types.MethodType(send_and_stream, grid)  # type: ignore[attr-defined]
 
 
 # --- the Ray backend ------------------------------------------------------------------------

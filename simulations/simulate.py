@@ -407,7 +407,7 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
     from fedssl.privacy.identity import load_or_create_identity, write_registry
     from fedssl.server.app import make_server_app
     from fedssl.server.checkpoint import resume_point
-    from fedssl.simulations import dispatch
+    from fedssl.simulations import dispatch, warmup
     from fedssl.simulations.client_app import simulation_app as client_app
 
     cfg.validate()
@@ -480,7 +480,7 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
         # Flower's own dispatcher and backend are put back when the simulation ends
         with dispatch.installed(pipeline_depth=1 if cfg.straggler_prob > 0 else 2):
             run_simulation(
-                server_app=make_server_app(run_config, prepare_grid=dispatch.tune_grid),
+                server_app=make_server_app(run_config, prepare_grid=warmup.prepare_grid),
                 client_app=client_app,
                 num_supernodes=cfg.num_clients, backend_config=backend_config,
                 verbose_logging=verbose,

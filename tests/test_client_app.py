@@ -135,7 +135,7 @@ def test_fedema_keeps_local_model_between_rounds(tmp_path: Path, flower_identity
 
 def test_warmup_loads_and_runs_without_touching_the_ledger(tmp_path: Path,
                                                            flower_identity) -> None:
-    from fedssl.client.app import warmup
+    from fedssl.simulations.warmup import warmup
 
     for dp in (False, True):
         cfg = {**DEFAULTS, "num-samples": 400, "dp": dp, "run-dir": str(tmp_path)}

@@ -137,7 +137,7 @@ def test_a_stopped_engine_ends_the_servers_wait_at_once(flower_identity) -> None
         messages = [Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=n,
                             message_type="train") for n in nodes]
         try:
-            outcome["replies"] = grid.send_and_receive(messages, timeout=600.0)
+            outcome["replies"] = list(grid.send_and_receive(messages, timeout=600.0))
         except dispatch.SimulationStoppedError as exc:
             outcome["error"] = exc
 
@@ -155,4 +155,4 @@ def test_a_stopped_engine_ends_the_servers_wait_at_once(flower_identity) -> None
     with pytest.raises(dispatch.SimulationStoppedError):
         grid.push_messages([])
     with pytest.raises(dispatch.SimulationStoppedError):
-        list(grid.send_and_stream([], timeout=1.0))
+        list(grid.send_and_receive([], timeout=1.0))

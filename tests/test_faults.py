@@ -62,7 +62,9 @@ def test_production_app_has_no_mods_and_the_simulator_s_has_the_fault_mod() -> N
 
     assert app._mods == []  # Flower keeps a ClientApp's mods there
     assert simulation_app._mods == [fault_mod]
-    assert set(app._registered_funcs) == set(simulation_app._registered_funcs)
+    # the same handlers, plus the simulation's start-up query (fedssl.simulations.warmup)
+    assert set(simulation_app._registered_funcs) == {*app._registered_funcs, "query.warmup"}
+    assert "query.warmup" not in app._registered_funcs
 
 
 def test_stage_of_message_types() -> None:

@@ -123,7 +123,7 @@ def test_reply_copy_is_checked_against_the_key_of_the_identity_it_replied_as(sit
     """A deployment's registry names sites by identity (node-1), their ledgers by client id
     (site-1): the copy must be signed with the registered key of the identity the reply
     gives, not with whichever registered key (e.g. another site's)."""
-    from fedssl.server.app import store_reply_copy
+    from fedssl.server.ledger_copies import store_reply_copy
 
     led, run = site
     other = Ed25519PrivateKey.generate()

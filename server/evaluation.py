@@ -1,0 +1,53 @@
+"""The server's evaluation of the global encoder on its labelled split.
+
+Round 0 evaluates the initial encoder (the randomly initialised one, the baseline every
+result is compared with, or a warm start), with the few-label probes; every ``eval-every``
+rounds (and after the last) the global encoder gets a linear probe and kNN plus the collapse
+metrics of its features (:func:`~fedssl.ssl_core.collapse.evaluate_with_collapse`); after the
+last round the final evaluation adds the few-label probes
+(:func:`~fedssl.ssl_core.evaluation.evaluate_encoder`). The probes are fitted on a capped
+random subset of the labelled training records (``eval-samples``) and tested on the test
+split; they only ever see the server's own evaluation data, never a client's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedssl.ssl_core.collapse import evaluate_with_collapse
+from fedssl.ssl_core.datasets import SSLDataset
+from fedssl.ssl_core.evaluation import evaluate_encoder
+
+
+def eval_split(data: SSLDataset, max_train: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Labelled records the probes are fitted on (a capped subset) and tested on."""
+    idx = np.random.default_rng(seed).permutation(len(data.x_train))[:max_train]
+    return data.x_train[idx], data.y_train[idx], data.x_test, data.y_test
+
+
+class ServerEvaluation:
+    """Probes of an encoder on ``data``'s labelled split: ``max_train`` records to fit on
+    (chosen with ``seed``), ``shots`` labels per class for the few-label probes, the feature
+    extraction on ``device``."""
+
+    def __init__(self, data: SSLDataset, max_train: int, seed: int, shots: tuple[int, ...],
+                 device: torch.device | str) -> None:
+        self.split = eval_split(data, max_train, seed)
+        self.seed, self.shots, self.device = seed, shots, device
+
+    def initial(self, encoder: Any) -> dict[str, float]:
+        """Round 0: probes, few-label probes and collapse metrics."""
+        return evaluate_with_collapse(encoder, *self.split, labels_per_class=self.shots,
+                                      seed=self.seed, device=self.device)
+
+    def during_run(self, encoder: Any) -> dict[str, float]:
+        """A round's evaluation: probes and collapse metrics (no few-label probes)."""
+        return evaluate_with_collapse(encoder, *self.split, device=self.device)
+
+    def final(self, encoder: Any) -> dict[str, float]:
+        """After the last round: probes and few-label probes (report.json's accuracies)."""
+        return evaluate_encoder(encoder, *self.split, labels_per_class=self.shots,
+                                seed=self.seed, device=self.device)
