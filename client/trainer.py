@@ -177,8 +177,6 @@ def train_local(
     if cfg.amp and cfg.dp:
         raise DPSoundnessError("mixed precision is refused under DP: per-record norms in "
                                "reduced precision could exceed the clip bound unnoticed")
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and cuda
-                else contextlib.nullcontext())
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     model.to(device).train()
@@ -186,17 +184,93 @@ def train_local(
                           weight_decay=cfg.weight_decay)
     objective.start_round(model)
     start = time.perf_counter()
-    losses: list[float] = []
-    steps = 0
-    planned = cfg.epochs * steps_per_epoch(len(data), cfg.batch_size, cfg.dp)
-    ema = ParameterEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    stepper = LocalStep(model, objective, opt, augment, aug_gen, cfg, device, num_views,
+                        planned=cfg.epochs * steps_per_epoch(len(data), cfg.batch_size,
+                                                             cfg.dp))
+    engine = ""
+    if cfg.dp:
+        engine, sample_rate = _dp_epochs(model, objective, opt, data, cfg, device, stepper)
+    else:
+        loader = DataLoader(TensorDataset(data), batch_size=cfg.batch_size, shuffle=True,
+                            generator=gen, drop_last=len(data) > cfg.batch_size,
+                            pin_memory=cuda)
+        for _ in range(cfg.epochs):
+            for (batch,) in loader:
+                stepper(model, batch, opt)
+        sample_rate = min(1.0, cfg.batch_size / len(data))
+    if stepper.ema is not None:
+        stepper.ema.copy_to(model)
+    losses = stepper.losses
+    return TrainResult(
+        loss=float(np.mean(losses)) if losses else float("nan"), steps=stepper.steps,
+        sample_rate=sample_rate, num_examples=len(data), seconds=time.perf_counter() - start,
+        dp_engine=engine,
+    )
 
-    def step(module: torch.nn.Module, batch: torch.Tensor, optimizer,
-             fast: FastDPSGD | None = None) -> None:
-        nonlocal steps
-        for group in opt.param_groups:  # the wrapped optimizers share these groups
-            group["lr"] = scheduled_lr(cfg, steps, planned)
-        steps += 1
+
+def _dp_epochs(model: torch.nn.Module, objective: Objective, opt: torch.optim.Optimizer,
+               data: torch.Tensor, cfg: TrainConfig, device: torch.device,
+               stepper: LocalStep) -> tuple[str, float]:
+    """``cfg.epochs`` epochs of DP-SGD (Poisson batches, per-record or per-group clipping,
+    Gaussian noise) through the engine ``cfg.dp_engine`` selects for ``model``: the fast exact
+    engine, Opacus's hooks, or group clipping (hooks only). The sampling and noise generators
+    are seeded from ``cfg.dp_seed`` (tests) or else from OS entropy, never from the run's
+    seed, which config.toml records. Returns the engine that ran and the sample rate."""
+    from fedssl.privacy.dp_sgd import DPSGD  # opacus: imported only when DP is on
+    from fedssl.privacy.fast_clip import FastDPSGD
+    from fedssl.privacy.group_clip import GroupDPSGD, group_engine
+
+    if objective.clip_unit == "group":  # clipped per group: hooks only (group_clip.py)
+        engine, dp_cls = group_engine(cfg.dp_engine), GroupDPSGD
+    else:
+        engine = select_dp_engine(cfg.dp_engine, model, opt)
+        dp_cls = FastDPSGD if engine == "fast" else DPSGD
+    cuda = device.type == "cuda"
+    secret = cfg.dp_seed if cfg.dp_seed is not None else secrets.randbits(63)
+    sample_gen = torch.Generator().manual_seed(secret)
+    noise_gen = (sample_gen if not cuda
+                 else torch.Generator(device=device).manual_seed(secret ^ 0x5EED))
+    with dp_cls(model, opt, data, cfg.batch_size, cfg.noise_multiplier, cfg.max_grad_norm,
+                objective, generator=sample_gen, noise_generator=noise_gen,
+                pin_memory=cuda) as dp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = dp if isinstance(dp, FastDPSGD) else None
+        for _ in range(cfg.epochs):
+            for (batch,) in dp.loader:
+                stepper(dp.module, batch, dp.optimizer, fast)
+    return engine, dp.sample_rate
+
+
+class LocalStep:
+    """One optimizer step of local training, the same for every engine: the scheduled
+    learning rate, ``num_views`` augmented views of the batch, the objective's per-record
+    losses (under the fast DP engine, recorded for its per-record norms; else, optionally,
+    in bfloat16 autocast on CUDA), the step, the objective's after-step hook (e.g. BYOL's
+    target update) and the parameter EMA. An empty Poisson batch under DP is still a step
+    (noise only). Counts the steps and keeps the batch losses.
+
+    Raises (when called):
+        TrainingError: on a non-finite loss.
+    """
+
+    def __init__(self, model: torch.nn.Module, objective: Objective,
+                 opt: torch.optim.Optimizer, augment, aug_gen: torch.Generator,
+                 cfg: TrainConfig, device: torch.device, num_views: int, planned: int) -> None:
+        self.model, self.objective, self.opt, self.augment = model, objective, opt, augment
+        self.aug_gen, self.cfg, self.device, self.num_views = aug_gen, cfg, device, num_views
+        self.planned = planned
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                         if cfg.amp and device.type == "cuda" else contextlib.nullcontext())
+        self.ema = ParameterEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.steps = 0
+        self.losses: list[float] = []
+
+    def __call__(self, module: torch.nn.Module, batch: torch.Tensor, optimizer,
+                 fast: FastDPSGD | None = None) -> None:
+        model, objective = self.model, self.objective
+        for group in self.opt.param_groups:  # the wrapped optimizers share these groups
+            group["lr"] = scheduled_lr(self.cfg, self.steps, self.planned)
+        self.steps += 1
         if len(batch) == 0:  # an empty Poisson batch still costs a (noise-only) step
             if fast is not None:
                 fast.empty_step()
@@ -206,22 +280,22 @@ def train_local(
                     if p.requires_grad:
                         p.grad_sample = torch.zeros(0, *p.shape, device=p.device)
                 optimizer.step()
-            if ema is not None:
-                ema.update(model)
+            if self.ema is not None:
+                self.ema.update(model)
             return
-        batch = batch.to(device, non_blocking=True)
-        views = [augment(batch, aug_gen) for _ in range(num_views)]
+        batch = batch.to(self.device, non_blocking=True)
+        views = [self.augment(batch, self.aug_gen) for _ in range(self.num_views)]
         optimizer.zero_grad(set_to_none=True)
         if fast is not None:
             with fast.record():
                 per_record = objective.per_record_loss(module, views)
         else:
-            with autocast:
+            with self.autocast:
                 per_record = objective.per_record_loss(module, views)
             per_record = per_record.float()
         loss = per_record.mean()
         if not torch.isfinite(loss):
-            raise TrainingError(f"local loss became {loss.item()} at step {steps}; "
+            raise TrainingError(f"local loss became {loss.item()} at step {self.steps}; "
                                 "lower the learning rate or check the data")
         if fast is not None:
             fast.step(per_record)
@@ -229,49 +303,9 @@ def train_local(
             loss.backward()
             optimizer.step()
         objective.after_step(module)
-        if ema is not None:
-            ema.update(model)
-        losses.append(float(loss.detach()))
-
-    engine = ""
-    if cfg.dp:
-        from fedssl.privacy.dp_sgd import DPSGD  # opacus: imported only when DP is on
-        from fedssl.privacy.fast_clip import FastDPSGD
-        from fedssl.privacy.group_clip import GroupDPSGD, group_engine
-
-        if objective.clip_unit == "group":  # clipped per group: hooks only (group_clip.py)
-            engine, dp_cls = group_engine(cfg.dp_engine), GroupDPSGD
-        else:
-            engine = select_dp_engine(cfg.dp_engine, model, opt)
-            dp_cls = FastDPSGD if engine == "fast" else DPSGD
-        secret = cfg.dp_seed if cfg.dp_seed is not None else secrets.randbits(63)
-        sample_gen = torch.Generator().manual_seed(secret)
-        noise_gen = (sample_gen if not cuda
-                     else torch.Generator(device=device).manual_seed(secret ^ 0x5EED))
-        with dp_cls(model, opt, data, cfg.batch_size, cfg.noise_multiplier, cfg.max_grad_norm,
-                    objective, generator=sample_gen, noise_generator=noise_gen,
-                    pin_memory=cuda) as dp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fast = dp if isinstance(dp, FastDPSGD) else None
-            for _ in range(cfg.epochs):
-                for (batch,) in dp.loader:
-                    step(dp.module, batch, dp.optimizer, fast)
-        sample_rate = dp.sample_rate
-    else:
-        loader = DataLoader(TensorDataset(data), batch_size=cfg.batch_size, shuffle=True,
-                            generator=gen, drop_last=len(data) > cfg.batch_size,
-                            pin_memory=cuda)
-        for _ in range(cfg.epochs):
-            for (batch,) in loader:
-                step(model, batch, opt)
-        sample_rate = min(1.0, cfg.batch_size / len(data))
-    if ema is not None:
-        ema.copy_to(model)
-    return TrainResult(
-        loss=float(np.mean(losses)) if losses else float("nan"), steps=steps,
-        sample_rate=sample_rate, num_examples=len(data), seconds=time.perf_counter() - start,
-        dp_engine=engine,
-    )
+        if self.ema is not None:
+            self.ema.update(model)
+        self.losses.append(float(loss.detach()))
 
 
 class ParameterEMA:
