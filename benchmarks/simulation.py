@@ -54,14 +54,24 @@ Usage::
     python benchmarks/simulation.py --clients 100 --rounds 5 --kinds fedssl,floor
 
 Results: ``benchmarks/results/simulation.json`` and ``benchmarks/results/simulation.png``.
+
+Layout: this file holds the CLI, the measurement of one setting in a child process
+(:func:`measure`, :func:`run_child`) and fedssl's own setting (:func:`child_fedssl`); the child
+re-runs this file with ``--child``, so the entry point stays here. The rest lies beside it:
+``sim_workload.py`` (sizes, kinds, steady rounds), ``proc_memory.py`` (peak memory of the
+process tree), ``vanilla_flower.py`` (the Flower baseline), ``compute_floor.py`` (the
+sequential and parallel floors) and ``sim_report.py`` (ratios, table, plot). The child is
+started with :func:`fedssl.processes.start_process` (the same ``Popen``, in this process's
+group). A child past ``--timeout`` is SIGKILLed at once, as before, not stopped with
+:func:`fedssl.processes.stop_process`: that would SIGTERM it and ``wait`` up to 10 s
+without draining its stdout pipe (a chatty child can block on a full pipe), and the timed-out
+row's ``process_seconds`` would grow by that grace period.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
 import os
 import platform
 import statistics
@@ -73,176 +83,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedssl.processes import start_process
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the modules beside this file (benchmarks/ is not a package; the --child run re-runs this file)
+from compute_floor import child_floor, child_floor_parallel
+from proc_memory import TreeMemory, any_alive
+from sim_report import add_ratios, plot, table
+from sim_workload import BATCH, KINDS, per_round, pool_samples, records_per_client, steady
+from vanilla_flower import child_flower
+
 RESULTS = Path(__file__).resolve().parent / "results"
-BATCH = 32
-TEST_FRACTION = 0.2  # load_mnist1d keeps 80 % as the training pool
-KINDS = ("fedssl", "fedssl+secagg", "flower", "floor", "floor-parallel")
-
-
-# ------------------------------------------------------------------------------ workload
-def per_round(n: int) -> int:
-    """Clients per round: all of them up to 100, then 100 (the issue's 1000-client setting)."""
-    return n if n <= 100 else 100
-
-
-def records_per_client(n: int, batches: int, max_pool: int) -> int:
-    """Training records per client: ``batches`` batches of 32, capped so that the whole pool
-    stays below ``max_pool`` records (MNIST-1D generation costs ~0.25 ms per record, paid by
-    every fedssl process that loads the pool)."""
-    per = min(batches * BATCH, max(BATCH, (max_pool // n) // BATCH * BATCH))
-    return per
-
-
-def pool_samples(n: int, records: int) -> int:
-    """``num_samples`` for mnist1d that gives exactly ``n * records`` training records."""
-    return math.ceil(n * records / (1 - TEST_FRACTION))
-
-
-# ------------------------------------------------------------------------------ memory
-def _children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants (from ``/proc``; psutil is not installed here)."""
-    kids = _children_map()
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, []))
-    return out
-
-
-def _kib(path: str, field: str) -> int:
-    try:
-        with open(path) as fh:
-            for line in fh:
-                if line.startswith(field):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-class TreeMemory:
-    """Samples the RSS and PSS sums of a process tree in a background thread."""
-
-    def __init__(self, root: int, interval: float = 0.25) -> None:
-        self.root, self.interval = root, interval
-        self.peak_rss = self.peak_pss = 0
-        self.max_procs = 0
-        self.pids: set[int] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        tick = 0
-        while not self._stop.is_set():
-            pids = process_tree(self.root)
-            self.pids.update(pids)
-            self.max_procs = max(self.max_procs, len(pids))
-            rss = sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in pids)
-            self.peak_rss = max(self.peak_rss, rss)
-            if tick % 4 == 0:  # PSS reads smaps_rollup: a little dearer, sample every 1 s
-                pss = sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
-                self.peak_pss = max(self.peak_pss, pss)
-            tick += 1
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-# ------------------------------------------------------------------------------ vanilla Flower
-def make_vanilla_apps(n: int, per: int, records: int, rounds: int, seed: int,
-                      stamps: list[float], computes: list[float]) -> tuple[Any, Any]:
-    """The vanilla Flower ServerApp/ClientApp of this workload (see the module docstring)."""
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
-
-    client_app = ClientApp()
-
-    @client_app.train()
-    def train(msg: Message, context: Context) -> Message:
-        import torch
-
-        from fedssl.client.trainer import TrainConfig, train_local
-        from fedssl.ssl_core.augmentations import augment_for
-        from fedssl.ssl_core.datasets import load_mnist1d
-        from fedssl.ssl_core.objectives import get_objective
-
-        torch.set_num_threads(1)
-        pid = int(context.node_config["partition-id"])
-        # tutorial style: load this partition's data on every message
-        data = load_mnist1d(num_samples=pool_samples(1, records), seed=seed * 100_003 + pid)
-        objective = get_objective("simsiam")
-        model = objective.build_model(data.input_shape)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        rnd = int(msg.content["config"]["server-round"])
-        result = train_local(model, objective, data.x_train, augment_for(data.input_shape),
-                             TrainConfig(seed=seed * 100_003 + rnd * 1009 + pid))
-        return Message(RecordDict({
-            "arrays": ArrayRecord(model.state_dict()),
-            "metrics": MetricRecord({"num-examples": result.num_examples,
-                                     "loss": result.loss, "train-seconds": result.seconds}),
-        }), reply_to=msg)
-
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        import torch
-
-        from fedssl.ssl_core.objectives import get_objective
-
-        torch.manual_seed(seed)
-        model = get_objective("simsiam").build_model((1, 40))
-        def compute(records: list, key: str) -> MetricRecord:
-            # the clients' summed training seconds of the round (the benchmark's own metric)
-            total = sum(float(r.metric_records["metrics"]["train-seconds"]) for r in records)
-            computes.append(total)
-            return MetricRecord({"train-seconds": total})
-
-        strategy = FedAvg(fraction_train=per / n, fraction_evaluate=0.0,
-                          min_train_nodes=per, min_available_nodes=n,
-                          train_metrics_aggr_fn=compute)
-
-        def stamp(server_round: int, arrays: ArrayRecord) -> None:
-            stamps.append(time.perf_counter())  # round 0 = before round 1's messages
-
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-                       num_rounds=rounds, evaluate_fn=stamp)
-
-    return server_app, client_app
-
-
-def _backend_config() -> dict[str, Any]:
-    import logging
-
-    return {
-        "client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
-                      "logging_level": logging.ERROR, "log_to_driver": False},
-    }
 
 
 # ------------------------------------------------------------------------------ children
@@ -286,146 +137,6 @@ def child_fedssl(n: int, per: int, records: int, rounds: int, seed: int, secagg:
             "client_compute_seconds": compute, "run_dir": str(out / "run")}
 
 
-def child_flower(n: int, per: int, records: int, rounds: int, seed: int,
-                 t0: float) -> dict[str, Any]:
-    import logging
-
-    from flwr.simulation import run_simulation
-
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    stamps: list[float] = []
-    computes: list[float] = []
-    server_app, client_app = make_vanilla_apps(n, per, records, rounds, seed, stamps,
-                                               computes)
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n,
-                   backend_config=_backend_config(), verbose_logging=False)
-    end = time.perf_counter()
-    if len(stamps) != rounds + 1:
-        raise RuntimeError(f"vanilla Flower run ended after {len(stamps) - 1} rounds")
-    return {"t_round0": stamps[0], "t_end": end,
-            "round_seconds": [b - a for a, b in itertools.pairwise(stamps)],
-            "client_compute_seconds": computes}
-
-
-def _floor_setup(n: int, records: int, seed: int) -> tuple[tuple[int, ...], list, dict]:
-    """Both floors' start: one thread, the data set, the IID partitions, the initial model
-    state (record shape, partitions, state dict)."""
-    import torch
-
-    from fedssl.ssl_core.datasets import load_dataset
-    from fedssl.ssl_core.objectives import get_objective
-    from fedssl.ssl_core.partitioners import partition_indices
-
-    torch.set_num_threads(1)
-    data = load_dataset("mnist1d", "", pool_samples(n, records), seed)
-    parts = [data.x_train[partition_indices(data.y_train, n, c, "iid", seed=seed)]
-             for c in range(n)]
-    torch.manual_seed(seed)
-    state = get_objective("simsiam").build_model(data.input_shape).state_dict()
-    return data.input_shape, parts, state
-
-
-def child_floor(n: int, per: int, records: int, rounds: int, seed: int,
-                t0: float) -> dict[str, Any]:
-    import random
-
-    import torch
-
-    from fedssl.client.trainer import TrainConfig, train_local
-    from fedssl.ssl_core.augmentations import augment_for
-    from fedssl.ssl_core.objectives import get_objective
-
-    shape, parts, global_state = _floor_setup(n, records, seed)
-    objective = get_objective("simsiam")
-    augment = augment_for(shape)
-    rng = random.Random(seed)
-    t_round0 = time.perf_counter()
-    round_s, compute_s = [], []
-    for rnd in range(1, rounds + 1):
-        start = time.perf_counter()
-        chosen = rng.sample(range(n), per)
-        acc: dict[str, torch.Tensor] = {k: torch.zeros_like(v, dtype=torch.float64)
-                                        for k, v in global_state.items()}
-        compute = 0.0
-        for cid in chosen:
-            model = objective.build_model(shape)
-            model.load_state_dict(global_state)
-            res = train_local(model, objective, parts[cid], augment,
-                              TrainConfig(seed=seed * 100_003 + rnd * 1009 + cid))
-            compute += res.seconds
-            for k, v in model.state_dict().items():
-                acc[k] += v.double()
-        global_state = {k: (v / per).to(global_state[k].dtype) for k, v in acc.items()}
-        round_s.append(time.perf_counter() - start)
-        compute_s.append(compute)
-    return {"t_round0": t_round0, "t_end": time.perf_counter(), "round_seconds": round_s,
-            "client_compute_seconds": compute_s}
-
-
-_FLOOR: dict[str, Any] = {}
-
-
-def _floor_worker_init(parts: list, shape: tuple[int, ...], seed: int) -> None:
-    import torch
-
-    from fedssl.ssl_core.augmentations import augment_for
-    from fedssl.ssl_core.objectives import get_objective
-
-    torch.set_num_threads(1)
-    _FLOOR.update(parts=parts, shape=shape, seed=seed, objective=get_objective("simsiam"),
-                  augment=augment_for(shape))
-
-
-def _floor_client(task: tuple[int, int, dict]) -> tuple[float, dict]:
-    """One client's ``train_local`` in a worker process of the parallel floor."""
-    import torch
-
-    from fedssl.client.trainer import TrainConfig, train_local
-
-    cid, rnd, state = task
-    f = _FLOOR
-    model = f["objective"].build_model(f["shape"])
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    res = train_local(model, f["objective"], f["parts"][cid], f["augment"],
-                      TrainConfig(seed=f["seed"] * 100_003 + rnd * 1009 + cid))
-    return res.seconds, {k: v.numpy() for k, v in model.state_dict().items()}
-
-
-def child_floor_parallel(n: int, per: int, records: int, rounds: int, seed: int,
-                         t0: float) -> dict[str, Any]:
-    """The floor's clients spread over ``cores`` plain worker processes (no Flower, no Ray):
-    what this machine's cores deliver running the same training side by side."""
-    import multiprocessing
-    import random
-
-    import numpy as np
-
-    shape, parts, initial = _floor_setup(n, records, seed)
-    state = {k: v.numpy() for k, v in initial.items()}
-    rng = random.Random(seed)
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(os.cpu_count() or 1, _floor_worker_init, (parts, shape, seed)) as pool:
-        pool.map(abs, range(4 * (os.cpu_count() or 1)))  # workers up before round 1
-        t_round0 = time.perf_counter()
-        round_s, compute_s = [], []
-        for rnd in range(1, rounds + 1):
-            start = time.perf_counter()
-            chosen = rng.sample(range(n), per)
-            acc = {k: np.zeros(v.shape, np.float64) for k, v in state.items()}
-            compute = 0.0
-            for sec, new in pool.imap_unordered(_floor_client,
-                                                [(c, rnd, state) for c in chosen]):
-                compute += sec
-                for k, v in new.items():
-                    acc[k] += v
-            state = {k: (v / per).astype(state[k].dtype) for k, v in acc.items()}
-            round_s.append(time.perf_counter() - start)
-            compute_s.append(compute)
-    return {"t_round0": t_round0, "t_end": time.perf_counter(), "round_seconds": round_s,
-            "client_compute_seconds": compute_s}
-
-
 def run_child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     common = (args.n, args.per_round, args.records, args.rounds, args.seed)
@@ -445,13 +156,6 @@ def run_child(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------ parent
-def steady(round_s: list[float]) -> list[float]:
-    """Rounds 2..R-1 (no warm-up, no final evaluation); falls back for short runs."""
-    if len(round_s) >= 3:
-        return round_s[1:-1]
-    return round_s[1:] or round_s
-
-
 def measure(kind: str, n: int, rounds: int, records: int, seed: int,
             timeout: float) -> dict[str, Any]:
     per = per_round(n)
@@ -463,8 +167,8 @@ def measure(kind: str, n: int, rounds: int, records: int, seed: int,
     load_before = os.getloadavg()
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            text=True)
+    proc = start_process(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                         text=True)
     with TreeMemory(proc.pid) as mem:
         try:
             log, _ = proc.communicate(timeout=timeout)
@@ -474,7 +178,7 @@ def measure(kind: str, n: int, rounds: int, records: int, seed: int,
     total = time.perf_counter() - t0
     # wait for Ray's processes to go before the next setting starts
     for _ in range(60):
-        if not any(_alive(p) for p in mem.pids):
+        if not any_alive(mem.pids):
             break
         time.sleep(0.5)
     out: dict[str, Any] = {
@@ -503,105 +207,6 @@ def measure(kind: str, n: int, rounds: int, records: int, seed: int,
         out["client_compute_per_round"] = statistics.median(
             steady(res["client_compute_seconds"]))
     return out
-
-
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def add_ratios(rows: list[dict[str, Any]], cores: int) -> None:
-    floors = {r["clients"]: r for r in rows if r["kind"] == "floor" and "error" not in r}
-    flowers = {r["clients"]: r for r in rows if r["kind"] == "flower" and "error" not in r}
-    parallel = {r["clients"]: r for r in rows
-                if r["kind"] == "floor-parallel" and "error" not in r}
-    for r in rows:
-        if "error" not in r and r["clients"] in parallel:
-            # against the same training run side by side in plain processes on this machine
-            r["x_floor_parallel"] = (r["seconds_per_round"]
-                                     / parallel[r["clients"]]["seconds_per_round"])
-        f = floors.get(r["clients"])
-        if "error" in r or f is None:
-            continue
-        r["x_floor"] = r["seconds_per_round"] / f["seconds_per_round"]
-        r["ideal_seconds"] = f["client_compute_per_round"] / cores
-        r["x_ideal"] = r["seconds_per_round"] / r["ideal_seconds"]
-        if r.get("client_compute_per_round"):
-            # against the compute this very run did (the machine's speed drifts between
-            # settings by up to 1.6x here): wall / (its clients' summed train seconds / cores)
-            r["x_ideal_in_run"] = r["seconds_per_round"] / (r["client_compute_per_round"] / cores)
-        fl = flowers.get(r["clients"])
-        if fl is not None:
-            r["speedup_vs_flower"] = fl["seconds_per_round"] / r["seconds_per_round"]
-            if r.get("three_rounds_seconds") and fl.get("three_rounds_seconds"):
-                r["three_rounds_vs_flower"] = (fl["three_rounds_seconds"]
-                                               / r["three_rounds_seconds"])
-            r["wall_vs_flower"] = fl["process_seconds"] / r["process_seconds"]
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else spec.format(value)
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| N | per round | steps | method | startup s | 1st round s | s/round (median) | "
-            "rounds 1-3 s | process wall s | rounds/s | updates/s | x floor | "
-            "x ideal (floor compute/cores) | x ideal (own compute/cores) | x parallel floor | "
-            "vs Flower (steady / rounds 1-3 / wall) | "
-            "peak RSS MiB | peak PSS MiB |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['clients']} | {r['clients_per_round']} | "
-                         f"{r['local_steps']} | {r['kind']} | failed: "
-                         f"{r['error'].splitlines()[0][:60]} |")
-            continue
-        lines.append(
-            f"| {r['clients']} | {r['clients_per_round']} | {r['local_steps']} | {r['kind']} | "
-            f"{r['startup_seconds']:.1f} | {r['first_round_seconds']:.2f} | "
-            f"{r['seconds_per_round']:.2f} | {_fmt(r.get('three_rounds_seconds'), '{:.2f}')} | "
-            f"{r['process_seconds']:.1f} | {r['rounds_per_second']:.3f} | "
-            f"{r['client_updates_per_second']:.1f} | {r.get('x_floor', float('nan')):.2f} | "
-            f"{r.get('x_ideal', float('nan')):.2f} | "
-            f"{_fmt(r.get('x_ideal_in_run'), '{:.2f}')} | "
-            f"{_fmt(r.get('x_floor_parallel'), '{:.2f}')} | "
-            f"{_fmt(r.get('speedup_vs_flower'), '{:.2f}x')} / "
-            f"{_fmt(r.get('three_rounds_vs_flower'), '{:.2f}x')} / "
-            f"{_fmt(r.get('wall_vs_flower'), '{:.2f}x')} | {r['peak_rss_mib']:.0f} | "
-            f"{r['peak_pss_mib']:.0f} |")
-    return "\n".join(lines)
-
-
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ns = sorted({r["clients"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / len(KINDS)
-    for i, kind in enumerate(KINDS):
-        ys = [next((r.get("seconds_per_round", 0.0) for r in rows
-                    if r["kind"] == kind and r["clients"] == n and "error" not in r), 0.0)
-              for n in ns]
-        ms = [next((r["peak_pss_mib"] / 1024 for r in rows
-                    if r["kind"] == kind and r["clients"] == n), 0.0) for n in ns]
-        xs = [j + i * width for j in range(len(ns))]
-        axes[0].bar(xs, ys, width, label=kind)
-        axes[1].bar(xs, ms, width, label=kind)
-    for ax, title in zip(axes, ("seconds per round (median of steady rounds)",
-                                "peak memory of the process tree (PSS, GiB)")):
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(ns))])
-        ax.set_xticklabels([f"N={n}\n({per_round(n)}/round)" for n in ns])
-        ax.set_title(title, fontsize=10)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main() -> None:

@@ -1,0 +1,87 @@
+"""Peak memory of a process tree, sampled from Linux ``/proc`` (psutil is not installed here).
+
+What: :class:`TreeMemory` samples, in a background thread, the sum of RSS (``VmRSS`` of
+``/proc/<pid>/status``) and of PSS (``Pss`` of ``/proc/<pid>/smaps_rollup``) over a process and
+all its descendants, and keeps the peaks, the largest number of processes seen and every pid
+seen; :func:`any_alive` tells whether any of those pids still runs (after the measured child
+exits, Ray's processes may outlive it for a while).
+
+Why a module of its own: ``benchmarks/simulation.py`` measures each setting as a child process
+whose memory is mostly in its descendants (Ray's GCS, raylet and worker processes), so a
+setting's memory is the whole tree's. The process listing is :func:`fedssl.processes.proc_table`
+(the same ``/proc`` scan ``fedssl`` uses to find a process's descendants), not a second
+scanner. :func:`process_tree` walks that table itself rather than calling
+:func:`fedssl.processes.descendants`, because ``descendants`` leaves out zombies and the root,
+and this sampler has always counted both in its process count (a zombie's RSS and PSS read
+as 0, so the memory sums are the same either way).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from fedssl.processes import proc_table
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants, zombies included (from ``/proc``)."""
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _state, _start) in proc_table().items():
+        kids.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def any_alive(pids: set[int]) -> bool:
+    """Whether any of ``pids`` exists and is not a zombie."""
+    table = proc_table()
+    return any(p in table and table[p][1] != "Z" for p in pids)
+
+
+def _kib(path: str, field: str) -> int:
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class TreeMemory:
+    """Samples the RSS and PSS sums of a process tree in a background thread."""
+
+    def __init__(self, root: int, interval: float = 0.25) -> None:
+        self.root, self.interval = root, interval
+        self.peak_rss = self.peak_pss = 0
+        self.max_procs = 0
+        self.pids: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        tick = 0
+        while not self._stop.is_set():
+            pids = process_tree(self.root)
+            self.pids.update(pids)
+            self.max_procs = max(self.max_procs, len(pids))
+            rss = sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in pids)
+            self.peak_rss = max(self.peak_rss, rss)
+            if tick % 4 == 0:  # PSS reads smaps_rollup: a little dearer, sample every 1 s
+                pss = sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
+                self.peak_pss = max(self.peak_pss, pss)
+            tick += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
