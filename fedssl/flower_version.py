@@ -17,10 +17,23 @@ the installed distribution's metadata), so every package may use it (``docs/arch
 ... except FlowerVersionError as exc:
 ...     print(str(exc).split(":")[0])
 fedssl's adapter for the doctest's patch was written for Flower 0.1.0
+
+An adapter imports the internals it patches inside :func:`flower_internals`, so a release
+that moved or removed one fails at import with the same error, not a bare
+``ModuleNotFoundError``:
+
+>>> try:
+...     with flower_internals("1.41.0", concern="the doctest's patch"):
+...         import flwr.no_such_internal_module
+... except FlowerVersionError as exc:
+...     print("cannot import" in str(exc))
+True
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from importlib import metadata
 
 
@@ -47,3 +60,18 @@ def require_flower(expected: str, *, concern: str) -> None:
             f"internals that are not part of its public API, but Flower {installed} is "
             f"installed. Install flwr=={expected} (pyproject.toml pins it), or port the "
             "adapter to the new release and update its version")
+
+
+@contextlib.contextmanager
+def flower_internals(expected: str, *, concern: str) -> Iterator[None]:
+    """Import Flower internals in this block: an ``ImportError`` (a module or name that the
+    installed release moved or removed) becomes a :class:`FlowerVersionError` naming the
+    installed version, the one the adapter was written for and what could not be imported."""
+    try:
+        yield
+    except ImportError as exc:
+        raise FlowerVersionError(
+            f"fedssl's adapter for {concern} was written for Flower {expected} and cannot "
+            f"import the Flower internals it uses from Flower {installed_flower_version()} "
+            f"({exc}). Install flwr=={expected} (pyproject.toml pins it), or port the adapter "
+            "to the new release and update its version") from exc

@@ -45,17 +45,19 @@ from queue import Queue
 from typing import Any
 
 from flwr.app import Message
-from flwr.server.superlink.fleet.vce import vce_api
-from flwr.server.superlink.fleet.vce.backend import raybackend
-from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from fedssl.flower_version import require_flower
+from fedssl.flower_version import flower_internals, require_flower
 
 #: the Flower release whose internals this module was written against
 FLOWER_VERSION = "1.41.0"
 CONCERN = ("the simulation engine (vce_api.add_messages_to_queue, raybackend.RayBackend, "
            "InMemoryLinkState and InMemoryGrid methods)")
+
+with flower_internals(FLOWER_VERSION, concern=CONCERN):  # moved in another release: clear error
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 #: Flower's own, as imported (put back by :func:`uninstall`)
 FLOWER_DISPATCHER = vce_api.add_messages_to_queue
 FLOWER_RAY_BACKEND = raybackend.RayBackend

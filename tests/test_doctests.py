@@ -18,7 +18,11 @@ PACKAGES = ("ssl_core", "privacy", "client", "server", "simulations")
 
 
 def _modules() -> list[str]:
-    names = []
+    import fedssl
+
+    # the top-level modules (fedssl.run_spec, fedssl.run_layout, fedssl.atomic, ...)
+    names = [f"fedssl.{m.name}" for m in pkgutil.iter_modules(fedssl.__path__)
+             if not m.ispkg]
     for pkg in PACKAGES:
         module = importlib.import_module(f"fedssl.{pkg}")
         names += [m.name for m in pkgutil.walk_packages(module.__path__, f"fedssl.{pkg}.")]
@@ -28,10 +32,7 @@ def _modules() -> list[str]:
 def _with_examples() -> list[str]:
     out = []
     for name in _modules():
-        try:
-            module = importlib.import_module(name)
-        except ImportError:  # an optional dependency (e.g. a __main__-only module)
-            continue
+        module = importlib.import_module(name)  # every module imports: an error is a failure
         if any(t.examples for t in doctest.DocTestFinder().find(module)):
             out.append(name)
     return out
@@ -44,6 +45,7 @@ def test_examples_are_found() -> None:
     # the objectives and encoders document their use with examples: if none were found,
     # the collection above is broken, not the examples
     assert any(".objectives." in m for m in MODULES) and "fedssl.ssl_core.encoders" in MODULES
+    assert "fedssl.run_spec" in MODULES and "fedssl.run_layout" in MODULES
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -170,3 +170,25 @@ def test_the_strategy_helpers_build_flowers_messages(flower_identity) -> None:
     messages = strategy.messages(arrays, ConfigRecord({"x": 1}), [3, 5])
     assert [m.metadata.dst_node_id for m in messages] == [3, 5]
     assert all(m.metadata.message_type == "train" for m in messages)
+
+
+def test_an_adapter_whose_internals_moved_fails_at_import_with_the_version_error() -> None:
+    """A release that moved a module an adapter imports at module level: the adapter's own
+    import raises FlowerVersionError naming the versions, not a bare ModuleNotFoundError (run
+    in a fresh interpreter with the internal module made unimportable). The strategy
+    adapter's strategy_utils cannot be removed this way (Flower's own package imports it);
+    it is imported under the same guard."""
+    import subprocess
+    import sys
+
+    adapter, internal = ("fedssl.simulations.flower_engine_adapter",
+                         "flwr.server.superlink.fleet.vce")
+    code = (f"import sys; sys.modules[{internal!r}] = None\n"
+            "from fedssl.flower_version import FlowerVersionError\n"
+            f"try:\n    import {adapter}\n"
+            "except FlowerVersionError as exc:\n    print('VERSION-ERROR', exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "VERSION-ERROR" in done.stdout and "written for Flower 1.41.0" in done.stdout
+    assert "cannot import" in done.stdout
