@@ -35,6 +35,7 @@ from fedssl.privacy.accountant import epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian
 from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
 from fedssl.run_layout import RunLayout
+from fedssl.server.ledger_copies import LedgerCopyKeeper
 from fedssl.server.secure_aggregation import (
     DistributedDP,
     SecureAggregation,
@@ -55,7 +56,8 @@ def min_dp_clients(cfg: dict[str, Any], per_round: int) -> int:
 
 class Aggregation:
     """The round's aggregation path and server optimizer, built from the run config ``cfg``
-    for a federation of ``num_nodes`` clients whose run directory is ``layout``.
+    for a federation of ``num_nodes`` clients whose run directory is ``layout``;
+    ``ledger_gate`` verifies and keeps the sites' ledger copies as replies are screened.
 
     Raises:
         ValueError: for an unknown ``client-dp``, central client-level DP with secure
@@ -64,7 +66,8 @@ class Aggregation:
     """
 
     def __init__(self, cfg: dict[str, Any], num_nodes: int, reference: dict[str, np.ndarray],
-                 seed: int, layout: RunLayout) -> None:
+                 seed: int, layout: RunLayout,
+                 ledger_gate: LedgerCopyKeeper | None = None) -> None:
         self.num_nodes = num_nodes
         self.per_round = int(cfg["clients-per-round"]) or num_nodes
         self.client_rate = self.per_round / max(1, num_nodes)
@@ -89,6 +92,9 @@ class Aggregation:
             min_train_nodes=self.per_round, min_available_nodes=self.per_round,
             fraction_evaluate=0.0,
         )
+        # sites' ledger copies verified as their replies are screened: a refused copy
+        # rejects the update with it (fedssl.server.ledger_copies)
+        self.strategy.ledger_gate = ledger_gate
         self.server_opt = ServerMomentum(float(cfg["server-lr"]), float(cfg["server-momentum"]))
         #: distributed-DP rounds whose sum was unmasked (what the Skellam accountant composes)
         self.released: list[SkellamRound] = []

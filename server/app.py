@@ -38,6 +38,7 @@ from fedssl.run_spec import validate_run_config
 from fedssl.server.aggregation import Aggregation
 from fedssl.server.checkpoint import resume_point, rewrite_metrics, save_checkpoint
 from fedssl.server.evaluation import ServerEvaluation
+from fedssl.server.ledger_copies import LedgerCopyKeeper
 from fedssl.server.progress import RunProgress
 from fedssl.server.report import (
     append_metrics,
@@ -217,14 +218,14 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     arrays = ArrayRecord(global_state)
 
     num_nodes = len(list(grid.get_node_ids())) or int(cfg.get("num-clients", 1))
-    aggregation = Aggregation(cfg, num_nodes, reference, seed, layout)
+    registry = Path(str(cfg["identity-registry"]) or layout.identities)
+    aggregation = Aggregation(cfg, num_nodes, reference, seed, layout,
+                              ledger_gate=LedgerCopyKeeper(run_dir, registry))
     train_config = round_config(cfg, data.input_shape, run_dir)
     start = resume(cfg, run_dir, model, shared, aggregation)
     start_round, previous = start.round, start.rows
     arrays = start.arrays if start.arrays is not None else arrays
-    metrics = RoundMetrics(run_dir, Path(str(cfg["identity-registry"]) or layout.identities),
-                           previous, dp=bool(cfg["dp"]),
-                           divergence=cfg["algorithm"] != "fedavg")
+    metrics = RoundMetrics(previous, dp=bool(cfg["dp"]), divergence=cfg["algorithm"] != "fedavg")
     progress = RunProgress(rounds, start_round, enabled=bool(cfg["progress"]))
     tensorboard = (TensorBoardLog(run_dir, start_round if start.resumed else 0,
                                   str(cfg["run-id"])) if cfg.get("tensorboard") else None)

@@ -114,3 +114,28 @@ def store_reply_copy(run_dir: Path, cid: str, text: str, pub: bytes, identity: s
         return (f"{NOT_REGISTERED}: {cid} replied as identity {name!r}, which the identity "
                 "registry does not list; no copy kept")
     return store_copy(run_dir, cid, text, pub, ident, registry=registry)
+
+
+class LedgerCopyKeeper:
+    """The server's gate for the ledger copies that arrive with the sites' replies
+    (:attr:`fedssl.server.strategy.FedSSLStrategy.ledger_gate`): each copy is verified and
+    stored (:func:`store_reply_copy`) while its reply is screened, so that a reply whose
+    copy is refused is rejected before its update is averaged. ``registry_file`` is the
+    identity registry the ledger keys must be in (when it exists; else trust on first use)."""
+
+    def __init__(self, run_dir: Path, registry_file: Path) -> None:
+        self.run_dir = run_dir
+        self.registry_file = registry_file
+        self._registry: dict[str, Ed25519PublicKey] | None = None
+
+    def registry(self) -> dict[str, Ed25519PublicKey] | None:
+        """The registry's name -> ledger key (read once it exists), None without one."""
+        if self._registry is None and self.registry_file.exists():
+            from fedssl.privacy.identity import load_registry
+
+            self._registry = {name: pub for name, (_, pub)
+                              in load_registry(self.registry_file).items()}
+        return self._registry
+
+    def __call__(self, cid: str, text: str, pub: bytes, identity: str | None) -> str | None:
+        return store_reply_copy(self.run_dir, cid, text, pub, identity, self.registry())

@@ -4,9 +4,9 @@ rows add up to for ``report.json``.
 A row says who contributed to the round and who did not, and why (refused by the client,
 rejected by the server's screening, failed or timed out); it holds the round's loss, the
 clients' own training seconds and, under DP, the largest epsilon a client reported. A site's
-ledger copy sent with its reply is verified and stored here
-(:func:`~fedssl.server.ledger_copies.store_reply_copy`, against the identity registry when
-there is one); a refused copy is logged and named in the row. Across rounds
+ledger copy refused while its reply was screened
+(:class:`~fedssl.server.ledger_copies.LedgerCopyKeeper`; its update is rejected with it) is
+named in the row. Across rounds
 :class:`RoundMetrics` keeps each client's refusals (a resumed run's earlier ones included)
 and what the clients' replies reported (steps, rounds, the last epsilon and noise), which the
 report falls back on only when no verified ledger copy arrived.
@@ -15,31 +15,21 @@ report falls back on only when no verified ledger copy arrived.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from flwr.app import MetricRecord
 
-from fedssl.privacy.identity import load_registry
-from fedssl.server.ledger_copies import store_reply_copy
 from fedssl.server.strategy import RoundOutcome
 
 log = logging.getLogger("fedssl.server")
 
 
 class RoundMetrics:
-    """Rows for the rounds of one run in ``run_dir``. ``registry_file`` is the identity
-    registry ledger copies are checked against (none: trust on first use);
-    ``previous`` the rows of the rounds already done (a resumed run); ``dp`` and
-    ``divergence`` say whether rows carry the clients' largest epsilon and the aggregate's
-    divergence (personalised algorithms)."""
+    """Rows for the rounds of one run. ``previous`` is the rows of the rounds already done
+    (a resumed run); ``dp`` and ``divergence`` say whether rows carry the clients' largest
+    epsilon and the aggregate's divergence (personalised algorithms)."""
 
-    def __init__(self, run_dir: Path, registry_file: Path, previous: list[dict[str, Any]],
-                 dp: bool, divergence: bool) -> None:
-        self.run_dir = run_dir
-        self.registry_file = registry_file
-        self.registry_keys = ({name: pub for name, (_, pub) in load_registry(registry_file).items()}
-                              if registry_file.exists() else {})
+    def __init__(self, previous: list[dict[str, Any]], dp: bool, divergence: bool) -> None:
         self.dp, self.divergence = dp, divergence
         #: client -> the rounds it refused and why (report.json's ``refusals``)
         self.refusals: dict[str, list[dict[str, Any]]] = {}
@@ -52,8 +42,7 @@ class RoundMetrics:
 
     def row(self, server_round: int, outcome: RoundOutcome,
             agg: MetricRecord | None) -> dict[str, Any]:
-        """The round's row from its ``outcome`` and aggregated client metrics ``agg``; the
-        sites' ledger copies in ``outcome`` are verified and stored on the way."""
+        """The round's row from its ``outcome`` and aggregated client metrics ``agg``."""
         row: dict[str, Any] = {
             "round": server_round,
             "loss": float(agg["loss"]) if agg and "loss" in agg else None,
@@ -62,15 +51,9 @@ class RoundMetrics:
         }
         for cid, reason in outcome.refused.items():
             self.refusals.setdefault(cid, []).append({"round": server_round, "reason": reason})
-        registry = self.registry_keys if self.registry_file.exists() else None
-        problems = {cid: store_reply_copy(self.run_dir, cid, text, pub,
-                                          outcome.ledger_identities.get(cid), registry)
-                    for cid, (text, pub) in outcome.ledgers.items()}
-        for cid, problem in {**problems, **outcome.ledger_refused}.items():
-            if problem is not None:
-                log.warning("round %d: ledger copy of %s refused: %s", server_round, cid,
-                            problem)
-                row.setdefault("ledger_refused", {})[cid] = problem
+        for cid, problem in outcome.ledger_refused.items():
+            log.warning("round %d: ledger copy of %s refused: %s", server_round, cid, problem)
+            row.setdefault("ledger_refused", {})[cid] = problem
         for cid, m in outcome.client_metrics.items():
             seen = self.reported.setdefault(cid, {"steps": 0, "rounds": 0})
             seen.update(epsilon=m.get("epsilon", 0.0), noise_multiplier=m.get(

@@ -183,6 +183,11 @@ class FedSSLStrategy(FedAvg):
     ) -> None:
         super().__init__(**kwargs)
         self.reference = reference
+        #: verifies and keeps a site's ledger copy as its reply is screened: (client, ledger
+        #: text, public key PEM, identity name) -> None, or why it was refused, in which case
+        #: the reply's update is rejected too (:class:`~fedssl.server.ledger_copies.
+        #: LedgerCopyKeeper`); None: copies are only checked for their types
+        self.ledger_gate: Callable[[str, str, bytes, str | None], str | None] | None = None
         self.client_dp = client_dp
         self.client_rate = client_rate
         self.rng = rng or np.random.default_rng()
@@ -284,14 +289,26 @@ class FedSSLStrategy(FedAvg):
                 continue
             if status is not None and "ledger" in status and "ledger-pub" in status:
                 text, pub = status["ledger"], status["ledger-pub"]
-                if isinstance(text, str) and isinstance(pub, bytes):
-                    outcome.ledgers[cid] = (text, pub)
-                    if "identity" in status:
-                        outcome.ledger_identities[cid] = str(status["identity"])
-                else:  # never bytes(pub): an int would become that many zero bytes
-                    outcome.ledger_refused[cid] = (
-                        f"ledger copy must be text and its key bytes, got "
-                        f"{type(text).__name__} and {type(pub).__name__}")
+                identity = str(status["identity"]) if "identity" in status else None
+                if not (isinstance(text, str) and isinstance(pub, bytes)):
+                    # never bytes(pub): an int would become that many zero bytes
+                    refused = (f"ledger copy must be text and its key bytes, got "
+                               f"{type(text).__name__} and {type(pub).__name__}")
+                else:
+                    refused = (self.ledger_gate(cid, text, pub, identity)
+                               if self.ledger_gate is not None else None)
+                if refused is not None:
+                    # a site whose spend cannot be verified (unregistered or foreign key,
+                    # broken signatures, rewritten history) does not contribute
+                    outcome.ledger_refused[cid] = refused
+                    outcome.rejected[cid] = ("its ledger copy was refused, so its update is "
+                                             f"not used: {refused}")
+                    log.warning("round %d: rejected update from client %s: %s",
+                                server_round, cid, outcome.rejected[cid])
+                    continue
+                outcome.ledgers[cid] = (text, pub)
+                if identity is not None:
+                    outcome.ledger_identities[cid] = identity
             if on_accept is not None and values is not None:
                 on_accept(values, float(n))
             outcome.accepted.append(cid)

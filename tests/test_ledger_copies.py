@@ -144,3 +144,45 @@ def test_reply_copy_is_checked_against_the_key_of_the_identity_it_replied_as(sit
     assert store_reply_copy(run, CID, *_copy(led), None, {CID: led.key.public_key()}) is None
     # no registry at all: trust on first use, as before
     assert store_reply_copy(run / "tofu", CID, *_copy(led), "node-2", None) is None
+
+
+def _train_reply(client: str, identity: str, led: Ledger, fill: float):
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    text, pub = _copy(led)
+    return Message(RecordDict({
+        "arrays": ArrayRecord({"w": Array(np.full((2, 3), fill, np.float32))}),
+        "metrics": MetricRecord({"num-examples": 10}),
+        "status": ConfigRecord({"status": "ok", "client": client, "identity": identity,
+                                "ledger": text, "ledger-pub": pub}),
+    }), dst_node_id=1, message_type="train")
+
+
+def test_an_update_whose_ledger_copy_is_refused_is_not_averaged(site, tmp_path: Path,
+                                                                flower_identity) -> None:
+    """Issue 16 item 5 without secure aggregation (--no-secagg --dp): a site whose ledger is
+    signed with a key the identity registry does not list is rejected while its reply is
+    screened, before its update is averaged (before: only its ledger copy was refused, after
+    the update had gone into the new global model)."""
+    import numpy as np
+
+    from fedssl.privacy.identity import write_registry
+    from fedssl.server.ledger_copies import LedgerCopyKeeper
+    from fedssl.server.strategy import FedSSLStrategy
+
+    led, run = site
+    rogue = Ledger(tmp_path / "rogue" / "ledger.jsonl", Ed25519PrivateKey.generate())
+    rogue.append(_entry(1, 0.5, client="client-002"))
+    registry = write_registry(tmp_path / "identities.json", {"node-1": led.key})
+    strategy = FedSSLStrategy(reference={"w": np.zeros((2, 3), np.float32)})
+    strategy.ledger_gate = LedgerCopyKeeper(run, registry)
+    arrays, _ = strategy.aggregate_train(1, [_train_reply(CID, "node-1", led, 1.0),
+                                             _train_reply("client-002", "node-2", rogue, 100.0)])
+    out = strategy.last_outcome
+    assert out.accepted == [CID]
+    assert "not used" in out.rejected["client-002"]
+    assert out.ledger_refused["client-002"].startswith(NOT_REGISTERED)
+    np.testing.assert_array_equal(arrays["w"].numpy(), np.ones((2, 3), np.float32))
+    assert (run / "ledger" / f"{CID}.jsonl").exists()  # kept while screening
+    assert not (run / "ledger" / "client-002.jsonl").exists()
