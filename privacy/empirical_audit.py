@@ -156,21 +156,30 @@ class CanaryAuditResult:
         return "inconclusive" if self.power <= self.tightest_bound else "no-violation-detected"
 
     @property
+    def bound_text(self) -> str:
+        """The upper bound the lower bound is compared with, named as what it is: the
+        tightest of the recorded claim and the recomputations, with the recorded claim beside
+        it when they differ (the claim itself is never replaced by a recomputed figure)."""
+        text = f"tightest upper bound {self.tightest_bound:.3f}"
+        if not math.isclose(self.claimed_epsilon, self.tightest_bound, rel_tol=1e-9):
+            text += f" (claimed {self.claimed_epsilon:.3f}, {self.claim_source})"
+        return text
+
+    @property
     def reason(self) -> str:
         """One line saying why the verdict is what it is."""
         if self.violation:
-            return (f"lower bound {self.epsilon_lower_bound:.3f} > upper bound "
-                    f"{self.tightest_bound:.3f} of the recorded mechanism")
+            return (f"lower bound {self.epsilon_lower_bound:.3f} > {self.bound_text} of the "
+                    "recorded mechanism")
         if self.max_detectable_epsilon <= self.tightest_bound:
             return (f"cannot certify above epsilon {self.max_detectable_epsilon:.3f} with "
-                    f"{self.canaries} canaries even if every guess were right, <= claimed "
-                    f"{self.tightest_bound:.3f}")
+                    f"{self.canaries} canaries even if every guess were right, <= "
+                    f"{self.bound_text}")
         if self.noise_free_epsilon <= self.tightest_bound:
             return (f"even with no noise at all this mechanism's sampling is expected to "
-                    f"certify only epsilon {self.noise_free_epsilon:.3f} <= claimed "
-                    f"{self.tightest_bound:.3f}")
-        return (f"power: could certify up to epsilon {self.power:.3f} (claimed "
-                f"{self.tightest_bound:.3f}); found {self.epsilon_lower_bound:.3f}")
+                    f"certify only epsilon {self.noise_free_epsilon:.3f} <= {self.bound_text}")
+        return (f"power: could certify up to epsilon {self.power:.3f} ({self.bound_text}); "
+                f"found {self.epsilon_lower_bound:.3f}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
