@@ -144,7 +144,8 @@ def add_deploy_parsers(subparsers: argparse._SubParsersAction) -> None:
                         "key node-<i>.identity.pem must be next to it")
     client.add_argument("--data", required=True, type=Path, metavar="PATH",
                         help="this site's training data: a .npz file in the MedMNIST layout "
-                        "(train_images, train_labels, ...), a folder of PNG/JPEG images, a "
+                        "(train_images; labels are optional, training needs none), a folder "
+                        "of PNG/JPEG images, a "
                         "folder of DICOM .dcm files (searched recursively) or NIfTI "
                         ".nii/.nii.gz volumes (sliced into 2-D images)")
     client.add_argument("--dataset", default="auto",
