@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedssl.atomic import atomic_write_text
 from fedssl.privacy.accountant import AccountingError, Segment, epsilon_of
 from fedssl.run_layout import SiteLayout
 
@@ -98,5 +99,5 @@ def write_site_file(state_dir: Path, epsilon: float, delta: float) -> Path:
     """Write a site's local ``site.toml`` (used by simulations to give each site a budget)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = SiteLayout(state_dir).site_file
-    path.write_text(f"[privacy]\nbudget_epsilon = {epsilon!r}\nbudget_delta = {delta!r}\n")
+    atomic_write_text(path, f"[privacy]\nbudget_epsilon = {epsilon!r}\nbudget_delta = {delta!r}\n")
     return path

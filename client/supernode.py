@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedssl.atomic import atomic_write_private
 from fedssl.privacy.certs import CA_CERT, CertError, node_public_key
 from fedssl.processes import start_process, stop_process
 from fedssl.quiet import is_noise
@@ -185,9 +186,7 @@ def check_identity(opts: ClientOptions) -> dict[str, object]:
                if key_file == target else ""))
     if key_file == source:
         opts.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(source.read_bytes())
+        atomic_write_private(target, source.read_bytes(), exclusive=True)
     return {"identity-registry": str(registry.resolve()), "identity-name": name}
 
 

@@ -5,7 +5,8 @@ Every writer of the run directory (``config.toml``, ``run_id``, checkpoints and 
 the data cache) goes through this module: write to a temporary file in the *same directory*
 (``os.replace`` is atomic only within one file system), flush and ``fsync`` it, ``os.replace``
 it onto the target, then ``fsync`` the directory so the rename itself survives a crash. On an
-error the temporary file is removed and the target is left as it was.
+error the temporary file is removed and the target is left as it was. Private files (identity
+and node keys) go through :func:`atomic_write_private`, which creates them with mode 0600.
 
 A leaf module: it imports nothing of fedssl, so every package may use it (see
 ``docs/architecture.md``).
@@ -30,8 +31,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_directory", "atomic_path", "atomic_write_bytes", "atomic_write_text",
-           "fsync_path"]
+__all__ = ["atomic_directory", "atomic_path", "atomic_write_bytes", "atomic_write_private",
+           "atomic_write_text", "fsync_path"]
 
 
 def fsync_path(path: str | Path) -> None:
@@ -85,6 +86,39 @@ def atomic_write_bytes(path: str | Path, data: bytes, fsync: bool = True) -> Non
 def atomic_write_text(path: str | Path, text: str, fsync: bool = True) -> None:
     """Replace ``path``'s content with ``text`` (UTF-8) atomically."""
     atomic_write_bytes(path, text.encode("utf-8"), fsync)
+
+
+def atomic_write_private(path: str | Path, data: bytes, exclusive: bool = False,
+                         fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically as a private file (mode 0600: keys, secrets).
+
+    The temporary file is created with mode 0600 before any byte is written, so the content is
+    never readable by others, not even briefly, whatever the umask or the mode of a file it
+    replaces. With ``exclusive`` the file must not exist yet: it is linked into place instead
+    of renamed, so a file another process created meanwhile is never replaced
+    (:class:`FileExistsError`, like ``O_EXCL``). On any error the temporary file is removed
+    and ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = _temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # exactly 0600 (the umask may only have narrowed it)
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        if exclusive:
+            os.link(tmp, path)  # FileExistsError if it is there: nothing replaced
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_path(path.parent)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+from fedssl.atomic import atomic_write_text
 from fedssl.privacy.audit_findings import AuditResult, ClientAudit
 
 
@@ -188,7 +189,7 @@ def write_audit(res: AuditResult, out_dir: Path, plot: bool = True) -> dict[str,
     png = plot_epsilons(res, out_dir / "epsilon.png") if plot else None
     if png:
         paths["plot"] = png
-    paths["json"].write_text(json.dumps(res.to_dict(), indent=2) + "\n")
-    paths["markdown"].write_text(format_markdown(res, png.name if png else None))
+    atomic_write_text(paths["json"], json.dumps(res.to_dict(), indent=2) + "\n")
+    atomic_write_text(paths["markdown"], format_markdown(res, png.name if png else None))
     return paths
 

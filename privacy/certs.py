@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedssl.atomic import atomic_write_bytes, atomic_write_private
 from fedssl.privacy.identity import load_or_create_identity, write_registry
 from fedssl.run_layout import IDENTITIES_FILE
 
@@ -123,13 +123,12 @@ class CertPaths:
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    """Write ``data``; private keys get mode 0600 before any byte is written."""
+    """Write ``data`` atomically; private keys get mode 0600 before any byte is written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
     if private:
-        path.chmod(0o600)
+        atomic_write_private(path, data)
+    else:
+        atomic_write_bytes(path, data)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -7,12 +7,13 @@ are given. Ed25519: Bernstein et al., "High-speed high-security signatures", 201
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from fedssl.atomic import atomic_write_private, atomic_write_text
 
 
 class IdentityError(ValueError):
@@ -30,9 +31,7 @@ def load_or_create_identity(path: str | Path) -> Ed25519PrivateKey:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+    atomic_write_private(path, pem, exclusive=True)
     return key
 
 
@@ -81,7 +80,7 @@ def write_registry(path: str | Path, keys: dict[str, Ed25519PrivateKey | Ed25519
     entries = {cid: {"index": i, "public_key": public_pem(k).decode()}
                for i, (cid, k) in enumerate(sorted(keys.items()))}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(entries, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(entries, indent=2) + "\n")
     return path
 
 

@@ -437,7 +437,7 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
                               "--out or pass --resume (nothing was overwritten)")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        layout.config.write_text(cfg.to_toml())
+        atomic_write_text(layout.config, cfg.to_toml())
         for cid, eps in cfg.parsed_site_budgets().items():  # each site's own local config
             write_site_file(layout.client_dir(cid), eps, cfg.delta)
         # each site's identity key, and the public registry distributed out of band

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import ast
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
-from fedssl.atomic import atomic_directory, atomic_path, atomic_write_bytes, atomic_write_text
+from fedssl.atomic import (
+    atomic_directory,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_private,
+    atomic_write_text,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,5 +61,77 @@ def test_no_module_renames_files_itself() -> None:
                 if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                         and isinstance(node.func.value, ast.Name) and node.func.value.id == "os"
                         and node.func.attr in ("replace", "rename")):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == []
+
+
+def test_a_private_file_is_0600_from_its_first_byte(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mode 0600 for the temporary file while it is written (seen at its fsync) and for the
+    result, even with a umask that would leave new files world-readable."""
+    target = tmp_path / "key.pem"
+    target.write_bytes(b"old")
+    target.chmod(0o644)  # a readable file it replaces does not lend it its mode
+    seen: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            seen.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    old_umask = os.umask(0)
+    try:
+        atomic_write_private(target, b"secret")
+    finally:
+        os.umask(old_umask)
+    assert seen and set(seen) == {0o600}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert target.read_bytes() == b"secret"
+    assert [p.name for p in tmp_path.iterdir()] == ["key.pem"]
+
+
+def test_a_failure_while_writing_keeps_the_previous_file(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fails after the new content is written, before it is in place: the previous
+    file is intact and no temporary file is left (text, bytes and private writes)."""
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    for name, write in (("config.toml", lambda p: atomic_write_text(p, "new")),
+                        ("run_id", lambda p: atomic_write_bytes(p, b"new")),
+                        ("key.pem", lambda p: atomic_write_private(p, b"new"))):
+        target = tmp_path / name
+        target.write_text("old")
+        with pytest.raises(OSError, match="No space left"):
+            write(target)
+        assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "key.pem", "run_id"]
+
+
+def test_an_exclusive_private_file_never_replaces_one(tmp_path: Path) -> None:
+    target = tmp_path / "identity.pem"
+    atomic_write_private(target, b"first", exclusive=True)
+    with pytest.raises(FileExistsError):
+        atomic_write_private(target, b"second", exclusive=True)
+    assert target.read_bytes() == b"first"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["identity.pem"]
+
+
+def test_private_files_are_written_by_the_one_helper() -> None:
+    """No module creates a 0600 file itself (``os.open(..., 0o600)``): they call
+    :func:`fedssl.atomic.atomic_write_private`."""
+    found = []
+    for folder in ("fedssl", "server", "client", "ssl_core", "privacy", "simulations"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path == ROOT / "fedssl" / "atomic.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "os"
+                        and node.func.attr == "open"):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert found == []
