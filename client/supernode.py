@@ -47,7 +47,6 @@ from fedssl.ssl_core.datasets import SSLDataset, load_dataset
 from fedssl.ssl_core.datasets import infer_dataset as _infer_dataset
 from fedssl.ssl_core.device import resolve_device
 
-FLOWER_DIR = "flower"
 REGISTRY = IDENTITIES_FILE  # next to ca.crt at every site
 DEFAULT_RUNTIME_PORT = 9094
 RETRY_SECONDS = 3.0
@@ -361,11 +360,11 @@ def run_client(opts: ClientOptions) -> int:
         say(f"[fedssl client] this site's privacy budget: epsilon {opts.budget_epsilon:g}, "
             f"delta {node_config['budget-delta']:g} (rounds that would exceed it are refused)")
     state = opts.state_dir.resolve()
-    flower_home = state / FLOWER_DIR
+    flower_home = SiteLayout(state).flower
     flower_home.mkdir(parents=True, exist_ok=True)
     import tomli_w
 
-    node_config_file = flower_home / "node-config.toml"
+    node_config_file = SiteLayout(state).node_config
     node_config_file.write_text(tomli_w.dumps(node_config))
     log_path = flower_home / "supernode.log"
     env = dict(os.environ)

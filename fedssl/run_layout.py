@@ -18,9 +18,12 @@ name itself (``tests/test_run_layout.py`` greps the source for stray names)::
     RUN/tensorboard/           TensorBoard event files       RunLayout.tensorboard
     RUN/evaluation.json        ``fedssl evaluate``'s result  RunLayout.evaluation
     RUN/clients/<client>/      a simulated site's own state  RunLayout.client_dir(cid)
+    RUN/flower/                Flower's home and logs        RunLayout.flower
 
 A site's own state directory (``fedssl client --state-dir``, or a simulated site's
-``RUN/clients/<client>/``) has its layout in :class:`SiteLayout`.
+``RUN/clients/<client>/``) has its layout in :class:`SiteLayout`: ``identity.pem``,
+``ledger.jsonl``, ``site.toml`` and ``flower/`` (``fedssl client``'s Flower home, with its
+``node-config.toml``).
 
 A leaf module: it imports nothing of fedssl, so every package may use it.
 
@@ -52,10 +55,14 @@ CACHE_DIR = "cache"
 TENSORBOARD_DIR = "tensorboard"
 EVALUATION_FILE = "evaluation.json"
 CLIENTS_DIR = "clients"
+#: Flower's home (``FLWR_HOME``) and logs, in a run directory (``fedssl server``) or a site's
+#: state directory (``fedssl client``)
+FLOWER_DIR = "flower"
 #: a site's state directory
 IDENTITY_FILE = "identity.pem"
 SITE_LEDGER_FILE = "ledger.jsonl"
 SITE_FILE = "site.toml"
+NODE_CONFIG_FILE = "node-config.toml"
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,17 @@ class SiteLayout:
     def site_file(self) -> Path:
         """The site's own settings (privacy budget)."""
         return self.state_dir / SITE_FILE
+
+    @property
+    def flower(self) -> Path:
+        """``flower/``: the SuperNode's Flower home (``FLWR_HOME``) and its log."""
+        return self.state_dir / FLOWER_DIR
+
+    @property
+    def node_config(self) -> Path:
+        """``flower/node-config.toml``: the node config ``fedssl client`` gives its
+        SuperNode (``--node-config``)."""
+        return self.flower / NODE_CONFIG_FILE
 
 
 @dataclass(frozen=True)
@@ -173,6 +191,11 @@ class RunLayout:
     def evaluation(self) -> Path:
         """``evaluation.json``: ``fedssl evaluate``'s probes on a labelled set."""
         return self.root / EVALUATION_FILE
+
+    @property
+    def flower(self) -> Path:
+        """``flower/``: ``fedssl server``'s Flower home (``FLWR_HOME``) and logs."""
+        return self.root / FLOWER_DIR
 
     def client_dir(self, client: str) -> Path:
         """``clients/<client>/``: a simulated site's state directory."""

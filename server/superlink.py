@@ -48,11 +48,10 @@ from fedssl.server.superlink_control import (
 )
 from fedssl.server.superlink_process import SuperLinkProcess, flower_env, stream_logs, tail
 
-__all__ = ["DEFAULT_ADDRESS", "FLOWER_DIR", "DeployError", "DeploySetupError", "ServerOptions",
+__all__ = ["DEFAULT_ADDRESS", "DeployError", "DeploySetupError", "ServerOptions",
            "check_run_dir", "deploy_config", "format_round", "require_registry", "run_server"]
 
 DEFAULT_ADDRESS = "0.0.0.0:9092"
-FLOWER_DIR = "flower"  # inside the run directory: Flower's home, logs
 
 
 @dataclass
@@ -167,7 +166,7 @@ def run_server(opts: ServerOptions) -> int:
     cfg["resume"] = bool(opts.resume or cfg.get("resume", False))
     check_run_dir(run_dir, cfg["resume"])
     host, port = split_address(opts.address)
-    flower_home = run_dir / FLOWER_DIR
+    flower_home = RunLayout(run_dir).flower  # Flower's home, logs
     superlink_log = flower_home / "superlink.log"
     need = opts.min_clients or len(keys)
 
