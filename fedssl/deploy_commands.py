@@ -201,7 +201,7 @@ def _parse_value(key: str, raw: str, defaults: dict[str, Any]) -> Any:
 def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
     """The run config ``fedssl server`` submits: defaults, then --set, then named options."""
     from fedssl.client.supernode import infer_dataset
-    from fedssl.ssl_core.datasets import load_dataset, require_labels
+    from fedssl.ssl_core.datasets import TRAINING_ONLY, evaluation_labels, load_dataset
 
     defaults = _config_defaults()
     cfg = dict(defaults)
@@ -231,10 +231,12 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
     # the same checks and errors as fedssl simulate's (a ConfigError: exit 2)
     cfg = run_spec.validate_run_config(cfg)
     # the server's evaluation data must load before anything starts (exit 2 otherwise)
-    data = require_labels(load_dataset(str(cfg["dataset"]), str(cfg["data-path"]),
-                                       int(cfg["num-samples"]), int(cfg["seed"]),
-                                       int(cfg["image-size"])), "the server's evaluation data")
+    data = load_dataset(str(cfg["dataset"]), str(cfg["data-path"]), int(cfg["num-samples"]),
+                        int(cfg["seed"]), int(cfg["image-size"]))
+    labelled = evaluation_labels(data, "the server's evaluation data")
     _say(f"[fedssl server] evaluation data ({cfg['dataset']}): {data.describe()}")
+    if not labelled:
+        _say(f"[fedssl server] evaluation data: {TRAINING_ONLY}")
     for note in data.notes:  # e.g. the share held out to score the probes
         _say(f"[fedssl server] evaluation data: {note}")
     return cfg

@@ -51,7 +51,7 @@ from fedssl.server.round_metrics import RoundMetrics
 from fedssl.server.run_record import record_run
 from fedssl.server.tensorboard_log import TensorBoardLog
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset
-from fedssl.ssl_core.datasets import require_labels
+from fedssl.ssl_core.datasets import TRAINING_ONLY
 from fedssl.ssl_core.device import resolve_device
 from fedssl.ssl_core.model_parts import (
     ALGORITHMS,
@@ -207,11 +207,14 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
 
     spec = DataSpec(str(cfg["dataset"]), str(cfg["data-path"]), int(cfg["num-samples"]),
                     seed, int(cfg["image-size"]))
-    data = require_labels(cached_dataset(spec, str(run_dir.resolve())),
-                          "the server's evaluation data")
-    shots = tuple(int(k) for k in str(cfg["few-label"]).split(",") if k.strip())
-    evaluation = ServerEvaluation(data, int(cfg["eval-samples"]), seed, shots,
+    data = cached_dataset(spec, str(run_dir.resolve()))
+    evaluation = ServerEvaluation(data, int(cfg["eval-samples"]), seed,
+                                  tuple(int(k) for k in str(cfg["few-label"]).split(",")
+                                        if k.strip()),
                                   resolve_device(str(cfg["device"])))
+    shots = evaluation.shots if evaluation.labelled else ()
+    if not evaluation.labelled:
+        log.warning("the server's evaluation data has %s", TRAINING_ONLY)
     model, random_encoder, shared = initial_model(cfg, data.input_shape)
     global_state = shared_state(model.state_dict(), shared)
     reference = {k: v.detach().cpu().numpy() for k, v in global_state.items()}
@@ -284,8 +287,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
         "method": cfg["method"], "algorithm": cfg["algorithm"], "shared": list(shared),
         "dataset": data.name, "clients": num_nodes, "rounds": rounds,
         "clients_per_round": aggregation.per_round,
-        "linear_probe_accuracy": final["linear_probe_accuracy"],
-        "knn_accuracy": final["knn_accuracy"],
+        # None for a training-only run (evaluation data without labels)
+        "linear_probe_accuracy": final.get("linear_probe_accuracy"),
+        "knn_accuracy": final.get("knn_accuracy"),
         "few_label": {k: v for k, v in final.items() if "shot" in k},
         "random_init": random_init,
         "initial_encoder": baseline if random_encoder is not None else None,

@@ -8,6 +8,11 @@ last round the final evaluation adds the few-label probes
 (:func:`~fedssl.ssl_core.evaluation.evaluate_encoder`). The probes are fitted on a capped
 random subset of the labelled training records (``eval-samples``) and tested on the test
 split; they only ever see the server's own evaluation data, never a client's.
+
+Evaluation data without labels makes a training-only run
+(:data:`~fedssl.ssl_core.datasets.TRAINING_ONLY`): every evaluation reports the collapse
+metrics of the encoder's features, which need no labels, and the final one nothing; the
+exported encoder is scored later on labelled data (``fedssl evaluate``).
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedssl.ssl_core.collapse import evaluate_with_collapse
-from fedssl.ssl_core.datasets import SSLDataset
-from fedssl.ssl_core.evaluation import evaluate_encoder
+from fedssl.ssl_core.collapse import collapse_metrics, evaluate_with_collapse
+from fedssl.ssl_core.datasets import SSLDataset, evaluation_labels
+from fedssl.ssl_core.evaluation import evaluate_encoder, extract_features
+
+#: records the collapse metrics of a training-only run are computed on
+COLLAPSE_RECORDS = 2000
 
 
 def eval_split(data: SSLDataset, max_train: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -31,23 +39,43 @@ def eval_split(data: SSLDataset, max_train: int, seed: int) -> tuple[np.ndarray,
 class ServerEvaluation:
     """Probes of an encoder on ``data``'s labelled split: ``max_train`` records to fit on
     (chosen with ``seed``), ``shots`` labels per class for the few-label probes, the feature
-    extraction on ``device``."""
+    extraction on ``device``. ``data`` without labels: collapse metrics only
+    (:attr:`labelled` is False).
+
+    Raises:
+        DataError: for labelled data the probes cannot use (no test split, or one without
+            labels).
+    """
 
     def __init__(self, data: SSLDataset, max_train: int, seed: int, shots: tuple[int, ...],
                  device: torch.device | str) -> None:
-        self.split = eval_split(data, max_train, seed)
+        self.labelled = evaluation_labels(data, "the server's evaluation data")
+        self.split = eval_split(data, max_train, seed) if self.labelled else ()
+        records = data.x_test if data.x_test is not None else data.x_train
+        self.unlabelled = None if self.labelled else records[:COLLAPSE_RECORDS]
         self.seed, self.shots, self.device = seed, shots, device
+
+    def _collapse(self, encoder: Any) -> dict[str, float]:
+        assert self.unlabelled is not None
+        return collapse_metrics(extract_features(encoder, self.unlabelled, device=self.device))
 
     def initial(self, encoder: Any) -> dict[str, float]:
         """Round 0: probes, few-label probes and collapse metrics."""
+        if not self.labelled:
+            return self._collapse(encoder)
         return evaluate_with_collapse(encoder, *self.split, labels_per_class=self.shots,
                                       seed=self.seed, device=self.device)
 
     def during_run(self, encoder: Any) -> dict[str, float]:
         """A round's evaluation: probes and collapse metrics (no few-label probes)."""
+        if not self.labelled:
+            return self._collapse(encoder)
         return evaluate_with_collapse(encoder, *self.split, device=self.device)
 
     def final(self, encoder: Any) -> dict[str, float]:
-        """After the last round: probes and few-label probes (report.json's accuracies)."""
+        """After the last round: probes and few-label probes (report.json's accuracies;
+        nothing for a training-only run)."""
+        if not self.labelled:
+            return {}
         return evaluate_encoder(encoder, *self.split, labels_per_class=self.shots,
                                 seed=self.seed, device=self.device)

@@ -103,16 +103,19 @@ def plot_run(run_dir: Path, rows: list[dict[str, Any]], privacy: dict[str, Any] 
     fig.savefig(plots / "loss.png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for key, label in (("linear_probe_accuracy", "linear probe"), ("knn_accuracy", "kNN")):
-        pts = [(r["round"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=label)
-    ax.set(xlabel="round", ylabel="accuracy", title="Global encoder quality")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(plots / "accuracy.png", dpi=120)
-    plt.close(fig)
+    curves = {label: [(r["round"], r[key]) for r in rows if key in r]
+              for key, label in (("linear_probe_accuracy", "linear probe"),
+                                 ("knn_accuracy", "kNN"))}
+    if any(curves.values()):  # none in a training-only run (evaluation data without labels)
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label, pts in curves.items():
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=label)
+        ax.set(xlabel="round", ylabel="accuracy", title="Global encoder quality")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plots / "accuracy.png", dpi=120)
+        plt.close(fig)
 
     pts = [(r["round"], r["feature_std_ratio"]) for r in rows if "feature_std_ratio" in r]
     if pts:  # collapse metric of the global encoder (ssl_core/collapse.py): 0 = collapsed

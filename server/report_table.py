@@ -82,6 +82,10 @@ def format_report(run_dir: Path) -> str:
         _encoder_row(f"federated {report['method']}",
                      {**report, **(report.get("few_label") or {})}),
     ]
+    if report.get("labels") == "none":  # a training-only run (ssl_core.datasets.TRAINING_ONLY)
+        lines += ["", "no labels in the evaluation data: no probe accuracies; the collapse "
+                      "metrics per round are in metrics.jsonl and plots/collapse.png; score the "
+                      "encoder on labelled data with `fedssl evaluate RUN --data-path LABELLED`"]
     few = report.get("few_label") or {}
     shots = sorted({int(k.split("_")[-1].removesuffix("shot")) for k in few})
     if shots:

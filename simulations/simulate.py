@@ -72,7 +72,7 @@ from fedssl.server.extension import extension_costs
 from fedssl.simulations import ray_cluster
 from fedssl.simulations.config import ConfigError, ExperimentConfig
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, partition_labels, write_cache
-from fedssl.ssl_core.datasets import SSLDataset, require_labels
+from fedssl.ssl_core.datasets import TRAINING_ONLY, SSLDataset, evaluation_labels
 from fedssl.ssl_core.evaluation import FEW_LABEL_SKIPPED
 from fedssl.ssl_core.objectives import get_objective
 from fedssl.ssl_core.partitioners import partition_indices
@@ -99,7 +99,8 @@ def preflight(cfg: ExperimentConfig, say: Callable[[str], None] = print) -> SSLD
     objective = get_objective(cfg.method)
     if cfg.dp:
         require_dp_sound(objective)
-    data = require_labels(cached_dataset(data_spec(cfg)), "the simulation's evaluation data")
+    data = cached_dataset(data_spec(cfg))
+    labelled = evaluation_labels(data, "the simulation's evaluation data")
     partition_indices(partition_labels(data, cfg.partitioner), cfg.num_clients, 0,
                       cfg.partitioner, cfg.dirichlet_alpha, cfg.shards_per_client,
                       seed=cfg.seed)
@@ -110,6 +111,8 @@ def preflight(cfg: ExperimentConfig, say: Callable[[str], None] = print) -> SSLD
     say(f"[fedssl simulate] data: {data.describe()}")
     for note in data.notes:
         say(f"[fedssl simulate] data: {note}")
+    if not labelled:
+        say(f"[fedssl simulate] evaluation: {TRAINING_ONLY}")
     if data.label_kind == "multi-label":
         say(f"[fedssl simulate] evaluation: {data.num_classes} binary probes, one per label; "
             "linear probe and kNN accuracy are mean per-label accuracies (AUCs in "

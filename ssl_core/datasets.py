@@ -165,6 +165,28 @@ def _label_shape(y: np.ndarray | None) -> str:
     return "none" if y is None else f"shape {y.shape}"
 
 
+#: what a run on unlabelled evaluation data says it does instead of the probes
+TRAINING_ONLY = ("no labels: the run trains and exports the encoder; each evaluation reports "
+                 "the collapse metrics of its features (label-free) instead of probe "
+                 "accuracies; score the encoder on labelled data later with "
+                 "`fedssl evaluate RUN --data-path LABELLED`")
+
+
+def evaluation_labels(data: SSLDataset, where: str) -> bool:
+    """Whether ``data`` (a run's evaluation data) supports the probes: True for labelled
+    data (checked by :func:`require_labels`), False for data without any labels (a
+    training-only run: :data:`TRAINING_ONLY`).
+
+    Raises:
+        DataError: for labelled data the probes cannot use (no test split, or a test split
+            without labels), naming ``where``.
+    """
+    if data.y_train is None and data.y_test is None:
+        return False
+    require_labels(data, where)
+    return True
+
+
 def require_labels(data: SSLDataset, where: str) -> SSLDataset:
     """Check that ``data`` can be evaluated on (labels on both splits); returns it.
 

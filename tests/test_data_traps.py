@@ -57,20 +57,69 @@ def test_unlabelled_npz_trains_and_evaluation_requires_labels(tmp_path: Path) ->
     plain = tmp_path / "plain.npz"  # the documented single-array layout
     np.savez(plain, images=_images(12, 8, 8, 3))
     assert load_npz(plain, with_test=False).input_shape == (3, 8, 8)
-    # where labels are needed, the error says so (and where)
+    # where labels are needed (fine-tuning, fedssl evaluate), the error says so (and where)
     with pytest.raises(DataError, match=r"the server's evaluation data .*site\.npz.* has no "
                                         "labels, but labels are required there"):
         require_labels(load_npz(only), "the server's evaluation data")
-    with pytest.raises(DataError, match="labels are required there"):
-        preflight(_cfg(data_path=str(only), partitioner="iid"), say=lambda _: None)
+    # a simulation on unlabelled data is a training-only run, and says so (before: refused)
+    said: list[str] = []
+    preflight(_cfg(data_path=str(only), partitioner="iid"), say=said.append)
+    assert any("evaluation: no labels: the run trains and exports the encoder" in line
+               and "fedssl evaluate" in line for line in said), said
+    # label skew needs labels: refused, naming the fix
+    with pytest.raises(DataError, match="has no labels: use --partitioner iid"):
+        preflight(_cfg(data_path=str(only), partitioner="dirichlet"), say=lambda _: None)
 
 
-def test_fedssl_server_refuses_unlabelled_evaluation_data(tmp_path: Path, capsys) -> None:
+def test_labelled_evaluation_data_the_probes_cannot_use_is_refused(tmp_path: Path) -> None:
+    """Evaluation data is either labelled throughout (probes) or not at all (training
+    only): labels on the training split but none on the test split are refused (by the
+    loader), labelled data without a test split by the evaluation's check."""
+    from fedssl.ssl_core.datasets import evaluation_labels
+
+    half = tmp_path / "half.npz"
+    np.savez(half, train_images=_images(20, 8, 8), train_labels=np.arange(20) % 2,
+             test_images=_images(6, 8, 8))
+    with pytest.raises(DataError, match="train and test labels differ in kind"):
+        load_npz(half)
+    labelled = tmp_path / "labelled.npz"
+    np.savez(labelled, train_images=_images(20, 8, 8), train_labels=np.arange(20) % 2)
+    with pytest.raises(DataError, match="has no test split"):
+        evaluation_labels(load_npz(labelled, with_test=False), "the server's evaluation data")
+    assert evaluation_labels(load_npz(labelled), "x") is True
+    only = tmp_path / "only.npz"
+    np.savez(only, train_images=_images(20, 8, 8))
+    assert evaluation_labels(load_npz(only), "x") is False
+
+
+def test_training_only_evaluation_reports_collapse_metrics_only(tmp_path: Path) -> None:
+    """The server's evaluation on unlabelled data: collapse metrics (label-free) at round 0
+    and during the run, nothing at the end; probes never run."""
+    from fedssl.server.evaluation import ServerEvaluation
+
+    only = tmp_path / "only.npz"
+    np.savez(only, train_images=_images(40, 8, 8))
+    data = load_npz(only)
+    evaluation = ServerEvaluation(data, 100, 0, (5,), "cpu")
+    encoder = build_encoder(data.input_shape)
+    assert not evaluation.labelled
+    for row in (evaluation.initial(encoder), evaluation.during_run(encoder)):
+        assert set(row) == {"feature_std", "feature_std_ratio", "effective_rank"}
+    assert evaluation.final(encoder) == {}
+
+
+def test_fedssl_server_takes_unlabelled_evaluation_data_as_training_only(tmp_path: Path,
+                                                                         capsys) -> None:
+    from fedssl.cli import build_parser
+    from fedssl.deploy_commands import server_run_config
+
     only = tmp_path / "eval.npz"
     np.savez(only, train_images=_images(20, 8, 8))
-    code = main(["server", "--certs", str(tmp_path / "certs"), "--data-path", str(only)])
-    assert code == 2
-    assert "labels are required there" in capsys.readouterr().err
+    args = build_parser().parse_args(["server", "--certs", str(tmp_path / "certs"),
+                                      "--data-path", str(only)])
+    cfg = server_run_config(args)
+    assert cfg["dataset"] == "npz"
+    assert "no labels: the run trains and exports the encoder" in capsys.readouterr().out
 
 
 def test_unlabelled_image_folder(tmp_path: Path) -> None:
@@ -378,3 +427,34 @@ def test_encrypted_unsupported_and_bomb_files_are_data_errors(tmp_path: Path) ->
     Image.new("L", (8, 8)).save(root / "a" / "ok.png")
     with pytest.raises(DataError, match=r"big\.png"):
         load_image_folder(root)
+
+
+@pytest.mark.slow
+def test_simulate_on_unlabelled_data_is_a_training_only_run(tmp_path: Path) -> None:
+    """fedssl simulate on an npz without labels (before: refused, "labels are required
+    there"): it trains, exports the encoder, reports collapse metrics per evaluation and no
+    probe accuracies, and says so in the result table."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "unlabelled.npz"
+    np.savez(data, train_images=_images(160, 12, 12))
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "fedssl.cli", "simulate", "--data-path", str(data),
+         "--partitioner", "iid", "--num-clients", "2", "--rounds", "1", "--no-dp",
+         "--no-secagg", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "evaluation: no labels: the run trains and exports the encoder" in output
+    assert "no labels in the evaluation data: no probe accuracies" in output
+    report = json.loads((out / "report.json").read_text())
+    assert report["labels"] == "none" and report["linear_probe_accuracy"] is None
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1]
+    assert all("feature_std_ratio" in r and "linear_probe_accuracy" not in r for r in rows)
+    assert (out / "encoder.safetensors").exists()
