@@ -31,7 +31,8 @@ Rules:
   (whose registries name the choices) and below the apps: the settings import only
   ``ssl_core``, ``privacy`` and the leaves, never Flower, and ``ssl_core``/``privacy`` never
   import them.
-- No import cycle between the modules of ``privacy`` (nor of ``ssl_core``).
+- No import cycle between the modules of ``privacy`` (nor of ``ssl_core``, ``client``,
+  ``server`` or ``simulations``).
 - Flower internals (anything but its public app API: ``flwr.app``, ``flwr.clientapp``,
   ``flwr.serverapp`` and its strategies, ``flwr.simulation``, and the wire protocol
   ``flwr.proto``) are imported only by the adapter modules in :data:`FLOWER_ADAPTERS`, one per
@@ -41,6 +42,7 @@ Rules:
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -142,9 +144,60 @@ def _within(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _violations(rule) -> list[str]:
+Edge = tuple[str, str, str, int]
+Rule = Callable[[str, str], bool]
+
+
+def _violations(rule: Rule, edges: list[Edge] = EDGES) -> list[str]:
     return sorted({f"{file}:{line}: {mod} imports {target}"
-                   for mod, target, file, line in EDGES if rule(mod, target)})
+                   for mod, target, file, line in edges if rule(mod, target)})
+
+
+# The rules: each says whether the import ``module -> target`` breaks it. The tests below run
+# them on the real graph; test_each_rule_catches_a_breaking_import on fake edges.
+
+def _reaches_up_from(low: str) -> Rule:
+    """``ssl_core`` or ``privacy`` importing Flower or a package above it."""
+    above = ("flwr", "fedssl.server", "fedssl.client", "fedssl.simulations")
+    return lambda m, t: _package(m) == low and _within(t, above)
+
+
+def _ssl_core_imports_privacy(m: str, t: str) -> bool:
+    return _package(m) == "ssl_core" and _within(t, ("fedssl.privacy",))
+
+
+def _privacy_imports_ssl_core_outside_the_engine(m: str, t: str) -> bool:
+    return (_package(m) == "privacy" and _within(t, ("fedssl.ssl_core",))
+            and (m not in PRIVACY_SSL_CORE_USERS or not _within(t, PRIVACY_MAY_USE)))
+
+
+def _client_imports_server_or_simulations(m: str, t: str) -> bool:
+    return _package(m) == "client" and _within(t, ("fedssl.server", "fedssl.simulations"))
+
+
+def _server_imports_client_or_simulations(m: str, t: str) -> bool:
+    return _package(m) == "server" and _within(t, ("fedssl.client", "fedssl.simulations"))
+
+
+def _package_imports_a_fedssl_non_leaf(m: str, t: str) -> bool:
+    return (_package(m) != "fedssl" and _package(t) == "fedssl" and t in MODULES
+            and t not in LEAVES
+            and not (t in RUN_SPEC and _package(m) in ("client", "server", "simulations")))
+
+
+def _leaf_imports_a_package(m: str, t: str) -> bool:
+    return (m in LEAVES and t in MODULES and _package(t) != "fedssl"
+            and not (m == "fedssl" and t in PUBLIC_API))
+
+
+def _non_adapter_imports_flower_internals(m: str, t: str) -> bool:
+    return m not in FLOWER_ADAPTERS and _flower_internal(t)
+
+
+def _run_spec_imports_above_it(m: str, t: str) -> bool:
+    return m in RUN_SPEC and (
+        _within(t, ("flwr", "fedssl.client", "fedssl.server", "fedssl.simulations"))
+        or (_package(t) == "fedssl" and t in MODULES and t not in LEAVES))
 
 
 def test_the_graph_sees_the_known_imports() -> None:
@@ -159,37 +212,25 @@ def test_the_graph_sees_the_known_imports() -> None:
 
 @pytest.mark.parametrize("low", ["ssl_core", "privacy"])
 def test_ssl_core_and_privacy_never_import_flower_or_the_packages_above(low: str) -> None:
-    above = ("flwr", "fedssl.server", "fedssl.client", "fedssl.simulations")
-    assert _violations(lambda m, t: _package(m) == low and _within(t, above)) == []
+    assert _violations(_reaches_up_from(low)) == []
 
 
 def test_ssl_core_never_imports_privacy() -> None:
-    assert _violations(lambda m, t: _package(m) == "ssl_core"
-                       and _within(t, ("fedssl.privacy",))) == []
+    assert _violations(_ssl_core_imports_privacy) == []
 
 
 def test_privacy_imports_ssl_core_only_in_the_dp_sgd_engine() -> None:
-    assert _violations(lambda m, t: _package(m) == "privacy"
-                       and _within(t, ("fedssl.ssl_core",))
-                       and (m not in PRIVACY_SSL_CORE_USERS
-                            or not _within(t, PRIVACY_MAY_USE))) == []
+    assert _violations(_privacy_imports_ssl_core_outside_the_engine) == []
 
 
 def test_client_and_server_never_import_each_other_or_simulations() -> None:
-    assert _violations(lambda m, t: _package(m) == "client" and _within(
-        t, ("fedssl.server", "fedssl.simulations"))) == []
-    assert _violations(lambda m, t: _package(m) == "server" and _within(
-        t, ("fedssl.client", "fedssl.simulations"))) == []
+    assert _violations(_client_imports_server_or_simulations) == []
+    assert _violations(_server_imports_client_or_simulations) == []
 
 
 def test_packages_import_only_the_leaf_utilities_of_fedssl() -> None:
-    assert _violations(lambda m, t: _package(m) != "fedssl" and _package(t) == "fedssl"
-                       and t in MODULES and t not in LEAVES
-                       and not (t in RUN_SPEC
-                                and _package(m) in ("client", "server", "simulations"))) == []
-    assert _violations(lambda m, t: m in LEAVES and t in MODULES
-                       and _package(t) != "fedssl"
-                       and not (m == "fedssl" and t in PUBLIC_API)) == []
+    assert _violations(_package_imports_a_fedssl_non_leaf) == []
+    assert _violations(_leaf_imports_a_package) == []
 
 
 def test_the_package_re_exports_its_api_lazily() -> None:
@@ -202,9 +243,9 @@ def test_the_package_re_exports_its_api_lazily() -> None:
     assert lazy <= PUBLIC_API
 
 
-def _cycles(package: str) -> list[list[str]]:
+def _cycles(package: str, edges: list[Edge] = EDGES) -> list[list[str]]:
     graph: dict[str, set[str]] = {}
-    for mod, target, _, _ in EDGES:
+    for mod, target, _, _ in edges:
         # (a package's __init__ importing its own submodules is not a cycle of concern)
         if (_package(mod) == package and target in MODULES and _package(target) == package
                 and not target.startswith(mod + ".")):
@@ -228,7 +269,7 @@ def _cycles(package: str) -> list[list[str]]:
     return cycles
 
 
-@pytest.mark.parametrize("package", ["privacy", "ssl_core"])
+@pytest.mark.parametrize("package", ["privacy", "ssl_core", "client", "server", "simulations"])
 def test_no_import_cycle_inside(package: str) -> None:
     assert _cycles(package) == []
 
@@ -242,12 +283,67 @@ def test_only_the_adapters_import_flower_internals() -> None:
     assert _flower_internal("flwr.serverapp.strategy.strategy_utils")
     assert _flower_internal("flwr.superlink.extensions")
     assert not _flower_internal("flwr.serverapp.strategy.FedAvg")
-    assert _violations(lambda m, t: m not in FLOWER_ADAPTERS and _flower_internal(t)) == []
+    assert _violations(_non_adapter_imports_flower_internals) == []
     assert set(MODULES) >= FLOWER_ADAPTERS
 
 
 def test_the_run_settings_sit_between_the_libraries_and_the_apps() -> None:
     assert set(MODULES) >= RUN_SPEC
-    assert _violations(lambda m, t: m in RUN_SPEC and (
-        _within(t, ("flwr", "fedssl.client", "fedssl.server", "fedssl.simulations"))
-        or (_package(t) == "fedssl" and t in MODULES and t not in LEAVES))) == []
+    assert _violations(_run_spec_imports_above_it) == []
+
+
+def _fake(module: str, target: str) -> list[Edge]:
+    return [(module, target, "fake.py", 1)]
+
+
+@pytest.mark.parametrize(("rule", "module", "target"), [
+    (_client_imports_server_or_simulations, "fedssl.client.x", "fedssl.simulations.y"),
+    (_client_imports_server_or_simulations, "fedssl.client.x", "fedssl.server.y"),
+    (_server_imports_client_or_simulations, "fedssl.server.x", "fedssl.client.y"),
+    (_server_imports_client_or_simulations, "fedssl.server.x", "fedssl.simulations.y"),
+    (_reaches_up_from("ssl_core"), "fedssl.ssl_core.x", "flwr.app"),
+    (_reaches_up_from("ssl_core"), "fedssl.ssl_core.x", "fedssl.client.y"),
+    (_reaches_up_from("privacy"), "fedssl.privacy.x", "flwr.serverapp"),
+    (_reaches_up_from("privacy"), "fedssl.privacy.x", "fedssl.server.y"),
+    (_ssl_core_imports_privacy, "fedssl.ssl_core.x", "fedssl.privacy.y"),
+    (_privacy_imports_ssl_core_outside_the_engine, "fedssl.privacy.ledger",
+     "fedssl.ssl_core.objectives"),
+    (_privacy_imports_ssl_core_outside_the_engine, "fedssl.privacy.dp_sgd",
+     "fedssl.ssl_core.datasets"),
+    (_package_imports_a_fedssl_non_leaf, "fedssl.client.app", "fedssl.cli"),
+    (_package_imports_a_fedssl_non_leaf, "fedssl.privacy.ledger", "fedssl.run_spec"),
+    (_leaf_imports_a_package, "fedssl.run_layout", "fedssl.ssl_core.datasets"),
+    (_non_adapter_imports_flower_internals, "fedssl.server.x",
+     "flwr.serverapp.strategy.strategy_utils"),
+    (_non_adapter_imports_flower_internals, "fedssl.client.x", "flwr.supernode.y"),
+    (_run_spec_imports_above_it, "fedssl.run_spec", "fedssl.client.app"),
+    (_run_spec_imports_above_it, "fedssl.run_spec", "flwr.app"),
+])
+def test_each_rule_catches_a_breaking_import(rule: Rule, module: str, target: str) -> None:
+    """The rules provably can fail: a fake edge that breaks one is reported by it."""
+    assert _violations(rule, _fake(module, target)) == [f"fake.py:1: {module} imports {target}"]
+
+
+@pytest.mark.parametrize(("rule", "module", "target"), [
+    (_package_imports_a_fedssl_non_leaf, "fedssl.client.app", "fedssl.run_spec"),
+    (_privacy_imports_ssl_core_outside_the_engine, "fedssl.privacy.dp_sgd",
+     "fedssl.ssl_core.objectives"),
+    (_non_adapter_imports_flower_internals, "fedssl.server.flower_strategy_adapter",
+     "flwr.serverapp.strategy.strategy_utils"),
+    (_reaches_up_from("privacy"), "fedssl.privacy.ledger", "fedssl.atomic"),
+])
+def test_an_allowed_import_is_not_reported(rule: Rule, module: str, target: str) -> None:
+    assert _violations(rule, _fake(module, target)) == []
+
+
+@pytest.mark.parametrize(("package", "a", "b"), [
+    ("privacy", "fedssl.privacy.accountant", "fedssl.privacy.ledger"),
+    ("ssl_core", "fedssl.ssl_core.datasets", "fedssl.ssl_core.objectives"),
+    ("client", "fedssl.client.app", "fedssl.client.trainer"),
+    ("server", "fedssl.server.superlink", "fedssl.server.superlink_process"),
+    ("simulations", "fedssl.simulations.simulate", "fedssl.simulations.ray_cluster"),
+])
+def test_the_cycle_check_catches_a_cycle(package: str, a: str, b: str) -> None:
+    """Two (real) modules importing each other through fake edges form a reported cycle."""
+    assert {a, b} <= set(MODULES)
+    assert [set(c) for c in _cycles(package, _fake(a, b) + _fake(b, a))] == [{a, b}]
