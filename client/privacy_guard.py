@@ -26,6 +26,7 @@ from typing import Any
 from fedssl.atomic import atomic_write_text
 from fedssl.privacy.accountant import AccountingError, Segment, epsilon_of
 from fedssl.run_layout import SiteLayout
+from fedssl.run_spec import DEFAULTS
 
 
 class BudgetExceededError(AccountingError):
@@ -38,7 +39,7 @@ class SiteBudget:
 
     epsilon: float
     delta: float
-    accountant: str = "prv"
+    accountant: str = DEFAULTS["accountant"]
 
     @classmethod
     def load(cls, node_config: Mapping[str, Any], state_dir: Path) -> SiteBudget | None:
@@ -55,11 +56,11 @@ class SiteBudget:
                 raw[key.replace("-", "_")] = node_config[key]
         if "budget_epsilon" not in raw:
             return None
-        eps, delta = float(raw["budget_epsilon"]), float(raw.get("budget_delta", 1e-5))
+        eps, delta = float(raw["budget_epsilon"]), float(raw.get("budget_delta", DEFAULTS["delta"]))
         if not (eps > 0 and 0 < delta < 1):
             raise AccountingError(f"site budget must have epsilon > 0 and 0 < delta < 1, got "
                                   f"epsilon={eps}, delta={delta}")
-        return cls(eps, delta, str(raw.get("accountant", "prv")))
+        return cls(eps, delta, str(raw.get("accountant", DEFAULTS["accountant"])))
 
     def check(self, history: Sequence[Segment], planned: Segment,
               previous_runs: Mapping[str, Sequence[Segment]] | None = None) -> float:

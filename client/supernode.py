@@ -43,6 +43,7 @@ from fedssl.privacy.certs import CA_CERT, CertError, node_public_key
 from fedssl.processes import start_process, stop_process
 from fedssl.quiet import is_noise
 from fedssl.run_layout import IDENTITIES_FILE, SiteLayout
+from fedssl.run_spec import DEFAULTS
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
 from fedssl.ssl_core.datasets import infer_dataset as _infer_dataset
 from fedssl.ssl_core.device import resolve_device
@@ -133,7 +134,7 @@ def check_site(opts: ClientOptions) -> tuple[dict[str, object], bytes, SSLDatase
     node_config.update(check_identity(opts))
     if opts.budget_epsilon is not None:
         node_config["budget-epsilon"] = float(opts.budget_epsilon)
-        node_config["budget-delta"] = float(opts.budget_delta or 1e-5)
+        node_config["budget-delta"] = float(opts.budget_delta or DEFAULTS["delta"])
     return node_config, public, data
 
 

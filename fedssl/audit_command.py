@@ -174,6 +174,7 @@ def load_run_config(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
 def _empirical_targets(args: argparse.Namespace, result: Any) -> list[dict[str, Any]]:
     """The mechanisms to audit: from the CLI, or from the chosen clients' ledgers."""
     from fedssl.privacy.empirical_audit import MechanismSegment
+    from fedssl.run_spec import DEFAULTS
 
     explicit = (args.noise_multiplier, args.sample_rate, args.steps)
     if any(v is not None for v in explicit):
@@ -181,7 +182,8 @@ def _empirical_targets(args: argparse.Namespace, result: Any) -> list[dict[str, 
             raise ValueError("--noise-multiplier, --sample-rate and --steps go together")
         seg = MechanismSegment(args.noise_multiplier, args.sample_rate, args.steps,
                       args.max_grad_norm if args.max_grad_norm is not None else 1.0)
-        delta = args.delta or (result.delta if result is not None and result.delta else 1e-5)
+        delta = args.delta or (result.delta if result is not None and result.delta
+                              else DEFAULTS["delta"])
         return [{"client": args.client if args.client not in (None, "all") else None,
                  "segments": [seg], "delta": delta, "recorded": None}]
     if result is None:

@@ -208,6 +208,7 @@ def audit_run(
     source = "config target_epsilon"
     if budget is not None:
         source = "--budget"
+    # 0.0, not RunSpec's 8.0, on purpose: no recorded target means nothing to compare with
     elif float(cfg.get("target_epsilon", 0.0) or 0.0) > 0:
         budget = float(cfg["target_epsilon"])
     if run_id is None:

@@ -93,6 +93,7 @@ def check_config(res: AuditResult, cfg: Mapping[str, Any]) -> None:
                 "decomposable: per-record clipping does not bound one record's influence, so "
                 "no recorded epsilon of this run is a valid guarantee")
     noise = float(cfg.get("noise_multiplier", 0.0) or 0.0)
+    # 0.0, not RunSpec's 8.0, on purpose: a target the run did not record is not assumed
     target = float(cfg.get("target_epsilon", 0.0) or 0.0)
     if noise <= 0 and target <= 0:
         res.add("error", FindingKind.UNSOUND_CONFIG,
