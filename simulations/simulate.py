@@ -201,6 +201,11 @@ def _raise_stop(signum: int, _frame: Any) -> None:
     # terminal signals the whole process group) turns into errors must not let the server
     # finish the round as a failed one and record it
     dispatch.stop_all()
+    flower_log = logging.getLogger("flwr")
+    if flower_log.level >= logging.WARNING:  # fedssl's own output (not --verbose)
+        # the stop kills the actors mid-task: Flower logs each one's ActorDiedError with a
+        # traceback, which is the stop itself, not a problem to report
+        flower_log.setLevel(logging.CRITICAL)
     raise _Signalled(signum)
 
 
