@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -49,7 +50,8 @@ from fedssl.server.superlink_control import (
 from fedssl.server.superlink_process import SuperLinkProcess, flower_env, stream_logs, tail
 
 __all__ = ["DEFAULT_ADDRESS", "DeployError", "DeploySetupError", "ServerOptions",
-           "check_run_dir", "deploy_config", "format_round", "require_registry", "run_server"]
+           "authorized_names", "check_run_dir", "deploy_config", "format_round",
+           "require_registry", "run_server"]
 
 DEFAULT_ADDRESS = "0.0.0.0:9092"
 
@@ -130,16 +132,46 @@ def require_registry(certs: CertPaths) -> dict[str, Any]:
     return registry
 
 
+def authorized_names(path: Path) -> list[str | None]:
+    """The node name of each key line of ``authorized_nodes.txt``: the OpenSSH key's comment
+    when it is ``node-<i>``, as ``fedssl certs`` writes it; None for any other line (a key a
+    site made itself carries ``user@host`` unless ``ssh-keygen -C`` said otherwise, which
+    names nothing in the registry)."""
+    names: list[str | None] = []
+    for line in path.read_text().splitlines():
+        fields = line.strip().split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        comment = fields[2] if len(fields) > 2 else ""
+        names.append(comment if re.fullmatch(r"node-\d+", comment) else None)
+    return names
+
+
 def deploy_config(certs: CertPaths, run_config: dict[str, Any]) -> dict[str, Any]:
     """``run_config`` with the identity registry of ``certs`` (``CERTS/identities.json``).
 
     Read from the certificate directory, never the run directory, and checked here, before
     anything starts: with secure aggregation or DP on (the defaults) a missing or unreadable
-    registry is a :class:`DeploySetupError` naming the file (``fedssl server`` exits 2).
+    registry, or one that lacks a node ``authorized_nodes.txt`` lets connect (named by the
+    key's comment ``node-<i>``, as ``fedssl certs`` writes it), is a
+    :class:`DeploySetupError` naming the file and the nodes (``fedssl server`` exits 2).
     """
     cfg = dict(run_config)
     if cfg.get("secagg") or cfg.get("dp"):
-        require_registry(certs)
+        registry = require_registry(certs)
+        if certs.authorized.is_file():
+            # a node that may connect but has no registered identity key would drop out of
+            # every secure setup and have its ledger copies refused: said now, not per round
+            missing = [name for name in authorized_names(certs.authorized)
+                       if name is not None and name not in registry]
+            if missing:
+                raise DeploySetupError(
+                    f"{certs.authorized} authorises node(s) {', '.join(missing)} that the "
+                    f"identity registry {certs.registry} does not list: they could connect "
+                    "but never take part (secure aggregation and their ledger copies need "
+                    "their registered identity key). Register them (the identities.json "
+                    "`fedssl certs` wrote with their keys) or remove their lines from "
+                    f"{certs.authorized.name}")
     if certs.registry.is_file():
         cfg["identity-registry"] = str(certs.registry)
     return cfg

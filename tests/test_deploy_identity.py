@@ -64,6 +64,32 @@ def test_server_reads_the_registry_from_the_certs_dir(certs: CertPaths) -> None:
         deploy_config(certs, {"secagg": True, "dp": False})
 
 
+def test_server_refuses_an_authorised_node_the_registry_does_not_list(
+        certs: CertPaths) -> None:
+    """Issue 16 item 1: a node that authorized_nodes.txt lets connect but identities.json
+    does not list would drop out of every secure setup (and its ledger copies be refused):
+    refused before anything starts, naming the node (before: found per round)."""
+    import json
+
+    from fedssl.server.superlink import authorized_names
+
+    assert authorized_names(certs.authorized) == ["node-1", "node-2"]
+    # a key a site made itself (ssh-keygen's user@host comment) names no registry entry
+    with certs.authorized.open("a") as fh:
+        fh.write(certs.authorized.read_text().splitlines()[0].rsplit(" ", 1)[0]
+                 + " alice@hospital\n")
+    assert authorized_names(certs.authorized) == ["node-1", "node-2", None]
+    deploy_config(certs, {"secagg": True, "dp": True})  # every named node is registered
+    registry = json.loads(certs.registry.read_text())
+    del registry["node-2"]
+    certs.registry.write_text(json.dumps(registry))
+    with pytest.raises(DeploySetupError, match=r"authorises node\(s\) node-2 that the "
+                                               r"identity registry .*identities\.json"):
+        deploy_config(certs, {"secagg": True, "dp": True})
+    # without secure aggregation and DP the registry is not needed
+    assert "identity-registry" in deploy_config(certs, {"secagg": False, "dp": False})
+
+
 def test_certs_handoff_lists_every_file_and_the_client_command(tmp_path: Path,
                                                               capsys) -> None:
     out = tmp_path / "fed"
