@@ -221,9 +221,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     arrays = ArrayRecord(global_state)
 
     num_nodes = len(list(grid.get_node_ids())) or int(cfg.get("num-clients", 1))
-    registry = Path(str(cfg["identity-registry"]) or layout.identities)
-    aggregation = Aggregation(cfg, num_nodes, reference, seed, layout,
-                              ledger_gate=LedgerCopyKeeper(run_dir, registry))
+    keeper = LedgerCopyKeeper(run_dir, Path(str(cfg["identity-registry"]) or layout.identities))
+    aggregation = Aggregation(cfg, num_nodes, reference, seed, layout, ledger_gate=keeper)
+    keeper.registry()  # read now (after a simulated one is made): a bad one fails at start
     train_config = round_config(cfg, data.input_shape, run_dir)
     start = resume(cfg, run_dir, model, shared, aggregation)
     start_round, previous = start.round, start.rows

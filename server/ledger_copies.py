@@ -120,8 +120,9 @@ class LedgerCopyKeeper:
     """The server's gate for the ledger copies that arrive with the sites' replies
     (:attr:`fedssl.server.strategy.FedSSLStrategy.ledger_gate`): each copy is verified and
     stored (:func:`store_reply_copy`) while its reply is screened, so that a reply whose
-    copy is refused is rejected before its update is averaged. ``registry_file`` is the
-    identity registry the ledger keys must be in (when it exists; else trust on first use)."""
+    copy cannot be trusted (:func:`untrusted`) is rejected before its update is averaged.
+    ``registry_file`` is the identity registry the ledger keys must be in (when it exists;
+    else trust on first use)."""
 
     def __init__(self, run_dir: Path, registry_file: Path) -> None:
         self.run_dir = run_dir
@@ -137,5 +138,25 @@ class LedgerCopyKeeper:
                               in load_registry(self.registry_file).items()}
         return self._registry
 
-    def __call__(self, cid: str, text: str, pub: bytes, identity: str | None) -> str | None:
-        return store_reply_copy(self.run_dir, cid, text, pub, identity, self.registry())
+    def __call__(self, cid: str, text: str, pub: bytes, identity: str | None
+                 ) -> tuple[str | None, bool]:
+        """Verify and store the copy: (why it was refused or None, whether the reply's update
+        must be rejected with it: :func:`untrusted`)."""
+        problem = store_reply_copy(self.run_dir, cid, text, pub, identity, self.registry())
+        return problem, problem is not None and untrusted(problem)
+
+
+#: refusals that say the ledger's key or history cannot be trusted (not the identity's
+#: registered key, a key another site uses, a key that changed, signatures that do not verify,
+#: history rewritten): the update that came with such a copy is rejected too
+UNTRUSTED = (NOT_REGISTERED, "ledger key differs", "ledger key already used",
+             "ledger public key unreadable", "ledger copy does not verify",
+             "ledger copy does not extend")
+
+
+def untrusted(problem: str) -> bool:
+    """Whether a copy refused for ``problem`` rejects its update as well. Other refusals
+    (a client id that is no safe file name, a copy over the size cap, a ledger holding entries
+    under another client id, e.g. from a run under another ``--client-id``) keep the old
+    behaviour: the copy is refused and reported, the update counts."""
+    return problem.startswith(UNTRUSTED)

@@ -5,8 +5,8 @@ A row says who contributed to the round and who did not, and why (refused by the
 rejected by the server's screening, failed or timed out); it holds the round's loss, the
 clients' own training seconds and, under DP, the largest epsilon a client reported. A site's
 ledger copy refused while its reply was screened
-(:class:`~fedssl.server.ledger_copies.LedgerCopyKeeper`; its update is rejected with it) is
-named in the row. Across rounds
+(:class:`~fedssl.server.ledger_copies.LedgerCopyKeeper`; its update is rejected with it when
+the copy's key or history cannot be trusted) is named in the row. Across rounds
 :class:`RoundMetrics` keeps each client's refusals (a resumed run's earlier ones included)
 and what the clients' replies reported (steps, rounds, the last epsilon and noise), which the
 report falls back on only when no verified ledger copy arrived.

@@ -184,10 +184,11 @@ class FedSSLStrategy(FedAvg):
         super().__init__(**kwargs)
         self.reference = reference
         #: verifies and keeps a site's ledger copy as its reply is screened: (client, ledger
-        #: text, public key PEM, identity name) -> None, or why it was refused, in which case
-        #: the reply's update is rejected too (:class:`~fedssl.server.ledger_copies.
+        #: text, public key PEM, identity name) -> (None or why it was refused, whether the
+        #: reply's update is rejected with it) (:class:`~fedssl.server.ledger_copies.
         #: LedgerCopyKeeper`); None: copies are only checked for their types
-        self.ledger_gate: Callable[[str, str, bytes, str | None], str | None] | None = None
+        self.ledger_gate: (Callable[[str, str, bytes, str | None], tuple[str | None, bool]]
+                           | None) = None
         self.client_dp = client_dp
         self.client_rate = client_rate
         self.rng = rng or np.random.default_rng()
@@ -294,21 +295,24 @@ class FedSSLStrategy(FedAvg):
                     # never bytes(pub): an int would become that many zero bytes
                     refused = (f"ledger copy must be text and its key bytes, got "
                                f"{type(text).__name__} and {type(pub).__name__}")
+                    reject = True
                 else:
-                    refused = (self.ledger_gate(cid, text, pub, identity)
-                               if self.ledger_gate is not None else None)
+                    refused, reject = (self.ledger_gate(cid, text, pub, identity)
+                                       if self.ledger_gate is not None else (None, False))
                 if refused is not None:
-                    # a site whose spend cannot be verified (unregistered or foreign key,
-                    # broken signatures, rewritten history) does not contribute
                     outcome.ledger_refused[cid] = refused
+                if refused is not None and reject:
+                    # a site whose ledger key or history cannot be trusted (unregistered or
+                    # foreign key, broken signatures, rewritten history) does not contribute
                     outcome.rejected[cid] = ("its ledger copy was refused, so its update is "
                                              f"not used: {refused}")
                     log.warning("round %d: rejected update from client %s: %s",
                                 server_round, cid, outcome.rejected[cid])
                     continue
-                outcome.ledgers[cid] = (text, pub)
-                if identity is not None:
-                    outcome.ledger_identities[cid] = identity
+                if refused is None:
+                    outcome.ledgers[cid] = (text, pub)
+                    if identity is not None:
+                        outcome.ledger_identities[cid] = identity
             if on_accept is not None and values is not None:
                 on_accept(values, float(n))
             outcome.accepted.append(cid)

@@ -104,8 +104,11 @@ def prepare_grid(grid: Any, cfg: dict[str, Any]) -> None:
     timeout = float(cfg["round-timeout"])
 
     def send_after_warmup(messages: Iterable[Message], **kwargs: Any) -> Iterable[Message]:
-        if pending:  # emptied by the first call
-            await_replies(grid, pending, timeout)
+        if pending:  # the first call only: replies still missing then are not awaited again
+            try:
+                await_replies(grid, pending, timeout)
+            finally:
+                pending.clear()
         return send(messages, **kwargs)
 
     grid.send_and_receive = send_after_warmup

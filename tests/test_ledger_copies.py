@@ -186,3 +186,32 @@ def test_an_update_whose_ledger_copy_is_refused_is_not_averaged(site, tmp_path: 
     np.testing.assert_array_equal(arrays["w"].numpy(), np.ones((2, 3), np.float32))
     assert (run / "ledger" / f"{CID}.jsonl").exists()  # kept while screening
     assert not (run / "ledger" / "client-002.jsonl").exists()
+
+
+def test_a_copy_refused_for_a_benign_reason_keeps_its_update(tmp_path: Path,
+                                                             flower_identity) -> None:
+    """Only copies whose key or history cannot be trusted reject the update: a site whose
+    --client-id is no safe file name (``site.a``) has its copy refused and reported (the
+    server cannot store it under that name), but its update still counts, as before the
+    gate."""
+    import numpy as np
+
+    from fedssl.privacy.identity import write_registry
+    from fedssl.server.ledger_copies import LedgerCopyKeeper, untrusted
+    from fedssl.server.strategy import FedSSLStrategy
+
+    key = Ed25519PrivateKey.generate()
+    led = Ledger(tmp_path / "site" / "ledger.jsonl", key)
+    led.append(_entry(1, 0.5, client="site.a"))
+    run = tmp_path / "run"
+    run.mkdir()
+    registry = write_registry(tmp_path / "identities.json", {"node-1": key})
+    strategy = FedSSLStrategy(reference={"w": np.zeros((2, 3), np.float32)})
+    strategy.ledger_gate = LedgerCopyKeeper(run, registry)
+    arrays, _ = strategy.aggregate_train(1, [_train_reply("site.a", "node-1", led, 1.0)])
+    out = strategy.last_outcome
+    assert out.accepted == ["site.a"] and not out.rejected
+    assert "not a safe file name" in out.ledger_refused["site.a"]
+    assert not untrusted(out.ledger_refused["site.a"])
+    np.testing.assert_array_equal(arrays["w"].numpy(), np.ones((2, 3), np.float32))
+    assert untrusted(f"{NOT_REGISTERED}: x") and untrusted("ledger copy does not verify: x")
