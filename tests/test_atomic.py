@@ -50,8 +50,8 @@ def test_directory_is_renamed_whole_and_a_lost_race_keeps_the_winner(tmp_path: P
     assert [p.name for p in tmp_path.iterdir()] == ["cache"]
 
 
-def test_no_module_renames_files_itself() -> None:
-    """Every os.replace / os.rename of the packages is in fedssl/atomic.py."""
+def _os_calls_outside_atomic(*names: str) -> list[str]:
+    """``file:line`` of every ``os.<name>(...)`` call in the packages but fedssl/atomic.py."""
     found = []
     for folder in ("fedssl", "server", "client", "ssl_core", "privacy", "simulations"):
         for path in (ROOT / folder).rglob("*.py"):
@@ -60,9 +60,14 @@ def test_no_module_renames_files_itself() -> None:
             for node in ast.walk(ast.parse(path.read_text())):
                 if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                         and isinstance(node.func.value, ast.Name) and node.func.value.id == "os"
-                        and node.func.attr in ("replace", "rename")):
+                        and node.func.attr in names):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    assert found == []
+    return found
+
+
+def test_no_module_renames_files_itself() -> None:
+    """Every os.replace / os.rename of the packages is in fedssl/atomic.py."""
+    assert _os_calls_outside_atomic("replace", "rename") == []
 
 
 def test_a_private_file_is_0600_from_its_first_byte(tmp_path: Path,
@@ -124,14 +129,4 @@ def test_an_exclusive_private_file_never_replaces_one(tmp_path: Path) -> None:
 def test_private_files_are_written_by_the_one_helper() -> None:
     """No module creates a 0600 file itself (``os.open(..., 0o600)``): they call
     :func:`fedssl.atomic.atomic_write_private`."""
-    found = []
-    for folder in ("fedssl", "server", "client", "ssl_core", "privacy", "simulations"):
-        for path in (ROOT / folder).rglob("*.py"):
-            if path == ROOT / "fedssl" / "atomic.py":
-                continue
-            for node in ast.walk(ast.parse(path.read_text())):
-                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "os"
-                        and node.func.attr == "open"):
-                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    assert found == []
+    assert _os_calls_outside_atomic("open") == []
