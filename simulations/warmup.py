@@ -67,12 +67,29 @@ def warmup_config(cfg: dict[str, Any]) -> ConfigRecord:
     return config
 
 
-def start(grid: Any, config: ConfigRecord, workers: int) -> set[str]:
+#: the longest :func:`start` waits for the engine to register the simulated nodes
+REGISTRATION_TIMEOUT = 60.0
+
+
+def registered_nodes(grid: Any, count: int, timeout: float) -> list[int]:
+    """The grid's node ids once at least ``count`` are registered (sorted), or those there are
+    after ``timeout`` seconds. Flower's ``run_simulation`` starts the ServerApp thread before
+    its engine registers the simulated nodes, so the ServerApp's first look at the grid can
+    find none."""
+    end = time.monotonic() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < count and time.monotonic() < end:
+        time.sleep(0.01)
+    return nodes
+
+
+def start(grid: Any, config: ConfigRecord, workers: int,
+          timeout: float = REGISTRATION_TIMEOUT) -> set[str]:
     """Send ``query.warmup`` to ``workers`` nodes (one per simulation worker, the lowest node
-    ids); returns the message ids whose replies :func:`await_replies` collects."""
+    ids), once the engine has registered them (waiting at most ``timeout`` seconds); returns
+    the message ids whose replies :func:`await_replies` collects."""
     if workers <= 0:
         return set()
-    nodes = sorted(grid.get_node_ids())[:workers]
+    nodes = registered_nodes(grid, workers, timeout)[:workers]
     messages = [Message(RecordDict({"config": ConfigRecord(dict(config))}), dst_node_id=node,
                         message_type=MESSAGE_TYPE) for node in nodes]
     return set(grid.push_messages(messages))
@@ -92,9 +109,14 @@ def prepare_grid(grid: Any, cfg: dict[str, Any]) -> None:
     :func:`fedssl.server.app.make_server_app`): event-driven, streaming dispatch
     (:func:`fedssl.simulations.dispatch.tune_grid`), then the warm-up queries to
     ``cfg["warmup-workers"]`` workers, whose replies the grid's first ``send_and_receive``
-    awaits before it sends anything."""
+    awaits before it sends anything. It first waits (at most :data:`REGISTRATION_TIMEOUT`)
+    until the engine has registered ``cfg["num-clients"]`` nodes: Flower starts the
+    ServerApp before it registers them."""
     dispatch.tune_grid(grid)
     workers = int(cfg.get("warmup-workers", 0))
+    # every simulated node registered first: the server counts them (secure aggregation's
+    # and client-level DP's N) and the warm-up goes to the first workers
+    registered_nodes(grid, max(workers, int(cfg.get("num-clients", 0))), REGISTRATION_TIMEOUT)
     pending = start(grid, warmup_config(cfg), workers)
     if not pending:
         return

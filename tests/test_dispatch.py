@@ -70,12 +70,24 @@ def test_two_slots_per_actor_run_one_at_a_time() -> None:
     assert {v["loaders"] for v in replies.values()} == {1}  # fetched once, then cached
 
 
-def _simulation_grid(num_nodes: int) -> tuple[object, list[int]]:
-    """Flower's in-memory link state and grid as ``run_simulation`` builds them (a run
-    registered, ``num_nodes`` nodes), the grid tuned as the simulator tunes it."""
+def register_nodes(state: object, count: int) -> list[int]:
+    """Register ``count`` live nodes in Flower's link ``state``, as the engine does."""
     import secrets
 
     from flwr.common.constant import HEARTBEAT_INTERVAL_INF, NOOP_ACCOUNT_NAME, NOOP_FLWR_AID
+
+    nodes = []
+    for _ in range(count):
+        node = state.create_node(NOOP_FLWR_AID, NOOP_ACCOUNT_NAME, secrets.token_bytes(32),
+                                 heartbeat_interval=HEARTBEAT_INTERVAL_INF)
+        state.acknowledge_node_heartbeat(node_id=node, heartbeat_interval=HEARTBEAT_INTERVAL_INF)
+        nodes.append(node)
+    return nodes
+
+
+def _simulation_grid(num_nodes: int) -> tuple[object, list[int]]:
+    """Flower's in-memory link state and grid as ``run_simulation`` builds them (a run
+    registered, ``num_nodes`` nodes), the grid tuned as the simulator tunes it."""
     from flwr.proto.task_pb2 import Task
     from flwr.server.superlink.linkstate import LinkStateFactory
     from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
@@ -95,12 +107,7 @@ def _simulation_grid(num_nodes: int) -> tuple[object, list[int]]:
     run.federation_id = NOOP_FEDERATION_ID
     state.run_ids[1] = RunRecord(run=run)
     state.task_store[1] = Task(task_id=1, run_id=1)
-    nodes = []
-    for _ in range(num_nodes):
-        node = state.create_node(NOOP_FLWR_AID, NOOP_ACCOUNT_NAME, secrets.token_bytes(32),
-                                 heartbeat_interval=HEARTBEAT_INTERVAL_INF)
-        state.acknowledge_node_heartbeat(node_id=node, heartbeat_interval=HEARTBEAT_INTERVAL_INF)
-        nodes.append(node)
+    nodes = register_nodes(state, num_nodes)
     grid = InMemoryGrid(state_factory=factory)
     grid.set_run(run)
     dispatch.tune_grid(grid)

@@ -10,7 +10,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedssl.run_spec import CLIENT_KEYS, DEFAULTS
-from tests.test_dispatch import _simulation_grid
+from tests.test_dispatch import _simulation_grid, register_nodes
 
 
 def _warmup_message(tmp_path: Path) -> tuple[Message, Context]:
@@ -59,3 +59,32 @@ def test_prepare_grid_sends_the_warmup_to_the_first_workers(tmp_path: Path,
     warmup.prepare_grid(quiet, {**cfg, "warmup-workers": 0})
     assert not quiet.state.message_ins_store  # no workers to warm: nothing sent
     assert quiet.send_and_receive.__func__ is before.__func__  # no wait added
+
+
+def test_prepare_grid_waits_for_the_engine_to_register_the_nodes(tmp_path: Path,
+                                                                  flower_identity) -> None:
+    """Flower's ``run_simulation`` starts the ServerApp thread before its engine registers
+    the simulated nodes; a ServerApp that looked at the grid at once found none and sent no
+    warm-up at all (CI, stop 19: the 'warm-up:' line and the warm-up itself were missing)."""
+    import threading
+
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedssl.simulations import warmup
+
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    grid, none = _simulation_grid(0)
+    assert none == []
+    late: list[int] = []
+    registrar = threading.Timer(0.3, lambda: late.extend(register_nodes(grid.state, 3)))
+    registrar.start()
+    try:
+        warmup.prepare_grid(grid, {**DEFAULTS, "run-dir": str(tmp_path), "warmup-workers": 2,
+                                   "num-clients": 3})
+    finally:
+        registrar.join()
+    assert len(late) == 3
+    assert sorted(grid.get_node_ids()) == sorted(late)
+    sent = list(grid.state.message_ins_store.values())
+    assert sorted(m.metadata.dst_node_id for m in sent) == sorted(late)[:2]
