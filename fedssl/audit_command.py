@@ -231,6 +231,7 @@ def _run_audit(args: argparse.Namespace) -> int:
     from fedssl.privacy.audit import (
         AuditResult,
         FindingKind,
+        Severity,
         audit_run,
         format_findings,
         format_table,
@@ -291,7 +292,7 @@ def _run_audit(args: argparse.Namespace) -> int:
             result.empirical.append(er.to_dict())
             who = f"empirical audit{' of ' + er.client if er.client else ''}"
             if er.violation:
-                result.add("error", FindingKind.EMPIRICAL_VIOLATION,
+                result.add(Severity.ERROR, FindingKind.EMPIRICAL_VIOLATION,
                            f"empirical epsilon lower bound {er.epsilon_lower_bound:.3f} "
                            f"({100 * er.confidence:g} % confidence, {er.correct}/{er.guesses} "
                            f"canary guesses right) exceeds {er.tightest_bound:.3f}, the "

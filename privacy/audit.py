@@ -98,6 +98,7 @@ from fedssl.privacy.audit_findings import (
     EntryCheck,
     Finding,
     FindingKind,
+    Severity,
 )
 from fedssl.privacy.audit_report import (
     TABLE_HEADER,
@@ -113,8 +114,8 @@ from fedssl.run_layout import RunLayout
 
 __all__ = ["AGREEMENT_TOLERANCE", "AUDIT_ACCOUNTANTS", "DEFAULT_TOLERANCE", "PRV_EPS_ERROR",
            "TABLE_HEADER", "AuditResult", "ClientAudit", "EntryCheck", "Finding",
-           "FindingKind", "audit_run", "format_findings", "format_markdown", "format_table",
-           "key_fingerprint", "pld_epsilons", "pld_interval", "plot_epsilons",
+           "FindingKind", "Severity", "audit_run", "format_findings", "format_markdown",
+           "format_table", "key_fingerprint", "pld_epsilons", "pld_interval", "plot_epsilons",
            "prv_epsilons", "rdp_epsilons", "read_config_table", "recompute",
            "reference_epsilon", "table_rows", "write_audit"]
 
@@ -152,7 +153,7 @@ def _load_registry(res: AuditResult, run_dir: Path, given: Path | None,
         if not needed:
             res.notes.append(f"no identity registry ({where} not found); no ledger to check")
             return None
-        res.add("warning", FindingKind.NO_IDENTITY_REGISTRY,
+        res.add(Severity.WARNING, FindingKind.NO_IDENTITY_REGISTRY,
                 f"no identity registry ({where} not found): each ledger's signatures were "
                 "checked only against the .pub stored next to it, which whoever rewrote the "
                 "ledger could replace; give --registry CERTS/identities.json")
@@ -161,7 +162,7 @@ def _load_registry(res: AuditResult, run_dir: Path, given: Path | None,
     try:
         return {cid: pub for cid, (_, pub) in load_registry(path).items()}
     except IdentityError as exc:
-        res.add("error", FindingKind.BAD_REGISTRY, str(exc))
+        res.add(Severity.ERROR, FindingKind.BAD_REGISTRY, str(exc))
         return None
 
 
@@ -218,7 +219,7 @@ def audit_run(
     res = AuditResult(run_dir=str(run_dir), budget=budget, budget_source=source, delta=delta,
                       tolerance=tolerance, dp=dp, method=cfg.get("method"), run_id=run_id)
     if config is None:
-        res.add("error", FindingKind.MISSING_CONFIG, cfg_error)
+        res.add(Severity.ERROR, FindingKind.MISSING_CONFIG, cfg_error)
     check_config(res, cfg)
     if budget is None:
         res.notes.append("no epsilon budget (target_epsilon = 0 and no --budget): budget not "
@@ -227,10 +228,11 @@ def audit_run(
     ledger_dir = layout.ledger_dir
     paths = sorted(ledger_dir.glob("*.jsonl")) if ledger_dir.is_dir() else []
     if not paths and dp:
-        res.add("error", FindingKind.MISSING_LEDGER,
+        res.add(Severity.ERROR, FindingKind.MISSING_LEDGER,
                 "dp = true but RUN/ledger holds no ledgers: no privacy claim can be verified")
     if paths and dp is False:
-        res.add("warning", FindingKind.UNEXPECTED_LEDGER, "ledgers exist although dp = false")
+        res.add(Severity.WARNING, FindingKind.UNEXPECTED_LEDGER,
+                "ledgers exist although dp = false")
     keys = _load_registry(res, run_dir, registry, cfg, needed=bool(paths))
     for pub in sorted(ledger_dir.glob("*.pub")) if ledger_dir.is_dir() else []:
         if not pub.with_suffix(".jsonl").exists():
@@ -245,7 +247,7 @@ def audit_run(
         entries = load_ledger(res, path, audit, keys)
         if not entries:
             if audit.chain_verified:
-                res.add("warning", FindingKind.EMPTY_LEDGER, f"{path.name} has no entries",
+                res.add(Severity.WARNING, FindingKind.EMPTY_LEDGER, f"{path.name} has no entries",
                         audit.client)
             continue
         check_entries(res, audit, entries)

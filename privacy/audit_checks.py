@@ -34,7 +34,13 @@ from fedssl.privacy.audit_accounting import (
     recompute,
     reference_epsilon,
 )
-from fedssl.privacy.audit_findings import AuditResult, ClientAudit, EntryCheck, FindingKind
+from fedssl.privacy.audit_findings import (
+    AuditResult,
+    ClientAudit,
+    EntryCheck,
+    FindingKind,
+    Severity,
+)
 from fedssl.privacy.identity import IdentityError, load_public_key
 from fedssl.privacy.ledger import (
     LEGACY_RUN,
@@ -84,11 +90,11 @@ def check_config(res: AuditResult, cfg: Mapping[str, Any]) -> None:
         return
     method = str(cfg.get("method", ""))
     if method not in OBJECTIVES:
-        res.add("error", FindingKind.UNSOUND_CONFIG,
+        res.add(Severity.ERROR, FindingKind.UNSOUND_CONFIG,
                 f"dp = true with unknown method {method!r}: its per-record decomposability "
                 "(required for per-record clipping to bound the sensitivity) can't be checked")
     elif _method_sensitivity(method) is None:
-        res.add("error", FindingKind.UNSOUND_CONFIG,
+        res.add(Severity.ERROR, FindingKind.UNSOUND_CONFIG,
                 f"dp = true with method {method!r}, whose objective is not per-record "
                 "decomposable: per-record clipping does not bound one record's influence, so "
                 "no recorded epsilon of this run is a valid guarantee")
@@ -96,20 +102,21 @@ def check_config(res: AuditResult, cfg: Mapping[str, Any]) -> None:
     # 0.0, not RunSpec's 8.0, on purpose: a target the run did not record is not assumed
     target = float(cfg.get("target_epsilon", 0.0) or 0.0)
     if noise <= 0 and target <= 0:
-        res.add("error", FindingKind.UNSOUND_CONFIG,
+        res.add(Severity.ERROR, FindingKind.UNSOUND_CONFIG,
                 "dp = true but neither a target epsilon nor a positive noise multiplier is "
                 "set: DP-SGD without noise gives no privacy (epsilon = inf)")
     accountant = str(cfg.get("accountant", "prv"))
     if accountant not in UPPER_BOUND_ACCOUNTANTS:
-        res.add("error", FindingKind.UNSOUND_CONFIG,
+        res.add(Severity.ERROR, FindingKind.UNSOUND_CONFIG,
                 f"accountant {accountant!r} is not a guaranteed upper bound (use one of "
                 f"{', '.join(UPPER_BOUND_ACCOUNTANTS)})")
     clip = float(cfg.get("max_grad_norm", 1.0) or 0.0)
     if clip <= 0:
-        res.add("error", FindingKind.UNSOUND_CONFIG, f"max_grad_norm = {clip}: nothing is clipped")
+        res.add(Severity.ERROR, FindingKind.UNSOUND_CONFIG,
+                f"max_grad_norm = {clip}: nothing is clipped")
     delta = cfg.get("delta")
     if delta is not None and not 0 < float(delta) < 1:
-        res.add("error", FindingKind.UNSOUND_CONFIG, f"delta = {delta} is not in (0, 1)")
+        res.add(Severity.ERROR, FindingKind.UNSOUND_CONFIG, f"delta = {delta} is not in (0, 1)")
 
 
 def load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
@@ -122,13 +129,13 @@ def load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
     pub = path.with_suffix(".pub")
     key = None
     if not pub.exists():
-        res.add("error", FindingKind.MISSING_PUBLIC_KEY,
+        res.add(Severity.ERROR, FindingKind.MISSING_PUBLIC_KEY,
                 f"{pub.name} is missing: the ledger's signatures cannot be verified", name)
     else:
         try:
             key = load_public_key(pub)
         except IdentityError as exc:
-            res.add("error", FindingKind.BAD_PUBLIC_KEY, f"{pub.name}: {exc}", name)
+            res.add(Severity.ERROR, FindingKind.BAD_PUBLIC_KEY, f"{pub.name}: {exc}", name)
     if key is not None:
         audit.key_fingerprint = key_fingerprint(key)
     if registry is not None:
@@ -147,12 +154,12 @@ def load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
         audit.registered = anchor is not None and (
             key is None or audit.key_fingerprint == audit.registry_fingerprint)
         if anchor is None:
-            res.add("error", FindingKind.LEDGER_KEY_NOT_REGISTERED,
+            res.add(Severity.ERROR, FindingKind.LEDGER_KEY_NOT_REGISTERED,
                     f"the ledger key {audit.key_fingerprint or '-'} of {name} is not in the "
                     f"identity registry ({res.registry}), under its name or any other: "
                     "nothing ties it to a site", name)
         elif key is not None and audit.key_fingerprint != audit.registry_fingerprint:
-            res.add("error", FindingKind.LEDGER_KEY_MISMATCH,
+            res.add(Severity.ERROR, FindingKind.LEDGER_KEY_MISMATCH,
                     f"{pub.name} holds key {audit.key_fingerprint}, but the identity registry "
                     f"lists {audit.registry_fingerprint} for {name}: the ledger was not signed "
                     "with the site's registered key", name)
@@ -161,7 +168,7 @@ def load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
         shared = [c.client for c in res.clients if c is not audit and c.registry_name
                   and c.registry_name == audit.registry_name]
         if audit.registered and shared:
-            res.add("error", FindingKind.LEDGER_KEY_SHARED,
+            res.add(Severity.ERROR, FindingKind.LEDGER_KEY_SHARED,
                     f"{name}'s ledger is signed with registered identity "
                     f"{audit.registry_name}'s key, as {', '.join(shared)}'s is: one registered "
                     "key signs one site's ledger", name)
@@ -171,7 +178,7 @@ def load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
             entries = read_ledger(path, key)
             audit.signature_verified = audit.chain_verified = True
         except LedgerError as exc:
-            res.add("error", FindingKind.LEDGER_INVALID, str(exc), name)
+            res.add(Severity.ERROR, FindingKind.LEDGER_INVALID, str(exc), name)
             key = None
             entries = []
             # still show numbers if at least the chain holds (wrong key or forged signature)
@@ -186,7 +193,7 @@ def load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
             entries = read_ledger(path, None)
             audit.chain_verified = True
         except LedgerError as exc:
-            res.add("error", FindingKind.LEDGER_INVALID, str(exc), name)
+            res.add(Severity.ERROR, FindingKind.LEDGER_INVALID, str(exc), name)
     return entries
 
 
@@ -194,7 +201,7 @@ def check_entries(res: AuditResult, audit: ClientAudit, entries: list[LedgerEntr
     name = audit.client
     for e in entries:
         if e.client != name:
-            res.add("error", FindingKind.CLIENT_MISMATCH,
+            res.add(Severity.ERROR, FindingKind.CLIENT_MISMATCH,
                     f"entry names client {e.client!r} but the ledger file is {name}.jsonl",
                     name, e.round)
             break
@@ -207,14 +214,14 @@ def check_entries(res: AuditResult, audit: ClientAudit, entries: list[LedgerEntr
             effective_noise_multiplier(e.noise_multiplier, e.extra)
             sensitivity = float(e.extra.get("sensitivity", 1.0))
         except LedgerError as exc:
-            res.add("error", FindingKind.INVALID_ENTRY, str(exc), name, e.round)
+            res.add(Severity.ERROR, FindingKind.INVALID_ENTRY, str(exc), name, e.round)
             sensitivity = math.nan
         if required is not None and sensitivity < required:
             # the accountant divides the noise by the recorded sensitivity: one below the
             # method's would make every epsilon over this entry too small
             recorded = ("extra.sensitivity" if "sensitivity" in e.extra
                         else "no extra.sensitivity, so the default")
-            res.add("error", FindingKind.SENSITIVITY_UNDERSTATED,
+            res.add(Severity.ERROR, FindingKind.SENSITIVITY_UNDERSTATED,
                     f"entry records sensitivity {sensitivity:g} ({recorded}), but method "
                     f"{res.method!r} clips with sensitivity {required}: its "
                     f"epsilon is computed at noise {e.noise_multiplier:g} / {sensitivity:g} "
@@ -232,23 +239,23 @@ def check_entries(res: AuditResult, audit: ClientAudit, entries: list[LedgerEntr
             check.cumulative_steps = cumulative
             audit.entries.append(check)
         if e.accountant not in UPPER_BOUND_ACCOUNTANTS:
-            res.add("error", FindingKind.UNSOUND_ACCOUNTANT,
+            res.add(Severity.ERROR, FindingKind.UNSOUND_ACCOUNTANT,
                     f"recorded with accountant {e.accountant!r}, which is not a guaranteed "
                     "upper bound", name, e.round)
         if e.steps > 0 and e.noise_multiplier <= 0:
-            res.add("error", FindingKind.ZERO_NOISE,
+            res.add(Severity.ERROR, FindingKind.ZERO_NOISE,
                     f"{e.steps} DP-SGD steps with noise multiplier {e.noise_multiplier}: "
                     "epsilon is infinite", name, e.round)
         if not (0 < e.sample_rate <= 1) or e.steps < 0 or e.max_grad_norm <= 0:
-            res.add("error", FindingKind.INVALID_ENTRY,
+            res.add(Severity.ERROR, FindingKind.INVALID_ENTRY,
                     f"impossible parameters: sample_rate={e.sample_rate}, steps={e.steps}, "
                     f"max_grad_norm={e.max_grad_norm}", name, e.round)
         if not 0 < e.delta < 1:
-            res.add("error", FindingKind.INVALID_ENTRY, f"delta {e.delta} not in (0, 1)", name,
-                    e.round)
+            res.add(Severity.ERROR, FindingKind.INVALID_ENTRY, f"delta {e.delta} not in (0, 1)",
+                    name, e.round)
         elif (e.run == audit.run_id and res.delta is not None
               and not math.isclose(e.delta, res.delta, rel_tol=1e-9)):
-            res.add("error", FindingKind.DELTA_MISMATCH,
+            res.add(Severity.ERROR, FindingKind.DELTA_MISMATCH,
                     f"entry delta {e.delta:g} differs from the configured delta "
                     f"{res.delta:g}", name, e.round)
     if not audit.entries:
@@ -294,39 +301,39 @@ def check_epsilons(res: AuditResult, audit: ClientAudit) -> None:
         ref = c.reference
         other = "" if c.run == audit.run_id else f" (run {c.run})"
         if math.isnan(ref):
-            res.add("error", FindingKind.ACCOUNTANT_FAILURE,
+            res.add(Severity.ERROR, FindingKind.ACCOUNTANT_FAILURE,
                     "neither PRV nor PLD could evaluate this entry", name, c.round)
             continue
         if c.recorded < ref * (1 - tol):
-            res.add("error", FindingKind.EPSILON_UNDERSTATED,
+            res.add(Severity.ERROR, FindingKind.EPSILON_UNDERSTATED,
                     f"recorded epsilon{other} {c.recorded:.4g} is below the recomputed "
                     f"{ref:.4g} (max of PRV {c.prv:.4g}, PLD {c.pld:.4g}) by "
                     f"{100 * (1 - c.recorded / ref):.1f} % (> {100 * tol:g} %)", name, c.round)
         lref = c.lifetime_reference
         if not math.isnan(lref) and c.recorded_lifetime < lref * (1 - tol):
-            res.add("error", FindingKind.EPSILON_UNDERSTATED,
+            res.add(Severity.ERROR, FindingKind.EPSILON_UNDERSTATED,
                     f"recorded lifetime epsilon{other} {c.recorded_lifetime:.4g} is below the "
                     f"recomputed composition of every entry so far {lref:.4g} by more than "
                     f"{100 * tol:g} %", name, c.round)
         finite = [v for v in (c.prv, c.pld) if math.isfinite(v)]
         if len(finite) == 2 and abs(finite[0] - finite[1]) > (
                 AGREEMENT_TOLERANCE * max(finite) + 2 * PRV_EPS_ERROR):
-            res.add("warning", FindingKind.ACCOUNTANT_DISAGREEMENT,
+            res.add(Severity.WARNING, FindingKind.ACCOUNTANT_DISAGREEMENT,
                     f"PRV {c.prv:.4g} and PLD {c.pld:.4g} differ by more than "
                     f"{100 * AGREEMENT_TOLERANCE:g} % + {2 * PRV_EPS_ERROR:g}", name, c.round)
         if math.isfinite(c.rdp) and finite and c.rdp < min(finite) * (1 - tol):
-            res.add("warning", FindingKind.ACCOUNTANT_DISAGREEMENT,
+            res.add(Severity.WARNING, FindingKind.ACCOUNTANT_DISAGREEMENT,
                     f"RDP {c.rdp:.4g} is below PRV/PLD {min(finite):.4g}: one accountant "
                     "is not an upper bound here", name, c.round)
     if res.budget is not None:  # a run's target: checked against the run's epsilon
         for c in audit.entries:
             if c.recorded > res.budget:
-                res.add("error", FindingKind.BUDGET_OVERRUN,
+                res.add(Severity.ERROR, FindingKind.BUDGET_OVERRUN,
                         f"recorded epsilon {c.recorded:.4g} exceeds the budget "
                         f"{res.budget:g} ({res.budget_source})", name, c.round)
                 break
             if c.reference > res.budget * (1 + tol):
-                res.add("error", FindingKind.BUDGET_OVERRUN,
+                res.add(Severity.ERROR, FindingKind.BUDGET_OVERRUN,
                         f"recomputed epsilon {c.reference:.4g} exceeds the budget "
                         f"{res.budget:g} ({res.budget_source}) by more than {100 * tol:g} %",
                         name, c.round)
@@ -341,30 +348,30 @@ def check_report(res: AuditResult, path: Path) -> None:
     try:
         report = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        res.add("error", FindingKind.REPORT_MISMATCH, f"report.json unreadable: {exc}")
+        res.add(Severity.ERROR, FindingKind.REPORT_MISMATCH, f"report.json unreadable: {exc}")
         return
     privacy = report.get("privacy") if isinstance(report, dict) else None
     ledgers = {c.client: c for c in res.clients if c.entries}
     if (isinstance(privacy, dict) and privacy.get("run_id") is not None
             and res.run_id is not None and str(privacy["run_id"]) != res.run_id):
-        res.add("error", FindingKind.REPORT_MISMATCH,
+        res.add(Severity.ERROR, FindingKind.REPORT_MISMATCH,
                 f"report.json is for run {privacy['run_id']}, the run directory's run id is "
                 f"{res.run_id}")
     if not privacy:
         if res.dp or ledgers:
-            res.add("error", FindingKind.REPORT_MISMATCH,
+            res.add(Severity.ERROR, FindingKind.REPORT_MISMATCH,
                     "report.json has no privacy block although DP is on / ledgers exist")
         return
     if res.delta is not None and privacy.get("delta") is not None and not math.isclose(
             float(privacy["delta"]), res.delta, rel_tol=1e-9):
-        res.add("error", FindingKind.REPORT_MISMATCH,
+        res.add(Severity.ERROR, FindingKind.REPORT_MISMATCH,
                 f"report.json delta {privacy['delta']} differs from the configured "
                 f"{res.delta:g}")
     reported = privacy.get("clients") or {}
     for cid, row in sorted(reported.items()):
         audit = ledgers.get(cid)
         if audit is None:
-            res.add("error", FindingKind.REPORT_MISMATCH,
+            res.add(Severity.ERROR, FindingKind.REPORT_MISMATCH,
                     f"report.json gives epsilon for {cid}, which has no readable ledger", cid)
             continue
         last = audit.last
@@ -394,10 +401,10 @@ def check_report(res: AuditResult, path: Path) -> None:
         except (TypeError, ValueError) as exc:
             problems.append(f"unreadable values ({exc})")
         if problems:
-            res.add("error", FindingKind.REPORT_MISMATCH,
+            res.add(Severity.ERROR, FindingKind.REPORT_MISMATCH,
                     "report.json disagrees with the ledger: " + "; ".join(problems), cid)
     for cid in sorted(set(ledgers) - set(reported)):
-        res.add("error", FindingKind.REPORT_MISMATCH,
+        res.add(Severity.ERROR, FindingKind.REPORT_MISMATCH,
                 f"{cid} has a ledger but report.json gives no epsilon for it", cid)
 
 
@@ -421,15 +428,15 @@ def check_client_level(res: AuditResult, path: Path) -> None:
         released = [SkellamRound(**{k: float(v) for k, v in r.items()})
                     for r in level.get("released", [])]
     except (KeyError, TypeError, ValueError) as exc:
-        res.add("error", FindingKind.CLIENT_LEVEL,
+        res.add(Severity.ERROR, FindingKind.CLIENT_LEVEL,
                 f"report.json client_level block malformed ({exc})")
         return
     if "Skellam" in str(level.get("mechanism", "")):
         if len(released) != rounds:
-            res.add("error", FindingKind.CLIENT_LEVEL,
+            res.add(Severity.ERROR, FindingKind.CLIENT_LEVEL,
                     f"client_level lists {len(released)} released rounds but claims {rounds}")
         if any(r.noise_multiplier != z for r in released):
-            res.add("error", FindingKind.CLIENT_LEVEL,
+            res.add(Severity.ERROR, FindingKind.CLIENT_LEVEL,
                     "a released round's noise multiplier differs from the configured one")
         recomputed = create_accountant("skellam").epsilon(released, delta)
         floor = pld_epsilons([(z, 1.0, rounds)], [delta])[-1] if rounds else 0.0
@@ -443,7 +450,7 @@ def check_client_level(res: AuditResult, path: Path) -> None:
                         "recomputed": recomputed, "gaussian_floor": floor,
                         "accountant": what, "rounds": rounds}
     if recorded < recomputed * (1 - res.tolerance) or recorded < floor * (1 - res.tolerance):
-        res.add("error", FindingKind.UNDERSTATED_EPSILON,
+        res.add(Severity.ERROR, FindingKind.UNDERSTATED_EPSILON,
                 f"client-level epsilon {recorded:.4g} is below the recomputation "
                 f"{recomputed:.4g} ({what}; Gaussian floor {floor:.4g})")
     if res.budget is not None and recomputed > res.budget * (1 + res.tolerance):

@@ -56,18 +56,31 @@ class FindingKind(StrEnum):
     EMPIRICAL_VIOLATION = "empirical-violation"
 
 
+class Severity(StrEnum):
+    """How bad a :class:`Finding` is. Both fail the audit (exit 1); the severity ranks them.
+    A ``str`` (``StrEnum``): it prints and serialises as its value, as the reports always
+    carried it."""
+
+    #: a privacy claim is false or cannot be verified
+    ERROR = "error"
+    #: suspicious (e.g. accountants that disagree beyond tolerance)
+    WARNING = "warning"
+
+
 @dataclass
 class Finding:
-    """One problem found. Every finding fails the audit (exit 1); ``severity`` ranks them:
-    ``error`` (a privacy claim is false or unverifiable) or ``warning`` (suspicious)."""
+    """One problem found. Every finding fails the audit (exit 1); ``severity`` ranks them
+    (:class:`Severity`)."""
 
-    severity: str
+    severity: Severity
     kind: FindingKind
     message: str
     client: str | None = None
     round: int | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.severity, Severity):
+            raise TypeError(f"Finding.severity must be a Severity, got {self.severity!r}")
         if not isinstance(self.kind, FindingKind):
             raise TypeError(f"Finding.kind must be a FindingKind, got {self.kind!r}")
 
@@ -183,7 +196,7 @@ class AuditResult:
     def clean(self) -> bool:
         return not self.findings
 
-    def add(self, severity: str, kind: FindingKind, message: str, client: str | None = None,
+    def add(self, severity: Severity, kind: FindingKind, message: str, client: str | None = None,
             round: int | None = None) -> None:
         self.findings.append(Finding(severity, kind, message, client, round))
         for c in self.clients:

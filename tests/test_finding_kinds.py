@@ -1,4 +1,5 @@
-"""Audit finding kinds are one enum (issue 14): the reports carry the same strings as before."""
+"""Audit finding kinds and severities are enums (issue 14): the reports carry the same strings
+as before."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from fedssl.privacy.audit import AuditResult, Finding, FindingKind, format_findings, write_audit
+from fedssl.privacy.audit import (
+    AuditResult,
+    Finding,
+    FindingKind,
+    Severity,
+    format_findings,
+    write_audit,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def _result() -> AuditResult:
     res = AuditResult(run_dir="run", budget=8.0, budget_source="config", delta=1e-5,
                       tolerance=0.01, dp=True, method="simsiam")
-    res.add("error", FindingKind.EPSILON_UNDERSTATED, "recorded 1.0 < recomputed 2.0",
+    res.add(Severity.ERROR, FindingKind.EPSILON_UNDERSTATED, "recorded 1.0 < recomputed 2.0",
             "client-0", 3)
-    res.add("warning", FindingKind.NO_IDENTITY_REGISTRY, "no registry")
+    res.add(Severity.WARNING, FindingKind.NO_IDENTITY_REGISTRY, "no registry")
     return res
 
 
@@ -37,15 +45,27 @@ def test_json_and_text_output_carry_the_same_strings_as_before(tmp_path: Path) -
     assert FindingKind("report-mismatch") is FindingKind.REPORT_MISMATCH
 
 
-def test_a_finding_with_a_bare_string_kind_is_refused() -> None:
+def test_a_finding_with_a_bare_string_kind_or_severity_is_refused() -> None:
     with pytest.raises(TypeError, match="FindingKind"):
-        Finding("error", "epsilon-understated", "m")  # type: ignore[arg-type]
+        Finding(Severity.ERROR, "epsilon-understated", "m")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="FindingKind"):
-        _result().add("error", "zero-noise", "m")  # type: ignore[arg-type]
+        _result().add(Severity.ERROR, "zero-noise", "m")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Severity"):
+        Finding("error", FindingKind.ZERO_NOISE, "m")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Severity"):
+        _result().add("warning", FindingKind.ZERO_NOISE, "m")  # type: ignore[arg-type]
+    assert Severity("warning") is Severity.WARNING and f"{Severity.ERROR}" == "error"
+
+
+def _enum_member(node: ast.expr, enum: type) -> bool:
+    """Whether ``node`` is written ``Enum.MEMBER`` for ``enum``."""
+    return (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id == enum.__name__ and node.attr in enum.__members__)
 
 
 def test_every_finding_in_the_source_is_created_with_the_enum() -> None:
-    """Every ``.add(severity, kind, ...)`` / ``Finding(...)`` call passes ``FindingKind.X``."""
+    """Every ``.add(severity, kind, ...)`` / ``Finding(...)`` call passes ``Severity.X`` and
+    ``FindingKind.X``."""
     bad, calls = [], 0
     for path in [*(ROOT / "privacy").rglob("*.py"), *(ROOT / "fedssl").rglob("*.py"),
                  *(ROOT / "server").rglob("*.py")]:
@@ -54,14 +74,13 @@ def test_every_finding_in_the_source_is_created_with_the_enum() -> None:
                 continue
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            sev = node.args[0]
+            sev, kind = node.args[0], node.args[1]
             if name not in ("add", "Finding") or not (
-                    isinstance(sev, ast.Constant) and sev.value in ("error", "warning")):
+                    _enum_member(sev, Severity) or _enum_member(kind, FindingKind)
+                    or (isinstance(sev, ast.Constant) and sev.value in ("error", "warning"))):
                 continue
             calls += 1
-            kind = node.args[1]
-            if not (isinstance(kind, ast.Attribute) and isinstance(kind.value, ast.Name)
-                    and kind.value.id == "FindingKind" and kind.attr in FindingKind.__members__):
+            if not (_enum_member(sev, Severity) and _enum_member(kind, FindingKind)):
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert calls > 40
     assert bad == []
