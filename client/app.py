@@ -37,6 +37,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedssl.atomic import atomic_write_bytes
 from fedssl.client import secagg
 from fedssl.client.federated_ssl import merge
 from fedssl.client.global_model import GlobalModelError, decode_global_model
@@ -243,7 +244,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     pub = ident.ledger_path.with_suffix(".pub")
     if not pub.exists():
         pub.parent.mkdir(parents=True, exist_ok=True)
-        pub.write_bytes(public_pem(key))
+        atomic_write_bytes(pub, public_pem(key))
     run_id = run_id_of(config)
     if dp:
         cfg.noise_multiplier = _plan_round_noise(config, ledger, budget, cfg, len(x),

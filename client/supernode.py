@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedssl.atomic import atomic_write_private
+from fedssl.atomic import atomic_write_private, atomic_write_text
 from fedssl.privacy.certs import CA_CERT, CertError, node_public_key
 from fedssl.processes import start_process, stop_process
 from fedssl.quiet import is_noise
@@ -366,7 +366,7 @@ def run_client(opts: ClientOptions) -> int:
     import tomli_w
 
     node_config_file = SiteLayout(state).node_config
-    node_config_file.write_text(tomli_w.dumps(node_config))
+    atomic_write_text(node_config_file, tomli_w.dumps(node_config))
     log_path = flower_home / "supernode.log"
     env = dict(os.environ)
     env.update({"FLWR_HOME": str(flower_home), "FLWR_TELEMETRY_ENABLED": "0",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedssl.atomic import atomic_path
+from fedssl.atomic import atomic_path, atomic_write_bytes
 from fedssl.privacy.identity import IdentityError, load_public_key, public_pem
 from fedssl.privacy.ledger import LedgerError, read_ledger
 from fedssl.run_layout import RunLayout
@@ -96,7 +96,7 @@ def store_copy(run_dir: Path, client: str, text: str, pub_pem: bytes,
                 raise _RefusedError("ledger copy does not extend the stored one (entries "
                                     "changed, removed or reordered)")
             if not pub_path.exists():
-                pub_path.write_bytes(pem)
+                atomic_write_bytes(pub_path, pem)
     except _RefusedError as exc:
         return str(exc)
     return None

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fedssl.atomic import atomic_write_text
 from fedssl.privacy.identity import load_public_key
 from fedssl.privacy.ledger import LEGACY_RUN, LedgerEntry, read_ledger, runs
 from fedssl.run_layout import RunLayout
@@ -81,7 +82,7 @@ def ledger_privacy(run_dir: Path, delta: float, run_id: str | None = None) -> di
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> Path:
     path = RunLayout(run_dir).report
-    path.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    atomic_write_text(path, json.dumps(report, indent=2, default=_jsonable) + "\n")
     return path
 
 

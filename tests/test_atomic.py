@@ -65,6 +65,50 @@ def _os_calls_outside_atomic(*names: str) -> list[str]:
     return found
 
 
+def _writes_outside_atomic_blocks() -> list[str]:
+    """``file:line`` of every ``.write_text(...)`` / ``.write_bytes(...)`` call in the
+    packages that is not inside a ``with atomic_path(...)`` / ``atomic_directory(...)`` block
+    (whose temporary path is written, then put in place whole)."""
+    found = []
+    for folder in ("fedssl", "server", "client", "ssl_core", "privacy", "simulations"):
+        for path in (ROOT / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            inside: set[int] = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.With) and any(
+                        isinstance(item.context_expr, ast.Call)
+                        and getattr(item.context_expr.func, "id", "") in ("atomic_path",
+                                                                          "atomic_directory")
+                        for item in node.items):
+                    inside |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr in ("write_text", "write_bytes")
+                        and id(node) not in inside):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_every_file_of_a_run_or_site_is_written_whole() -> None:
+    """No module writes a file in place (``Path.write_text``/``write_bytes``, which a crash
+    leaves half-written: before, ``node-config.toml``, ``report.json`` and the ledgers'
+    ``.pub`` files); each goes through :mod:`fedssl.atomic`."""
+    assert _writes_outside_atomic_blocks() == []
+
+
+def test_the_in_place_write_scan_can_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan above finds an in-place write and accepts one inside an atomic block."""
+    package = tmp_path / "server"
+    package.mkdir()
+    (package / "bad.py").write_text(
+        "def f(p, q):\n"
+        "    with atomic_path(p) as tmp:\n"
+        "        tmp.write_text('ok')\n"
+        "    q.write_bytes(b'torn')\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert _writes_outside_atomic_blocks() == ["server/bad.py:4"]
+
+
 def test_no_module_renames_files_itself() -> None:
     """Every os.replace / os.rename of the packages is in fedssl/atomic.py."""
     assert _os_calls_outside_atomic("replace", "rename") == []
