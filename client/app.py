@@ -57,6 +57,14 @@ from fedssl.privacy.identity import public_pem
 from fedssl.privacy.ledger import LEGACY_RUN, Ledger, LedgerEntry, LedgerError, segments
 from fedssl.privacy.ledger import runs as ledger_runs
 from fedssl.privacy.secagg import Quantizer, SecAggError
+from fedssl.round_protocol import (
+    INPUT_SHAPE,
+    NUM_ROUNDS,
+    RUN_DIR,
+    RUN_ID,
+    SECAGG_NUM_CLIENTS,
+    SERVER_ROUND,
+)
 from fedssl.run_layout import RunLayout, SiteLayout
 from fedssl.run_spec import config_view
 from fedssl.ssl_core.augmentations import augment_for
@@ -96,7 +104,7 @@ def identify(context: Context, config: ConfigRecord) -> ClientIdentity:
         state = Path(str(node["state-dir"]))
         return ClientIdentity(cid, state, SiteLayout(state).ledger)
     cid = f"client-{int(node['partition-id']):03d}"
-    run = RunLayout(str(config["run-dir"]))
+    run = RunLayout(str(config[RUN_DIR]))
     return ClientIdentity(cid, run.client_dir(cid), run.ledger(cid))
 
 
@@ -117,7 +125,7 @@ def load_records(context: Context, config: ConfigRecord):
             run.partitioner, run.dirichlet_alpha, run.shards_per_client, run_dir=run.run_dir,
         )
     validate_arrays(x, None, "local data")
-    expected = tuple(int(d) for d in config.get("input-shape", ()))
+    expected = tuple(int(d) for d in config.get(INPUT_SHAPE, ()))
     if expected and tuple(x.shape[1:]) != expected:  # e.g. an RGB site in a grey federation
         raise DataError(
             f"this site's records have shape {tuple(x.shape[1:])} (channels, size) but the "
@@ -143,7 +151,7 @@ def run_id_of(config: ConfigRecord) -> str:
             reserve for entries without a run id (:data:`~fedssl.privacy.ledger.LEGACY_RUN`):
             the run's entries would count as the legacy run's.
     """
-    rid = str(config.get("run-id", ""))
+    rid = str(config.get(RUN_ID, ""))
     if rid and not (len(rid) <= 64 and rid.replace("-", "").isalnum()):
         raise ValueError(f"run id {rid!r} is not a short alphanumeric string")
     if rid.lower() == LEGACY_RUN:
@@ -176,7 +184,7 @@ def plan_noise(config: ConfigRecord, ledger: Ledger, sample_rate: float, steps: 
             raise AccountingError("DP is on but neither a target epsilon nor a positive "
                                   "noise multiplier was given")
         return sigma
-    remaining_rounds = int(config["num-rounds"]) - server_round + 1
+    remaining_rounds = int(config[NUM_ROUNDS]) - server_round + 1
     hint = history[-1][0] if history else None
     return sensitivity * calibrate_noise(
         target, delta, sample_rate, steps * max(1, remaining_rounds), accountant,
@@ -210,7 +218,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     """One round, in the order the module docstring gives; every refusal is raised before
     the first gradient (REFUSALS)."""
     start = time.perf_counter()
-    server_round = int(config["server-round"])
+    server_round = int(config[SERVER_ROUND])
     run = config_view(config)  # the run's settings, typed (fedssl.run_spec)
     if run.secagg:
         # secure aggregation's key setup precedes training: no setup, no gradient
@@ -230,7 +238,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     sensitivity = clip_sensitivity(objective) if dp else 1
     x = load_records(context, config)
 
-    input_shape = tuple(int(d) for d in config["input-shape"])
+    input_shape = tuple(int(d) for d in config[INPUT_SHAPE])
     model = objective.build_model(input_shape)
     # names, dtypes, shapes and sizes checked against the local model before anything is
     # decoded (GlobalModelError: a refusal, the local model and state untouched)
@@ -304,7 +312,7 @@ def round_train_config(config: ConfigRecord, context: Context, server_round: int
         dp=dp, max_grad_norm=run.max_grad_norm, amp=run.amp,
         views=run.views, ema_decay=run.ema_decay, lr_schedule=run.lr_schedule,
         warmup_rounds=run.warmup_rounds, round_index=server_round,
-        total_rounds=max(server_round, int(config.get("num-rounds", server_round))),
+        total_rounds=max(server_round, int(config.get(NUM_ROUNDS, server_round))),
     )
 
 
@@ -367,10 +375,10 @@ def _keep_masked_update(context: Context, config: ConfigRecord,
         # clip, scale, round and add this client's Skellam noise share before masking
         plan = SkellamPlan.make(
             run.client_clip, run.secagg_clip, run.client_noise_multiplier,
-            run.client_dp_min_clients, int(config["secagg-num-clients"]), update.size)
+            run.client_dp_min_clients, int(config[SECAGG_NUM_CLIENTS]), update.size)
         q = encode_with_noise(update, plan, rng=np.random.default_rng(seed))
     else:
-        quantizer = Quantizer(run.secagg_clip, int(config["secagg-num-clients"]))
+        quantizer = Quantizer(run.secagg_clip, int(config[SECAGG_NUM_CLIENTS]))
         q = quantizer.encode(update, rng=np.random.default_rng(seed))
     store_update(context, q)
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Context, Message
 
+from fedssl.round_protocol import SERVER_ROUND
 from fedssl.run_spec import config_view
 
 #: the message type of a secure-aggregation stage is ``train.<SECAGG_PREFIX><stage>``
@@ -55,7 +56,7 @@ def maybe_fault(config: Mapping[str, Any], node_config: Mapping[str, Any], stage
     p_drop, p_slow = run.dropout_prob, run.straggler_prob
     if (p_drop <= 0 and p_slow <= 0) or "partition-id" not in node_config:
         return
-    fate = planned_fault(run.seed, int(config.get("server-round", 0)),
+    fate = planned_fault(run.seed, int(config.get(SERVER_ROUND, 0)),
                          int(node_config["partition-id"]), stage, p_drop, p_slow)
     if fate == "drop":
         raise SimulatedDropoutError(f"simulated dropout at stage {stage!r}")

@@ -39,6 +39,7 @@ from fedssl.privacy.identity import (
 from fedssl.privacy.secagg import SecAggClient, SecAggError
 from fedssl.privacy.secagg.crypto import identity_public_bytes
 from fedssl.privacy.secagg.messages import payload_bytes
+from fedssl.round_protocol import RUN_DIR, SECAGG_PAYLOAD, SERVER_ROUND
 from fedssl.run_layout import RunLayout, SiteLayout
 
 STAGES = ("identify", "setup", "share", "mask", "consistency", "unmask")
@@ -54,7 +55,7 @@ def registry_path(context: Context, config: ConfigRecord) -> Path:
     """Where this node's trusted identity registry is (node config, else the run dir)."""
     if "identity-registry" in context.node_config:
         return Path(str(context.node_config["identity-registry"]))
-    return RunLayout(str(config["run-dir"])).identities
+    return RunLayout(str(config[RUN_DIR])).identities
 
 
 def flatten(weights: dict[str, np.ndarray]) -> np.ndarray:
@@ -148,7 +149,7 @@ def _identify(context: Context, state_dir: Path, config: ConfigRecord, client_id
         raise SecureSetupError(f"client {name!r}: its identity key differs from the "
                                "registry's")
     context.state[STATE_KEY] = ConfigRecord({"client": name,
-                                             "round": int(config["server-round"]),
+                                             "round": int(config[SERVER_ROUND]),
                                              "stage": "identified"})
     return name.encode()
 
@@ -159,9 +160,9 @@ def _client(context: Context, state_dir: Path, config: ConfigRecord
     if record is None:
         raise SecureSetupError("this node has not been identified for secure aggregation "
                                "this round")
-    if int(record.get("round", -1)) != int(config["server-round"]):
+    if int(record.get("round", -1)) != int(config[SERVER_ROUND]):
         raise SecureSetupError(f"secure aggregation state is for round {record.get('round')}, "
-                               f"not {config['server-round']}")
+                               f"not {config[SERVER_ROUND]}")
     registry = _registry(registry_path(context, config))
     cid = str(record["client"])
     if cid not in registry:
@@ -183,7 +184,7 @@ def handle(stage: str, msg: Message, context: Context, state_dir: Path,
     config = msg.content["config"]
     name = identity_name(context, client_id or str(context.node_id))
     try:
-        payload = payload_bytes(config.get("payload"), "secure-aggregation payload")
+        payload = payload_bytes(config.get(SECAGG_PAYLOAD), "secure-aggregation payload")
         if stage == "identify":
             out = _identify(context, state_dir, config, client_id or str(context.node_id))
         else:
@@ -211,7 +212,7 @@ def handle(stage: str, msg: Message, context: Context, state_dir: Path,
                 _wipe(context)
             else:
                 record["protocol"] = client.export_state()
-        reply = ConfigRecord({"status": "ok", "client": name, "payload": out})
+        reply = ConfigRecord({"status": "ok", "client": name, SECAGG_PAYLOAD: out})
     except SecAggError as exc:
         _wipe(context)
         reply = ConfigRecord({"status": "refused", "reason": f"secure aggregation aborted: "

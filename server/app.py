@@ -33,6 +33,7 @@ from flwr.serverapp import Grid, ServerApp
 from threadpoolctl import threadpool_limits
 
 from fedssl import run_spec
+from fedssl.round_protocol import INPUT_SHAPE, NUM_ROUNDS, RUN_DIR, RUN_ID, SERVER_ROUND
 from fedssl.run_layout import RunLayout
 from fedssl.run_spec import validate_run_config
 from fedssl.server.aggregation import Aggregation
@@ -140,10 +141,10 @@ def round_config(cfg: dict[str, Any], input_shape: tuple[int, ...], run_dir: Pat
     runs (kept on resume; writing ``RUN/config.toml`` makes the run directory auditable,
     :func:`fedssl.server.run_record.record_run`)."""
     config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
-    config["num-rounds"] = int(cfg["num-server-rounds"])
-    config["input-shape"] = list(input_shape)
-    config["run-dir"] = str(run_dir.resolve())
-    config["run-id"] = cfg["run-id"] = record_run(run_dir, cfg)
+    config[NUM_ROUNDS] = int(cfg["num-server-rounds"])
+    config[INPUT_SHAPE] = list(input_shape)
+    config[RUN_DIR] = str(run_dir.resolve())
+    config[RUN_ID] = cfg[RUN_ID] = record_run(run_dir, cfg)
     return config
 
 
@@ -255,7 +256,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
             if server_round == start_round and cfg["dp"] and float(cfg["target-epsilon"]) > 0
             else ""))
         t0 = time.perf_counter()
-        train_config["server-round"] = server_round
+        train_config[SERVER_ROUND] = server_round
         aggregate, agg = aggregation.run_round(server_round, grid, arrays, train_config)
         arrays = aggregation.step(server_round, arrays, aggregate)
         model.load_state_dict(arrays.to_torch_state_dict(), strict=False)

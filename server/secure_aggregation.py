@@ -49,6 +49,7 @@ from fedssl.privacy.identity import load_or_create_identity, load_registry, writ
 from fedssl.privacy.secagg import MalformedMessageError, Quantizer, SecAggError, SecAggServer
 from fedssl.privacy.secagg.crypto import identity_public_bytes
 from fedssl.privacy.secagg.messages import payload_bytes
+from fedssl.round_protocol import RUN_DIR, SECAGG_NUM_CLIENTS, SECAGG_PAYLOAD, SERVER_ROUND
 from fedssl.run_layout import RunLayout
 from fedssl.server.strategy import FedSSLStrategy, RoundOutcome
 
@@ -119,7 +120,7 @@ class SecureAggregation:
         """Send each node its payload for ``stage``; return the payloads of good replies."""
         messages = [
             Message(RecordDict({"config": ConfigRecord({
-                "payload": payload, "run-dir": str(self.run_dir), "server-round": round_id,
+                SECAGG_PAYLOAD: payload, RUN_DIR: str(self.run_dir), SERVER_ROUND: round_id,
                 **self.fault_config,
             })}), dst_node_id=node, message_type=f"train.secagg_{stage}")
             for node, payload in payloads.items()
@@ -139,13 +140,13 @@ class SecureAggregation:
                     f"{stage}: {reply.error.reason[-300:]}")
                 continue
             rec = reply.content.config_records.get("secagg")
-            if rec is None or rec.get("status") != "ok" or "payload" not in rec:
+            if rec is None or rec.get("status") != "ok" or SECAGG_PAYLOAD not in rec:
                 reason = rec.get("reason", "malformed reply") if rec else "malformed reply"
                 outcome.failed[str(rec.get("client", node)) if rec else f"node-{node}"] = (
                     f"{stage}: {reason}")
                 continue
             try:
-                out[node] = payload_bytes(rec["payload"], "payload")
+                out[node] = payload_bytes(rec[SECAGG_PAYLOAD], "payload")
             except MalformedMessageError as exc:
                 outcome.failed[self.names.get(node, f"node-{node}")] = f"{stage}: {exc}"
         return out
@@ -182,9 +183,9 @@ class SecureAggregation:
         self.released = None
         current = {k: v.numpy() for k, v in arrays.items()}
         nodes = strategy.sample(server_round, grid)
-        config["server-round"] = server_round
+        config[SERVER_ROUND] = server_round
         config["secagg"] = True
-        config["secagg-num-clients"] = max(1, len(nodes))
+        config[SECAGG_NUM_CLIENTS] = max(1, len(nodes))
         config["secagg-clip"] = self.clip
         d = sum(v.size for v in current.values())
         plan = None
@@ -267,7 +268,7 @@ class SecureAggregation:
             self.released = plan
             quantizer = plan.quantizer()
         else:
-            quantizer = Quantizer(self.clip, int(config["secagg-num-clients"]))
+            quantizer = Quantizer(self.clip, int(config[SECAGG_NUM_CLIENTS]))
         mean = quantizer.decode_mean(result.total, result.count)
         new, offset = {}, 0
         for key, ref in current.items():

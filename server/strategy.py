@@ -36,6 +36,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
+from fedssl.round_protocol import SERVER_ROUND
 from fedssl.server.flower_strategy_adapter import construct_messages, sample_nodes
 
 log = logging.getLogger("fedssl.server")
@@ -219,7 +220,7 @@ class FedSSLStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.current = {k: v.numpy() for k, v in arrays.items()}
-        config["server-round"] = server_round
+        config[SERVER_ROUND] = server_round
         self._sent = self.sample(server_round, grid)
         return self.messages(arrays, config, self._sent)
 

@@ -24,6 +24,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedssl.client.app import compute_setup, load_records
 from fedssl.client.trainer import TrainConfig, train_local
+from fedssl.round_protocol import NUM_ROUNDS, RUN_DIR
 from fedssl.run_spec import CLIENT_KEYS, config_view
 from fedssl.simulations import dispatch
 from fedssl.ssl_core.augmentations import augment_for
@@ -62,8 +63,8 @@ def warmup_config(cfg: dict[str, Any]) -> ConfigRecord:
     """What a worker needs to load the code and data a round will: the clients' settings of
     the run config ``cfg`` and the run directory (simulated partitions are cached there)."""
     config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
-    config["run-dir"] = str(cfg["run-dir"])
-    config["num-rounds"] = int(cfg["num-server-rounds"])
+    config[RUN_DIR] = str(cfg["run-dir"])
+    config[NUM_ROUNDS] = int(cfg["num-server-rounds"])
     return config
 
 
