@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -52,7 +53,7 @@ from fedssl.server.round_metrics import RoundMetrics
 from fedssl.server.run_record import record_run
 from fedssl.server.tensorboard_log import TensorBoardLog
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset
-from fedssl.ssl_core.datasets import TRAINING_ONLY
+from fedssl.ssl_core.datasets import TRAINING_ONLY, SSLDataset
 from fedssl.ssl_core.device import resolve_device
 from fedssl.ssl_core.model_parts import (
     ALGORITHMS,
@@ -191,6 +192,120 @@ def resume(cfg: dict[str, Any], run_dir: Path, model: torch.nn.Module,
     return Start(point.round + 1, arrays, point.rows, resumed=True)
 
 
+@dataclass
+class Federation:
+    """What one run's rounds share, once set up (:func:`run_federation`): the run config,
+    its directory, the global model, the server's evaluation, the aggregation path, the
+    metrics rows, the progress display and the optional TensorBoard log."""
+
+    cfg: dict[str, Any]
+    layout: RunLayout
+    model: torch.nn.Module
+    evaluation: ServerEvaluation
+    aggregation: Aggregation
+    metrics: RoundMetrics
+    progress: RunProgress
+    tensorboard: TensorBoardLog | None
+
+    @property
+    def rounds(self) -> int:
+        return int(self.cfg["num-server-rounds"])
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Append one metrics row (``metrics.jsonl``, and TensorBoard if on)."""
+        append_metrics(self.layout.root, row)
+        if self.tensorboard is not None:
+            self.tensorboard.add_round(row)
+
+    def initial(self, previous: list[dict[str, Any]], random_encoder: torch.nn.Module | None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Round 0: the initial encoder's evaluation (read back from a resumed run's row 0,
+        else measured, few-label probes included, and recorded), and the random
+        initialisation's (measured too when round 0 was a warm start)."""
+        self.progress.phase(f"round 0/{self.rounds}: evaluating the initial encoder")
+        if previous and previous[0]["round"] == 0:
+            baseline = {k: v for k, v in previous[0].items()
+                        if k not in ("round", "clients", "seconds")}
+        else:  # the initial encoder (report.json's random_init)
+            baseline = self.evaluation.initial(self.model.encoder)
+            self.record({"round": 0, "clients": 0, "seconds": 0.0, **baseline})
+        log.info("initial encoder: %s", baseline)
+        random_init = (self.evaluation.initial(random_encoder) if random_encoder is not None
+                       else baseline)
+        return baseline, random_init
+
+    def train_round(self, server_round: int, first: bool, grid: Grid, arrays: ArrayRecord,
+                    train_config: ConfigRecord) -> ArrayRecord:
+        """One round: train and aggregate, step the server optimizer, checkpoint, evaluate
+        when due, record the metrics row; returns the new global model."""
+        cfg, rounds, aggregation = self.cfg, self.rounds, self.aggregation
+        self.progress.phase(f"round {server_round}/{rounds}: training" + (
+            " (clients first calibrate their DP noise)"
+            if first and cfg["dp"] and float(cfg["target-epsilon"]) > 0 else ""))
+        t0 = time.perf_counter()
+        train_config[SERVER_ROUND] = server_round
+        aggregate, agg = aggregation.run_round(server_round, grid, arrays, train_config)
+        arrays = aggregation.step(server_round, arrays, aggregate)
+        self.model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
+        save_checkpoint(self.layout.root, server_round,
+                        {k: v.numpy() for k, v in arrays.items()},
+                        {"seed": int(cfg["seed"]), "method": cfg["method"]},
+                        server_momentum=aggregation.server_opt.state() or None)
+        row = self.metrics.row(server_round, aggregation.outcome, agg)
+        row.update(aggregation.round_privacy(server_round))
+        if server_round % int(cfg["eval-every"]) == 0 or server_round == rounds:
+            self.progress.phase(f"round {server_round}/{rounds}: evaluating")
+            row.update(self.evaluation.during_run(self.model.encoder))
+        row["seconds"] = time.perf_counter() - t0
+        self.record(row)
+        self.progress.round_done(row)
+        return arrays
+
+    def finish(self, data: SSLDataset, shared: tuple[str, ...], num_nodes: int,
+               baseline: dict[str, Any], random_init: dict[str, Any], warm_started: bool,
+               wall_start: float) -> dict[str, Any]:
+        """After the last round: the final evaluation (few-label probes included), the
+        exported encoder, ``report.json`` and the plots; returns the report."""
+        cfg, run_dir, rounds = self.cfg, self.layout.root, self.rounds
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        shots = self.evaluation.shots if self.evaluation.labelled else ()
+        self.progress.phase("final evaluation" + (" (few-label probes)" if shots else ""))
+        final = self.evaluation.final(self.model.encoder)
+        self.model.cpu()
+        export_encoder(self.layout.encoder, self.model, {
+            "method": str(cfg["method"]), "dataset": data.name,
+            "input_shape": ",".join(map(str, data.input_shape)), "rounds": str(rounds),
+        })
+        privacy = run_privacy(run_dir, cfg, self.metrics.reported,
+                              self.aggregation.run_privacy(rounds))
+        report = {
+            "method": cfg["method"], "algorithm": cfg["algorithm"], "shared": list(shared),
+            "dataset": data.name, "clients": num_nodes, "rounds": rounds,
+            "clients_per_round": self.aggregation.per_round,
+            # None for a training-only run (evaluation data without labels)
+            "linear_probe_accuracy": final.get("linear_probe_accuracy"),
+            "knn_accuracy": final.get("knn_accuracy"),
+            "few_label": {k: v for k, v in final.items() if "shot" in k},
+            "random_init": random_init,
+            "initial_encoder": baseline if warm_started else None,
+            "wall_seconds": time.perf_counter() - wall_start,
+            "privacy": privacy,
+            "secure_aggregation": bool(cfg["secagg"]),
+            "run_id": cfg[RUN_ID],
+            "refusals": self.metrics.refusals,
+            "labels": data.label_kind,  # multi-label: mean per-label accuracies, plus AUCs
+            **{k: v for k, v in final.items() if k.endswith("_auc")},
+        }
+        self.progress.phase("writing the report and plots")
+        write_report(run_dir, report)
+        plot_run(run_dir, read_metrics(run_dir), privacy)
+        self.progress.phase("done")
+        self.progress.close()
+        return report
+
+
+
 def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     """Run all rounds; returns the report that is also written to ``report.json``."""
     wall_start = time.perf_counter()
@@ -201,7 +316,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     seed = int(cfg["seed"])
     random.seed(seed)  # Flower samples nodes with the `random` module
     torch.manual_seed(seed)
-    run_dir = Path(str(cfg["run-dir"]))
+    run_dir = Path(str(cfg[RUN_DIR]))
     run_dir.mkdir(parents=True, exist_ok=True)
     layout = RunLayout(run_dir)
     rounds = int(cfg["num-server-rounds"])
@@ -213,13 +328,11 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                                   tuple(int(k) for k in str(cfg["few-label"]).split(",")
                                         if k.strip()),
                                   resolve_device(str(cfg["device"])))
-    shots = evaluation.shots if evaluation.labelled else ()
     if not evaluation.labelled:
         log.warning("the server's evaluation data has %s", TRAINING_ONLY)
     model, random_encoder, shared = initial_model(cfg, data.input_shape)
     global_state = shared_state(model.state_dict(), shared)
     reference = {k: v.detach().cpu().numpy() for k, v in global_state.items()}
-    arrays = ArrayRecord(global_state)
 
     num_nodes = len(list(grid.get_node_ids())) or int(cfg.get("num-clients", 1))
     keeper = LedgerCopyKeeper(run_dir, Path(str(cfg["identity-registry"]) or layout.identities))
@@ -227,87 +340,21 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     keeper.registry()  # read now (after a simulated one is made): a bad one fails at start
     train_config = round_config(cfg, data.input_shape, run_dir)
     start = resume(cfg, run_dir, model, shared, aggregation)
-    start_round, previous = start.round, start.rows
-    arrays = start.arrays if start.arrays is not None else arrays
-    metrics = RoundMetrics(previous, dp=bool(cfg["dp"]), divergence=cfg["algorithm"] != "fedavg")
-    progress = RunProgress(rounds, start_round, enabled=bool(cfg["progress"]))
-    tensorboard = (TensorBoardLog(run_dir, start_round if start.resumed else 0,
-                                  str(cfg["run-id"])) if cfg.get("tensorboard") else None)
+    arrays = start.arrays if start.arrays is not None else ArrayRecord(global_state)
+    run = Federation(
+        cfg, layout, model, evaluation, aggregation,
+        RoundMetrics(start.rows, dp=bool(cfg["dp"]), divergence=cfg["algorithm"] != "fedavg"),
+        RunProgress(rounds, start.round, enabled=bool(cfg["progress"])),
+        TensorBoardLog(run_dir, start.round if start.resumed else 0, str(cfg[RUN_ID]))
+        if cfg.get("tensorboard") else None)
 
-    progress.phase(f"round 0/{rounds}: evaluating the initial encoder")
-    if previous and previous[0]["round"] == 0:
-        baseline = {k: v for k, v in previous[0].items()
-                    if k not in ("round", "clients", "seconds")}
-    else:  # the initial encoder, few-label probes included (report.json's random_init)
-        baseline = evaluation.initial(model.encoder)
-        row0 = {"round": 0, "clients": 0, "seconds": 0.0, **baseline}
-        append_metrics(run_dir, row0)
-        if tensorboard is not None:
-            tensorboard.add_round(row0)
-    log.info("initial encoder: %s", baseline)
-    # round 0 was the warm start: measure the random initialisation too
-    random_init = (evaluation.initial(random_encoder) if random_encoder is not None
-                   else baseline)
-
-    progress.start_rounds()
-    for server_round in range(start_round, rounds + 1):
-        progress.phase(f"round {server_round}/{rounds}: training" + (
-            " (clients first calibrate their DP noise)"
-            if server_round == start_round and cfg["dp"] and float(cfg["target-epsilon"]) > 0
-            else ""))
-        t0 = time.perf_counter()
-        train_config[SERVER_ROUND] = server_round
-        aggregate, agg = aggregation.run_round(server_round, grid, arrays, train_config)
-        arrays = aggregation.step(server_round, arrays, aggregate)
-        model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
-        save_checkpoint(run_dir, server_round, {k: v.numpy() for k, v in arrays.items()},
-                        {"seed": seed, "method": cfg["method"]},
-                        server_momentum=aggregation.server_opt.state() or None)
-        row = metrics.row(server_round, aggregation.outcome, agg)
-        row.update(aggregation.round_privacy(server_round))
-        if server_round % int(cfg["eval-every"]) == 0 or server_round == rounds:
-            progress.phase(f"round {server_round}/{rounds}: evaluating")
-            row.update(evaluation.during_run(model.encoder))
-        row["seconds"] = time.perf_counter() - t0
-        append_metrics(run_dir, row)
-        if tensorboard is not None:
-            tensorboard.add_round(row)
-        progress.round_done(row)
-    if tensorboard is not None:
-        tensorboard.close()
-
-    progress.phase("final evaluation" + (" (few-label probes)" if shots else ""))
-    final = evaluation.final(model.encoder)
-    model.cpu()
-    export_encoder(layout.encoder, model, {
-        "method": str(cfg["method"]), "dataset": data.name,
-        "input_shape": ",".join(map(str, data.input_shape)), "rounds": str(rounds),
-    })
-    privacy = run_privacy(run_dir, cfg, metrics.reported, aggregation.run_privacy(rounds))
-    report = {
-        "method": cfg["method"], "algorithm": cfg["algorithm"], "shared": list(shared),
-        "dataset": data.name, "clients": num_nodes, "rounds": rounds,
-        "clients_per_round": aggregation.per_round,
-        # None for a training-only run (evaluation data without labels)
-        "linear_probe_accuracy": final.get("linear_probe_accuracy"),
-        "knn_accuracy": final.get("knn_accuracy"),
-        "few_label": {k: v for k, v in final.items() if "shot" in k},
-        "random_init": random_init,
-        "initial_encoder": baseline if random_encoder is not None else None,
-        "wall_seconds": time.perf_counter() - wall_start,
-        "privacy": privacy,
-        "secure_aggregation": bool(cfg["secagg"]),
-        "run_id": cfg["run-id"],
-        "refusals": metrics.refusals,
-        "labels": data.label_kind,  # multi-label: accuracies are mean per-label, plus AUCs
-        **{k: v for k, v in final.items() if k.endswith("_auc")},
-    }
-    progress.phase("writing the report and plots")
-    write_report(run_dir, report)
-    plot_run(run_dir, read_metrics(run_dir), privacy)
-    progress.phase("done")
-    progress.close()
-    return report
+    baseline, random_init = run.initial(start.rows, random_encoder)
+    run.progress.start_rounds()
+    for server_round in range(start.round, rounds + 1):
+        arrays = run.train_round(server_round, server_round == start.round, grid, arrays,
+                                 train_config)
+    return run.finish(data, shared, num_nodes, baseline, random_init,
+                      warm_started=random_encoder is not None, wall_start=wall_start)
 
 
 def run_privacy(run_dir: Path, cfg: dict[str, Any], reported: dict[str, dict[str, Any]],
