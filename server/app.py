@@ -40,6 +40,7 @@ from fedssl.run_spec import validate_run_config
 from fedssl.server.aggregation import Aggregation
 from fedssl.server.checkpoint import resume_point, rewrite_metrics, save_checkpoint
 from fedssl.server.evaluation import ServerEvaluation
+from fedssl.server.federation_nodes import await_nodes
 from fedssl.server.ledger_copies import LedgerCopyKeeper
 from fedssl.server.progress import RunProgress
 from fedssl.server.report import (
@@ -334,7 +335,9 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     global_state = shared_state(model.state_dict(), shared)
     reference = {k: v.detach().cpu().numpy() for k, v in global_state.items()}
 
-    num_nodes = len(list(grid.get_node_ids())) or int(cfg.get("num-clients", 1))
+    # Flower's simulation runtime registers its nodes after the ServerApp starts
+    nodes = await_nodes(grid, int(cfg.get("num-clients", 0)), float(cfg["round-timeout"]))
+    num_nodes = len(nodes) or int(cfg.get("num-clients", 1))
     keeper = LedgerCopyKeeper(run_dir, Path(str(cfg["identity-registry"]) or layout.identities))
     aggregation = Aggregation(cfg, num_nodes, reference, seed, layout, ledger_gate=keeper)
     keeper.registry()  # read now (after a simulated one is made): a bad one fails at start
@@ -363,7 +366,7 @@ def run_privacy(run_dir: Path, cfg: dict[str, Any], reported: dict[str, dict[str
     ledger copies (under DP; the clients' replies only when no verified copy arrived,
     labelled as such) and the client-level mechanism's ``client_level`` block, if any."""
     delta = float(cfg["delta"])
-    privacy = ledger_privacy(run_dir, delta, str(cfg["run-id"])) if cfg["dp"] else None
+    privacy = ledger_privacy(run_dir, delta, str(cfg[RUN_ID])) if cfg["dp"] else None
     if privacy is not None and not privacy["clients"] and reported:
         # no verified ledger copy arrived (sites without DP ledgers to send): the replies
         privacy["clients"] = reported

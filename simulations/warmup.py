@@ -26,6 +26,7 @@ from fedssl.client.app import compute_setup, load_records
 from fedssl.client.trainer import TrainConfig, train_local
 from fedssl.round_protocol import NUM_ROUNDS, RUN_DIR
 from fedssl.run_spec import CLIENT_KEYS, config_view
+from fedssl.server.federation_nodes import await_nodes
 from fedssl.simulations import dispatch
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.objectives import get_objective
@@ -63,37 +64,17 @@ def warmup_config(cfg: dict[str, Any]) -> ConfigRecord:
     """What a worker needs to load the code and data a round will: the clients' settings of
     the run config ``cfg`` and the run directory (simulated partitions are cached there)."""
     config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
-    config[RUN_DIR] = str(cfg["run-dir"])
+    config[RUN_DIR] = str(cfg[RUN_DIR])
     config[NUM_ROUNDS] = int(cfg["num-server-rounds"])
     return config
 
 
-#: the longest :func:`start` waits for the engine to register the simulated nodes
-REGISTRATION_TIMEOUT = 60.0
-
-
-def registered_nodes(grid: Any, count: int, timeout: float) -> list[int]:
-    """The grid's node ids once at least ``count`` are registered (sorted), or those there are
-    after ``timeout`` seconds. Flower's ``run_simulation`` starts the ServerApp thread before
-    its engine registers the simulated nodes, so the ServerApp's first look at the grid can
-    find none."""
-    end = time.monotonic() + timeout
-    while len(nodes := sorted(grid.get_node_ids())) < count and time.monotonic() < end:
-        time.sleep(0.01)
-    return nodes
-
-
-def start(grid: Any, config: ConfigRecord, workers: int,
-          timeout: float = REGISTRATION_TIMEOUT) -> set[str]:
-    """Send ``query.warmup`` to ``workers`` nodes (one per simulation worker, the lowest node
-    ids), once the engine has registered them (waiting at most ``timeout`` seconds); returns
-    the message ids whose replies :func:`await_replies` collects."""
-    if workers <= 0:
-        return set()
-    nodes = registered_nodes(grid, workers, timeout)[:workers]
+def start(grid: Any, config: ConfigRecord, nodes: list[int]) -> set[str]:
+    """Send ``query.warmup`` to ``nodes`` (one per simulation worker); returns the message
+    ids whose replies :func:`await_replies` collects."""
     messages = [Message(RecordDict({"config": ConfigRecord(dict(config))}), dst_node_id=node,
                         message_type=MESSAGE_TYPE) for node in nodes]
-    return set(grid.push_messages(messages))
+    return set(grid.push_messages(messages)) if messages else set()
 
 
 def await_replies(grid: Any, ids: set[str], timeout: float) -> None:
@@ -110,15 +91,18 @@ def prepare_grid(grid: Any, cfg: dict[str, Any]) -> None:
     :func:`fedssl.server.app.make_server_app`): event-driven, streaming dispatch
     (:func:`fedssl.simulations.dispatch.tune_grid`), then the warm-up queries to
     ``cfg["warmup-workers"]`` workers, whose replies the grid's first ``send_and_receive``
-    awaits before it sends anything. It first waits (at most :data:`REGISTRATION_TIMEOUT`)
-    until the engine has registered ``cfg["num-clients"]`` nodes: Flower starts the
-    ServerApp before it registers them."""
+    awaits before it sends anything. It first waits (at most the round timeout) until the
+    engine has registered ``cfg["num-clients"]`` nodes
+    (:func:`fedssl.server.federation_nodes.await_nodes`): Flower starts the ServerApp
+    before it registers them."""
     dispatch.tune_grid(grid)
     workers = int(cfg.get("warmup-workers", 0))
-    # every simulated node registered first: the server counts them (secure aggregation's
-    # and client-level DP's N) and the warm-up goes to the first workers
-    registered_nodes(grid, max(workers, int(cfg.get("num-clients", 0))), REGISTRATION_TIMEOUT)
-    pending = start(grid, warmup_config(cfg), workers)
+    if workers <= 0:
+        return
+    # the engine registers the simulated nodes after the ServerApp starts: wait for them
+    nodes = await_nodes(grid, max(workers, int(cfg.get("num-clients", 0))),
+                        float(cfg["round-timeout"]))
+    pending = start(grid, warmup_config(cfg), nodes[:workers])
     if not pending:
         return
     print(f"warm-up: {len(pending)} client worker(s) loading code and data while the server "
