@@ -76,3 +76,25 @@ def test_accountant_steps_like_opacus_and_matches_epsilon_of() -> None:
     assert acc.get_epsilon(1e-5) == epsilon_of([(1.0, 0.05, 100)], 1e-5, "rdp")
     assert create_accountant("pld").epsilon([], 1e-5) == 0.0
     assert math.isinf(create_accountant("dpa-rdp").epsilon([(0.0, 0.1, 10)], 1e-5))
+
+
+def test_extending_into_a_spent_budget_prints_no_rdp_order_warning() -> None:
+    """A run extended into an almost spent budget composes a huge noise multiplier; Opacus's
+    PRV accountant then warned "Optimal order is the largest alpha" from the RDP bound that
+    only sizes its domain (issue 16's --extend output). The PRV epsilon is unaffected and the
+    warning is gone; the rdp accountant, whose own bound it is about, still warns."""
+    import warnings
+
+    from fedssl.privacy.accountant import calibrate_noise
+
+    spent = [(0.8461, 0.4444, 2), (0.8461, 0.4444, 2)]  # numbers no other test caches
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sigma = calibrate_noise(8.0, 1e-5, 0.4444, 2, spent=spent)
+        eps = epsilon_of([*spent, (sigma, 0.4444, 2)], 1e-5)
+    assert sigma > 5 and eps <= 8.0
+    assert not [w for w in caught if "Optimal order" in str(w.message)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        epsilon_of([(20.0001, 0.4444, 2)], 1e-5, "rdp")
+    assert [w for w in caught if "Optimal order is the largest alpha" in str(w.message)]
