@@ -37,6 +37,7 @@ another shape than the encoder was trained on, no labels).
 examples:
   fedssl evaluate runs/demo --dataset mnist1d
   fedssl evaluate runs/derm --data data/dermamnist.npz --few-label 1,5,10
+  fedssl evaluate runs/demo --dataset mnist1d --finetune 1,5,10   # label efficiency
   fedssl evaluate runs/xray/encoder.safetensors --data scans/ --out /tmp/xray-eval.json
 """
 
@@ -63,6 +64,14 @@ def add_evaluate_parser(subparsers: Any) -> None:
     p.add_argument("--few-label", default="1,5,10", metavar="K,K,...",
                    help="labels per class for the few-label probes (empty: none; default: "
                    "1,5,10)")
+    p.add_argument("--finetune", default="", metavar="K,K,...",
+                   help="labels per class for the label-efficiency table: the encoder "
+                   "fine-tuned end to end with a linear head, the same architecture trained "
+                   "from scratch on the same labels by the same recipe, the frozen probe and "
+                   "logistic regression on the raw input (empty: none; e.g. 1,5,10)")
+    p.add_argument("--finetune-seeds", type=int, default=3, metavar="N",
+                   help="label draws for --finetune, each its own labelled records and "
+                   "initialisation; mean and std over them (default: 3)")
     p.add_argument("--image-size", type=int, default=0, metavar="N",
                    help="side images are resized to (default: the encoder's input size)")
     p.add_argument("--num-samples", type=int, default=4000, metavar="N",
@@ -79,13 +88,13 @@ def add_evaluate_parser(subparsers: Any) -> None:
                    "next to an encoder file)")
 
 
-def _shots(text: str) -> tuple[int, ...]:
+def _shots(text: str, flag: str = "--few-label") -> tuple[int, ...]:
     try:
         shots = tuple(int(k) for k in str(text).split(",") if k.strip())
     except ValueError:
-        raise ValueError(f"--few-label must be comma-separated integers, got {text!r}") from None
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
     if any(k < 1 for k in shots):
-        raise ValueError(f"--few-label values must be >= 1, got {text!r}")
+        raise ValueError(f"{flag} values must be >= 1, got {text!r}")
     return shots
 
 
@@ -112,8 +121,12 @@ def _check_shape(encoder_class: str, trained: tuple[int, ...] | None,
 def evaluate_run(run: str | Path, data_path: str = "", dataset: str = "auto",
                  shots: tuple[int, ...] = (1, 5, 10), image_size: int = 0,
                  num_samples: int = 4000, max_train: int = 0, seed: int = 0,
-                 device: str = "cpu", baseline: bool = True) -> dict[str, Any]:
-    """The evaluation as a dict (what ``evaluation.json`` holds).
+                 device: str = "cpu", baseline: bool = True, finetune: tuple[int, ...] = (),
+                 finetune_seeds: int = 3) -> dict[str, Any]:
+    """The evaluation as a dict (what ``evaluation.json`` holds); with ``finetune`` values,
+    also the label-efficiency table (:func:`fedssl.ssl_core.finetune.label_efficiency`:
+    fine-tuned, from scratch, frozen probe and raw-input logistic regression at each ``k``
+    labels per class, over ``finetune_seeds`` draws) under ``label_efficiency``.
 
     Raises:
         ValueError: no encoder (:class:`~fedssl.ssl_core.encoder_file.EncoderFileError`),
@@ -159,6 +172,17 @@ def evaluate_run(run: str | Path, data_path: str = "", dataset: str = "auto",
         fresh = ENCODER_CLASSES[info.encoder_class](**info.encoder_kwargs)
         result["random_init"] = evaluate_encoder(fresh, *split, labels_per_class=shots,
                                                  device=dev, seed=seed)
+    if finetune:
+        from fedssl.ssl_core.augmentations import augment_for
+        from fedssl.ssl_core.finetune import label_efficiency
+
+        if finetune_seeds < 1:
+            raise ValueError(f"--finetune-seeds must be >= 1, got {finetune_seeds}")
+        result["label_efficiency"] = label_efficiency(
+            x_train, y_train, data.x_test, data.y_test, {"trained encoder": encoder},
+            lambda: ENCODER_CLASSES[info.encoder_class](**info.encoder_kwargs),
+            shots=finetune, seeds=tuple(seed + i for i in range(finetune_seeds)),
+            augment=augment_for(data.input_shape, data.name), device=dev)
     return {
         "run": str(run), "encoder_file": str(info.path),
         "encoder_class": info.encoder_class, "encoder_kwargs": info.encoder_kwargs,
@@ -193,6 +217,10 @@ def format_evaluation(result: dict[str, Any]) -> str:
            f"{trained.get('method', '?')} on {trained.get('dataset', '?')})",
            f"data: {result['data']['description']}", "", line(head),
            line(["-" * w for w in widths]), *(line(r) for r in body)]
+    if result.get("label_efficiency"):
+        from fedssl.ssl_core.finetune import format_label_efficiency
+
+        out += ["", format_label_efficiency(result["label_efficiency"])]
     out += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(out)
 
@@ -210,7 +238,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             args.run, data_path=args.data, dataset=args.dataset,
             shots=_shots(args.few_label), image_size=args.image_size,
             num_samples=args.num_samples, max_train=args.max_train, seed=args.seed,
-            device=args.device, baseline=not args.no_baseline)
+            device=args.device, baseline=not args.no_baseline,
+            finetune=_shots(args.finetune, "--finetune"), finetune_seeds=args.finetune_seeds)
     except (ValueError, FileNotFoundError) as exc:  # EncoderFileError, DataError, DeviceError
         print(f"fedssl evaluate: error: {exc}", file=sys.stderr)
         return 2

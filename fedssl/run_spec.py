@@ -235,6 +235,13 @@ class RunSpec:
                               "after the last)")
     few_label: str = _opt("1,5,10", "labels per class for the final few-label linear probe "
                                     "and kNN (comma-separated; empty = none)")
+    finetune: str = _opt("5", "labels per class for the final label-efficiency table: the "
+                              "encoder fine-tuned with a linear head next to the same network "
+                              "trained from scratch on the same labels, its frozen probe and "
+                              "logistic regression on the raw input (comma-separated; empty = "
+                              "none)")
+    finetune_seeds: int = _opt(3, "label draws of the label-efficiency table (mean and std "
+                                  "over them)")
     eval_samples: int = _opt(4000, "max labelled pool records used to fit the probes",
                              server="labelled records of the server's evaluation data the "
                              "probes are fitted on (at most)")
@@ -450,8 +457,10 @@ def check_settings(s: Any, num_clients: int | None = None) -> None:
          "start and infonce-public's negative bank; the private pool must use another seed")
     need(s.client_clip > 0 and s.client_noise_multiplier >= 0, "client_clip",
          "client clip must be positive and the noise multiplier non-negative")
-    need(all(k.strip().isdigit() and int(k) > 0 for k in s.few_label.split(",")
-             if k.strip()), "few_label", "must be comma-separated positive integers")
+    for name in ("few_label", "finetune"):
+        need(all(k.strip().isdigit() and int(k) > 0 for k in getattr(s, name).split(",")
+                 if k.strip()), name, "must be comma-separated positive integers")
+    need(s.finetune_seeds >= 1, "finetune_seeds", "must be at least 1")
     need(0 <= s.dropout_prob <= 1 and 0 <= s.straggler_prob <= 1, "dropout_prob",
          "fault probabilities must be in [0, 1]")
     need(s.straggler_delay >= 0 and s.round_timeout > 0, "straggler_delay",

@@ -263,16 +263,24 @@ class Federation:
         return arrays
 
     def finish(self, data: SSLDataset, shared: tuple[str, ...], num_nodes: int,
-               baseline: dict[str, Any], random_init: dict[str, Any], warm_started: bool,
-               wall_start: float) -> dict[str, Any]:
+               baseline: dict[str, Any], random_init: dict[str, Any],
+               warm_encoder: torch.nn.Module | None, wall_start: float) -> dict[str, Any]:
         """After the last round: the final evaluation (few-label probes included), the
-        exported encoder, ``report.json`` and the plots; returns the report."""
+        label-efficiency table (the federated encoder and the warm start ``warm_encoder``,
+        if any, fine-tuned next to the same network from scratch), the exported encoder,
+        ``report.json`` and the plots; returns the report."""
         cfg, run_dir, rounds = self.cfg, self.layout.root, self.rounds
         if self.tensorboard is not None:
             self.tensorboard.close()
         shots = self.evaluation.shots if self.evaluation.labelled else ()
         self.progress.phase("final evaluation" + (" (few-label probes)" if shots else ""))
         final = self.evaluation.final(self.model.encoder)
+        encoders = {"federated encoder": self.model.encoder,
+                    **({"warm start": warm_encoder} if warm_encoder is not None else {})}
+        method, shape = str(cfg["method"]), data.input_shape
+        efficiency = self.evaluation.label_efficiency(
+            encoders, lambda: get_objective(method).build_model(shape).encoder,
+            progress=lambda line: self.progress.phase(f"label efficiency: {line}"))
         self.model.cpu()
         export_encoder(self.layout.encoder, self.model, {
             "method": str(cfg["method"]), "dataset": data.name,
@@ -289,7 +297,8 @@ class Federation:
             "knn_accuracy": final.get("knn_accuracy"),
             "few_label": {k: v for k, v in final.items() if "shot" in k},
             "random_init": random_init,
-            "initial_encoder": baseline if warm_started else None,
+            "initial_encoder": baseline if warm_encoder is not None else None,
+            "label_efficiency": efficiency,
             "wall_seconds": time.perf_counter() - wall_start,
             "privacy": privacy,
             "secure_aggregation": bool(cfg["secagg"]),
@@ -326,12 +335,13 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                     seed, int(cfg["image-size"]))
     data = cached_dataset(spec, str(run_dir.resolve()))
     evaluation = ServerEvaluation(data, int(cfg["eval-samples"]), seed,
-                                  tuple(int(k) for k in str(cfg["few-label"]).split(",")
-                                        if k.strip()),
-                                  resolve_device(str(cfg["device"])))
+                                  _ks(cfg["few-label"]), resolve_device(str(cfg["device"])),
+                                  _ks(cfg["finetune"]), int(cfg["finetune-seeds"]))
     if not evaluation.labelled:
         log.warning("the server's evaluation data has %s", TRAINING_ONLY)
     model, random_encoder, shared = initial_model(cfg, data.input_shape)
+    # the warm start as it was, for the label-efficiency table (before a resume loads weights)
+    warm_encoder = copy.deepcopy(model.encoder) if random_encoder is not None else None
     global_state = shared_state(model.state_dict(), shared)
     reference = {k: v.detach().cpu().numpy() for k, v in global_state.items()}
 
@@ -356,8 +366,13 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     for server_round in range(start.round, rounds + 1):
         arrays = run.train_round(server_round, server_round == start.round, grid, arrays,
                                  train_config)
-    return run.finish(data, shared, num_nodes, baseline, random_init,
-                      warm_started=random_encoder is not None, wall_start=wall_start)
+    return run.finish(data, shared, num_nodes, baseline, random_init, warm_encoder,
+                      wall_start=wall_start)
+
+
+def _ks(text: Any) -> tuple[int, ...]:
+    """Labels per class from a comma-separated setting (``"1,5,10"``; empty: none)."""
+    return tuple(int(k) for k in str(text).split(",") if k.strip())
 
 
 def run_privacy(run_dir: Path, cfg: dict[str, Any], reported: dict[str, dict[str, Any]],

@@ -5,7 +5,11 @@ result is compared with, or a warm start), with the few-label probes; every ``ev
 rounds (and after the last) the global encoder gets a linear probe and kNN plus the collapse
 metrics of its features (:func:`~fedssl.ssl_core.collapse.evaluate_with_collapse`); after the
 last round the final evaluation adds the few-label probes
-(:func:`~fedssl.ssl_core.evaluation.evaluate_encoder`). The probes are fitted on a capped
+(:func:`~fedssl.ssl_core.evaluation.evaluate_encoder`) and the label-efficiency table
+(:func:`~fedssl.ssl_core.finetune.label_efficiency`: the encoder, and the warm start if any,
+fine-tuned on ``k`` labels per class next to the same network trained from scratch, the
+frozen probe and raw-input logistic regression; report.json's ``label_efficiency``). The
+probes are fitted on a capped
 random subset of the labelled training records (``eval-samples``) and tested on the test
 split; they only ever see the server's own evaluation data, never a client's.
 
@@ -17,14 +21,17 @@ exported encoder is scored later on labelled data (``fedssl evaluate``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
+from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.collapse import collapse_metrics, evaluate_with_collapse
 from fedssl.ssl_core.datasets import SSLDataset, evaluation_labels
 from fedssl.ssl_core.evaluation import evaluate_encoder, extract_features
+from fedssl.ssl_core.finetune import label_efficiency
 
 #: records the collapse metrics of a training-only run are computed on
 COLLAPSE_RECORDS = 2000
@@ -42,14 +49,21 @@ class ServerEvaluation:
     extraction on ``device``. ``data`` without labels: collapse metrics only
     (:attr:`labelled` is False).
 
+    ``finetune`` labels per class (over ``finetune_seeds`` draws) for the label-efficiency
+    table (:meth:`label_efficiency`; none for unlabelled data).
+
     Raises:
         DataError: for labelled data the probes cannot use (no test split, or one without
             labels).
     """
 
     def __init__(self, data: SSLDataset, max_train: int, seed: int, shots: tuple[int, ...],
-                 device: torch.device | str) -> None:
+                 device: torch.device | str, finetune: tuple[int, ...] = (),
+                 finetune_seeds: int = 3) -> None:
         self.labelled = evaluation_labels(data, "the server's evaluation data")
+        self.finetune = finetune if self.labelled else ()
+        self.finetune_seeds = tuple(seed + i for i in range(finetune_seeds))
+        self.augment = augment_for(data.input_shape, data.name)
         self.split = eval_split(data, max_train, seed) if self.labelled else ()
         records = data.x_test if data.x_test is not None else data.x_train
         self.unlabelled = None if self.labelled else records[:COLLAPSE_RECORDS]
@@ -79,3 +93,16 @@ class ServerEvaluation:
             return {}
         return evaluate_encoder(encoder, *self.split, labels_per_class=self.shots,
                                 seed=self.seed, device=self.device)
+
+    def label_efficiency(self, encoders: Mapping[str, Any], scratch: Callable[[], Any],
+                         progress: Callable[[str], None] | None = None
+                         ) -> dict[str, Any] | None:
+        """After the last round: each of ``encoders`` frozen and fine-tuned on ``k`` labels
+        per class, the same network from scratch (``scratch`` builds it) and raw-input
+        logistic regression, on the probes' split; None without ``finetune`` values or
+        labels."""
+        if not self.finetune:
+            return None
+        return label_efficiency(*self.split, encoders, scratch, shots=self.finetune,
+                                seeds=self.finetune_seeds, augment=self.augment,
+                                device=self.device, progress=progress)

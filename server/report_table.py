@@ -94,6 +94,10 @@ def format_report(run_dir: Path) -> str:
                   "| linear probe | " + " | ".join(f"{few[f'linear_probe_{k}shot']:.3f}"
                                                   for k in shots) + " |",
                   "| kNN | " + " | ".join(f"{few[f'knn_{k}shot']:.3f}" for k in shots) + " |"]
+    if report.get("label_efficiency"):
+        from fedssl.ssl_core.finetune import format_label_efficiency
+
+        lines += ["", format_label_efficiency(report["label_efficiency"])]
     privacy = report.get("privacy")
     if privacy and privacy.get("clients"):
         lines += ["", f"privacy (delta = {privacy['delta']:g}, per client, from the signed "

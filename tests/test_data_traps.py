@@ -446,7 +446,7 @@ def test_simulate_on_unlabelled_data_is_a_training_only_run(tmp_path: Path) -> N
     done = subprocess.run(
         [sys.executable, "-m", "fedssl.cli", "simulate", "--data-path", str(data),
          "--partitioner", "iid", "--num-clients", "2", "--rounds", "1", "--no-dp",
-         "--no-secagg", "--out", str(out)],
+         "--no-secagg", "--finetune", "", "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]

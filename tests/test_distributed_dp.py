@@ -146,6 +146,7 @@ def test_simulated_run_reports_and_audits_the_skellam_epsilon(tmp_path: Path) ->
     proc = _run("simulate", "--num-clients", "3", "--rounds", "2", "--num-samples", "300",
                 "--no-dp", "--client-dp", "distributed", "--client-noise-multiplier", "1.5",
                 "--client-dp-min-clients", "2", "--eval-samples", "100", "--few-label", "",
+                "--finetune", "",
                 "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "distributed Skellam" in proc.stdout

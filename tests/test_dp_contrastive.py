@@ -84,7 +84,7 @@ def test_simulated_simclr_under_central_client_dp(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _run("simulate", "--method", "simclr", "--num-clients", "3", "--rounds", "2",
                 "--num-samples", "300", "--no-dp", "--client-dp", "central", "--no-secagg",
-                "--eval-samples", "100", "--few-label", "", "--out", str(out))
+                "--eval-samples", "100", "--few-label", "", "--finetune", "", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "simclr"

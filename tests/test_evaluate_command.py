@@ -107,3 +107,36 @@ def test_fedssl_evaluate_is_a_subcommand(tmp_path: Path, capsys: pytest.CaptureF
                  "--few-label", "", "--no-baseline"]) == 0
     assert "trained encoder" in capsys.readouterr().out
     assert (run / "evaluation.json").is_file()
+
+
+def test_finetune_adds_the_label_efficiency_table(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--finetune``: fine-tuned, from scratch, frozen probe and raw-input logistic
+    regression per k, over the seeds, printed and in evaluation.json (issue 21 item 1)."""
+    run = _run_dir(tmp_path)
+    data = _npz(tmp_path / "labelled.npz")
+    assert _main([str(run), "--data", str(data), "--few-label", "", "--finetune", "1,2",
+                  "--finetune-seeds", "2", "--no-baseline"]) == 0
+    out = capsys.readouterr().out
+    assert "| labels per class | 1 | 2 |" in out and "| same network from scratch |" in out
+    assert "gain of trained encoder fine-tuned over from scratch" in out
+    table = json.loads((run / "evaluation.json").read_text())["label_efficiency"]
+    assert table["shots"] == [1, 2] and table["seeds"] == [0, 1]
+    assert [r["kind"] for r in table["rows"]] == ["raw-input", "from-scratch", "frozen",
+                                                 "fine-tuned"]
+    for row in table["rows"]:
+        assert set(row["values"]) == {"1", "2"}
+        assert all(len(v["per_seed"]) == 2 and 0 <= v["mean"] <= 1
+                   for v in row["values"].values())
+
+
+def test_finetune_values_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                     ) -> None:
+    run = _run_dir(tmp_path)
+    data = _npz(tmp_path / "labelled.npz")
+    assert _main([str(run), "--data", str(data), "--finetune", "0"]) == 2
+    assert "--finetune values must be >= 1" in capsys.readouterr().err
+    assert _main([str(run), "--data", str(data), "--finetune", "5",
+                  "--finetune-seeds", "0"]) == 2
+    assert "--finetune-seeds must be >= 1" in capsys.readouterr().err
+    assert not (run / "evaluation.json").exists()

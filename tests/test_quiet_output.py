@@ -195,7 +195,7 @@ def _simulate(out: Path, *extra: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "fedssl.cli", "simulate", "--num-clients", "2",
          "--num-samples", "300", "--eval-samples", "100", "--rounds", "1", "--no-dp",
-         "--few-label", "", "--out", str(out), *extra],
+         "--few-label", "", "--finetune", "", "--out", str(out), *extra],
         capture_output=True, text=True, env=env, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]

@@ -77,3 +77,25 @@ def test_a_site_reused_across_runs_shows_its_lifetime_epsilon(tmp_path: Path) ->
     assert "| client | epsilon (this run) | lifetime epsilon (all runs) |" in text
     assert "| client-000 | 1.000 | 2.500 | 10 | 3.000 | 0.1000 |" in text
     assert "| client-001 | 1.000 | 1.000 | 10 | 3.000 | 0.1000 |" in text
+
+
+def test_the_label_efficiency_table_follows_the_probes(tmp_path: Path) -> None:
+    """report.json's ``label_efficiency`` (issue 21 item 1) is printed with the gain of each
+    fine-tuned encoder over the same network from scratch."""
+    def v(mean: float) -> dict:
+        return {"5": {"mean": mean, "std": 0.01, "per_seed": [mean - 0.01, mean + 0.01]}}
+
+    rows = [{"name": "raw input, logistic regression", "kind": "raw-input", "encoder": "",
+             "values": v(0.2)},
+            {"name": "same network from scratch", "kind": "from-scratch", "encoder": "",
+             "values": v(0.8)},
+            {"name": "federated encoder, fine-tuned", "kind": "fine-tuned",
+             "encoder": "federated encoder", "values": v(0.85)}]
+    _report(tmp_path, None)
+    report = json.loads((tmp_path / "report.json").read_text())
+    report["label_efficiency"] = {"metric": "accuracy", "shots": [5], "seeds": [0, 1],
+                                  "rows": rows}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    text = format_report(tmp_path)
+    assert "| same network from scratch | 0.800 ± 0.010 |" in text
+    assert "gain of federated encoder fine-tuned over from scratch: +0.050 at k=5" in text

@@ -57,7 +57,7 @@ keys = {f"client-{i:03d}": load_or_create_identity(run / "clients" / f"client-{i
 keys["client-001"] = Ed25519PrivateKey.generate()  # not the key client-001 holds
 write_registry(run / "identities.json", keys)
 cfg = {"num-server-rounds": 1, "num-samples": 600, "partitioner": "iid", "eval-samples": 200,
-       "few-label": "", "run-dir": str(run), "progress": False, "dp": True,
+       "few-label": "", "finetune": "", "run-dir": str(run), "progress": False, "dp": True,
        "target-epsilon": 8.0, "secagg": True, "round-timeout": 300.0}
 run_simulation(server_app=make_server_app(cfg, print_report=True), client_app=client_app,
                num_supernodes=3,
@@ -120,7 +120,8 @@ def test_dropout_after_key_setup_is_recovered(tmp_path: Path, stage: str,
         [sys.executable, "-m", "fedssl.cli", "simulate", "--num-clients", "3", "--rounds", "1",
          "--num-samples", "300", "--partitioner", "iid", "--no-dp", "--secagg",
          "--dropout-prob", str(p), "--seed", str(seed), "--eval-samples", "100",
-         "--few-label", "", "--out", str(out)], capture_output=True, text=True, timeout=600)
+         "--few-label", "", "--finetune", "", "--out", str(out)], capture_output=True,
+        text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1]
     assert row["clients"] == aggregated, row

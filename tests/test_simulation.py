@@ -41,7 +41,8 @@ def test_three_clients_two_rounds_with_dp(tmp_path: Path) -> None:
     proc = _run("simulate", "--num-clients", "3", "--rounds", "2", "--num-samples", "600",
                 "--partitioner", "dirichlet", "--dirichlet-alpha", "1.0", "--dp",
                 "--target-epsilon", "5", "--eval-samples", "300", "--out", str(out),
-                "--site-budgets", "client-001=0.1", "--tensorboard")
+                "--site-budgets", "client-001=0.1", "--tensorboard", "--finetune", "5",
+                "--finetune-seeds", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| federated simsiam |" in proc.stdout and "client-002" in proc.stdout
     assert "client-001 refused round(s) 1, 2: privacy budget would be exceeded" in proc.stdout
@@ -71,6 +72,12 @@ def test_three_clients_two_rounds_with_dp(tmp_path: Path) -> None:
     assert {"linear_probe_1shot", "knn_10shot"} <= set(report["random_init"])
     assert all({"feature_std_ratio", "effective_rank"} <= set(r) for r in (rows[0], rows[2]))
     assert "| 5-shot linear |" in proc.stdout
+    # the label-efficiency table (issue 21 item 1): printed, and in report.json
+    table = report["label_efficiency"]
+    assert table["shots"] == [5] and table["seeds"] == [0, 1]
+    assert [r["kind"] for r in table["rows"]] == ["raw-input", "from-scratch", "frozen",
+                                                 "fine-tuned"]
+    assert "gain of federated encoder fine-tuned over from scratch" in proc.stdout
     assert (out / "checkpoints" / "round-0002.safetensors").exists()
     assert json.loads((out / "checkpoints" / "state.json").read_text())["round"] == 2
     assert (out / "encoder.safetensors").stat().st_size > 1000
@@ -172,7 +179,7 @@ def test_secure_aggregation_gives_the_plain_average(tmp_path: Path) -> None:
     from safetensors.numpy import load_file
 
     common = ["simulate", "--num-clients", "3", "--rounds", "1", "--num-samples", "300",
-              "--partitioner", "iid", "--no-dp", "--eval-samples", "100"]
+              "--partitioner", "iid", "--no-dp", "--eval-samples", "100", "--finetune", ""]
     for name, flag in (("plain", "--no-secagg"), ("secure", "--secagg")):
         proc = _run(*common, flag, "--out", str(tmp_path / name))
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -194,7 +201,7 @@ def test_server_momentum_steps_from_the_aggregate_and_survives_a_resume(tmp_path
 
     common = ["simulate", "--num-clients", "2", "--rounds", "2", "--num-samples", "300",
               "--partitioner", "iid", "--no-dp", "--no-secagg", "--eval-samples", "100",
-              "--few-label", ""]
+              "--few-label", "", "--finetune", ""]
     momentum = ["--server-momentum", "0.5"]
     for name, extra in (("plain", []), ("fedavgm", momentum)):
         proc = _run(*common, *extra, "--out", str(tmp_path / name))
@@ -248,6 +255,7 @@ def test_dropouts_and_stragglers_cost_only_themselves(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _run("simulate", "--num-clients", str(n), "--rounds", "2", "--num-samples", "1200",
                 "--no-dp", "--no-secagg", "--eval-samples", "300", "--few-label", "",
+                "--finetune", "",
                 "--seed", str(seed), "--dropout-prob", str(p_drop), "--straggler-prob",
                 str(p_slow), "--straggler-delay", str(delay), "--round-timeout", str(timeout),
                 "--cpus-per-client", "0.5", "--out", str(out))

@@ -167,7 +167,8 @@ class Federation:
             "--run-dir", str(self.run_dir), "--rounds", str(rounds),
             "--data-path", str(self.files["server_eval"]), "--eval-samples", "300",
             "--batch-size", "32", "--target-epsilon", "8", "--delta", "1e-5",
-            "--wait-clients-timeout", "90", "--set", "few-label=1", *extra)
+            "--wait-clients-timeout", "90", "--set", "few-label=1",
+            "--set", "finetune=1", "--set", "finetune-seeds=1", *extra)
 
     def client(self, site: int, *extra: str, key: Path | None = None,
                data: Path | None = None) -> Proc:

@@ -28,7 +28,7 @@ import pytest
 
 FEDSSL = [sys.executable, "-m", "fedssl.cli", "simulate"]
 TINY = ["--num-clients", "2", "--num-samples", "300", "--eval-samples", "100", "--no-dp",
-        "--few-label", "", "--partitioner", "iid", "--rounds", "4"]
+        "--few-label", "", "--finetune", "", "--partitioner", "iid", "--rounds", "4"]
 SLOW_ROUNDS = ["--straggler-prob", "1", "--straggler-delay", "2"]
 #: generous bounds: a hang detector on a loaded 2-core machine
 START_SECONDS, STOP_SECONDS = 600, 60

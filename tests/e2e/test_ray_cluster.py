@@ -36,7 +36,8 @@ from fedssl.server.superlink_control import free_port
 RAY = Path(sys.executable).with_name("ray")
 FEDSSL = [sys.executable, "-m", "fedssl.cli", "simulate"]
 TINY = ["--num-clients", "2", "--num-samples", "300", "--eval-samples", "100", "--no-dp",
-        "--few-label", "", "--partitioner", "iid", "--rounds", "2", "--batch-size", "32"]
+        "--few-label", "", "--finetune", "", "--partitioner", "iid", "--rounds", "2",
+        "--batch-size", "32"]
 #: hang detectors on a loaded 2-core machine, not timings
 START_SECONDS, RUN_SECONDS = 120, 600
 
