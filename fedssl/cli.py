@@ -14,6 +14,7 @@ from fedssl.compare_command import add_compare_parser, run_compare
 from fedssl.deploy_commands import add_deploy_parsers, run_deploy
 from fedssl.evaluate_command import add_evaluate_parser, run_evaluate
 from fedssl.run_layout import RunLayout
+from fedssl.run_lock import RunInUseError
 from fedssl.simulations.config import ConfigError, ExperimentConfig
 
 
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = ExperimentConfig.load(args.config, overrides)
             run_dir = simulate(cfg, verbose=args.verbose, resume=args.resume,
                                extend=args.extend)
-        except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        except (ConfigError, ValueError, FileExistsError, FileNotFoundError,
+                RunInUseError) as exc:
             print(f"fedssl simulate: error: {exc}", file=sys.stderr)
             return 2
         except RunInterruptedError as exc:  # SIGINT: 130, SIGTERM: 143

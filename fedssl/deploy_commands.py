@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from fedssl import run_spec
+from fedssl.run_layout import RunLayout, SiteLayout
+from fedssl.run_lock import RunInUseError, RunLock
 
 DEPLOY_COMMANDS = ("certs", "server", "client")
 
@@ -295,6 +297,18 @@ def _say_extension_costs(cfg: dict[str, Any], run_dir: Path, saved: int, rounds:
         _say(f"[fedssl server] {'WARNING: ' if warn else ''}{text}")
 
 
+def server_run_dir(args: argparse.Namespace) -> Path:
+    """The run directory ``fedssl server`` will use: ``--run-dir``, else ``--set
+    run-dir=...``, else the deployment default (as :func:`server_run_config` resolves it)."""
+    if getattr(args, "run_dir", None):
+        return Path(args.run_dir)
+    for item in reversed(args.set):
+        key, sep, raw = item.partition("=")
+        if sep and key.strip() == "run-dir":
+            return Path(raw.strip())
+    return Path(str(_config_defaults()["run-dir"]))
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -335,20 +349,27 @@ def _run_deploy(command: str, args: argparse.Namespace) -> int:
         if command == "server":
             from fedssl.server.superlink import ServerOptions, run_server
 
-            cfg = server_run_config(args)
-            return run_server(ServerOptions(
-                certs=args.certs, run_config=cfg, address=args.address,
-                min_clients=args.min_clients, wait_clients_timeout=args.wait_clients_timeout,
-                resume=args.resume, verbose=args.verbose, print_fn=_say))
+            # the run directory is this server's until it stops: a second server (or a
+            # simulate) on it is refused before its settings are even read
+            with RunLock(RunLayout(server_run_dir(args)).lock, "run directory"):
+                cfg = server_run_config(args)
+                return run_server(ServerOptions(
+                    certs=args.certs, run_config=cfg, address=args.address,
+                    min_clients=args.min_clients,
+                    wait_clients_timeout=args.wait_clients_timeout, resume=args.resume,
+                    verbose=args.verbose, print_fn=_say))
         from fedssl.client.supernode import ClientOptions, run_client
 
-        return run_client(ClientOptions(
-            server=args.server, ca_cert=args.certs, node_key=args.node_key, data=args.data,
-            state_dir=args.state_dir, dataset=args.dataset, client_id=args.client_id,
-            budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
-            image_size=args.image_size, runtime_port=args.runtime_port, device=args.device,
-            join_timeout=args.join_timeout, verbose=args.verbose, print_fn=_say))
-    except (DataError, CertError, ClientSetupError, ValueError) as exc:
+        # one agent per state directory (its identity key and ledger): a second is refused
+        with RunLock(SiteLayout(args.state_dir).lock, "state directory"):
+            return run_client(ClientOptions(
+                server=args.server, ca_cert=args.certs, node_key=args.node_key,
+                data=args.data, state_dir=args.state_dir, dataset=args.dataset,
+                client_id=args.client_id, budget_epsilon=args.budget_epsilon,
+                budget_delta=args.budget_delta, image_size=args.image_size,
+                runtime_port=args.runtime_port, device=args.device,
+                join_timeout=args.join_timeout, verbose=args.verbose, print_fn=_say))
+    except (DataError, CertError, ClientSetupError, ValueError, RunInUseError) as exc:
         print(f"fedssl {command}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except DeployError as exc:

@@ -68,6 +68,7 @@ from fedssl.atomic import atomic_write_text
 from fedssl.processes import await_exit, descendants
 from fedssl.quiet import quiet_output
 from fedssl.run_layout import RunLayout
+from fedssl.run_lock import RunLock
 from fedssl.server.extension import extension_costs
 from fedssl.simulations import ray_cluster
 from fedssl.simulations.config import ConfigError, ExperimentConfig
@@ -382,11 +383,12 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False,
     ``exit_code`` is 130 or 143.
     """
     threads_before = set(threading.enumerate())
-    run_dir: Path | None = None
-    with _reap_orphans():
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    # the run directory is this process's until it ends, teardown included: a second
+    # simulate (or server) on it is refused before it reads or writes anything
+    with _reap_orphans(), RunLock(RunLayout(run_dir).lock, "run directory"):
         try:
             with _stop_on_signals():
-                run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
                 return _simulate(cfg, run_dir, verbose, resume, extend)
         except _Signalled as exc:
             signum = exc.signum
@@ -397,12 +399,11 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False,
     from fedssl.server.checkpoint import CheckpointError, resume_point
 
     kept: int | None = None
-    if run_dir is not None:
-        try:
-            point = resume_point(run_dir)
-            kept = point.round if point is not None else None
-        except CheckpointError:
-            kept = None
+    try:
+        point = resume_point(run_dir)
+        kept = point.round if point is not None else None
+    except CheckpointError:
+        kept = None
     raise RunInterruptedError(run_dir, int(signum), kept, cfg.rounds, lingering) from None
 
 
