@@ -207,6 +207,9 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
 
     defaults = _config_defaults()
     cfg = dict(defaults)
+    saved = _saved_run(server_run_dir(args)) if args.resume else None
+    if saved is not None:  # the run's own settings, which the options below may change
+        cfg.update({k: v for k, v in saved.items() if k in defaults})
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -221,9 +224,10 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
         cfg["dataset"] = infer_dataset(Path(args.data_path), args.dataset)
     elif args.dataset != "auto":
         cfg["dataset"] = args.dataset
+    run_dir = Path(str(cfg["run-dir"]))
     if args.resume:
         cfg["resume"] = True
-        _resume_rounds(cfg, Path(str(cfg["run-dir"])), args.num_server_rounds, args.extend)
+        _resume_rounds(cfg, run_dir, args.num_server_rounds, args.extend)
     elif args.extend:
         raise ValueError("--extend continues a run: it needs --resume")
     if cfg["num-server-rounds"] < 1:
@@ -232,6 +236,10 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--round-timeout must be positive")
     # the same checks and errors as fedssl simulate's (a ConfigError: exit 2)
     cfg = run_spec.validate_run_config(cfg)
+    if saved is not None:  # what defines the experiment stays as recorded
+        run_spec.check_resume(run_spec.resume_changes(saved, cfg, keys=True), run_dir,
+                              flag=_server_flag)
+        _refuse_complete(run_dir, int(cfg["num-server-rounds"]), args.extend)
     # the server's evaluation data must load before anything starts (exit 2 otherwise)
     data = load_dataset(str(cfg["dataset"]), str(cfg["data-path"]), int(cfg["num-samples"]),
                         int(cfg["seed"]), int(cfg["image-size"]))
@@ -242,6 +250,45 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
     for note in data.notes:  # e.g. the share held out to score the probes
         _say(f"[fedssl server] evaluation data: {note}")
     return cfg
+
+
+def _saved_run(run_dir: Path) -> dict[str, Any] | None:
+    """The settings a server run recorded (``RUN/config.toml``'s ``[run]`` table), or None
+    if there is none (nothing to resume: :func:`fedssl.server.superlink.check_run_dir` says
+    so). Unreadable TOML is a ValueError naming the file."""
+    import tomllib
+
+    path = RunLayout(run_dir).config
+    if not path.is_file():
+        return None
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: invalid TOML ({exc}); the run's settings cannot be "
+                         "read") from exc
+    table = raw.get("run")
+    return dict(table) if isinstance(table, dict) else None
+
+
+def _server_flag(option: run_spec.Option) -> str:
+    """How ``fedssl server`` sets ``option`` (named in its resume refusals)."""
+    own = {"dataset": "--dataset", "data-path": "--data-path"}
+    return own.get(option.key) or option.server_flag or f"--set {option.key}="
+
+
+def _refuse_complete(run_dir: Path, rounds: int, extend: bool) -> None:
+    """A complete run (every round done, report.json written) is resumed only to extend it:
+    resuming it otherwise redid nothing but overwrote its report (its wall_seconds too)."""
+    from fedssl.server.checkpoint import resume_point
+
+    layout = RunLayout(run_dir)
+    point = resume_point(run_dir)
+    if not extend and point is not None and point.round >= rounds and layout.report.exists():
+        raise ValueError(
+            f"the run in {run_dir} is complete (round {point.round} of {rounds}, "
+            f"{layout.report.name} written): there is nothing to resume, and its report and "
+            "encoder are kept as they are. To train more rounds: --resume --extend --rounds "
+            f"N (N > {rounds}) (nothing was changed)")
 
 
 def _resume_rounds(cfg: dict[str, Any], run_dir: Path, rounds: int | None,
