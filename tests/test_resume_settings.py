@@ -235,3 +235,14 @@ def test_the_serverapp_record_refuses_a_changed_experiment(tmp_path: Path) -> No
     record_run(tmp_path, {**cfg, "resume": True, "eval-every": 3})  # may change: recorded
     raw = tomllib.loads(RunLayout(tmp_path).config.read_text())
     assert [(c["key"], c["old"], c["new"]) for c in raw["change"]] == [("eval-every", 1, 3)]
+
+
+def test_resume_does_not_take_a_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            no_run: None) -> None:
+    """Before, ``--resume --config other.toml`` silently did not read the file."""
+    run = tmp_path / "run"
+    _run_dir(run, done=1)
+    other = tmp_path / "other.toml"
+    other.write_text('[experiment]\nmethod = "byol"\n')
+    code = main(["simulate", "--out", str(run), "--resume", "--config", str(other)])
+    assert code == 2 and "--config is not read on resume" in capsys.readouterr().err
