@@ -14,6 +14,7 @@ from fedssl.compare_command import add_compare_parser, run_compare
 from fedssl.deploy_commands import add_deploy_parsers, run_deploy
 from fedssl.evaluate_command import add_evaluate_parser, run_evaluate
 from fedssl.run_layout import RunLayout
+from fedssl.run_lock import RunInUseError
 from fedssl.simulations.config import ConfigError, ExperimentConfig
 
 
@@ -49,8 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its last checkpointed round, with "
                      "its saved config.toml (clients keep their ledgers: spent privacy is "
-                     "never repeated). A round that was interrupted is redone. Changing "
-                     "--rounds needs --extend")
+                     "never repeated). A round that was interrupted is redone. What defines "
+                     "the experiment (data, partition, clients, method, DP, seed, ...) cannot "
+                     "change: a different value is refused; the evaluation, timeouts, "
+                     "simulated faults and resources may (recorded in config.toml). Changing "
+                     "--rounds needs --extend; a complete run is resumed only with --extend")
     sim.add_argument("--extend", action="store_true",
                      help="with --resume: extend the run to --rounds N rounds (more than its "
                      "config.toml says; recorded there). Prints what the extra rounds cost "
@@ -84,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.resume:  # the run's own resolved config, plus explicit overrides
                 if not args.out:
                     raise ConfigError("--resume needs --out RUN_DIR")
+                if args.config:  # was silently not read
+                    raise ConfigError("--resume continues the run with its own config.toml; "
+                                      "--config is not read on resume (give an option that "
+                                      "may change on the command line)")
                 config_path = RunLayout(args.out).config
                 if not config_path.exists():
                     raise FileNotFoundError(f"nothing to resume: {config_path} not found")
@@ -92,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = ExperimentConfig.load(args.config, overrides)
             run_dir = simulate(cfg, verbose=args.verbose, resume=args.resume,
                                extend=args.extend)
-        except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        except (ConfigError, ValueError, FileExistsError, FileNotFoundError,
+                RunInUseError) as exc:
             print(f"fedssl simulate: error: {exc}", file=sys.stderr)
             return 2
         except RunInterruptedError as exc:  # SIGINT: 130, SIGTERM: 143

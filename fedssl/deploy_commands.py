@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from fedssl import run_spec
+from fedssl.run_layout import RunLayout, SiteLayout
+from fedssl.run_lock import RunInUseError, RunLock
 
 DEPLOY_COMMANDS = ("certs", "server", "client")
 
@@ -205,6 +207,9 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
 
     defaults = _config_defaults()
     cfg = dict(defaults)
+    saved = _saved_run(server_run_dir(args)) if args.resume else None
+    if saved is not None:  # the run's own settings, which the options below may change
+        cfg.update({k: v for k, v in saved.items() if k in defaults})
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -219,9 +224,10 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
         cfg["dataset"] = infer_dataset(Path(args.data_path), args.dataset)
     elif args.dataset != "auto":
         cfg["dataset"] = args.dataset
+    run_dir = Path(str(cfg["run-dir"]))
     if args.resume:
         cfg["resume"] = True
-        _resume_rounds(cfg, Path(str(cfg["run-dir"])), args.num_server_rounds, args.extend)
+        _resume_rounds(cfg, run_dir, args.num_server_rounds, args.extend)
     elif args.extend:
         raise ValueError("--extend continues a run: it needs --resume")
     if cfg["num-server-rounds"] < 1:
@@ -230,6 +236,10 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--round-timeout must be positive")
     # the same checks and errors as fedssl simulate's (a ConfigError: exit 2)
     cfg = run_spec.validate_run_config(cfg)
+    if saved is not None:  # what defines the experiment stays as recorded
+        run_spec.check_resume(run_spec.resume_changes(saved, cfg, keys=True), run_dir,
+                              flag=_server_flag)
+        _refuse_complete(run_dir, int(cfg["num-server-rounds"]), args.extend)
     # the server's evaluation data must load before anything starts (exit 2 otherwise)
     data = load_dataset(str(cfg["dataset"]), str(cfg["data-path"]), int(cfg["num-samples"]),
                         int(cfg["seed"]), int(cfg["image-size"]))
@@ -240,6 +250,45 @@ def server_run_config(args: argparse.Namespace) -> dict[str, Any]:
     for note in data.notes:  # e.g. the share held out to score the probes
         _say(f"[fedssl server] evaluation data: {note}")
     return cfg
+
+
+def _saved_run(run_dir: Path) -> dict[str, Any] | None:
+    """The settings a server run recorded (``RUN/config.toml``'s ``[run]`` table), or None
+    if there is none (nothing to resume: :func:`fedssl.server.superlink.check_run_dir` says
+    so). Unreadable TOML is a ValueError naming the file."""
+    import tomllib
+
+    path = RunLayout(run_dir).config
+    if not path.is_file():
+        return None
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: invalid TOML ({exc}); the run's settings cannot be "
+                         "read") from exc
+    table = raw.get("run")
+    return dict(table) if isinstance(table, dict) else None
+
+
+def _server_flag(option: run_spec.Option) -> str:
+    """How ``fedssl server`` sets ``option`` (named in its resume refusals)."""
+    own = {"dataset": "--dataset", "data-path": "--data-path"}
+    return own.get(option.key) or option.server_flag or f"--set {option.key}="
+
+
+def _refuse_complete(run_dir: Path, rounds: int, extend: bool) -> None:
+    """A complete run (every round done, report.json written) is resumed only to extend it:
+    resuming it otherwise redid nothing but overwrote its report (its wall_seconds too)."""
+    from fedssl.server.checkpoint import resume_point
+
+    layout = RunLayout(run_dir)
+    point = resume_point(run_dir)
+    if not extend and point is not None and point.round >= rounds and layout.report.exists():
+        raise ValueError(
+            f"the run in {run_dir} is complete (round {point.round} of {rounds}, "
+            f"{layout.report.name} written): there is nothing to resume, and its report and "
+            "encoder are kept as they are. To train more rounds: --resume --extend --rounds "
+            f"N (N > {rounds}) (nothing was changed)")
 
 
 def _resume_rounds(cfg: dict[str, Any], run_dir: Path, rounds: int | None,
@@ -295,6 +344,18 @@ def _say_extension_costs(cfg: dict[str, Any], run_dir: Path, saved: int, rounds:
         _say(f"[fedssl server] {'WARNING: ' if warn else ''}{text}")
 
 
+def server_run_dir(args: argparse.Namespace) -> Path:
+    """The run directory ``fedssl server`` will use: ``--run-dir``, else ``--set
+    run-dir=...``, else the deployment default (as :func:`server_run_config` resolves it)."""
+    if getattr(args, "run_dir", None):
+        return Path(args.run_dir)
+    for item in reversed(args.set):
+        key, sep, raw = item.partition("=")
+        if sep and key.strip() == "run-dir":
+            return Path(raw.strip())
+    return Path(str(_config_defaults()["run-dir"]))
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -335,20 +396,27 @@ def _run_deploy(command: str, args: argparse.Namespace) -> int:
         if command == "server":
             from fedssl.server.superlink import ServerOptions, run_server
 
-            cfg = server_run_config(args)
-            return run_server(ServerOptions(
-                certs=args.certs, run_config=cfg, address=args.address,
-                min_clients=args.min_clients, wait_clients_timeout=args.wait_clients_timeout,
-                resume=args.resume, verbose=args.verbose, print_fn=_say))
+            # the run directory is this server's until it stops: a second server (or a
+            # simulate) on it is refused before its settings are even read
+            with RunLock(RunLayout(server_run_dir(args)).lock, "run directory"):
+                cfg = server_run_config(args)
+                return run_server(ServerOptions(
+                    certs=args.certs, run_config=cfg, address=args.address,
+                    min_clients=args.min_clients,
+                    wait_clients_timeout=args.wait_clients_timeout, resume=args.resume,
+                    verbose=args.verbose, print_fn=_say))
         from fedssl.client.supernode import ClientOptions, run_client
 
-        return run_client(ClientOptions(
-            server=args.server, ca_cert=args.certs, node_key=args.node_key, data=args.data,
-            state_dir=args.state_dir, dataset=args.dataset, client_id=args.client_id,
-            budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
-            image_size=args.image_size, runtime_port=args.runtime_port, device=args.device,
-            join_timeout=args.join_timeout, verbose=args.verbose, print_fn=_say))
-    except (DataError, CertError, ClientSetupError, ValueError) as exc:
+        # one agent per state directory (its identity key and ledger): a second is refused
+        with RunLock(SiteLayout(args.state_dir).lock, "state directory"):
+            return run_client(ClientOptions(
+                server=args.server, ca_cert=args.certs, node_key=args.node_key,
+                data=args.data, state_dir=args.state_dir, dataset=args.dataset,
+                client_id=args.client_id, budget_epsilon=args.budget_epsilon,
+                budget_delta=args.budget_delta, image_size=args.image_size,
+                runtime_port=args.runtime_port, device=args.device,
+                join_timeout=args.join_timeout, verbose=args.verbose, print_fn=_say))
+    except (DataError, CertError, ClientSetupError, ValueError, RunInUseError) as exc:
         print(f"fedssl {command}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except DeployError as exc:

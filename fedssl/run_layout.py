@@ -19,11 +19,12 @@ name itself (``tests/test_run_layout.py`` greps the source for stray names)::
     RUN/evaluation.json        ``fedssl evaluate``'s result  RunLayout.evaluation
     RUN/clients/<client>/      a simulated site's own state  RunLayout.client_dir(cid)
     RUN/flower/                Flower's home and logs        RunLayout.flower
+    RUN/fedssl.lock            held while a process runs it  RunLayout.lock
 
 A site's own state directory (``fedssl client --state-dir``, or a simulated site's
 ``RUN/clients/<client>/``) has its layout in :class:`SiteLayout`: ``identity.pem``,
-``ledger.jsonl``, ``site.toml`` and ``flower/`` (``fedssl client``'s Flower home, with its
-``node-config.toml``).
+``ledger.jsonl``, ``site.toml``, ``flower/`` (``fedssl client``'s Flower home, with its
+``node-config.toml``) and ``fedssl.lock`` (held by the running ``fedssl client``).
 
 A leaf module: it imports nothing of fedssl, so every package may use it.
 
@@ -58,6 +59,9 @@ CLIENTS_DIR = "clients"
 #: Flower's home (``FLWR_HOME``) and logs, in a run directory (``fedssl server``) or a site's
 #: state directory (``fedssl client``)
 FLOWER_DIR = "flower"
+#: the lock file of a run directory or a state directory (:mod:`fedssl.run_lock`): present
+#: while a process holds it, with a record naming that process
+LOCK_FILE = "fedssl.lock"
 #: a site's state directory
 IDENTITY_FILE = "identity.pem"
 SITE_LEDGER_FILE = "ledger.jsonl"
@@ -99,6 +103,11 @@ class SiteLayout:
         """``flower/node-config.toml``: the node config ``fedssl client`` gives its
         SuperNode (``--node-config``)."""
         return self.flower / NODE_CONFIG_FILE
+
+    @property
+    def lock(self) -> Path:
+        """``fedssl.lock``: held by the ``fedssl client`` using this state directory."""
+        return self.state_dir / LOCK_FILE
 
 
 @dataclass(frozen=True)
@@ -196,6 +205,12 @@ class RunLayout:
     def flower(self) -> Path:
         """``flower/``: ``fedssl server``'s Flower home (``FLWR_HOME``) and logs."""
         return self.root / FLOWER_DIR
+
+    @property
+    def lock(self) -> Path:
+        """``fedssl.lock``: held by the ``fedssl simulate`` / ``fedssl server`` running this
+        run (:class:`fedssl.run_lock.RunLock`)."""
+        return self.root / LOCK_FILE
 
     def client_dir(self, client: str) -> Path:
         """``clients/<client>/``: a simulated site's state directory."""

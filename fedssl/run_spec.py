@@ -38,10 +38,10 @@ fedssl.run_spec.ConfigError: delta: must be in (0, 1)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS
 from fedssl.ssl_core.datasets import DATASETS, DEFAULT_DATASET, DataError, infer_dataset
@@ -58,6 +58,20 @@ CLIENT_DP_MODES = ("off", "central", "distributed")
 #: and resources (``fedssl simulate``), its warm-up workers, the run's id
 RUNTIME_KEYS = ("num-clients", "cpus-per-client", "gpus-per-client", "warmup-workers",
                 "run-id")
+
+#: what ``--resume`` may do with a setting (its field's ``on_resume``; issue 22 item 4):
+#: FIXED settings define the experiment (data, partition, clients, method, DP, seed, ...):
+#: a resume with another value is refused, naming it, before anything is written
+FIXED = "fixed"
+#: may change on resume (how long to wait, how often to evaluate, where to run and log):
+#: the change is recorded in config.toml as a ``[[change]]`` (key, old, new, time)
+MAY_CHANGE = "may change"
+#: the round count: only with ``--extend``, recorded too
+EXTEND = "extend"
+#: describes one invocation, not the run (``--resume`` itself, the progress display):
+#: neither compared nor recorded
+INVOCATION = "invocation"
+ON_RESUME = (FIXED, MAY_CHANGE, EXTEND, INVOCATION)
 
 
 class ConfigError(ValueError):
@@ -89,6 +103,9 @@ class Option:
     server_flag: str | None
     client_fallback: Any
     """What a client assumes when a round's config lacks the key (:func:`config_view`)."""
+    on_resume: str = FIXED
+    """What ``--resume`` may do with it: :data:`FIXED`, :data:`MAY_CHANGE`, :data:`EXTEND`
+    or :data:`INVOCATION` (:func:`resume_changes`)."""
 
     @property
     def flag(self) -> str:
@@ -104,11 +121,12 @@ def _opt(default: Any, help: str, *, client: bool = False, key: str | None = Non
          choices: tuple[str, ...] | None = None, simulate: str | None = None,
          simulate_default: Any = _SAME, server: str | None = None,
          server_flag: str | None = None, deploy: Any = _SAME,
-         client_fallback: Any = _SAME) -> Any:
+         client_fallback: Any = _SAME, on_resume: str = FIXED) -> Any:
+    assert on_resume in ON_RESUME, on_resume
     return field(default=default, metadata={
         "help": help, "client": client, "key": key, "choices": choices, "simulate": simulate,
         "simulate_default": simulate_default, "server": server, "server_flag": server_flag,
-        "deploy": deploy, "client_fallback": client_fallback})
+        "deploy": deploy, "client_fallback": client_fallback, "on_resume": on_resume})
 
 
 @dataclass
@@ -135,7 +153,7 @@ class RunSpec:
     clients_per_round: int = _opt(0, "clients sampled per round (0 = all)",
                                   server="clients sampled per round (0: all connected clients)")
     rounds: int = _opt(5, "federated rounds", key="num-server-rounds",
-                       server="number of federated rounds")
+                       server="number of federated rounds", on_resume=EXTEND)
     partitioner: str = _opt("dirichlet", f"how the pool is split: {', '.join(PARTITIONERS)}",
                             client=True, choices=PARTITIONERS, client_fallback="iid")
     dirichlet_alpha: float = _opt(0.5, "Dirichlet concentration for label skew (smaller = "
@@ -232,62 +250,65 @@ class RunSpec:
     # evaluation and output
     eval_every: int = _opt(1, "evaluate the global encoder every k rounds (and after the "
                               "last)", server="evaluate the global encoder every N rounds (and "
-                              "after the last)")
+                              "after the last)", on_resume=MAY_CHANGE)
     few_label: str = _opt("1,5,10", "labels per class for the final few-label linear probe "
-                                    "and kNN (comma-separated; empty = none)")
+                                    "and kNN (comma-separated; empty = none)",
+                         on_resume=MAY_CHANGE)
     finetune: str = _opt("5", "labels per class for the final label-efficiency table: the "
                               "encoder fine-tuned with a linear head next to the same network "
                               "trained from scratch on the same labels, its frozen probe and "
                               "logistic regression on the raw input (comma-separated; empty = "
-                              "none)")
+                              "none)", on_resume=MAY_CHANGE)
     finetune_seeds: int = _opt(3, "label draws of the label-efficiency table (mean and std "
-                                  "over them)")
+                                  "over them)", on_resume=MAY_CHANGE)
     eval_samples: int = _opt(4000, "max labelled pool records used to fit the probes",
                              server="labelled records of the server's evaluation data the "
-                             "probes are fitted on (at most)")
+                             "probes are fitted on (at most)", on_resume=MAY_CHANGE)
     tensorboard: bool = _opt(False, "also write each round's metrics (loss, probe accuracy, "
                                     "each client's epsilon, round seconds) as TensorBoard "
                                     "event files in RUN/tensorboard/",
                              server="write TensorBoard event files of each round's metrics "
                              "(loss, probe accuracy, each client's epsilon, round seconds) "
-                             "to RUN/tensorboard/")
+                             "to RUN/tensorboard/", on_resume=MAY_CHANGE)
     seed: int = _opt(0, "seed of data generation, partitioning, initialisation and sampling",
                      client=True, server="random seed")
     device: str = _opt("auto", "torch device of clients and server: auto (CUDA when the "
-                               "process sees a GPU), cpu, cuda or cuda:N", client=True)
+                               "process sees a GPU), cpu, cuda or cuda:N", client=True,
+                       on_resume=MAY_CHANGE)
     amp: bool = _opt(False, "bfloat16 mixed precision on CUDA for non-DP training (refused "
                             "with --dp)", client=True)
     dropout_prob: float = _opt(0.0, "probability a simulated client vanishes at each message "
                                     "(training and every secure-aggregation stage)",
-                               client=True)
+                               client=True, on_resume=MAY_CHANGE)
     straggler_prob: float = _opt(0.0, "probability a simulated client is slow at a message",
-                                 client=True)
+                                 client=True, on_resume=MAY_CHANGE)
     straggler_delay: float = _opt(0.0, "seconds a straggler sleeps (vs --round-timeout)",
-                                  client=True)
+                                  client=True, on_resume=MAY_CHANGE)
     round_timeout: float = _opt(600.0, "seconds the server waits for a round's replies (well "
                                        "above a benchmarked round, as fedssl server; raise it "
                                        "for rounds that need longer)",
                                 server="seconds the server waits for the clients' replies in "
                                 "a round; a client that has not answered by then (crashed, "
                                 "disconnected, too slow) counts as a dropout and the round "
-                                "goes on with the others", deploy=600.0)
+                                "goes on with the others", deploy=600.0, on_resume=MAY_CHANGE)
     # set by the driver (simulate derives them; fedssl server and flwr run take them as set)
     run_dir: str = _opt("runs/flwr-run", "run directory (RUN/config.toml, metrics.jsonl, "
                                          "ledger/, checkpoints/, report.json, ...)",
                         client=True, simulate="--out", client_fallback="",
                         server="run directory: metrics.jsonl, checkpoints/, report.json, "
                         "encoder.safetensors, plots/ and Flower's logs under flower/",
-                        deploy="runs/federation")
+                        deploy="runs/federation", on_resume=MAY_CHANGE)
     threads: int = _opt(1, "torch threads each client uses for training", client=True,
                         simulate="--cpus-per-client (its integer part, at least 1)",
-                        server="torch threads each client uses for training")
+                        server="torch threads each client uses for training", on_resume=MAY_CHANGE)
     progress: bool = _opt(True, "the ServerApp's progress lines", simulate="always on",
-                          deploy=False)
+                          deploy=False, on_resume=INVOCATION)
     resume: bool = _opt(False, "continue the run in run-dir after its last complete round",
-                        simulate="--resume")
+                        simulate="--resume", on_resume=INVOCATION)
     identity_registry: str = _opt("", "the sites' identity registry (identities.json); empty: "
                                       "RUN/identities.json, made for simulated sites",
-                                  simulate="simulate makes RUN/identities.json for its sites")
+                                  simulate="simulate makes RUN/identities.json for its sites",
+                                  on_resume=MAY_CHANGE)
 
     # -- Flower's run config: the only conversion to and from kebab-case keys ---------------
 
@@ -334,7 +355,8 @@ def options(cls: type = RunSpec) -> tuple[Option, ...]:
             server_flag=m.get("server_flag") or ("--" + f.name.replace("_", "-")
                                                  if m.get("server") else None),
             client_fallback=(f.default if m.get("client_fallback", _SAME) is _SAME
-                             else m["client_fallback"])))
+                             else m["client_fallback"]),
+            on_resume=m.get("on_resume", FIXED)))
     return tuple(out)
 
 
@@ -481,6 +503,58 @@ def validate_run_config(config: Mapping[str, Any]) -> dict[str, Any]:
     spec = RunSpec.from_run_config({**DEFAULTS, **config}).validate()
     runtime = {k: v for k, v in config.items() if k in RUNTIME_KEYS}
     return {**spec.to_run_config(), **runtime}
+
+
+class ResumeChange(NamedTuple):
+    """A setting whose value on resume differs from the run's recorded one."""
+
+    option: Option
+    old: Any
+    new: Any
+
+
+def resume_changes(saved: Mapping[str, Any], new: Mapping[str, Any], cls: type = RunSpec, *,
+                   keys: bool = False) -> list[ResumeChange]:
+    """The settings of ``cls`` (a :class:`RunSpec`, or simulate's ExperimentConfig) whose
+    value in ``new`` differs from ``saved``, the resumed run's recorded ones (its
+    config.toml), by field name (or run-config key with ``keys``). A setting ``saved`` lacks
+    (one added since the run was recorded) counts at its default; :data:`INVOCATION`
+    settings, and settings ``new`` lacks, are not compared."""
+    out = []
+    for o in options(cls):
+        name = o.key if keys else o.name
+        if o.on_resume == INVOCATION or name not in new:
+            continue
+        old = saved.get(name, o.default)
+        if old != new[name]:
+            out.append(ResumeChange(o, old, new[name]))
+    return out
+
+
+def _shown(value: Any) -> str:
+    return '""' if value == "" else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_resume(changes: list[ResumeChange], run_dir: str | Path,
+                 flag: Callable[[Option], str] = lambda o: o.flag, cls: type = RunSpec) -> None:
+    """Refuse a resume that changes a :data:`FIXED` setting: a :class:`ConfigError` naming
+    each one with its new and recorded value (and what may change instead); nothing else is
+    checked here (the round count: the commands' ``--extend``)."""
+    fixed = [c for c in changes if c.option.on_resume == FIXED]
+    if not fixed:
+        return
+    def set_to(option: Option, value: Any) -> str:  # "--lr 0.1", "--set lr=0.1"
+        how = flag(option)
+        return f"{how}{'' if how.endswith('=') else ' '}{_shown(value)}"
+
+    named = ", ".join(f"{set_to(c.option, c.new)} (the run's: {_shown(c.old)})" for c in fixed)
+    may = ", ".join(flag(o).rstrip("=") for o in options(cls) if o.on_resume == MAY_CHANGE)
+    raise ConfigError(
+        f"resume: the run in {run_dir} was recorded (its config.toml) with other values of "
+        f"settings that define the experiment: {named}. A resume continues the same "
+        "experiment: drop these options (or start a new run in another directory). What may "
+        f"change on resume, recorded in config.toml: {may}, and --rounds with --extend "
+        "(nothing was changed)")
 
 
 class _ConfigView:

@@ -12,7 +12,9 @@ audit`` needs (budget, delta, soundness). ``fedssl simulate`` writes it in its o
 (an ``[experiment]`` table of :class:`~fedssl.simulations.config.ExperimentConfig`); a server
 run that finds none writes the server format: a ``[run]`` table holding the resolved Flower
 run config (kebab-case keys) and the run id. Resuming never overwrites it silently: a setting
-that differs on resume is updated and recorded as a ``[[change]]`` (key, old, new, time).
+that defines the experiment (``on_resume`` "fixed" in :class:`fedssl.run_spec.RunSpec`) and
+differs on resume is refused (:func:`fedssl.run_spec.check_resume`); one that may change is
+updated and recorded as a ``[[change]]`` (key, old, new, time).
 Both files are written atomically (temp file + rename).
 """
 
@@ -29,6 +31,7 @@ import tomli_w
 
 from fedssl.atomic import atomic_write_text
 from fedssl.run_layout import CONFIG_FILE, RUN_ID_FILE, RunLayout
+from fedssl.run_spec import check_resume, resume_changes
 
 log = logging.getLogger("fedssl.server")
 
@@ -80,6 +83,9 @@ def write_run_config(run_dir: Path, cfg: dict[str, Any], run_id: str) -> Path | 
     if "run" not in raw or not bool(cfg.get("resume", False)):
         return None  # the simulator's file, or a new run that the server will refuse
     old = dict(raw["run"])
+    # what defines the experiment stays as recorded (``fedssl server`` refuses it before it
+    # starts anything; this is the same rule for any other driver, ``flwr run .``)
+    check_resume(resume_changes(old, table, keys=True), run_dir, flag=lambda o: o.key)
     changes = [{"key": k, "old": old.get(k, ""), "new": v,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
                for k, v in table.items() if old.get(k) != v]

@@ -20,15 +20,26 @@ from typing import Any
 
 import tomli_w
 
-from fedssl.run_spec import ConfigError, RunSpec, check_settings, coerce, options
+from fedssl.run_spec import (
+    FIXED,
+    INVOCATION,
+    MAY_CHANGE,
+    ConfigError,
+    RunSpec,
+    check_settings,
+    coerce,
+    options,
+)
 from fedssl.simulations.ray_cluster import parse_address
 
 __all__ = ["ConfigError", "ExperimentConfig"]
 
 
-def _sim(default: Any, help: str, after: str) -> Any:
-    """A simulation-only field, placed after RunSpec field ``after`` (``--help`` order)."""
-    return field(default=default, metadata={"help": help, "after": after})
+def _sim(default: Any, help: str, after: str, on_resume: str = FIXED) -> Any:
+    """A simulation-only field, placed after RunSpec field ``after`` (``--help`` order);
+    ``on_resume`` as a RunSpec field's (:data:`fedssl.run_spec.ON_RESUME`)."""
+    return field(default=default, metadata={"help": help, "after": after,
+                                            "on_resume": on_resume})
 
 
 #: what only a simulation has (not run-config settings of the ServerApp)
@@ -41,19 +52,19 @@ _SIMULATION_FIELDS: tuple[tuple[str, type, Any], ...] = (
     ("site_budgets", str, _sim("", "per-site budgets overriding the above, e.g. "
                                    "'client-003=2.0,client-007=1.5'", "site_budget_epsilon")),
     ("out", str, _sim("", "run directory (default: runs/<method>-<dataset>-<timestamp>)",
-                      "seed")),
+                      "seed", INVOCATION)),
     ("cpus_per_client", float, _sim(1.0, "CPU cores reserved per simulated client (Ray)",
-                                    "out")),
+                                    "out", MAY_CHANGE)),
     ("gpus_per_client", float, _sim(0.0, "share of a GPU reserved per simulated client (Ray), "
                                          "e.g. 0.25 runs 4 clients per GPU; 0 = CPU only",
-                                    "cpus_per_client")),
+                                    "cpus_per_client", MAY_CHANGE)),
     ("ray_address", str, _sim("", "run on the existing Ray cluster whose head listens at "
                                   "HOST:PORT (what `ray start --head` prints) instead of a "
                                   "local Ray; every node needs the same fedssl install, the "
                                   "data path and the run directory (--out) at the same "
                                   "absolute path on a shared file system (README: 'Past one "
                                   "machine'); empty: start Ray on this machine",
-                              "gpus_per_client")),
+                              "gpus_per_client", MAY_CHANGE)),
 )
 
 

@@ -68,6 +68,8 @@ from fedssl.atomic import atomic_write_text
 from fedssl.processes import await_exit, descendants
 from fedssl.quiet import quiet_output
 from fedssl.run_layout import RunLayout
+from fedssl.run_lock import RunLock
+from fedssl.run_spec import check_resume, resume_changes
 from fedssl.server.extension import extension_costs
 from fedssl.simulations import ray_cluster
 from fedssl.simulations.config import ConfigError, ExperimentConfig
@@ -341,12 +343,13 @@ def _record_changes(run_dir: Path, raw: dict[str, Any], cfg: ExperimentConfig,
     (``out``, the run's location, is not a setting). Atomic; returns the changes."""
     old = dict(raw["experiment"])
     new = dataclasses.asdict(cfg)
-    defaults = dataclasses.asdict(ExperimentConfig())
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    # a key the saved file lacks (an option added since) at its default is no change
-    changes = [{"key": k, "old": old.get(k, ""), "new": v, "time": stamp,
-                **({"note": note[k]} if k in note else {})}
-               for k, v in new.items() if k != "out" and old.get(k, defaults[k]) != v]
+    # a key the saved file lacks (an option added since) at its default is no change; the
+    # invocation's own settings (--out) are not the run's
+    changes = [{"key": c.option.name, "old": old.get(c.option.name, ""), "new": c.new,
+                "time": stamp, **({"note": note[c.option.name]} if c.option.name in note
+                                  else {})}
+               for c in resume_changes(old, new, ExperimentConfig)]
     if changes:
         new["out"] = old.get("out", new["out"])
         raw = {**raw, "experiment": new, "change": [*raw.get("change", []), *changes]}
@@ -376,17 +379,27 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False,
     Resuming with a different round count than the run's ``config.toml`` is refused unless
     ``extend`` (``--extend``) says so; an extension is recorded there as a ``[[change]]``
     and what it costs each client's privacy is printed first (:func:`extension_notes`).
+    Any other setting that defines the experiment (``on_resume`` "fixed" on its field) must
+    equal the recorded one, or the resume is refused before anything is written
+    (:func:`fedssl.run_spec.check_resume`); those that may change are recorded as
+    ``[[change]]``. A complete run (every round done, ``report.json`` written) is resumed
+    only with ``extend``: otherwise it would redo nothing but overwrite its report.
+
+    The run directory is locked (:class:`fedssl.run_lock.RunLock`) for the whole run,
+    teardown included: a second simulate or server on it gets
+    :class:`~fedssl.run_lock.RunInUseError`.
 
     SIGINT (Ctrl-C) and SIGTERM stop the run within seconds: the simulation is torn down
     (:func:`_tear_down`) and :class:`RunInterruptedError` says what was kept; its
     ``exit_code`` is 130 or 143.
     """
     threads_before = set(threading.enumerate())
-    run_dir: Path | None = None
-    with _reap_orphans():
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    # the run directory is this process's until it ends, teardown included: a second
+    # simulate (or server) on it is refused before it reads or writes anything
+    with _reap_orphans(), RunLock(RunLayout(run_dir).lock, "run directory"):
         try:
             with _stop_on_signals():
-                run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
                 return _simulate(cfg, run_dir, verbose, resume, extend)
         except _Signalled as exc:
             signum = exc.signum
@@ -397,12 +410,11 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False,
     from fedssl.server.checkpoint import CheckpointError, resume_point
 
     kept: int | None = None
-    if run_dir is not None:
-        try:
-            point = resume_point(run_dir)
-            kept = point.round if point is not None else None
-        except CheckpointError:
-            kept = None
+    try:
+        point = resume_point(run_dir)
+        kept = point.round if point is not None else None
+    except CheckpointError:
+        kept = None
     raise RunInterruptedError(run_dir, int(signum), kept, cfg.rounds, lingering) from None
 
 
@@ -430,8 +442,19 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
             raise FileNotFoundError(f"nothing to resume: {run_dir} holds no round (no "
                                     "metrics.jsonl or checkpoint)")
         saved = _saved_experiment(run_dir)
-        _check_rounds(run_dir, int(saved["experiment"].get("rounds", cfg.rounds)), cfg,
-                      point.round, extend)
+        # what defines the experiment stays as recorded (a changed --method would have
+        # relabelled its report, a changed --num-clients re-partitioned the data mid-run)
+        check_resume(resume_changes(saved["experiment"], dataclasses.asdict(cfg),
+                                    ExperimentConfig), run_dir, cls=ExperimentConfig)
+        planned = int(saved["experiment"].get("rounds", cfg.rounds))
+        _check_rounds(run_dir, planned, cfg, point.round, extend)
+        if not extend and point.round >= planned and layout.report.exists():
+            raise ConfigError(
+                f"the run in {run_dir} is complete (round {point.round} of {planned}, "
+                f"{layout.report.name} written): there is nothing to resume, and its report "
+                "and encoder are kept as they are. To train more rounds: --resume --extend "
+                f"--rounds N (N > {planned}); to score its encoder on other data: fedssl "
+                "evaluate (nothing was changed)")
     data = preflight(cfg)
     if resume:
         changes = _record_changes(run_dir, saved, cfg, {"rounds": (

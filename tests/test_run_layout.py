@@ -16,7 +16,7 @@ PACKAGES = ("fedssl", "ssl_core", "privacy", "client", "server", "simulations")
 NAMES = ("config.toml", "run_id", "metrics.jsonl", "report.json", "identities.json",
          "identity.pem", "ledger", "checkpoints", "state.json", "encoder.safetensors", "plots",
          "cache", "clients", "site.toml", "ledger.jsonl", "tensorboard", "evaluation.json",
-         "flower", "node-config.toml")
+         "flower", "node-config.toml", "fedssl.lock")
 _NAME = "|".join(re.escape(n) for n in NAMES)
 #: calls that build a path from their string arguments
 _PATH_CALL = r"(?:\b(?:Pure)?Path|\.joinpath|\bos\.path\.join|\.with_name)"

@@ -140,7 +140,9 @@ def test_server_resume_keeps_the_runs_rounds_unless_extended(tmp_path: Path) -> 
 
     run = tmp_path / "run"
     run.mkdir()
-    write_run_config(run, {"num-server-rounds": 3, "run-dir": str(run)}, "abc")
+    # the run's data is recorded too: a resume may not change it (issue 22 item 4)
+    write_run_config(run, {"num-server-rounds": 3, "run-dir": str(run), "dataset": "digits"},
+                     "abc")
     base = ("--dataset", "digits", "--run-dir", str(run), "--resume")
     assert server_run_config(_server_args(*base))["num-server-rounds"] == 3
     with pytest.raises(ValueError, match="--extend"):
