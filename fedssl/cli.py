@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_parser(sub)
     add_evaluate_parser(sub)
     add_compare_parser(sub)
+    from fedssl.client.pretrain import add_arguments as add_pretrain_arguments
+
+    add_pretrain_arguments(sub.add_parser(
+        "pretrain", help="pretrain a warm-start encoder on synthetic or public data",
+        description="Pretrain a warm-start encoder for --init-encoder on data that is not "
+        "the private pool: procedurally generated records (no data, no privacy cost), your "
+        "own public records, or MNIST-1D's public split. Writes a safetensors file."))
     return parser
 
 
@@ -78,6 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         return run_evaluate(args)
     if args.command == "compare":
         return run_compare(args)
+    if args.command == "pretrain":
+        from fedssl.client.pretrain import run as run_pretrain
+        from fedssl.ssl_core.warm_start import WarmStartError
+
+        try:
+            print(f"wrote {run_pretrain(args)}")
+        except (WarmStartError, ValueError) as exc:
+            print(f"fedssl pretrain: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "simulate":
         from fedssl.server.report_table import format_report
         from fedssl.simulations.simulate import RunInterruptedError, simulate

@@ -203,8 +203,8 @@ class RunSpec:
                                        "no privacy cost")
     init_encoder: str = _opt("", "warm-start encoder (safetensors, keys without 'encoder.') "
                                  "pretrained on public or synthetic data, never the private "
-                                 "records; make one with 'python -m "
-                                 "fedssl.client.pretrain --out FILE'")
+                                 "records; make one with 'fedssl pretrain --source "
+                                 "synthetic --input-shape C,H,W --out FILE'")
     # differential privacy
     dp: bool = _opt(True, "train with DP-SGD (per-record clipping over all views + noise)",
                     client=True, client_fallback=False,

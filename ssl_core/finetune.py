@@ -128,12 +128,12 @@ def _score(y_test: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     return {"accuracy": float((logits.argmax(1) == y_test).mean())}
 
 
-def finetune(encoder: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
-             x_test: np.ndarray, y_test: np.ndarray, recipe: FinetuneRecipe = FinetuneRecipe(),
-             seed: int = 0, augment: Augment | None = None,
-             device: str | torch.device = "cpu", num_outputs: int | None = None
-             ) -> dict[str, float]:
-    """Train ``encoder`` + a new linear head end to end on the labelled records, score it.
+def train_classifier(encoder: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
+                     recipe: FinetuneRecipe = FinetuneRecipe(), seed: int = 0,
+                     augment: Augment | None = None, device: str | torch.device = "cpu",
+                     num_outputs: int | None = None) -> nn.Sequential:
+    """A copy of ``encoder`` plus a new linear head, trained end to end on the labelled
+    records by ``recipe`` (the one recipe of this module).
 
     The encoder is deep-copied: the caller's weights are left as they were. Seeded: the
     head's initialisation, the batches and the augmentations come from ``seed``.
@@ -142,7 +142,6 @@ def finetune(encoder: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
         encoder: an encoder with ``feature_dim`` (pretrained, or freshly initialised for the
             from-scratch row).
         x_train, y_train: the labelled records (class ids, or ``(N, K)`` 0/1 flags).
-        x_test, y_test: the records it is scored on.
         recipe: the training recipe (:class:`FinetuneRecipe`).
         seed: seed of the head, the batches and the augmentation.
         augment: the data set's augmenter (applied when ``recipe.augment``), e.g.
@@ -151,7 +150,8 @@ def finetune(encoder: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
         num_outputs: classes (or labels); default: read off the labels.
 
     Returns:
-        ``{"accuracy": ...}``, plus ``"auc"`` (mean per-label ROC AUC) for multi-label data.
+        ``nn.Sequential(encoder_copy, nn.Linear(feature_dim, num_outputs))`` in eval mode;
+        its outputs are logits.
 
     Raises:
         ValueError: on empty training records or labels of another length.
@@ -161,8 +161,7 @@ def finetune(encoder: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
                          f"and {len(y_train)} labels")
     dev = torch.device(device)
     multi = y_train.ndim == 2
-    outputs = num_outputs or (y_train.shape[1] if multi
-                              else int(max(y_train.max(), y_test.max())) + 1)
+    outputs = num_outputs or (y_train.shape[1] if multi else int(y_train.max()) + 1)
     torch.manual_seed(seed)
     net = copy.deepcopy(encoder).to(dev)
     model = nn.Sequential(net, nn.Linear(int(net.feature_dim), outputs)).to(dev)
@@ -187,7 +186,35 @@ def finetune(encoder: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
         loss.backward()
         opt.step()
         sched.step()
-    return _score(y_test, _scores(model, x_test, dev))
+    return model.eval()
+
+
+def score(model: nn.Module, x_test: np.ndarray, y_test: np.ndarray,
+          device: str | torch.device = "cpu") -> dict[str, float]:
+    """A classifier's test score: ``{"accuracy"}`` for class ids; for ``(N, K)`` 0/1 labels
+    the mean per-label accuracy at logit 0 and the mean per-label ROC AUC (``"auc"``)."""
+    return _score(y_test, _scores(model, x_test, torch.device(device)))
+
+
+def finetune(encoder: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
+             x_test: np.ndarray, y_test: np.ndarray, recipe: FinetuneRecipe = FinetuneRecipe(),
+             seed: int = 0, augment: Augment | None = None,
+             device: str | torch.device = "cpu", num_outputs: int | None = None
+             ) -> dict[str, float]:
+    """:func:`train_classifier` on the training records, then :func:`score` on the test
+    records (``num_outputs`` defaults to what both splits' labels need).
+
+    Returns:
+        ``{"accuracy": ...}``, plus ``"auc"`` (mean per-label ROC AUC) for multi-label data.
+
+    Raises:
+        ValueError: on empty training records or labels of another length.
+    """
+    if num_outputs is None and y_train.ndim == 1 and len(y_train) and len(y_test):
+        num_outputs = int(max(y_train.max(), y_test.max())) + 1
+    model = train_classifier(encoder, x_train, y_train, recipe, seed, augment, device,
+                             num_outputs)
+    return score(model, x_test, y_test, device)
 
 
 def logistic_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,

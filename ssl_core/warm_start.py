@@ -8,20 +8,16 @@ file with the encoder's state dict, keys without the ``encoder.`` prefix, as
 the private data: the privacy guarantee covers only the private training that follows, and
 using the private records to make the warm start would be an unaccounted release.
 
-:func:`fedssl.client.pretrain.pretrain_public` makes one (with the local trainer, so it lives
-above ``ssl_core`` in the data flow) from data that is NOT the private pool:
-
-- ``mnist1d``: a *public split*: MNIST-1D records generated with a different generator seed
-  (12345 by default; the private pool of every fedssl run is generated with the run's seed,
-  0 in the demo and benchmarks), i.e. fresh draws from the public MNIST-1D generator (digit
-  templates + random transformations), disjoint from the private records. It is in-
-  distribution public data: the benchmark's ``public only`` row shows what it gives alone.
-
-Other data sets have no built-in public split: pass your own encoder file.
+:mod:`fedssl.client.pretrain` makes one (with the local trainer, so it lives above
+``ssl_core`` in the data flow) from data that is NOT the private pool: ``fedssl pretrain
+--source synthetic`` (procedural records, no data at all, any record shape), ``--source
+public --public PATH`` (the user's own public records) or ``--source mnist1d-public`` (fresh
+draws from the MNIST-1D generator with another seed than the private pool's: in-distribution
+public data, which a real site rarely has; the file says so).
 
 Command::
 
-    python -m fedssl.client.pretrain --dataset mnist1d --out public_encoder.safetensors
+    fedssl pretrain --source synthetic --input-shape 1,28,28 --out warm.safetensors
 """
 from __future__ import annotations
 
@@ -30,9 +26,6 @@ from pathlib import Path
 from torch import nn
 
 from fedssl.atomic import atomic_path
-
-#: data sets with a built-in public source for :func:`pretrain_public`
-PUBLIC_SOURCES = ("mnist1d",)
 
 
 class WarmStartError(ValueError):

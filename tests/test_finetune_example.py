@@ -38,11 +38,13 @@ def test_the_example_fine_tunes_an_exported_encoder(
              train_images=(rng.normal(size=(50, 8, 8)) + y[:, None, None]).astype(np.float32))
     out = tmp_path / "finetuned.pt"
     monkeypatch.setattr(sys, "argv", [str(EXAMPLE), str(run), "--data",
-                                      str(tmp_path / "labelled.npz"), "--epochs", "2",
+                                      str(tmp_path / "labelled.npz"), "--steps", "20",
+                                      "--labels-per-class", "5", "--compare",
                                       "--out", str(out)])
     runpy.run_path(str(EXAMPLE), run_name="__main__")
     printed = capsys.readouterr().out
-    assert "epoch 1: loss" in printed and "epoch 2: loss" in printed
+    assert "fine-tuned on 10 labelled records: test {'accuracy':" in printed
+    assert "from scratch: test {'accuracy':" in printed
     state = torch.load(out)
     assert state["1.weight"].shape == (2, model.encoder.feature_dim)  # the new linear head
     trained = {k.removeprefix("0."): v for k, v in state.items() if k.startswith("0.")}

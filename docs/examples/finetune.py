@@ -1,43 +1,44 @@
-"""Fine-tune a fedssl encoder: load it, add a linear head, train a few epochs on labelled data.
+"""Fine-tune a fedssl encoder: load it, add a linear head, train it on labelled data.
 
-    python docs/examples/finetune.py runs/demo --dataset mnist1d --epochs 3
+    python docs/examples/finetune.py runs/demo --dataset mnist1d --labels-per-class 5
     python docs/examples/finetune.py runs/derm --data labelled.npz --out derm-finetuned.pt
+
+The recipe is the one `fedssl evaluate --finetune` and `fedssl simulate`'s label-efficiency
+table use (fedssl.ssl_core.finetune); `--compare` also trains the same network from scratch.
 """
 import argparse
 
 import torch
-from torch import nn
 
 import fedssl
+from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.datasets import load_dataset, require_labels
+from fedssl.ssl_core.finetune import FinetuneRecipe, label_subset, score, train_classifier
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("run", help="run directory (or its encoder.safetensors)")
 parser.add_argument("--data", default="", help=".npz, image folder, DICOM or NIfTI")
 parser.add_argument("--dataset", default="auto", help="auto, or mnist1d/digits without --data")
-parser.add_argument("--epochs", type=int, default=3)
+parser.add_argument("--labels-per-class", type=int, default=0, help="0: every label")
+parser.add_argument("--steps", type=int, default=FinetuneRecipe.steps)
+parser.add_argument("--compare", action="store_true", help="also train it from scratch")
 parser.add_argument("--out", default="finetuned.pt")
 args = parser.parse_args()
 
 encoder = fedssl.load_encoder(args.run)  # the trained encoder: a torch nn.Module
 # labelled records, one class each (the format is inferred from the path; 20 % held out)
 data = require_labels(load_dataset(args.dataset, args.data), "the fine-tuning data")
-model = nn.Sequential(encoder, nn.Linear(encoder.feature_dim, data.num_classes))
-
-x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train).long()
-x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test).long()
-optimizer = torch.optim.AdamW([  # a small step for the pretrained encoder, a larger one
-    {"params": encoder.parameters(), "lr": 1e-4},  # for the new head
-    {"params": model[1].parameters(), "lr": 1e-3}])
-for epoch in range(args.epochs):
-    model.train()
-    for batch in torch.randperm(len(x)).split(64):
-        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = (model(x_test).argmax(dim=1) == y_test).float().mean().item()
-    print(f"epoch {epoch + 1}: loss {loss.item():.3f}, test accuracy {accuracy:.3f}")
+x, y = data.x_train, data.y_train
+if args.labels_per_class:  # what a site with a few labels has
+    pick = label_subset(y, args.labels_per_class, seed=0)
+    x, y = x[pick], y[pick]
+recipe = FinetuneRecipe(steps=args.steps)  # AdamW, cosine decay, the data's SSL augmentation
+augment = augment_for(data.input_shape, data.name)
+model = train_classifier(encoder, x, y, recipe, augment=augment, num_outputs=data.num_classes)
+print(f"fine-tuned on {len(x)} labelled records: test {score(model, data.x_test, data.y_test)}")
+if args.compare:  # the same architecture, randomly initialised, the same recipe and records
+    fresh = type(encoder)(**encoder.arch_kwargs)
+    scratch = train_classifier(fresh, x, y, recipe, augment=augment,
+                               num_outputs=data.num_classes)
+    print(f"from scratch: test {score(scratch, data.x_test, data.y_test)}")
 torch.save(model.state_dict(), args.out)
