@@ -1,15 +1,22 @@
-"""Quality benchmark: does private federated SSL learn anything a random encoder does not?
+"""Quality benchmark: with k labels per class, is a site better off with the fedssl encoder?
 
-Every row is measured in the same run, on the same data, probe split and seeds:
+SSL exists for label efficiency (``shared/research/label-efficiency.md``): every row is put
+beside what a site has without fedssl, measured in the same run, on the same data, probe split,
+label draws and seeds:
 
-- ``random init``: the untrained encoder (the floor every method must beat);
-- ``supervised 5-shot``: the same encoder + linear head trained from scratch on 5 labels per
-  class (what the few labels alone give, no pretraining);
-- ``public only``: the warm-start encoder (``--init-encoder``, or one pretrained here on data
-  disjoint from the private pool, see :mod:`fedssl.ssl_core.warm_start`) before any private
-  training: the gain from the private data is the difference to the federated rows;
+- ``raw input``: logistic regression (and kNN) on the raw records: no network at all;
+- ``random init / from scratch``: the untrained encoder's frozen features, and the same
+  network trained from scratch on the k labels (fine-tuned columns: the recipe every
+  fine-tuned row shares, :mod:`fedssl.ssl_core.finetune`);
+- ``warm start alone``: the warm-start encoder (``--init-encoder``: ``public`` pretrains one
+  on MNIST-1D's public split, in-distribution public data; ``synthetic`` on procedural records
+  with no data, :mod:`fedssl.client.pretrain`) before any private training: the private
+  data's gain is the difference to the private rows;
+- ``one site alone``: each of ``--site-rows`` sites training SSL on its own records only,
+  same recipe and DP budget, averaged over those sites: what federation adds;
 - ``centralized``: SSL on the pooled private training records with the SAME epoch budget as
-  the federation (``rounds * local_epochs`` epochs, same batch size, schedule and K);
+  the federation (``rounds * local_epochs`` epochs, same batch size, schedule and K), no DP:
+  the ceiling;
 - ``federated``: FedAvg over ``--clients`` clients (IID or Dirichlet label skew), with
   sample-level DP-SGD at each ``--epsilons`` (delta ``--delta``; per client, over the whole
   run) or without DP;
@@ -17,9 +24,13 @@ Every row is measured in the same run, on the same data, probe split and seeds:
   ``--client-dp-clients`` clients, local training non-private (the privacy unit is a client),
   so in-batch SimCLR is allowed there;
 
-each evaluated by a full-label linear probe and kNN and 5-shot linear probe and kNN on frozen
-features; mean and std over ``--seeds``. Results: ``benchmarks/results/quality*.json`` and a
-PNG, plus a printed Markdown table.
+each evaluated by a full-label linear probe and kNN on frozen features, the frozen linear probe
+at each of ``--shots`` labels per class, and fine-tuned at each of them (encoder + linear head
+end to end, :func:`fedssl.ssl_core.finetune.finetune`, the recipe ``fedssl evaluate
+--finetune`` uses); mean and std over ``--seeds`` (each seed draws its own labelled records and
+initialisations). Nothing here is tuned on the test split unless a result file says so.
+Results: ``benchmarks/results/quality*.json`` (with the command) and a PNG, plus a printed
+Markdown table.
 
 The federation runs IN PROCESS: sequential FedAvg over :func:`fedssl.client.trainer.train_local`
 (the function every Flower client calls, with the same TrainConfig, DP engines, Poisson
@@ -31,7 +42,7 @@ server's strategy does. No Flower, no secure aggregation (which does not change 
 Usage::
 
     python benchmarks/quality.py --quick                        # smoke run, ~1 minute
-    python benchmarks/quality.py --datasets mnist1d --settings random,supervised5,nodp,dp \\
+    python benchmarks/quality.py --datasets mnist1d --settings raw,random,site,nodp,dp \\
         --partitions dirichlet --seeds 0,1,2
     python benchmarks/quality.py --help                         # every option
 """
@@ -52,7 +63,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedssl.client.pretrain import pretrain_public
+from fedssl.client.pretrain import pretrain, pretrain_public
 from fedssl.client.trainer import LR_SCHEDULES, TrainConfig, steps_per_epoch, train_local
 from fedssl.privacy.accountant import calibrate_noise, epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
@@ -61,13 +72,14 @@ from fedssl.server.server_optimizer import ServerMomentum
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.collapse import collapse_metrics
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
-from fedssl.ssl_core.evaluation import evaluate_encoder, extract_features, few_label_subset
+from fedssl.ssl_core.evaluation import evaluate_encoder, extract_features
+from fedssl.ssl_core.finetune import finetune, label_subset
 from fedssl.ssl_core.objectives import get_objective
 from fedssl.ssl_core.partitioners import partition_indices
 from fedssl.ssl_core.warm_start import load_init_encoder
 
 RESULTS = Path(__file__).parent / "results"
-SETTINGS = ("random", "supervised5", "public", "centralized", "nodp", "dp", "clientdp")
+SETTINGS = ("raw", "random", "public", "site", "centralized", "nodp", "dp", "clientdp")
 
 
 @dataclass
@@ -109,38 +121,31 @@ def _fresh_model(data: SSLDataset, recipe: Recipe, seed: int) -> torch.nn.Module
     return model
 
 
-def evaluate(encoder: torch.nn.Module, data: SSLDataset, probe: np.ndarray, seed: int
+def evaluate(encoder: torch.nn.Module | None, data: SSLDataset, probe: np.ndarray, seed: int,
+             shots: tuple[int, ...], frozen: bool = True, scratch: torch.nn.Module | None = None
              ) -> dict[str, float]:
-    """Full-label and 5-shot linear probe and kNN (probe fitted on ``probe`` indices of the
-    training pool, tested on the test split), plus the collapse metrics."""
-    out = evaluate_encoder(encoder, data.x_train[probe], data.y_train[probe], data.x_test,
-                           data.y_test, labels_per_class=(5,), seed=seed)
-    out.update(collapse_metrics(extract_features(encoder, data.x_test[:2000])))
+    """One encoder's row: full-label linear probe and kNN (fitted on the ``probe`` indices of
+    the training pool, tested on the test split), the frozen linear probe and kNN at each
+    ``k`` of ``shots`` labels per class and the collapse metrics (``frozen``), and the
+    encoder fine-tuned at each ``k`` (``finetuned_<k>shot``; the network to fine-tune is
+    ``scratch`` if given, else ``encoder``). Seed ``seed`` draws the labelled records
+    (:func:`fedssl.ssl_core.finetune.label_subset`, the same records as the frozen probes')."""
+    out: dict[str, float] = {}
+    x, y = data.x_train[probe], data.y_train[probe]
+    if frozen and encoder is not None:
+        out = evaluate_encoder(encoder, x, y, data.x_test, data.y_test, labels_per_class=shots,
+                               seed=seed)
+        if not isinstance(encoder, torch.nn.Flatten):
+            out.update(collapse_metrics(extract_features(encoder, data.x_test[:2000])))
+    tuned = scratch if scratch is not None else encoder
+    if tuned is not None and not isinstance(tuned, torch.nn.Flatten):
+        aug = augment_for(data.input_shape, data.name)
+        for k in shots:
+            sub = label_subset(y, k, seed)
+            out[f"finetuned_{k}shot"] = finetune(tuned, x[sub], y[sub], data.x_test,
+                                                 data.y_test, seed=seed, augment=aug,
+                                                 num_outputs=data.num_classes)["accuracy"]
     return out
-
-
-def supervised_few_shot(data: SSLDataset, shots: int, seed: int, epochs: int = 200
-                        ) -> dict[str, float]:
-    """Encoder + linear head trained from scratch on ``shots`` labels per class (full batch,
-    SGD with momentum, with the same augmentation as SSL), test accuracy."""
-    torch.manual_seed(seed)
-    encoder = get_objective("simsiam").build_model(data.input_shape).encoder
-    model = torch.nn.Sequential(encoder, torch.nn.Linear(encoder.feature_dim, data.num_classes))
-    sub = few_label_subset(data.y_train, shots, seed)
-    x, y = torch.as_tensor(data.x_train[sub]), torch.as_tensor(data.y_train[sub])
-    aug = augment_for(data.input_shape, data.name)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    model.train()
-    for _ in range(epochs):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(aug(x, gen)), y).backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        pred = torch.cat([model(torch.as_tensor(data.x_test[i:i + 1024])).argmax(1)
-                          for i in range(0, len(data.x_test), 1024)])
-    return {"linear_probe_5shot": float((pred.numpy() == data.y_test).mean())}
 
 
 def centralized(data: SSLDataset, recipe: Recipe, seed: int) -> torch.nn.Module:
@@ -161,14 +166,18 @@ def _average(states: list[dict[str, torch.Tensor]], weights: list[float]
 
 
 def federated(data: SSLDataset, recipe: Recipe, seed: int, clients: int, partition: str,
-              alpha: float, epsilon: float | None, delta: float) -> tuple[torch.nn.Module,
-                                                                          dict[str, Any]]:
-    """Sequential in-process FedAvg over ``train_local``; DP-SGD per client at ``epsilon``."""
+              alpha: float, epsilon: float | None, delta: float,
+              sites: list[int] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Sequential in-process FedAvg over ``train_local``; DP-SGD per client at ``epsilon``.
+    ``sites``: only those clients of the ``clients``-way partition take part (one site:
+    that site training alone, on its own records, with its own DP budget)."""
     model = _fresh_model(data, recipe, seed)
     objective = get_objective(recipe.method)
     aug = augment_for(data.input_shape, data.name)
     parts = [partition_indices(data.y_train, clients, c, partition, alpha, seed=seed)
              for c in range(clients)]
+    if sites is not None:
+        parts = [parts[c] for c in sites]
     sigmas: dict[int, float] = {}
     eps_spent: list[float] = []
     if epsilon is not None:
@@ -198,7 +207,8 @@ def federated(data: SSLDataset, recipe: Recipe, seed: int, clients: int, partiti
             mean = {k: torch.from_numpy(v) for k, v in server_opt.step(
                 current, {k: v.numpy() for k, v in mean.items()}).items()}
         model.load_state_dict(mean)
-    info = {"clients": clients, "partition": partition, "client_sizes": [len(p) for p in parts],
+    info = {"clients": len(parts), "partition": partition,
+            "client_sizes": [len(p) for p in parts],
             "noise_multipliers": sorted(set(round(s, 4) for s in sigmas.values())),
             "max_client_epsilon": max(eps_spent) if eps_spent else None}
     return model.encoder, info
@@ -282,9 +292,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="server momentum of FedAvgM (fedssl.server.server_optimizer)")
     p.add_argument("--init-encoder", default="",
                    help="warm-start encoder (safetensors) for the SSL rows; 'public' pretrains "
-                        "one here on data disjoint from the private pool")
+                        "one here on MNIST-1D's public split (in-distribution public data), "
+                        "'synthetic' on procedural records (no data)")
+    p.add_argument("--public-method", default="",
+                   help="SSL method of the warm start (default simclr; mae for --method mae)")
     p.add_argument("--public-samples", type=int, default=5000,
-                   help="records of the public set when --init-encoder public")
+                   help="records of the public or synthetic set")
+    p.add_argument("--shots", default="1,5,10",
+                   help="labels per class of the frozen and fine-tuned few-label columns")
+    p.add_argument("--site-rows", type=int, default=3,
+                   help="sites of the 'one site alone' rows (the first N of the partition)")
     p.add_argument("--public-epochs", type=int, default=10)
     p.add_argument("--probe-samples", type=int, default=5000,
                    help="labelled training records the full-label probes are fitted on")
@@ -346,27 +363,23 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
     name, path = [*dataset.split(":", 1), ""][:2]
     data = load_dataset(name, data_path=path, num_samples=args.num_samples, seed=0)
     probe = np.random.default_rng(0).permutation(len(data.x_train))[:args.probe_samples]
-    init = args.init_encoder
-    if init == "public":
-        init = str(out_path.with_name(f"public_encoder_{data.name}.safetensors"))
-        t0 = time.perf_counter()
-        pretrain_public(data.name, data.input_shape, init, base.method,
-                        num_samples=args.public_samples, epochs=args.public_epochs,
-                        batch_size=base.batch_size, lr=base.lr, seed=12345)
-        print(f"[{data.name}] public warm start pretrained in "
-              f"{time.perf_counter() - t0:.0f} s -> {init}", flush=True)
+    shots = tuple(int(k) for k in args.shots.split(",") if k)
+    init = _warm_start(args, data, base, out_path)
     recipe = replace(base, init_encoder=init)
     dpr = replace(dp_recipe, init_encoder=init)
-    warm = " (from warm start)" if init else ""
+    warm = f" (from {args.init_encoder} warm start)" if init else ""
 
-    def row(label: str, fn, partition: str = "", **meta: Any) -> None:
+    def row(label: str, fn, partition: str = "", frozen: bool = True, **meta: Any) -> None:
+        """Run ``fn(seed)`` per seed (an encoder, a list of them, averaged, or either with
+        an info dict) and evaluate what it returns."""
         per_seed, infos = [], []
         t0 = time.perf_counter()
         for seed in seeds:
             res = fn(seed)
             enc, info = res if isinstance(res, tuple) else (res, {})
-            per_seed.append(evaluate(enc, data, probe, seed) if isinstance(
-                enc, torch.nn.Module) else enc)
+            encoders = enc if isinstance(enc, list) else [enc]
+            per_seed.append(_mean_dicts([evaluate(e, data, probe, seed, shots, frozen)
+                                         for e in encoders]))
             infos.append(info)
         entry = {"dataset": data.name, "setting": label, "partition": partition, **meta,
                  "seeds": seeds, "per_seed": per_seed, "summary": _summary(per_seed),
@@ -374,22 +387,36 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
         results["rows"].append(entry)
         save()
         s = entry["summary"]
-        lin = s.get("linear_probe_accuracy", {"mean": math.nan})["mean"]
-        print(f"[{data.name}] {label:<34} {partition:<9} linear {lin:.3f}  5-shot "
-              f"{s['linear_probe_5shot']['mean']:.3f}  ({entry['seconds']:.0f} s)", flush=True)
+        cells = "  ".join(f"{name} {s[key]['mean']:.3f}" for key, name in (
+            ("linear_probe_accuracy", "linear"), ("linear_probe_5shot", "frozen 5-shot"),
+            ("finetuned_5shot", "fine-tuned 5-shot")) if key in s)
+        print(f"[{data.name}] {label:<40} {partition:<9} {cells}  ({entry['seconds']:.0f} s)",
+              flush=True)
 
+    if "raw" in settings:
+        row("raw input (logistic regression, kNN)", lambda s: torch.nn.Flatten())
     if "random" in settings:
-        row("random init", lambda s: _fresh_model(data, replace(base, init_encoder=""),
-                                                  s).encoder)
-    if "supervised5" in settings:
-        row("supervised 5-shot (from scratch)", lambda s: supervised_few_shot(data, 5, s))
+        row("random init (frozen) / from scratch (fine-tuned)",
+            lambda s: _fresh_model(data, replace(base, init_encoder=""), s).encoder)
     if "public" in settings and init:
-        row("public only (warm start)", lambda s: _fresh_model(data, recipe, s).encoder)
+        row(f"{args.init_encoder} warm start alone", lambda s: _fresh_model(data, recipe,
+                                                                             s).encoder)
     if "centralized" in settings:
-        row(f"centralized {recipe.method} (same budget){warm}",
+        row(f"centralized {recipe.method} no DP (same budget){warm}",
             lambda s: centralized(data, recipe, s), **{"recipe": asdict(recipe)})
     cdr = replace(recipe, method=args.client_dp_method)
+    sites = list(range(min(args.site_rows, args.clients)))
     for partition in args.partitions.split(","):
+        if "site" in settings:
+            budgets = ([None] if "nodp" in settings else []) + (
+                epsilons if "dp" in settings else [])
+            for eps in budgets:
+                r = recipe if eps is None else dpr
+                tag = "no DP" if eps is None else f"DP eps={eps:g}"
+                row(f"one site alone {r.method} {tag}{warm}",
+                    lambda s, pt=partition, e=eps, r=r: _sites_alone(
+                        data, r, s, args.clients, pt, args.alpha, e, args.delta, sites),
+                    partition, epsilon=eps, sites=sites, recipe=asdict(r))
         if "nodp" in settings:
             row(f"federated {recipe.method} no DP{warm}", lambda s, pt=partition: federated(
                 data, recipe, s, args.clients, pt, args.alpha, None, args.delta),
@@ -408,6 +435,50 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
                     args.delta), partition, recipe=asdict(cdr))
 
 
+def _warm_start(args: argparse.Namespace, data: SSLDataset, base: Recipe, out_path: Path
+                ) -> str:
+    """The warm-start encoder file of the SSL rows: ``--init-encoder`` as given, or one
+    pretrained here on ``public`` (MNIST-1D's public split) or ``synthetic`` records."""
+    init = args.init_encoder
+    if init not in ("public", "synthetic"):
+        return init
+    path = str(out_path.with_name(f"{init}_encoder_{data.name}.safetensors"))
+    method = args.public_method or ("mae" if base.method == "mae" else "simclr")
+    t0 = time.perf_counter()
+    if init == "public":
+        pretrain_public(data.name, data.input_shape, path, method,
+                        num_samples=args.public_samples, epochs=args.public_epochs,
+                        batch_size=base.batch_size, lr=base.lr, seed=12345)
+    else:
+        pretrain("synthetic", data.input_shape, path, method,
+                 num_samples=args.public_samples, epochs=args.public_epochs,
+                 batch_size=base.batch_size, lr=base.lr, seed=12345,
+                 augment=data.name if data.name == "mnist1d" else "")
+    print(f"[{data.name}] {init} warm start ({method}) pretrained in "
+          f"{time.perf_counter() - t0:.0f} s -> {path}", flush=True)
+    return path
+
+
+def _sites_alone(data: SSLDataset, recipe: Recipe, seed: int, clients: int, partition: str,
+                 alpha: float, epsilon: float | None, delta: float, sites: list[int]
+                 ) -> tuple[list[torch.nn.Module], dict[str, Any]]:
+    """Each of ``sites`` training on its own records only (a one-client federation over its
+    partition, same recipe and DP budget as in the federation)."""
+    encoders, infos = [], []
+    for c in sites:
+        enc, info = federated(data, recipe, seed, clients, partition, alpha, epsilon, delta,
+                              sites=[c])
+        encoders.append(enc)
+        infos.append(info)
+    return encoders, {"sites": infos}
+
+
+def _mean_dicts(values: list[dict[str, float]]) -> dict[str, float]:
+    """Key-wise mean of several evaluations (a row averaged over sites)."""
+    keys = [k for k in values[0] if all(k in v and v[k] is not None for v in values)]
+    return {k: float(np.mean([v[k] for v in values])) for k in keys}
+
+
 def _fmt(s: dict[str, Any], key: str) -> str:
     if key not in s:
         return "-"
@@ -415,17 +486,27 @@ def _fmt(s: dict[str, Any], key: str) -> str:
     return f"{m['mean']:.3f} ± {m['std']:.3f}" if m["n"] > 1 else f"{m['mean']:.3f}"
 
 
+def _shots_of(results: dict[str, Any]) -> list[int]:
+    """The few-label ``k`` values the rows hold (frozen or fine-tuned), in order."""
+    keys = {k for r in results["rows"] for k in r["summary"]}
+    return sorted({int(k.rsplit("_", 1)[1].removesuffix("shot")) for k in keys
+                   if k.endswith("shot") and k.startswith(("linear_probe_", "finetuned_"))})
+
+
 def report(results: dict[str, Any], out_path: Path) -> None:
-    """Print the Markdown table and write the PNG next to the JSON."""
-    print("\n| dataset | setting | partition | linear | kNN | 5-shot linear | 5-shot kNN | "
-          "feature std x sqrt(d) | seeds |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    """Print the Markdown table (full-label linear and kNN, the frozen linear probe and the
+    fine-tuned network at each k labels per class) and write the PNG next to the JSON."""
+    shots = _shots_of(results)
+    cols = ([("linear_probe_accuracy", "linear"), ("knn_accuracy", "kNN")]
+            + [(f"linear_probe_{k}shot", f"frozen {k}/class") for k in shots]
+            + [(f"finetuned_{k}shot", f"fine-tuned {k}/class") for k in shots])
+    print("\n| dataset | setting | partition | " + " | ".join(c for _, c in cols)
+          + " | seeds |")
+    print("|---" * (len(cols) + 4) + "|")
     for r in results["rows"]:
         s = r["summary"]
         print(f"| {r['dataset']} | {r['setting']} | {r['partition'] or '-'} | "
-              f"{_fmt(s, 'linear_probe_accuracy')} | {_fmt(s, 'knn_accuracy')} | "
-              f"{_fmt(s, 'linear_probe_5shot')} | {_fmt(s, 'knn_5shot')} | "
-              f"{_fmt(s, 'feature_std_ratio')} | {len(r['seeds'])} |")
+              + " | ".join(_fmt(s, key) for key, _ in cols) + f" | {len(r['seeds'])} |")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -433,21 +514,24 @@ def report(results: dict[str, Any], out_path: Path) -> None:
 
     rows = results["rows"]
     datasets = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7.5 * len(datasets), 0.9 + 0.45 * max(
+        len([r for r in rows if r["dataset"] == d]) for d in datasets)), squeeze=False)
+    bars = (("linear_probe_accuracy", "linear probe (all labels)", "C0"),
+            ("linear_probe_5shot", "frozen, 5 labels/class", "C1"),
+            ("finetuned_5shot", "fine-tuned, 5 labels/class", "C2"))
     for ax, dataset in zip(axes[0], datasets):
         rs = [r for r in rows if r["dataset"] == dataset]
         labels = [f"{r['setting']}" + (f" [{r['partition']}]" if r["partition"] else "")
                   for r in rs]
         y = np.arange(len(rs))
-        for off, key, colour in ((-0.2, "linear_probe_accuracy", "C0"),
-                                 (0.2, "linear_probe_5shot", "C1")):
+        for i, (key, name, colour) in enumerate(bars):
             vals = [r["summary"].get(key, {"mean": math.nan, "std": 0.0}) for r in rs]
-            ax.barh(y + off, [v["mean"] for v in vals], 0.4, xerr=[v["std"] for v in vals],
-                    color=colour, label=key.replace("linear_probe_accuracy", "linear probe")
-                    .replace("linear_probe_5shot", "5-shot linear"))
+            ax.barh(y + (i - 1) * 0.27, [v["mean"] for v in vals], 0.27,
+                    xerr=[v["std"] for v in vals], color=colour, label=name)
         ax.set_yticks(y, labels, fontsize=7)
         ax.invert_yaxis()
-        ax.set(title=f"{dataset} (in-process FedAvg)", xlabel="test accuracy", xlim=(0.3, 1.0))
+        ax.set(title=f"{dataset} (in-process FedAvg; mean ± std over seeds)",
+               xlabel="test accuracy", xlim=(0.0, 1.0))
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     png = out_path.with_suffix(".png")
