@@ -106,6 +106,9 @@ def test_training_only_evaluation_reports_collapse_metrics_only(tmp_path: Path) 
     for row in (evaluation.initial(encoder), evaluation.during_run(encoder)):
         assert set(row) == {"feature_std", "feature_std_ratio", "effective_rank"}
     assert evaluation.final(encoder) == {}
+    # no labels: no label-efficiency table, even when asked for (issue 21 item 1)
+    asked = ServerEvaluation(data, 100, 0, (5,), "cpu", finetune=(5,))
+    assert asked.label_efficiency({"federated encoder": encoder}, lambda: encoder) is None
 
 
 def test_fedssl_server_takes_unlabelled_evaluation_data_as_training_only(tmp_path: Path,

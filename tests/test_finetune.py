@@ -163,3 +163,21 @@ def test_label_efficiency_refuses_empty_shots_or_no_labels() -> None:
         label_efficiency(x, y, x, y, {}, _Linear, shots=())
     with pytest.raises(ValueError, match="labelled"):
         label_efficiency(x, None, x, None, {}, _Linear)  # type: ignore[arg-type]
+
+
+def test_the_servers_table_uses_its_probe_split_and_seeds() -> None:
+    """The ServerApp's label efficiency (report.json ``label_efficiency``): the run's
+    ``finetune`` ks over ``finetune-seeds`` draws starting at the run's seed; none when not
+    asked for."""
+    from fedssl.server.evaluation import ServerEvaluation
+    from fedssl.ssl_core.datasets import SSLDataset
+
+    x, y = _blobs(150)
+    data = SSLDataset("blobs", x[:100], y[:100], x[100:], y[100:], 3)
+    off = ServerEvaluation(data, 80, 4, (), "cpu")
+    assert off.label_efficiency({"federated encoder": _Linear()}, _Linear) is None
+    on = ServerEvaluation(data, 80, 4, (), "cpu", finetune=(1, 2), finetune_seeds=2)
+    table = on.label_efficiency({"federated encoder": _Linear()}, _Linear)
+    assert table is not None and table["shots"] == [1, 2] and table["seeds"] == [4, 5]
+    assert {r["kind"] for r in table["rows"]} == {"raw-input", "from-scratch", "frozen",
+                                                  "fine-tuned"}
