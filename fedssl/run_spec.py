@@ -375,15 +375,20 @@ DEPLOY_OVERRIDES: dict[str, Any] = {
 
 def coerce(value: Any, typ: type, key: str) -> Any:
     """``value`` as ``typ`` (bool, int, float or str); a :class:`ConfigError` naming ``key``
-    if it is not one. Booleans take true/false, yes/no, on/off, 1/0."""
+    if it is not one. Booleans take true/false, yes/no, on/off and the strings "1"/"0" (a
+    command line's), never a number; numbers never take a boolean."""
     if typ is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int | float):  # TOML's `secagg = 0`: a number, not a switch
+            raise ConfigError(f"{key}: expected true/false, got the number {value!r}")
         if str(value).lower() in ("1", "true", "yes", "on"):
             return True
         if str(value).lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if typ in (int, float) and isinstance(value, bool):  # TOML's `num_clients = true`
+        raise ConfigError(f"{key}: expected {typ.__name__}, got the boolean {value!r}")
     try:
         if typ is int and isinstance(value, float) and not value.is_integer():
             raise ValueError("not an integer")

@@ -34,6 +34,11 @@ from fedssl.simulations.ray_cluster import parse_address
 
 __all__ = ["ConfigError", "ExperimentConfig"]
 
+#: the most simulated clients a run may have: checked before any per-client state is made
+#: (site budgets, partitions), so a mistyped ``--num-clients 100000000000`` is an error, not a
+#: machine filling its memory
+MAX_SIMULATED_CLIENTS = 1_000_000
+
 
 def _sim(default: Any, help: str, after: str, on_resume: str = FIXED) -> Any:
     """A simulation-only field, placed after RunSpec field ``after`` (``--help`` order);
@@ -94,7 +99,8 @@ class _Experiment:
             if not ok:
                 raise ConfigError(f"{name.replace('_', '-')}: {msg}")
 
-        need(self.num_clients >= 1, "num_clients", "must be at least 1")
+        need(1 <= self.num_clients <= MAX_SIMULATED_CLIENTS, "num_clients",
+             f"must be between 1 and {MAX_SIMULATED_CLIENTS:,}")
         need(self.gpus_per_client >= 0, "gpus_per_client", "must be >= 0")
         need(self.cpus_per_client > 0, "cpus_per_client", "must be positive")
         if self.ray_address:

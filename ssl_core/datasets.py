@@ -81,6 +81,11 @@ DEEP_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 NPZ_TRAIN_KEYS = (("train_images", "train_labels"), ("images", "labels"))
 
 
+#: the largest number of classes a labelled data set may have (class ids 0..K-1): the probes
+#: and fine-tuning heads allocate one column per id, so an id of 10^9 must not reach them
+MAX_CLASSES = 100_000
+
+
 class DataError(ValueError):
     """Raised when a data source is missing, malformed or contains invalid values."""
 
@@ -236,6 +241,10 @@ def validate_arrays(x: np.ndarray, y: np.ndarray | None, what: str) -> None:
             )
         if len(y) and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0):
             raise DataError(f"{what}: labels must be non-negative integers")
+        if y.ndim == 1 and len(y) and y.max() >= MAX_CLASSES:
+            raise DataError(f"{what}: class id {int(y.max())} is out of range: class ids "
+                            f"must be 0..K-1 with K <= {MAX_CLASSES:,} (the probes allocate "
+                            "one column per id); renumber the classes")
         if y.ndim == 2 and len(y) and y.max() > 1:
             raise DataError(f"{what}: multi-label labels of shape {y.shape} must be 0/1 "
                             f"flags, found the value {int(y.max())}")
@@ -330,6 +339,10 @@ def _images_to_nchw(images: np.ndarray, what: str) -> np.ndarray:
             np.issubdtype(images.dtype, np.number) or images.dtype == np.bool_):
         raise DataError(f"{what}: expected a numeric image array, got "
                         f"{getattr(images, 'dtype', type(images).__name__)}")
+    if np.issubdtype(images.dtype, np.complexfloating):
+        raise DataError(f"{what}: complex-valued images ({images.dtype}) are not read (the "
+                        "imaginary part would be dropped): store the magnitude or the real "
+                        "part as a real array")
     if images.ndim == 3:
         images = images[:, None, :, :]
     elif images.ndim == 4 and images.shape[-1] in (1, 3):

@@ -461,3 +461,35 @@ def test_simulate_on_unlabelled_data_is_a_training_only_run(tmp_path: Path) -> N
     assert [r["round"] for r in rows] == [0, 1]
     assert all("feature_std_ratio" in r and "linear_probe_accuracy" not in r for r in rows)
     assert (out / "encoder.safetensors").exists()
+
+
+def test_a_huge_class_id_is_refused_before_anything_is_allocated(tmp_path: Path) -> None:
+    """Issue 22 item 6: a label of 10^9 made the probes allocate 693 GiB."""
+    npz = tmp_path / "huge.npz"
+    np.savez(npz, train_images=_images(10, 8, 8), train_labels=np.array([0] * 9 + [10**9]))
+    with pytest.raises(DataError, match=r"class id 1000000000 is out of range.*renumber"):
+        load_npz(npz)
+
+
+def test_complex_images_are_refused(tmp_path: Path) -> None:
+    """Issue 22 item 8: complex64 images lost their imaginary part silently."""
+    npz = tmp_path / "complex.npz"
+    np.savez(npz, train_images=_images(10, 8, 8).astype(np.complex64))
+    with pytest.raises(DataError, match=r"complex-valued images \(complex64\)"):
+        load_npz(npz)
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("num_clients = 100000000000", "num-clients: must be between 1 and 1,000,000"),
+    ("num_clients = true", "num_clients: expected int, got the boolean True"),
+    ("secagg = 0", "secagg: expected true/false, got the number 0"),
+    ("lr = false", "lr: expected float, got the boolean False"),
+])
+def test_toml_values_are_not_coerced_across_kinds(tmp_path: Path, toml: str,
+                                                  message: str) -> None:
+    """Issue 22 items 6 and 8: `num_clients = true` became 1 client, `secagg = 0` turned
+    secure aggregation off, and 10^11 clients grew memory before any check."""
+    path = tmp_path / "exp.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.load(path)
