@@ -56,6 +56,11 @@ from typing import Any, TextIO
 __all__ = ["RunInUseError", "RunLock", "default_command", "describe_holder", "pid_alive"]
 
 
+class DirectoryError(ValueError):
+    """Raised for a run or state directory that cannot be one: a path through a file, a
+    directory that cannot be created or written."""
+
+
 class RunInUseError(RuntimeError):
     """The directory is locked by another process (the message names it)."""
 
@@ -138,13 +143,29 @@ class RunLock:
         return self.path.parent
 
     def _make_directory(self) -> None:
+        """Create the directory (and missing parents), or say why it cannot be one."""
         missing = []
         d = self.directory
         while not d.exists() and d != d.parent:
             missing.append(d)
             d = d.parent
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if d.exists() and not d.is_dir():  # the directory itself, or a parent, is a file
+            raise DirectoryError(f"{self.what} {self.directory}: {d} is a file, not a "
+                                 "directory; choose another path")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DirectoryError(f"{self.what} {self.directory} cannot be created "
+                                 f"({exc.strerror or exc}); choose a writable path") from None
         self._created = missing  # innermost first
+
+    def _open(self) -> TextIO:
+        try:
+            return open(self.path, "a+", encoding="utf-8")
+        except OSError as exc:
+            self._release_directory()
+            raise DirectoryError(f"{self.what} {self.directory} is not writable "
+                                 f"({exc.strerror or exc}); choose a writable path") from None
 
     def _refuse(self, record: dict[str, Any] | None) -> RunInUseError:
         holder = describe_holder(record)
@@ -160,7 +181,7 @@ class RunLock:
         """Take the lock (see the class); returns self."""
         self._make_directory()
         for _ in range(self.ATTEMPTS):
-            fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held until release)
+            fh = self._open()
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -186,3 +186,38 @@ def test_the_lock_is_not_inherited_by_child_processes(tmp_path: Path) -> None:
     lock_path = RunLayout(tmp_path).lock
     with RunLock(lock_path) as lock:
         assert lock._fh is not None and not os.get_inheritable(lock._fh.fileno())
+
+
+@pytest.mark.parametrize("command", ["simulate", "server", "client"])
+def test_a_directory_that_cannot_be_one_is_a_clear_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """Issue 22 item 9: a path through a file gave FileExistsError/NotADirectoryError
+    tracebacks; now exit 2 naming the file."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    argv = {"simulate": ["simulate", "--out", str(afile / "run")],
+            "server": ["server", "--certs", str(tmp_path / "certs"), "--run-dir", str(afile)],
+            "client": ["client", "--server", "127.0.0.1:1", "--certs", "ca.crt",
+                       "--node-key", "k", "--data", "d.npz", "--state-dir",
+                       str(afile / "s")]}[command]
+    assert main(argv) == 2
+    assert f"{afile} is a file, not a directory" in capsys.readouterr().err
+    assert afile.read_text() == "x"
+
+
+def test_a_directory_that_cannot_be_created_or_written_is_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22 item 9: ``--out`` on a read-only location gave a PermissionError traceback
+    (simulated here: the tests may run as root, who can write anywhere)."""
+    from fedssl.run_lock import DirectoryError
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "mkdir", refuse)
+        with pytest.raises(DirectoryError, match=r"cannot be created \(Permission denied\)"):
+            RunLock(tmp_path / "new" / "fedssl.lock").acquire()
+    monkeypatch.setattr("builtins.open", refuse)
+    with pytest.raises(DirectoryError, match=r"is not writable \(Permission denied\)"):
+        RunLock(tmp_path / "fedssl.lock").acquire()
