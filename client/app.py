@@ -50,7 +50,12 @@ from fedssl.client.trainer import (
     steps_per_epoch,
     train_local,
 )
-from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_of
+from fedssl.privacy.accountant import (
+    AccountingError,
+    calibrate_noise,
+    check_delta,
+    epsilon_of,
+)
 from fedssl.privacy.distributed_dp import DistributedDPError, SkellamPlan, encode_with_noise
 from fedssl.privacy.dp_sgd import DPSoundnessError, clip_sensitivity
 from fedssl.privacy.identity import public_pem
@@ -321,6 +326,7 @@ def _plan_round_noise(config: ConfigRecord, ledger: Ledger, budget: SiteBudget |
                       sensitivity: float, run_id: str) -> float:
     """The round's noise multiplier (:func:`plan_noise`), checked against the site's own
     lifetime budget before any gradient (BudgetExceededError: the round is refused)."""
+    check_delta(float(config_view(config).delta), num_records, "this site's data")
     sample_rate = min(1.0, cfg.batch_size / num_records)
     planned = cfg.epochs * steps_per_epoch(num_records, cfg.batch_size, dp=True)
     sigma = plan_noise(config, ledger, sample_rate, planned, server_round, sensitivity)

@@ -122,6 +122,13 @@ def check_site(opts: ClientOptions) -> tuple[dict[str, object], bytes, SSLDatase
     dataset = infer_dataset(opts.data, opts.dataset)
     data = load_dataset(dataset, str(opts.data), image_size=opts.image_size,
                         with_test=False)  # DataError
+    if opts.budget_delta is not None:
+        from fedssl.privacy.accountant import AccountingError, check_delta
+
+        try:
+            check_delta(opts.budget_delta, len(data.x_train), f"the site's data {opts.data}")
+        except AccountingError as exc:
+            raise ClientSetupError(f"--budget-delta: {exc}") from None
     node_config: dict[str, object] = {
         "state-dir": str(opts.state_dir.resolve()),
         "client-id": opts.client_id or opts.node_key.stem,

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     if args.command == "simulate":
-        from fedssl.server.report_table import format_report
+        from fedssl.server.report_table import format_report, nobody_trained
         from fedssl.simulations.simulate import RunInterruptedError, simulate
 
         overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                 os._exit(exc.exit_code)
             return exc.exit_code
         print(format_report(run_dir))
+        if reason := nobody_trained(run_dir):
+            print(f"fedssl simulate: error: {reason}", file=sys.stderr)
+            return 1
     return 0
 
 

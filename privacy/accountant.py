@@ -20,6 +20,7 @@ upper bounds and calibrates noise to a target.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import cast
 
@@ -45,6 +46,27 @@ def _accountant(name: str) -> OpacusAccountant:
     """The registry's accountant ``name``, refused unless it is a guaranteed upper bound."""
     _check_accountant(name)
     return cast(OpacusAccountant, create_accountant(name))
+
+
+def check_delta(delta: float, records: int, who: str) -> None:
+    """Refuse a ``delta`` that is not below ``1 / records``: an (epsilon, delta) guarantee
+    with delta of order 1/N is met by a mechanism that publishes one of the N records in the
+    clear (Dwork & Roth 2014, Sec. 2.3), which is why Opacus advises delta < 1/N.
+
+    Args:
+        delta: the guarantee's delta.
+        records: the records the guarantee protects (a site's own data set).
+        who: names the data set in the message.
+
+    Raises:
+        AccountingError: if ``records`` > 0 and ``delta >= 1 / records``.
+    """
+    if records > 0 and not delta < 1.0 / records:
+        raise AccountingError(
+            f"delta {delta:g} is not below 1/records = {1.0 / records:.3g} for {who} "
+            f"({records} records): a guarantee with such a delta allows a record to be "
+            f"published in the clear; use a delta below 1/{records} (e.g. "
+            f"{10 ** math.floor(math.log10(0.1 / records)):g})")
 
 
 def epsilon_of(history: Iterable[Segment], delta: float, accountant: str = "prv") -> float:

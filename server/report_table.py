@@ -65,6 +65,22 @@ def _encoder_row(name: str, m: dict) -> str:
             f"{f('linear_probe_5shot')} | {f('knn_5shot')} |")
 
 
+def nobody_trained(run_dir: Path) -> str | None:
+    """Why no round of the run aggregated a single client update (every client refused,
+    failed or was rejected in every round), or None if some round did; the commands exit
+    non-zero with it, since such a run's encoder is its initial one."""
+    from fedssl.server.report import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if r.get("round", 0) >= 1]
+    if not rows or any(r.get("clients", 0) for r in rows):
+        return None
+    reasons = sorted({str(reason) for r in rows for kind in ("refused", "failed", "rejected")
+                      for reason in (r.get(kind) or {}).values()})
+    return (f"no client update was aggregated in any of the {len(rows)} round(s): the "
+            "encoder is the initial one" + (f" ({'; '.join(reasons)[:500]})" if reasons
+                                             else ""))
+
+
 def format_report(run_dir: Path) -> str:
     """The result table printed after a run."""
     report = json.loads(RunLayout(run_dir).report.read_text())
@@ -116,6 +132,8 @@ def format_report(run_dir: Path) -> str:
             life = (f" {float(p.get('lifetime_epsilon', p['epsilon'])):.3f} |" if spans else "")
             lines.append(f"| {cid} | {float(p['epsilon']):.3f} |{life} {p['steps']} | "
                          f"{_noise_range(ledgers.get(cid), p)} | {p['sample_rate']:.4f} |")
+    elif privacy is not None and not privacy.get("client_level"):
+        lines += ["", "privacy: DP on, but no client trained: no epsilon was spent"]
     elif not (privacy or {}).get("client_level"):
         lines += ["", "privacy: DP off (no epsilon guarantee)"]
     level = (privacy or {}).get("client_level")

@@ -259,9 +259,12 @@ def run_server(opts: ServerOptions) -> int:
             say(f"[fedssl server] {format_round(row, cfg['num-server-rounds'])}")
         if sub_status == "completed":
             say(f"[fedssl server] run {run_id} completed: {RunLayout(run_dir).report}")
-            from fedssl.server.report_table import format_report
+            from fedssl.server.report_table import format_report, nobody_trained
 
             opts.print_fn(format_report(run_dir))  # the table `fedssl simulate` prints
+            if reason := nobody_trained(run_dir):
+                say(f"[fedssl server] error: {reason}")
+                return 1
             return 0
         say(f"[fedssl server] run {run_id} {sub_status}{': ' + details if details else ''}; "
             f"ServerApp log: {flower_home / 'serverapp.log'}\n"

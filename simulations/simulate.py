@@ -96,12 +96,15 @@ def preflight(cfg: ExperimentConfig, say: Callable[[str], None] = print) -> SSLD
     Every data choice is printed with ``say``: the dataset (and whether it was inferred from
     the data path), records, channels, labels, the evaluation split and how it was made.
     """
+    from fedssl.privacy.accountant import check_delta
     from fedssl.privacy.dp_sgd import require_dp_sound
 
     objective = get_objective(cfg.method)
     if cfg.dp:
         require_dp_sound(objective)
     data = cached_dataset(data_spec(cfg))
+    if cfg.dp:  # each client holds at most the pool: its exact check is the client's own
+        check_delta(cfg.delta, len(data.x_train), "the training pool")
     labelled = evaluation_labels(data, "the simulation's evaluation data")
     partition_indices(partition_labels(data, cfg.partitioner), cfg.num_clients, 0,
                       cfg.partitioner, cfg.dirichlet_alpha, cfg.shards_per_client,

@@ -98,3 +98,17 @@ def test_extending_into_a_spent_budget_prints_no_rdp_order_warning() -> None:
         warnings.simplefilter("always")
         epsilon_of([(20.0001, 0.4444, 2)], 1e-5, "rdp")
     assert [w for w in caught if "Optimal order is the largest alpha" in str(w.message)]
+
+
+def test_delta_must_be_below_one_over_the_records() -> None:
+    """Issue 22 item 7: `--delta 0.5` was accepted ("epsilon 7.99 at delta 0.5")."""
+    from fedssl.privacy.accountant import check_delta
+    from fedssl.privacy.accountants import AccountingError
+
+    check_delta(1e-5, 480, "a site")
+    check_delta(0.5, 0, "nothing")  # no records: nothing to protect, nothing to refuse
+    check_delta(1 / 500, 480, "a site")
+    with pytest.raises(AccountingError, match=r"delta 0.0025 is not below 1/records .*480"):
+        check_delta(1 / 400, 480, "a site")
+    with pytest.raises(AccountingError, match=r"1/480 \(e.g. 0.0001\)"):
+        check_delta(0.5, 480, "a site")

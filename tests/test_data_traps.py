@@ -493,3 +493,14 @@ def test_toml_values_are_not_coerced_across_kinds(tmp_path: Path, toml: str,
     path.write_text(toml + "\n")
     with pytest.raises(ConfigError, match=message):
         ExperimentConfig.load(path)
+
+
+def test_simulate_refuses_a_delta_not_below_one_over_the_records(tmp_path: Path,
+                                                                 capsys) -> None:
+    """Issue 22 item 7: the pool bounds every client's records, so delta >= 1/pool is
+    refused before anything starts (each client checks its own count too)."""
+    out = tmp_path / "run"
+    assert main(["simulate", "--num-samples", "300", "--num-clients", "2", "--delta", "0.5",
+                 "--out", str(out)]) == 2
+    assert "delta 0.5 is not below 1/records" in capsys.readouterr().err
+    assert not out.exists()

@@ -99,3 +99,29 @@ def test_the_label_efficiency_table_follows_the_probes(tmp_path: Path) -> None:
     text = format_report(tmp_path)
     assert "| same network from scratch | 0.800 ± 0.010 |" in text
     assert "gain of federated encoder fine-tuned over from scratch: +0.050 at k=5" in text
+
+
+def test_a_run_in_which_nobody_trained_says_so_and_fails(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """Issue 22 item 7: `--target-epsilon 0.0001` refused every round, exit 0, and the
+    summary said "privacy: DP off"."""
+    from fedssl.cli import main
+    from fedssl.server.report_table import nobody_trained
+    from fedssl.simulations import simulate as simulate_module
+
+    text = _report(tmp_path, None, privacy={"delta": 1e-5, "clients": {}})
+    assert "privacy: DP on, but no client trained" in text and "DP off" not in text
+    rows = [{"round": 0, "clients": 0},
+            {"round": 1, "clients": 0, "refused": {"client-000": "budget too small"}},
+            {"round": 2, "clients": 0, "refused": {"client-000": "budget too small"},
+             "failed": {"client-001": "timeout"}}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reason = nobody_trained(tmp_path)
+    assert reason is not None and "any of the 2 round(s)" in reason
+    assert "budget too small; timeout" in reason
+    monkeypatch.setattr(simulate_module, "simulate", lambda cfg, **_kw: tmp_path)
+    assert main(["simulate", "--out", str(tmp_path / "x")]) == 1
+    assert "no client update was aggregated" in capsys.readouterr().err
+    rows[2]["clients"] = 1
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert nobody_trained(tmp_path) is None
