@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         "command-line options override the file. Writes the run directory "
         "(config.toml, metrics.jsonl, ledger/, checkpoints/, encoder.safetensors, "
         "report.json, plots/) and prints the result table.")
-    sim.add_argument("--config", metavar="TOML", help="experiment config file")
+    sim.add_argument("--config", metavar="TOML", help="experiment config file (relative "
+                     "init_encoder and data_path in it are taken from its directory)")
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     sim.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its last checkpointed round, with "
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise FileNotFoundError(f"nothing to resume: {config_path} not found")
                 cfg = ExperimentConfig.load(config_path, overrides)
             else:
-                cfg = ExperimentConfig.load(args.config, overrides)
+                cfg = ExperimentConfig.load(args.config, overrides, paths_from_file=True)
             run_dir = simulate(cfg, verbose=args.verbose, resume=args.resume,
                                extend=args.extend)
         except (ConfigError, ValueError, FileExistsError, FileNotFoundError,

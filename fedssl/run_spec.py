@@ -162,8 +162,9 @@ class RunSpec:
                                   client=True)
     # local training
     method: str = _opt("simsiam", f"SSL objective: {', '.join(sorted(OBJECTIVES))}",
-                       client=True, server="SSL objective: simsiam or byol (simclr is refused "
-                       "under DP)", client_fallback=_REQUIRED)
+                       client=True, server=f"SSL objective: {', '.join(sorted(OBJECTIVES))} "
+                       "(simclr only without record-level DP: its in-batch negatives are "
+                       "refused under DP-SGD)", client_fallback=_REQUIRED)
     algorithm: str = _opt("fedavg", f"federated SSL algorithm: {', '.join(ALGORITHMS)} (how a "
                                     "client merges the global model into its local one)",
                           client=True, choices=ALGORITHMS)

@@ -309,7 +309,10 @@ class Federation:
         }
         self.progress.phase("writing the report and plots")
         write_report(run_dir, report)
-        plot_run(run_dir, read_metrics(run_dir), privacy)
+        references = {"random init": random_init,
+                      **({"warm start": baseline} if warm_encoder is not None else {})}
+        plot_run(run_dir, read_metrics(run_dir), privacy, references,
+                 float(cfg["target-epsilon"]) if cfg["dp"] else None)
         self.progress.phase("done")
         self.progress.close()
         return report

@@ -86,65 +86,91 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> Path:
     return path
 
 
-def plot_run(run_dir: Path, rows: list[dict[str, Any]], privacy: dict[str, Any] | None) -> None:
-    """Loss, accuracy and epsilon per round as PNGs under ``RUN/plots``."""
+def run_figures(run_dir: Path, rows: list[dict[str, Any]], privacy: dict[str, Any] | None,
+                references: dict[str, dict[str, Any]] | None = None,
+                target_epsilon: float | None = None) -> dict[str, Any]:
+    """The run's figures by file stem (``loss``, ``accuracy``, ``collapse``, ``epsilon``),
+    as matplotlib Figures: integer round ticks; on the accuracy plot the ``references``
+    encoders' linear probe as dashed lines (e.g. random init, warm start), since a curve
+    of two points means little without them; the collapse plot's axes from 0 (its rank
+    axis is otherwise auto-scaled so a 0.2 change looks like collapse); the epsilon plot
+    with the run's ``target_epsilon`` as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    plots = RunLayout(run_dir).plots
-    plots.mkdir(exist_ok=True)
+    figures: dict[str, Any] = {}
+
+    def new(name: str) -> Any:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        figures[name] = fig
+        return ax
+
     rounds = [r["round"] for r in rows]
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax = new("loss")
     ax.plot(rounds, [r.get("loss", math.nan) for r in rows], marker="o")
     ax.set(xlabel="round", ylabel="mean local SSL loss", title="Training loss")
-    fig.tight_layout()
-    fig.savefig(plots / "loss.png", dpi=120)
-    plt.close(fig)
 
     curves = {label: [(r["round"], r[key]) for r in rows if key in r]
               for key, label in (("linear_probe_accuracy", "linear probe"),
                                  ("knn_accuracy", "kNN"))}
     if any(curves.values()):  # none in a training-only run (evaluation data without labels)
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax = new("accuracy")
         for label, pts in curves.items():
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=label)
+        for i, (name, probes) in enumerate((references or {}).items()):
+            if isinstance(probes.get("linear_probe_accuracy"), int | float):
+                ax.axhline(probes["linear_probe_accuracy"], ls="--", lw=1, color=f"C{i + 2}",
+                           label=f"{name} (linear probe)")
         ax.set(xlabel="round", ylabel="accuracy", title="Global encoder quality")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(plots / "accuracy.png", dpi=120)
-        plt.close(fig)
+        ax.legend(fontsize=7)
 
     pts = [(r["round"], r["feature_std_ratio"]) for r in rows if "feature_std_ratio" in r]
     if pts:  # collapse metric of the global encoder (ssl_core/collapse.py): 0 = collapsed
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax = new("collapse")
         ax.plot(*zip(*pts), marker="o", label="feature std x sqrt(d)")
         ranks = [(r["round"], r["effective_rank"]) for r in rows if "effective_rank" in r]
         if ranks:
             ax2 = ax.twinx()
             ax2.plot(*zip(*ranks), marker="s", color="C1", label="effective rank")
             ax2.set_ylabel("effective rank (Roy & Vetterli 2007)")
+            ax2.set_ylim(0, max(v for _, v in ranks) * 1.1)
             ax2.legend(loc="lower right", fontsize=7)
         ax.set(xlabel="round", ylabel="std of L2-normalised features x sqrt(d)",
                title="Feature collapse (0 = collapsed)", ylim=(0, None))
         ax.legend(loc="lower left", fontsize=7)
-        fig.tight_layout()
-        fig.savefig(plots / "collapse.png", dpi=120)
-        plt.close(fig)
 
     if privacy and privacy.get("clients"):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax = new("epsilon")
         for path in RunLayout(run_dir).ledgers():
             entries = read_ledger(path, None)
             ax.plot([e.round for e in entries], [e.epsilon for e in entries], marker=".",
                     alpha=0.7, label=entries[0].client if entries else path.stem)
-        ax.set(xlabel="round", ylabel="cumulative epsilon",
+        if target_epsilon:
+            ax.axhline(target_epsilon, ls="--", color="k", lw=1,
+                       label=f"target epsilon {target_epsilon:g}")
+        ax.set(xlabel="round", ylabel="cumulative epsilon", ylim=(0, None),
                title=f"Privacy spent per client (delta={privacy['delta']:g})")
         if len(privacy["clients"]) <= 10:
             ax.legend(fontsize=6)
+    for fig in figures.values():
         fig.tight_layout()
-        fig.savefig(plots / "epsilon.png", dpi=120)
+    return figures
+
+
+def plot_run(run_dir: Path, rows: list[dict[str, Any]], privacy: dict[str, Any] | None,
+             references: dict[str, dict[str, Any]] | None = None,
+             target_epsilon: float | None = None) -> None:
+    """Loss, accuracy, collapse and epsilon per round as PNGs under ``RUN/plots``
+    (:func:`run_figures`)."""
+    import matplotlib.pyplot as plt
+
+    plots = RunLayout(run_dir).plots
+    plots.mkdir(exist_ok=True)
+    for name, fig in run_figures(run_dir, rows, privacy, references, target_epsilon).items():
+        fig.savefig(plots / f"{name}.png", dpi=120)
         plt.close(fig)

@@ -55,14 +55,18 @@ def _noise_range(entries: list[Any] | None, reported: dict[str, Any]) -> str:
     return span(raw) if eff == raw else f"{span(raw)} (effective {span(eff)})"
 
 
-def _encoder_row(name: str, m: dict) -> str:
+#: the probe columns of the encoders' table: (report key, heading)
+COLUMNS = (("linear_probe_accuracy", "linear probe"), ("knn_accuracy", "kNN"),
+           ("linear_probe_5shot", "5-shot linear"), ("knn_5shot", "5-shot kNN"))
+
+
+def _encoder_row(name: str, m: dict, columns: tuple[tuple[str, str], ...] = COLUMNS) -> str:
     """One encoder's probes side by side ("-" where not measured, e.g. an old report)."""
     def f(key: str) -> str:
         v = m.get(key)
         return f"{v:.3f}" if isinstance(v, int | float) else "-"
 
-    return (f"| {name} | {f('linear_probe_accuracy')} | {f('knn_accuracy')} | "
-            f"{f('linear_probe_5shot')} | {f('knn_5shot')} |")
+    return f"| {name} | " + " | ".join(f(key) for key, _ in columns) + " |"
 
 
 def nobody_trained(run_dir: Path) -> str | None:
@@ -84,24 +88,26 @@ def nobody_trained(run_dir: Path) -> str | None:
 def format_report(run_dir: Path) -> str:
     """The result table printed after a run."""
     report = json.loads(RunLayout(run_dir).report.read_text())
-    base = report["random_init"]
+    encoders = [("random init", report["random_init"]),
+                *([("public warm start (round 0)", report["initial_encoder"])]
+                  if report.get("initial_encoder") else []),
+                (f"federated {report['method']}", {**report, **(report.get("few_label") or {})})]
+    # the few-label columns only where some encoder has them (not with --few-label "")
+    columns = tuple((key, head) for key, head in COLUMNS if "shot" not in key
+                    or any(isinstance(m.get(key), int | float) for _, m in encoders))
     lines = [
         f"fedssl run: {report['method']} on {report['dataset']}, {report['clients']} clients, "
         f"{report['rounds']} rounds, {report['wall_seconds']:.1f} s, secure aggregation "
         f"{'on' if report.get('secure_aggregation') else 'off'}",
         "",
-        "| encoder | linear probe | kNN | 5-shot linear | 5-shot kNN |",
-        "|---|---|---|---|---|",
-        _encoder_row("random init", base),
-        *([_encoder_row("public warm start (round 0)", report["initial_encoder"])]
-          if report.get("initial_encoder") else []),
-        _encoder_row(f"federated {report['method']}",
-                     {**report, **(report.get("few_label") or {})}),
+        "| encoder | " + " | ".join(head for _, head in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+        *(_encoder_row(name, m, columns) for name, m in encoders),
     ]
     if report.get("labels") == "none":  # a training-only run (ssl_core.datasets.TRAINING_ONLY)
         lines += ["", "no labels in the evaluation data: no probe accuracies; the collapse "
                       "metrics per round are in metrics.jsonl and plots/collapse.png; score the "
-                      "encoder on labelled data with `fedssl evaluate RUN --data-path LABELLED`"]
+                      "encoder on labelled data with `fedssl evaluate RUN --data LABELLED`"]
     few = report.get("few_label") or {}
     shots = sorted({int(k.split("_")[-1].removesuffix("shot")) for k in few})
     if shots:

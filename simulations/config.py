@@ -124,9 +124,12 @@ class _Experiment:
         return cls(**kwargs).validate()
 
     @classmethod
-    def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None
-             ) -> ExperimentConfig:
-        """Load a TOML file (keys at top level or under ``[experiment]``) plus overrides."""
+    def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None,
+             paths_from_file: bool = False) -> ExperimentConfig:
+        """Load a TOML file (keys at top level or under ``[experiment]``) plus overrides.
+        ``paths_from_file`` (a user's ``--config``): a relative ``init_encoder`` or
+        ``data_path`` in the file is taken from the file's directory, so the file works
+        from any working directory (a run's own config.toml records absolute paths)."""
         data: dict[str, Any] = {}
         if path:
             path = Path(path)
@@ -137,6 +140,11 @@ class _Experiment:
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
             data.update(raw.get("experiment", raw))
+            if paths_from_file:
+                for key in ("init_encoder", "data_path", "init-encoder", "data-path"):
+                    value = data.get(key)
+                    if isinstance(value, str) and value and not Path(value).is_absolute():
+                        data[key] = str((path.parent / value).resolve())
         data.update(overrides or {})
         return cls.from_dict(data)
 

@@ -174,7 +174,7 @@ def _label_shape(y: np.ndarray | None) -> str:
 TRAINING_ONLY = ("no labels: the run trains and exports the encoder; each evaluation reports "
                  "the collapse metrics of its features (label-free) instead of probe "
                  "accuracies; score the encoder on labelled data later with "
-                 "`fedssl evaluate RUN --data-path LABELLED`")
+                 "`fedssl evaluate RUN --data LABELLED`")
 
 
 def evaluation_labels(data: SSLDataset, where: str) -> bool:

@@ -504,3 +504,24 @@ def test_simulate_refuses_a_delta_not_below_one_over_the_records(tmp_path: Path,
                  "--out", str(out)]) == 2
     assert "delta 0.5 is not below 1/records" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_paths_in_a_config_file_are_relative_to_the_file(tmp_path: Path,
+                                                         monkeypatch) -> None:
+    """Issue 22 item 10: `--config /abs/demo.toml` from another directory failed, since its
+    init_encoder was resolved against the working directory."""
+    from fedssl.ssl_core.objectives import get_objective
+    from fedssl.ssl_core.warm_start import export_encoder
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    export_encoder(conf / "warm.safetensors", get_objective("simsiam").build_model((1, 40)),
+                   {"method": "simsiam", "input_shape": "1,40"})
+    (conf / "exp.toml").write_text('init_encoder = "warm.safetensors"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = ExperimentConfig.load(conf / "exp.toml", paths_from_file=True)
+    assert cfg.init_encoder == str((conf / "warm.safetensors").resolve())
+    with pytest.raises(ConfigError, match="does not exist"):  # a run's config: as written
+        ExperimentConfig.load(conf / "exp.toml")

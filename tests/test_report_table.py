@@ -125,3 +125,16 @@ def test_a_run_in_which_nobody_trained_says_so_and_fails(
     rows[2]["clients"] = 1
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert nobody_trained(tmp_path) is None
+
+
+def test_no_few_label_columns_when_no_encoder_has_them(tmp_path: Path) -> None:
+    """Issue 22 item 10: `--few-label ""` still printed two columns of dashes."""
+    report = {"method": "simsiam", "dataset": "mnist1d", "clients": 2, "rounds": 1,
+              "wall_seconds": 1.0, "linear_probe_accuracy": 0.9, "knn_accuracy": 0.85,
+              "few_label": {}, "random_init": {"linear_probe_accuracy": 0.8,
+                                               "knn_accuracy": 0.7},
+              "privacy": None, "refusals": {}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    text = format_report(tmp_path)
+    assert "| encoder | linear probe | kNN |\n|---|---|---|" in text
+    assert "| federated simsiam | 0.900 | 0.850 |" in text and "5-shot" not in text
