@@ -16,7 +16,10 @@ Sources (all offline, no network at run time):
 - ``npz``: arrays in the MedMNIST layout: ``train_images`` (``(N, H, W)`` grey or
   ``(N, H, W, C)`` with C = 1 or 3), optional ``train_labels``, optional ``test_images`` /
   ``test_labels`` (``val_*`` arrays are not used); or a single unlabelled ``images`` array
-  (with optional ``labels``). Only numeric arrays are read: nothing is unpickled.
+  (with optional ``labels``). Signals use ``train_signals`` / ``test_signals`` instead
+  (``(N, C, L)``, or ``(N, L)`` for one channel, e.g. a 12-lead ECG as ``(N, 12, L)``): a 3-D
+  ``train_images`` array is always read as greyscale images, and a note says so. Only
+  numeric arrays are read: nothing is unpickled.
 - ``imagefolder``: ``ROOT/<class>/<image>.png|jpg`` (PNG/JPEG via Pillow), resized to a
   common size, or ``ROOT/train/<class>/...`` and ``ROOT/test/<class>/...``, or unlabelled
   images directly in ``ROOT``. Channels come from the images: greyscale files give 1 channel,
@@ -78,7 +81,10 @@ GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;
 #: grey modes deeper than 8 bits, read without Pillow's 8-bit conversion (which clips)
 DEEP_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 #: npz arrays holding the training records, tried in order, with their labels' array
-NPZ_TRAIN_KEYS = (("train_images", "train_labels"), ("images", "labels"))
+NPZ_TRAIN_KEYS = (("train_images", "train_labels"), ("images", "labels"),
+                  ("train_signals", "train_labels"))
+#: the npz arrays of records that are signals ``(N, C, L)`` (the others are images)
+NPZ_SIGNAL_KEYS = ("train_signals", "test_signals")
 
 
 #: the largest number of classes a labelled data set may have (class ids 0..K-1): the probes
@@ -358,6 +364,24 @@ def _images_to_nchw(images: np.ndarray, what: str) -> np.ndarray:
     return images
 
 
+def _signals_to_ncl(signals: np.ndarray, what: str) -> np.ndarray:
+    """Signals ``(N, L)`` (one channel) or ``(N, C, L)`` as float32 ``(N, C, L)``.
+
+    Raises:
+        DataError: for another shape, or non-real data.
+    """
+    if not isinstance(signals, np.ndarray) or not (
+            np.issubdtype(signals.dtype, np.integer) or np.issubdtype(signals.dtype, np.floating)):
+        raise DataError(f"{what}: expected a real-valued signal array, got "
+                        f"{getattr(signals, 'dtype', type(signals).__name__)}")
+    if signals.ndim == 2:
+        signals = signals[:, None, :]
+    if signals.ndim != 3:
+        raise DataError(f"{what}: expected signals of shape (N, L) or (N, C, L), got "
+                        f"{signals.shape}")
+    return signals.astype(np.float32)
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` archive, refusing anything that is not numeric data."""
     if not zipfile.is_zipfile(path):
@@ -401,23 +425,35 @@ def load_npz(path: str | Path, with_test: bool = True, seed: int = 0) -> SSLData
     content = _read_npz(path)
     keys = next(((x, y) for x, y in NPZ_TRAIN_KEYS if x in content), None)
     if keys is None:
+        images = [k for k, _ in NPZ_TRAIN_KEYS if k not in NPZ_SIGNAL_KEYS]
         raise DataError(f"{path}: no training images: expected an array named "
-                        f"{' or '.join(k for k, _ in NPZ_TRAIN_KEYS)}; found {sorted(content)}")
+                        f"{' or '.join(images)}; found {sorted(content)} (signals: an array "
+                        f"named {NPZ_SIGNAL_KEYS[0]})")
     x_key, y_key = keys
     notes: list[str] = []
-    x_tr = _images_to_nchw(content[x_key], f"{path}:{x_key}")
+    signals = x_key in NPZ_SIGNAL_KEYS
+    if signals and any(k in content for k in ("train_images", "test_images")):
+        raise DataError(f"{path}: holds both signal and image arrays; keep one kind")
+    records = _signals_to_ncl if signals else _images_to_nchw
+    test_key = "test_signals" if signals else "test_images"
+    shape = np.shape(content[x_key])
+    if not signals and len(shape) == 3 and shape[1] != shape[2]:  # images are mostly square
+        notes.append(f"{path.name}:{x_key} of shape {shape} is read as greyscale "
+                     f"{shape[1]}x{shape[2]} images; store signals (e.g. multichannel time "
+                     "series) as train_signals/test_signals of shape (N, C, L)")
+    x_tr = records(content[x_key], f"{path}:{x_key}")
     y_tr = _labels(content[y_key], len(x_tr), f"{path}:{y_key}") if y_key in content else None
     validate_arrays(x_tr, y_tr, f"{path}:{x_key}")
     x_te = y_te = None
     if not with_test:
-        if "test_images" in content:
-            notes.append(f"test_images of {path.name} not used: a site only trains (the "
+        if test_key in content:
+            notes.append(f"{test_key} of {path.name} not used: a site only trains (the "
                          "server evaluates on its own data)")
-    elif "test_images" in content:
-        x_te = _images_to_nchw(content["test_images"], f"{path}:test_images")
+    elif test_key in content:
+        x_te = records(content[test_key], f"{path}:{test_key}")
         if "test_labels" in content:
             y_te = _labels(content["test_labels"], len(x_te), f"{path}:test_labels")
-        validate_arrays(x_te, y_te, f"{path}:test_images")
+        validate_arrays(x_te, y_te, f"{path}:{test_key}")
     else:
         x_tr, y_tr, x_te, y_te, note = _hold_out(x_tr, y_tr, seed, path.name)
         notes.append(note)

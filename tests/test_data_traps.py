@@ -525,3 +525,28 @@ def test_paths_in_a_config_file_are_relative_to_the_file(tmp_path: Path,
     assert cfg.init_encoder == str((conf / "warm.safetensors").resolve())
     with pytest.raises(ConfigError, match="does not exist"):  # a run's config: as written
         ExperimentConfig.load(conf / "exp.toml")
+
+
+def test_signals_in_an_npz_are_read_as_signals(tmp_path: Path) -> None:
+    """Issue 22 item 8: a 12-channel time series ``(N, 12, 25)`` stored as train_images was
+    trained as 12x25 greyscale images; ``train_signals`` says what it is, and a 3-D
+    train_images array is read as images with a note saying so."""
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "ecg.npz"
+    np.savez(npz, train_signals=rng.normal(size=(30, 12, 25)), train_labels=np.arange(30) % 3,
+             test_signals=rng.normal(size=(10, 12, 25)), test_labels=np.arange(10) % 3)
+    data = load_npz(npz)
+    assert data.input_shape == (12, 25) and data.modality == "signal"
+    assert build_encoder(data.input_shape).__class__.__name__ == "ConvEncoder1d"
+    one = tmp_path / "one.npz"
+    np.savez(one, train_signals=rng.normal(size=(30, 40)))
+    assert load_npz(one).input_shape == (1, 40)
+    images = tmp_path / "images.npz"
+    np.savez(images, train_images=rng.normal(size=(30, 12, 25)).astype(np.float32))
+    loaded = load_npz(images)
+    assert loaded.modality == "image" and any("train_signals" in n for n in loaded.notes)
+    both = tmp_path / "both.npz"
+    np.savez(both, train_signals=rng.normal(size=(30, 40)),
+             test_images=rng.normal(size=(5, 8, 8)))
+    with pytest.raises(DataError, match="both signal and image arrays"):
+        load_npz(both)
