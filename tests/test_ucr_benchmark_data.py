@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import ucr  # noqa: E402
+import ucr
 
 TS = b"""@problemName toy
 @univariate false
