@@ -101,6 +101,7 @@ class Recipe:
     init_encoder: str = ""
     server_lr: float = 1.0
     server_momentum: float = 0.0
+    aggregation: str = "fedavg"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def train_config(self, round_index: int, seed: int, **kw: Any) -> TrainConfig:
@@ -165,6 +166,26 @@ def _average(states: list[dict[str, torch.Tensor]], weights: list[float]
             for k, v in states[0].items()}
 
 
+def _ldawa(states: list[dict[str, torch.Tensor]], global_state: dict[str, torch.Tensor]
+           ) -> dict[str, torch.Tensor]:
+    """L-DAWA (Rehman et al., ICCV 2023, "Layer-wise Divergence Aware Weight Aggregation in
+    Federated Self-Supervised Visual Representation Learning"): each layer's aggregate is
+    ``1/K sum_k cos(w_k, w_g) w_k``, the clients' weights scaled by the cosine between their
+    layer and the global one (a client that drifted counts less). Post-processing of the
+    clients' (DP) outputs and the public global model: no privacy cost under sample-level
+    DP. Non-float entries are averaged plainly."""
+    out = {}
+    for k, g in global_state.items():
+        if not g.is_floating_point() or g.numel() == 0:
+            out[k] = _average([{k: s[k]} for s in states], [1.0] * len(states))[k]
+            continue
+        gv = g.double().flatten()
+        cos = [float(torch.nn.functional.cosine_similarity(s[k].double().flatten(), gv,
+                                                           dim=0, eps=1e-12)) for s in states]
+        out[k] = (sum(c * s[k].double() for c, s in zip(cos, states)) / len(states)).to(g.dtype)
+    return out
+
+
 def federated(data: SSLDataset, recipe: Recipe, seed: int, clients: int, partition: str,
               alpha: float, epsilon: float | None, delta: float,
               sites: list[int] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -201,7 +222,8 @@ def federated(data: SSLDataset, recipe: Recipe, seed: int, clients: int, partiti
             res = train_local(model, objective, data.x_train[idx], aug, cfg)
             states.append(copy.deepcopy(model.state_dict()))
             weights.append(res.num_examples)
-        mean = _average(states, weights)
+        mean = (_ldawa(states, global_state) if recipe.aggregation == "ldawa"
+                else _average(states, weights))
         if not server_opt.is_plain_fedavg:  # FedAvgM: post-processing of the average
             current = {k: v.numpy() for k, v in global_state.items()}
             mean = {k: torch.from_numpy(v) for k, v in server_opt.step(
@@ -290,6 +312,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="server learning rate of FedAvgM (1 with momentum 0: FedAvg)")
     p.add_argument("--server-momentum", type=float, default=0.0,
                    help="server momentum of FedAvgM (fedssl.server.server_optimizer)")
+    p.add_argument("--aggregation", default="fedavg", choices=("fedavg", "ldawa"),
+                   help="the server's average: FedAvg (weighted by records) or L-DAWA "
+                        "(layer-wise, weighted by the cosine to the global model)")
     p.add_argument("--init-encoder", default="",
                    help="warm-start encoder (safetensors) for the SSL rows; 'public' pretrains "
                         "one here on MNIST-1D's public split (in-distribution public data), "
@@ -338,7 +363,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   batch_size=args.batch_size, lr=args.lr, views=args.views,
                   ema_decay=args.ema_decay, lr_schedule=args.lr_schedule,
                   warmup_rounds=args.warmup_rounds, max_grad_norm=args.max_grad_norm,
-                  server_lr=args.server_lr, server_momentum=args.server_momentum)
+                  server_lr=args.server_lr, server_momentum=args.server_momentum,
+                  aggregation=args.aggregation)
     dp_recipe = replace(base, method=args.dp_method or args.method, lr=args.dp_lr or args.lr,
                         views=args.dp_views or args.views)
     out_path = Path(args.out) if args.out else RESULTS / "quality.json"
@@ -418,12 +444,13 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
                         data, r, s, args.clients, pt, args.alpha, e, args.delta, sites),
                     partition, epsilon=eps, sites=sites, recipe=asdict(r))
         if "nodp" in settings:
-            row(f"federated {recipe.method} no DP{warm}", lambda s, pt=partition: federated(
+            row(f"federated {recipe.method} no DP{_server_tag(recipe)}{warm}",
+                lambda s, pt=partition: federated(
                 data, recipe, s, args.clients, pt, args.alpha, None, args.delta),
                 partition, recipe=asdict(recipe))
         if "dp" in settings:
             for eps in epsilons:
-                row(f"federated {dpr.method} DP eps={eps:g}{warm}",
+                row(f"federated {dpr.method} DP eps={eps:g}{_server_tag(dpr)}{warm}",
                     lambda s, pt=partition, e=eps: federated(
                         data, dpr, s, args.clients, pt, args.alpha, e, args.delta),
                     partition, epsilon=eps, delta=args.delta, recipe=asdict(dpr))
@@ -433,6 +460,13 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
                     data, cdr, s, args.client_dp_clients, pt, args.alpha,
                     args.client_dp_noise, args.client_dp_clip, args.client_dp_rate,
                     args.delta), partition, recipe=asdict(cdr))
+
+
+def _server_tag(recipe: Recipe) -> str:
+    """How the server combines the updates, where it is not plain FedAvg (row labels)."""
+    tags = [f"FedAvgM {recipe.server_momentum:g}"] if recipe.server_momentum else []
+    tags += ["L-DAWA"] if recipe.aggregation == "ldawa" else []
+    return f" ({', '.join(tags)})" if tags else ""
 
 
 def _warm_start(args: argparse.Namespace, data: SSLDataset, base: Recipe, out_path: Path
