@@ -27,6 +27,7 @@ Flower's full output goes to ``STATE/flower/supernode.log``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -190,6 +191,57 @@ def check_identity(opts: ClientOptions) -> dict[str, object]:
     return {"identity-registry": str(registry.resolve()), "identity-name": name}
 
 
+def leftover_supernodes(node_config_file: Path) -> list[int]:
+    """Pids of running ``flower-supernode`` processes started for this state directory
+    (their command line names its ``node-config.toml``): a SuperNode an earlier agent left
+    (Linux ``/proc``; empty elsewhere)."""
+    target = str(node_config_file.resolve())
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2:].split()[0] == "Z" or int(entry.name) == os.getpid():
+            continue
+        if any("flower-supernode" in a for a in args[:2]) and any(
+                a == "--node-config" and b == target for a, b in itertools.pairwise(args)):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def check_not_running(opts: ClientOptions, node_config_file: Path) -> None:
+    """Refuse to start a second SuperNode for this site: a SuperNode still running for its
+    state directory (left by an agent that was killed; one started by this release dies with
+    its agent) would go on training on the site's data and make the new one fail with
+    Flower's "address already in use"; so would any process on ``--runtime-port``.
+
+    Raises:
+        ClientSetupError: naming the pids (and how to stop them) or the busy port.
+    """
+    import socket
+
+    pids = leftover_supernodes(node_config_file)
+    if pids:
+        listed = " ".join(map(str, pids))
+        raise ClientSetupError(
+            f"a SuperNode of this site is still running (pid {listed}; started for "
+            f"{node_config_file.parent.parent}), left by an agent that stopped without "
+            "stopping it: it may still take part in rounds and write this site's ledger. "
+            f"Stop it (kill {listed}), then start `fedssl client` again")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # a listener refuses this bind; connections of an agent that stopped (TIME_WAIT) not
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", opts.runtime_port))
+        except OSError as exc:
+            raise ClientSetupError(
+                f"--runtime-port {opts.runtime_port} on 127.0.0.1 is in use ({exc.strerror}):"
+                " another agent or program listens there; stop it or give this agent "
+                "another --runtime-port") from None
+
+
 def supernode_command(opts: ClientOptions, ca: Path, node_config_file: Path) -> list[str]:
     """The ``flower-supernode`` command line for this site."""
     exe = Path(sys.executable).parent / "flower-supernode"
@@ -316,10 +368,15 @@ class SuperNodeRunner:
     def run(self) -> int:
         """Start, wait for the exit, return its code (the pump thread is not waited for:
         Flower's SuperExec inherits the pipe and outlives the SuperNode by a moment)."""
-        # same process group as `fedssl client`: Ctrl-C (or killing the group) stops it too
+        # same process group as `fedssl client`: Ctrl-C (or killing the group) stops it too;
+        # and it dies with the agent, however the agent dies (`kill -9` of the agent alone
+        # left it training on the site's data with no operator-visible process; Flower's
+        # SuperExec and ClientApps exit once their SuperNode is gone). Called from the main
+        # thread, which lives as long as the agent (the parent-death signal follows the
+        # thread that started the child).
         self.proc = start_process(self.cmd, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, env=self.env, text=True,
-                                  errors="replace", bufsize=1)
+                                  errors="replace", bufsize=1, die_with_parent=True)
         pump = threading.Thread(target=self._pump, name="fedssl-supernode-output",
                                 daemon=True)
         pump.start()
@@ -366,6 +423,7 @@ def run_client(opts: ClientOptions) -> int:
     import tomli_w
 
     node_config_file = SiteLayout(state).node_config
+    check_not_running(opts, node_config_file)
     atomic_write_text(node_config_file, tomli_w.dumps(node_config))
     log_path = flower_home / "supernode.log"
     env = dict(os.environ)
