@@ -211,11 +211,18 @@ def leftover_supernodes(node_config_file: Path) -> list[int]:
     return sorted(found)
 
 
-def check_not_running(opts: ClientOptions, node_config_file: Path) -> None:
+#: how long a restarted agent lets a SuperNode of the agent it replaces finish exiting (one
+#: whose agent was just killed gets SIGTERM and shuts down within seconds)
+LEFTOVER_GRACE_SECONDS = 15.0
+
+
+def check_not_running(opts: ClientOptions, node_config_file: Path,
+                      grace: float = LEFTOVER_GRACE_SECONDS) -> None:
     """Refuse to start a second SuperNode for this site: a SuperNode still running for its
     state directory (left by an agent that was killed; one started by this release dies with
     its agent) would go on training on the site's data and make the new one fail with
-    Flower's "address already in use"; so would any process on ``--runtime-port``.
+    Flower's "address already in use"; so would any process on ``--runtime-port``. One that
+    is still exiting (its agent was just stopped) is given ``grace`` seconds to finish.
 
     Raises:
         ClientSetupError: naming the pids (and how to stop them) or the busy port.
@@ -223,6 +230,10 @@ def check_not_running(opts: ClientOptions, node_config_file: Path) -> None:
     import socket
 
     pids = leftover_supernodes(node_config_file)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:  # one that is exiting now is not left over
+        time.sleep(0.2)
+        pids = leftover_supernodes(node_config_file)
     if pids:
         listed = " ".join(map(str, pids))
         raise ClientSetupError(

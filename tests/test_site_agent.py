@@ -52,7 +52,7 @@ def test_a_supernode_left_running_for_this_site_is_found_and_reported(tmp_path: 
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         assert leftover_supernodes(node_config) == [orphan.pid]
         with pytest.raises(ClientSetupError) as err:
-            check_not_running(_opts(tmp_path, _free_port()), node_config)
+            check_not_running(_opts(tmp_path, _free_port()), node_config, grace=0.0)
         text = str(err.value)
         assert f"still running (pid {orphan.pid}" in text and f"kill {orphan.pid}" in text
         assert str(tmp_path / "state") in text
@@ -61,7 +61,7 @@ def test_a_supernode_left_running_for_this_site_is_found_and_reported(tmp_path: 
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
     assert leftover_supernodes(node_config) == []
-    check_not_running(_opts(tmp_path, _free_port()), node_config)  # nothing left: starts
+    check_not_running(_opts(tmp_path, _free_port()), node_config, grace=0.0)  # starts
 
 
 def test_a_busy_runtime_port_is_reported_before_flower_starts(tmp_path: Path) -> None:
@@ -72,4 +72,4 @@ def test_a_busy_runtime_port_is_reported_before_flower_starts(tmp_path: Path) ->
         port = listener.getsockname()[1]
         with pytest.raises(ClientSetupError, match=f"--runtime-port {port} on 127.0.0.1 is "
                                                    "in use"):
-            check_not_running(_opts(tmp_path, port), node_config)
+            check_not_running(_opts(tmp_path, port), node_config, grace=0.0)
