@@ -336,7 +336,9 @@ def _classify_exit(output: list[str]) -> str:
 
 EXPLAIN = {
     "refused": "the server does not accept this node: its public key is not registered there "
-               "(yet). Send your node's .pub file to the server operator "
+               "(yet), or the server still counts this node's previous connection as online "
+               "(it lapses about a minute after that agent or SuperNode stopped). If the key "
+               "is new, send your node's .pub file to the server operator "
                "(authorized_nodes.txt)",
     "tls": "TLS failed: the server's certificate is not signed by the given CA or does not "
            "name the address in --server (check --certs and --server)",
