@@ -56,6 +56,10 @@ RETRY_SECONDS = 3.0
 #: line is folded into fedssl's "connected" line; known banners are dropped: fedssl.quiet)
 SHOWN = ("WARNING", "ERROR", "refuses", "Connection attempt failed",
          "Exit Code", "Traceback", "Error:")
+#: Flower's SuperNode's line when its retries to reach the server are exhausted
+GAVE_UP = re.compile(r"Giving up reconnection after ([0-9.]+) seconds")
+#: how long a SuperNode that gave up reconnecting may take to exit before it is stopped
+GIVE_UP_GRACE_SECONDS = 5.0
 #: terminal colour codes in Flower's log lines (kept in the log file, not on the console)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -358,6 +362,13 @@ class SuperNodeRunner:
         self.output: list[str] = []
         self.connected = False
         self.proc: subprocess.Popen[str] | None = None
+        #: seconds Flower's SuperNode had tried to reach the server when it logged "Giving
+        #: up reconnection" (None: it did not): it no longer works after that, but need not
+        #: exit (seen with Flower 1.41 between runs: the process stayed, idle, for ever)
+        self.gave_up_after: float | None = None
+        self._gave_up_at: float | None = None
+        #: how long it may take to exit after giving up before it is stopped
+        self.give_up_grace = GIVE_UP_GRACE_SECONDS
 
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -368,6 +379,9 @@ class SuperNodeRunner:
                 line = raw.rstrip("\n")
                 self.output.append(line)
                 del self.output[:-200]
+                if (found := GAVE_UP.search(line)) is not None:
+                    self.gave_up_after = float(found.group(1))
+                    self._gave_up_at = time.monotonic()
                 if "SuperNode ID" in line:
                     self.connected = True
                     node = line.rpartition("SuperNode ID:")[2].strip()
@@ -393,7 +407,19 @@ class SuperNodeRunner:
         pump = threading.Thread(target=self._pump, name="fedssl-supernode-output",
                                 daemon=True)
         pump.start()
-        code = self.proc.wait()
+        while True:
+            try:
+                code = self.proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if (self._gave_up_at is not None
+                    and time.monotonic() - self._gave_up_at > self.give_up_grace):
+                # it gave up reconnecting but did not exit: stop it (its caller decides
+                # whether to start another or to exit 3)
+                stop_process(self.proc, timeout=10.0)
+                code = self.proc.returncode
+                break
         pump.join(timeout=2.0)
         return code
 
@@ -409,7 +435,10 @@ def run_client(opts: ClientOptions) -> int:
     While the server is unreachable or does not (yet) accept this node's key, the SuperNode is
     restarted every few seconds for up to ``join_timeout`` seconds (a server that is started
     after its clients, or restarted to resume a run, is joined again); TLS and key errors stop
-    at once.
+    at once. Once the server has been unreachable for ``join_timeout`` seconds (also between
+    runs: Flower's SuperNode then logs "Giving up reconnection" and, in 1.41, may stay alive
+    doing nothing; it is stopped) the agent exits with code 3 saying so; with
+    ``join_timeout`` 0 it keeps retrying for ever.
 
     Raises:
         DataError, ClientSetupError: the site's inputs are unusable (nothing was started).
@@ -454,8 +483,8 @@ def run_client(opts: ClientOptions) -> int:
         while True:
             runner = SuperNodeRunner(cmd, env, log_path, opts.verbose, say)
             code = runner.run()
-            if runner.connected:
-                last_ok = time.monotonic()
+            if runner.connected:  # connected until it lost the server (then retried so long)
+                last_ok = time.monotonic() - (runner.gave_up_after or 0.0)
             # the SuperNode never stops on its own while all is well: any exit is a problem
             # (a server restarted to resume a run no longer knows this node and answers 401,
             # upon which Flower's SuperNode shuts itself down with code 0)
@@ -465,8 +494,11 @@ def run_client(opts: ClientOptions) -> int:
             waited = time.monotonic() - last_ok
             if reason in ("tls", "key", "other") or (
                     opts.join_timeout > 0 and waited >= opts.join_timeout):
+                gave_up = (f" for {waited:.0f} s (--join-timeout {opts.join_timeout:g} s); start"
+                           " the agent again once the server is up, or give --join-timeout 0"
+                           " to keep retrying" if reason == "unreachable" else "")
                 say(f"[fedssl client] error: {EXPLAIN.get(reason, 'the SuperNode stopped')}"
-                    f" (flower-supernode exit code {code}; log: {log_path})")
+                    f"{gave_up} (flower-supernode exit code {code}; log: {log_path})")
                 return 3
             limit = f"{opts.join_timeout:g} s" if opts.join_timeout > 0 else "no limit"
             say(f"[fedssl client] {EXPLAIN[reason]}; rejoining in {RETRY_SECONDS:g} s "

@@ -73,3 +73,24 @@ def test_a_busy_runtime_port_is_reported_before_flower_starts(tmp_path: Path) ->
         with pytest.raises(ClientSetupError, match=f"--runtime-port {port} on 127.0.0.1 is "
                                                    "in use"):
             check_not_running(_opts(tmp_path, port), node_config, grace=0.0)
+
+
+def test_a_supernode_that_gave_up_reconnecting_but_stays_is_stopped(tmp_path: Path) -> None:
+    """Issue 22, item 2: Flower 1.41's SuperNode logs "Giving up reconnection" when the server
+    stayed away for --max-wait-time, and may then stay alive doing nothing; the agent stops
+    it (and then exits 3 or starts another, run_client decides). A stand-in prints that line
+    and sleeps."""
+    from fedssl.client.supernode import SuperNodeRunner
+
+    script = tmp_path / "flower-supernode"
+    script.write_text("import time\n"
+                      "print('WARNING :   Giving up reconnection after 12.50 seconds and 7 "
+                      "tries.', flush=True)\ntime.sleep(120)\n")
+    lines: list[str] = []
+    runner = SuperNodeRunner([sys.executable, str(script)], {}, tmp_path / "log", False,
+                             lines.append)
+    runner.give_up_grace = 0.0
+    code = runner.run()  # before the fix: waited for the process, i.e. for ever
+    assert code == -signal.SIGTERM
+    assert runner.gave_up_after == 12.5
+    assert any("Giving up reconnection" in line for line in lines)
