@@ -259,15 +259,14 @@ class FedSSLStrategy(FedAvg):
         """Node ids to train this round, from the nodes connected when it starts
         (:meth:`connected_nodes`): Poisson at rate q under client-level DP (what its
         accounting assumes), else a fixed-size uniform sample as Flower's ``sample_nodes``
-        draws it (``random.sample`` of the grid's node list), of ``clients-per-round`` nodes
-        or as many as are connected, at least :attr:`min_round_nodes`."""
+        draws it (``random.sample`` of the grid's node list) of ``clients-per-round`` nodes,
+        or of all the connected ones when fewer are."""
         nodes = self.connected_nodes(server_round, grid)
         if self.client_dp is not None:
             sampled = poisson_sample(sorted(nodes), self.client_rate, self.rng)
         else:
             size = max(int(len(nodes) * self.fraction_train), self.min_train_nodes)
-            size = max(min(size, len(nodes)), min(self.min_round_nodes, len(nodes)))
-            sampled = random.sample(nodes, size)
+            sampled = random.sample(nodes, min(size, len(nodes)))
         log.info("round %d: %d of %d clients sampled", server_round, len(sampled), len(nodes))
         return sampled
 
