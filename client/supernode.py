@@ -27,6 +27,7 @@ Flower's full output goes to ``STATE/flower/supernode.log``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -55,6 +56,10 @@ RETRY_SECONDS = 3.0
 #: line is folded into fedssl's "connected" line; known banners are dropped: fedssl.quiet)
 SHOWN = ("WARNING", "ERROR", "refuses", "Connection attempt failed",
          "Exit Code", "Traceback", "Error:")
+#: Flower's SuperNode's line when its retries to reach the server are exhausted
+GAVE_UP = re.compile(r"Giving up reconnection after ([0-9.]+) seconds")
+#: how long a SuperNode that gave up reconnecting may take to exit before it is stopped
+GIVE_UP_GRACE_SECONDS = 5.0
 #: terminal colour codes in Flower's log lines (kept in the log file, not on the console)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -197,6 +202,68 @@ def check_identity(opts: ClientOptions) -> dict[str, object]:
     return {"identity-registry": str(registry.resolve()), "identity-name": name}
 
 
+def leftover_supernodes(node_config_file: Path) -> list[int]:
+    """Pids of running ``flower-supernode`` processes started for this state directory
+    (their command line names its ``node-config.toml``): a SuperNode an earlier agent left
+    (Linux ``/proc``; empty elsewhere)."""
+    target = str(node_config_file.resolve())
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2:].split()[0] == "Z" or int(entry.name) == os.getpid():
+            continue
+        if any("flower-supernode" in a for a in args[:2]) and any(
+                a == "--node-config" and b == target for a, b in itertools.pairwise(args)):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+#: how long a restarted agent lets a SuperNode of the agent it replaces finish exiting (one
+#: whose agent was just killed gets SIGTERM and shuts down within seconds)
+LEFTOVER_GRACE_SECONDS = 15.0
+
+
+def check_not_running(opts: ClientOptions, node_config_file: Path,
+                      grace: float = LEFTOVER_GRACE_SECONDS) -> None:
+    """Refuse to start a second SuperNode for this site: a SuperNode still running for its
+    state directory (left by an agent that was killed; one started by this release dies with
+    its agent) would go on training on the site's data and make the new one fail with
+    Flower's "address already in use"; so would any process on ``--runtime-port``. One that
+    is still exiting (its agent was just stopped) is given ``grace`` seconds to finish.
+
+    Raises:
+        ClientSetupError: naming the pids (and how to stop them) or the busy port.
+    """
+    import socket
+
+    pids = leftover_supernodes(node_config_file)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:  # one that is exiting now is not left over
+        time.sleep(0.2)
+        pids = leftover_supernodes(node_config_file)
+    if pids:
+        listed = " ".join(map(str, pids))
+        raise ClientSetupError(
+            f"a SuperNode of this site is still running (pid {listed}; started for "
+            f"{node_config_file.parent.parent}), left by an agent that stopped without "
+            "stopping it: it may still take part in rounds and write this site's ledger. "
+            f"Stop it (kill {listed}), then start `fedssl client` again")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # a listener refuses this bind; connections of an agent that stopped (TIME_WAIT) not
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", opts.runtime_port))
+        except OSError as exc:
+            raise ClientSetupError(
+                f"--runtime-port {opts.runtime_port} on 127.0.0.1 is in use ({exc.strerror}):"
+                " another agent or program listens there; stop it or give this agent "
+                "another --runtime-port") from None
+
+
 def supernode_command(opts: ClientOptions, ca: Path, node_config_file: Path) -> list[str]:
     """The ``flower-supernode`` command line for this site."""
     exe = Path(sys.executable).parent / "flower-supernode"
@@ -280,7 +347,9 @@ def _classify_exit(output: list[str]) -> str:
 
 EXPLAIN = {
     "refused": "the server does not accept this node: its public key is not registered there "
-               "(yet). Send your node's .pub file to the server operator "
+               "(yet), or the server still counts this node's previous connection as online "
+               "(it lapses about a minute after that agent or SuperNode stopped). If the key "
+               "is new, send your node's .pub file to the server operator "
                "(authorized_nodes.txt)",
     "tls": "TLS failed: the server's certificate is not signed by the given CA or does not "
            "name the address in --server (check --certs and --server)",
@@ -300,6 +369,13 @@ class SuperNodeRunner:
         self.output: list[str] = []
         self.connected = False
         self.proc: subprocess.Popen[str] | None = None
+        #: seconds Flower's SuperNode had tried to reach the server when it logged "Giving
+        #: up reconnection" (None: it did not): it no longer works after that, but need not
+        #: exit (seen with Flower 1.41 between runs: the process stayed, idle, for ever)
+        self.gave_up_after: float | None = None
+        self._gave_up_at: float | None = None
+        #: how long it may take to exit after giving up before it is stopped
+        self.give_up_grace = GIVE_UP_GRACE_SECONDS
 
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -310,6 +386,9 @@ class SuperNodeRunner:
                 line = raw.rstrip("\n")
                 self.output.append(line)
                 del self.output[:-200]
+                if (found := GAVE_UP.search(line)) is not None:
+                    self.gave_up_after = float(found.group(1))
+                    self._gave_up_at = time.monotonic()
                 if "SuperNode ID" in line:
                     self.connected = True
                     node = line.rpartition("SuperNode ID:")[2].strip()
@@ -323,14 +402,31 @@ class SuperNodeRunner:
     def run(self) -> int:
         """Start, wait for the exit, return its code (the pump thread is not waited for:
         Flower's SuperExec inherits the pipe and outlives the SuperNode by a moment)."""
-        # same process group as `fedssl client`: Ctrl-C (or killing the group) stops it too
+        # same process group as `fedssl client`: Ctrl-C (or killing the group) stops it too;
+        # and it dies with the agent, however the agent dies (`kill -9` of the agent alone
+        # left it training on the site's data with no operator-visible process; Flower's
+        # SuperExec and ClientApps exit once their SuperNode is gone). Called from the main
+        # thread, which lives as long as the agent (the parent-death signal follows the
+        # thread that started the child).
         self.proc = start_process(self.cmd, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, env=self.env, text=True,
-                                  errors="replace", bufsize=1)
+                                  errors="replace", bufsize=1, die_with_parent=True)
         pump = threading.Thread(target=self._pump, name="fedssl-supernode-output",
                                 daemon=True)
         pump.start()
-        code = self.proc.wait()
+        while True:
+            try:
+                code = self.proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if (self._gave_up_at is not None
+                    and time.monotonic() - self._gave_up_at > self.give_up_grace):
+                # it gave up reconnecting but did not exit: stop it (its caller decides
+                # whether to start another or to exit 3)
+                stop_process(self.proc, timeout=10.0)
+                code = self.proc.returncode
+                break
         pump.join(timeout=2.0)
         return code
 
@@ -346,7 +442,10 @@ def run_client(opts: ClientOptions) -> int:
     While the server is unreachable or does not (yet) accept this node's key, the SuperNode is
     restarted every few seconds for up to ``join_timeout`` seconds (a server that is started
     after its clients, or restarted to resume a run, is joined again); TLS and key errors stop
-    at once.
+    at once. Once the server has been unreachable for ``join_timeout`` seconds (also between
+    runs: Flower's SuperNode then logs "Giving up reconnection" and, in 1.41, may stay alive
+    doing nothing; it is stopped) the agent exits with code 3 saying so; with
+    ``join_timeout`` 0 it keeps retrying for ever.
 
     Raises:
         DataError, ClientSetupError: the site's inputs are unusable (nothing was started).
@@ -373,6 +472,7 @@ def run_client(opts: ClientOptions) -> int:
     import tomli_w
 
     node_config_file = SiteLayout(state).node_config
+    check_not_running(opts, node_config_file)
     atomic_write_text(node_config_file, tomli_w.dumps(node_config))
     log_path = flower_home / "supernode.log"
     env = dict(os.environ)
@@ -390,8 +490,8 @@ def run_client(opts: ClientOptions) -> int:
         while True:
             runner = SuperNodeRunner(cmd, env, log_path, opts.verbose, say)
             code = runner.run()
-            if runner.connected:
-                last_ok = time.monotonic()
+            if runner.connected:  # connected until it lost the server (then retried so long)
+                last_ok = time.monotonic() - (runner.gave_up_after or 0.0)
             # the SuperNode never stops on its own while all is well: any exit is a problem
             # (a server restarted to resume a run no longer knows this node and answers 401,
             # upon which Flower's SuperNode shuts itself down with code 0)
@@ -401,8 +501,11 @@ def run_client(opts: ClientOptions) -> int:
             waited = time.monotonic() - last_ok
             if reason in ("tls", "key", "other") or (
                     opts.join_timeout > 0 and waited >= opts.join_timeout):
+                gave_up = (f" for {waited:.0f} s (--join-timeout {opts.join_timeout:g} s); start"
+                           " the agent again once the server is up, or give --join-timeout 0"
+                           " to keep retrying" if reason == "unreachable" else "")
                 say(f"[fedssl client] error: {EXPLAIN.get(reason, 'the SuperNode stopped')}"
-                    f" (flower-supernode exit code {code}; log: {log_path})")
+                    f"{gave_up} (flower-supernode exit code {code}; log: {log_path})")
                 return 3
             limit = f"{opts.join_timeout:g} s" if opts.join_timeout > 0 else "no limit"
             say(f"[fedssl client] {EXPLAIN[reason]}; rejoining in {RETRY_SECONDS:g} s "

@@ -4,7 +4,9 @@ list descendants. One implementation for ``fedssl server`` (the SuperLink), ``fe
 
 - :func:`start_process` starts a child, in this process's group (the default: Ctrl-C at the
   terminal reaches both) or in a group of its own (``new_group=True``: a signal to this
-  process's group does not reach it).
+  process's group does not reach it); with ``die_with_parent=True`` (Linux) the kernel sends
+  the child SIGTERM when this process dies, even by SIGKILL, which no handler of ours sees
+  (``prctl(PR_SET_PDEATHSIG)``, set in the child before it runs the command).
 - :func:`stop_process` sends SIGTERM, waits ``timeout`` seconds, then SIGKILL and waits again.
 - :func:`descendants` lists the live descendants of a process (Linux ``/proc``), with their
   start times so a reused pid is not mistaken for one of them; :func:`await_exit` waits until
@@ -24,20 +26,55 @@ True
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+#: ``prctl`` option: the signal the calling process gets when its parent dies (linux/prctl.h)
+PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal(sig: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that asks the kernel for ``sig`` when the parent dies.
+
+    Linux sends it when the *thread* that forked the child exits (not only the process):
+    start such children from a thread that lives as long as they should (the main thread).
+    libc is looked up here, in the parent: the function the child runs between fork and exec
+    only calls it (no import, no allocation that could meet a lock another thread held).
+    The parent may die between the fork and the ``prctl``: then the child is already
+    re-parented and no signal would come, so it checks and kills itself."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    prctl = libc.prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            os._exit(126)  # no guarantee: never run the command without it
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
 
 def start_process(cmd: Sequence[str], *, new_group: bool = False,
-                  **popen: Any) -> subprocess.Popen[Any]:
+                  die_with_parent: bool = False, **popen: Any) -> subprocess.Popen[Any]:
     """Start ``cmd`` (``subprocess.Popen`` keyword arguments in ``popen``): in this process's
-    group unless ``new_group``, where it leads a process group of its own."""
+    group unless ``new_group``, where it leads a process group of its own. With
+    ``die_with_parent`` (Linux only; elsewhere a :class:`RuntimeError`) the child gets SIGTERM
+    when this process dies, however it dies (see :func:`_parent_death_signal` for the thread
+    caveat)."""
+    if die_with_parent:
+        if not sys.platform.startswith("linux"):
+            raise RuntimeError("die_with_parent needs Linux's prctl(PR_SET_PDEATHSIG)")
+        popen["preexec_fn"] = _parent_death_signal(signal.SIGTERM)
     return subprocess.Popen(list(cmd), process_group=0 if new_group else None, **popen)
 
 

@@ -55,9 +55,10 @@ LR_SCHEDULES = ("constant", "cosine")
 #: client-level DP modes
 CLIENT_DP_MODES = ("off", "central", "distributed")
 #: run-config keys a driver adds that are not settings of the run: the simulation's clients
-#: and resources (``fedssl simulate``), its warm-up workers, the run's id
+#: and resources (``fedssl simulate``), its warm-up workers, the run's id, the fewest sites a
+#: round of a deployment starts with (``fedssl server --min-clients``)
 RUNTIME_KEYS = ("num-clients", "cpus-per-client", "gpus-per-client", "warmup-workers",
-                "run-id")
+                "run-id", "min-clients")
 
 #: what ``--resume`` may do with a setting (its field's ``on_resume``; issue 22 item 4):
 #: FIXED settings define the experiment (data, partition, clients, method, DP, seed, ...):

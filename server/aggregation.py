@@ -35,6 +35,7 @@ from fedssl.privacy.accountant import epsilon_of
 from fedssl.privacy.client_dp import ClientLevelGaussian
 from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
 from fedssl.run_layout import RunLayout
+from fedssl.server.federation_nodes import min_round_nodes
 from fedssl.server.ledger_copies import LedgerCopyKeeper
 from fedssl.server.secure_aggregation import (
     DistributedDP,
@@ -119,6 +120,12 @@ class Aggregation:
         elif cfg["client-dp"] == "distributed":
             raise ValueError("distributed client-level DP adds its noise under secure "
                              "aggregation: turn secure aggregation on")
+        # a round starts with the nodes connected then, once there are enough, waiting for
+        # them at most the round timeout (a dead site must not hang the run)
+        dist = self.distributed_dp
+        self.strategy.min_round_nodes = min_round_nodes(
+            cfg, dist.min_clients if dist is not None else 0)
+        self.strategy.round_wait = self.timeout
 
     @property
     def distributed_dp(self) -> DistributedDP | None:
@@ -145,12 +152,24 @@ class Aggregation:
     def run_round(self, server_round: int, grid: Grid, arrays: ArrayRecord,
                   config: ConfigRecord) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Train one round from ``arrays``: the aggregate (None when no valid update came
-        back) and the aggregated client metrics."""
+        back) and the aggregated client metrics. The known nodes not connected when the
+        round started are recorded among its failures ("not connected when the round
+        started").
+
+        Raises:
+            TooFewNodesError: fewer nodes than a round needs stayed connected for the round
+                timeout (:meth:`~fedssl.server.strategy.FedSSLStrategy.connected_nodes`).
+        """
+        self.strategy.round_missing = {}
         if self.secure is not None:
-            return self.secure.run(server_round, grid, arrays, config)
-        messages = self.strategy.configure_train(server_round, arrays, config, grid)
-        replies = grid.send_and_receive(messages, timeout=self.timeout)
-        return self.strategy.aggregate_train(server_round, replies)
+            result = self.secure.run(server_round, grid, arrays, config)
+        else:
+            messages = self.strategy.configure_train(server_round, arrays, config, grid)
+            replies = grid.send_and_receive(messages, timeout=self.timeout)
+            result = self.strategy.aggregate_train(server_round, replies)
+        outcome = self.strategy.last_outcome
+        outcome.failed = {**self.strategy.round_missing, **outcome.failed}
+        return result
 
     def step(self, server_round: int, arrays: ArrayRecord, aggregate: ArrayRecord | None
              ) -> ArrayRecord:

@@ -353,6 +353,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     num_nodes = len(nodes) or int(cfg.get("num-clients", 1))
     keeper = LedgerCopyKeeper(run_dir, Path(str(cfg["identity-registry"]) or layout.identities))
     aggregation = Aggregation(cfg, num_nodes, reference, seed, layout, ledger_gate=keeper)
+    aggregation.strategy.known_nodes = set(nodes)  # who is missing from a later round
     keeper.registry()  # read now (after a simulated one is made): a bad one fails at start
     train_config = round_config(cfg, data.input_shape, run_dir)
     start = resume(cfg, run_dir, model, shared, aggregation)

@@ -13,13 +13,19 @@ so a ServerApp that looks at once can see none or only some. :func:`await_nodes`
   ``settle`` seconds (the engine registers all its nodes in one loop).
 
 Either wait ends after ``timeout`` seconds with the nodes there are then, and says so.
+
+Then every round: :func:`await_round_nodes` gives the nodes connected when the round starts,
+once at least :func:`min_round_nodes` are (the operator's minimum, secure aggregation's
+smallest group), waiting for them at most the round timeout and raising
+:class:`TooFewNodesError` after it (a deployment's site that died must neither hang the run,
+as Flower's own node sampler did, nor make rounds wait for it).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 log = logging.getLogger("fedssl.server")
@@ -53,3 +59,52 @@ def await_nodes(grid: Any, expected: int, timeout: float, settle: float = SETTLE
         log.warning("after %.0f s, %d of %s node(s) are registered; going on with them",
                     timeout, len(nodes), expected if expected > 0 else "an unknown number of")
     return nodes
+
+
+#: the fewest sites secure aggregation can run a round with (SecAgg+ needs a graph of two)
+MIN_SECAGG_NODES = 2
+
+
+def min_round_nodes(cfg: Mapping[str, Any], dp_min: int = 0) -> int:
+    """The fewest connected nodes a round starts with: the operator's ``min-clients`` (what
+    ``fedssl server --min-clients`` sets; absent or 0: none), under secure aggregation its
+    smallest group (:data:`MIN_SECAGG_NODES`) and, with distributed DP, ``dp_min``, the noise
+    shares every release needs; at least 1. (The strategy caps it at the number of nodes the
+    run has seen: a federation smaller than this fails its rounds as before, it does not
+    wait.)"""
+    floors = [1, int(cfg.get("min-clients", 0) or 0), dp_min]
+    if cfg["secagg"]:
+        floors.append(MIN_SECAGG_NODES)
+    return max(floors)
+
+
+class TooFewNodesError(RuntimeError):
+    """Fewer nodes than a round needs stayed connected for the whole wait: the run stops
+    (its completed rounds are checkpointed; ``--resume`` continues it)."""
+
+
+def await_round_nodes(grid: Any, minimum: int, timeout: float,
+                      clock: Callable[[], float] = time.monotonic,
+                      sleep: Callable[[float], None] = time.sleep) -> list[int]:
+    """The ids of the nodes connected now (in the grid's order, which Flower's sampling
+    draws from), as soon as at least ``minimum`` are; while fewer are, the grid is polled for
+    at most ``timeout`` seconds (a site restarting reconnects in that time).
+
+    Unlike Flower's ``sample_nodes``, which waits for its minimum without a bound (one dead
+    site then hangs every later round), the wait ends: :class:`TooFewNodesError` when
+    ``minimum`` nodes were not connected within ``timeout`` seconds. ``clock``/``sleep`` are
+    the time source (a test's fake one)."""
+    nodes = list(grid.get_node_ids())
+    if len(nodes) >= minimum:
+        return nodes
+    log.warning("%d node(s) connected, fewer than the %d a round needs: waiting up to %.0f s "
+                "for more", len(nodes), minimum, timeout)
+    end = clock() + timeout
+    while clock() < end:
+        sleep(POLL_SECONDS * 10)
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= minimum:
+            log.warning("%d node(s) connected: the round starts", len(nodes))
+            return nodes
+    raise TooFewNodesError(f"only {len(nodes)} node(s) connected for {timeout:.0f} s, fewer "
+                           f"than the {minimum} a round needs")

@@ -113,7 +113,8 @@ class SecureAggregation:
         self.dp: DistributedDP | None = None
         #: the encoding plan of the last round whose sum was released (None: nothing released)
         self.released: SkellamPlan | None = None
-        self.names: dict[int, str] = {}  # Flower node id -> client id, for readable logs
+        #: Flower node id -> client id, for readable logs (the strategy's: dropouts name them)
+        self.names: dict[int, str] = strategy.names
 
     def _exchange(self, grid: Grid, stage: str, payloads: dict[int, bytes],
                   round_id: int) -> dict[int, bytes]:

@@ -10,7 +10,13 @@ facing many independent sites needs before averaging:
 - replies with missing or extra arrays, wrong shapes or dtypes, or NaN/Inf values are
   rejected with a log line naming the client, so one broken site can't poison the model;
 - optionally client-level DP (DP-FedAvg, :mod:`fedssl.privacy.client_dp`): Poisson client
-  sampling, per-client update clipping and Gaussian noise on the sum.
+  sampling, per-client update clipping and Gaussian noise on the sum;
+- a round samples from the nodes connected when it starts, never waiting without a bound
+  for nodes that are gone (Flower's ``sample_nodes`` waits for its minimum for ever, so one
+  dead site hung every later round): with at least :attr:`FedSSLStrategy.min_round_nodes`
+  connected the round starts with those, the others recorded as dropouts ("not connected
+  when the round started"); with fewer, it waits up to the round timeout, then
+  :class:`~fedssl.server.federation_nodes.TooFewNodesError` stops the run.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import functools
 import io
 import logging
 import math
+import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -37,7 +45,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
 from fedssl.round_protocol import SERVER_ROUND
-from fedssl.server.flower_strategy_adapter import construct_messages, sample_nodes
+from fedssl.server.federation_nodes import TooFewNodesError, await_round_nodes
+from fedssl.server.flower_strategy_adapter import construct_messages
 
 log = logging.getLogger("fedssl.server")
 #: the largest example count a reply may claim (an exact float; NaN, inf or 1e308 weights
@@ -196,17 +205,68 @@ class FedSSLStrategy(FedAvg):
         self.current: dict[str, np.ndarray] | None = None
         self._sent: list[int] = []
         self.last_outcome = RoundOutcome()
+        #: the fewest connected nodes a round starts with (secure aggregation's group, the
+        #: operator's minimum; :func:`fedssl.server.federation_nodes.min_round_nodes`)
+        self.min_round_nodes = 1
+        #: how long a round waits for ``min_round_nodes`` to be connected (the round timeout)
+        self.round_wait = 600.0
+        #: the time source of that wait (a test's fake one)
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], None] = time.sleep
+        #: every node seen in this run (the ServerApp's first count, then each round's)
+        self.known_nodes: set[int] = set()
+        #: Flower node id -> the client name its replies gave (for readable dropouts)
+        self.names: dict[int, str] = {}
+        #: the known nodes not connected when the last round started: name -> why
+        self.round_missing: dict[str, str] = {}
+
+    def node_name(self, node: int) -> str:
+        """The client name node ``node`` gave in a reply, else ``node-<id>``."""
+        return self.names.get(node, f"node-{node}")
+
+    def connected_nodes(self, server_round: int, grid: Grid) -> list[int]:
+        """The nodes connected now, once at least :attr:`min_round_nodes` are (waiting up to
+        :attr:`round_wait` seconds); the known nodes that are not are logged and kept in
+        :attr:`round_missing`.
+
+        Raises:
+            TooFewNodesError: fewer than :attr:`min_round_nodes` connected for the whole wait
+                (the message names the round, the missing nodes and how to resume).
+        """
+        minimum = min(self.min_round_nodes, max(1, len(self.known_nodes)))
+        try:
+            nodes = await_round_nodes(grid, minimum, self.round_wait, clock=self.clock,
+                                      sleep=self.sleep)
+        except TooFewNodesError as exc:
+            gone = sorted(self.node_name(n) for n in self.known_nodes
+                          - set(grid.get_node_ids()))
+            raise TooFewNodesError(
+                f"round {server_round} cannot start: {exc} (not connected: "
+                f"{', '.join(gone) or 'none known'}); the run stops here with round "
+                f"{server_round - 1} as its last complete round (checkpointed): once enough "
+                "sites are connected, continue it with --resume") from None
+        self.known_nodes |= set(nodes)
+        connected = set(nodes)
+        self.round_missing = {self.node_name(n): "not connected when the round started"
+                              for n in sorted(self.known_nodes - connected)}
+        if self.round_missing:
+            log.warning("round %d: %d of %d clients connected; not connected: %s; the round "
+                        "goes on with the connected ones", server_round, len(nodes),
+                        len(self.known_nodes), ", ".join(sorted(self.round_missing)))
+        return nodes
 
     def sample(self, server_round: int, grid: Grid) -> list[int]:
-        """Node ids to train this round: Poisson at rate q under client-level DP (what its
-        accounting assumes), else Flower's fixed-size uniform sample."""
+        """Node ids to train this round, from the nodes connected when it starts
+        (:meth:`connected_nodes`): Poisson at rate q under client-level DP (what its
+        accounting assumes), else a fixed-size uniform sample as Flower's ``sample_nodes``
+        draws it (``random.sample`` of the grid's node list) of ``clients-per-round`` nodes,
+        or of all the connected ones when fewer are."""
+        nodes = self.connected_nodes(server_round, grid)
         if self.client_dp is not None:
-            nodes = sorted(grid.get_node_ids())
-            sampled = poisson_sample(nodes, self.client_rate, self.rng)
+            sampled = poisson_sample(sorted(nodes), self.client_rate, self.rng)
         else:
-            num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
-            sampled, nodes = sample_nodes(grid, self.min_available_nodes,
-                                          max(num_nodes, self.min_train_nodes))
+            size = max(int(len(nodes) * self.fraction_train), self.min_train_nodes)
+            sampled = random.sample(nodes, min(size, len(nodes)))
         log.info("round %d: %d of %d clients sampled", server_round, len(sampled), len(nodes))
         return sampled
 
@@ -256,6 +316,8 @@ class FedSSLStrategy(FedAvg):
         for msg in replies:  # may be a stream: each reply is screened as it arrives
             answered.add(msg.metadata.src_node_id)
             cid = client_name(msg)
+            if cid != f"node-{msg.metadata.src_node_id}":
+                self.names[msg.metadata.src_node_id] = cid
             if msg.has_error() and sent and msg.metadata.src_node_id not in sent_set:
                 continue  # the SuperLink answering for an unreachable node: timed out, below
             if msg.has_error():

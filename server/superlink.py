@@ -36,11 +36,13 @@ from typing import Any
 
 from fedssl.privacy.certs import CertPaths, read_authorized
 from fedssl.run_layout import RunLayout
+from fedssl.server.federation_nodes import min_round_nodes
 from fedssl.server.superlink_control import (
     DeployError,
     DeploySetupError,
     control_client,
     local_control_address,
+    node_states,
     online_nodes,
     register_nodes,
     run_status,
@@ -85,6 +87,48 @@ def format_round(row: dict[str, Any], rounds: int | None = None) -> str:
         if row.get(key):
             parts.append(f"{key}: {', '.join(sorted(row[key]))}")
     return "  ".join(parts)
+
+
+def connection_changes(before: dict[int, tuple[str, str]], now: dict[int, tuple[str, str]],
+                       minimum: int) -> list[str]:
+    """Console lines for the sites that disconnected or reconnected between two
+    :func:`~fedssl.server.superlink_control.node_states` snapshots (``node id -> (name,
+    status)``); ``minimum`` is the fewest connected sites a round starts with.
+
+    >>> connection_changes({7: ("node-1", "online"), 9: ("node-2", "online")},
+    ...                    {7: ("node-1", "online"), 9: ("node-2", "offline")}, 1)[0][:52]
+    'node-2 disconnected (not connected: node-2); 1 of 2 '
+    """
+    def online(states: dict[int, tuple[str, str]]) -> set[int]:
+        return {n for n, (_, status) in states.items() if status == "online"}
+
+    def name(node: int) -> str:
+        return (now.get(node) or before.get(node) or ("", ""))[0] or f"SuperNode {node}"
+
+    was, is_ = online(before), online(now)
+    if was == is_:
+        return []
+    lines = []
+    count = f"{len(is_)} of {len(now)} sites connected"
+    missing = ", ".join(sorted(name(n) for n in now if n not in is_)) or "none"
+    for node in sorted(was - is_, key=name):
+        lines.append(f"{name(node)} disconnected (not connected: {missing}); {count}: the "
+                     f"rounds go on with the connected sites while at least {minimum} "
+                     f"{'is' if minimum == 1 else 'are'} "
+                     "(fewer for --round-timeout stops the run, which --resume continues)")
+    for node in sorted(is_ - was, key=name):
+        lines.append(f"{name(node)} connected; {count}")
+    return lines
+
+
+def name_nodes(text: str, states: dict[int, tuple[str, str]]) -> str:
+    """``text`` with each ``node-<Flower node id>`` (how the ServerApp names a site that
+    never replied) replaced by the name the node was registered under."""
+    def named(match: re.Match[str]) -> str:
+        found = states.get(int(match.group(1)))
+        return found[0] if found and found[0] else match.group(0)
+
+    return re.sub(r"\bnode-(\d{6,})\b", named, text)
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -201,6 +245,11 @@ def run_server(opts: ServerOptions) -> int:
     flower_home = RunLayout(run_dir).flower  # Flower's home, logs
     superlink_log = flower_home / "superlink.log"
     need = opts.min_clients or len(keys)
+    if opts.min_clients > 0:  # the fewest sites a round starts with, too
+        cfg["min-clients"] = opts.min_clients
+    # the ServerApp's own floor (1, or 2 under secure aggregation) when --min-clients is not
+    # given: the console says so when a site disconnects
+    round_minimum = min_round_nodes(cfg)
 
     env = flower_env(flower_home)
     os.environ.update({k: env[k] for k in ("FLWR_HOME", "FLWR_TELEMETRY_ENABLED",
@@ -243,11 +292,17 @@ def run_server(opts: ServerOptions) -> int:
                   flower_home / "serverapp.log", say if opts.verbose else None))
         log_thread.start()
         printed = len(_read_rows(RunLayout(run_dir).metrics)) if cfg["resume"] else 0
+        states = node_states(client)
         while True:
             rows = _read_rows(RunLayout(run_dir).metrics)
             for row in rows[printed:]:
-                say(f"[fedssl server] {format_round(row, cfg['num-server-rounds'])}")
+                say("[fedssl server] "
+                    + name_nodes(format_round(row, cfg['num-server-rounds']), states))
             printed = max(printed, len(rows))
+            now = node_states(client)  # who is missing, said as it happens
+            for line in connection_changes(states, now, round_minimum):
+                say(f"[fedssl server] {line}")
+            states = now
             status, sub_status, details = run_status(client, run_id)
             if status == "finished":
                 break
@@ -256,7 +311,8 @@ def run_server(opts: ServerOptions) -> int:
             time.sleep(1.0)
         log_thread.join(timeout=5)
         for row in _read_rows(RunLayout(run_dir).metrics)[printed:]:
-            say(f"[fedssl server] {format_round(row, cfg['num-server-rounds'])}")
+            say("[fedssl server] "
+                + name_nodes(format_round(row, cfg['num-server-rounds']), states))
         if sub_status == "completed":
             say(f"[fedssl server] run {run_id} completed: {RunLayout(run_dir).report}")
             from fedssl.server.report_table import format_report, nobody_trained

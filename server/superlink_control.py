@@ -212,6 +212,16 @@ def online_nodes(client: Any) -> int:
                if info.status == "online")
 
 
+def node_states(client: Any) -> dict[int, tuple[str, str]]:
+    """Every registered SuperNode as ``node id -> (name, status)``: the name it was
+    registered under (the key's comment, ``node-<i>`` for ``fedssl certs`` keys; may be
+    empty) and Flower's status ("online", "offline", "registered", "unregistered")."""
+    from flwr.proto.control_pb2 import ListNodesRequest
+
+    return {int(info.node_id): (str(info.name), str(info.status))
+            for info in client.ListNodes(ListNodesRequest()).nodes_info}
+
+
 def build_fab(run_config: dict[str, Any]) -> bytes:
     """A FAB holding only a ``pyproject.toml`` for the installed fedssl app and ``run_config``.
 

@@ -156,7 +156,7 @@ def test_the_strategy_helpers_refuse_another_release(other_flower: str) -> None:
     with pytest.raises(FlowerVersionError):
         strategy.messages(arrays, ConfigRecord({}), [1, 2])
     with pytest.raises(FlowerVersionError):
-        flower_strategy_adapter.sample_nodes(_grid(), 1, 1)
+        flower_strategy_adapter.check()
 
 
 def test_the_strategy_helpers_build_flowers_messages(flower_identity) -> None:
@@ -175,9 +175,7 @@ def test_the_strategy_helpers_build_flowers_messages(flower_identity) -> None:
 def test_an_adapter_whose_internals_moved_fails_at_import_with_the_version_error() -> None:
     """A release that moved a module an adapter imports at module level: the adapter's own
     import raises FlowerVersionError naming the versions, not a bare ModuleNotFoundError (run
-    in a fresh interpreter with the internal module made unimportable). The strategy
-    adapter's strategy_utils cannot be removed this way (Flower's own package imports it);
-    it is imported under the same guard."""
+    in a fresh interpreter with the internal module made unimportable)."""
     import subprocess
     import sys
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from fedssl.processes import await_exit, descendants, start_process, stop_process
 
@@ -54,3 +55,54 @@ def test_descendants_include_grandchildren_and_await_exit_kills_the_rest() -> No
     assert left == []
     proc.wait(timeout=5)  # (await_exit already reaped it: no status left to read)
     assert grandchildren[0] not in descendants(os.getpid())
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie awaiting its reaper)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
+def test_a_child_started_to_die_with_its_parent_dies_when_the_parent_is_killed() -> None:
+    """Issue 22, item 5: ``kill -9`` of ``fedssl client`` orphaned its SuperNode, which went
+    on training. A middle process starts a child with ``die_with_parent`` and is SIGKILLed
+    (no handler of it runs): the kernel's parent-death signal stops the child. The wait is an
+    event poll with a generous bound, not a timing claim."""
+    code = ("import sys, time; from fedssl.processes import start_process; "
+            f"child = start_process({SLEEP!r}, die_with_parent=True); "
+            "print(child.pid, flush=True); time.sleep(120)")
+    middle = start_process([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert middle.stdout is not None
+    line = middle.stdout.readline().strip()
+    assert line.isdigit(), f"the middle process printed {line!r}"
+    child = int(line)
+    try:
+        assert _running(child)
+        middle.kill()
+        middle.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(child), "the child outlived its SIGKILLed parent"
+    finally:
+        if _running(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_child_without_die_with_parent_is_left_running_as_before() -> None:
+    """The default is unchanged: a child outlives a parent that is SIGKILLed (which is why
+    the SuperNode asks for ``die_with_parent``)."""
+    code = ("import sys, time; from fedssl.processes import start_process; "
+            f"child = start_process({SLEEP!r}); print(child.pid, flush=True); time.sleep(120)")
+    middle = start_process([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert middle.stdout is not None
+    child = int(middle.stdout.readline().strip())
+    try:
+        middle.kill()
+        middle.wait(timeout=10)
+        assert _running(child)
+    finally:
+        os.kill(child, signal.SIGKILL)
