@@ -8,8 +8,14 @@ the batch: this keeps per-record DP sensitivity arguments valid.
 Signal augmentations follow the time-series SSL literature (Um et al. 2017, "Data augmentation
 of wearable sensor data"; Eldele et al. 2021, TS-TCC): random crop-and-resize, circular shift,
 amplitude scaling, jitter (Gaussian noise) and segment masking. Image augmentations follow
-SimCLR (Chen et al. 2020) in a form that suits small grey images: random resized crop,
-brightness/contrast jitter, Gaussian noise and cutout (no flips: digits are not mirror-invariant).
+SimCLR (Chen et al. 2020) in a form that suits small grey images: random resized crop (area
+0.6-1), small rotations (up to 15 degrees) and shifts (up to 10 % of the side),
+brightness/contrast jitter, Gaussian noise and cutout (no flips: digits are not
+mirror-invariant, and neither are most scans). Until issue 21 the crop area went down to 0.5
+and there was no rotation or shift; on real MNIST 28x28 (mnist5k, SimCLR, 15 epochs at batch
+64, the 2x2-readout ResNet) the current views raised the 5-labels-per-class linear probe on the
+validation split from 0.782 to 0.870 and kNN from 0.919 to 0.955 (full-label linear 0.960 ->
+0.970); ``ImageAugment(crop_min=0.5, rotate=0, translate=0)`` gives the old views.
 """
 
 from __future__ import annotations
@@ -64,11 +70,15 @@ class SignalAugment:
 class ImageAugment:
     """Augment images of shape ``(N, C, H, W)``."""
 
-    crop_min: float = 0.5
+    crop_min: float = 0.6
     brightness: float = 0.4
     contrast: float = 0.4
     noise: float = 0.1
     cutout: float = 0.3
+    #: largest rotation in degrees (uniform in [-rotate, rotate]); 0 = none
+    rotate: float = 15.0
+    #: largest extra translation as a fraction of the image side; 0 = none
+    translate: float = 0.1
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -86,8 +96,17 @@ class ImageAugment:
         cx = (1 - sw) * (rand(n) * 2 - 1)
         cy = (1 - sh) * (rand(n) * 2 - 1)
         theta = torch.zeros(n, 2, 3, device=dev)
-        theta[:, 0, 0], theta[:, 0, 2] = sw, cx
-        theta[:, 1, 1], theta[:, 1, 2] = sh, cy
+        if self.rotate or self.translate:
+            angle = (rand(n) * 2 - 1) * self.rotate * torch.pi / 180
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            theta[:, 0, 0], theta[:, 0, 1] = sw * cos, -sh * sin
+            theta[:, 1, 0], theta[:, 1, 1] = sw * sin, sh * cos
+            cx = cx + (rand(n) * 2 - 1) * 2 * self.translate
+            cy = cy + (rand(n) * 2 - 1) * 2 * self.translate
+            theta[:, 0, 2], theta[:, 1, 2] = cx, cy
+        else:  # the draws and the grid of the augmenter before rotate/translate existed
+            theta[:, 0, 0], theta[:, 0, 2] = sw, cx
+            theta[:, 1, 1], theta[:, 1, 2] = sh, cy
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         out = F.grid_sample(x, grid, align_corners=False, padding_mode="border")
         # brightness / contrast jitter per record

@@ -165,7 +165,8 @@ def _from_method(path: Path, metadata: dict[str, str], tensors: dict[str, torch.
     first = tensors.get("body.0.weight", tensors.get("stem.0.weight"))
     width = int(first.shape[0]) if first is not None else None
     ws = "body.0.bias" not in tensors  # the plain 1-D CNN has conv biases
-    encoder = build_encoder(shape, width, ws=ws)
+    # files without the record predate the image encoder's pool option: global pooling
+    encoder = build_encoder(shape, width, ws=ws, pool=1)
     return (type(encoder).__name__, dict(encoder.arch_kwargs),
             f"method {method or '?'}: the CNN for records of shape {shape}")
 

@@ -4,6 +4,7 @@ item 4a), older files without one, and the errors for files that cannot give an 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from safetensors.torch import save_file
 
 import fedssl
 from fedssl.ssl_core.encoder_file import EncoderFileError, read_encoder
-from fedssl.ssl_core.encoders import ConvEncoder1d
+from fedssl.ssl_core.encoders import IMAGE_POOL, ConvEncoder1d, ResNetEncoder2d, build_encoder
 from fedssl.ssl_core.heads import SSLModel
 from fedssl.ssl_core.objectives import get_objective
 from fedssl.ssl_core.warm_start import export_encoder
@@ -63,6 +64,29 @@ def test_a_file_without_the_record_is_rebuilt_from_method_and_shape(tmp_path: Pa
     _, info = read_encoder(path)
     assert info.encoder_kwargs["width"] == 32 and info.input_shape == (2, 40)
     assert "method simsiam" in info.notes[0]
+
+
+def test_old_image_files_rebuild_the_globally_pooled_resnet(tmp_path: Path) -> None:
+    """Image files written before ``pool`` existed (record without it, or no record) hold
+    the global-average-pooled ResNet; new runs default to the 2x2 readout."""
+    torch.manual_seed(0)
+    old = ResNetEncoder2d(in_channels=1, width=8).eval()  # pool=1: the old architecture
+    assert build_encoder((1, 12, 12), 8).feature_dim == 4 * 8 * IMAGE_POOL ** 2
+    x = torch.randn(2, 1, 12, 12)
+    record = {k: v for k, v in old.arch_kwargs.items() if k not in ("pool", "multiscale")}
+    for name, meta in [
+        ("record", {"method": "byol", "input_shape": "1,12,12", "feature_dim": "32",
+                    "encoder_class": "ResNetEncoder2d", "encoder_kwargs": json.dumps(record)}),
+        ("none", {"method": "byol", "input_shape": "1,12,12"}),
+    ]:
+        path = tmp_path / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in old.state_dict().items()}, str(path),
+                  metadata=meta)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "no architecture record"
+            encoder = fedssl.load_encoder(path)
+        assert encoder.feature_dim == 32 and encoder.pool == 1, name
+        torch.testing.assert_close(encoder(x), old(x))
 
 
 def test_an_old_mae_file_is_rebuilt_as_the_vit(tmp_path: Path) -> None:

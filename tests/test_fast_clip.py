@@ -59,7 +59,8 @@ def _autograd_norms(model: nn.Module, objective: Objective, views: list[torch.Te
 
 
 @pytest.mark.parametrize("name", ["simsiam", "byol", "mae"])
-@pytest.mark.parametrize("shape", [(1, 40), (1, 8, 8)], ids=["signal", "image"])
+@pytest.mark.parametrize("shape", [(1, 40), (1, 8, 8), (1, 12, 12)],
+                         ids=["signal", "image", "image-overlapping-pool"])
 def test_clipped_sum_equals_opacus_hooks_mode(name: str, shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
     objective = get_objective(name)
@@ -75,15 +76,18 @@ def test_clipped_sum_equals_opacus_hooks_mode(name: str, shape: tuple[int, ...])
             got, clipped_gradient_sum(model, objective, views, c, engine="fast"))
 
 
-@pytest.mark.parametrize("shape", [(1, 40), (1, 8, 8)], ids=["signal", "image"])
+@pytest.mark.parametrize("shape", [(1, 40), (1, 8, 8), (1, 12, 12)],
+                         ids=["signal", "image", "image-overlapping-pool"])
 def test_norms_equal_per_record_autograd(shape: tuple[int, ...]) -> None:
     torch.manual_seed(1)
     objective = get_objective("simsiam")
-    model = objective.build_model(shape)
-    views = _views(shape, 6, 2, seed=2)
+    # in float64: in float32 the two summation orders differ by ~1e-5 relative on the
+    # image model's ~240k parameters (rounding, not the engine: float64 agrees to ~1e-15)
+    model = objective.build_model(shape).double()
+    views = [v.double() for v in _views(shape, 6, 2, seed=2)]
     _, norms = _fast(model, objective, views, 1.0)
     ref = _autograd_norms(model, objective, views)
-    torch.testing.assert_close(norms, ref, rtol=RTOL, atol=1e-7)
+    torch.testing.assert_close(norms, ref, rtol=1e-10, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------ layer zoo

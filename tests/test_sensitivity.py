@@ -130,6 +130,20 @@ def test_mnist1d_augment_is_per_record() -> None:
     assert a.shape == x.shape and torch.isfinite(a).all()
 
 
+@pytest.mark.parametrize("aug", [ImageAugment(), ImageAugment(crop_min=0.5, rotate=0.0,
+                                                                translate=0.0)],
+                         ids=["rotate-shift", "crop-only"])
+def test_image_augment_is_per_record(aug: ImageAugment) -> None:
+    """Rotations and shifts included, a record's view depends only on that record."""
+    x = torch.randn(6, 3, 12, 12)
+    a = aug(x, torch.Generator().manual_seed(3))
+    x2 = x.clone()
+    x2[0] = 5.0  # change another record
+    b = aug(x2, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a[1:], b[1:])
+    assert a.shape == x.shape and torch.isfinite(a).all()
+
+
 # ------------------------------------------------------------------ non-private negatives
 def test_public_infonce_counts_all_k_views_of_a_record() -> None:
     """Augmentation multiplicity: K = 4 views of a record, all in its one clipped row."""
