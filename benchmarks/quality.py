@@ -548,7 +548,7 @@ def report(results: dict[str, Any], out_path: Path) -> None:
 
     rows = results["rows"]
     datasets = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(7.5 * len(datasets), 0.9 + 0.45 * max(
+    fig, axes = plt.subplots(1, len(datasets), figsize=(11 * len(datasets), 1.6 + 0.5 * max(
         len([r for r in rows if r["dataset"] == d]) for d in datasets)), squeeze=False)
     bars = (("linear_probe_accuracy", "linear probe (all labels)", "C0"),
             ("linear_probe_5shot", "frozen, 5 labels/class", "C1"),
@@ -564,9 +564,10 @@ def report(results: dict[str, Any], out_path: Path) -> None:
                     xerr=[v["std"] for v in vals], color=colour, label=name)
         ax.set_yticks(y, labels, fontsize=7)
         ax.invert_yaxis()
-        ax.set(title=f"{dataset} (in-process FedAvg; mean ± std over seeds)",
-               xlabel="test accuracy", xlim=(0.0, 1.0))
-        ax.legend(fontsize=7, loc="lower right")
+        ax.set(xlabel="test accuracy (mean ± std over seeds)", xlim=(0.0, 1.0))
+        ax.set_title(dataset, fontsize=10)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08 - 2 / len(rs) / 10),
+                  ncol=3, frameon=False)
     fig.tight_layout()
     png = out_path.with_suffix(".png")
     fig.savefig(png, dpi=120)
