@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -218,17 +219,36 @@ def train(msg: Message, context: Context) -> Message:
         return _refusal(msg, ident.client_id, str(exc))
 
 
-def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientIdentity
-           ) -> Message:
-    """One round, in the order the module docstring gives; every refusal is raised before
-    the first gradient (REFUSALS)."""
-    start = time.perf_counter()
+@dataclass
+class RoundPlan:
+    """What a round will train with, settled before the first gradient: the objective, the
+    records, the local training settings (noise multiplier planned) and the signed ledger."""
+
+    objective: Any
+    dp: bool
+    sensitivity: float
+    x: np.ndarray
+    cfg: TrainConfig
+    ledger: Ledger
+    pub: Path
+    run_id: str
+
+
+def plan_round(context: Context, config: ConfigRecord, ident: ClientIdentity) -> RoundPlan:
+    """Every check a round makes before its first gradient, and its noise multiplier.
+
+    Run by the train handler, and under secure aggregation also when the server first asks
+    who will take part (``train.secagg_identify``): a client that would refuse (its own
+    budget exhausted, data unreadable, an unsound DP setting) says so *before* the key setup,
+    so the server can skip a round that secure aggregation could not complete instead of
+    letting the other clients spend privacy on it.
+
+    Raises:
+        one of :data:`REFUSALS`: the round would be refused; nothing was computed on the
+        records and nothing spent.
+    """
     server_round = int(config[SERVER_ROUND])
     run = config_view(config)  # the run's settings, typed (fedssl.run_spec)
-    if run.secagg:
-        # secure aggregation's key setup precedes training: no setup, no gradient
-        secagg.require_ready(context, server_round)
-    device = compute_setup(context, config)
     objective = get_objective(run.method)
     dp = run.dp
     budget = SiteBudget.load(context.node_config, ident.state_dir)
@@ -242,15 +262,6 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     # 1 (per-record clipping) or 2 (group clipping); refuses a method with no proven bound
     sensitivity = clip_sensitivity(objective) if dp else 1
     x = load_records(context, config)
-
-    input_shape = tuple(int(d) for d in config[INPUT_SHAPE])
-    model = objective.build_model(input_shape)
-    # names, dtypes, shapes and sizes checked against the local model before anything is
-    # decoded (GlobalModelError: a refusal, the local model and state untouched)
-    global_state = decode_global_model(msg.content["arrays"], model)
-    local = context.state.array_records.get(LOCAL_MODEL_KEY)
-    mixing = merge(model, global_state, local.to_torch_state_dict() if local else None,
-                   run.algorithm, run.fedema_tau, run.fedu_threshold)
     cfg = round_train_config(config, context, server_round, dp)
     key = secagg.site_identity(context, ident.state_dir)  # a site's registered key only
     ledger = Ledger(ident.ledger_path, key)
@@ -262,6 +273,32 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     if dp:
         cfg.noise_multiplier = _plan_round_noise(config, ledger, budget, cfg, len(x),
                                                  server_round, sensitivity, run_id)
+    return RoundPlan(objective, dp, sensitivity, x, cfg, ledger, pub, run_id)
+
+
+def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientIdentity
+           ) -> Message:
+    """One round, in the order the module docstring gives; every refusal is raised before
+    the first gradient (REFUSALS)."""
+    start = time.perf_counter()
+    server_round = int(config[SERVER_ROUND])
+    run = config_view(config)  # the run's settings, typed (fedssl.run_spec)
+    if run.secagg:
+        # secure aggregation's key setup precedes training: no setup, no gradient
+        secagg.require_ready(context, server_round)
+    device = compute_setup(context, config)
+    plan = plan_round(context, config, ident)
+    objective, dp, sensitivity, x, cfg = (plan.objective, plan.dp, plan.sensitivity, plan.x,
+                                          plan.cfg)
+    ledger, pub, run_id = plan.ledger, plan.pub, plan.run_id
+    input_shape = tuple(int(d) for d in config[INPUT_SHAPE])
+    model = objective.build_model(input_shape)
+    # names, dtypes, shapes and sizes checked against the local model before anything is
+    # decoded (GlobalModelError: a refusal, the local model and state untouched)
+    global_state = decode_global_model(msg.content["arrays"], model)
+    local = context.state.array_records.get(LOCAL_MODEL_KEY)
+    mixing = merge(model, global_state, local.to_torch_state_dict() if local else None,
+                   run.algorithm, run.fedema_tau, run.fedu_threshold)
 
     result = train_local(model, objective, x, augment_for(input_shape, run.dataset), cfg,
                          device=device)
@@ -391,7 +428,16 @@ def _keep_masked_update(context: Context, config: ConfigRecord,
 
 def _secagg_stage(stage: str):
     def handler(msg: Message, context: Context) -> Message:
-        ident = identify(context, msg.content["config"])
+        config = msg.content["config"]
+        ident = identify(context, config)
+        if stage == "identify" and INPUT_SHAPE in config:
+            # the server sent the round's settings: would this client train? A refusal now
+            # (before any key is set up) lets the server skip a round that secure
+            # aggregation could not complete, before anybody spends privacy on it
+            try:
+                plan_round(context, config, ident)
+            except REFUSALS as exc:
+                return secagg.decline(msg, context, ident.client_id, str(exc))
         return secagg.handle(stage, msg, context, ident.state_dir, ident.client_id)
 
     handler.__name__ = f"secagg_{stage}"

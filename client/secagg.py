@@ -178,6 +178,15 @@ def _client(context: Context, state_dir: Path, config: ConfigRecord
     return client, record
 
 
+def decline(msg: Message, context: Context, client_id: str, reason: str) -> Message:
+    """Answer ``train.secagg_identify`` with "declined": this client would refuse the
+    round's training (``reason``), so it takes no part in the round's key setup."""
+    _wipe(context)
+    name = identity_name(context, client_id or str(context.node_id))
+    return Message(RecordDict({"secagg": ConfigRecord({
+        "status": "declined", "reason": reason, "client": name})}), reply_to=msg)
+
+
 def handle(stage: str, msg: Message, context: Context, state_dir: Path,
            client_id: str = "") -> Message:
     """Run one protocol stage; reply ``{"secagg": {"payload": bytes}}`` or an error status."""

@@ -304,6 +304,7 @@ class Federation:
             "secure_aggregation": bool(cfg["secagg"]),
             "run_id": cfg[RUN_ID],
             "refusals": self.metrics.refusals,
+            "discarded": self.metrics.discarded,
             "labels": data.label_kind,  # multi-label: mean per-label accuracies, plus AUCs
             **{k: v for k, v in final.items() if k.endswith("_auc")},
         }

@@ -153,5 +153,12 @@ def format_report(run_dir: Path) -> str:
     for cid, items in sorted(report.get("refusals", {}).items()):
         rounds = ", ".join(str(i["round"]) for i in items)
         lines.append(f"{cid} refused round(s) {rounds}: {items[-1]['reason']}")
+    wasted = report.get("discarded") or {}
+    if wasted:  # privacy spent for nothing: said loudly, not buried in metrics.jsonl
+        lines += ["", "WARNING: privacy spent on discarded updates: "
+                  + "; ".join(f"{cid} trained in round(s) {', '.join(map(str, rounds))}"
+                              for cid, rounds in sorted(wasted.items()))
+                  + " but those updates were thrown away (secure aggregation could not "
+                    "complete: see 'failed' in metrics.jsonl); their ledgers count the spend"]
     lines += ["", f"run directory: {run_dir}"]
     return "\n".join(lines)

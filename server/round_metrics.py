@@ -2,9 +2,10 @@
 rows add up to for ``report.json``.
 
 A row says who contributed to the round and who did not, and why (refused by the client,
-rejected by the server's screening, failed or timed out); it holds the round's loss, the
-clients' own training seconds and, under DP, the largest epsilon a client reported. A site's
-ledger copy refused while its reply was screened
+rejected by the server's screening, failed or timed out; ``discarded``: who trained, so spent
+privacy, but whose update was thrown away because secure aggregation could not complete); it
+holds the round's loss, the clients' own training seconds and, under DP, the largest epsilon
+a client reported. A site's ledger copy refused while its reply was screened
 (:class:`~fedssl.server.ledger_copies.LedgerCopyKeeper`; its update is rejected with it when
 the copy's key or history cannot be trusted) is named in the row. Across rounds
 :class:`RoundMetrics` keeps each client's refusals (a resumed run's earlier ones included)
@@ -35,10 +36,15 @@ class RoundMetrics:
         self.refusals: dict[str, list[dict[str, Any]]] = {}
         #: what the clients' replies claimed (report.json's fallback without ledger copies)
         self.reported: dict[str, dict[str, Any]] = {}
+        #: client -> the rounds it trained in (spending privacy) whose update was then
+        #: discarded, e.g. secure aggregation could not complete (report.json's ``discarded``)
+        self.discarded: dict[str, list[int]] = {}
         for row in previous:
             for cid, reason in (row.get("refused") or {}).items():
                 self.refusals.setdefault(cid, []).append({"round": row["round"],
                                                           "reason": reason})
+            for cid in row.get("discarded") or ():
+                self.discarded.setdefault(cid, []).append(int(row["round"]))
 
     def row(self, server_round: int, outcome: RoundOutcome,
             agg: MetricRecord | None) -> dict[str, Any]:
@@ -51,6 +57,12 @@ class RoundMetrics:
         }
         for cid, reason in outcome.refused.items():
             self.refusals.setdefault(cid, []).append({"round": server_round, "reason": reason})
+        wasted = sorted(c for c, m in outcome.client_metrics.items()
+                        if c not in outcome.accepted and m.get("steps", 0) > 0)
+        if wasted:  # trained, spent privacy, and the round threw the update away
+            row["discarded"] = wasted
+            for cid in wasted:
+                self.discarded.setdefault(cid, []).append(server_round)
         for cid, problem in outcome.ledger_refused.items():
             log.warning("round %d: ledger copy of %s refused: %s", server_round, cid, problem)
             row.setdefault("ledger_refused", {})[cid] = problem

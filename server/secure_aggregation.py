@@ -117,10 +117,13 @@ class SecureAggregation:
         self.names: dict[int, str] = strategy.names
 
     def _exchange(self, grid: Grid, stage: str, payloads: dict[int, bytes],
-                  round_id: int) -> dict[int, bytes]:
-        """Send each node its payload for ``stage``; return the payloads of good replies."""
+                  round_id: int, settings: ConfigRecord | None = None) -> dict[int, bytes]:
+        """Send each node its payload for ``stage`` (with the round's ``settings``, if
+        given); return the payloads of good replies. A node that declines (it would refuse
+        to train) is recorded as refusing the round."""
         messages = [
             Message(RecordDict({"config": ConfigRecord({
+                **(dict(settings.items()) if settings is not None else {}),
                 SECAGG_PAYLOAD: payload, RUN_DIR: str(self.run_dir), SERVER_ROUND: round_id,
                 **self.fault_config,
             })}), dst_node_id=node, message_type=f"train.secagg_{stage}")
@@ -141,6 +144,12 @@ class SecureAggregation:
                     f"{stage}: {reply.error.reason[-300:]}")
                 continue
             rec = reply.content.config_records.get("secagg")
+            if rec is not None and rec.get("status") == "declined":
+                name = str(rec.get("client", self.names.get(node, f"node-{node}")))
+                outcome.refused[name] = str(rec.get("reason", ""))
+                log.warning("round %d: client %s will not train, so it takes no part: %s",
+                            round_id, name, outcome.refused[name])
+                continue
             if rec is None or rec.get("status") != "ok" or SECAGG_PAYLOAD not in rec:
                 reason = rec.get("reason", "malformed reply") if rec else "malformed reply"
                 outcome.failed[str(rec.get("client", node)) if rec else f"node-{node}"] = (
@@ -152,11 +161,14 @@ class SecureAggregation:
                 outcome.failed[self.names.get(node, f"node-{node}")] = f"{stage}: {exc}"
         return out
 
-    def _identify(self, grid: Grid, nodes: list[int], round_id: int) -> dict[int, int]:
-        """Ask every sampled node who it is; Flower node id -> registry index of those whose
-        identity checks out (the others are recorded as failed and take no further part)."""
+    def _identify(self, grid: Grid, nodes: list[int], round_id: int,
+                  settings: ConfigRecord) -> dict[int, int]:
+        """Ask every sampled node who it is and whether it would train this round (it gets
+        the round's ``settings``: a client whose own budget is spent declines here, before
+        any key is set up); Flower node id -> registry index of those whose identity checks
+        out and that will train (the others are recorded and take no further part)."""
         outcome = self.strategy.last_outcome
-        claims = self._exchange(grid, "identify", {n: b"" for n in nodes}, round_id)
+        claims = self._exchange(grid, "identify", {n: b"" for n in nodes}, round_id, settings)
         index_of: dict[int, int] = {}
         taken: dict[str, int] = {}
         for node, raw in sorted(claims.items()):
@@ -202,11 +214,17 @@ class SecureAggregation:
         strategy.last_outcome = setup_outcome  # what _exchange records failures in
         metrics: MetricRecord | None = None
         try:
-            index_of = self._identify(grid, nodes, server_round)
+            index_of = self._identify(grid, nodes, server_round, config)
             node_of = {i: n for n, i in index_of.items()}
-            if not index_of:
-                raise SecAggError("no sampled client passed the secure-aggregation identity "
-                                  "check; nobody trained")
+            if len(index_of) < 2:
+                # SecAgg+ sums at least two updates: with fewer the round cannot complete,
+                # so it stops here, before anybody computes a gradient or spends privacy
+                out = setup_outcome.refused | setup_outcome.failed
+                why = "; ".join(f"{c}: {r}" for c, r in sorted(out.items()))[:600]
+                raise SecAggError(
+                    f"only {len(index_of)} of {len(nodes)} sampled clients can take part and "
+                    "secure aggregation needs at least 2: round skipped before anybody "
+                    f"trained, no privacy spent{f' ({why})' if why else ''}")
             server = SecAggServer(sorted(index_of.values()), d, identity_registry=self.by_index)
             cfg = server.setup().to_bytes()
             adv = self._exchange(grid, "setup", {n: cfg for n in index_of}, server_round)
@@ -255,8 +273,13 @@ class SecureAggregation:
         except SecAggError as exc:
             log.warning("round %d: secure aggregation failed, global model unchanged: %s",
                         server_round, exc)
-            strategy.last_outcome.failed["secagg"] = str(exc)
-            strategy.last_outcome.accepted = []  # nothing was aggregated
+            outcome = strategy.last_outcome
+            outcome.failed["secagg"] = str(exc)
+            if outcome.accepted:  # they trained (and spent privacy) for a discarded round
+                log.warning("round %d: %d client(s) trained and spent privacy on this round, "
+                            "but their updates were discarded: %s", server_round,
+                            len(outcome.accepted), ", ".join(sorted(outcome.accepted)))
+            outcome.accepted = []  # nothing was aggregated
             return None, metrics
         survivors = {f"index-{i}" for i in result.survivors}
         log.info("round %d: securely aggregated %d updates (%d dropped)", server_round,

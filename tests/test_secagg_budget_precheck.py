@@ -1,0 +1,123 @@
+"""Under secure aggregation a client that would refuse to train says so when the round
+starts (``train.secagg_identify``), so a round that SecAgg+ cannot complete is skipped before
+anybody spends privacy on it; a round whose updates are discarded after clients trained is
+reported loudly (issue 22, item 7).
+
+The round runs through the server's own aggregation path and the production ClientApp, with
+a grid that delivers each message to the addressed node in this process (no Ray, no clock).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+
+from fedssl.client.app import make_client_app
+from fedssl.client.privacy_guard import write_site_file
+from fedssl.run_layout import RunLayout
+from fedssl.run_spec import DEFAULTS
+from fedssl.server.aggregation import Aggregation
+from fedssl.server.app import round_config
+from fedssl.server.secure_aggregation import simulated_registry
+from fedssl.ssl_core.objectives import get_objective
+
+
+class InProcessGrid:
+    """Delivers every message to the production ClientApp of the node it is addressed to."""
+
+    def __init__(self, num_nodes: int) -> None:
+        self.app = make_client_app()
+        self.contexts = {
+            100 + i: Context(run_id=1, node_id=100 + i, state=RecordDict(), run_config={},
+                             node_config={"partition-id": i, "num-partitions": num_nodes})
+            for i in range(num_nodes)}
+        #: message types in the order they were sent
+        self.sent: list[str] = []
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            self.sent.append(msg.metadata.message_type)
+            reply = self.app(msg, self.contexts[msg.metadata.dst_node_id])
+            reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+            replies.append(reply)
+        return replies
+
+
+def _round(run: Path, budgets: dict[str, float]) -> tuple[Aggregation, InProcessGrid]:
+    """One DP + SecAgg+ round of 2 simulated clients; ``budgets``: site budgets."""
+    cfg = {**DEFAULTS, "secagg": True, "dp": True, "target-epsilon": 8.0, "num-samples": 300,
+           "partitioner": "iid", "num-server-rounds": 1, "round-timeout": 30.0,
+           "run-dir": str(run), "identity-registry": str(simulated_registry(run, 2))}
+    for cid, eps in budgets.items():
+        write_site_file(RunLayout(run).client_dir(cid), epsilon=eps, delta=1e-5)
+    model = get_objective(str(cfg["method"])).build_model((1, 40))
+    reference = {k: v.numpy() for k, v in model.state_dict().items()}
+    aggregation = Aggregation(cfg, 2, reference, 0, RunLayout(run))
+    grid = InProcessGrid(2)
+    aggregation.strategy.known_nodes = set(grid.contexts)
+    config = round_config(cfg, (1, 40), run)
+    config["server-round"] = 1
+    aggregation.run_round(1, grid, ArrayRecord(model.state_dict()), config)
+    return aggregation, grid
+
+
+@pytest.mark.usefixtures("flower_identity")
+def test_a_round_secagg_cannot_complete_is_skipped_before_anybody_trains(
+        tmp_path: Path) -> None:
+    """2 clients, client-001's own budget cannot pay for the round: it declines when asked
+    who takes part, so the round stops before the key setup; client-000 never trains and
+    its ledger stays empty (before: client-000 spent epsilon 8 on a discarded round)."""
+    run = tmp_path / "run"
+    aggregation, grid = _round(run, {"client-001": 0.05})
+    outcome = aggregation.outcome
+    assert "privacy budget would be exceeded" in outcome.refused["client-001"]
+    assert "only 1 of 2 sampled clients can take part" in outcome.failed["secagg"]
+    assert "no privacy spent" in outcome.failed["secagg"]
+    assert grid.sent == ["train.secagg_identify"] * 2  # no key setup, no training
+    assert not RunLayout(run).ledger("client-000").exists()
+    assert not RunLayout(run).ledger("client-001").exists()
+
+
+@pytest.mark.usefixtures("flower_identity")
+def test_clients_that_can_pay_still_train_together(tmp_path: Path) -> None:
+    """The check costs a round nothing when every client can pay: both identify, set up,
+    train and are aggregated, each with one ledger entry."""
+    run = tmp_path / "run"
+    aggregation, grid = _round(run, {"client-001": 50.0})
+    assert sorted(aggregation.outcome.accepted) == ["client-000", "client-001"]
+    assert "train" in grid.sent and "secagg" not in aggregation.outcome.failed
+    for cid in ("client-000", "client-001"):
+        lines = RunLayout(run).ledger(cid).read_text().splitlines()
+        assert len(lines) == 1 and json.loads(lines[0])["round"] == 1
+
+
+def test_discarded_updates_are_reported_loudly(tmp_path: Path) -> None:
+    """A client that trained in a round whose sum was never released (a dropout after the
+    key setup left SecAgg+ short) is named in the row, report.json and the final table."""
+    from fedssl.server.round_metrics import RoundMetrics
+    from fedssl.server.strategy import RoundOutcome
+
+    metrics = RoundMetrics([], dp=True, divergence=False)
+    outcome = RoundOutcome(failed={"secagg": "MaskedInput: 1 participants < threshold 2"},
+                           client_metrics={"client-000": {"steps": 5.0, "epsilon": 2.0}})
+    row = metrics.row(3, outcome, None)
+    assert row["discarded"] == ["client-000"] and metrics.discarded == {"client-000": [3]}
+    resumed = RoundMetrics([row], dp=True, divergence=False)
+    assert resumed.discarded == {"client-000": [3]}
+
+    from fedssl.server.report_table import format_report
+
+    report = {"method": "simsiam", "dataset": "mnist1d", "clients": 2, "rounds": 3,
+              "wall_seconds": 1.0, "random_init": {}, "secure_aggregation": True,
+              "discarded": metrics.discarded, "privacy": None}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    text = format_report(tmp_path)
+    assert ("WARNING: privacy spent on discarded updates: client-000 trained in round(s) 3"
+            in text)
