@@ -1,6 +1,6 @@
 """``fedssl audit``: the privacy auditor's command over a run directory.
 
-What and why: an auditor gets a run directory (README.md, "Run directory") and
+What and why: an auditor gets a run directory (docs/simulation.md, "Run directory") and
 should be able to check, without trusting the server or the clients' accountant, that every
 privacy claim in it holds. This command glues the two audits of :mod:`fedssl.privacy`:
 

@@ -178,7 +178,7 @@ def audit_run(
     """Audit ``run_dir``: ledgers, keys, recomputed epsilons, budget, config, report.
 
     Args:
-        run_dir: the run directory (see README.md, "Run directory").
+        run_dir: the run directory (see docs/simulation.md, "Run directory").
         config: the ``[experiment]`` table of ``config.toml`` (defaults filled in by the
             caller); ``None`` reads ``run_dir/config.toml`` as is, and reports its absence.
         budget: epsilon budget overriding ``target_epsilon`` of the config.

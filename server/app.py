@@ -8,7 +8,7 @@ round's metrics row (:class:`~fedssl.server.round_metrics.RoundMetrics`), and ev
 kNN on the server's labelled split (:class:`~fedssl.server.evaluation.ServerEvaluation`).
 Round 0 evaluates the randomly initialised encoder, the baseline every result is compared
 with. At the end the encoder is exported and ``report.json`` and the plots are written (see
-README.md, "Run directory", and docs/architecture.md). Nothing here is simulation-only: the
+docs/simulation.md, "Run directory", and docs/architecture.md). Nothing here is simulation-only: the
 simulator prepares its grid through :func:`make_server_app`'s ``prepare_grid``.
 
 Configuration is Flower's run config (kebab-case keys, ``[tool.flwr.app.config]`` in

@@ -1,7 +1,7 @@
 """The run directory's human- and machine-readable outputs.
 
 ``metrics.jsonl`` (one JSON object per round, appended as rounds finish), ``report.json``
-(the run's summary; README.md, "Run directory") and ``plots/*.png`` (loss, accuracy and
+(the run's summary; docs/simulation.md, "Run directory") and ``plots/*.png`` (loss, accuracy and
 epsilon per round). Per-client epsilons come from the clients' own signed ledgers, verified
 against their public keys, never from what a reply claimed.
 """

@@ -1,6 +1,6 @@
 """The one-way data flow of the packages, checked on their source (``ast``, nothing imported).
 
-Data flows one way (README "Layout", ``docs/architecture.md``): data source -> augmentations ->
+Data flows one way (``docs/architecture.md``, "Layout"): data source -> augmentations ->
 objective (``ssl_core``) -> local trainer + DP-SGD (``client`` on ``privacy``) -> update (clip,
 quantize, mask) -> secure sum (``privacy.secagg``) -> strategy (``server``) -> global encoder
 -> evaluation/report; ``simulations`` and the ``fedssl`` command drive all of it. A module
