@@ -228,6 +228,6 @@ def check_nodes(address: str, run_dir: Path, data_path: str, cpus: float, gpus: 
     if problems:
         raise _error(address, "; ".join(problems) + ". Every node that runs clients needs "
                      "the same fedssl install, the run directory at the same absolute path "
-                     "on a file system all nodes share (--out), and the data path (docs/simulation.md, "
-                     "'Past one machine')")
+                     "on a file system all nodes share (--out), and the data path "
+                     "(docs/simulation.md, 'Past one machine')")
     return nodes

@@ -337,7 +337,8 @@ def test_accountants_agree_and_rdp_is_conservative(q: float, sigma: float, steps
 
 
 def test_design_numbers() -> None:
-    """docs/results.md, "Accountants": q=0.01, sigma=1, 10k steps, delta=1e-5: RDP 6.71, PLD 6.19."""
+    """docs/results.md, "Accountants": q=0.01, sigma=1, 10k steps, delta=1e-5: RDP 6.71,
+    PLD 6.19."""
     eps = recompute(((1.0, 0.01, 10_000),), (1e-5,))
     assert eps["rdp"][0] == pytest.approx(6.71, abs=0.01)
     assert eps["pld"][0] == pytest.approx(6.19, abs=0.01)

@@ -1,6 +1,7 @@
 """The fine-tuning example (issue 15 item 4c) is ``docs/examples/finetune.py``, shown verbatim
-in docs/using-the-encoder.md (the README's "Using the trained encoder" links there), and it runs: on a tiny run directory made here (the exporter's encoder
-file, no simulation) and a labelled .npz."""
+in docs/using-the-encoder.md (the README's "Using the trained encoder" links there), and it
+runs: on a tiny run directory made here (the exporter's encoder file, no simulation) and a
+labelled .npz."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """End to end: ``fedssl simulate`` on Flower's simulation engine (Ray) writes the run directory
-of docs/simulation.md's "Run directory", and bad input ends in a clear error before any actor starts."""
+of docs/simulation.md's "Run directory", and bad input ends in a clear error before any actor
+starts."""
 
 from __future__ import annotations
 
