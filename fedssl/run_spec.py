@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS
+from fedssl.privacy.accountants import budget_accountants
 from fedssl.ssl_core.datasets import DATASETS, DEFAULT_DATASET, DataError, infer_dataset
 from fedssl.ssl_core.model_parts import ALGORITHMS, PARTS, parse_shared
 from fedssl.ssl_core.negative_bank import MNIST1D_PUBLIC_SEED
@@ -227,7 +228,8 @@ class RunSpec:
                         client_fallback=_REQUIRED)
     accountant: str = _opt("prv", "privacy accountant: "
                                   f"{', '.join(UPPER_BOUND_ACCOUNTANTS)}", client=True,
-                           server="privacy accountant: prv or rdp")
+                           server="privacy accountant: "
+                                  f"{' or '.join(UPPER_BOUND_ACCOUNTANTS)}")
     secagg: bool = _opt(True, "secure aggregation (SecAgg+): the server learns only the sum of "
                               "the clients' updates (uniformly averaged)",
                         client_fallback=False, server="secure aggregation: the server learns "
@@ -422,8 +424,9 @@ def check_settings(s: Any, num_clients: int | None = None) -> None:
          f"unknown SSL method {s.method!r}; one of {sorted(OBJECTIVES)}")
     need(s.partitioner in PARTITIONERS, "partitioner",
          f"unknown {s.partitioner!r}; one of {PARTITIONERS}")
-    need(s.accountant in UPPER_BOUND_ACCOUNTANTS, "accountant",
-         f"{s.accountant!r} is not an upper-bound accountant")
+    need(s.accountant in budget_accountants(), "accountant",
+         f"{s.accountant!r} is not an upper-bound accountant; one of "
+         f"{', '.join(budget_accountants())}")
     for name in ("rounds", "local_epochs", "batch_size", "eval_every", "num_samples",
                  "eval_samples", "image_size", "shards_per_client"):
         need(getattr(s, name) >= 1, name, "must be at least 1")

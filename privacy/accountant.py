@@ -10,7 +10,8 @@ whole history with one of Opacus's accountants:
 - ``"rdp"``: Rényi DP, Mironov 2017 / Mironov, Talwar & Zhang 2019; a looser upper bound.
 - ``"gdp"``: Gaussian DP via the CLT, Dong, Roth & Su 2019 / Bu et al. 2020; an
   *approximation* that is not guaranteed to be an upper bound. It is accepted for comparison
-  but never used for budgets (see :data:`UPPER_BOUND_ACCOUNTANTS`).
+  but never used for budgets (see
+  :func:`~fedssl.privacy.accountants.budget_accountants`).
 
 The accountants themselves are behind one interface in a registry
 (:mod:`fedssl.privacy.accountants`, :func:`~fedssl.privacy.accountants.create_accountant`);
@@ -22,30 +23,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import cast
 
-from fedssl.privacy.accountants import AccountingError, OpacusAccountant, Segment, create_accountant
+from fedssl.privacy.accountants import (
+    AccountingError,
+    GaussianAccountant,
+    OpacusAccountant,
+    Segment,
+    accountant_names,
+    budget_accountants,
+    create_accountant,
+)
 
-ACCOUNTANTS = ("prv", "rdp", "gdp")
-#: accountants whose epsilon is a guaranteed upper bound (usable for budgets and reports)
-UPPER_BOUND_ACCOUNTANTS = ("prv", "rdp")
+#: Opacus's accountants (derived from the registry)
+ACCOUNTANTS = accountant_names(lambda c: issubclass(c, OpacusAccountant))
+#: the budget accountants when this module was imported (guaranteed upper bounds, usable for
+#: budgets and reports); :func:`~fedssl.privacy.accountants.budget_accountants` is the live list
+UPPER_BOUND_ACCOUNTANTS = budget_accountants()
 
 __all__ = ["ACCOUNTANTS", "UPPER_BOUND_ACCOUNTANTS", "AccountingError", "Segment",
            "calibrate_noise", "epsilon_of"]
 
 
-def _check_accountant(name: str) -> None:
-    if name not in UPPER_BOUND_ACCOUNTANTS:
+def _accountant(name: str) -> GaussianAccountant:
+    """The registry's accountant ``name``, refused unless clients may budget with it."""
+    allowed = budget_accountants()
+    if name not in allowed:
         raise AccountingError(
             f"accountant {name!r} cannot be used for budgets: choose one of "
-            f"{', '.join(UPPER_BOUND_ACCOUNTANTS)} (guaranteed upper bounds)"
+            f"{', '.join(allowed)} (guaranteed upper bounds)"
         )
-
-
-def _accountant(name: str) -> OpacusAccountant:
-    """The registry's accountant ``name``, refused unless it is a guaranteed upper bound."""
-    _check_accountant(name)
-    return cast(OpacusAccountant, create_accountant(name))
+    acc = create_accountant(name)
+    assert isinstance(acc, GaussianAccountant)  # budget_accountants() holds no other kind
+    return acc
 
 
 def check_delta(delta: float, records: int, who: str) -> None:
@@ -104,20 +113,4 @@ def calibrate_noise(
         [*spent, (hint, sample_rate, steps)], delta, accountant
     ) <= target_epsilon:
         return float(hint)
-    if not spent:
-        return acc.calibrate(target_epsilon, delta, sample_rate, steps)
-    # with prior spend, bisect on sigma over the composed history
-    if epsilon_of(spent, delta, accountant) >= target_epsilon:
-        raise AccountingError(f"privacy budget epsilon={target_epsilon} is already spent")
-    lo, hi = 0.0, 1.0
-    while epsilon_of([*spent, (hi, sample_rate, steps)], delta, accountant) > target_epsilon:
-        hi *= 2
-        if hi > 1e4:
-            raise AccountingError(f"cannot reach epsilon={target_epsilon}: budget too small")
-    while hi - lo > 0.01 * hi:
-        mid = (lo + hi) / 2
-        if epsilon_of([*spent, (mid, sample_rate, steps)], delta, accountant) > target_epsilon:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return acc.calibrate(target_epsilon, delta, sample_rate, steps, spent)

@@ -26,7 +26,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS, Segment
+from fedssl.privacy.accountant import Segment
+from fedssl.privacy.accountants import budget_accountants
 from fedssl.privacy.audit_accounting import (
     PRV_EPS_ERROR,
     pld_epsilons,
@@ -106,10 +107,10 @@ def check_config(res: AuditResult, cfg: Mapping[str, Any]) -> None:
                 "dp = true but neither a target epsilon nor a positive noise multiplier is "
                 "set: DP-SGD without noise gives no privacy (epsilon = inf)")
     accountant = str(cfg.get("accountant", "prv"))
-    if accountant not in UPPER_BOUND_ACCOUNTANTS:
+    if accountant not in budget_accountants():
         res.add(Severity.ERROR, FindingKind.UNSOUND_CONFIG,
                 f"accountant {accountant!r} is not a guaranteed upper bound (use one of "
-                f"{', '.join(UPPER_BOUND_ACCOUNTANTS)})")
+                f"{', '.join(budget_accountants())})")
     clip = float(cfg.get("max_grad_norm", 1.0) or 0.0)
     if clip <= 0:
         res.add(Severity.ERROR, FindingKind.UNSOUND_CONFIG,
@@ -238,7 +239,7 @@ def check_entries(res: AuditResult, audit: ClientAudit, entries: list[LedgerEntr
             cumulative += e.steps
             check.cumulative_steps = cumulative
             audit.entries.append(check)
-        if e.accountant not in UPPER_BOUND_ACCOUNTANTS:
+        if e.accountant not in budget_accountants():
             res.add(Severity.ERROR, FindingKind.UNSOUND_ACCOUNTANT,
                     f"recorded with accountant {e.accountant!r}, which is not a guaranteed "
                     "upper bound", name, e.round)

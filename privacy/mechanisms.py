@@ -38,9 +38,11 @@ from __future__ import annotations
 from abc import ABC
 from typing import Any, ClassVar
 
-#: the accountants of the Poisson-subsampled Gaussian mechanism (registry names; the first is
-#: the default, the ones after it the audit's independent recomputations)
-GAUSSIAN_ACCOUNTANTS = ("prv", "rdp", "pld", "dpa-rdp")
+from fedssl.privacy.accountants import gaussian_accountants
+
+#: the accountants of the Poisson-subsampled Gaussian mechanism (registry names, derived from
+#: the registry; the first is the default, the ones after it the audit's recomputations)
+GAUSSIAN_ACCOUNTANTS = gaussian_accountants()
 
 
 class Mechanism(ABC):

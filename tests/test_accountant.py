@@ -112,3 +112,56 @@ def test_delta_must_be_below_one_over_the_records() -> None:
         check_delta(1 / 400, 480, "a site")
     with pytest.raises(AccountingError, match=r"1/480 \(e.g. 0.0001\)"):
         check_delta(0.5, 480, "a site")
+
+
+def test_a_new_accountant_is_added_in_one_place() -> None:
+    """Issue 23 (c): a toy accountant registered with ``register_accountant`` alone is what
+    the run setting ``accountant`` accepts, what a client budgets and calibrates with (the
+    base class's bisection, no Opacus-only cast) and what the audit accepts in a ledger;
+    an approximation (``upper_bound = False``) is refused everywhere."""
+    from fedssl.privacy.accountants import (
+        REGISTRY,
+        GaussianAccountant,
+        budget_accountants,
+        create_accountant,
+        register_accountant,
+    )
+    from fedssl.privacy.audit_checks import check_config
+    from fedssl.privacy.audit_findings import AuditResult
+    from fedssl.run_spec import ConfigError, RunSpec
+
+    @register_accountant
+    class DoubledRDP(GaussianAccountant):
+        """Twice Opacus RDP's epsilon: a (loose) upper bound."""
+
+        name = "toy-doubled-rdp"
+        budget = True
+
+        def epsilon(self, history, delta: float) -> float:
+            return 2 * create_accountant("rdp").epsilon(history, delta)
+
+    try:
+        assert "toy-doubled-rdp" in budget_accountants()
+        RunSpec(accountant="toy-doubled-rdp").validate()
+        sigma = calibrate_noise(8.0, 1e-5, 0.05, 200, "toy-doubled-rdp")
+        eps = epsilon_of([(sigma, 0.05, 200)], 1e-5, "toy-doubled-rdp")
+        assert 7.9 <= eps <= 8.0 and sigma > calibrate_noise(8.0, 1e-5, 0.05, 200, "rdp")
+        spent = [(sigma, 0.05, 100)]
+        more = calibrate_noise(8.0, 1e-5, 0.05, 100, "toy-doubled-rdp", spent=spent)
+        assert epsilon_of([*spent, (more, 0.05, 100)], 1e-5, "toy-doubled-rdp") <= 8.0
+        res = AuditResult("run", None, "", 1e-5, 0.01, True, "simsiam")
+        check_config(res, {"method": "simsiam", "target_epsilon": 8.0,
+                           "accountant": "toy-doubled-rdp"})
+        assert not [f for f in res.findings if "accountant" in f.message], res.findings
+
+        DoubledRDP.upper_bound = False  # an approximation: never for a budget
+        assert "toy-doubled-rdp" not in budget_accountants()
+        with pytest.raises(ConfigError, match="not an upper-bound accountant"):
+            RunSpec(accountant="toy-doubled-rdp").validate()
+        with pytest.raises(AccountingError, match="cannot be used for budgets"):
+            epsilon_of([(1.0, 0.1, 10)], 1e-5, "toy-doubled-rdp")
+        check_config(res, {"method": "simsiam", "target_epsilon": 8.0,
+                           "accountant": "toy-doubled-rdp"})
+        assert [f for f in res.findings if "not a guaranteed upper bound" in f.message]
+    finally:
+        REGISTRY.pop("toy-doubled-rdp", None)

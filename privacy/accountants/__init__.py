@@ -14,6 +14,12 @@ name        accountant                                   history item   upper bo
 ``skellam`` Skellam RDP (Agarwal et al. 2021)            SkellamRound   yes
 =========== ============================================ ============== =====================
 
+To add an accountant: subclass :class:`~fedssl.privacy.accountants.base.Accountant` (or
+:class:`~fedssl.privacy.accountants.base.GaussianAccountant` for DP-SGD histories), set
+``name``, ``upper_bound`` and ``budget``, decorate it with :func:`register_accountant`; every
+name list (the run setting ``accountant``, the client's budget, the mechanisms' accountants)
+is derived from the registry (:func:`budget_accountants`, :func:`gaussian_accountants`).
+
 Users: :func:`fedssl.privacy.accountant.epsilon_of` and
 :func:`~fedssl.privacy.accountant.calibrate_noise` (a client's budget: ``prv`` or ``rdp``),
 the audit's independent recomputation (:mod:`fedssl.privacy.audit_accounting`: ``prv``,
@@ -28,25 +34,30 @@ from fedssl.privacy.accountants.base import (
     GaussianAccountant,
     Segment,
     accountant_names,
+    budget_accountants,
     create_accountant,
+    gaussian_accountants,
     quiet,
     register_accountant,
 )
-from fedssl.privacy.accountants.dpa import (
-    DpaRDPAccountant,
-    PLDAccountant,
-    pld_interval,
-)
-from fedssl.privacy.accountants.opacus_accountants import (
+
+# registration order is the order of every derived name list (prv, the default, first)
+from fedssl.privacy.accountants.opacus_accountants import (  # isort: skip
     GDPAccountant,
     OpacusAccountant,
     PRVAccountant,
     RDPAccountant,
+)
+from fedssl.privacy.accountants.dpa import (  # isort: skip
+    DpaRDPAccountant,
+    PLDAccountant,
+    pld_interval,
 )
 from fedssl.privacy.accountants.skellam import SkellamAccountant, SkellamRound
 
 __all__ = ["REGISTRY", "Accountant", "AccountingError", "DpaRDPAccountant", "GDPAccountant",
            "GaussianAccountant", "OpacusAccountant", "PLDAccountant", "PRVAccountant",
            "RDPAccountant", "Segment", "SkellamAccountant", "SkellamRound",
-           "accountant_names", "create_accountant", "pld_interval", "quiet",
+           "accountant_names", "budget_accountants", "create_accountant",
+           "gaussian_accountants", "pld_interval", "quiet",
            "register_accountant"]

@@ -48,7 +48,10 @@ class Accountant(ABC, Generic[E]):
 
     * :attr:`name`: its registry name; :attr:`upper_bound`: whether the epsilon it returns is
       a guaranteed upper bound of the mechanism's true epsilon (an approximation, such as the
-      CLT of Gaussian DP, is not, and must never be used for a budget);
+      CLT of Gaussian DP, is not, and must never be used for a budget); :attr:`budget`:
+      whether clients may plan and record their budgets with it (the run setting
+      ``accountant``; :func:`budget_accountants` lists them, so a new one is added here
+      alone);
     * :attr:`event`: what one history item is (e.g. :data:`Segment`);
     * :meth:`epsilon`: the cumulative epsilon of a whole history at ``delta``; composition is
       order-independent, so the result depends on the multiset of releases only.
@@ -64,6 +67,9 @@ class Accountant(ABC, Generic[E]):
 
     name: ClassVar[str] = ""
     upper_bound: ClassVar[bool] = True
+    #: clients may budget with it (needs ``upper_bound`` and a Gaussian history, :meth:`
+    #: GaussianAccountant.calibrate`); the ledger records its name
+    budget: ClassVar[bool] = False
     event: ClassVar[Any] = object
 
     def __init__(self) -> None:
@@ -100,6 +106,44 @@ class GaussianAccountant(Accountant[Segment]):
     def step(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
         """Record ``steps`` releases at this noise multiplier and sampling rate."""
         self.compose((float(noise_multiplier), float(sample_rate), int(steps)))
+
+    def calibrate(self, target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                  spent: Sequence[Segment] = ()) -> float:
+        """Smallest noise multiplier (to 1 %) so that ``spent`` plus ``steps`` new steps at
+        ``sample_rate`` stay within ``target_epsilon`` at ``delta``: a bisection on this
+        accountant's own :meth:`epsilon`, which decreases as the noise grows.
+
+        Args:
+            target_epsilon: the epsilon the whole history may reach.
+            delta: the guarantee's delta.
+            sample_rate: Poisson sampling rate of the new steps, in (0, 1].
+            steps: how many new steps.
+            spent: the history already spent.
+
+        Returns:
+            The noise multiplier of the new steps.
+
+        Raises:
+            AccountingError: the target cannot be met (already spent, or too small).
+        """
+        spent = list(spent)
+        if self.epsilon(spent, delta) >= target_epsilon:
+            raise AccountingError(f"privacy budget epsilon={target_epsilon} is already spent")
+
+        def eps(sigma: float) -> float:
+            return self.epsilon([*spent, (sigma, sample_rate, steps)], delta)
+
+        lo, hi = 0.0, 1.0
+        while eps(hi) > target_epsilon:
+            lo, hi = hi, hi * 2
+            if hi > 1e4:
+                raise AccountingError(f"cannot reach epsilon={target_epsilon} at delta={delta} "
+                                      f"with sample rate {sample_rate:.4g} over {steps} steps: "
+                                      "budget too small")
+        while hi - lo > 0.01 * hi:
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if eps(mid) > target_epsilon else (lo, mid)
+        return hi
 
 
 #: registry name -> accountant class (filled by :func:`register_accountant`)
@@ -139,6 +183,19 @@ def accountant_names(predicate: Callable[[type[Accountant[Any]]], bool] = lambda
                      ) -> tuple[str, ...]:
     """Registered names whose class satisfies ``predicate``, in registration order."""
     return tuple(n for n, c in REGISTRY.items() if predicate(c))
+
+
+def budget_accountants() -> tuple[str, ...]:
+    """The accountants clients may budget with (:attr:`Accountant.budget`: guaranteed upper
+    bounds of the Gaussian mechanism that can calibrate noise), in registration order."""
+    return accountant_names(lambda c: c.budget and c.upper_bound
+                            and issubclass(c, GaussianAccountant))
+
+
+def gaussian_accountants() -> tuple[str, ...]:
+    """Every accountant whose epsilon bounds the Poisson-subsampled Gaussian mechanism (the
+    first is the default), in registration order."""
+    return accountant_names(lambda c: c.upper_bound and issubclass(c, GaussianAccountant))
 
 
 @contextmanager

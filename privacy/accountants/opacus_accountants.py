@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from fedssl.privacy.accountants.base import (
@@ -100,9 +100,12 @@ class OpacusAccountant(GaussianAccountant):
         return _composed_epsilon(tuple(sorted(segments)), float(delta), self.name)
 
     def calibrate(self, target_epsilon: float, delta: float, sample_rate: float,
-                  steps: int) -> float:
-        """Smallest noise multiplier (Opacus's bisection, to 1 % of epsilon) reaching
-        ``target_epsilon`` at ``delta`` in ``steps`` fresh steps at ``sample_rate``."""
+                  steps: int, spent: Sequence[Segment] = ()) -> float:
+        """Smallest noise multiplier reaching ``target_epsilon`` at ``delta``; with nothing
+        ``spent``, Opacus's own bisection (to 1 % of epsilon, memoised), else the base
+        class's over the composed history (:meth:`GaussianAccountant.calibrate`)."""
+        if list(spent):
+            return super().calibrate(target_epsilon, delta, sample_rate, steps, spent)
         return _calibrate_fresh(float(target_epsilon), float(delta), float(sample_rate),
                                 int(steps), self.name)
 
@@ -112,6 +115,7 @@ class PRVAccountant(OpacusAccountant):
     """Opacus PRV (Gopi et al. 2021), upper end of its error bound: a guaranteed bound."""
 
     name = "prv"
+    budget = True
 
 
 @register_accountant
@@ -119,6 +123,7 @@ class RDPAccountant(OpacusAccountant):
     """Opacus RDP (Mironov 2017; Mironov, Talwar & Zhang 2019): a looser guaranteed bound."""
 
     name = "rdp"
+    budget = True
 
 
 @register_accountant
