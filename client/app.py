@@ -230,7 +230,8 @@ class RoundPlan:
     x: np.ndarray
     cfg: TrainConfig
     ledger: Ledger
-    pub: Path
+    #: the site's identity key, which signs the ledger
+    key: Any
     run_id: str
 
 
@@ -265,15 +266,11 @@ def plan_round(context: Context, config: ConfigRecord, ident: ClientIdentity) ->
     cfg = round_train_config(config, context, server_round, dp)
     key = secagg.site_identity(context, ident.state_dir)  # a site's registered key only
     ledger = Ledger(ident.ledger_path, key)
-    pub = ident.ledger_path.with_suffix(".pub")
-    if not pub.exists():
-        pub.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(pub, public_pem(key))
     run_id = run_id_of(config)
     if dp:
         cfg.noise_multiplier = _plan_round_noise(config, ledger, budget, cfg, len(x),
                                                  server_round, sensitivity, run_id)
-    return RoundPlan(objective, dp, sensitivity, x, cfg, ledger, pub, run_id)
+    return RoundPlan(objective, dp, sensitivity, x, cfg, ledger, key, run_id)
 
 
 def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientIdentity
@@ -290,7 +287,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     plan = plan_round(context, config, ident)
     objective, dp, sensitivity, x, cfg = (plan.objective, plan.dp, plan.sensitivity, plan.x,
                                           plan.cfg)
-    ledger, pub, run_id = plan.ledger, plan.pub, plan.run_id
+    ledger, run_id = plan.ledger, plan.run_id
     input_shape = tuple(int(d) for d in config[INPUT_SHAPE])
     model = objective.build_model(input_shape)
     # names, dtypes, shapes and sizes checked against the local model before anything is
@@ -299,6 +296,10 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     local = context.state.array_records.get(LOCAL_MODEL_KEY)
     mixing = merge(model, global_state, local.to_torch_state_dict() if local else None,
                    run.algorithm, run.fedema_tau, run.fedu_threshold)
+    pub = ident.ledger_path.with_suffix(".pub")
+    if not pub.exists():  # nothing is written for a round refused above
+        pub.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(pub, public_pem(plan.key))
 
     result = train_local(model, objective, x, augment_for(input_shape, run.dataset), cfg,
                          device=device)
