@@ -111,8 +111,11 @@ class Aggregation:
                 simulated_registry(layout.root, num_nodes)
             self.secure = SecureAggregation(self.strategy, registry, float(cfg["secagg-clip"]),
                                             self.timeout, layout.root.resolve())
-            self.secure.fault_config = {k: cfg[k] for k in ("dropout-prob", "straggler-prob",
-                                                            "straggler-delay", "seed")}
+            if float(cfg["dropout-prob"]) or float(cfg["straggler-prob"]):
+                # the simulator's fault model (client/faults.py, a mod only the simulated
+                # sites' ClientApp has) reads these in every stage; a deployment sends none
+                self.secure.fault_config = {k: cfg[k] for k in (
+                    "dropout-prob", "straggler-prob", "straggler-delay", "seed")}
             if cfg["client-dp"] == "distributed":
                 self.secure.dp = DistributedDP(float(cfg["client-clip"]),
                                                float(cfg["client-noise-multiplier"]),
