@@ -45,6 +45,7 @@ from typing import Any, NamedTuple, cast
 
 from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS
 from fedssl.privacy.accountants import budget_accountants
+from fedssl.ssl_core.data import dataset_names
 from fedssl.ssl_core.datasets import DATASETS, DEFAULT_DATASET, DataError, infer_dataset
 from fedssl.ssl_core.model_parts import ALGORITHMS, PARTS, parse_shared
 from fedssl.ssl_core.negative_bank import MNIST1D_PUBLIC_SEED
@@ -411,8 +412,8 @@ def check_settings(s: Any, num_clients: int | None = None) -> None:
         if not ok:
             raise ConfigError(f"{name.replace('_', '-')}: {msg}")
 
-    need(s.dataset in (*DATASETS, "auto"), "dataset",
-         f"unknown {s.dataset!r}; one of {('auto', *DATASETS)}")
+    need(s.dataset in (*dataset_names(), "auto"), "dataset",
+         f"unknown {s.dataset!r}; one of {('auto', *dataset_names())}")
     if s.dataset == "auto":  # resolved once; config.toml records the result
         # a plain attribute, not an option: the simulator prints that it was inferred
         s.inferred_dataset = True
