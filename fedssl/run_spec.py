@@ -45,6 +45,7 @@ from typing import Any, NamedTuple, cast
 
 from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS
 from fedssl.privacy.accountants import budget_accountants
+from fedssl.ssl_core.aggregators import AGGREGATORS, aggregator_names
 from fedssl.ssl_core.data import dataset_names
 from fedssl.ssl_core.datasets import DATASETS, DEFAULT_DATASET, DataError, infer_dataset
 from fedssl.ssl_core.model_parts import ALGORITHMS, PARTS, parse_shared
@@ -205,6 +206,11 @@ class RunSpec:
                                        "1): a round's averaged update is only a few local "
                                        "steps long, momentum lengthens it; post-processing, "
                                        "no privacy cost")
+    aggregator: str = _opt("mean", "how the server averages the accepted client models: "
+                                   f"{', '.join(aggregator_names())} (mean: example-weighted "
+                                   "FedAvg; ldawa: layer-wise divergence-aware weights, "
+                                   "Rehman et al. 2023, needs --no-secagg); post-processing, "
+                                   "no privacy cost", choices=aggregator_names())
     init_encoder: str = _opt("", "warm-start encoder (safetensors, keys without 'encoder.') "
                                  "pretrained on public or synthetic data, never the private "
                                  "records; make one with 'fedssl pretrain --source "
@@ -463,6 +469,14 @@ def check_settings(s: Any, num_clients: int | None = None) -> None:
          "central client-level DP needs the server to clip individual updates, which "
          "secure aggregation hides: add --no-secagg")
     need(s.secagg_clip > 0, "secagg_clip", "must be positive")
+    need(s.aggregator in aggregator_names(), "aggregator",
+         f"unknown {s.aggregator!r}; one of {', '.join(aggregator_names())}")
+    rule = AGGREGATORS.get(s.aggregator)
+    need(rule is None or not (s.secagg and rule.needs_individual_updates), "aggregator",
+         f"{s.aggregator!r} weighs each client's own model, which secure aggregation hides "
+         "from the server (it learns only the sum): add --no-secagg, or use 'mean'")
+    need(s.aggregator == "mean" or s.client_dp != "central", "aggregator",
+         "central client-level DP averages clipped updates with its own noise: use 'mean'")
     need(s.views >= 0, "views", "must be >= 0 (0 = the method's own number of views)")
     if s.views:
         cls = OBJECTIVES[s.method]

@@ -91,7 +91,7 @@ class Aggregation:
             rng=np.random.default_rng(None if self.client_dp is not None else seed + 11),
             fraction_train=self.client_rate,
             min_train_nodes=self.per_round, min_available_nodes=self.per_round,
-            fraction_evaluate=0.0,
+            fraction_evaluate=0.0, aggregator=str(cfg["aggregator"]),
         )
         # sites' ledger copies verified as their replies are screened: a refused copy
         # rejects the update with it (fedssl.server.ledger_copies)

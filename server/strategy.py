@@ -47,6 +47,7 @@ from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
 from fedssl.round_protocol import SERVER_ROUND
 from fedssl.server.federation_nodes import TooFewNodesError, await_round_nodes
 from fedssl.server.flower_strategy_adapter import construct_messages
+from fedssl.ssl_core.aggregators import get_aggregator
 
 log = logging.getLogger("fedssl.server")
 #: the largest example count a reply may claim (an exact float; NaN, inf or 1e308 weights
@@ -149,37 +150,6 @@ def check_arrays(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str |
     return decode_arrays(arrays, reference)[1]
 
 
-class WeightedMean:
-    """Running example-weighted mean of decoded updates, in float64, one model in memory.
-
-    The same average as Flower's ``aggregate_arrayrecords`` (sum of w_i x_i over sum of
-    w_i), fed reply by reply as the server screens them, so each reply is deserialised once
-    and the replies' arrays are never all decoded at the same time. The result has the
-    reference's dtypes (integer buffers are rounded back, not turned into floats).
-    """
-
-    def __init__(self, reference: dict[str, np.ndarray]) -> None:
-        self.reference = reference
-        self.total = 0.0
-        self.sums = {k: np.zeros(v.shape, np.float64) for k, v in reference.items()}
-
-    def add(self, values: dict[str, np.ndarray], weight: float) -> None:
-        self.total += weight
-        for k, v in values.items():
-            # in float64: ``weight * v`` of a float32 array stays float32 and overflows to
-            # inf for a weight near 3.4e38 (found by tests/test_fuzz_decoders.py)
-            self.sums[k] += np.multiply(v, weight, dtype=np.float64)
-
-    def result(self) -> ArrayRecord:
-        out = {}
-        for k, ref in self.reference.items():
-            mean = self.sums[k] / self.total
-            if not np.issubdtype(ref.dtype, np.floating):
-                mean = np.rint(mean)
-            out[k] = Array(np.asarray(mean, dtype=ref.dtype))  # 0-d: a scalar back to an array
-        return ArrayRecord(out)
-
-
 class FedSSLStrategy(FedAvg):
     """Flower FedAvg that validates and accounts for every reply before averaging."""
 
@@ -189,10 +159,13 @@ class FedSSLStrategy(FedAvg):
         client_dp: ClientLevelGaussian | None = None,
         client_rate: float = 1.0,
         rng: np.random.Generator | None = None,
+        aggregator: str = "mean",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.reference = reference
+        #: the averaging rule of the accepted models (:mod:`fedssl.ssl_core.aggregators`)
+        self.aggregator = get_aggregator(aggregator)
         #: verifies and keeps a site's ledger copy as its reply is screened: (client, ledger
         #: text, public key PEM, identity name) -> (None or why it was refused, whether the
         #: reply's update is rejected with it) (:class:`~fedssl.server.ledger_copies.
@@ -293,12 +266,12 @@ class FedSSLStrategy(FedAvg):
                                on_accept=lambda values, _: clipped.append(
                                    self._clipped_update(values)))
             return self._aggregate_client_dp(good, clipped)
-        mean = WeightedMean(self.reference)
-        good = self.screen(server_round, replies, sent_to=self._sent, on_accept=mean.add)
+        rule = self.aggregator(self.reference, self.current)
+        good = self.screen(server_round, replies, sent_to=self._sent, on_accept=rule.add)
         if not good:
             return None, None
         metrics = self.train_metrics_aggr_fn([m.content for m in good], self.weighted_by_key)
-        return mean.result(), metrics
+        return ArrayRecord({k: Array(v) for k, v in rule.result().items()}), metrics
 
     def screen(self, server_round: int, replies: Iterable[Message], with_arrays: bool = True,
                sent_to: Iterable[int] = (),
