@@ -24,6 +24,19 @@ the ordinary weight gradients as well, and then clips: 2-3x a non-DP step on fed
 encoders (``benchmarks/dp_sgd.py``). Here the backward is the non-DP backward minus the weight
 gradients, and the per-record work replaces the weight-gradient GEMMs.
 
+Why not Opacus 1.6's own ghost clipping (``grad_sample_mode="ghost"``, Li et al. 2022):
+measured by ``benchmarks/dp_sgd.py`` (row ``opacus-ghost``), it refuses every fedssl
+encoder under a multi-view objective with ``NotImplementedError: Parameter tying is not
+supported with Ghost Clipping``: its hooks treat a layer called twice in one step (the encoder
+runs once per view) as tied parameters, so it cannot clip the sum over all views of a record
+as one row, which is what makes the per-record sensitivity C (on all five settings: the 1-D
+CNN at batch 64/256, the ResNet at 28x28 and 8x8). Even for a one-view objective it would
+save little here: Opacus 1.6 has ghost norms only for ``nn.Linear`` and ``nn.Embedding``
+(``register_norm_sampler``), so every convolution, most of fedssl's encoders' cost and the
+weight-standardised ones (:mod:`fedssl.privacy.ws_rules`) included, falls back to
+materialised per-record gradients; and it takes a second backward pass for the clipped
+gradient, which the book-keeping here avoids.
+
 Soundness: the result is the same quantity Opacus clips (the gradient of record ``i``'s loss,
 summed over all its views, clipped as one row), so the DP guarantee of
 :mod:`fedssl.privacy.dp_sgd` carries over unchanged (``tests/test_fast_clip.py`` checks the
