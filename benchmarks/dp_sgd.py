@@ -9,7 +9,7 @@ and ``(1, 8, 8)`` images:
 
 * ``non-DP``  - augment two views, ``per_record_loss(...).mean()``, backward, SGD step (the
   no-DP branch of :func:`fedssl.client.trainer.train_local`);
-* ``hooks``   - fedssl's engine, :class:`fedssl.privacy.dp_sgd.DPSGD` (Opacus
+* ``hooks``   - fedssl's engine, :class:`fedssl.privacy.dp_sgd.opacus_engine.DPSGD` (Opacus
   ``GradSampleModule`` hooks mode + ``DPOptimizer``), the same step as the DP branch of
   ``train_local`` with a fixed batch (no Poisson size jitter);
 * ``opacus-functorch`` - Opacus ``GradSampleModule(force_functorch=True)`` (per-layer
@@ -27,7 +27,7 @@ and ``(1, 8, 8)`` images:
   Clipping"), which every multi-view objective does (the encoder runs once per view), so it
   cannot clip all views of a record together: that is why fedssl keeps its own engine;
 * ``fast``    - fedssl's book-keeping / ghost-norm engine,
-  :class:`fedssl.privacy.fast_clip.FastDPSGD` (one backward; per-record norms and the clipped
+  :class:`fedssl.privacy.dp_sgd.fast_clip.FastDPSGD` (one backward; per-record norms and the clipped
   sum from each layer's inputs and output gradients), the DP branch of ``train_local`` by
   default. It never materialises all per-sample gradients, so its CHECK compares what DP-SGD
   uses: the per-record norms with hooks mode's per-sample gradient norms, and the clipped sums
@@ -86,8 +86,8 @@ from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
 from fedssl.client.trainer import TrainConfig, train_local
-from fedssl.privacy.dp_sgd import DPSGD, clipped_gradient_sum
-from fedssl.privacy.fast_clip import FastClipper, FastDPSGD
+from fedssl.privacy.dp_sgd.fast_clip import FastClipper, FastDPSGD
+from fedssl.privacy.dp_sgd.opacus_engine import DPSGD, clipped_gradient_sum
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.host_memory import retain_freed_memory
 from fedssl.ssl_core.objectives import get_objective

@@ -51,17 +51,21 @@ from fedssl.client.trainer import (
     steps_per_epoch,
     train_local,
 )
-from fedssl.privacy.accountant import (
+from fedssl.privacy.accounting.budget import (
     AccountingError,
     calibrate_noise,
     check_delta,
     epsilon_of,
 )
-from fedssl.privacy.distributed_dp import DistributedDPError, SkellamPlan, encode_with_noise
-from fedssl.privacy.dp_sgd import DPSoundnessError, clip_sensitivity
-from fedssl.privacy.identity import public_pem
-from fedssl.privacy.ledger import LEGACY_RUN, Ledger, LedgerEntry, LedgerError, segments
-from fedssl.privacy.ledger import runs as ledger_runs
+from fedssl.privacy.client_level.distributed import (
+    DistributedDPError,
+    SkellamPlan,
+    encode_with_noise,
+)
+from fedssl.privacy.dp_sgd.opacus_engine import DPSoundnessError, clip_sensitivity
+from fedssl.privacy.identity.keys import public_pem
+from fedssl.privacy.identity.ledger import LEGACY_RUN, Ledger, LedgerEntry, LedgerError, segments
+from fedssl.privacy.identity.ledger import runs as ledger_runs
 from fedssl.privacy.secagg import Quantizer, SecAggError
 from fedssl.round_protocol import (
     INPUT_SHAPE,
@@ -154,7 +158,8 @@ def run_id_of(config: ConfigRecord) -> str:
 
     Raises:
         ValueError: if the run id is not a short alphanumeric string, or is the name ledgers
-            reserve for entries without a run id (:data:`~fedssl.privacy.ledger.LEGACY_RUN`):
+            reserve for entries without a run id
+            (:data:`~fedssl.privacy.identity.ledger.LEGACY_RUN`):
             the run's entries would count as the legacy run's.
     """
     rid = str(config.get(RUN_ID, ""))
@@ -178,7 +183,7 @@ def plan_noise(config: ConfigRecord, ledger: Ledger, sample_rate: float, steps: 
     fresh site; the site's lifetime spend is bounded by its own budget
     (:class:`~fedssl.client.privacy_guard.SiteBudget`), not by the server's target. Otherwise
     the given noise multiplier is used. ``sensitivity`` (``extra.sensitivity`` of the entry,
-    see :meth:`~fedssl.privacy.ledger.LedgerEntry.segment`) scales the calibrated effective
+    see :meth:`~fedssl.privacy.identity.ledger.LedgerEntry.segment`) scales the calibrated effective
     noise multiplier back to the one handed to the optimizer.
     """
     run = config_view(config)

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
-from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS
-from fedssl.privacy.accountants import budget_accountants
+from fedssl.privacy.accounting import budget_accountants
+from fedssl.privacy.accounting.budget import UPPER_BOUND_ACCOUNTANTS
 from fedssl.ssl_core.aggregators import AGGREGATORS, aggregator_names
 from fedssl.ssl_core.data import dataset_names
 from fedssl.ssl_core.datasets import DATASETS, DEFAULT_DATASET, DataError, infer_dataset

@@ -8,7 +8,8 @@ The run config chooses one of three aggregation paths and the server optimizer a
   all at once);
 - client-level central DP (DP-FedAvg, McMahan et al. 2018): each update clipped to
   ``client-clip`` and Gaussian noise added to the sum
-  (:class:`~fedssl.privacy.client_dp.ClientLevelGaussian`); the server sees single updates,
+  (:class:`~fedssl.privacy.client_level.central.ClientLevelGaussian`); the server sees single
+  updates,
   so it cannot be combined with secure aggregation;
 - secure aggregation (SecAgg+, :class:`~fedssl.server.secure_aggregation.SecureAggregation`):
   the server learns only the sum, optionally with distributed DP (each client adds a Skellam
@@ -31,9 +32,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
-from fedssl.privacy.accountant import epsilon_of
-from fedssl.privacy.client_dp import ClientLevelGaussian
-from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
+from fedssl.privacy.accounting.budget import epsilon_of
+from fedssl.privacy.client_level.central import ClientLevelGaussian
+from fedssl.privacy.client_level.distributed import SkellamRound, skellam_epsilon
 from fedssl.run_layout import RunLayout
 from fedssl.server.federation_nodes import min_round_nodes
 from fedssl.server.ledger_copies import LedgerCopyKeeper

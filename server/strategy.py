@@ -9,7 +9,7 @@ facing many independent sites needs before averaging:
   configuration) are recorded with the client's reason and left out;
 - replies with missing or extra arrays, wrong shapes or dtypes, or NaN/Inf values are
   rejected with a log line naming the client, so one broken site can't poison the model;
-- optionally client-level DP (DP-FedAvg, :mod:`fedssl.privacy.client_dp`): Poisson client
+- optionally client-level DP (DP-FedAvg, :mod:`fedssl.privacy.client_level.central`): Poisson client
   sampling, per-client update clipping and Gaussian noise on the sum;
 - a round samples from the nodes connected when it starts, never waiting without a bound
   for nodes that are gone (Flower's ``sample_nodes`` waits for its minimum for ever, so one
@@ -43,7 +43,7 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
+from fedssl.privacy.client_level.central import ClientLevelGaussian, poisson_sample
 from fedssl.round_protocol import SERVER_ROUND
 from fedssl.server.federation_nodes import TooFewNodesError, await_round_nodes
 from fedssl.server.flower_strategy_adapter import construct_messages

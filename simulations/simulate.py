@@ -97,8 +97,8 @@ def preflight(cfg: ExperimentConfig, say: Callable[[str], None] = print) -> SSLD
     Every data choice is printed with ``say``: the dataset (and whether it was inferred from
     the data path), records, channels, labels, the evaluation split and how it was made.
     """
-    from fedssl.privacy.accountant import check_delta
-    from fedssl.privacy.dp_sgd import require_dp_sound
+    from fedssl.privacy.accounting.budget import check_delta
+    from fedssl.privacy.dp_sgd.opacus_engine import require_dp_sound
 
     objective = get_objective(cfg.method)
     if cfg.dp:
@@ -428,7 +428,7 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
     from flwr.simulation import run_simulation
 
     from fedssl.client.privacy_guard import write_site_file
-    from fedssl.privacy.identity import load_or_create_identity, write_registry
+    from fedssl.privacy.identity.keys import load_or_create_identity, write_registry
     from fedssl.server.app import make_server_app
     from fedssl.server.checkpoint import resume_point
     from fedssl.simulations import dispatch, warmup

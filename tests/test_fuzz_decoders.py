@@ -42,8 +42,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedssl.privacy.identity import IdentityError, load_public_key, public_pem
-from fedssl.privacy.ledger import Ledger, LedgerEntry, LedgerError, read_ledger
+from fedssl.privacy.identity.keys import IdentityError, load_public_key, public_pem
+from fedssl.privacy.identity.ledger import Ledger, LedgerEntry, LedgerError, read_ledger
 from fedssl.privacy.secagg import (
     AdvertiseKeys,
     ConsistencyCheck,

@@ -15,8 +15,8 @@ import pytest
 
 from fedssl.cli import build_parser
 from fedssl.client.faults import planned_fault
-from fedssl.privacy.identity import load_public_key
-from fedssl.privacy.ledger import read_ledger
+from fedssl.privacy.identity.keys import load_public_key
+from fedssl.privacy.identity.ledger import read_ledger
 from fedssl.simulations.config import ExperimentConfig
 
 FEDSSL = [sys.executable, "-m", "fedssl.cli"]

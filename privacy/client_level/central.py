@@ -12,7 +12,7 @@ ICLR 2018. Each round:
 
 Guarantee: (epsilon, delta)-DP with respect to adding or removing *one client's entire data*,
 with epsilon from composing the Poisson-subsampled Gaussian mechanism (rate ``q``, noise
-multiplier ``z``) over the rounds (:func:`fedssl.privacy.accountant.epsilon_of`). Assumption:
+multiplier ``z``) over the rounds (:func:`fedssl.privacy.accounting.budget.epsilon_of`). Assumption:
 the server applies the mechanism honestly (central DP: the server sees individual updates). For
 the distributed variant, where noise is added by the clients under secure aggregation, see the
 secure-aggregation quantiser's noise hook.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedssl.privacy.mechanisms import GAUSSIAN_ACCOUNTANTS, Mechanism
+from fedssl.privacy.accounting.mechanisms import GAUSSIAN_ACCOUNTANTS, Mechanism
 
 Update = dict[str, np.ndarray]
 
@@ -47,7 +47,7 @@ class ClientLevelGaussian(Mechanism):
     Guarantee: (epsilon, delta)-DP for **one client's entire data** (add/remove), epsilon
     from composing the Poisson-subsampled Gaussian mechanism (client sampling rate ``q``,
     noise multiplier ``z``) over the rounds with an accountant of
-    :data:`~fedssl.privacy.mechanisms.GAUSSIAN_ACCOUNTANTS` (``prv`` by default).
+    :data:`~fedssl.privacy.accounting.mechanisms.GAUSSIAN_ACCOUNTANTS` (``prv`` by default).
 
     Sensitivity: every included update is clipped to L2 norm ``S`` (:meth:`clip`) and the sum
     is divided by the fixed expected count ``q N``, so one client moves the pre-noise sum by

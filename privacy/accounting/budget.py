@@ -11,10 +11,10 @@ whole history with one of Opacus's accountants:
 - ``"gdp"``: Gaussian DP via the CLT, Dong, Roth & Su 2019 / Bu et al. 2020; an
   *approximation* that is not guaranteed to be an upper bound. It is accepted for comparison
   but never used for budgets (see
-  :func:`~fedssl.privacy.accountants.budget_accountants`).
+  :func:`~fedssl.privacy.accounting.budget_accountants`).
 
 The accountants themselves are behind one interface in a registry
-(:mod:`fedssl.privacy.accountants`, :func:`~fedssl.privacy.accountants.create_accountant`);
+(:mod:`fedssl.privacy.accounting`, :func:`~fedssl.privacy.accounting.create_accountant`);
 this module is the budget-facing API on top of them: it refuses accountants that are not
 upper bounds and calibrates noise to a target.
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from fedssl.privacy.accountants import (
+from fedssl.privacy.accounting import (
     AccountingError,
     GaussianAccountant,
     OpacusAccountant,
@@ -37,7 +37,7 @@ from fedssl.privacy.accountants import (
 #: Opacus's accountants (derived from the registry)
 ACCOUNTANTS = accountant_names(lambda c: issubclass(c, OpacusAccountant))
 #: the budget accountants when this module was imported (guaranteed upper bounds, usable for
-#: budgets and reports); :func:`~fedssl.privacy.accountants.budget_accountants` is the live list
+#: budgets and reports); :func:`~fedssl.privacy.accounting.budget_accountants` is the live list
 UPPER_BOUND_ACCOUNTANTS = budget_accountants()
 
 __all__ = ["ACCOUNTANTS", "UPPER_BOUND_ACCOUNTANTS", "AccountingError", "Segment",

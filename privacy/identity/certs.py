@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedssl.atomic import atomic_write_bytes, atomic_write_private
-from fedssl.privacy.identity import load_or_create_identity, write_registry
+from fedssl.privacy.identity.keys import load_or_create_identity, write_registry
 from fedssl.run_layout import IDENTITIES_FILE
 
 #: file names inside a certificate directory

@@ -14,7 +14,7 @@ docstring states, and its class attributes record:
   over that reference scale); the accountant composes releases at
   :attr:`Mechanism.effective_noise_multiplier` ``= noise_multiplier / sensitivity``;
 * **which accountants apply** (:attr:`Mechanism.accountants`, names in the registry of
-  :mod:`fedssl.privacy.accountants`; the first is the default) and what one release is to them;
+  :mod:`fedssl.privacy.accounting`; the first is the default) and what one release is to them;
 * **assumptions** (:attr:`Mechanism.assumptions`) under which the guarantee holds.
 
 Implementations:
@@ -23,13 +23,13 @@ Implementations:
 mechanism                                       protects                       accountant
 =============================================== ============================== ================
 DP-SGD's subsampled Gaussian                    one record of a client's data  ``prv``, ...
-(:class:`fedssl.privacy.dp_engine.PoissonEngine`
+(:class:`fedssl.privacy.dp_sgd.engine.PoissonEngine`
 and its engines ``DPSGD``, ``FastDPSGD``,
 ``GroupDPSGD``)
 central client-level Gaussian, DP-FedAvg        one client's whole data        ``prv``, ...
-(:class:`fedssl.privacy.client_dp.ClientLevelGaussian`)
+(:class:`fedssl.privacy.client_level.central.ClientLevelGaussian`)
 distributed Skellam under secure aggregation    one client's whole data        ``skellam``
-(:class:`fedssl.privacy.distributed_dp.SkellamPlan`, one round)
+(:class:`fedssl.privacy.client_level.distributed.SkellamPlan`, one round)
 =============================================== ============================== ================
 """
 
@@ -38,7 +38,7 @@ from __future__ import annotations
 from abc import ABC
 from typing import Any, ClassVar
 
-from fedssl.privacy.accountants import gaussian_accountants
+from fedssl.privacy.accounting import gaussian_accountants
 
 #: the accountants of the Poisson-subsampled Gaussian mechanism (registry names, derived from
 #: the registry; the first is the default, the ones after it the audit's recomputations)

@@ -33,13 +33,14 @@ as one row, which is what makes the per-record sensitivity C (on all five settin
 CNN at batch 64/256, the ResNet at 28x28 and 8x8). Even for a one-view objective it would
 save little here: Opacus 1.6 has ghost norms only for ``nn.Linear`` and ``nn.Embedding``
 (``register_norm_sampler``), so every convolution, most of fedssl's encoders' cost and the
-weight-standardised ones (:mod:`fedssl.privacy.ws_rules`) included, falls back to
+weight-standardised ones (:mod:`fedssl.privacy.dp_sgd.ws_rules`) included, falls back to
 materialised per-record gradients; and it takes a second backward pass for the clipped
 gradient, which the book-keeping here avoids.
 
 Soundness: the result is the same quantity Opacus clips (the gradient of record ``i``'s loss,
 summed over all its views, clipped as one row), so the DP guarantee of
-:mod:`fedssl.privacy.dp_sgd` carries over unchanged (``tests/test_fast_clip.py`` checks the
+:mod:`fedssl.privacy.dp_sgd.opacus_engine` carries over unchanged (``tests/test_fast_clip.py``
+checks the
 clipped sums against Opacus, ``tests/test_sensitivity.py`` runs the sensitivity tests on both
 engines). The engine refuses, with :class:`UnsupportedModelError`, anything it cannot account
 for exactly: a trainable parameter owned by a layer type it has no rule for, tied parameters,
@@ -49,9 +50,11 @@ autograd graph uses other than once per recorded call of its own layer (e.g. ``l
 read directly elsewhere; checked on the first step). There is no silent fallback.
 
 Parts: the per-layer rules and their registry (``@register_rule(nn.Linear)``, like Opacus's
-``register_grad_sampler``) are in :mod:`fedssl.privacy.fast_clip_rules` (the weight-standardised
-convolutions' rule in :mod:`fedssl.privacy.ws_rules`), the engine :class:`FastClipper` in
-:mod:`fedssl.privacy.fast_clipper`, and the optimizer step :class:`FastDPSGD` here; this module
+``register_grad_sampler``) are in :mod:`fedssl.privacy.dp_sgd.fast_clip_rules` (the
+weight-standardised
+convolutions' rule in :mod:`fedssl.privacy.dp_sgd.ws_rules`), the engine :class:`FastClipper` in
+:mod:`fedssl.privacy.dp_sgd.fast_clipper`, and the optimizer step :class:`FastDPSGD` here; this
+module
 re-exports the public names of all three.
 
 References:
@@ -71,15 +74,15 @@ import torch
 from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
 
-from fedssl.privacy.dp_engine import PoissonEngine
-from fedssl.privacy.fast_clip_rules import (
+from fedssl.privacy.dp_sgd.engine import PoissonEngine
+from fedssl.privacy.dp_sgd.fast_clip_rules import (
     GRAM_2D_MAX_POSITIONS,
     RULES,
     LayerRule,
     UnsupportedModelError,
     register_rule,
 )
-from fedssl.privacy.fast_clipper import FastClipper, unsupported_reason
+from fedssl.privacy.dp_sgd.fast_clipper import FastClipper, unsupported_reason
 from fedssl.ssl_core.objectives.base import Objective
 
 __all__ = ["GRAM_2D_MAX_POSITIONS", "RULES", "FastClipper", "FastDPSGD", "LayerRule",
@@ -88,7 +91,7 @@ __all__ = ["GRAM_2D_MAX_POSITIONS", "RULES", "FastClipper", "FastDPSGD", "LayerR
 
 class FastDPSGD(PoissonEngine):
     """DP-SGD with :class:`FastClipper`: same sampling, clipping, noise and scaling as
-    :class:`fedssl.privacy.dp_sgd.DPSGD` (Opacus), one backward per step.
+    :class:`fedssl.privacy.dp_sgd.opacus_engine.DPSGD` (Opacus), one backward per step.
 
     * Poisson sampling: the same Opacus ``DPDataLoader`` at rate ``batch_size / n``;
     * clipping: per record over all views, ``min(1, C / (||g_i|| + 1e-6))``;

@@ -1,4 +1,4 @@
-"""Rendering of an :class:`~fedssl.privacy.audit_findings.AuditResult`: the text table and
+"""Rendering of an :class:`~fedssl.privacy.audit.findings.AuditResult`: the text table and
 findings printed by ``fedssl audit``, ``report.md``, ``audit.json`` and ``epsilon.png``
 (recorded vs recomputed epsilon per round), written by :func:`write_audit`.
 """
@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from fedssl.atomic import atomic_write_text
-from fedssl.privacy.audit_findings import AuditResult, ClientAudit
+from fedssl.privacy.audit.findings import AuditResult, ClientAudit
 
 
 def _fmt(x: float | None) -> str:

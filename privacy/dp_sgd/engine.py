@@ -1,13 +1,13 @@
 """What every DP-SGD engine shares: the soundness checks, Poisson sampling, the engine base.
 
-The three engines (:class:`fedssl.privacy.dp_sgd.DPSGD` on Opacus hooks,
-:class:`fedssl.privacy.fast_clip.FastDPSGD` with book-keeping / ghost norms and
-:class:`fedssl.privacy.group_clip.GroupDPSGD` for group-clipped objectives) sample, check and
+The three engines (:class:`fedssl.privacy.dp_sgd.opacus_engine.DPSGD` on Opacus hooks,
+:class:`fedssl.privacy.dp_sgd.fast_clip.FastDPSGD` with book-keeping / ghost norms and
+:class:`fedssl.privacy.dp_sgd.group_clip.GroupDPSGD` for group-clipped objectives) sample, check and
 account identically because they all start from :class:`PoissonEngine`: the objective's
 sensitivity must have a proven bound (:func:`clip_sensitivity`), its clipping unit must be the
 engine's, and each step's batch is a Poisson sample of the local records at rate
 ``q = batch_size / n`` (Opacus ``DPDataLoader``), which is what the accountant
-(:mod:`fedssl.privacy.accountant`) composes.
+(:mod:`fedssl.privacy.accounting.budget`) composes.
 
 This module imports no other DP engine, so every engine may import it (no import cycle).
 """
@@ -20,7 +20,7 @@ from typing import Any, Self
 import torch
 from torch.utils.data import TensorDataset
 
-from fedssl.privacy.mechanisms import GAUSSIAN_ACCOUNTANTS, Mechanism
+from fedssl.privacy.accounting.mechanisms import GAUSSIAN_ACCOUNTANTS, Mechanism
 from fedssl.ssl_core.dp_soundness import DPSoundnessError
 from fedssl.ssl_core.objectives.base import Objective
 
@@ -31,7 +31,7 @@ __all__ = ["DPSetup", "DPSoundnessError", "PoissonEngine", "clip_sensitivity",
 def clip_sensitivity(objective: Objective) -> int:
     """L2 sensitivity of ``objective``'s clipped DP-SGD sum in units of the clip norm ``C``
     (add/remove one record): 1 for a per-record decomposable objective clipped per record, 2
-    for one clipped per randomly drawn group (:mod:`fedssl.privacy.group_clip`). The ledger
+    for one clipped per randomly drawn group (:mod:`fedssl.privacy.dp_sgd.group_clip`). The ledger
     records it as ``extra.sensitivity`` and every epsilon is computed at
     ``noise_multiplier / sensitivity``.
 
@@ -64,7 +64,7 @@ def require_clip_unit(objective: Objective, clip_unit: str) -> None:
         raise DPSoundnessError(
             f"method {objective.name!r} must be clipped per {unit}, but this DP engine clips "
             f"per {clip_unit}: its sensitivity would not be bounded (group objectives run on "
-            "fedssl.privacy.group_clip.GroupDPSGD, selected by dp_engine 'auto' or 'hooks')")
+            "fedssl.privacy.dp_sgd.group_clip.GroupDPSGD, selected by dp_engine 'auto' or 'hooks')")
 
 
 @dataclass
@@ -84,7 +84,8 @@ def poisson_loader(
 ) -> tuple[Any, float, int]:
     """Check a DP-SGD setup and return ``(Poisson loader, sample rate, expected batch
     size)``, shared by all DP engines so they sample and account identically. ``clip_unit``
-    is what the calling engine clips ("record"; "group" for :mod:`fedssl.privacy.group_clip`).
+    is what the calling engine clips ("record"; "group" for
+    :mod:`fedssl.privacy.dp_sgd.group_clip`).
 
     Raises:
         DPSoundnessError: for an objective without a proven bound, one whose clipping unit is
@@ -114,8 +115,9 @@ class PoissonEngine(Mechanism):
     Guarantee: (epsilon, delta)-DP for **one record** of the client's local data set
     (add/remove), epsilon from composing the Poisson-subsampled Gaussian mechanism (rate
     ``q = sample_rate``, noise multiplier ``noise_multiplier / sensitivity``) over all steps
-    with an accountant of :data:`~fedssl.privacy.mechanisms.GAUSSIAN_ACCOUNTANTS` (``prv`` by
-    default; ``fedssl.privacy.accountant.epsilon_of``).
+    with an accountant of :data:`~fedssl.privacy.accounting.mechanisms.GAUSSIAN_ACCOUNTANTS`
+    (``prv`` by
+    default; ``fedssl.privacy.accounting.budget.epsilon_of``).
 
     Sensitivity: each step adds ``N(0, sigma^2 C^2 I)`` to the sum of gradients clipped to
     ``C = max_grad_norm``; one record moves that sum by at most ``sensitivity * C``, with
@@ -129,7 +131,7 @@ class PoissonEngine(Mechanism):
     Sets ``loader`` (the Poisson-sampled batches of ``data``), ``sample_rate`` (``q``),
     ``expected_batch_size`` (``round(q n)``, the divisor of the noisy sum) and ``num_batches``
     (``round(1 / q)``, the steps of one epoch). ``clip_unit`` is what the engine clips
-    ("record"; "group" for :class:`fedssl.privacy.group_clip.GroupDPSGD`). A context manager
+    ("record"; "group" for :class:`fedssl.privacy.dp_sgd.group_clip.GroupDPSGD`). A context manager
     (subclasses release their hooks in ``__exit__``).
 
     Raises:

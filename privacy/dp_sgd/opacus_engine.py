@@ -6,7 +6,8 @@ to norm ``C`` (``max_grad_norm``), sums, and adds ``N(0, sigma^2 C^2 I)``.
 
 Guarantee: (epsilon, delta)-DP at the record level for the client's local data set, with
 epsilon from composing the Poisson-subsampled Gaussian mechanism over all steps (see
-:mod:`fedssl.privacy.accountant`), *provided* that removing one record changes the clipped sum
+:mod:`fedssl.privacy.accounting.budget`), *provided* that removing one record changes the clipped
+sum
 by at most ``C``. That holds when the objective is per-record decomposable and every view of a
 record lands in that record's gradient row. Opacus's hooks mode sums per-sample gradients over
 the several forward calls of one module by batch position, so calling the model once per view
@@ -26,7 +27,7 @@ from torch import nn
 
 # the shared checks and sampling live in dp_engine (imported by every engine); their names stay
 # importable from here
-from fedssl.privacy.dp_engine import (
+from fedssl.privacy.dp_sgd.engine import (
     DPSetup,
     DPSoundnessError,
     PoissonEngine,
@@ -68,7 +69,7 @@ class DPSGD(PoissonEngine):
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
-        import fedssl.privacy.ws_rules  # noqa: F401 (registers the WS conv grad samplers)
+        import fedssl.privacy.dp_sgd.ws_rules  # noqa: F401 (registers the WS conv grad samplers)
 
         self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
         self.optimizer = DPOptimizer(
@@ -90,13 +91,13 @@ def clipped_gradient_sum(
     This is exactly the quantity the Gaussian mechanism perturbs; the sensitivity tests compare
     it for neighbouring batches (one record removed, the other records' views unchanged).
     ``engine`` is ``"hooks"`` (Opacus, :class:`DPSGD`) or ``"fast"``
-    (:class:`fedssl.privacy.fast_clip.FastDPSGD`); both flatten the trainable parameters in
+    (:class:`fedssl.privacy.dp_sgd.fast_clip.FastDPSGD`); both flatten the trainable parameters in
     ``model.parameters()`` order. Group-clipped objectives are refused (their sum is
-    :func:`fedssl.privacy.group_clip.group_clipped_gradient_sum`).
+    :func:`fedssl.privacy.dp_sgd.group_clip.group_clipped_gradient_sum`).
     """
     require_clip_unit(objective, "record")
     if engine == "fast":
-        from fedssl.privacy.fast_clip import FastClipper  # opacus: imported on first use
+        from fedssl.privacy.dp_sgd.fast_clip import FastClipper  # opacus: imported on first use
 
         with FastClipper(model) as clipper:
             with clipper.record():
@@ -108,7 +109,7 @@ def clipped_gradient_sum(
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    import fedssl.privacy.ws_rules  # noqa: F401 (registers the WS conv grad samplers)
+    import fedssl.privacy.dp_sgd.ws_rules  # noqa: F401 (registers the WS conv grad samplers)
 
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     opt = DPOptimizer(

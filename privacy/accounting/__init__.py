@@ -1,6 +1,6 @@
 """Privacy accountants behind one interface, in a registry (like ``opacus.accountants``).
 
-:class:`~fedssl.privacy.accountants.base.Accountant` composes a history of a mechanism's
+:class:`~fedssl.privacy.accounting.base.Accountant` composes a history of a mechanism's
 releases into ``(epsilon, delta)``; :func:`create_accountant` builds one by name:
 
 =========== ============================================ ============== =====================
@@ -14,20 +14,20 @@ name        accountant                                   history item   upper bo
 ``skellam`` Skellam RDP (Agarwal et al. 2021)            SkellamRound   yes
 =========== ============================================ ============== =====================
 
-To add an accountant: subclass :class:`~fedssl.privacy.accountants.base.Accountant` (or
-:class:`~fedssl.privacy.accountants.base.GaussianAccountant` for DP-SGD histories), set
+To add an accountant: subclass :class:`~fedssl.privacy.accounting.base.Accountant` (or
+:class:`~fedssl.privacy.accounting.base.GaussianAccountant` for DP-SGD histories), set
 ``name``, ``upper_bound`` and ``budget``, decorate it with :func:`register_accountant`; every
 name list (the run setting ``accountant``, the client's budget, the mechanisms' accountants)
 is derived from the registry (:func:`budget_accountants`, :func:`gaussian_accountants`).
 
-Users: :func:`fedssl.privacy.accountant.epsilon_of` and
-:func:`~fedssl.privacy.accountant.calibrate_noise` (a client's budget: ``prv`` or ``rdp``),
-the audit's independent recomputation (:mod:`fedssl.privacy.audit_accounting`: ``prv``,
+Users: :func:`fedssl.privacy.accounting.budget.epsilon_of` and
+:func:`~fedssl.privacy.accounting.budget.calibrate_noise` (a client's budget: ``prv`` or ``rdp``),
+the audit's independent recomputation (:mod:`fedssl.privacy.audit.accounting`: ``prv``,
 ``pld``, ``dpa-rdp``, ``skellam``) and distributed DP
-(:func:`fedssl.privacy.distributed_dp.skellam_epsilon`).
+(:func:`fedssl.privacy.client_level.distributed.skellam_epsilon`).
 """
 
-from fedssl.privacy.accountants.base import (
+from fedssl.privacy.accounting.base import (
     REGISTRY,
     Accountant,
     AccountingError,
@@ -42,18 +42,18 @@ from fedssl.privacy.accountants.base import (
 )
 
 # registration order is the order of every derived name list (prv, the default, first)
-from fedssl.privacy.accountants.opacus_accountants import (  # isort: skip
+from fedssl.privacy.accounting.opacus_accountants import (  # isort: skip
     GDPAccountant,
     OpacusAccountant,
     PRVAccountant,
     RDPAccountant,
 )
-from fedssl.privacy.accountants.dpa import (  # isort: skip
+from fedssl.privacy.accounting.dpa import (  # isort: skip
     DpaRDPAccountant,
     PLDAccountant,
     pld_interval,
 )
-from fedssl.privacy.accountants.skellam import SkellamAccountant, SkellamRound
+from fedssl.privacy.accounting.skellam import SkellamAccountant, SkellamRound
 
 __all__ = ["REGISTRY", "Accountant", "AccountingError", "DpaRDPAccountant", "GDPAccountant",
            "GaussianAccountant", "OpacusAccountant", "PLDAccountant", "PRVAccountant",

@@ -1,20 +1,21 @@
 """Independent audit of a run directory's privacy claims: ledgers, accountants, configuration.
 
 What and why: a run's epsilons are written by the clients that spent them (their signed ledgers,
-:mod:`fedssl.privacy.ledger`) and summarised by the server (``report.json``). An auditor should
+:mod:`fedssl.privacy.identity.ledger`) and summarised by the server (``report.json``). An auditor
+should
 not have to trust either, nor the single accountant that produced the numbers. This module
 
 1. verifies every ledger's hash chain and Ed25519 signatures against the client's public key
    (``RUN/ledger/<client>.jsonl`` with ``RUN/ledger/<client>.pub``), that the ``client``
    field matches the file name, and that the public key is the one the identity registry
-   (``RUN/identities.json``, or ``--registry``; :func:`fedssl.privacy.identity.load_registry`)
+   (``RUN/identities.json``, or ``--registry``; :func:`fedssl.privacy.identity.keys.load_registry`)
    lists for that client: anyone can re-sign a ledger with a fresh key and replace the
    ``.pub``, only the registry (distributed out of band) ties a key to a site. Without a
    registry that is a finding, never a silent pass; key fingerprints (SHA-256 of the raw
    32-byte Ed25519 key) are printed per client;
 2. recomputes each client's cumulative epsilon after every entry from the recorded noise
    multiplier (divided by ``extra.sensitivity`` when recorded,
-   :meth:`fedssl.privacy.ledger.LedgerEntry.segment`), sample rate and steps with
+   :meth:`fedssl.privacy.identity.ledger.LedgerEntry.segment`), sample rate and steps with
    independent accountants of the Poisson-subsampled Gaussian mechanism:
 
    - ``prv``: Opacus's privacy-random-variable accountant (Gopi, Lee & Wutschitz, "Numerical
@@ -46,16 +47,16 @@ readable), ``report.md`` and ``epsilon.png`` (recorded vs recomputed epsilon per
 
 Parts: this module is the entry (:func:`audit_run` reads the run directory and runs the checks;
 every public name of the parts is importable from here): the recomputation in
-:mod:`fedssl.privacy.audit_accounting`, the result and :class:`Finding` types in
-:mod:`fedssl.privacy.audit_findings`, the checks in :mod:`fedssl.privacy.audit_checks`, the
+:mod:`fedssl.privacy.audit.accounting`, the result and :class:`Finding` types in
+:mod:`fedssl.privacy.audit.findings`, the checks in :mod:`fedssl.privacy.audit.checks`, the
 rendering (text table, ``report.md``, ``audit.json``, ``epsilon.png``) in
-:mod:`fedssl.privacy.audit_report`.
+:mod:`fedssl.privacy.audit.report`.
 The empirical counterpart (a lower bound from a canary experiment) is
-:mod:`fedssl.privacy.empirical_audit`.
+:mod:`fedssl.privacy.audit.empirical`.
 
 Example::
 
-    from fedssl.privacy.audit import audit_run, format_table, write_audit
+    from fedssl.privacy.audit.auditor import audit_run, format_table, write_audit
 
     result = audit_run(Path("runs/demo"), config=cfg_table)
     write_audit(result, Path("runs/demo/audit"))
@@ -71,7 +72,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedssl.privacy.audit_accounting import (
+from fedssl.privacy.audit.accounting import (
     AUDIT_ACCOUNTANTS,
     PRV_EPS_ERROR,
     pld_epsilons,
@@ -81,7 +82,7 @@ from fedssl.privacy.audit_accounting import (
     recompute,
     reference_epsilon,
 )
-from fedssl.privacy.audit_checks import (
+from fedssl.privacy.audit.checks import (
     AGREEMENT_TOLERANCE,
     DEFAULT_TOLERANCE,
     check_client_level,
@@ -92,7 +93,7 @@ from fedssl.privacy.audit_checks import (
     key_fingerprint,
     load_ledger,
 )
-from fedssl.privacy.audit_findings import (
+from fedssl.privacy.audit.findings import (
     AuditResult,
     ClientAudit,
     EntryCheck,
@@ -100,7 +101,7 @@ from fedssl.privacy.audit_findings import (
     FindingKind,
     Severity,
 )
-from fedssl.privacy.audit_report import (
+from fedssl.privacy.audit.report import (
     TABLE_HEADER,
     format_findings,
     format_markdown,
@@ -109,7 +110,7 @@ from fedssl.privacy.audit_report import (
     table_rows,
     write_audit,
 )
-from fedssl.privacy.identity import IdentityError, load_registry
+from fedssl.privacy.identity.keys import IdentityError, load_registry
 from fedssl.run_layout import RunLayout
 
 __all__ = ["AGREEMENT_TOLERANCE", "AUDIT_ACCOUNTANTS", "DEFAULT_TOLERANCE", "PRV_EPS_ERROR",

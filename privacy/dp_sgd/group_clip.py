@@ -1,7 +1,8 @@
 """Group clipping for DP-SGD: one clipped gradient per randomly drawn group of records.
 
 Mechanism: each step Poisson-samples records at rate ``q`` (the same loader as
-:mod:`fedssl.privacy.dp_sgd`), gives every sampled record an independent uniform group id among
+:mod:`fedssl.privacy.dp_sgd.opacus_engine`), gives every sampled record an independent uniform
+group id among
 ``G`` fixed groups from the engine's secret generator, computes each group's gradient
 ``g_k = grad sum_{i in group k} l_i``, clips it to ``C``, sums, adds ``N(0, sigma^2 C^2 I)`` and
 divides by the expected batch size. It serves objectives whose loss couples the records of a
@@ -20,10 +21,10 @@ Guarantee: (epsilon, delta)-DP at the record level with L2 sensitivity ``2C`` un
 of one record (proof in :mod:`fedssl.ssl_core.objectives.group_infonce`): with noise std
 ``sigma C``, the accountant runs at noise multiplier ``sigma / 2``. The ledger records
 ``noise_multiplier = sigma`` with ``extra = {"sensitivity": 2}``; every epsilon computed over
-it applies :func:`fedssl.privacy.ledger.effective_noise_multiplier`.
+it applies :func:`fedssl.privacy.identity.ledger.effective_noise_multiplier`.
 
 Engines: only this one (Opacus hooks) clips groups. The fast book-keeping engine
-(:mod:`fedssl.privacy.fast_clip`) computes per-record norms (ghost norms) that have no exact
+(:mod:`fedssl.privacy.dp_sgd.fast_clip`) computes per-record norms (ghost norms) that have no exact
 group form without cross-record terms, so it refuses group objectives, and ``dp_engine="auto"``
 routes them here (:func:`group_engine`).
 
@@ -40,7 +41,7 @@ import warnings
 import torch
 from torch import nn
 
-from fedssl.privacy.dp_engine import DPSoundnessError, PoissonEngine
+from fedssl.privacy.dp_sgd.engine import DPSoundnessError, PoissonEngine
 from fedssl.ssl_core.objectives.base import Objective
 
 #: the L2 sensitivity of a group-clipped sum, in units of the clip norm (add/remove one record)
@@ -109,7 +110,7 @@ def _group_optimizer_class():
 
 class GroupDPSGD(PoissonEngine):
     """One round of group-clipped DP-SGD on Opacus (hooks mode); same protocol as
-    :class:`fedssl.privacy.dp_sgd.DPSGD` (``loader``, ``module``, ``optimizer``,
+    :class:`fedssl.privacy.dp_sgd.opacus_engine.DPSGD` (``loader``, ``module``, ``optimizer``,
     ``sample_rate``; a context manager). While open, the objective draws its group ids from
     the engine's secret ``generator`` among ``G = objective.num_groups(q n)`` groups.
     """
@@ -143,7 +144,7 @@ class GroupDPSGD(PoissonEngine):
         objective.bind(self.group_generator, self.num_groups)
         from opacus import GradSampleModule
 
-        import fedssl.privacy.ws_rules  # noqa: F401 (registers the WS conv grad samplers)
+        import fedssl.privacy.dp_sgd.ws_rules  # noqa: F401 (registers the WS conv grad samplers)
 
         self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
         self.optimizer = _group_optimizer_class()(
@@ -168,7 +169,7 @@ def group_clipped_gradient_sum(
     _require_group_objective(objective)
     from opacus import GradSampleModule
 
-    import fedssl.privacy.ws_rules  # noqa: F401 (registers the WS conv grad samplers)
+    import fedssl.privacy.dp_sgd.ws_rules  # noqa: F401 (registers the WS conv grad samplers)
 
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     opt = _group_optimizer_class()(

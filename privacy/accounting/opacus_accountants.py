@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
-from fedssl.privacy.accountants.base import (
+from fedssl.privacy.accounting.base import (
     AccountingError,
     GaussianAccountant,
     Segment,

@@ -12,18 +12,19 @@ a plain convolution, then apply ``J^T`` record by record:
   ``register_grad_sampler`` (Opacus's own conv sampler dispatches on the exact type and would
   not unfold a subclass's input);
 - the fast engine: :class:`WSConvRule`, registered with
-  :func:`~fedssl.privacy.fast_clip_rules.register_rule` (this module imports the rules, never
+  :func:`~fedssl.privacy.dp_sgd.fast_clip_rules.register_rule` (this module imports the rules, never
   the fast engine; the engine imports this module, so the rule is registered whenever a
   ``FastClipper`` exists). Ghost norms ``||G_i||`` do not carry over through ``J^T`` (it is
   not an isometry), so that rule always materialises ``G_i``, maps it, and takes norms and the
   clipped sum of the mapped gradients.
 
 The clip norm therefore bounds the gradient w.r.t. the parameter actually updated, and the
-per-record sensitivity argument of :mod:`fedssl.privacy.dp_sgd` holds unchanged
+per-record sensitivity argument of :mod:`fedssl.privacy.dp_sgd.opacus_engine` holds unchanged
 (``tests/test_ws_layers.py`` checks both against autograd, ``tests/test_sensitivity.py`` and
 ``tests/test_fast_clip.py`` run the WS encoders through both engines).
 
-The Opacus engines (:mod:`fedssl.privacy.dp_sgd`, :mod:`fedssl.privacy.group_clip`) import
+The Opacus engines (:mod:`fedssl.privacy.dp_sgd.opacus_engine`,
+:mod:`fedssl.privacy.dp_sgd.group_clip`) import
 this module before they build a model wrapper, so the registration is always in place.
 """
 
@@ -35,7 +36,7 @@ from opacus.grad_sample.utils import register_grad_sampler
 from opacus.utils.tensor_utils import unfold2d
 from torch import nn
 
-from fedssl.privacy.fast_clip_rules import ConvRule, register_rule, sq_norms
+from fedssl.privacy.dp_sgd.fast_clip_rules import ConvRule, register_rule, sq_norms
 from fedssl.ssl_core.ws_layers import WS_EPS, WSConv1d, WSConv2d, ws_backward
 
 

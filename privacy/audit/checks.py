@@ -7,11 +7,11 @@
   registry;
 - :func:`check_entries`: each entry's parameters, sensitivity, accountant and delta;
 - :func:`check_epsilons`: recorded run and lifetime epsilons against the recomputation
-  (:mod:`fedssl.privacy.audit_accounting`), accountant agreement, the budget;
+  (:mod:`fedssl.privacy.audit.accounting`), accountant agreement, the budget;
 - :func:`check_report`: ``report.json``'s privacy block against the verified ledgers;
 - :func:`check_client_level`: the client-level DP claim of ``report.json``.
 
-The run directory is read by :func:`fedssl.privacy.audit.audit_run`, which runs these checks
+The run directory is read by :func:`fedssl.privacy.audit.auditor.audit_run`, which runs these checks
 in order; the checks get the paths they read from it.
 """
 
@@ -26,24 +26,24 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedssl.privacy.accountant import Segment
-from fedssl.privacy.accountants import budget_accountants
-from fedssl.privacy.audit_accounting import (
+from fedssl.privacy.accounting import budget_accountants
+from fedssl.privacy.accounting.budget import Segment
+from fedssl.privacy.audit.accounting import (
     PRV_EPS_ERROR,
     pld_epsilons,
     prv_epsilons,
     recompute,
     reference_epsilon,
 )
-from fedssl.privacy.audit_findings import (
+from fedssl.privacy.audit.findings import (
     AuditResult,
     ClientAudit,
     EntryCheck,
     FindingKind,
     Severity,
 )
-from fedssl.privacy.identity import IdentityError, load_public_key
-from fedssl.privacy.ledger import (
+from fedssl.privacy.identity.keys import IdentityError, load_public_key
+from fedssl.privacy.identity.ledger import (
     LEGACY_RUN,
     LedgerEntry,
     LedgerError,
@@ -71,9 +71,10 @@ def _as_float(x: Any) -> float:
 
 def _method_sensitivity(method: str | None) -> int | None:
     """The clip sensitivity of ``method``'s objective under DP-SGD
-    (:func:`fedssl.privacy.dp_sgd.clip_sensitivity`: 1 per-record, 2 group-clipped); None for
+    (:func:`fedssl.privacy.dp_sgd.opacus_engine.clip_sensitivity`: 1 per-record, 2 group-clipped);
+    None for
     an unknown method or one with no proven bound."""
-    from fedssl.privacy.dp_engine import DPSoundnessError, clip_sensitivity
+    from fedssl.privacy.dp_sgd.engine import DPSoundnessError, clip_sensitivity
     from fedssl.ssl_core.objectives import OBJECTIVES
 
     if not method or method not in OBJECTIVES:
@@ -420,7 +421,7 @@ def check_client_level(res: AuditResult, path: Path) -> None:
         return  # _check_report names an unreadable report
     if not level:
         return
-    from fedssl.privacy.accountants import SkellamRound, create_accountant
+    from fedssl.privacy.accounting import SkellamRound, create_accountant
 
     try:
         delta, recorded = float(level["delta"]), float(level["epsilon"])

@@ -1,6 +1,7 @@
 """Empirical privacy audit of DP-SGD in one training run, with white-box gradient canaries.
 
-What and why: the accountants (:mod:`fedssl.privacy.audit`) prove an *upper* bound on epsilon
+What and why: the accountants (:mod:`fedssl.privacy.audit.auditor`) prove an *upper* bound on
+epsilon
 for the mechanism the ledger *says* ran. They cannot see an implementation bug (noise scaled
 wrongly, clipping skipped, a sampling rate that is not what was recorded). An empirical audit
 runs the real mechanism and measures a statistically valid *lower* bound on its epsilon; if
@@ -13,7 +14,8 @@ NeurIPS 2023, Algorithm 1 and Theorem 3 / Algorithm 2 of the paper):
 1. ``m`` canaries; each is included in the training set independently with probability 1/2
    (``S_i ~ Bernoulli(1/2)``).
 2. Train once on the included canaries with the mechanism under audit. Here that is Opacus's
-   :class:`~opacus.optimizers.DPOptimizer` (the optimizer :mod:`fedssl.privacy.dp_sgd` trains
+   :class:`~opacus.optimizers.DPOptimizer` (the optimizer
+   :mod:`fedssl.privacy.dp_sgd.opacus_engine` trains
    with) and Opacus's Poisson sampler, replaying the recorded segments ``(noise multiplier,
    sample rate, steps, clip norm)``. Canaries are *white-box gradient canaries*: canary ``i``'s
    per-record gradient is a Dirac vector ``10 C e_i`` (one coordinate of the model), so the
@@ -55,7 +57,7 @@ bound at or below the claim is ``no-violation-detected``, with the power stated.
 
 Example::
 
-    from fedssl.privacy.empirical_audit import MechanismSegment, run_canary_audit
+    from fedssl.privacy.audit.empirical import MechanismSegment, run_canary_audit
 
     res = run_canary_audit([MechanismSegment(4.0, 0.5, 20, 1.0)], delta=1e-5, canaries=10_000)
     assert res.epsilon_lower_bound <= res.claimed_epsilon
@@ -76,7 +78,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from scipy import stats
 from torch import nn
 
-from fedssl.privacy.accountant import Segment
+from fedssl.privacy.accounting.budget import Segment
 
 #: a canary's raw gradient norm, in units of the clip norm: the optimizer must clip it to C
 CANARY_NORM = 10.0
@@ -92,7 +94,7 @@ _BLOCK = 1 << 17
 @dataclass(frozen=True)
 class MechanismSegment:
     """Steps of DP-SGD with one setting (one ledger entry, or one CLI-given mechanism), as the
-    canary audit replays them: the accountant's :data:`fedssl.privacy.accountant.Segment`
+    canary audit replays them: the accountant's :data:`fedssl.privacy.accounting.budget.Segment`
     (``accounted``) plus the clip norm the replayed steps clip to. A separate type because it
     describes a mechanism to run, not a history to compose."""
 
@@ -348,7 +350,7 @@ def canary_scores(
 
 def claimed_epsilons(segments: Sequence[MechanismSegment], delta: float) -> dict[str, float]:
     """Upper bounds of the claimed mechanism: Opacus PRV and Google PLD (see privacy.audit)."""
-    from fedssl.privacy.audit import recompute
+    from fedssl.privacy.audit.auditor import recompute
 
     history = tuple(s.accounted for s in segments)
     eps = recompute(history, (delta,) * len(history), accountants=("prv", "pld"))

@@ -1,13 +1,14 @@
 """The fast DP-SGD engine: per-record clipped gradient sums with one backward pass.
 
 :class:`FastClipper` records the supported layers' calls of a forward pass, runs one backward
-to the layers' outputs, and lets each layer's rule (:mod:`fedssl.privacy.fast_clip_rules`,
-looked up in its registry :data:`~fedssl.privacy.fast_clip_rules.RULES`) turn the recorded
+to the layers' outputs, and lets each layer's rule (:mod:`fedssl.privacy.dp_sgd.fast_clip_rules`,
+looked up in its registry :data:`~fedssl.privacy.dp_sgd.fast_clip_rules.RULES`) turn the recorded
 ``(input, output gradient)`` pairs into per-record norms and clipped sums. It owns the checks
 that make the result attributable to records (one call per view with the records as first
 dimension, no in-place edits, every parameter used only by its own layer, no tied weights).
-The overview, the soundness argument and the references are in :mod:`fedssl.privacy.fast_clip`;
-the optimizer step around it is :class:`fedssl.privacy.fast_clip.FastDPSGD`.
+The overview, the soundness argument and the references are in
+:mod:`fedssl.privacy.dp_sgd.fast_clip`;
+the optimizer step around it is :class:`fedssl.privacy.dp_sgd.fast_clip.FastDPSGD`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import fedssl.privacy.ws_rules  # noqa: F401 (registers the WS convolutions' rule)
-from fedssl.privacy.fast_clip_rules import RULES, LayerRule, UnsupportedModelError
+import fedssl.privacy.dp_sgd.ws_rules  # noqa: F401 (registers the WS convolutions' rule)
+from fedssl.privacy.dp_sgd.fast_clip_rules import RULES, LayerRule, UnsupportedModelError
 
 
 @dataclass

@@ -9,7 +9,8 @@ sensitivities ``D2``, ``D1``; total noise variance per coordinate ``mu = (z D2)^
 
 Rounds compose by adding RDP over :data:`ORDERS`; RDP converts to ``(epsilon, delta)`` with
 Opacus's conversion (Balle et al. 2020). No amplification by sampling is claimed (every round
-is charged at ``q = 1``; why, and the mechanism itself, in :mod:`fedssl.privacy.distributed_dp`).
+is charged at ``q = 1``; why, and the mechanism itself, in
+:mod:`fedssl.privacy.client_level.distributed`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedssl.privacy.accountants.base import Accountant, register_accountant
+from fedssl.privacy.accounting.base import Accountant, register_accountant
 
 #: integer RDP orders (the Skellam bound and the subsampling bound need integers >= 2)
 ORDERS: tuple[int, ...] = (*range(2, 65), 80, 96, 128, 160, 192, 256, 384, 512)
@@ -31,7 +32,7 @@ ORDERS: tuple[int, ...] = (*range(2, 65), 80, 96, 128, 160, 192, 256, 384, 512)
 class DistributedDPError(ValueError):
     """Raised when distributed DP cannot be configured soundly (clear message, no fallback).
 
-    (Defined with the Skellam bound, which raises it; :mod:`fedssl.privacy.distributed_dp`
+    (Defined with the Skellam bound, which raises it; :mod:`fedssl.privacy.client_level.distributed`
     re-exports it.)"""
 
 

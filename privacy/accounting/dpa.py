@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from fedssl.privacy.accountants.base import GaussianAccountant, Segment, quiet, register_accountant
+from fedssl.privacy.accounting.base import GaussianAccountant, Segment, quiet, register_accountant
 
 
 def _event(noise: float, rate: float, steps: int) -> Any:

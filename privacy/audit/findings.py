@@ -3,8 +3,8 @@
 :class:`AuditResult` collects the :class:`ClientAudit` of every ledger (each a list of
 :class:`EntryCheck`: what an entry recorded and what the accountants recompute), the findings
 (every finding fails the audit) and notes; :meth:`AuditResult.to_dict` is ``audit.json``.
-The checks that produce findings are in :mod:`fedssl.privacy.audit_checks`, the rendering in
-:mod:`fedssl.privacy.audit_report`.
+The checks that produce findings are in :mod:`fedssl.privacy.audit.checks`, the rendering in
+:mod:`fedssl.privacy.audit.report`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from fedssl.privacy.audit_accounting import AUDIT_ACCOUNTANTS, reference_epsilon
-from fedssl.privacy.ledger import (
+from fedssl.privacy.audit.accounting import AUDIT_ACCOUNTANTS, reference_epsilon
+from fedssl.privacy.identity.ledger import (
     LEGACY_RUN,
 )
 
@@ -100,7 +100,7 @@ class EntryCheck:
     prv: float = math.nan
     pld: float = math.nan
     rdp: float = math.nan
-    #: the run the entry belongs to (:data:`~fedssl.privacy.ledger.LEGACY_RUN` without id)
+    #: the run the entry belongs to (:data:`~fedssl.privacy.identity.ledger.LEGACY_RUN` without id)
     run: str = LEGACY_RUN
     #: ``extra.sensitivity`` (1 when absent): the accountants see noise / sensitivity
     sensitivity: float = 1.0

@@ -11,13 +11,13 @@ accountant of :data:`AUDIT_ACCOUNTANTS` and returns the cumulative epsilon after
   construction;
 - ``rdp``: dp-accounting's Rényi-DP accountant (Mironov 2017), looser but conservative.
 
-Each is an accountant of the registry (:mod:`fedssl.privacy.accountants`):
+Each is an accountant of the registry (:mod:`fedssl.privacy.accounting`):
 :data:`REGISTRY_NAMES` maps the audit's column names to the registry's (the audit's ``rdp`` is
 dp-accounting's, ``dpa-rdp``, independent of Opacus's ``rdp`` that clients may record with).
 
 The reference the audit checks claims against is ``max(prv, pld)``
 (:func:`reference_epsilon`). What the audit does with these numbers is in
-:mod:`fedssl.privacy.audit_checks`.
+:mod:`fedssl.privacy.audit.checks`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import functools
 import math
 from collections.abc import Sequence
 
-from fedssl.privacy.accountants import Segment, create_accountant, pld_interval, quiet
+from fedssl.privacy.accounting import Segment, create_accountant, pld_interval, quiet
 
 #: accountants recomputed by the audit, in table order
 AUDIT_ACCOUNTANTS = ("prv", "pld", "rdp")

@@ -1,11 +1,12 @@
 """Per-layer rules of the fast DP-SGD engine, and their registry.
 
 A rule computes exact per-record gradients of one module's own parameters from the
-``(input, output gradient)`` pairs the engine (:class:`fedssl.privacy.fast_clipper.FastClipper`)
+``(input, output gradient)`` pairs the engine
+(:class:`fedssl.privacy.dp_sgd.fast_clipper.FastClipper`)
 recorded for it: :meth:`LayerRule.prepare` returns the per-record squared gradient norms
 ``||g_i||^2`` of the tracked parameters, :meth:`LayerRule.clipped` the clipped sum
 ``sum_i c_i g_i`` (the math of each rule is in its docstring; the overview is in
-:mod:`fedssl.privacy.fast_clip`).
+:mod:`fedssl.privacy.dp_sgd.fast_clip`).
 
 Rules are registered by exact module type, like Opacus's ``register_grad_sampler``::
 
@@ -16,7 +17,7 @@ Rules are registered by exact module type, like Opacus's ``register_grad_sampler
 The engine looks a module's type up in :data:`RULES` (exact type: a subclass may override
 ``forward``, so it is refused unless it has its own rule) and refuses, with
 :class:`UnsupportedModelError`, a module with trainable parameters and no rule. This module
-holds the rules for ``torch.nn``'s layers; :mod:`fedssl.privacy.ws_rules` registers the
+holds the rules for ``torch.nn``'s layers; :mod:`fedssl.privacy.dp_sgd.ws_rules` registers the
 weight-standardised convolutions' rule (next to their Opacus grad sampler), and the engine
 imports it, so :data:`RULES` is complete whenever a :class:`FastClipper` exists.
 
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedssl.privacy.dp_engine import DPSoundnessError
+from fedssl.privacy.dp_sgd.engine import DPSoundnessError
 
 
 class UnsupportedModelError(DPSoundnessError):

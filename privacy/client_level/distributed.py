@@ -30,14 +30,14 @@ with ``mu`` the total noise variance per coordinate. Given the cohort, the clien
 is independent noise added on both sides of the comparison (post-processing), so the shift of
 its update is hidden by the noise of *all* shares in the sum, at least ``mu``. Rounds compose by
 adding RDP; RDP converts to ``(epsilon, delta)`` with Opacus's conversion (Balle et al. 2020).
-The bound and its accountant are :mod:`fedssl.privacy.accountants.skellam` (registry name
+The bound and its accountant are :mod:`fedssl.privacy.accounting.skellam` (registry name
 ``skellam``); this module is the mechanism (plan, clipping, quantisation, noise shares).
 
 Client sampling: no amplification is claimed. The server chooses the cohort, and the released
 sum's offset reveals how many shares it holds, so "this client may not have been sampled" hides
 nothing from the server; every round is charged to every client at ``q = 1`` (an upper bound for
 the rounds a client sat out). Amplification by sampling is claimed only for central DP-FedAvg
-(:mod:`fedssl.privacy.client_dp`), where the server is trusted.
+(:mod:`fedssl.privacy.client_level.central`), where the server is trusted.
 
 Assumptions (said in the report): at least ``min_clients`` honest clients' shares are in each
 released sum (the server does not unmask a round with fewer masked inputs, and SecAgg+ cannot
@@ -58,14 +58,14 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from fedssl.privacy.accountants import create_accountant
-from fedssl.privacy.accountants.skellam import (
+from fedssl.privacy.accounting import create_accountant
+from fedssl.privacy.accounting.mechanisms import Mechanism
+from fedssl.privacy.accounting.skellam import (
     ORDERS,
     DistributedDPError,
     SkellamRound,
     skellam_rdp,
 )
-from fedssl.privacy.mechanisms import Mechanism
 from fedssl.privacy.secagg.quantization import MODULUS, Quantizer
 
 __all__ = ["HEADROOM_SIGMAS", "MAX_SHARE_VARIANCE", "MIN_LEVELS", "ORDERS", "DistributedDPError",
@@ -86,7 +86,7 @@ MIN_LEVELS = 256
 def skellam_epsilon(rounds: Iterable[SkellamRound], delta: float) -> float:
     """``epsilon`` at ``delta`` of composing ``rounds`` (``inf`` if any had no noise): the
     registry's ``skellam`` accountant
-    (:class:`~fedssl.privacy.accountants.skellam.SkellamAccountant`)."""
+    (:class:`~fedssl.privacy.accounting.skellam.SkellamAccountant`)."""
     return create_accountant("skellam").epsilon(rounds, delta)
 
 
@@ -98,7 +98,7 @@ class SkellamPlan(Mechanism):
 
     Guarantee: (epsilon, delta)-DP for **one client's entire data** under *zero-out*
     neighbours, epsilon from the ``skellam`` accountant
-    (:class:`~fedssl.privacy.accountants.skellam.SkellamAccountant`) over the released rounds'
+    (:class:`~fedssl.privacy.accounting.skellam.SkellamAccountant`) over the released rounds'
     :meth:`round_record`; no amplification by client sampling is claimed.
 
     Sensitivity: :attr:`l2_sensitivity` ``D2 = s S + 2 sqrt(d)`` and :attr:`l1_sensitivity` in

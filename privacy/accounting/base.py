@@ -11,10 +11,10 @@ or ``step`` with the mechanism's parameters) and answers :meth:`Accountant.get_e
 What one history item is depends on the mechanism the accountant analyses
 (:attr:`Accountant.event`): a :data:`Segment` ``(noise_multiplier, sample_rate, steps)`` of the
 Poisson-subsampled Gaussian mechanism (DP-SGD, central DP-FedAvg), or a
-:class:`~fedssl.privacy.accountants.skellam.SkellamRound` of the distributed Skellam mechanism.
+:class:`~fedssl.privacy.accounting.skellam.SkellamRound` of the distributed Skellam mechanism.
 
 Accountants are registered by name with :func:`register_accountant` and built with
-:func:`create_accountant`; :data:`REGISTRY` lists them (``fedssl.privacy.accountants`` imports
+:func:`create_accountant`; :data:`REGISTRY` lists them (``fedssl.privacy.accounting`` imports
 every built-in one: ``prv``, ``rdp``, ``gdp`` on Opacus, ``pld`` and ``dpa-rdp`` on Google's
 dp-accounting, ``skellam``).
 """
@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 #: steps of DP-SGD at one setting, as the accountants compose them:
 #: ``(noise_multiplier, sample_rate, steps)``; a history is a sequence of them (the one
-#: definition: :mod:`fedssl.privacy.accountant`, the audit and the client's guard import it)
+#: definition: :mod:`fedssl.privacy.accounting.budget`, the audit and the client's guard import it)
 Segment = tuple[float, float, int]
 
 E = TypeVar("E")
