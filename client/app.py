@@ -40,7 +40,6 @@ from flwr.clientapp import ClientApp
 
 from fedssl.atomic import atomic_write_bytes
 from fedssl.client import secagg
-from fedssl.client.federated_ssl import merge
 from fedssl.client.global_model import GlobalModelError, decode_global_model
 from fedssl.client.privacy_guard import BudgetExceededError, SiteBudget
 from fedssl.client.secagg import flatten, store_update
@@ -81,6 +80,7 @@ from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, simulated_partition
 from fedssl.ssl_core.datasets import DataError, validate_arrays
 from fedssl.ssl_core.device import DeviceError, resolve_device
+from fedssl.ssl_core.federated_algorithms import get_algorithm, merge
 from fedssl.ssl_core.objectives import UnknownMethodError, get_objective
 
 log = logging.getLogger("fedssl.client")
@@ -309,7 +309,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     result = train_local(model, objective, x, augment_for(input_shape, run.dataset), cfg,
                          device=device)
     state = model.cpu().state_dict()
-    if run.algorithm != "fedavg":  # kept node-local for next round
+    if get_algorithm(run.algorithm).keeps_local_model:  # kept node-local for next round
         context.state[LOCAL_MODEL_KEY] = ArrayRecord(state)
     shared = {k: state[k] for k in global_state}  # only the parts the server averages
 

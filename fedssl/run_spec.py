@@ -48,7 +48,8 @@ from fedssl.privacy.accounting.budget import UPPER_BOUND_ACCOUNTANTS
 from fedssl.ssl_core.aggregators import AGGREGATORS, aggregator_names
 from fedssl.ssl_core.data import dataset_names
 from fedssl.ssl_core.datasets import DATASETS, DEFAULT_DATASET, DataError, infer_dataset
-from fedssl.ssl_core.model_parts import ALGORITHMS, PARTS, parse_shared
+from fedssl.ssl_core.federated_algorithms import algorithm_names
+from fedssl.ssl_core.model_parts import PARTS, parse_shared
 from fedssl.ssl_core.negative_bank import MNIST1D_PUBLIC_SEED
 from fedssl.ssl_core.objectives import OBJECTIVES
 from fedssl.ssl_core.partitioners import PARTITIONERS
@@ -169,9 +170,10 @@ class RunSpec:
                        client=True, server=f"SSL objective: {', '.join(sorted(OBJECTIVES))} "
                        "(simclr only without record-level DP: its in-batch negatives are "
                        "refused under DP-SGD)", client_fallback=_REQUIRED)
-    algorithm: str = _opt("fedavg", f"federated SSL algorithm: {', '.join(ALGORITHMS)} (how a "
-                                    "client merges the global model into its local one)",
-                          client=True, choices=ALGORITHMS)
+    algorithm: str = _opt("fedavg", "federated SSL algorithm: "
+                                    f"{', '.join(algorithm_names())} (how a client merges "
+                                    "the global model into its local one)",
+                          client=True, choices=algorithm_names())
     shared: str = _opt("all", "model parts sent to and averaged by the server, "
                               f"comma-separated subset of {', '.join(PARTS)}, or all (default)",
                        simulate_default="")
@@ -447,7 +449,8 @@ def check_settings(s: Any, num_clients: int | None = None) -> None:
     for name in ("lr", "max_grad_norm", "dirichlet_alpha"):
         need(getattr(s, name) > 0, name, "must be positive")
     need(0 < s.delta < 1, "delta", "must be in (0, 1)")
-    need(s.algorithm in ALGORITHMS, "algorithm", f"unknown {s.algorithm!r}; one of {ALGORITHMS}")
+    need(s.algorithm in algorithm_names(), "algorithm",
+         f"unknown {s.algorithm!r}; one of {algorithm_names()}")
     try:
         parts = parse_shared(s.shared or "all")
     except ValueError as exc:

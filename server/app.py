@@ -55,8 +55,8 @@ from fedssl.server.run_record import record_run
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset
 from fedssl.ssl_core.datasets import TRAINING_ONLY, SSLDataset
 from fedssl.ssl_core.device import resolve_device
+from fedssl.ssl_core.federated_algorithms import get_algorithm
 from fedssl.ssl_core.model_parts import (
-    ALGORITHMS,
     AlgorithmError,
     parse_shared,
     shared_state,
@@ -127,8 +127,7 @@ def initial_model(cfg: dict[str, Any], input_shape: tuple[int, ...]
         random_encoder = copy.deepcopy(model.encoder)
         load_init_encoder(model, str(cfg["init-encoder"]))
     shared = parse_shared(str(cfg["shared"]))
-    if str(cfg["algorithm"]) not in ALGORITHMS:
-        raise AlgorithmError(f"unknown algorithm {cfg['algorithm']!r}; one of {ALGORITHMS}")
+    get_algorithm(str(cfg["algorithm"]))  # AlgorithmError for an unknown one
     if not any(k.startswith("encoder.") for k in shared_state(model.state_dict(), shared)):
         raise AlgorithmError("the encoder must be among the shared parts")
     return model, random_encoder, shared
@@ -359,7 +358,8 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
                                           start.round, start.resumed))
     run = Federation(
         cfg, layout, model, evaluation, aggregation,
-        RoundMetrics(start.rows, dp=bool(cfg["dp"]), divergence=cfg["algorithm"] != "fedavg"),
+        RoundMetrics(start.rows, dp=bool(cfg["dp"]),
+                     divergence=get_algorithm(str(cfg["algorithm"])).keeps_local_model),
         progress, callbacks)
 
     baseline, random_init = run.initial(start.rows, random_encoder)
