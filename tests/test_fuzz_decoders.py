@@ -595,7 +595,7 @@ def _array(data: bytes):
 def test_decode_arrays_returns_a_problem_never_raises(data: bytes) -> None:
     from flwr.app import Array, ArrayRecord
 
-    from fedssl.server.strategy import decode_arrays
+    from fedssl.server.replies import decode_arrays
 
     values, problem = decode_arrays(ArrayRecord({"w": _array(data), "b": Array(REF["b"])}),
                                     REF)
@@ -620,7 +620,7 @@ def test_huge_declared_array_refused_before_allocation(shape: tuple[int, ...]) -
     """numpy.load allocates the declared shape before it reads a byte: refused first."""
     from flwr.app import Array, ArrayRecord
 
-    from fedssl.server.strategy import decode_arrays
+    from fedssl.server.replies import decode_arrays
 
     data = _npy_header("<f4", shape) + b"\x00" * 64
     record = ArrayRecord({"w": _array(data), "b": Array(REF["b"])})
