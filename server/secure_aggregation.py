@@ -243,6 +243,7 @@ class SecureAggregation:
                     outcome.failed[self.names[node]] = outcome.failed.pop(f"node-{node}")
             outcome.failed = {**setup_outcome.failed, **outcome.failed}
             outcome.rejected = {**setup_outcome.rejected, **outcome.rejected}
+            outcome.refused = {**setup_outcome.refused, **outcome.refused}
             metrics = (strategy.train_metrics_aggr_fn([m.content for m in trained],
                                                       strategy.weighted_by_key)
                        if trained else None)

@@ -25,17 +25,18 @@ from fedssl.ssl_core.objectives import get_objective
 from tests.in_process_grid import InProcessGrid
 
 
-def _round(run: Path, budgets: dict[str, float]) -> tuple[Aggregation, InProcessGrid]:
-    """One DP + SecAgg+ round of 2 simulated clients; ``budgets``: site budgets."""
+def _round(run: Path, budgets: dict[str, float], clients: int = 2
+           ) -> tuple[Aggregation, InProcessGrid]:
+    """One DP + SecAgg+ round of ``clients`` simulated clients; ``budgets``: site budgets."""
     cfg = {**DEFAULTS, "secagg": True, "dp": True, "target-epsilon": 8.0, "num-samples": 300,
            "partitioner": "iid", "num-server-rounds": 1, "round-timeout": 30.0,
-           "run-dir": str(run), "identity-registry": str(simulated_registry(run, 2))}
+           "run-dir": str(run), "identity-registry": str(simulated_registry(run, clients))}
     for cid, eps in budgets.items():
         write_site_file(RunLayout(run).client_dir(cid), epsilon=eps, delta=1e-5)
     model = get_objective(str(cfg["method"])).build_model((1, 40))
     reference = {k: v.numpy() for k, v in model.state_dict().items()}
-    aggregation = Aggregation(cfg, 2, reference, 0, RunLayout(run))
-    grid = InProcessGrid(2)
+    aggregation = Aggregation(cfg, clients, reference, 0, RunLayout(run))
+    grid = InProcessGrid(clients)
     aggregation.strategy.known_nodes = set(grid.contexts)
     config = round_config(cfg, (1, 40), run)
     config["server-round"] = 1
@@ -71,6 +72,21 @@ def test_clients_that_can_pay_still_train_together(tmp_path: Path) -> None:
     for cid in ("client-000", "client-001"):
         lines = RunLayout(run).ledger(cid).read_text().splitlines()
         assert len(lines) == 1 and json.loads(lines[0])["round"] == 1
+
+
+@pytest.mark.usefixtures("flower_identity")
+def test_a_client_that_declines_is_recorded_and_the_others_are_aggregated(
+        tmp_path: Path) -> None:
+    """3 clients, client-001 cannot pay: the round goes on with the 2 others (aggregated),
+    and client-001's refusal is in the round's outcome (the final table's "refused round(s)"
+    line and report.json's refusals come from it)."""
+    run = tmp_path / "run"
+    aggregation, grid = _round(run, {"client-001": 0.05}, clients=3)
+    outcome = aggregation.outcome
+    assert sorted(outcome.accepted) == ["client-000", "client-002"]
+    assert "privacy budget would be exceeded" in outcome.refused["client-001"]
+    assert "secagg" not in outcome.failed
+    assert not RunLayout(run).ledger("client-001").exists()
 
 
 def test_discarded_updates_are_reported_loudly(tmp_path: Path) -> None:
