@@ -17,8 +17,9 @@ contrastive methods train (:func:`~fedssl.ssl_core.encoders.build_encoder`: the 
 weight-standardised 1-D CNN, the ResNet with its 2x2 readout), so its features, exported
 file, warm starts and fine-tuning are those of every other CNN run. A light MLP decoder
 (Linear - LayerNorm - ReLU - Linear, zero-initialised output) maps the encoder's *pooled
-feature vector* to the whole record, and the loss is the mean squared error on the masked
-entries only::
+feature vector* to the whole record (``decoder="pooled"``, the default; ``decoder="map"``
+is SimMIM's head instead, one Linear per position of the last feature map predicting the
+pixels under it), and the loss is the mean squared error on the masked entries only::
 
     L(x) = 1/|M| sum_{j in M} (D(f(x * (1 - m)))_j - x_j)^2,    m = 1 on the masked set M
 
@@ -27,6 +28,14 @@ Why (issue 21): the ViT MAE (:mod:`~fedssl.ssl_core.objectives.mae`) did not lea
 network from scratch, which DP noise hurts most. Here the reconstruction must pass through the
 pooled vector that the probes and the fine-tuning read, on the network that already works,
 and it can start from the public or synthetic warm start.
+
+What it does, measured (``docs/label-efficiency.md``, "Masked pretraining"; benchmarks/quality.py
+rows in ``benchmarks/results/quality_*masked_ae*.json``): a negative result. Under DP (epsilon
+8, the MNIST-1D demo scale and digits) it leaves the warm start where it was, as
+``infonce-public`` does: equal rows, neither above the warm start. From random init under DP
+neither objective learns at that budget. Without DP it is the weaker objective: on MNIST-1D its
+frozen probes stay at or fall below random init as its loss falls (the label explains ~8 % of
+the per-entry variance there, ~41 % on digits, where it does learn from scratch).
 
 DP contract (record-level DP-SGD with per-record clipping, sensitivity ``C``): record ``i``'s
 mask is drawn from a ``torch.Generator`` seeded with a hash of record ``i``'s own view and a
@@ -93,6 +102,7 @@ class MaskedAENet(nn.Module):
         mask_ratio: fraction of patches hidden, in (0, 1).
         hidden: the decoder's hidden width.
         patch_size: patch length along each spatial axis (default: from the record size).
+        decoder: one of :data:`DECODERS`.
     """
 
     def __init__(self, input_shape: tuple[int, ...], width: int | None = None,
@@ -175,6 +185,8 @@ class MaskedAE(Objective):
         mask_ratio: fraction of patches masked (0.75, MAE's and ViP's).
         hidden: decoder hidden width.
         patch_size: patch length per axis (default: from the record size).
+        decoder: ``"pooled"`` (MLP from the pooled features) or ``"map"`` (per-position
+            Linear on the last feature map).
         seed: seed of the generator that salts the per-record masks.
     """
 
