@@ -9,7 +9,7 @@ and ``(1, 8, 8)`` images:
 
 * ``non-DP``  - augment two views, ``per_record_loss(...).mean()``, backward, SGD step (the
   no-DP branch of :func:`fedssl.client.trainer.train_local`);
-* ``hooks``   - fedssl's engine, :class:`fedssl.privacy.dp_sgd.DPSGD` (Opacus
+* ``hooks``   - fedssl's engine, :class:`fedssl.privacy.dp_sgd.opacus_engine.DPSGD` (Opacus
   ``GradSampleModule`` hooks mode + ``DPOptimizer``), the same step as the DP branch of
   ``train_local`` with a fixed batch (no Poisson size jitter);
 * ``opacus-functorch`` - Opacus ``GradSampleModule(force_functorch=True)`` (per-layer
@@ -19,8 +19,15 @@ and ``(1, 8, 8)`` images:
   computes one record's SimSiam loss from *both* of its views, so each per-sample gradient
   covers all views of the record; then per-record clipping, Gaussian noise and SGD by hand
   (the same arithmetic as Opacus's ``DPOptimizer``);
+* ``opacus-ghost`` - Opacus 1.6's own ghost clipping (``grad_sample_mode="ghost"``:
+  ``GradSampleModuleFastGradientClipping`` with ``use_ghost_clipping=True``,
+  ``DPOptimizerFastGradientClipping``, the loss wrapped in ``DPTensorFastGradientClipping``;
+  Li et al. 2022). Its CHECK compares its per-record norms with hooks mode's. It refuses a
+  layer called more than once in a step ("Parameter tying is not supported with Ghost
+  Clipping"), which every multi-view objective does (the encoder runs once per view), so it
+  cannot clip all views of a record together: that is why fedssl keeps its own engine;
 * ``fast``    - fedssl's book-keeping / ghost-norm engine,
-  :class:`fedssl.privacy.fast_clip.FastDPSGD` (one backward; per-record norms and the clipped
+  :class:`fedssl.privacy.dp_sgd.fast_clip.FastDPSGD` (one backward; per-record norms and the clipped
   sum from each layer's inputs and output gradients), the DP branch of ``train_local`` by
   default. It never materialises all per-sample gradients, so its CHECK compares what DP-SGD
   uses: the per-record norms with hooks mode's per-sample gradient norms, and the clipped sums
@@ -70,22 +77,24 @@ from typing import Any
 import numpy as np
 import torch
 from opacus import GradSampleModule
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
 from fedssl.client.trainer import TrainConfig, train_local
-from fedssl.privacy.dp_sgd import DPSGD, clipped_gradient_sum
-from fedssl.privacy.fast_clip import FastClipper, FastDPSGD
+from fedssl.privacy.dp_sgd.fast_clip import FastClipper, FastDPSGD
+from fedssl.privacy.dp_sgd.opacus_engine import DPSGD, clipped_gradient_sum
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.host_memory import retain_freed_memory
 from fedssl.ssl_core.objectives import get_objective
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOISE, CLIP, LR = 1.0, 1.0, 0.05
-ALTERNATIVES = ("opacus-functorch", "opacus-ew", "vmap", "fast")
+ALTERNATIVES = ("opacus-functorch", "opacus-ew", "opacus-ghost", "vmap", "fast")
 
 
 @dataclass(frozen=True)
@@ -198,10 +207,44 @@ def check_fast(s: Setting) -> dict[str, Any]:
     return {"sound": worst < 1e-4, "max_abs_diff": worst, "diff_kind": "max rel diff"}
 
 
+def ghost_norms(model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """Per-record gradient norms from Opacus's ghost clipping (raises where it refuses)."""
+    gsm = GradSampleModuleFastGradientClipping(model, max_grad_norm=CLIP,
+                                               use_ghost_clipping=True, loss_reduction="sum")
+    try:
+        objective.per_record_loss(gsm, views).sum().backward()
+        return gsm.get_norm_sample().detach().clone()
+    finally:
+        if hasattr(gsm, "_close"):
+            gsm._close()
+        for p in model.parameters():
+            p.grad = None
+
+
+def check_ghost(s: Setting) -> dict[str, Any]:
+    """Opacus ghost clipping's per-record norms against hooks mode's (all views summed)."""
+    model = build(s.shape)
+    x = data_for(s)
+    gen = torch.Generator().manual_seed(1)
+    aug = augment_for(s.shape)
+    views = [aug(x, gen) for _ in range(objective.num_views)]
+    ref = grads_opacus(model, views, "hooks")
+    want = torch.stack([g.flatten(1).norm(dim=1) for g in ref.values()]).norm(dim=0)
+    try:
+        got = ghost_norms(build(s.shape), views)
+    except Exception as exc:  # an unsupported mode is a finding, not a crash
+        return {"sound": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    diff = float((got - want).abs().max())
+    return {"sound": bool(torch.allclose(got, want, rtol=1e-4, atol=1e-6)),
+            "max_abs_diff": diff, "diff_kind": "max abs diff of per-record norms"}
+
+
 def check(s: Setting, mode: str) -> dict[str, Any]:
     """Compare ``mode``'s per-sample gradients with hooks mode on one fixed batch."""
     if mode == "fast":
         return check_fast(s)
+    if mode == "opacus-ghost":
+        return check_ghost(s)
     model = build(s.shape)
     x = data_for(s)
     gen = torch.Generator().manual_seed(1)
@@ -265,6 +308,22 @@ def step_fn(s: Setting, mode: str) -> Callable[[], None]:
                 losses = objective.per_record_loss(model, v)
             fast.step(losses)
         return run_fast
+
+    if mode == "opacus-ghost":  # timed only where its CHECK passed
+        ghost = GradSampleModuleFastGradientClipping(model, max_grad_norm=CLIP,
+                                                     use_ghost_clipping=True,
+                                                     loss_reduction="mean")
+        ghost_opt = DPOptimizerFastGradientClipping(
+            opt, noise_multiplier=NOISE, max_grad_norm=CLIP, expected_batch_size=s.batch,
+            loss_reduction="mean")
+
+        def run_ghost() -> None:
+            ghost_opt.zero_grad(set_to_none=True)
+            DPTensorFastGradientClipping(ghost, ghost_opt,
+                                         objective.per_record_loss(ghost, views()),
+                                         "mean").backward()
+            ghost_opt.step()
+        return run_ghost
 
     if mode == "hooks":  # Opacus engine, exactly as train_local's DP branch uses it
         dp = DPSGD(model, opt, x, s.batch, NOISE, CLIP, objective)

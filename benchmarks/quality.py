@@ -20,7 +20,7 @@ label draws and seeds:
 - ``federated``: FedAvg over ``--clients`` clients (IID or Dirichlet label skew), with
   sample-level DP-SGD at each ``--epsilons`` (delta ``--delta``; per client, over the whole
   run) or without DP;
-- ``client-level DP``: DP-FedAvg (central Gaussian, :mod:`fedssl.privacy.client_dp`) at
+- ``client-level DP``: DP-FedAvg (central Gaussian, :mod:`fedssl.privacy.client_level.central`) at
   ``--client-dp-clients`` clients, local training non-private (the privacy unit is a client),
   so in-batch SimCLR is allowed there;
 
@@ -65,9 +65,9 @@ import torch
 
 from fedssl.client.pretrain import pretrain, pretrain_public
 from fedssl.client.trainer import LR_SCHEDULES, TrainConfig, steps_per_epoch, train_local
-from fedssl.privacy.accountant import calibrate_noise, epsilon_of
-from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
-from fedssl.privacy.dp_sgd import clip_sensitivity
+from fedssl.privacy.accounting.budget import calibrate_noise, epsilon_of
+from fedssl.privacy.client_level.central import ClientLevelGaussian, poisson_sample
+from fedssl.privacy.dp_sgd.opacus_engine.opacus_engine import clip_sensitivity
 from fedssl.server.server_optimizer import ServerMomentum
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.collapse import collapse_metrics

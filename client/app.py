@@ -40,7 +40,6 @@ from flwr.clientapp import ClientApp
 
 from fedssl.atomic import atomic_write_bytes
 from fedssl.client import secagg
-from fedssl.client.federated_ssl import merge
 from fedssl.client.global_model import GlobalModelError, decode_global_model
 from fedssl.client.privacy_guard import BudgetExceededError, SiteBudget
 from fedssl.client.secagg import flatten, store_update
@@ -51,17 +50,21 @@ from fedssl.client.trainer import (
     steps_per_epoch,
     train_local,
 )
-from fedssl.privacy.accountant import (
+from fedssl.privacy.accounting.budget import (
     AccountingError,
     calibrate_noise,
     check_delta,
     epsilon_of,
 )
-from fedssl.privacy.distributed_dp import DistributedDPError, SkellamPlan, encode_with_noise
-from fedssl.privacy.dp_sgd import DPSoundnessError, clip_sensitivity
-from fedssl.privacy.identity import public_pem
-from fedssl.privacy.ledger import LEGACY_RUN, Ledger, LedgerEntry, LedgerError, segments
-from fedssl.privacy.ledger import runs as ledger_runs
+from fedssl.privacy.client_level.distributed import (
+    DistributedDPError,
+    SkellamPlan,
+    encode_with_noise,
+)
+from fedssl.privacy.dp_sgd.opacus_engine import DPSoundnessError, clip_sensitivity
+from fedssl.privacy.identity.keys import public_pem
+from fedssl.privacy.identity.ledger import LEGACY_RUN, Ledger, LedgerEntry, LedgerError, segments
+from fedssl.privacy.identity.ledger import runs as ledger_runs
 from fedssl.privacy.secagg import Quantizer, SecAggError
 from fedssl.round_protocol import (
     INPUT_SHAPE,
@@ -77,6 +80,7 @@ from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, simulated_partition
 from fedssl.ssl_core.datasets import DataError, validate_arrays
 from fedssl.ssl_core.device import DeviceError, resolve_device
+from fedssl.ssl_core.federated_algorithms import get_algorithm, merge
 from fedssl.ssl_core.objectives import UnknownMethodError, get_objective
 
 log = logging.getLogger("fedssl.client")
@@ -154,7 +158,8 @@ def run_id_of(config: ConfigRecord) -> str:
 
     Raises:
         ValueError: if the run id is not a short alphanumeric string, or is the name ledgers
-            reserve for entries without a run id (:data:`~fedssl.privacy.ledger.LEGACY_RUN`):
+            reserve for entries without a run id
+            (:data:`~fedssl.privacy.identity.ledger.LEGACY_RUN`):
             the run's entries would count as the legacy run's.
     """
     rid = str(config.get(RUN_ID, ""))
@@ -178,7 +183,7 @@ def plan_noise(config: ConfigRecord, ledger: Ledger, sample_rate: float, steps: 
     fresh site; the site's lifetime spend is bounded by its own budget
     (:class:`~fedssl.client.privacy_guard.SiteBudget`), not by the server's target. Otherwise
     the given noise multiplier is used. ``sensitivity`` (``extra.sensitivity`` of the entry,
-    see :meth:`~fedssl.privacy.ledger.LedgerEntry.segment`) scales the calibrated effective
+    see :meth:`~fedssl.privacy.identity.ledger.LedgerEntry.segment`) scales the calibrated effective
     noise multiplier back to the one handed to the optimizer.
     """
     run = config_view(config)
@@ -230,7 +235,8 @@ class RoundPlan:
     x: np.ndarray
     cfg: TrainConfig
     ledger: Ledger
-    pub: Path
+    #: the site's identity key, which signs the ledger
+    key: Any
     run_id: str
 
 
@@ -265,15 +271,11 @@ def plan_round(context: Context, config: ConfigRecord, ident: ClientIdentity) ->
     cfg = round_train_config(config, context, server_round, dp)
     key = secagg.site_identity(context, ident.state_dir)  # a site's registered key only
     ledger = Ledger(ident.ledger_path, key)
-    pub = ident.ledger_path.with_suffix(".pub")
-    if not pub.exists():
-        pub.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(pub, public_pem(key))
     run_id = run_id_of(config)
     if dp:
         cfg.noise_multiplier = _plan_round_noise(config, ledger, budget, cfg, len(x),
                                                  server_round, sensitivity, run_id)
-    return RoundPlan(objective, dp, sensitivity, x, cfg, ledger, pub, run_id)
+    return RoundPlan(objective, dp, sensitivity, x, cfg, ledger, key, run_id)
 
 
 def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientIdentity
@@ -290,7 +292,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     plan = plan_round(context, config, ident)
     objective, dp, sensitivity, x, cfg = (plan.objective, plan.dp, plan.sensitivity, plan.x,
                                           plan.cfg)
-    ledger, pub, run_id = plan.ledger, plan.pub, plan.run_id
+    ledger, run_id = plan.ledger, plan.run_id
     input_shape = tuple(int(d) for d in config[INPUT_SHAPE])
     model = objective.build_model(input_shape)
     # names, dtypes, shapes and sizes checked against the local model before anything is
@@ -299,11 +301,15 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     local = context.state.array_records.get(LOCAL_MODEL_KEY)
     mixing = merge(model, global_state, local.to_torch_state_dict() if local else None,
                    run.algorithm, run.fedema_tau, run.fedu_threshold)
+    pub = ident.ledger_path.with_suffix(".pub")
+    if not pub.exists():  # nothing is written for a round refused above
+        pub.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(pub, public_pem(plan.key))
 
     result = train_local(model, objective, x, augment_for(input_shape, run.dataset), cfg,
                          device=device)
     state = model.cpu().state_dict()
-    if run.algorithm != "fedavg":  # kept node-local for next round
+    if get_algorithm(run.algorithm).keeps_local_model:  # kept node-local for next round
         context.state[LOCAL_MODEL_KEY] = ArrayRecord(state)
     shared = {k: state[k] for k in global_state}  # only the parts the server averages
 

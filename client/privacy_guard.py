@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedssl.atomic import atomic_write_text
-from fedssl.privacy.accountant import AccountingError, Segment, epsilon_of
+from fedssl.privacy.accounting.budget import AccountingError, Segment, epsilon_of
 from fedssl.run_layout import SiteLayout
 from fedssl.run_spec import DEFAULTS
 

@@ -30,7 +30,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedssl.privacy.identity import (
+from fedssl.privacy.identity.keys import (
     IdentityError,
     load_or_create_identity,
     load_private_key,

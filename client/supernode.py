@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedssl.atomic import atomic_write_private, atomic_write_text
-from fedssl.privacy.certs import CA_CERT, CertError, node_public_key
+from fedssl.privacy.identity.certs import CA_CERT, CertError, node_public_key
 from fedssl.processes import start_process, stop_process
 from fedssl.quiet import is_noise
 from fedssl.run_layout import IDENTITIES_FILE, SiteLayout
@@ -128,7 +128,7 @@ def check_site(opts: ClientOptions) -> tuple[dict[str, object], bytes, SSLDatase
     data = load_dataset(dataset, str(opts.data), image_size=opts.image_size,
                         with_test=False)  # DataError
     if opts.budget_delta is not None:
-        from fedssl.privacy.accountant import AccountingError, check_delta
+        from fedssl.privacy.accounting.budget import AccountingError, check_delta
 
         try:
             check_delta(opts.budget_delta, len(data.x_train), f"the site's data {opts.data}")
@@ -164,7 +164,12 @@ def check_identity(opts: ClientOptions) -> dict[str, object]:
     Raises:
         ClientSetupError: naming the missing or mismatching file.
     """
-    from fedssl.privacy.identity import IdentityError, load_private_key, load_registry, public_pem
+    from fedssl.privacy.identity.keys import (
+        IdentityError,
+        load_private_key,
+        load_registry,
+        public_pem,
+    )
 
     registry = (opts.ca_cert.parent if opts.ca_cert.is_file() else opts.ca_cert) / REGISTRY
     name = opts.node_key.stem

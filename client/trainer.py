@@ -6,9 +6,10 @@ baseline and the benchmarks. One call runs ``epochs`` passes over the local reco
 - without DP: shuffled mini-batches, mean loss, SGD with momentum;
 - with DP: Poisson sampling at rate ``batch_size / n``, one gradient per record summed over
   all its views, clipped and noised by one of two engines with identical sampling, clipping,
-  noise and accounting (``TrainConfig.dp_engine``): :class:`fedssl.privacy.fast_clip.FastDPSGD`
+  noise and accounting (``TrainConfig.dp_engine``):
+  :class:`fedssl.privacy.dp_sgd.fast_clip.FastDPSGD`
   (book-keeping / ghost norms, one backward; the default for every model it supports) or
-  :class:`fedssl.privacy.dp_sgd.DPSGD` (Opacus hooks mode; any model Opacus supports).
+  :class:`fedssl.privacy.dp_sgd.opacus_engine.DPSGD` (Opacus hooks mode; any model Opacus supports).
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedssl.privacy.dp_sgd import DPSoundnessError
+from fedssl.privacy.dp_sgd.opacus_engine import DPSoundnessError
 from fedssl.run_spec import LR_SCHEDULES as RUN_LR_SCHEDULES
 from fedssl.ssl_core.host_memory import retain_freed_memory
 from fedssl.ssl_core.objectives.base import Objective
 
 if TYPE_CHECKING:
-    from fedssl.privacy.fast_clip import FastDPSGD
+    from fedssl.privacy.dp_sgd.fast_clip import FastDPSGD
 
 
 class TrainingError(RuntimeError):
@@ -51,7 +52,7 @@ class TrainConfig:
     dp: bool = False
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
-    #: DP-SGD engine: "fast" (:mod:`fedssl.privacy.fast_clip`; raises for models it cannot
+    #: DP-SGD engine: "fast" (:mod:`fedssl.privacy.dp_sgd.fast_clip`; raises for models it cannot
     #: handle exactly), "hooks" (Opacus), or "auto" (fast where its static model check passes,
     #: else hooks; a model that passes but fails a runtime check still raises, never falls back)
     dp_engine: str = "auto"
@@ -216,9 +217,9 @@ def _dp_epochs(model: torch.nn.Module, objective: Objective, opt: torch.optim.Op
     engine, Opacus's hooks, or group clipping (hooks only). The sampling and noise generators
     are seeded from ``cfg.dp_seed`` (tests) or else from OS entropy, never from the run's
     seed, which config.toml records. Returns the engine that ran and the sample rate."""
-    from fedssl.privacy.dp_sgd import DPSGD  # opacus: imported only when DP is on
-    from fedssl.privacy.fast_clip import FastDPSGD
-    from fedssl.privacy.group_clip import GroupDPSGD, group_engine
+    from fedssl.privacy.dp_sgd.fast_clip import FastDPSGD
+    from fedssl.privacy.dp_sgd.group_clip import GroupDPSGD, group_engine
+    from fedssl.privacy.dp_sgd.opacus_engine import DPSGD  # opacus: imported only when DP is on
 
     if objective.clip_unit == "group":  # clipped per group: hooks only (group_clip.py)
         engine, dp_cls = group_engine(cfg.dp_engine), GroupDPSGD
@@ -351,6 +352,6 @@ def select_dp_engine(name: str, model: torch.nn.Module, optimizer: torch.optim.O
     if name != "auto":
         return name
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    from fedssl.privacy.fast_clip import unsupported_reason
+    from fedssl.privacy.dp_sgd.fast_clip import unsupported_reason
 
     return "fast" if unsupported_reason(model, params) is None else "hooks"

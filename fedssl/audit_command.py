@@ -1,13 +1,13 @@
 """``fedssl audit``: the privacy auditor's command over a run directory.
 
-What and why: an auditor gets a run directory (README.md, "Run directory") and
+What and why: an auditor gets a run directory (docs/simulation.md, "Run directory") and
 should be able to check, without trusting the server or the clients' accountant, that every
 privacy claim in it holds. This command glues the two audits of :mod:`fedssl.privacy`:
 
-- :mod:`fedssl.privacy.audit`: ledger signatures and hash chains, cumulative epsilon
+- :mod:`fedssl.privacy.audit.auditor`: ledger signatures and hash chains, cumulative epsilon
   recomputed with Opacus PRV (Gopi et al. 2021) and Google dp-accounting PLD (Doroshenko et
   al. 2022) and RDP (Mironov 2017), budgets, delta, configuration soundness, report.json;
-- :mod:`fedssl.privacy.empirical_audit` (``--empirical``): a one-run canary experiment on
+- :mod:`fedssl.privacy.audit.empirical` (``--empirical``): a one-run canary experiment on
   Opacus's DPOptimizer (Steinke, Nasr & Jagielski, NeurIPS 2023) giving an empirical lower
   bound on epsilon that must not exceed the claim. A lower bound can refute a claim, never
   confirm it: the verdict is ``violation``, ``no-violation-detected`` (with the power: the
@@ -156,7 +156,7 @@ def _usage(msg: str) -> int:
 def load_run_config(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
     """The run's ``[experiment]`` table with ExperimentConfig's defaults for absent keys, not
     validated (an unsound configuration must reach the audit); or ``(None, error)``."""
-    from fedssl.privacy.audit import read_config_table
+    from fedssl.privacy.audit.auditor import read_config_table
     from fedssl.simulations.config import ExperimentConfig
 
     path = RunLayout(run_dir).config
@@ -173,7 +173,7 @@ def load_run_config(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
 
 def _empirical_targets(args: argparse.Namespace, result: Any) -> list[dict[str, Any]]:
     """The mechanisms to audit: from the CLI, or from the chosen clients' ledgers."""
-    from fedssl.privacy.empirical_audit import MechanismSegment
+    from fedssl.privacy.audit.empirical import MechanismSegment
     from fedssl.run_spec import DEFAULTS
 
     explicit = (args.noise_multiplier, args.sample_rate, args.steps)
@@ -228,7 +228,7 @@ def run_audit(args: argparse.Namespace) -> int:
 
 def _run_audit(args: argparse.Namespace) -> int:
     """:func:`run_audit` without the output filtering."""
-    from fedssl.privacy.audit import (
+    from fedssl.privacy.audit.auditor import (
         AuditResult,
         FindingKind,
         Severity,
@@ -268,7 +268,7 @@ def _run_audit(args: argparse.Namespace) -> int:
 
     empirical: list[Any] = []
     if args.empirical:
-        from fedssl.privacy.empirical_audit import run_canary_audit
+        from fedssl.privacy.audit.empirical import run_canary_audit
 
         try:
             targets = _empirical_targets(args, result)

@@ -6,7 +6,8 @@ Wiring (two lines in :mod:`fedssl.cli`)::
     if (code := run_deploy(args)) is not None: return code   # in main()
 
 The commands are thin: argument parsing and error reporting live here; the work is done by
-:mod:`fedssl.privacy.certs`, :mod:`fedssl.server.superlink` and :mod:`fedssl.client.supernode`.
+:mod:`fedssl.privacy.identity.certs`, :mod:`fedssl.server.superlink` and
+:mod:`fedssl.client.supernode`.
 Bad input (missing or malformed certificates and keys, unreadable data, an invalid budget, a
 run directory that already holds a run) is reported before anything is started, with exit
 code 2; a run that fails or a client the server refuses exits non-zero (1, or 3 for a client).
@@ -381,13 +382,13 @@ def run_deploy(args: argparse.Namespace) -> int | None:
 def _run_deploy(command: str, args: argparse.Namespace) -> int:
     """:func:`run_deploy` for one of :data:`DEPLOY_COMMANDS`, output filtering aside."""
     from fedssl.client.supernode import ClientSetupError
-    from fedssl.privacy.certs import CertError
+    from fedssl.privacy.identity.certs import CertError
     from fedssl.server.superlink import DeployError
     from fedssl.ssl_core.datasets import DataError
 
     try:
         if command == "certs":
-            from fedssl.privacy.certs import create_certs, handoff
+            from fedssl.privacy.identity.certs import create_certs, handoff
 
             hosts = [h.strip() for item in args.host for h in item.split(",") if h.strip()]
             paths = create_certs(args.out, args.nodes, hosts, overwrite=args.force)

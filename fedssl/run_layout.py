@@ -1,6 +1,6 @@
 """The run directory's layout: every path of a run, named once.
 
-What ``fedssl simulate``, ``fedssl server`` and ``flwr run .`` write (README.md, "Run
+What ``fedssl simulate``, ``fedssl server`` and ``flwr run .`` write (docs/simulation.md, "Run
 directory"; docs/architecture.md) and what ``fedssl audit`` and ``--resume`` read. Every module
 that builds one of these paths asks :class:`RunLayout` for it instead of spelling the file
 name itself (``tests/test_run_layout.py`` greps the source for stray names)::

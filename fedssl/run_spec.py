@@ -43,9 +43,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
-from fedssl.privacy.accountant import UPPER_BOUND_ACCOUNTANTS
+from fedssl.privacy.accounting import budget_accountants
+from fedssl.privacy.accounting.budget import UPPER_BOUND_ACCOUNTANTS
+from fedssl.ssl_core.aggregators import AGGREGATORS, aggregator_names
+from fedssl.ssl_core.data import dataset_names
 from fedssl.ssl_core.datasets import DATASETS, DEFAULT_DATASET, DataError, infer_dataset
-from fedssl.ssl_core.model_parts import ALGORITHMS, PARTS, parse_shared
+from fedssl.ssl_core.federated_algorithms import algorithm_names
+from fedssl.ssl_core.model_parts import PARTS, parse_shared
 from fedssl.ssl_core.negative_bank import MNIST1D_PUBLIC_SEED
 from fedssl.ssl_core.objectives import OBJECTIVES
 from fedssl.ssl_core.partitioners import PARTITIONERS
@@ -166,9 +170,10 @@ class RunSpec:
                        client=True, server=f"SSL objective: {', '.join(sorted(OBJECTIVES))} "
                        "(simclr only without record-level DP: its in-batch negatives are "
                        "refused under DP-SGD)", client_fallback=_REQUIRED)
-    algorithm: str = _opt("fedavg", f"federated SSL algorithm: {', '.join(ALGORITHMS)} (how a "
-                                    "client merges the global model into its local one)",
-                          client=True, choices=ALGORITHMS)
+    algorithm: str = _opt("fedavg", "federated SSL algorithm: "
+                                    f"{', '.join(algorithm_names())} (how a client merges "
+                                    "the global model into its local one)",
+                          client=True, choices=algorithm_names())
     shared: str = _opt("all", "model parts sent to and averaged by the server, "
                               f"comma-separated subset of {', '.join(PARTS)}, or all (default)",
                        simulate_default="")
@@ -203,6 +208,11 @@ class RunSpec:
                                        "1): a round's averaged update is only a few local "
                                        "steps long, momentum lengthens it; post-processing, "
                                        "no privacy cost")
+    aggregator: str = _opt("mean", "how the server averages the accepted client models: "
+                                   f"{', '.join(aggregator_names())} (mean: example-weighted "
+                                   "FedAvg; ldawa: layer-wise divergence-aware weights, "
+                                   "Rehman et al. 2023, needs --no-secagg); post-processing, "
+                                   "no privacy cost", choices=aggregator_names())
     init_encoder: str = _opt("", "warm-start encoder (safetensors, keys without 'encoder.') "
                                  "pretrained on public or synthetic data, never the private "
                                  "records; make one with 'fedssl pretrain --source "
@@ -227,7 +237,8 @@ class RunSpec:
                         client_fallback=_REQUIRED)
     accountant: str = _opt("prv", "privacy accountant: "
                                   f"{', '.join(UPPER_BOUND_ACCOUNTANTS)}", client=True,
-                           server="privacy accountant: prv or rdp")
+                           server="privacy accountant: "
+                                  f"{' or '.join(UPPER_BOUND_ACCOUNTANTS)}")
     secagg: bool = _opt(True, "secure aggregation (SecAgg+): the server learns only the sum of "
                               "the clients' updates (uniformly averaged)",
                         client_fallback=False, server="secure aggregation: the server learns "
@@ -409,8 +420,8 @@ def check_settings(s: Any, num_clients: int | None = None) -> None:
         if not ok:
             raise ConfigError(f"{name.replace('_', '-')}: {msg}")
 
-    need(s.dataset in (*DATASETS, "auto"), "dataset",
-         f"unknown {s.dataset!r}; one of {('auto', *DATASETS)}")
+    need(s.dataset in (*dataset_names(), "auto"), "dataset",
+         f"unknown {s.dataset!r}; one of {('auto', *dataset_names())}")
     if s.dataset == "auto":  # resolved once; config.toml records the result
         # a plain attribute, not an option: the simulator prints that it was inferred
         s.inferred_dataset = True
@@ -422,8 +433,9 @@ def check_settings(s: Any, num_clients: int | None = None) -> None:
          f"unknown SSL method {s.method!r}; one of {sorted(OBJECTIVES)}")
     need(s.partitioner in PARTITIONERS, "partitioner",
          f"unknown {s.partitioner!r}; one of {PARTITIONERS}")
-    need(s.accountant in UPPER_BOUND_ACCOUNTANTS, "accountant",
-         f"{s.accountant!r} is not an upper-bound accountant")
+    need(s.accountant in budget_accountants(), "accountant",
+         f"{s.accountant!r} is not an upper-bound accountant; one of "
+         f"{', '.join(budget_accountants())}")
     for name in ("rounds", "local_epochs", "batch_size", "eval_every", "num_samples",
                  "eval_samples", "image_size", "shards_per_client"):
         need(getattr(s, name) >= 1, name, "must be at least 1")
@@ -437,7 +449,8 @@ def check_settings(s: Any, num_clients: int | None = None) -> None:
     for name in ("lr", "max_grad_norm", "dirichlet_alpha"):
         need(getattr(s, name) > 0, name, "must be positive")
     need(0 < s.delta < 1, "delta", "must be in (0, 1)")
-    need(s.algorithm in ALGORITHMS, "algorithm", f"unknown {s.algorithm!r}; one of {ALGORITHMS}")
+    need(s.algorithm in algorithm_names(), "algorithm",
+         f"unknown {s.algorithm!r}; one of {algorithm_names()}")
     try:
         parts = parse_shared(s.shared or "all")
     except ValueError as exc:
@@ -459,6 +472,14 @@ def check_settings(s: Any, num_clients: int | None = None) -> None:
          "central client-level DP needs the server to clip individual updates, which "
          "secure aggregation hides: add --no-secagg")
     need(s.secagg_clip > 0, "secagg_clip", "must be positive")
+    need(s.aggregator in aggregator_names(), "aggregator",
+         f"unknown {s.aggregator!r}; one of {', '.join(aggregator_names())}")
+    rule = AGGREGATORS.get(s.aggregator)
+    need(rule is None or not (s.secagg and rule.needs_individual_updates), "aggregator",
+         f"{s.aggregator!r} weighs each client's own model, which secure aggregation hides "
+         "from the server (it learns only the sum): add --no-secagg, or use 'mean'")
+    need(s.aggregator == "mean" or s.client_dp != "central", "aggregator",
+         "central client-level DP averages clipped updates with its own noise: use 'mean'")
     need(s.views >= 0, "views", "must be >= 0 (0 = the method's own number of views)")
     if s.views:
         cls = OBJECTIVES[s.method]

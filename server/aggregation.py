@@ -8,7 +8,8 @@ The run config chooses one of three aggregation paths and the server optimizer a
   all at once);
 - client-level central DP (DP-FedAvg, McMahan et al. 2018): each update clipped to
   ``client-clip`` and Gaussian noise added to the sum
-  (:class:`~fedssl.privacy.client_dp.ClientLevelGaussian`); the server sees single updates,
+  (:class:`~fedssl.privacy.client_level.central.ClientLevelGaussian`); the server sees single
+  updates,
   so it cannot be combined with secure aggregation;
 - secure aggregation (SecAgg+, :class:`~fedssl.server.secure_aggregation.SecureAggregation`):
   the server learns only the sum, optionally with distributed DP (each client adds a Skellam
@@ -31,9 +32,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
-from fedssl.privacy.accountant import epsilon_of
-from fedssl.privacy.client_dp import ClientLevelGaussian
-from fedssl.privacy.distributed_dp import SkellamRound, skellam_epsilon
+from fedssl.privacy.accounting.budget import epsilon_of
+from fedssl.privacy.client_level.central import ClientLevelGaussian
+from fedssl.privacy.client_level.distributed import SkellamRound, skellam_epsilon
 from fedssl.run_layout import RunLayout
 from fedssl.server.federation_nodes import min_round_nodes
 from fedssl.server.ledger_copies import LedgerCopyKeeper
@@ -91,7 +92,7 @@ class Aggregation:
             rng=np.random.default_rng(None if self.client_dp is not None else seed + 11),
             fraction_train=self.client_rate,
             min_train_nodes=self.per_round, min_available_nodes=self.per_round,
-            fraction_evaluate=0.0,
+            fraction_evaluate=0.0, aggregator=str(cfg["aggregator"]),
         )
         # sites' ledger copies verified as their replies are screened: a refused copy
         # rejects the update with it (fedssl.server.ledger_copies)
@@ -111,8 +112,11 @@ class Aggregation:
                 simulated_registry(layout.root, num_nodes)
             self.secure = SecureAggregation(self.strategy, registry, float(cfg["secagg-clip"]),
                                             self.timeout, layout.root.resolve())
-            self.secure.fault_config = {k: cfg[k] for k in ("dropout-prob", "straggler-prob",
-                                                            "straggler-delay", "seed")}
+            if float(cfg["dropout-prob"]) or float(cfg["straggler-prob"]):
+                # the simulator's fault model (client/faults.py, a mod only the simulated
+                # sites' ClientApp has) reads these in every stage; a deployment sends none
+                self.secure.fault_config = {k: cfg[k] for k in (
+                    "dropout-prob", "straggler-prob", "straggler-delay", "seed")}
             if cfg["client-dp"] == "distributed":
                 self.secure.dp = DistributedDP(float(cfg["client-clip"]),
                                                float(cfg["client-noise-multiplier"]),

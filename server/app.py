@@ -8,7 +8,7 @@ round's metrics row (:class:`~fedssl.server.round_metrics.RoundMetrics`), and ev
 kNN on the server's labelled split (:class:`~fedssl.server.evaluation.ServerEvaluation`).
 Round 0 evaluates the randomly initialised encoder, the baseline every result is compared
 with. At the end the encoder is exported and ``report.json`` and the plots are written (see
-README.md, "Run directory", and docs/architecture.md). Nothing here is simulation-only: the
+docs/simulation.md, "Run directory", and docs/architecture.md). Nothing here is simulation-only: the
 simulator prepares its grid through :func:`make_server_app`'s ``prepare_grid``.
 
 Configuration is Flower's run config (kebab-case keys, ``[tool.flwr.app.config]`` in
@@ -38,26 +38,25 @@ from fedssl.round_protocol import INPUT_SHAPE, NUM_ROUNDS, RUN_DIR, RUN_ID, SERV
 from fedssl.run_layout import RunLayout
 from fedssl.run_spec import validate_run_config
 from fedssl.server.aggregation import Aggregation
-from fedssl.server.checkpoint import resume_point, rewrite_metrics, save_checkpoint
+from fedssl.server.checkpoint import resume_point, rewrite_metrics
 from fedssl.server.evaluation import ServerEvaluation
 from fedssl.server.federation_nodes import await_nodes
 from fedssl.server.ledger_copies import LedgerCopyKeeper
 from fedssl.server.progress import RunProgress
 from fedssl.server.report import (
-    append_metrics,
     ledger_privacy,
     plot_run,
     read_metrics,
     write_report,
 )
+from fedssl.server.round_callbacks import RoundCallback, RoundState, RunContext, make_callbacks
 from fedssl.server.round_metrics import RoundMetrics
 from fedssl.server.run_record import record_run
-from fedssl.server.tensorboard_log import TensorBoardLog
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset
 from fedssl.ssl_core.datasets import TRAINING_ONLY, SSLDataset
 from fedssl.ssl_core.device import resolve_device
+from fedssl.ssl_core.federated_algorithms import get_algorithm
 from fedssl.ssl_core.model_parts import (
-    ALGORITHMS,
     AlgorithmError,
     parse_shared,
     shared_state,
@@ -128,8 +127,7 @@ def initial_model(cfg: dict[str, Any], input_shape: tuple[int, ...]
         random_encoder = copy.deepcopy(model.encoder)
         load_init_encoder(model, str(cfg["init-encoder"]))
     shared = parse_shared(str(cfg["shared"]))
-    if str(cfg["algorithm"]) not in ALGORITHMS:
-        raise AlgorithmError(f"unknown algorithm {cfg['algorithm']!r}; one of {ALGORITHMS}")
+    get_algorithm(str(cfg["algorithm"]))  # AlgorithmError for an unknown one
     if not any(k.startswith("encoder.") for k in shared_state(model.state_dict(), shared)):
         raise AlgorithmError("the encoder must be among the shared parts")
     return model, random_encoder, shared
@@ -197,7 +195,8 @@ def resume(cfg: dict[str, Any], run_dir: Path, model: torch.nn.Module,
 class Federation:
     """What one run's rounds share, once set up (:func:`run_federation`): the run config,
     its directory, the global model, the server's evaluation, the aggregation path, the
-    metrics rows, the progress display and the optional TensorBoard log."""
+    metrics rows, the progress display and the round callbacks (checkpoint, evaluation,
+    metrics file, TensorBoard: :mod:`fedssl.server.round_callbacks`)."""
 
     cfg: dict[str, Any]
     layout: RunLayout
@@ -206,17 +205,16 @@ class Federation:
     aggregation: Aggregation
     metrics: RoundMetrics
     progress: RunProgress
-    tensorboard: TensorBoardLog | None
+    callbacks: list[RoundCallback]
 
     @property
     def rounds(self) -> int:
         return int(self.cfg["num-server-rounds"])
 
     def record(self, row: dict[str, Any]) -> None:
-        """Append one metrics row (``metrics.jsonl``, and TensorBoard if on)."""
-        append_metrics(self.layout.root, row)
-        if self.tensorboard is not None:
-            self.tensorboard.add_round(row)
+        """Hand a finished metrics row to every callback (``metrics.jsonl``, TensorBoard)."""
+        for callback in self.callbacks:
+            callback.after_row(row)
 
     def initial(self, previous: list[dict[str, Any]], random_encoder: torch.nn.Module | None
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -237,8 +235,8 @@ class Federation:
 
     def train_round(self, server_round: int, first: bool, grid: Grid, arrays: ArrayRecord,
                     train_config: ConfigRecord) -> ArrayRecord:
-        """One round: train and aggregate, step the server optimizer, checkpoint, evaluate
-        when due, record the metrics row; returns the new global model."""
+        """One round: train and aggregate, step the server optimizer, then the callbacks
+        (checkpoint, evaluation when due, the metrics row); returns the new global model."""
         cfg, rounds, aggregation = self.cfg, self.rounds, self.aggregation
         self.progress.phase(f"round {server_round}/{rounds}: training" + (
             " (clients first calibrate their DP noise)"
@@ -248,15 +246,11 @@ class Federation:
         aggregate, agg = aggregation.run_round(server_round, grid, arrays, train_config)
         arrays = aggregation.step(server_round, arrays, aggregate)
         self.model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
-        save_checkpoint(self.layout.root, server_round,
-                        {k: v.numpy() for k, v in arrays.items()},
-                        {"seed": int(cfg["seed"]), "method": cfg["method"]},
-                        server_momentum=aggregation.server_opt.state() or None)
         row = self.metrics.row(server_round, aggregation.outcome, agg)
         row.update(aggregation.round_privacy(server_round))
-        if server_round % int(cfg["eval-every"]) == 0 or server_round == rounds:
-            self.progress.phase(f"round {server_round}/{rounds}: evaluating")
-            row.update(self.evaluation.during_run(self.model.encoder))
+        state = RoundState(server_round, arrays, self.model, row)
+        for callback in self.callbacks:
+            callback.after_aggregate(state)
         row["seconds"] = time.perf_counter() - t0
         self.record(row)
         self.progress.round_done(row)
@@ -270,8 +264,8 @@ class Federation:
         if any, fine-tuned next to the same network from scratch), the exported encoder,
         ``report.json`` and the plots; returns the report."""
         cfg, run_dir, rounds = self.cfg, self.layout.root, self.rounds
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        for callback in self.callbacks:
+            callback.close()
         shots = self.evaluation.shots if self.evaluation.labelled else ()
         self.progress.phase("final evaluation" + (" (few-label probes)" if shots else ""))
         final = self.evaluation.final(self.model.encoder)
@@ -359,12 +353,14 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
     train_config = round_config(cfg, data.input_shape, run_dir)
     start = resume(cfg, run_dir, model, shared, aggregation)
     arrays = start.arrays if start.arrays is not None else ArrayRecord(global_state)
+    progress = RunProgress(rounds, start.round, enabled=bool(cfg["progress"]))
+    callbacks = make_callbacks(RunContext(cfg, layout, evaluation, aggregation, progress,
+                                          start.round, start.resumed))
     run = Federation(
         cfg, layout, model, evaluation, aggregation,
-        RoundMetrics(start.rows, dp=bool(cfg["dp"]), divergence=cfg["algorithm"] != "fedavg"),
-        RunProgress(rounds, start.round, enabled=bool(cfg["progress"])),
-        TensorBoardLog(run_dir, start.round if start.resumed else 0, str(cfg[RUN_ID]))
-        if cfg.get("tensorboard") else None)
+        RoundMetrics(start.rows, dp=bool(cfg["dp"]),
+                     divergence=get_algorithm(str(cfg["algorithm"])).keeps_local_model),
+        progress, callbacks)
 
     baseline, random_init = run.initial(start.rows, random_encoder)
     run.progress.start_rounds()

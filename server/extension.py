@@ -37,7 +37,7 @@ def extension_costs(run_dir: Path, rounds: int, done: int, *, target_epsilon: fl
     :data:`USELESS_NOISE_RATIO` times the run's earlier one (or when nothing is left). With a
     fixed noise multiplier (``target_epsilon <= 0``), the note says how far each client's
     epsilon will grow."""
-    from fedssl.privacy.accountant import AccountingError, calibrate_noise, epsilon_of
+    from fedssl.privacy.accounting.budget import AccountingError, calibrate_noise, epsilon_of
 
     extra = rounds - done
     notes: list[tuple[bool, str]] = []

@@ -1,6 +1,7 @@
 """The server's copies of the sites' signed privacy ledgers, in ``RUN/ledger``.
 
-What: in a real deployment each site keeps its ledger (:mod:`fedssl.privacy.ledger`) in its own
+What: in a real deployment each site keeps its ledger (:mod:`fedssl.privacy.identity.ledger`) in
+its own
 state directory. After every round it trained, a site sends the whole ledger and its public key
 in its reply; the server stores them as ``RUN/ledger/<client>.jsonl`` and ``<client>.pub``, so
 the run directory holds what ``fedssl audit`` needs, as in simulations.
@@ -23,8 +24,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedssl.atomic import atomic_path, atomic_write_bytes
-from fedssl.privacy.identity import IdentityError, load_public_key, public_pem
-from fedssl.privacy.ledger import LedgerError, read_ledger
+from fedssl.privacy.identity.keys import IdentityError, load_public_key, public_pem
+from fedssl.privacy.identity.ledger import LedgerError, read_ledger
 from fedssl.run_layout import RunLayout
 
 #: a ledger line is ~600 bytes; 4 MiB is several thousand rounds
@@ -132,7 +133,7 @@ class LedgerCopyKeeper:
     def registry(self) -> dict[str, Ed25519PublicKey] | None:
         """The registry's name -> ledger key (read once it exists), None without one."""
         if self._registry is None and self.registry_file.exists():
-            from fedssl.privacy.identity import load_registry
+            from fedssl.privacy.identity.keys import load_registry
 
             self._registry = {name: pub for name, (_, pub)
                               in load_registry(self.registry_file).items()}

@@ -1,7 +1,7 @@
 """The run directory's human- and machine-readable outputs.
 
 ``metrics.jsonl`` (one JSON object per round, appended as rounds finish), ``report.json``
-(the run's summary; README.md, "Run directory") and ``plots/*.png`` (loss, accuracy and
+(the run's summary; docs/simulation.md, "Run directory") and ``plots/*.png`` (loss, accuracy and
 epsilon per round). Per-client epsilons come from the clients' own signed ledgers, verified
 against their public keys, never from what a reply claimed.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from fedssl.atomic import atomic_write_text
-from fedssl.privacy.identity import load_public_key
-from fedssl.privacy.ledger import LEGACY_RUN, LedgerEntry, read_ledger, runs
+from fedssl.privacy.identity.keys import load_public_key
+from fedssl.privacy.identity.ledger import LEGACY_RUN, LedgerEntry, read_ledger, runs
 from fedssl.run_layout import RunLayout
 
 
@@ -41,7 +41,8 @@ def _jsonable(value: Any) -> Any:
 def ledger_privacy(run_dir: Path, delta: float, run_id: str | None = None) -> dict[str, Any]:
     """``privacy`` block of report.json from the verified ledgers in ``RUN/ledger``.
 
-    A site's ledger may span several server runs (:mod:`fedssl.privacy.ledger`). Per client,
+    A site's ledger may span several server runs (:mod:`fedssl.privacy.identity.ledger`). Per
+    client,
     ``epsilon``, ``steps``, ``rounds``, ``noise_multiplier`` and ``sample_rate`` are this
     run's (``run_id``; ``""`` selects the entries without a run id, ``None`` the run of the
     ledger's last entry): ``epsilon`` is the run's recorded cumulative epsilon, an upper bound

@@ -16,8 +16,8 @@ from fedssl.run_layout import RunLayout
 def run_ledgers(run_dir: Path) -> dict[str, list[Any]]:
     """This run's verified ledger entries per client, from ``RUN/ledger`` (a ledger that
     fails verification is left out; the report's privacy block says why)."""
-    from fedssl.privacy.identity import load_public_key
-    from fedssl.privacy.ledger import LedgerError, read_ledger
+    from fedssl.privacy.identity.keys import load_public_key
+    from fedssl.privacy.identity.ledger import LedgerError, read_ledger
 
     layout = RunLayout(run_dir)
     rid_file = layout.run_id
@@ -30,7 +30,7 @@ def run_ledgers(run_dir: Path) -> dict[str, list[Any]]:
         except (LedgerError, OSError, ValueError):
             continue
         if run_id is not None and entries and hasattr(entries[0], "run"):
-            from fedssl.privacy.ledger import LEGACY_RUN
+            from fedssl.privacy.identity.ledger import LEGACY_RUN
 
             entries = [e for e in entries if e.run == (run_id or LEGACY_RUN)]
         if entries:

@@ -4,7 +4,7 @@ What and why: a site may reuse its state directory (and so its privacy ledger) f
 server runs. Its ledger tells the runs apart by a *run id* the server generates once per run
 (``uuid4().hex``) and sends in every round's ConfigRecord (``run-id``): a run's target epsilon
 is planned against that run's ledger entries only, the site's own lifetime budget against all
-of them (:mod:`fedssl.privacy.ledger`). The id is kept in ``RUN/run_id`` so ``--resume`` of
+of them (:mod:`fedssl.privacy.identity.ledger`). The id is kept in ``RUN/run_id`` so ``--resume`` of
 the same run keeps it.
 
 ``RUN/config.toml`` is the run directory contract's resolved configuration, which ``fedssl

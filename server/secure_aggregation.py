@@ -44,8 +44,8 @@ from pathlib import Path
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedssl.privacy.distributed_dp import DistributedDPError, SkellamPlan
-from fedssl.privacy.identity import load_or_create_identity, load_registry, write_registry
+from fedssl.privacy.client_level.distributed import DistributedDPError, SkellamPlan
+from fedssl.privacy.identity.keys import load_or_create_identity, load_registry, write_registry
 from fedssl.privacy.secagg import MalformedMessageError, Quantizer, SecAggError, SecAggServer
 from fedssl.privacy.secagg.crypto import identity_public_bytes
 from fedssl.privacy.secagg.messages import payload_bytes
@@ -75,7 +75,7 @@ def simulated_registry(run_dir: Path, num_clients: int) -> Path:
 
 @dataclass(frozen=True)
 class DistributedDP:
-    """Distributed client-level DP settings (:mod:`fedssl.privacy.distributed_dp`)."""
+    """Distributed client-level DP settings (:mod:`fedssl.privacy.client_level.distributed`)."""
 
     clip: float              # L2 clip of each client's update
     noise_multiplier: float  # total noise std / integer L2 sensitivity

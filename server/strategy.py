@@ -8,8 +8,10 @@ facing many independent sites needs before averaging:
 - replies whose status is ``refused`` (bad data, exhausted privacy budget, unsound DP
   configuration) are recorded with the client's reason and left out;
 - replies with missing or extra arrays, wrong shapes or dtypes, or NaN/Inf values are
-  rejected with a log line naming the client, so one broken site can't poison the model;
-- optionally client-level DP (DP-FedAvg, :mod:`fedssl.privacy.client_dp`): Poisson client
+  rejected with a log line naming the client, so one broken site can't poison the model
+  (the checks: :mod:`fedssl.server.replies`; the average of what passes: the run's
+  :mod:`~fedssl.ssl_core.aggregators` rule);
+- optionally client-level DP (DP-FedAvg, :mod:`fedssl.privacy.client_level.central`): Poisson client
   sampling, per-client update clipping and Gaussian noise on the sum;
 - a round samples from the nodes connected when it starts, never waiting without a bound
   for nodes that are gone (Flower's ``sample_nodes`` waits for its minimum for ever, so one
@@ -21,14 +23,12 @@ facing many independent sites needs before averaging:
 
 from __future__ import annotations
 
-import functools
-import io
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import (
@@ -43,15 +43,14 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample
+from fedssl.privacy.client_level.central import ClientLevelGaussian, poisson_sample
 from fedssl.round_protocol import SERVER_ROUND
 from fedssl.server.federation_nodes import TooFewNodesError, await_round_nodes
 from fedssl.server.flower_strategy_adapter import construct_messages
+from fedssl.server.replies import check_update, client_name, ledger_copy_types
+from fedssl.ssl_core.aggregators import get_aggregator
 
 log = logging.getLogger("fedssl.server")
-#: the largest example count a reply may claim (an exact float; NaN, inf or 1e308 weights
-#: would turn the weighted mean into NaN)
-MAX_EXAMPLES = 2**53
 
 
 @dataclass
@@ -71,115 +70,6 @@ class RoundOutcome:
     ledger_refused: dict[str, str] = field(default_factory=dict)
 
 
-def client_name(msg: Message) -> str:
-    """The client id a reply claims, else its node id."""
-    if not msg.has_error() and "status" in msg.content.config_records:
-        return str(msg.content.config_records["status"].get("client", ""))
-    return f"node-{msg.metadata.src_node_id}"
-
-
-@functools.lru_cache(maxsize=1024)
-def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
-    """The exact ``.npy`` header ``np.save`` writes for an array of this dtype and shape."""
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False,
-                                               "shape": shape})
-    return buf.getvalue()
-
-
-def _check_npy_size(data: bytes) -> None:
-    """Refuse ``.npy`` bytes whose header declares another size than the bytes that follow,
-    before ``np.load`` allocates the declared array (it does, before reading a byte of it: a
-    header claiming 2**40 elements would cost that much memory, or a MemoryError).
-
-    Raises:
-        ValueError: the header is unreadable or the sizes disagree.
-    """
-    stream = io.BytesIO(data)
-    version = np.lib.format.read_magic(stream)
-    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                   else np.lib.format.read_array_header_2_0)
-    shape, _, dtype = read_header(stream)
-    declared = math.prod(shape) * dtype.itemsize
-    if declared != len(data) - stream.tell():
-        raise ValueError(f"its header declares shape {shape} of {dtype} ({declared} bytes) "
-                         f"but {len(data) - stream.tell()} bytes follow")
-
-
-def _decode(array: Array, ref: np.ndarray) -> np.ndarray:
-    """``array.numpy()``, without numpy's header parsing when the bytes are exactly what
-    ``np.save`` writes for ``ref``'s dtype and shape (then the result is the same array, a
-    read-only view); anything else takes Flower's general path and its checks, after the
-    declared size is checked against the bytes (:func:`_check_npy_size`)."""
-    data = array.data
-    if array.stype == "numpy.ndarray" and isinstance(data, bytes):
-        header = _npy_header(ref.dtype.str, ref.shape)
-        if len(data) == len(header) + ref.nbytes and data.startswith(header):
-            return np.frombuffer(data, dtype=ref.dtype, offset=len(header)).reshape(ref.shape)
-        _check_npy_size(data)
-    return array.numpy()
-
-
-def decode_arrays(arrays: ArrayRecord, reference: dict[str, np.ndarray]
-                  ) -> tuple[dict[str, np.ndarray] | None, str | None]:
-    """``arrays`` deserialised once, or why they can't be averaged into a model shaped like
-    ``reference``: ``(values, None)`` or ``(None, problem)``."""
-    keys = set(arrays.keys())
-    if keys != set(reference):
-        missing, extra = sorted(set(reference) - keys), sorted(keys - set(reference))
-        return None, f"parameter names differ (missing {missing[:3]}, unexpected {extra[:3]})"
-    values: dict[str, np.ndarray] = {}
-    for name, ref in reference.items():
-        try:
-            value = _decode(arrays[name], ref)
-        except Exception as exc:  # a malformed Array can't be deserialised
-            return None, f"parameter {name!r} is not a readable array ({exc})"
-        if value.shape != ref.shape:
-            return None, f"parameter {name!r} has shape {value.shape}, expected {ref.shape}"
-        if value.dtype != ref.dtype:
-            return None, f"parameter {name!r} has dtype {value.dtype}, expected {ref.dtype}"
-        if not np.isfinite(value).all():
-            return None, f"parameter {name!r} contains NaN or Inf"
-        values[name] = value
-    return values, None
-
-
-def check_arrays(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str | None:
-    """Why ``arrays`` can't be averaged into a model shaped like ``reference`` (or None)."""
-    return decode_arrays(arrays, reference)[1]
-
-
-class WeightedMean:
-    """Running example-weighted mean of decoded updates, in float64, one model in memory.
-
-    The same average as Flower's ``aggregate_arrayrecords`` (sum of w_i x_i over sum of
-    w_i), fed reply by reply as the server screens them, so each reply is deserialised once
-    and the replies' arrays are never all decoded at the same time. The result has the
-    reference's dtypes (integer buffers are rounded back, not turned into floats).
-    """
-
-    def __init__(self, reference: dict[str, np.ndarray]) -> None:
-        self.reference = reference
-        self.total = 0.0
-        self.sums = {k: np.zeros(v.shape, np.float64) for k, v in reference.items()}
-
-    def add(self, values: dict[str, np.ndarray], weight: float) -> None:
-        self.total += weight
-        for k, v in values.items():
-            # in float64: ``weight * v`` of a float32 array stays float32 and overflows to
-            # inf for a weight near 3.4e38 (found by tests/test_fuzz_decoders.py)
-            self.sums[k] += np.multiply(v, weight, dtype=np.float64)
-
-    def result(self) -> ArrayRecord:
-        out = {}
-        for k, ref in self.reference.items():
-            mean = self.sums[k] / self.total
-            if not np.issubdtype(ref.dtype, np.floating):
-                mean = np.rint(mean)
-            out[k] = Array(np.asarray(mean, dtype=ref.dtype))  # 0-d: a scalar back to an array
-        return ArrayRecord(out)
-
-
 class FedSSLStrategy(FedAvg):
     """Flower FedAvg that validates and accounts for every reply before averaging."""
 
@@ -189,10 +79,13 @@ class FedSSLStrategy(FedAvg):
         client_dp: ClientLevelGaussian | None = None,
         client_rate: float = 1.0,
         rng: np.random.Generator | None = None,
+        aggregator: str = "mean",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.reference = reference
+        #: the averaging rule of the accepted models (:mod:`fedssl.ssl_core.aggregators`)
+        self.aggregator = get_aggregator(aggregator)
         #: verifies and keeps a site's ledger copy as its reply is screened: (client, ledger
         #: text, public key PEM, identity name) -> (None or why it was refused, whether the
         #: reply's update is rejected with it) (:class:`~fedssl.server.ledger_copies.
@@ -293,12 +186,12 @@ class FedSSLStrategy(FedAvg):
                                on_accept=lambda values, _: clipped.append(
                                    self._clipped_update(values)))
             return self._aggregate_client_dp(good, clipped)
-        mean = WeightedMean(self.reference)
-        good = self.screen(server_round, replies, sent_to=self._sent, on_accept=mean.add)
+        rule = self.aggregator(self.reference, self.current)
+        good = self.screen(server_round, replies, sent_to=self._sent, on_accept=rule.add)
         if not good:
             return None, None
         metrics = self.train_metrics_aggr_fn([m.content for m in good], self.weighted_by_key)
-        return mean.result(), metrics
+        return ArrayRecord({k: Array(v) for k, v in rule.result().items()}), metrics
 
     def screen(self, server_round: int, replies: Iterable[Message], with_arrays: bool = True,
                sent_to: Iterable[int] = (),
@@ -331,51 +224,15 @@ class FedSSLStrategy(FedAvg):
                 log.warning("round %d: client %s refused: %s", server_round, cid,
                             outcome.refused[cid])
                 continue
-            if (len(msg.content.array_records) != int(with_arrays)
-                    or len(msg.content.metric_records) != 1):
-                problem = (f"reply must hold {int(with_arrays)} ArrayRecord(s) and one "
-                           "MetricRecord")
-            else:
-                problem, values = None, None
-                if with_arrays:
-                    arrays = next(iter(msg.content.array_records.values()))
-                    values, problem = decode_arrays(arrays, self.reference)
-                metrics = next(iter(msg.content.metric_records.values()))
-                n = metrics.get(self.weighted_by_key)
-                if problem is None and (not isinstance(n, (int, float)) or isinstance(n, bool)
-                                        or not 0 < n <= MAX_EXAMPLES):
-                    problem = (f"'{self.weighted_by_key}' must be a positive number of "
-                               f"examples (at most 2**53), got {n!r}")
+            values, n, metrics, problem = check_update(msg, self.reference,
+                                                       self.weighted_by_key, with_arrays)
             if problem is not None:
                 outcome.rejected[cid] = problem
                 log.warning("round %d: rejected update from client %s: %s",
                             server_round, cid, problem)
                 continue
-            if status is not None and "ledger" in status and "ledger-pub" in status:
-                text, pub = status["ledger"], status["ledger-pub"]
-                identity = str(status["identity"]) if "identity" in status else None
-                if not (isinstance(text, str) and isinstance(pub, bytes)):
-                    # never bytes(pub): an int would become that many zero bytes
-                    refused = (f"ledger copy must be text and its key bytes, got "
-                               f"{type(text).__name__} and {type(pub).__name__}")
-                    reject = True
-                else:
-                    refused, reject = (self.ledger_gate(cid, text, pub, identity)
-                                       if self.ledger_gate is not None else (None, False))
-                if refused is not None:
-                    outcome.ledger_refused[cid] = refused
-                if refused is not None and reject:
-                    # a site whose ledger key or history cannot be trusted (unregistered or
-                    # foreign key, broken signatures, rewritten history) does not contribute
-                    outcome.rejected[cid] = ("its ledger copy was refused, so its update is "
-                                             f"not used: {refused}")
-                    log.warning("round %d: rejected update from client %s: %s",
-                                server_round, cid, outcome.rejected[cid])
-                    continue
-                if refused is None:
-                    outcome.ledgers[cid] = (text, pub)
-                    if identity is not None:
-                        outcome.ledger_identities[cid] = identity
+            if not self._ledger_copy(server_round, cid, status, outcome):
+                continue
             if on_accept is not None and values is not None:
                 on_accept(values, float(n))
             outcome.accepted.append(cid)
@@ -387,6 +244,35 @@ class FedSSLStrategy(FedAvg):
         outcome.failed = {**timed_out, **outcome.failed}
         self.last_outcome = outcome
         return good
+
+    def _ledger_copy(self, server_round: int, cid: str, status: Any,
+                     outcome: RoundOutcome) -> bool:
+        """Keep a site's ledger copy sent with its reply, once the ledger gate verified it
+        (:class:`~fedssl.server.ledger_copies.LedgerCopyKeeper`); False when the copy's key or
+        history cannot be trusted, which rejects the update with it (recorded in
+        ``outcome``). A reply without a copy passes."""
+        if status is None or "ledger" not in status or "ledger-pub" not in status:
+            return True
+        text, pub = status["ledger"], status["ledger-pub"]
+        identity = str(status["identity"]) if "identity" in status else None
+        refused = ledger_copy_types(text, pub)
+        reject = refused is not None
+        if refused is None and self.ledger_gate is not None:
+            refused, reject = self.ledger_gate(cid, text, pub, identity)
+        if refused is None:
+            outcome.ledgers[cid] = (text, pub)
+            if identity is not None:
+                outcome.ledger_identities[cid] = identity
+            return True
+        outcome.ledger_refused[cid] = refused
+        if reject:
+            # a site whose ledger key or history cannot be trusted (unregistered or foreign
+            # key, broken signatures, rewritten history) does not contribute
+            outcome.rejected[cid] = ("its ledger copy was refused, so its update is not "
+                                     f"used: {refused}")
+            log.warning("round %d: rejected update from client %s: %s", server_round, cid,
+                        outcome.rejected[cid])
+        return not reject
 
     def _clipped_update(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A client's update (its model minus the global one), clipped for DP-FedAvg."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedssl.privacy.certs import CertPaths, read_authorized
+from fedssl.privacy.identity.certs import CertPaths, read_authorized
 from fedssl.run_layout import RunLayout
 from fedssl.server.federation_nodes import min_round_nodes
 from fedssl.server.superlink_control import (
@@ -160,7 +160,7 @@ def require_registry(certs: CertPaths) -> dict[str, Any]:
     """The identity registry ``CERTS/identities.json`` (site name -> Ed25519 key), or a
     :class:`DeploySetupError` naming the file: secure aggregation checks every site's round
     keys against it and the server keeps only ledgers signed by a key it lists."""
-    from fedssl.privacy.identity import IdentityError, load_registry
+    from fedssl.privacy.identity.keys import IdentityError, load_registry
 
     if not certs.registry.is_file():
         raise DeploySetupError(

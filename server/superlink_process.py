@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedssl.privacy.certs import CertPaths
+from fedssl.privacy.identity.certs import CertPaths
 from fedssl.processes import start_process, stop_process
 from fedssl.server.flower_superlink_adapter import prepend_middleware, run_flower_superlink
 from fedssl.server.superlink_control import (

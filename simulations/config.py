@@ -67,8 +67,8 @@ _SIMULATION_FIELDS: tuple[tuple[str, type, Any], ...] = (
                                   "HOST:PORT (what `ray start --head` prints) instead of a "
                                   "local Ray; every node needs the same fedssl install, the "
                                   "data path and the run directory (--out) at the same "
-                                  "absolute path on a shared file system (README: 'Past one "
-                                  "machine'); empty: start Ray on this machine",
+                                  "absolute path on a shared file system (docs/simulation.md: "
+                                  "'Past one machine'); empty: start Ray on this machine",
                               "gpus_per_client", MAY_CHANGE)),
 )
 

@@ -29,7 +29,7 @@ connection with a short time-out and a refused, unresolvable or silent address i
 Ray's own settings cannot be set by a driver that joins a cluster (``_system_config``,
 ``num_cpus``); the 4 MiB direct-call size the local start sets (``DIRECT_CALL_BYTES``) is
 set when the head starts: ``ray start --head --system-config
-'{"max_direct_call_object_size": 4194304}'`` (README, "Past one machine").
+'{"max_direct_call_object_size": 4194304}'`` (docs/simulation.md, "Past one machine").
 """
 
 from __future__ import annotations
@@ -228,6 +228,6 @@ def check_nodes(address: str, run_dir: Path, data_path: str, cpus: float, gpus: 
     if problems:
         raise _error(address, "; ".join(problems) + ". Every node that runs clients needs "
                      "the same fedssl install, the run directory at the same absolute path "
-                     "on a file system all nodes share (--out), and the data path (README, "
-                     "'Past one machine')")
+                     "on a file system all nodes share (--out), and the data path "
+                     "(docs/simulation.md, 'Past one machine')")
     return nodes

@@ -4,8 +4,9 @@ The driver checks everything it can before any actor starts (config values, the 
 the partition sizes, DP soundness of the method), so that bad input fails in a second with a
 clear message rather than inside a Ray worker. It then runs the real fedssl ServerApp and
 ClientApp with ``flwr.simulation.run_simulation`` and returns the run directory, whose layout
-is README.md's "Run directory" (and docs/architecture.md). Ray is started on this machine, or,
-with ``--ray-address``, an existing Ray cluster is joined (:mod:`fedssl.simulations.ray_cluster`).
+is docs/simulation.md's "Run directory" (and docs/architecture.md). Ray is started on this
+machine, or, with ``--ray-address``, an existing Ray cluster is joined
+(:mod:`fedssl.simulations.ray_cluster`).
 
 Why ``run_simulation``, which Flower 1.41 marks deprecated (issue 15, item 2; its banner is
 dropped by :mod:`fedssl.quiet`): Flower 1.41 has no in-process simulation entry point that is
@@ -15,8 +16,8 @@ run` in the CLI instead"), ``start_simulation`` (deprecated since 1.13), and
 process, which Flower documents as internal to ``flwr run`` (flwrlabs/flower#5739): it pulls a
 run from a SuperLink's Runtime API with a token, installs the FAB, loads the apps by name and
 calls the private ``_run_simulation``. The supported path is ``flwr run`` against a SuperLink
-with the simulation runtime (README: ``flwr run . local``), where the engine runs in that
-separate ``flwr-simulation`` process, and fedssl's simulator cannot keep its work there:
+with the simulation runtime (docs/simulation.md: ``flwr run . local``), where the engine runs
+in that separate ``flwr-simulation`` process, and fedssl's simulator cannot keep its work there:
 
 - its event-driven, pipelined dispatcher and backend (:mod:`fedssl.simulations.dispatch`)
   are process-wide patches installed before the engine starts. In ``flwr-simulation`` fedssl
@@ -96,8 +97,8 @@ def preflight(cfg: ExperimentConfig, say: Callable[[str], None] = print) -> SSLD
     Every data choice is printed with ``say``: the dataset (and whether it was inferred from
     the data path), records, channels, labels, the evaluation split and how it was made.
     """
-    from fedssl.privacy.accountant import check_delta
-    from fedssl.privacy.dp_sgd import require_dp_sound
+    from fedssl.privacy.accounting.budget import check_delta
+    from fedssl.privacy.dp_sgd.opacus_engine import require_dp_sound
 
     objective = get_objective(cfg.method)
     if cfg.dp:
@@ -427,7 +428,7 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
     from flwr.simulation import run_simulation
 
     from fedssl.client.privacy_guard import write_site_file
-    from fedssl.privacy.identity import load_or_create_identity, write_registry
+    from fedssl.privacy.identity.keys import load_or_create_identity, write_registry
     from fedssl.server.app import make_server_app
     from fedssl.server.checkpoint import resume_point
     from fedssl.simulations import dispatch, warmup

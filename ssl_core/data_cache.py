@@ -22,6 +22,7 @@ import numpy as np
 
 from fedssl.atomic import atomic_directory
 from fedssl.run_layout import RunLayout
+from fedssl.ssl_core.data import generated_names
 from fedssl.ssl_core.datasets import DataError, SSLDataset, load_dataset
 
 
@@ -39,7 +40,8 @@ class DataSpec:
 
 
 #: generated data sets, which a simulation's driver writes once for every process to map
-GENERATED = ("mnist1d", "digits")
+#: (read from the format registry)
+GENERATED = generated_names()
 _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 

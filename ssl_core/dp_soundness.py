@@ -3,7 +3,8 @@
 Defined here, below both places that detect such a configuration: the objectives (e.g.
 :meth:`fedssl.ssl_core.objectives.group_infonce.GroupInfoNCE.take_groups`, a group loss
 evaluated twice in one DP-SGD step) and the DP-SGD engine, which re-exports it
-(:mod:`fedssl.privacy.dp_engine`, :mod:`fedssl.privacy.dp_sgd`); ``ssl_core`` never imports
+(:mod:`fedssl.privacy.dp_sgd.engine`, :mod:`fedssl.privacy.dp_sgd.opacus_engine`); ``ssl_core``
+never imports
 ``privacy`` (the objective comes before DP-SGD in the data flow, see ``docs/architecture.md``).
 """
 

@@ -4,14 +4,13 @@ An SSL model has named top-level parts (``encoder``, ``projector``, ``predictor`
 ``decoder`` for masked reconstruction); a run shares a subset of them (``shared``), which is
 all the server ever receives and averages. How a client merges the received parts into its
 local model is the *algorithm* (``fedavg``, ``fedu``, ``fedema``; see
-:mod:`fedssl.client.federated_ssl`).
+:mod:`fedssl.ssl_core.federated_algorithms`).
 """
 
 from __future__ import annotations
 
 import torch
 
-ALGORITHMS = ("fedavg", "fedu", "fedema")
 PARTS = ("encoder", "projector", "predictor", "decoder")
 
 

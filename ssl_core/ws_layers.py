@@ -17,7 +17,7 @@ closed form per output channel (``s = sqrt(var + eps)``, means over the fan-in):
 
 (:func:`ws_backward`). Ghost norms of ``G_i`` do not carry over through this map, so both DP
 engines materialise ``G_i`` for these layers and apply the map (an Opacus grad sampler in
-:mod:`fedssl.privacy.ws_rules`, a rule in :mod:`fedssl.privacy.fast_clip`).
+:mod:`fedssl.privacy.dp_sgd.ws_rules`, a rule in :mod:`fedssl.privacy.dp_sgd.fast_clip`).
 
 The standardisation is computed with ``F.layer_norm`` over the flattened fan-in, which is
 exactly the formula above and makes ``W`` enter the autograd graph once per call (the fast

@@ -2,7 +2,7 @@
 unverifiable privacy claim is a finding (exit 1); usage errors exit 2; the accountants agree.
 
 Run directories are built without Flower: ledgers written with the clients' own identity keys
-(:class:`~fedssl.privacy.ledger.Ledger`), ``config.toml`` from ``ExperimentConfig``, and
+(:class:`~fedssl.privacy.identity.ledger.Ledger`), ``config.toml`` from ``ExperimentConfig``, and
 ``report.json`` shaped like the server's.
 """
 
@@ -17,10 +17,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedssl.audit_command import add_audit_parser, run_audit
-from fedssl.privacy.accountant import epsilon_of
-from fedssl.privacy.audit import audit_run, format_findings, recompute
-from fedssl.privacy.identity import load_or_create_identity, public_pem, write_registry
-from fedssl.privacy.ledger import Ledger, LedgerEntry, read_ledger
+from fedssl.privacy.accounting.budget import epsilon_of
+from fedssl.privacy.audit.auditor import audit_run, format_findings, recompute
+from fedssl.privacy.identity.keys import load_or_create_identity, public_pem, write_registry
+from fedssl.privacy.identity.ledger import Ledger, LedgerEntry, read_ledger
 from fedssl.simulations.config import ExperimentConfig
 
 SIGMA, RATE, STEPS, DELTA = 1.0, 0.1, 10, 1e-5
@@ -337,7 +337,8 @@ def test_accountants_agree_and_rdp_is_conservative(q: float, sigma: float, steps
 
 
 def test_design_numbers() -> None:
-    """README.md, "Accountants": q=0.01, sigma=1, 10k steps, delta=1e-5: RDP 6.71, PLD 6.19."""
+    """docs/results.md, "Accountants": q=0.01, sigma=1, 10k steps, delta=1e-5: RDP 6.71,
+    PLD 6.19."""
     eps = recompute(((1.0, 0.01, 10_000),), (1e-5,))
     assert eps["rdp"][0] == pytest.approx(6.71, abs=0.01)
     assert eps["pld"][0] == pytest.approx(6.19, abs=0.01)

@@ -10,8 +10,8 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedssl.client.app import train
-from fedssl.privacy.identity import load_public_key
-from fedssl.privacy.ledger import read_ledger
+from fedssl.privacy.identity.keys import load_public_key
+from fedssl.privacy.identity.ledger import read_ledger
 from fedssl.server.app import CLIENT_KEYS, DEFAULTS
 from fedssl.ssl_core.objectives import get_objective
 
@@ -161,7 +161,7 @@ def test_second_run_on_a_reused_state_dir_plans_like_a_fresh_site(tmp_path: Path
     "older than the last recorded round 2"), at the noise a fresh site gets (not the 6.25 a
     target measured against the lifetime spend gave); the run's epsilon is B's own, the
     lifetime epsilon composes both runs."""
-    from fedssl.privacy.accountant import epsilon_of
+    from fedssl.privacy.accounting.budget import epsilon_of
 
     fresh = _call(tmp_path / "fresh", 1, run_id="f" * 32).content["metrics"]
     for r in (1, 2):

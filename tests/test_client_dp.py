@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedssl.privacy.client_dp import ClientLevelGaussian, poisson_sample, update_norm
+from fedssl.privacy.client_level.central import ClientLevelGaussian, poisson_sample, update_norm
 from fedssl.server.strategy import FedSSLStrategy
 
 REF = {"w": np.zeros((4, 5), np.float32), "b": np.zeros(5, np.float32)}

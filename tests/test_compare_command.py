@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedssl.compare_command import add_compare_parser, run_compare, summarize
-from fedssl.privacy.identity import public_pem
-from fedssl.privacy.ledger import Ledger, LedgerEntry
+from fedssl.privacy.identity.keys import public_pem
+from fedssl.privacy.identity.ledger import Ledger, LedgerEntry
 
 
 def _run(root: Path, name: str, method: str, dp: bool, report: bool = True) -> Path:

@@ -58,3 +58,16 @@ def test_flower_runtime_env_takes_cpu_torch() -> None:
     assert names and all(index[n]["url"] == "https://download.pytorch.org/whl/cpu"
                          and index[n].get("explicit") for n in names)
     assert "torch==2.13.0" in data["project"]["dependencies"]
+
+
+def test_every_package_of_the_source_tree_is_installed() -> None:
+    """pyproject lists its packages by hand (the folders map onto the ``fedssl`` namespace):
+    a sub-package missing from the list works in the editable install of ``make`` but not in
+    ``pip install fedssl`` (privacy/accountants was missing: the wheel could not import)."""
+    tool = _pyproject()["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    root = PYPROJECT.parent
+    for package, folder in tool["package-dir"].items():
+        for init in (root / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(root / folder).parts
+            assert ".".join((package, *rel)) in listed, f"{init.parent} is not installed"

@@ -97,3 +97,61 @@ def test_image_folder_empty_or_corrupt(tmp_path: Path) -> None:
     (tmp_path / "a" / "x.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(DataError, match="corrupt image file"):
         load_image_folder(tmp_path)
+
+
+def test_a_new_data_format_is_added_in_one_place(tmp_path) -> None:
+    """Issue 23 (b): a toy format registered with ``register_format`` alone is a
+    ``--dataset`` choice the run settings accept, inferred from a path it recognises, loaded
+    by ``load_dataset`` (and so by the simulator, the server and ``fedssl evaluate``), and
+    counted as a folder kind, so a folder mixing it with PNGs must be named."""
+    import numpy as np
+    import pytest
+
+    from fedssl.run_spec import RunSpec
+    from fedssl.ssl_core.data import (
+        FORMATS,
+        DataError,
+        DataFormat,
+        LoadRequest,
+        SSLDataset,
+        dataset_names,
+        infer_dataset,
+        load_dataset,
+        register_format,
+    )
+
+    @register_format
+    class SignalCsv(DataFormat):
+        """One signal per line of a .csv file, one channel."""
+
+        name = "toy-csv"
+        file_kind = "CSV (.csv)"
+
+        def is_file(self, path):
+            return path.suffix == ".csv"
+
+        def matches(self, path):
+            return path.is_file() and self.is_file(path)
+
+        def load(self, request: LoadRequest) -> SSLDataset:
+            x = np.loadtxt(request.path(self.name), delimiter=",", dtype=np.float32)
+            return SSLDataset("toy", x[:, None, :], None, None, None, 0)
+
+    order = list(FORMATS)
+    try:
+        path = tmp_path / "signals.csv"
+        np.savetxt(path, np.random.default_rng(0).normal(size=(12, 16)), delimiter=",")
+        assert "toy-csv" in dataset_names()
+        assert infer_dataset(path) == "toy-csv"
+        RunSpec(dataset="toy-csv", data_path=str(path)).validate()
+        data = load_dataset("auto", str(path), with_test=False)
+        assert data.x_train.shape == (12, 1, 16) and data.modality == "signal"
+        mixed = tmp_path / "mixed"
+        mixed.mkdir()
+        (mixed / "a.csv").write_text("1,2\n")
+        (mixed / "b.png").write_bytes(b"")
+        with pytest.raises(DataError, match="CSV"):
+            infer_dataset(mixed)
+    finally:
+        FORMATS.pop("toy-csv", None)
+    assert list(FORMATS) == [n for n in order if n != "toy-csv"]

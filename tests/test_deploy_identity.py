@@ -16,8 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedssl.client.supernode import ClientOptions, ClientSetupError, check_identity
 from fedssl.deploy_commands import main as deploy_main
-from fedssl.privacy.certs import CertPaths, create_certs
-from fedssl.privacy.identity import public_pem
+from fedssl.privacy.identity.certs import CertPaths, create_certs
+from fedssl.privacy.identity.keys import public_pem
 from fedssl.server.superlink import DeploySetupError, deploy_config
 from fedssl.server.superlink_control import free_port
 
@@ -180,7 +180,7 @@ def test_site_clientapp_refuses_instead_of_creating_a_ledger_key(
     (state / "identity.pem").write_bytes(certs.identity_key(1).read_bytes())
     reply = train(msg, ctx)
     assert reply.content["status"]["status"] == "ok", reply.content["status"].get("reason")
-    from fedssl.privacy.identity import load_private_key
+    from fedssl.privacy.identity.keys import load_private_key
 
     assert (state / "ledger.pub").read_bytes() == public_pem(
         load_private_key(certs.identity_key(1)))
@@ -192,7 +192,7 @@ def test_ledger_watcher_prints_the_sites_lifetime_epsilon_against_its_budget(
     lifetime figure against it, labels the run's, and shows the effective noise of a
     group-clipped method (sensitivity 2)."""
     from fedssl.client.supernode import LedgerWatcher
-    from fedssl.privacy.ledger import Ledger, LedgerEntry
+    from fedssl.privacy.identity.ledger import Ledger, LedgerEntry
 
     path = tmp_path / "ledger.jsonl"
     led = Ledger(path, Ed25519PrivateKey.generate())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import skellam
 
-from fedssl.privacy.distributed_dp import (
+from fedssl.privacy.client_level.distributed import (
     DistributedDPError,
     SkellamPlan,
     SkellamRound,
@@ -48,7 +48,7 @@ def test_skellam_bound_dominates_exact_renyi_divergence(mu, shift, order) -> Non
 
 
 def test_epsilon_is_at_least_the_gaussian_and_close_for_fine_grids() -> None:
-    from fedssl.privacy.audit import pld_epsilons
+    from fedssl.privacy.audit.auditor import pld_epsilons
 
     plan = SkellamPlan.make(1.0, 2.0, 1.2, 8, 10, 20_000)
     rounds = [plan.round_record()] * 5
@@ -76,7 +76,7 @@ def test_zero_out_sensitivity_of_the_encoded_update(d, clip, coord_clip) -> None
     rng = np.random.default_rng(1)
     plan = SkellamPlan.make(clip, coord_clip, 1.0, 3, 5, d)
     quantizer = plan.quantizer()
-    from fedssl.privacy.distributed_dp import clip_l2
+    from fedssl.privacy.client_level.distributed import clip_l2
 
     worst_l2 = 0.0
     for trial, update in enumerate(_adversarial_updates(d, clip, rng)):
@@ -139,7 +139,7 @@ def test_distributed_dp_needs_secure_aggregation() -> None:
 
 @pytest.mark.slow
 def test_simulated_run_reports_and_audits_the_skellam_epsilon(tmp_path: Path) -> None:
-    from fedssl.privacy.audit import audit_run
+    from fedssl.privacy.audit.auditor import audit_run
     from tests.test_simulation import _run
 
     out = tmp_path / "run"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from fedssl.privacy.accountant import epsilon_of
-from fedssl.privacy.dp_sgd import DPSoundnessError, clip_sensitivity
-from fedssl.privacy.identity import load_public_key
-from fedssl.privacy.ledger import read_ledger
+from fedssl.privacy.accounting.budget import epsilon_of
+from fedssl.privacy.dp_sgd.opacus_engine import DPSoundnessError, clip_sensitivity
+from fedssl.privacy.identity.keys import load_public_key
+from fedssl.privacy.identity.ledger import read_ledger
 from fedssl.ssl_core.objectives import get_objective
 from tests.test_client_app import _call
 
@@ -50,7 +50,7 @@ def test_group_round_records_sensitivity_2_and_accounts_at_half_the_noise(
     # the hash covers the sensitivity: editing it breaks the chain
     path = tmp_path / "g" / "ledger" / "client-001.jsonl"
     path.write_text(path.read_text().replace('"sensitivity": 2', '"sensitivity": 1'))
-    from fedssl.privacy.ledger import LedgerError
+    from fedssl.privacy.identity.ledger import LedgerError
 
     with pytest.raises(LedgerError, match="hash mismatch"):
         read_ledger(path, None)

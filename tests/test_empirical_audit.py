@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedssl.privacy.empirical_audit import (
+from fedssl.privacy.audit.empirical import (
     MechanismSegment,
     epsilon_lower_bound,
     guess_counts,
@@ -137,7 +137,7 @@ def test_a_detectable_leak_is_a_violation() -> None:
 
 
 def test_detection_power_matches_the_all_correct_bound() -> None:
-    from fedssl.privacy.empirical_audit import detection_power, guess_sets
+    from fedssl.privacy.audit.empirical import detection_power, guess_sets
 
     sets = guess_sets(10_000, None)
     level = 1 - 0.05 / len(sets)
@@ -156,7 +156,7 @@ def test_claimed_is_the_recorded_epsilon(tmp_path: Path, capsys: pytest.CaptureF
 
     run = make_run(tmp_path / "run", clients=())
     _write_ledger(run, "client-000", scale=1.003)  # recorded a little above PRV and PLD
-    from fedssl.privacy.identity import load_or_create_identity, write_registry
+    from fedssl.privacy.identity.keys import load_or_create_identity, write_registry
 
     write_registry(run / "identities.json", {"client-000": load_or_create_identity(
         run / "clients" / "client-000" / "identity.pem")})

@@ -1,4 +1,4 @@
-"""The fast DP-SGD engine (privacy/fast_clip.py) is exact: it equals Opacus hooks mode.
+"""The fast DP-SGD engine (privacy/dp_sgd/fast_clip.py) is exact: it equals Opacus hooks mode.
 
 Per-record clipped gradient sums (all views of a record in one row) are compared with Opacus
 hooks mode for the SSL models fedssl trains (1-D CNN and ResNet encoders with projector and
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from fedssl.client.trainer import TrainConfig, train_local
-from fedssl.privacy.dp_sgd import clipped_gradient_sum
-from fedssl.privacy.fast_clip import FastClipper, UnsupportedModelError, unsupported_reason
+from fedssl.privacy.dp_sgd.fast_clip import FastClipper, UnsupportedModelError, unsupported_reason
+from fedssl.privacy.dp_sgd.opacus_engine import clipped_gradient_sum
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.heads import SSLModel
 from fedssl.ssl_core.objectives import get_objective
@@ -287,7 +287,7 @@ def test_dp_randomness_is_not_derivable_from_the_run_seed() -> None:
 
 
 def test_mixed_precision_is_refused_under_dp() -> None:
-    from fedssl.privacy.dp_sgd import DPSoundnessError
+    from fedssl.privacy.dp_sgd.opacus_engine import DPSoundnessError
 
     model = SSLModel((1, 40), width=16)
     cfg = TrainConfig(dp=True, noise_multiplier=1.0, amp=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedssl.client.federated_ssl import merge
+from fedssl.ssl_core.federated_algorithms import merge
 from fedssl.ssl_core.heads import SSLModel
 from fedssl.ssl_core.model_parts import AlgorithmError, parse_shared, shared_state
 
@@ -61,3 +61,33 @@ def test_shared_parts() -> None:
         parse_shared("encoder,head")
     with pytest.raises(AlgorithmError, match="unknown algorithm"):
         merge(model, state, state, "fedprox")
+
+
+def test_a_new_algorithm_is_added_in_one_place() -> None:
+    """Issue 23 item 2: a toy algorithm registered with ``register_algorithm`` alone is a
+    run setting the checks accept and what ``merge`` runs."""
+    from fedssl.run_spec import RunSpec
+    from fedssl.ssl_core.federated_algorithms import (
+        ALGORITHMS,
+        FederatedAlgorithm,
+        register_algorithm,
+    )
+
+    @register_algorithm
+    class KeepLocal(FederatedAlgorithm):
+        """Ignores the global model (a toy)."""
+
+        name = "toy-keep-local"
+
+        def start(self, model, global_state, local_state, fedema_tau, fedu_threshold):
+            return {"divergence": -1.0, "mix": 1.0}
+
+    try:
+        RunSpec(algorithm="toy-keep-local").validate()
+        model = SSLModel((1, 40), width=8)
+        local = {k: v.clone() for k, v in model.state_dict().items()}
+        glob = {k: torch.zeros_like(v) for k, v in local.items() if k.startswith("encoder.")}
+        assert merge(model, glob, local, "toy-keep-local") == {"divergence": -1.0, "mix": 1.0}
+        assert all(torch.equal(model.state_dict()[k], local[k]) for k in glob)
+    finally:
+        ALGORITHMS.pop("toy-keep-local")

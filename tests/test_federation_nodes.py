@@ -224,3 +224,20 @@ def test_the_console_names_the_sites_that_disconnect_and_reconnect() -> None:
     text = "round 2/2  clients 1  failed: node-987654321"
     assert name_nodes(text, down) == "round 2/2  clients 1  failed: node-3"
     assert name_nodes("failed: node-555555555", down) == "failed: node-555555555"
+
+
+def test_fault_settings_are_sent_only_when_faults_are_simulated(tmp_path) -> None:
+    """Issue 23 item 5: the simulated fault model's settings travel in the secure-aggregation
+    stages only when a fault is configured; a deployment's messages carry none of them."""
+    assert _aggregation(tmp_path, secagg=True).secure.fault_config == {}
+    import numpy as np
+
+    from fedssl.run_layout import RunLayout
+    from fedssl.run_spec import DEFAULTS
+    from fedssl.server.aggregation import Aggregation
+    from fedssl.server.secure_aggregation import simulated_registry
+
+    cfg = {**DEFAULTS, "secagg": True, "round-timeout": 30.0, "dropout-prob": 0.2,
+           "identity-registry": str(simulated_registry(tmp_path, 3))}
+    faulty = Aggregation(cfg, 3, {"w": np.zeros(2, np.float32)}, 0, RunLayout(tmp_path))
+    assert faulty.secure.fault_config["dropout-prob"] == 0.2

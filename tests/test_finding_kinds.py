@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedssl.privacy.audit import (
+from fedssl.privacy.audit.auditor import (
     AuditResult,
     Finding,
     FindingKind,

@@ -1,6 +1,7 @@
-"""The README's fine-tuning example (issue 15 item 4c) is ``docs/examples/finetune.py``, shown
-verbatim in the README, and it runs: on a tiny run directory made here (the exporter's encoder
-file, no simulation) and a labelled .npz."""
+"""The fine-tuning example (issue 15 item 4c) is ``docs/examples/finetune.py``, shown verbatim
+in docs/using-the-encoder.md (the README's "Using the trained encoder" links there), and it
+runs: on a tiny run directory made here (the exporter's encoder file, no simulation) and a
+labelled .npz."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "examples" / "finetune.py"
 
 
-def test_the_readme_shows_the_example_verbatim() -> None:
-    assert f"```python\n{EXAMPLE.read_text()}```" in (ROOT / "README.md").read_text()
+def test_the_guide_shows_the_example_verbatim() -> None:
+    guide = ROOT / "docs" / "using-the-encoder.md"
+    assert f"```python\n{EXAMPLE.read_text()}```" in guide.read_text()
+    assert "docs/using-the-encoder.md" in (ROOT / "README.md").read_text()
 
 
 def test_the_example_fine_tunes_an_exported_encoder(

@@ -42,8 +42,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedssl.privacy.identity import IdentityError, load_public_key, public_pem
-from fedssl.privacy.ledger import Ledger, LedgerEntry, LedgerError, read_ledger
+from fedssl.privacy.identity.keys import IdentityError, load_public_key, public_pem
+from fedssl.privacy.identity.ledger import Ledger, LedgerEntry, LedgerError, read_ledger
 from fedssl.privacy.secagg import (
     AdvertiseKeys,
     ConsistencyCheck,
@@ -595,7 +595,7 @@ def _array(data: bytes):
 def test_decode_arrays_returns_a_problem_never_raises(data: bytes) -> None:
     from flwr.app import Array, ArrayRecord
 
-    from fedssl.server.strategy import decode_arrays
+    from fedssl.server.replies import decode_arrays
 
     values, problem = decode_arrays(ArrayRecord({"w": _array(data), "b": Array(REF["b"])}),
                                     REF)
@@ -620,7 +620,7 @@ def test_huge_declared_array_refused_before_allocation(shape: tuple[int, ...]) -
     """numpy.load allocates the declared shape before it reads a byte: refused first."""
     from flwr.app import Array, ArrayRecord
 
-    from fedssl.server.strategy import decode_arrays
+    from fedssl.server.replies import decode_arrays
 
     data = _npy_header("<f4", shape) + b"\x00" * 64
     record = ArrayRecord({"w": _array(data), "b": Array(REF["b"])})

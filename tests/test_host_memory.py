@@ -24,7 +24,7 @@ torch.set_num_threads(1)
 if sys.argv[1] == "retain":
     from fedssl.ssl_core.host_memory import retain_freed_memory
     assert retain_freed_memory() and retain_freed_memory()  # idempotent
-from fedssl.privacy.fast_clip import FastClipper
+from fedssl.privacy.dp_sgd.fast_clip import FastClipper
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.objectives import get_objective
 obj = get_objective("simsiam")

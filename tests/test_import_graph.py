@@ -1,6 +1,6 @@
 """The one-way data flow of the packages, checked on their source (``ast``, nothing imported).
 
-Data flows one way (README "Layout", ``docs/architecture.md``): data source -> augmentations ->
+Data flows one way (``docs/architecture.md``, "Layout"): data source -> augmentations ->
 objective (``ssl_core``) -> local trainer + DP-SGD (``client`` on ``privacy``) -> update (clip,
 quantize, mask) -> secure sum (``privacy.secagg``) -> strategy (``server``) -> global encoder
 -> evaluation/report; ``simulations`` and the ``fedssl`` command drive all of it. A module
@@ -72,11 +72,20 @@ FLOWER_ADAPTERS = {"fedssl.simulations.flower_engine_adapter",
                    "fedssl.server.flower_superlink_adapter",
                    "fedssl.server.flower_strategy_adapter"}
 #: the privacy modules that may import ssl_core (the DP-SGD engine and the audit)
-PRIVACY_SSL_CORE_USERS = {"fedssl.privacy.dp_engine", "fedssl.privacy.dp_sgd",
-                          "fedssl.privacy.fast_clip", "fedssl.privacy.group_clip",
-                          "fedssl.privacy.ws_rules", "fedssl.privacy.audit_checks"}
+PRIVACY_SSL_CORE_USERS = {"fedssl.privacy.dp_sgd.engine", "fedssl.privacy.dp_sgd.opacus_engine",
+                          "fedssl.privacy.dp_sgd.fast_clip", "fedssl.privacy.dp_sgd.group_clip",
+                          "fedssl.privacy.dp_sgd.ws_rules", "fedssl.privacy.audit.checks"}
 PRIVACY_MAY_USE = ("fedssl.ssl_core.objectives", "fedssl.ssl_core.ws_layers",
                    "fedssl.ssl_core.dp_soundness")
+#: privacy's sub-packages and the ones each may import: accounting (accountants, budgets,
+#: mechanisms), identity (keys, ledger, certificates) and secagg stand alone; the DP-SGD
+#: engines account with accounting; client-level DP adds noise under secure aggregation; the
+#: audit checks everything
+PRIVACY_LAYERS: dict[str, set[str]] = {
+    "accounting": set(), "identity": set(), "secagg": set(),
+    "dp_sgd": {"accounting"}, "client_level": {"accounting", "secagg"},
+    "audit": {"accounting", "dp_sgd", "identity"},
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -201,10 +210,21 @@ def _run_spec_imports_above_it(m: str, t: str) -> bool:
         or (_package(t) == "fedssl" and t in MODULES and t not in LEAVES))
 
 
+def _privacy_sub(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["fedssl", "privacy"] else None
+
+
+def _privacy_sub_package_reaches_past_its_layer(m: str, t: str) -> bool:
+    sm, st = _privacy_sub(m), _privacy_sub(t)
+    return (sm is not None and st is not None and sm != st
+            and st not in PRIVACY_LAYERS.get(sm, set()))
+
+
 def test_the_graph_sees_the_known_imports() -> None:
     """The parser resolves absolute, relative and lazy imports (guards the checks below)."""
     pairs = {(m, t) for m, t, _, _ in EDGES}
-    assert ("fedssl.client.trainer", "fedssl.privacy.dp_sgd") in pairs
+    assert ("fedssl.client.trainer", "fedssl.privacy.dp_sgd.opacus_engine") in pairs
     assert ("fedssl.server.app", "flwr.serverapp") in pairs or any(
         m == "fedssl.server.app" and t.startswith("flwr") for m, t in pairs)
     assert ("fedssl.privacy.secagg.client", "fedssl.privacy.secagg.shamir") in pairs
@@ -222,6 +242,14 @@ def test_ssl_core_never_imports_privacy() -> None:
 
 def test_privacy_imports_ssl_core_only_in_the_dp_sgd_engine() -> None:
     assert _violations(_privacy_imports_ssl_core_outside_the_engine) == []
+
+
+def test_privacy_sub_packages_import_only_the_layers_below_them() -> None:
+    """Issue 23 item 4: privacy/ is split by concept; each sub-package imports only the
+    ones :data:`PRIVACY_LAYERS` allows it (and every privacy module lives in one)."""
+    subs = {_privacy_sub(m) for m in MODULES if m.startswith("fedssl.privacy.")}
+    assert subs == set(PRIVACY_LAYERS)
+    assert _violations(_privacy_sub_package_reaches_past_its_layer) == []
 
 
 def test_client_and_server_never_import_each_other_or_simulations() -> None:
@@ -307,18 +335,22 @@ def _fake(module: str, target: str) -> list[Edge]:
     (_reaches_up_from("privacy"), "fedssl.privacy.x", "flwr.serverapp"),
     (_reaches_up_from("privacy"), "fedssl.privacy.x", "fedssl.server.y"),
     (_ssl_core_imports_privacy, "fedssl.ssl_core.x", "fedssl.privacy.y"),
-    (_privacy_imports_ssl_core_outside_the_engine, "fedssl.privacy.ledger",
+    (_privacy_imports_ssl_core_outside_the_engine, "fedssl.privacy.identity.ledger",
      "fedssl.ssl_core.objectives"),
-    (_privacy_imports_ssl_core_outside_the_engine, "fedssl.privacy.dp_sgd",
+    (_privacy_imports_ssl_core_outside_the_engine, "fedssl.privacy.dp_sgd.opacus_engine",
      "fedssl.ssl_core.datasets"),
     (_package_imports_a_fedssl_non_leaf, "fedssl.client.app", "fedssl.cli"),
-    (_package_imports_a_fedssl_non_leaf, "fedssl.privacy.ledger", "fedssl.run_spec"),
+    (_package_imports_a_fedssl_non_leaf, "fedssl.privacy.identity.ledger", "fedssl.run_spec"),
     (_leaf_imports_a_package, "fedssl.run_layout", "fedssl.ssl_core.datasets"),
     (_non_adapter_imports_flower_internals, "fedssl.server.x",
      "flwr.serverapp.strategy.strategy_utils"),
     (_non_adapter_imports_flower_internals, "fedssl.client.x", "flwr.supernode.y"),
     (_run_spec_imports_above_it, "fedssl.run_spec", "fedssl.client.app"),
     (_run_spec_imports_above_it, "fedssl.run_spec", "flwr.app"),
+    (_privacy_sub_package_reaches_past_its_layer, "fedssl.privacy.accounting.budget",
+     "fedssl.privacy.identity.ledger"),
+    (_privacy_sub_package_reaches_past_its_layer, "fedssl.privacy.secagg.server",
+     "fedssl.privacy.client_level.distributed"),
 ])
 def test_each_rule_catches_a_breaking_import(rule: Rule, module: str, target: str) -> None:
     """The rules provably can fail: a fake edge that breaks one is reported by it."""
@@ -327,18 +359,20 @@ def test_each_rule_catches_a_breaking_import(rule: Rule, module: str, target: st
 
 @pytest.mark.parametrize(("rule", "module", "target"), [
     (_package_imports_a_fedssl_non_leaf, "fedssl.client.app", "fedssl.run_spec"),
-    (_privacy_imports_ssl_core_outside_the_engine, "fedssl.privacy.dp_sgd",
+    (_privacy_imports_ssl_core_outside_the_engine, "fedssl.privacy.dp_sgd.opacus_engine",
      "fedssl.ssl_core.objectives"),
     (_non_adapter_imports_flower_internals, "fedssl.server.flower_strategy_adapter",
      "flwr.serverapp.strategy.strategy_utils"),
-    (_reaches_up_from("privacy"), "fedssl.privacy.ledger", "fedssl.atomic"),
+    (_reaches_up_from("privacy"), "fedssl.privacy.identity.ledger", "fedssl.atomic"),
+    (_privacy_sub_package_reaches_past_its_layer, "fedssl.privacy.audit.checks",
+     "fedssl.privacy.identity.ledger"),
 ])
 def test_an_allowed_import_is_not_reported(rule: Rule, module: str, target: str) -> None:
     assert _violations(rule, _fake(module, target)) == []
 
 
 @pytest.mark.parametrize(("package", "a", "b"), [
-    ("privacy", "fedssl.privacy.accountant", "fedssl.privacy.ledger"),
+    ("privacy", "fedssl.privacy.accounting.budget", "fedssl.privacy.identity.ledger"),
     ("ssl_core", "fedssl.ssl_core.datasets", "fedssl.ssl_core.objectives"),
     ("client", "fedssl.client.app", "fedssl.client.trainer"),
     ("server", "fedssl.server.superlink", "fedssl.server.superlink_process"),

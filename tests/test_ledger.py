@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedssl.privacy.identity import load_or_create_identity, load_public_key, public_pem
-from fedssl.privacy.ledger import (
+from fedssl.privacy.identity.keys import load_or_create_identity, load_public_key, public_pem
+from fedssl.privacy.identity.ledger import (
     LEGACY_RUN,
     Ledger,
     LedgerEntry,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedssl.privacy.identity import load_public_key, public_pem
-from fedssl.privacy.ledger import Ledger, LedgerEntry, read_ledger
+from fedssl.privacy.identity.keys import load_public_key, public_pem
+from fedssl.privacy.identity.ledger import Ledger, LedgerEntry, read_ledger
 from fedssl.server import ledger_copies
 from fedssl.server.ledger_copies import NOT_REGISTERED, store_copy
 
@@ -167,7 +167,7 @@ def test_an_update_whose_ledger_copy_is_refused_is_not_averaged(site, tmp_path: 
     the update had gone into the new global model)."""
     import numpy as np
 
-    from fedssl.privacy.identity import write_registry
+    from fedssl.privacy.identity.keys import write_registry
     from fedssl.server.ledger_copies import LedgerCopyKeeper
     from fedssl.server.strategy import FedSSLStrategy
 
@@ -196,7 +196,7 @@ def test_a_copy_refused_for_a_benign_reason_keeps_its_update(tmp_path: Path,
     gate."""
     import numpy as np
 
-    from fedssl.privacy.identity import write_registry
+    from fedssl.privacy.identity.keys import write_registry
     from fedssl.server.ledger_copies import LedgerCopyKeeper, untrusted
     from fedssl.server.strategy import FedSSLStrategy
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedssl.client.trainer import TrainConfig, train_local
-from fedssl.privacy.dp_sgd import clipped_gradient_sum
+from fedssl.privacy.dp_sgd.opacus_engine import clipped_gradient_sum
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.dp_soundness import DPSoundnessError
 from fedssl.ssl_core.encoders import build_encoder

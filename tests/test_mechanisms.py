@@ -1,4 +1,5 @@
-"""Every privacy mechanism implements :class:`fedssl.privacy.mechanisms.Mechanism` and states its
+"""Every privacy mechanism implements :class:`fedssl.privacy.accounting.mechanisms.Mechanism` and
+states its
 guarantee: what it protects, its sensitivity, which accountant applies, its assumptions."""
 
 from __future__ import annotations
@@ -7,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedssl.privacy.accountants import REGISTRY
-from fedssl.privacy.client_dp import ClientLevelGaussian
-from fedssl.privacy.distributed_dp import SkellamPlan
-from fedssl.privacy.dp_engine import PoissonEngine
-from fedssl.privacy.mechanisms import Mechanism
+from fedssl.privacy.accounting import REGISTRY
+from fedssl.privacy.accounting.mechanisms import Mechanism
+from fedssl.privacy.client_level.central import ClientLevelGaussian
+from fedssl.privacy.client_level.distributed import SkellamPlan
+from fedssl.privacy.dp_sgd.engine import PoissonEngine
 from fedssl.ssl_core.objectives import OBJECTIVES
 
 

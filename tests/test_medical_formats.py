@@ -20,13 +20,15 @@ from pydicom.data import get_testdata_file  # noqa: E402
 
 from fedssl.cli import build_parser  # noqa: E402
 from fedssl.simulations.config import ExperimentConfig  # noqa: E402
+from fedssl.ssl_core.data.medical import (  # noqa: E402
+    _dicom_images,
+    _nifti_images,
+    _resize_planes,
+)
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset  # noqa: E402
 from fedssl.ssl_core.datasets import (  # noqa: E402
     DATASETS,
     DataError,
-    _dicom_images,
-    _nifti_images,
-    _resize_planes,
     infer_dataset,
     load_dataset,
     load_dicom,

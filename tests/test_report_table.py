@@ -39,8 +39,8 @@ def test_privacy_table_labels_the_effective_noise_of_a_group_clipped_run(
     recorded sigma and, labelled, the effective sigma / 2 the epsilon is computed at."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from fedssl.privacy.identity import public_pem
-    from fedssl.privacy.ledger import Ledger, LedgerEntry
+    from fedssl.privacy.identity.keys import public_pem
+    from fedssl.privacy.identity.ledger import Ledger, LedgerEntry
 
     key = Ed25519PrivateKey.generate()
     (tmp_path / "ledger").mkdir()

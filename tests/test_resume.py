@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from fedssl.cli import main
-from fedssl.privacy.accountant import calibrate_noise, epsilon_of
-from fedssl.privacy.identity import load_or_create_identity, public_pem
-from fedssl.privacy.ledger import Ledger, LedgerEntry
+from fedssl.privacy.accounting.budget import calibrate_noise, epsilon_of
+from fedssl.privacy.identity.keys import load_or_create_identity, public_pem
+from fedssl.privacy.identity.ledger import Ledger, LedgerEntry
 from fedssl.server.checkpoint import CheckpointError, resume_point, save_checkpoint
 from fedssl.server.extension import USELESS_NOISE_RATIO
 from fedssl.server.report_table import format_report

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fedssl.privacy.accountant import epsilon_of
-from fedssl.privacy.identity import load_or_create_identity, public_pem
-from fedssl.privacy.ledger import Ledger, LedgerEntry
+from fedssl.privacy.accounting.budget import epsilon_of
+from fedssl.privacy.identity.keys import load_or_create_identity, public_pem
+from fedssl.privacy.identity.ledger import Ledger, LedgerEntry
 from fedssl.server.app import DEFAULTS
 from fedssl.server.report import ledger_privacy
 from fedssl.server.run_record import record_run, resolve_run_id

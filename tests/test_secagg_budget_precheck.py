@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 
 import pytest
-from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord
 
-from fedssl.client.app import make_client_app
 from fedssl.client.privacy_guard import write_site_file
 from fedssl.run_layout import RunLayout
 from fedssl.run_spec import DEFAULTS
@@ -23,31 +22,7 @@ from fedssl.server.aggregation import Aggregation
 from fedssl.server.app import round_config
 from fedssl.server.secure_aggregation import simulated_registry
 from fedssl.ssl_core.objectives import get_objective
-
-
-class InProcessGrid:
-    """Delivers every message to the production ClientApp of the node it is addressed to."""
-
-    def __init__(self, num_nodes: int) -> None:
-        self.app = make_client_app()
-        self.contexts = {
-            100 + i: Context(run_id=1, node_id=100 + i, state=RecordDict(), run_config={},
-                             node_config={"partition-id": i, "num-partitions": num_nodes})
-            for i in range(num_nodes)}
-        #: message types in the order they were sent
-        self.sent: list[str] = []
-
-    def get_node_ids(self) -> list[int]:
-        return sorted(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None) -> list[Message]:
-        replies = []
-        for msg in messages:
-            self.sent.append(msg.metadata.message_type)
-            reply = self.app(msg, self.contexts[msg.metadata.dst_node_id])
-            reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
-            replies.append(reply)
-        return replies
+from tests.in_process_grid import InProcessGrid
 
 
 def _round(run: Path, budgets: dict[str, float]) -> tuple[Aggregation, InProcessGrid]:

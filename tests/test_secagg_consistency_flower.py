@@ -16,7 +16,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedssl.client import secagg
 from fedssl.client.faults import STAGE_IDS
-from fedssl.privacy.identity import load_or_create_identity, load_registry, write_registry
+from fedssl.privacy.identity.keys import load_or_create_identity, load_registry, write_registry
 from fedssl.privacy.secagg import (
     ConsistencyCheck,
     ConsistencySignature,

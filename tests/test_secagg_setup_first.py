@@ -12,8 +12,8 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedssl.client.app import train
-from fedssl.privacy.identity import load_public_key
-from fedssl.privacy.ledger import read_ledger
+from fedssl.privacy.identity.keys import load_public_key
+from fedssl.privacy.identity.ledger import read_ledger
 from fedssl.server.app import CLIENT_KEYS, DEFAULTS
 from fedssl.ssl_core.objectives import get_objective
 
@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.simulation import run_simulation
 
 from fedssl.client.app import app as client_app
-from fedssl.privacy.identity import load_or_create_identity, write_registry
+from fedssl.privacy.identity.keys import load_or_create_identity, write_registry
 from fedssl.server.app import make_server_app
 
 run = Path(sys.argv[1])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedssl.privacy.dp_sgd import DPSGD, DPSoundnessError, clipped_gradient_sum
+from fedssl.privacy.dp_sgd.opacus_engine import DPSGD, DPSoundnessError, clipped_gradient_sum
 from fedssl.ssl_core.augmentations import ImageAugment, SignalAugment
 from fedssl.ssl_core.heads import SSLModel
 from fedssl.ssl_core.objectives import OBJECTIVES, get_objective
@@ -20,7 +20,7 @@ from fedssl.ssl_core.objectives.base import Objective
 
 DP_OBJECTIVES = sorted(name for name, cls in OBJECTIVES.items() if cls.decomposable)
 C = 0.05
-#: both DP-SGD engines: Opacus hooks mode and the book-keeping engine of privacy/fast_clip.py
+#: both DP-SGD engines: Opacus hooks mode and the book-keeping engine of privacy/dp_sgd/fast_clip.py
 ENGINES = ["hooks", "fast"]
 
 
@@ -222,7 +222,7 @@ def _group_change(objective, views, groups, num_groups: int, regroup=None
     """Largest change of the group-clipped sum over single-record removals, the other
     records' group ids held fixed (the proof's coupling) unless ``regroup`` recomputes the
     groups of the smaller batch (what an unsound assignment rule does)."""
-    from fedssl.privacy.group_clip import group_clipped_gradient_sum
+    from fedssl.privacy.dp_sgd.group_clip import group_clipped_gradient_sum
 
     model = objective.build_model(tuple(views[0].shape[1:]),
                                   width=8 if views[0].dim() == 4 else 16)
@@ -312,7 +312,7 @@ def test_group_objective_is_refused_by_the_per_record_engines(signals) -> None:
     import numpy as np
 
     from fedssl.client.trainer import TrainConfig, train_local
-    from fedssl.privacy.fast_clip import FastDPSGD
+    from fedssl.privacy.dp_sgd.fast_clip import FastDPSGD
     from fedssl.ssl_core.augmentations import SignalAugment
 
     objective = get_objective("infonce-group")
@@ -338,7 +338,7 @@ def test_group_objective_is_refused_by_the_per_record_engines(signals) -> None:
 def test_group_training_step_equals_the_tested_group_clipped_sum(signals) -> None:
     """GroupDPSGD (the training path) applies exactly the group-clipped sum the sensitivity
     tests measure, for the groups it drew, divided by the expected batch size."""
-    from fedssl.privacy.group_clip import GroupDPSGD, group_clipped_gradient_sum
+    from fedssl.privacy.dp_sgd.group_clip import GroupDPSGD, group_clipped_gradient_sum
 
     objective = get_objective("infonce-group")
     model = objective.build_model((1, 40), width=16)
@@ -362,7 +362,7 @@ def test_group_loss_evaluated_twice_in_one_step_is_refused(signals) -> None:
     """Group ids are drawn per evaluation of the loss: a second evaluation before the step
     would redraw them, so the rows of the first would be summed into the wrong groups and the
     2C bound would not hold. The engine refuses the step instead."""
-    from fedssl.privacy.group_clip import GroupDPSGD
+    from fedssl.privacy.dp_sgd.group_clip import GroupDPSGD
 
     objective = get_objective("infonce-group")
     model = objective.build_model((1, 40), width=16)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedssl.server.strategy import FedSSLStrategy, check_arrays
+from fedssl.server.replies import check_arrays
+from fedssl.server.strategy import FedSSLStrategy
 
 REF = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}
 
@@ -91,7 +92,7 @@ def test_streamed_mean_matches_flower_and_keeps_dtypes(flower_identity) -> None:
 def test_fast_decode_equals_numpy_load_and_falls_back() -> None:
     """Bytes exactly as np.save writes them decode without numpy's header parser; anything
     else (here a Fortran-ordered array, whose header differs) takes Flower's general path."""
-    from fedssl.server.strategy import decode_arrays
+    from fedssl.server.replies import decode_arrays
 
     rng = np.random.default_rng(1)
     w = rng.normal(size=(2, 3)).astype(np.float32)

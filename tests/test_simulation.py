@@ -1,5 +1,6 @@
 """End to end: ``fedssl simulate`` on Flower's simulation engine (Ray) writes the run directory
-of README.md's "Run directory", and bad input ends in a clear error before any actor starts."""
+of docs/simulation.md's "Run directory", and bad input ends in a clear error before any actor
+starts."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import pytest
 
 from fedssl.cli import build_parser
 from fedssl.client.faults import planned_fault
-from fedssl.privacy.identity import load_public_key
-from fedssl.privacy.ledger import read_ledger
+from fedssl.privacy.identity.keys import load_public_key
+from fedssl.privacy.identity.ledger import read_ledger
 from fedssl.simulations.config import ExperimentConfig
 
 FEDSSL = [sys.executable, "-m", "fedssl.cli"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fedssl.privacy.certs import CertPaths, create_certs
+from fedssl.privacy.identity.certs import CertPaths, create_certs
 from fedssl.server.superlink_control import (
     DeployError,
     SuperLinkAccessError,

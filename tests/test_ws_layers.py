@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedssl.privacy.dp_sgd import clipped_gradient_sum
-from fedssl.privacy.fast_clip import FastClipper, unsupported_reason
+from fedssl.privacy.dp_sgd.fast_clip import FastClipper, unsupported_reason
+from fedssl.privacy.dp_sgd.opacus_engine import clipped_gradient_sum
 from fedssl.ssl_core.encoders import ConvEncoder1d, ResNetEncoder2d
 from fedssl.ssl_core.objectives import get_objective
 from fedssl.ssl_core.ws_layers import WSConv1d, WSConv2d, standardize, ws_backward

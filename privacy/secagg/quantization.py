@@ -31,7 +31,8 @@ uint32 vector of the same shape back. This is where a distributed discrete-Gauss
 noise share (Kairouz et al. 2021; Agarwal et al. 2021) is to be added, modulo ``2^32``.
 Reserve room for it with ``headroom=h``: values are then shifted to ``[h, h + M]`` and the
 noise share must keep each coordinate in ``[0, S]`` (i.e. ``|noise| <= h``), which keeps the
-no-overflow guarantee. :mod:`fedssl.privacy.distributed_dp` uses it for the Skellam mechanism
+no-overflow guarantee. :mod:`fedssl.privacy.client_level.distributed` uses it for the Skellam
+mechanism
 (``levels`` caps ``M`` so the headroom fits, ``wrap=True`` since Skellam noise is unbounded).
 """
 

@@ -30,7 +30,8 @@ class Objective(ABC):
     needs_predictor: bool = False
     #: DP-SGD's clipping unit: "record" (one clipped row per record, sensitivity C) or
     #: "group" (records in randomly drawn groups, one clipped row per group, sensitivity 2C:
-    #: :mod:`fedssl.privacy.group_clip`); see :func:`fedssl.privacy.dp_sgd.clip_sensitivity`
+    #: :mod:`fedssl.privacy.dp_sgd.group_clip`); see
+    #: :func:`fedssl.privacy.dp_sgd.opacus_engine.clip_sensitivity`
     clip_unit: str = "record"
 
     def build_model(self, input_shape: tuple[int, ...], width: int | None = None) -> nn.Module:

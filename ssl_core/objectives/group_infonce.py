@@ -4,7 +4,8 @@ Group-restricted negatives under DP follow DP-GCL (arXiv 2604.26467) and "Toward
 Differentially Private Contrastive Learning" (OpenReview JYBIzjsUY0): SimCLR's NT-Xent
 (Chen et al., ICML 2020), but a view's negatives are only the views of the other records of its
 *group*, and DP-SGD clips each group's summed gradient as one unit
-(:mod:`fedssl.privacy.group_clip`). For record ``i`` in group ``g(i)`` with views ``v1, v2``::
+(:mod:`fedssl.privacy.dp_sgd.group_clip`). For record ``i`` in group ``g(i)`` with views ``v1,
+v2``::
 
     l_i = 1/2 [ -log e^{s(z1_i, z2_i)} / sum_{k in views of g(i), k != z1_i} e^{s(z1_i, k)}
                 + the same for z2_i ],        s(a, b) = a.b / T  (normalised projections)
@@ -34,10 +35,10 @@ Guarantee (record-level (epsilon, delta)-DP, add/remove neighbours, sensitivity 
     ``sigma C``: the standard accountant at noise multiplier ``sigma / 2`` (adaptive composition
     over steps as usual). fedssl records ``noise_multiplier = sigma`` and ``extra.sensitivity =
     2`` in the ledger, and every epsilon (client, report, ``fedssl audit``) is computed at
-    ``sigma / 2`` (:func:`fedssl.privacy.ledger.effective_noise_multiplier`). Per-record
+    ``sigma / 2`` (:func:`fedssl.privacy.identity.ledger.effective_noise_multiplier`). Per-record
     clipping of this loss would be unsound (a record's row then changes when another record of
     its group is removed), so both ``DPSGD`` and the fast engine refuse it; it runs on
-    :class:`fedssl.privacy.group_clip.GroupDPSGD` (Opacus hooks mode).
+    :class:`fedssl.privacy.dp_sgd.group_clip.GroupDPSGD` (Opacus hooks mode).
 
 Cost: a step has ``G ~ B / group_size`` clipped units and noise ``2C`` relative to each, so its
 signal-to-noise is lower than per-record clipping's; small groups trade negatives for signal.

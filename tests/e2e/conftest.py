@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedssl.privacy.certs import CertPaths, create_certs, make_node_key
+from fedssl.privacy.identity.certs import CertPaths, create_certs, make_node_key
 from fedssl.server.superlink_control import free_port
 
 NUM_SITES = 3

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from fedssl.client.supernode import ClientOptions, check_site, infer_dataset
 from fedssl.deploy_commands import add_deploy_parsers, server_run_config
-from fedssl.privacy.certs import CertError, CertPaths, create_certs, read_authorized
+from fedssl.privacy.identity.certs import CertError, CertPaths, create_certs, read_authorized
 from fedssl.server.superlink import DeploySetupError, check_run_dir
 from fedssl.server.superlink_guard import LocalControlGuard
 from fedssl.ssl_core.datasets import DataError

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from fedssl.privacy.identity import load_public_key
-from fedssl.privacy.ledger import read_ledger
+from fedssl.privacy.identity.keys import load_public_key
+from fedssl.privacy.identity.ledger import read_ledger
 
 pytestmark = pytest.mark.slow
 

@@ -130,7 +130,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
     try:
         head = start("head", "--head", "--port", str(port), "--include-dashboard", "false",
-                     # as the README advises for a cluster fedssl runs on (4 MiB direct calls)
+                     # as docs/simulation.md advises for a cluster (4 MiB direct calls)
                      "--system-config", json.dumps({"max_direct_call_object_size": 4 * 2**20}))
         _wait_file(temp / "head" / "ray_current_cluster", head, logs / "head.log")
         worker = start("worker", "--address", f"127.0.0.1:{port}")

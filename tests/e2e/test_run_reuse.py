@@ -15,9 +15,9 @@ import json
 
 import pytest
 
-from fedssl.privacy.accountant import epsilon_of
-from fedssl.privacy.identity import load_public_key
-from fedssl.privacy.ledger import read_ledger
+from fedssl.privacy.accounting.budget import epsilon_of
+from fedssl.privacy.identity.keys import load_public_key
+from fedssl.privacy.identity.ledger import read_ledger
 from tests.test_audit import audit
 
 pytestmark = pytest.mark.slow
