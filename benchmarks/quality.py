@@ -69,6 +69,7 @@ from fedssl.privacy.accounting.budget import calibrate_noise, epsilon_of
 from fedssl.privacy.client_level.central import ClientLevelGaussian, poisson_sample
 from fedssl.privacy.dp_sgd.opacus_engine.opacus_engine import clip_sensitivity
 from fedssl.server.server_optimizer import ServerMomentum
+from fedssl.ssl_core.aggregators import get_aggregator
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.collapse import collapse_metrics
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
@@ -173,22 +174,14 @@ def _average(states: list[dict[str, torch.Tensor]], weights: list[float]
 
 def _ldawa(states: list[dict[str, torch.Tensor]], global_state: dict[str, torch.Tensor]
            ) -> dict[str, torch.Tensor]:
-    """L-DAWA (Rehman et al., ICCV 2023, "Layer-wise Divergence Aware Weight Aggregation in
-    Federated Self-Supervised Visual Representation Learning"): each layer's aggregate is
-    ``1/K sum_k cos(w_k, w_g) w_k``, the clients' weights scaled by the cosine between their
-    layer and the global one (a client that drifted counts less). Post-processing of the
-    clients' (DP) outputs and the public global model: no privacy cost under sample-level
-    DP. Non-float entries are averaged plainly."""
-    out = {}
-    for k, g in global_state.items():
-        if not g.is_floating_point() or g.numel() == 0:
-            out[k] = _average([{k: s[k]} for s in states], [1.0] * len(states))[k]
-            continue
-        gv = g.double().flatten()
-        cos = [float(torch.nn.functional.cosine_similarity(s[k].double().flatten(), gv,
-                                                           dim=0, eps=1e-12)) for s in states]
-        out[k] = (sum(c * s[k].double() for c, s in zip(cos, states)) / len(states)).to(g.dtype)
-    return out
+    """L-DAWA (Rehman et al., ICCV 2023): the server's own rule
+    (:class:`fedssl.ssl_core.aggregators.LayerwiseDivergenceAware`, ``--aggregator ldawa``)
+    applied to the clients' models, every client weighted alike as the paper does."""
+    current = {k: v.detach().cpu().numpy() for k, v in global_state.items()}
+    rule = get_aggregator("ldawa")(current, current)
+    for s in states:
+        rule.add({k: v.detach().cpu().numpy() for k, v in s.items()}, 1.0)
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in rule.result().items()}
 
 
 def federated(data: SSLDataset, recipe: Recipe, seed: int, clients: int, partition: str,
