@@ -67,7 +67,7 @@ from fedssl.client.pretrain import pretrain, pretrain_public
 from fedssl.client.trainer import LR_SCHEDULES, TrainConfig, steps_per_epoch, train_local
 from fedssl.privacy.accounting.budget import calibrate_noise, epsilon_of
 from fedssl.privacy.client_level.central import ClientLevelGaussian, poisson_sample
-from fedssl.privacy.dp_sgd.opacus_engine.opacus_engine import clip_sensitivity
+from fedssl.privacy.dp_sgd.opacus_engine import clip_sensitivity
 from fedssl.server.server_optimizer import ServerMomentum
 from fedssl.ssl_core.aggregators import get_aggregator
 from fedssl.ssl_core.augmentations import augment_for
