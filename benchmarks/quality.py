@@ -69,6 +69,7 @@ from fedssl.privacy.accounting.budget import calibrate_noise, epsilon_of
 from fedssl.privacy.client_level.central import ClientLevelGaussian, poisson_sample
 from fedssl.privacy.dp_sgd.opacus_engine import clip_sensitivity
 from fedssl.server.server_optimizer import ServerMomentum
+from fedssl.ssl_core.aggregators import get_aggregator
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.collapse import collapse_metrics
 from fedssl.ssl_core.datasets import SSLDataset, load_dataset
@@ -114,9 +115,14 @@ class Recipe:
 
 
 # ------------------------------------------------------------------------------ rows
+def _objective(recipe: Recipe):
+    """The recipe's objective, with its options (``--method-args``) if any."""
+    return get_objective(recipe.method, **recipe.extra)
+
+
 def _fresh_model(data: SSLDataset, recipe: Recipe, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = get_objective(recipe.method).build_model(data.input_shape)
+    model = _objective(recipe).build_model(data.input_shape)
     if recipe.init_encoder:
         load_init_encoder(model, recipe.init_encoder)
     return model
@@ -152,7 +158,7 @@ def evaluate(encoder: torch.nn.Module | None, data: SSLDataset, probe: np.ndarra
 def centralized(data: SSLDataset, recipe: Recipe, seed: int) -> torch.nn.Module:
     """SSL on the pooled training records: ``rounds * local_epochs`` epochs, same recipe."""
     model = _fresh_model(data, recipe, seed)
-    objective = get_objective(recipe.method)
+    objective = _objective(recipe)
     aug = augment_for(data.input_shape, data.name)
     for r in range(1, recipe.rounds + 1):
         train_local(model, objective, data.x_train, aug, recipe.train_config(r, seed * 1000 + r))
@@ -168,22 +174,14 @@ def _average(states: list[dict[str, torch.Tensor]], weights: list[float]
 
 def _ldawa(states: list[dict[str, torch.Tensor]], global_state: dict[str, torch.Tensor]
            ) -> dict[str, torch.Tensor]:
-    """L-DAWA (Rehman et al., ICCV 2023, "Layer-wise Divergence Aware Weight Aggregation in
-    Federated Self-Supervised Visual Representation Learning"): each layer's aggregate is
-    ``1/K sum_k cos(w_k, w_g) w_k``, the clients' weights scaled by the cosine between their
-    layer and the global one (a client that drifted counts less). Post-processing of the
-    clients' (DP) outputs and the public global model: no privacy cost under sample-level
-    DP. Non-float entries are averaged plainly."""
-    out = {}
-    for k, g in global_state.items():
-        if not g.is_floating_point() or g.numel() == 0:
-            out[k] = _average([{k: s[k]} for s in states], [1.0] * len(states))[k]
-            continue
-        gv = g.double().flatten()
-        cos = [float(torch.nn.functional.cosine_similarity(s[k].double().flatten(), gv,
-                                                           dim=0, eps=1e-12)) for s in states]
-        out[k] = (sum(c * s[k].double() for c, s in zip(cos, states)) / len(states)).to(g.dtype)
-    return out
+    """L-DAWA (Rehman et al., ICCV 2023): the server's own rule
+    (:class:`fedssl.ssl_core.aggregators.LayerwiseDivergenceAware`, ``--aggregator ldawa``)
+    applied to the clients' models, every client weighted alike as the paper does."""
+    current = {k: v.detach().cpu().numpy() for k, v in global_state.items()}
+    rule = get_aggregator("ldawa")(current, current)
+    for s in states:
+        rule.add({k: v.detach().cpu().numpy() for k, v in s.items()}, 1.0)
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in rule.result().items()}
 
 
 def federated(data: SSLDataset, recipe: Recipe, seed: int, clients: int, partition: str,
@@ -193,7 +191,7 @@ def federated(data: SSLDataset, recipe: Recipe, seed: int, clients: int, partiti
     ``sites``: only those clients of the ``clients``-way partition take part (one site:
     that site training alone, on its own records, with its own DP budget)."""
     model = _fresh_model(data, recipe, seed)
-    objective = get_objective(recipe.method)
+    objective = _objective(recipe)
     aug = augment_for(data.input_shape, data.name)
     parts = [partition_indices(data.y_train, clients, c, partition, alpha, seed=seed)
              for c in range(clients)]
@@ -242,7 +240,7 @@ def client_level_dp(data: SSLDataset, recipe: Recipe, seed: int, clients: int,
     """DP-FedAvg (McMahan et al. 2018): Poisson-sampled clients, updates clipped to ``clip``,
     Gaussian noise on the sum, fixed-denominator mean; local training without DP."""
     model = _fresh_model(data, recipe, seed)
-    objective = get_objective(recipe.method)
+    objective = _objective(recipe)
     aug = augment_for(data.input_shape, data.name)
     parts = [partition_indices(data.y_train, clients, c, partition, alpha, seed=seed)
              for c in range(clients)]
@@ -296,6 +294,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--method", default="simsiam", help="SSL method of the private rows")
     p.add_argument("--dp-method", default="", help="method of the DP rows (default --method)")
+    p.add_argument("--method-args", default="",
+                   help='JSON options of the private rows\' objective, e.g. '
+                        '\'{"decoder": "map"}\' for masked-ae (default: its defaults)')
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256,
@@ -364,9 +365,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   ema_decay=args.ema_decay, lr_schedule=args.lr_schedule,
                   warmup_rounds=args.warmup_rounds, max_grad_norm=args.max_grad_norm,
                   server_lr=args.server_lr, server_momentum=args.server_momentum,
-                  aggregation=args.aggregation)
+                  aggregation=args.aggregation,
+                  extra=json.loads(args.method_args) if args.method_args else {})
     dp_recipe = replace(base, method=args.dp_method or args.method, lr=args.dp_lr or args.lr,
-                        views=args.dp_views or args.views)
+                        views=args.dp_views or args.views,
+                        extra=base.extra if args.dp_method in ("", args.method) else {})
     out_path = Path(args.out) if args.out else RESULTS / "quality.json"
     results: dict[str, Any] = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                                "args": vars(args), "in_process": True, "rows": []}
@@ -430,7 +433,7 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
     if "centralized" in settings:
         row(f"centralized {recipe.method} no DP (same budget){warm}",
             lambda s: centralized(data, recipe, s), **{"recipe": asdict(recipe)})
-    cdr = replace(recipe, method=args.client_dp_method)
+    cdr = replace(recipe, method=args.client_dp_method, extra={})
     sites = list(range(min(args.site_rows, args.clients)))
     for partition in args.partitions.split(","):
         if "site" in settings:
