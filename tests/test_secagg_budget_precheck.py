@@ -81,7 +81,7 @@ def test_a_client_that_declines_is_recorded_and_the_others_are_aggregated(
     and client-001's refusal is in the round's outcome (the final table's "refused round(s)"
     line and report.json's refusals come from it)."""
     run = tmp_path / "run"
-    aggregation, grid = _round(run, {"client-001": 0.05}, clients=3)
+    aggregation, _ = _round(run, {"client-001": 0.05}, clients=3)
     outcome = aggregation.outcome
     assert sorted(outcome.accepted) == ["client-000", "client-002"]
     assert "privacy budget would be exceeded" in outcome.refused["client-001"]
