@@ -182,15 +182,25 @@ def check_reference(s: Setting, records: int = 4) -> float:
     return worst
 
 
-def check_fast(s: Setting) -> dict[str, Any]:
-    """Compare the fast engine's per-record norms and clipped sums with hooks mode's."""
+def check_batch(s: Setting) -> tuple[nn.Module, list[torch.Tensor]]:
+    """The model and the fixed views every CHECK compares on (seeded, as hooks mode sees)."""
     model = build(s.shape)
     x = data_for(s)
     gen = torch.Generator().manual_seed(1)
     aug = augment_for(s.shape)
-    views = [aug(x, gen) for _ in range(objective.num_views)]
+    return model, [aug(x, gen) for _ in range(objective.num_views)]
+
+
+def hooks_norms(model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """Hooks mode's per-record gradient norms (all views of a record summed)."""
     ref = grads_opacus(model, views, "hooks")
-    ref_norms = torch.stack([g.flatten(1).norm(dim=1) for g in ref.values()]).norm(dim=0)
+    return torch.stack([g.flatten(1).norm(dim=1) for g in ref.values()]).norm(dim=0)
+
+
+def check_fast(s: Setting) -> dict[str, Any]:
+    """Compare the fast engine's per-record norms and clipped sums with hooks mode's."""
+    model, views = check_batch(s)
+    ref_norms = hooks_norms(model, views)
     worst = 0.0
     try:
         for c in (CLIP, 1e-3):
@@ -223,13 +233,8 @@ def ghost_norms(model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
 
 def check_ghost(s: Setting) -> dict[str, Any]:
     """Opacus ghost clipping's per-record norms against hooks mode's (all views summed)."""
-    model = build(s.shape)
-    x = data_for(s)
-    gen = torch.Generator().manual_seed(1)
-    aug = augment_for(s.shape)
-    views = [aug(x, gen) for _ in range(objective.num_views)]
-    ref = grads_opacus(model, views, "hooks")
-    want = torch.stack([g.flatten(1).norm(dim=1) for g in ref.values()]).norm(dim=0)
+    model, views = check_batch(s)
+    want = hooks_norms(model, views)
     try:
         got = ghost_norms(build(s.shape), views)
     except Exception as exc:  # an unsupported mode is a finding, not a crash
@@ -245,11 +250,7 @@ def check(s: Setting, mode: str) -> dict[str, Any]:
         return check_fast(s)
     if mode == "opacus-ghost":
         return check_ghost(s)
-    model = build(s.shape)
-    x = data_for(s)
-    gen = torch.Generator().manual_seed(1)
-    aug = augment_for(s.shape)
-    views = [aug(x, gen) for _ in range(objective.num_views)]
+    model, views = check_batch(s)
     ref = grads_opacus(model, views, "hooks")
     try:
         got = grads_vmap(model, views) if mode == "vmap" else grads_opacus(model, views, mode)
