@@ -16,6 +16,10 @@ from __future__ import annotations
 import math
 
 BATCH = 32
+#: the data set and SSL method every setting trains (the floors build the data set's own
+#: augmentation, ``augment_for(shape, DATASET)``, exactly as a simulated client does)
+DATASET = "mnist1d"
+METHOD = "simsiam"
 TEST_FRACTION = 0.2  # load_mnist1d keeps 80 % as the training pool
 KINDS = ("fedssl", "fedssl+secagg", "flower", "floor", "floor-parallel")
 

@@ -90,7 +90,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compute_floor import child_floor, child_floor_parallel
 from proc_memory import TreeMemory, any_alive
 from sim_report import add_ratios, plot, table
-from sim_workload import BATCH, KINDS, per_round, pool_samples, records_per_client, steady
+from sim_workload import (
+    BATCH,
+    DATASET,
+    KINDS,
+    METHOD,
+    per_round,
+    pool_samples,
+    records_per_client,
+    steady,
+)
 from vanilla_flower import child_flower
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -104,9 +113,9 @@ def child_fedssl(n: int, per: int, records: int, rounds: int, seed: int, secagg:
 
     out = Path(tempfile.mkdtemp(prefix="fedssl-bench-"))
     cfg = ExperimentConfig(
-        dataset="mnist1d", num_samples=pool_samples(n, records), num_clients=n,
+        dataset=DATASET, num_samples=pool_samples(n, records), num_clients=n,
         clients_per_round=0 if per == n else per, rounds=rounds, partitioner="iid",
-        method="simsiam", local_epochs=1, batch_size=BATCH, dp=False, secagg=secagg,
+        method=METHOD, local_epochs=1, batch_size=BATCH, dp=False, secagg=secagg,
         eval_every=10_000, few_label="", seed=seed, out=str(out / "run"),
     )
     metrics = out / "run" / "metrics.jsonl"

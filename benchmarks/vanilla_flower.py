@@ -21,7 +21,7 @@ import os
 import time
 from typing import Any
 
-from sim_workload import pool_samples
+from sim_workload import DATASET, METHOD, pool_samples
 
 
 def make_vanilla_apps(n: int, per: int, records: int, rounds: int, seed: int,
@@ -47,11 +47,11 @@ def make_vanilla_apps(n: int, per: int, records: int, rounds: int, seed: int,
         pid = int(context.node_config["partition-id"])
         # tutorial style: load this partition's data on every message
         data = load_mnist1d(num_samples=pool_samples(1, records), seed=seed * 100_003 + pid)
-        objective = get_objective("simsiam")
+        objective = get_objective(METHOD)
         model = objective.build_model(data.input_shape)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         rnd = int(msg.content["config"]["server-round"])
-        result = train_local(model, objective, data.x_train, augment_for(data.input_shape),
+        result = train_local(model, objective, data.x_train, augment_for(data.input_shape, DATASET),
                              TrainConfig(seed=seed * 100_003 + rnd * 1009 + pid))
         return Message(RecordDict({
             "arrays": ArrayRecord(model.state_dict()),
@@ -68,7 +68,7 @@ def make_vanilla_apps(n: int, per: int, records: int, rounds: int, seed: int,
         from fedssl.ssl_core.objectives import get_objective
 
         torch.manual_seed(seed)
-        model = get_objective("simsiam").build_model((1, 40))
+        model = get_objective(METHOD).build_model((1, 40))
         def compute(records: list, key: str) -> MetricRecord:
             # the clients' summed training seconds of the round (the benchmark's own metric)
             total = sum(float(r.metric_records["metrics"]["train-seconds"]) for r in records)

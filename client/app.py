@@ -75,7 +75,7 @@ from fedssl.round_protocol import (
     SERVER_ROUND,
 )
 from fedssl.run_layout import RunLayout, SiteLayout
-from fedssl.run_spec import config_view
+from fedssl.run_spec import RunSpec, round_spec
 from fedssl.ssl_core.augmentations import augment_for
 from fedssl.ssl_core.data_cache import DataSpec, cached_dataset, simulated_partition
 from fedssl.ssl_core.datasets import DataError, validate_arrays
@@ -118,9 +118,18 @@ def identify(context: Context, config: ConfigRecord) -> ClientIdentity:
     return ClientIdentity(cid, run.client_dir(cid), run.ledger(cid))
 
 
-def load_records(context: Context, config: ConfigRecord):
-    """This client's unlabelled training records."""
-    run = config_view(config)
+def load_records(context: Context, run: RunSpec, expected: tuple[int, ...] = ()
+                 ) -> np.ndarray:
+    """This client's unlabelled training records.
+
+    Args:
+        context: the node's context (a site's own data path, or a simulated partition id).
+        run: the round's settings (:func:`fedssl.run_spec.round_spec`).
+        expected: the shape of one record the federation's model takes (empty: unchecked).
+
+    Raises:
+        DataError: for unreadable data, NaN/Inf, or records of another shape.
+    """
     spec = DataSpec(dataset=run.dataset, data_path=run.data_path, num_samples=run.num_samples,
                     seed=run.seed, image_size=run.image_size)
     node = context.node_config
@@ -135,7 +144,6 @@ def load_records(context: Context, config: ConfigRecord):
             run.partitioner, run.dirichlet_alpha, run.shards_per_client, run_dir=run.run_dir,
         )
     validate_arrays(x, None, "local data")
-    expected = tuple(int(d) for d in config.get(INPUT_SHAPE, ()))
     if expected and tuple(x.shape[1:]) != expected:  # e.g. an RGB site in a grey federation
         raise DataError(
             f"this site's records have shape {tuple(x.shape[1:])} (channels, size) but the "
@@ -144,10 +152,9 @@ def load_records(context: Context, config: ConfigRecord):
     return x
 
 
-def compute_setup(context: Context, config: ConfigRecord) -> torch.device:
+def compute_setup(context: Context, run: RunSpec) -> torch.device:
     """Set this worker's torch threads and return its device (the site's own ``device``
     node config wins over the run's)."""
-    run = config_view(config)
     torch.set_num_threads(max(1, run.threads))
     return resolve_device(str(context.node_config.get("device", run.device)))
 
@@ -171,8 +178,8 @@ def run_id_of(config: ConfigRecord) -> str:
     return rid
 
 
-def plan_noise(config: ConfigRecord, ledger: Ledger, sample_rate: float, steps: int,
-               server_round: int, sensitivity: float = 1.0) -> float:
+def plan_noise(run: RunSpec, config: ConfigRecord, ledger: Ledger, sample_rate: float,
+               steps: int, server_round: int, sensitivity: float = 1.0) -> float:
     """Noise multiplier for this round that keeps the client's planned run within budget.
 
     With a target epsilon, the remaining rounds (this one included) are assumed to each cost
@@ -186,7 +193,6 @@ def plan_noise(config: ConfigRecord, ledger: Ledger, sample_rate: float, steps: 
     see :meth:`~fedssl.privacy.identity.ledger.LedgerEntry.segment`) scales the calibrated effective
     noise multiplier back to the one handed to the optimizer.
     """
-    run = config_view(config)
     delta, accountant, target = run.delta, run.accountant, run.target_epsilon
     history = ledger.history(run_id_of(config))
     if target <= 0:
@@ -240,7 +246,8 @@ class RoundPlan:
     run_id: str
 
 
-def plan_round(context: Context, config: ConfigRecord, ident: ClientIdentity) -> RoundPlan:
+def plan_round(context: Context, config: ConfigRecord, run: RunSpec, ident: ClientIdentity
+               ) -> RoundPlan:
     """Every check a round makes before its first gradient, and its noise multiplier.
 
     Run by the train handler, and under secure aggregation also when the server first asks
@@ -254,7 +261,6 @@ def plan_round(context: Context, config: ConfigRecord, ident: ClientIdentity) ->
         records and nothing spent.
     """
     server_round = int(config[SERVER_ROUND])
-    run = config_view(config)  # the run's settings, typed (fedssl.run_spec)
     objective = get_objective(run.method)
     dp = run.dp
     budget = SiteBudget.load(context.node_config, ident.state_dir)
@@ -267,13 +273,14 @@ def plan_round(context: Context, config: ConfigRecord, ident: ClientIdentity) ->
             "(dp = false); the budget can only be kept under DP-SGD: not training")
     # 1 (per-record clipping) or 2 (group clipping); refuses a method with no proven bound
     sensitivity = clip_sensitivity(objective) if dp else 1
-    x = load_records(context, config)
-    cfg = round_train_config(config, context, server_round, dp)
+    x = load_records(context, run, tuple(int(d) for d in config.get(INPUT_SHAPE, ())))
+    cfg = round_train_config(run, context, server_round,
+                             int(config.get(NUM_ROUNDS, server_round)), dp)
     key = secagg.site_identity(context, ident.state_dir)  # a site's registered key only
     ledger = Ledger(ident.ledger_path, key)
     run_id = run_id_of(config)
     if dp:
-        cfg.noise_multiplier = _plan_round_noise(config, ledger, budget, cfg, len(x),
+        cfg.noise_multiplier = _plan_round_noise(run, config, ledger, budget, cfg, len(x),
                                                  server_round, sensitivity, run_id)
     return RoundPlan(objective, dp, sensitivity, x, cfg, ledger, key, run_id)
 
@@ -284,12 +291,12 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     the first gradient (REFUSALS)."""
     start = time.perf_counter()
     server_round = int(config[SERVER_ROUND])
-    run = config_view(config)  # the run's settings, typed (fedssl.run_spec)
+    run = round_spec(config)  # the round's settings, typed once (fedssl.run_spec)
     if run.secagg:
         # secure aggregation's key setup precedes training: no setup, no gradient
         secagg.require_ready(context, server_round)
-    device = compute_setup(context, config)
-    plan = plan_round(context, config, ident)
+    device = compute_setup(context, run)
+    plan = plan_round(context, config, run, ident)
     objective, dp, sensitivity, x, cfg = (plan.objective, plan.dp, plan.sensitivity, plan.x,
                                           plan.cfg)
     ledger, run_id = plan.ledger, plan.run_id
@@ -315,7 +322,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
 
     epsilon = lifetime_epsilon = 0.0
     if dp:
-        epsilon, lifetime_epsilon = _record_round(ledger, ident.client_id, config, cfg, result,
+        epsilon, lifetime_epsilon = _record_round(ledger, ident.client_id, run, cfg, result,
                                                   server_round, run_id, sensitivity)
     metrics = MetricRecord({
         "num-examples": result.num_examples,
@@ -337,7 +344,8 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         status["ledger-pub"] = pub.read_bytes()
     if run.secagg:
         # the server must learn only the sum: keep the quantised update on this node
-        _keep_masked_update(context, config, shared, global_state, cfg.seed)
+        _keep_masked_update(context, run, int(config[SECAGG_NUM_CLIENTS]), shared,
+                            global_state, cfg.seed)
         return Message(RecordDict({"metrics": metrics, "status": status}), reply_to=msg)
     content = RecordDict({
         "arrays": ArrayRecord(shared), "metrics": metrics, "status": status,
@@ -345,14 +353,14 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     return Message(content, reply_to=msg)
 
 
-def round_train_config(config: ConfigRecord, context: Context, server_round: int,
+def round_train_config(run: RunSpec, context: Context, server_round: int, num_rounds: int,
                        dp: bool) -> TrainConfig:
-    """The local training of round ``server_round`` (:class:`~fedssl.client.trainer.
-    TrainConfig`) from the round's configuration: the optimiser, DP-SGD's clip norm, the
-    run's recipe (augmentation multiplicity, EMA of the local iterates, which is what is
-    sent, learning-rate schedule over the run's rounds) and a seed per run, round and site.
-    The noise multiplier is planned separately (:func:`plan_noise`)."""
-    run = config_view(config)
+    """The local training of round ``server_round`` of ``num_rounds`` (:class:`~fedssl.
+    client.trainer.TrainConfig`), derived from the round's settings (checked by the server;
+    not re-validated): the optimiser, DP-SGD's clip norm, the run's recipe (augmentation
+    multiplicity, EMA of the local iterates, which is what is sent, learning-rate schedule
+    over the run's rounds) and a seed per run, round and site. The noise multiplier is
+    planned separately (:func:`plan_noise`)."""
     return TrainConfig(
         epochs=run.local_epochs, batch_size=run.batch_size, lr=run.lr, momentum=run.momentum,
         seed=run.seed * 100_003 + server_round * 1009
@@ -360,19 +368,20 @@ def round_train_config(config: ConfigRecord, context: Context, server_round: int
         dp=dp, max_grad_norm=run.max_grad_norm, amp=run.amp,
         views=run.views, ema_decay=run.ema_decay, lr_schedule=run.lr_schedule,
         warmup_rounds=run.warmup_rounds, round_index=server_round,
-        total_rounds=max(server_round, int(config.get(NUM_ROUNDS, server_round))),
+        total_rounds=max(server_round, num_rounds),
     )
 
 
-def _plan_round_noise(config: ConfigRecord, ledger: Ledger, budget: SiteBudget | None,
+def _plan_round_noise(run: RunSpec, config: ConfigRecord, ledger: Ledger,
+                      budget: SiteBudget | None,
                       cfg: TrainConfig, num_records: int, server_round: int,
                       sensitivity: float, run_id: str) -> float:
     """The round's noise multiplier (:func:`plan_noise`), checked against the site's own
     lifetime budget before any gradient (BudgetExceededError: the round is refused)."""
-    check_delta(float(config_view(config).delta), num_records, "this site's data")
+    check_delta(run.delta, num_records, "this site's data")
     sample_rate = min(1.0, cfg.batch_size / num_records)
     planned = cfg.epochs * steps_per_epoch(num_records, cfg.batch_size, dp=True)
-    sigma = plan_noise(config, ledger, sample_rate, planned, server_round, sensitivity)
+    sigma = plan_noise(run, config, ledger, sample_rate, planned, server_round, sensitivity)
     if budget is not None:  # the site's own lifetime limit, checked before any gradient
         entries = ledger.entries()
         budget.check(segments(entries), (sigma / sensitivity, sample_rate, planned),
@@ -381,13 +390,12 @@ def _plan_round_noise(config: ConfigRecord, ledger: Ledger, budget: SiteBudget |
     return sigma
 
 
-def _record_round(ledger: Ledger, client_id: str, config: ConfigRecord, cfg: TrainConfig,
+def _record_round(ledger: Ledger, client_id: str, run: RunSpec, cfg: TrainConfig,
                   result: TrainResult, server_round: int, run_id: str, sensitivity: float
                   ) -> tuple[float, float]:
     """Append the round's signed entry to the ledger; returns the run's epsilon (this run's
     rounds only, what the run's report claims) and the lifetime one (every round of every
     run of this site)."""
-    run = config_view(config)
     delta, accountant = run.delta, run.accountant
     entry = LedgerEntry(
         round=server_round, client=client_id, noise_multiplier=cfg.noise_multiplier,
@@ -405,7 +413,7 @@ def _record_round(ledger: Ledger, client_id: str, config: ConfigRecord, cfg: Tra
     return epsilon, lifetime_epsilon
 
 
-def _keep_masked_update(context: Context, config: ConfigRecord,
+def _keep_masked_update(context: Context, run: RunSpec, num_clients: int,
                         shared: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor],
                         seed: int) -> None:
     """Secure aggregation: quantise the update (with distributed DP: clipped, scaled,
@@ -415,7 +423,6 @@ def _keep_masked_update(context: Context, config: ConfigRecord,
     Raises:
         TrainingError: if the update holds NaN or Inf.
     """
-    run = config_view(config)
     new = {k: v.detach().cpu().numpy() for k, v in shared.items()}
     update = flatten(new) - flatten({k: v.numpy() for k, v in global_state.items()})
     if not np.isfinite(update).all():
@@ -424,10 +431,10 @@ def _keep_masked_update(context: Context, config: ConfigRecord,
         # clip, scale, round and add this client's Skellam noise share before masking
         plan = SkellamPlan.make(
             run.client_clip, run.secagg_clip, run.client_noise_multiplier,
-            run.client_dp_min_clients, int(config[SECAGG_NUM_CLIENTS]), update.size)
+            run.client_dp_min_clients, num_clients, update.size)
         q = encode_with_noise(update, plan, rng=np.random.default_rng(seed))
     else:
-        quantizer = Quantizer(run.secagg_clip, int(config[SECAGG_NUM_CLIENTS]))
+        quantizer = Quantizer(run.secagg_clip, num_clients)
         q = quantizer.encode(update, rng=np.random.default_rng(seed))
     store_update(context, q)
 
@@ -441,7 +448,7 @@ def _secagg_stage(stage: str):
             # (before any key is set up) lets the server skip a round that secure
             # aggregation could not complete, before anybody spends privacy on it
             try:
-                plan_round(context, config, ident)
+                plan_round(context, config, round_spec(config), ident)
             except REFUSALS as exc:
                 return secagg.decline(msg, context, ident.client_id, str(exc))
         return secagg.handle(stage, msg, context, ident.state_dir, ident.client_id)

@@ -24,7 +24,7 @@ import numpy as np
 from flwr.app import Context, Message
 
 from fedssl.round_protocol import SERVER_ROUND
-from fedssl.run_spec import config_view
+from fedssl.run_spec import read_settings
 
 #: the message type of a secure-aggregation stage is ``train.<SECAGG_PREFIX><stage>``
 SECAGG_PREFIX = "secagg_"
@@ -51,17 +51,18 @@ def planned_fault(seed: int, server_round: int, partition_id: int, stage: str,
 
 
 def maybe_fault(config: Mapping[str, Any], node_config: Mapping[str, Any], stage: str) -> None:
-    """Apply this run's simulated faults to one message of one client."""
-    run = config_view(config)
-    p_drop, p_slow = run.dropout_prob, run.straggler_prob
+    """Apply this run's simulated faults to one message of one client (every message: the
+    secure-aggregation stages carry only the fault settings, read typed here)."""
+    p_drop, p_slow, delay, seed = read_settings(config, "dropout_prob", "straggler_prob",
+                                                "straggler_delay", "seed")
     if (p_drop <= 0 and p_slow <= 0) or "partition-id" not in node_config:
         return
-    fate = planned_fault(run.seed, int(config.get(SERVER_ROUND, 0)),
+    fate = planned_fault(seed, int(config.get(SERVER_ROUND, 0)),
                          int(node_config["partition-id"]), stage, p_drop, p_slow)
     if fate == "drop":
         raise SimulatedDropoutError(f"simulated dropout at stage {stage!r}")
     if fate == "slow":
-        time.sleep(run.straggler_delay)
+        time.sleep(delay)
 
 
 def stage_of(message_type: str) -> str | None:

@@ -12,7 +12,8 @@ round's ConfigRecord), its choices and its checks. Everything else is derived fr
   options and ``--help``;
 - ``fedssl server``'s named options and ``--set`` keys (``fedssl.deploy_commands``; a real
   federation changes only the defaults in :data:`DEPLOY_OVERRIDES`);
-- the clients' typed reading of a round's config (:func:`config_view`).
+- the server's typed run (:class:`ServerRun`) and the clients' typed reading of a round's
+  config (:func:`round_spec`): the only places a run config's kebab-case keys are read.
 
 Flower's run config (kebab-case keys, the scalar types Flower accepts) is met only at the
 ServerApp/ClientApp boundary: :meth:`RunSpec.from_run_config` and :meth:`RunSpec.to_run_config`
@@ -39,9 +40,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from fedssl.privacy.accounting import budget_accountants
 from fedssl.privacy.accounting.budget import UPPER_BOUND_ACCOUNTANTS
@@ -107,7 +108,7 @@ class Option:
     """``fedssl server --<flag>``'s help if the server has a named option for it."""
     server_flag: str | None
     client_fallback: Any
-    """What a client assumes when a round's config lacks the key (:func:`config_view`)."""
+    """What a client assumes when a round's config lacks the key (:func:`round_spec`)."""
     on_resume: str = FIXED
     """What ``--resume`` may do with it: :data:`FIXED`, :data:`MAY_CHANGE`, :data:`EXTEND`
     or :data:`INVOCATION` (:func:`resume_changes`)."""
@@ -134,9 +135,11 @@ def _opt(default: Any, help: str, *, client: bool = False, key: str | None = Non
         "deploy": deploy, "client_fallback": client_fallback, "on_resume": on_resume})
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSpec:
-    """A federated SSL run's settings (the ServerApp's run config, typed)."""
+    """A federated SSL run's settings (the ServerApp's run config, typed). Frozen: made once
+    at an app's boundary (:meth:`from_run_config`, :class:`ServerRun`, :class:`RoundConfig`)
+    and only read after that."""
 
     # data
     dataset: str = _opt(
@@ -346,9 +349,17 @@ class RunSpec:
         return {o.key: getattr(self, o.name) for o in options()}
 
     def validate(self) -> RunSpec:
-        """Check names, ranges and combinations (:func:`check_settings`); returns self."""
-        check_settings(self)
-        return self
+        """Check names, ranges and combinations (:func:`check_settings`).
+
+        Returns:
+            The checked settings, with ``dataset`` "auto" resolved from the data path and
+            ``init_encoder`` made absolute (a new object: a RunSpec is frozen).
+
+        Raises:
+            ConfigError: naming the first invalid option.
+        """
+        resolved = check_settings(self)
+        return replace(self, dataset=resolved.dataset, init_encoder=resolved.init_encoder)
 
 
 def options(cls: type = RunSpec) -> tuple[Option, ...]:
@@ -357,7 +368,7 @@ def options(cls: type = RunSpec) -> tuple[Option, ...]:
     out = []
     for f in fields(cls):
         m = f.metadata
-        typ = f.type if isinstance(f.type, type) else _TYPES[str(f.type)]
+        typ = f.type if isinstance(f.type, type) else SCALAR_TYPES[str(f.type)]
         out.append(Option(
             name=f.name, key=m.get("key") or f.name.replace("_", "-"), type=typ,
             default=f.default, help=m["help"], client=m.get("client", False),
@@ -373,7 +384,9 @@ def options(cls: type = RunSpec) -> tuple[Option, ...]:
     return tuple(out)
 
 
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+#: the run config's scalar types by name (a field's annotation is a string under
+#: ``from __future__ import annotations``); simulate's ExperimentConfig reads it too
+SCALAR_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 
 #: the run config's defaults (kebab-case keys): pyproject's [tool.flwr.app.config] holds them
 DEFAULTS: dict[str, Any] = RunSpec().to_run_config()
@@ -410,23 +423,39 @@ def coerce(value: Any, typ: type, key: str) -> Any:
         raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from exc
 
 
-def check_settings(s: Any, num_clients: int | None = None) -> None:
+class Resolved(NamedTuple):
+    """What :func:`check_settings` resolves: the data set "auto" stands for, the warm start's
+    absolute path, and whether the data set was inferred (the simulator says so)."""
+
+    dataset: str
+    init_encoder: str
+    inferred_dataset: bool
+
+
+def check_settings(s: Any, num_clients: int | None = None) -> Resolved:
     """The checks of a run's settings ``s`` (a :class:`RunSpec` or simulate's
-    ExperimentConfig), raising :class:`ConfigError` ``"<option>: <problem>"``. ``dataset``
-    "auto" is resolved from the data path and ``init_encoder`` made absolute (in place).
-    ``num_clients`` (a simulation's) bounds the clients per round; a deployment's number of
-    clients is known only when they connect."""
+    ExperimentConfig).
+
+    Args:
+        s: the settings (read only).
+        num_clients: a simulation's clients, which bound the clients per round; a
+            deployment's number of clients is known only when they connect.
+
+    Returns:
+        ``dataset`` "auto" resolved from the data path, ``init_encoder`` made absolute (the
+        server may run elsewhere: Ray, ``flwr run``); the caller applies them.
+
+    Raises:
+        ConfigError: ``"<option>: <problem>"`` for the first invalid option.
+    """
     def need(ok: bool, name: str, msg: str) -> None:
         if not ok:
             raise ConfigError(f"{name.replace('_', '-')}: {msg}")
 
     need(s.dataset in (*dataset_names(), "auto"), "dataset",
          f"unknown {s.dataset!r}; one of {('auto', *dataset_names())}")
-    if s.dataset == "auto":  # resolved once; config.toml records the result
-        # a plain attribute, not an option: the simulator prints that it was inferred
-        s.inferred_dataset = True
-    try:
-        s.dataset = infer_dataset(s.data_path, s.dataset)
+    try:  # resolved once; config.toml records the result
+        dataset = infer_dataset(s.data_path, s.dataset)
     except DataError as exc:
         raise ConfigError(f"dataset: {exc}") from None
     need(s.method in OBJECTIVES, "method",
@@ -496,12 +525,10 @@ def check_settings(s: Any, num_clients: int | None = None) -> None:
          f"must be between 0 and rounds ({s.rounds})")
     need(not s.init_encoder or Path(s.init_encoder).is_file(), "init_encoder",
          f"file {s.init_encoder!r} does not exist")
-    if s.init_encoder:  # the server may run elsewhere (Ray, flwr run): absolute
-        s.init_encoder = str(Path(s.init_encoder).resolve())
     # the public MNIST-1D split (warm start, infonce-public's bank) is generated with a
     # seed of its own: a private pool generated with that seed would be the public data,
     # trained on without DP
-    need(not (s.dataset == "mnist1d" and s.seed == MNIST1D_PUBLIC_SEED
+    need(not (dataset == "mnist1d" and s.seed == MNIST1D_PUBLIC_SEED
               and (s.init_encoder or s.method == "infonce-public")), "seed",
          f"{MNIST1D_PUBLIC_SEED} is the seed of the public MNIST-1D split used by the warm "
          "start and infonce-public's negative bank; the private pool must use another seed")
@@ -520,17 +547,8 @@ def check_settings(s: Any, num_clients: int | None = None) -> None:
     if s.dp:
         need(s.target_epsilon > 0 or s.noise_multiplier > 0, "noise_multiplier",
              "with DP on, set a target epsilon or a positive noise multiplier")
-
-
-def validate_run_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A Flower run config checked as ``fedssl simulate`` checks its options (unknown keys,
-    types, ranges, combinations: :meth:`RunSpec.validate`): ``config`` with the defaults
-    filled in, each value converted to its setting's type and ``dataset``/``init-encoder``
-    resolved; the driver's :data:`RUNTIME_KEYS` are kept as they are. Raises
-    :class:`ConfigError`."""
-    spec = RunSpec.from_run_config({**DEFAULTS, **config}).validate()
-    runtime = {k: v for k, v in config.items() if k in RUNTIME_KEYS}
-    return {**spec.to_run_config(), **runtime}
+    return Resolved(dataset, str(Path(s.init_encoder).resolve()) if s.init_encoder else "",
+                    s.dataset == "auto")
 
 
 class ResumeChange(NamedTuple):
@@ -585,31 +603,135 @@ def check_resume(changes: list[ResumeChange], run_dir: str | Path,
         "(nothing was changed)")
 
 
-class _ConfigView:
-    """:func:`config_view`'s object: typed attribute reads of a run or round config."""
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        self._config = config
-
-    def __getattr__(self, name: str) -> Any:
-        option = _BY_NAME.get(name)
-        if option is None:
-            raise AttributeError(name)
-        if option.key in self._config:
-            return coerce(self._config[option.key], option.type, option.key)
-        if option.client_fallback is _REQUIRED:
-            raise KeyError(option.key)
-        return option.client_fallback
-
-
 _BY_NAME = {o.name: o for o in options()}
 
 
-def config_view(config: Mapping[str, Any]) -> RunSpec:
-    """A client's typed view of a round's config (a Flower ConfigRecord): ``view.batch_size``
-    is the round's ``batch-size`` as an int. A key the server did not send reads as what a
-    client assumes then (no DP, no secure aggregation, no target epsilon, iid partitions, the
-    defaults otherwise), except the keys a round cannot do without (method, lr, batch size,
-    ...): those raise KeyError, as before. Read lazily, so a key is needed only where used."""
-    return cast(RunSpec, _ConfigView(config))
+@dataclass(frozen=True)
+class ServerRun:
+    """What a ServerApp is asked to run: the checked settings and what the driver adds.
 
+    Made once at the ServerApp's boundary from Flower's run config
+    (:meth:`from_run_config`); only this object travels through the server (no
+    string-keyed reads of settings past the boundary). The driver's values
+    (:data:`RUNTIME_KEYS`) are not settings of the run: the simulator's clients and their
+    resources, its warm-up workers, and the fewest sites a deployment's round starts with.
+    """
+
+    spec: RunSpec
+    #: simulated clients (0 in a deployment: its clients are known when they connect)
+    num_clients: int = 0
+    #: the fewest connected sites a round starts with (``fedssl server --min-clients``)
+    min_clients: int = 0
+    #: simulator workers that load the data before round 1 (0: none)
+    warmup_workers: int = 0
+    cpus_per_client: float = 1.0
+    gpus_per_client: float = 0.0
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, Any]) -> ServerRun:
+        """Flower's run config (kebab-case keys), checked as ``fedssl simulate`` checks its
+        options.
+
+        Args:
+            config: the run config; missing settings take :data:`DEFAULTS`.
+
+        Returns:
+            The validated settings (``dataset``/``init-encoder`` resolved) and the driver's
+            runtime values (a ``run-id`` a driver passes is ignored: the server assigns it).
+
+        Raises:
+            ConfigError: for an unknown key, a value of the wrong type, or invalid settings.
+        """
+        spec = RunSpec.from_run_config({**DEFAULTS, **config}).validate()
+        runtime: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.name.replace("_", "-")
+            if f.name != "spec" and key in config:
+                runtime[f.name] = coerce(config[key], SCALAR_TYPES[str(f.type)], key)
+        return cls(spec, **runtime)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Back to Flower's run config: every setting, and the runtime values the driver set
+        (those not at their defaults), kebab-case (what ``RUN/config.toml`` records)."""
+        return {**self.spec.to_run_config(),
+                **{f.name.replace("_", "-"): getattr(self, f.name)
+                   for f in fields(self)
+                   if f.name != "spec" and getattr(self, f.name) != f.default}}
+
+
+def validate_run_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A Flower run config checked as ``fedssl simulate`` checks its options
+    (:meth:`ServerRun.from_run_config`), back as a run config with every default filled in.
+
+    Raises:
+        ConfigError: as :meth:`ServerRun.from_run_config`.
+    """
+    return ServerRun.from_run_config(config).to_run_config()
+
+
+#: settings the server sends only with the feature that reads them: a round config lacking
+#: one while its feature is on is refused (KeyError), else the field's default stands
+_SENT_WITH: dict[str, Callable[[RunSpec], bool]] = {
+    "secagg_clip": lambda s: s.secagg,
+    "client_clip": lambda s: s.client_dp == "distributed",
+    "client_noise_multiplier": lambda s: s.client_dp == "distributed",
+    "client_dp_min_clients": lambda s: s.client_dp == "distributed",
+}
+
+
+def round_spec(config: Mapping[str, Any]) -> RunSpec:
+    """A client's typed reading of a round's config (a Flower ConfigRecord), made once per
+    message at the ClientApp's boundary.
+
+    A key the server did not send reads as what a client assumes then (no DP, no secure
+    aggregation, no target epsilon, iid partitions, the defaults otherwise: each option's
+    ``client_fallback``), except the keys a round cannot do without (method, lr, batch size,
+    ...), and the secure-aggregation and distributed-DP settings while those are on.
+
+    Args:
+        config: the round's config: the run's client settings (:data:`CLIENT_KEYS`), the
+            protocol's keys (:mod:`fedssl.round_protocol`, not read here) and what secure
+            aggregation adds.
+
+    Returns:
+        The round's settings as a frozen :class:`RunSpec` (not validated again: the server
+        did that; a site checks what binds it itself).
+
+    Raises:
+        KeyError: naming a setting the round cannot do without.
+        ConfigError: for a value of the wrong type.
+    """
+    kwargs: dict[str, Any] = {}
+    for o in options():
+        if o.key in config:
+            kwargs[o.name] = coerce(config[o.key], o.type, o.key)
+        elif o.client_fallback is not _REQUIRED:
+            kwargs[o.name] = o.client_fallback
+        elif o.name not in _SENT_WITH:
+            raise KeyError(o.key)
+    spec = RunSpec(**kwargs)
+    for name, sent in _SENT_WITH.items():
+        if name not in kwargs and sent(spec):
+            raise KeyError(_BY_NAME[name].key)
+    return spec
+
+
+def read_settings(config: Mapping[str, Any], *names: str) -> tuple[Any, ...]:
+    """Some settings of a message's config, typed, for a client mod that sees every message
+    (the secure-aggregation stages carry only a few settings): each ``names`` entry is a
+    RunSpec field, read as :func:`round_spec` reads it.
+
+    Raises:
+        KeyError: for a setting a round cannot do without that ``config`` lacks.
+        ConfigError: for a value of the wrong type.
+    """
+    out = []
+    for name in names:
+        o = _BY_NAME[name]
+        if o.key in config:
+            out.append(coerce(config[o.key], o.type, o.key))
+        elif o.client_fallback is _REQUIRED:
+            raise KeyError(o.key)
+        else:
+            out.append(o.client_fallback)
+    return tuple(out)

@@ -36,6 +36,7 @@ from fedssl.privacy.accounting.budget import epsilon_of
 from fedssl.privacy.client_level.central import ClientLevelGaussian
 from fedssl.privacy.client_level.distributed import SkellamRound, skellam_epsilon
 from fedssl.run_layout import RunLayout
+from fedssl.run_spec import RunSpec
 from fedssl.server.federation_nodes import min_round_nodes
 from fedssl.server.ledger_copies import LedgerCopyKeeper
 from fedssl.server.secure_aggregation import (
@@ -49,86 +50,73 @@ from fedssl.server.strategy import FedSSLStrategy, RoundOutcome
 log = logging.getLogger("fedssl.server")
 
 
-def min_dp_clients(cfg: dict[str, Any], per_round: int) -> int:
+def min_dp_clients(spec: RunSpec, per_round: int) -> int:
     """Noise shares every distributed-DP release must hold: the configured number, else
     80 % of the clients sampled per round (so a few dropouts do not void a round)."""
-    given = int(cfg["client-dp-min-clients"])
+    given = spec.client_dp_min_clients
     return given if given > 0 else max(1, int(0.8 * per_round))
 
 
 class Aggregation:
-    """The round's aggregation path and server optimizer, built from the run config ``cfg``
-    for a federation of ``num_nodes`` clients whose run directory is ``layout``;
-    ``ledger_gate`` verifies and keeps the sites' ledger copies as replies are screened.
+    """The round's aggregation path and server optimizer, built from the run's checked
+    settings ``spec`` (:meth:`fedssl.run_spec.RunSpec.validate` refuses the combinations no
+    path can run: central client-level DP under secure aggregation, distributed DP without
+    it) for a federation of ``num_nodes`` clients whose run directory is ``layout``;
+    ``ledger_gate`` verifies and keeps the sites' ledger copies as replies are screened;
+    ``min_clients`` is the operator's floor of connected sites per round."""
 
-    Raises:
-        ValueError: for an unknown ``client-dp``, central client-level DP with secure
-            aggregation (the server would have to see single updates), or distributed DP
-            without it (its noise shares only add up under secure aggregation).
-    """
-
-    def __init__(self, cfg: dict[str, Any], num_nodes: int, reference: dict[str, np.ndarray],
+    def __init__(self, spec: RunSpec, num_nodes: int, reference: dict[str, np.ndarray],
                  seed: int, layout: RunLayout,
-                 ledger_gate: LedgerCopyKeeper | None = None) -> None:
+                 ledger_gate: LedgerCopyKeeper | None = None, min_clients: int = 0) -> None:
         self.num_nodes = num_nodes
-        self.per_round = int(cfg["clients-per-round"]) or num_nodes
+        self.per_round = spec.clients_per_round or num_nodes
         self.client_rate = self.per_round / max(1, num_nodes)
-        self.delta = float(cfg["delta"])
-        self.timeout = float(cfg["round-timeout"])
+        self.delta = spec.delta
+        self.timeout = spec.round_timeout
         self.client_dp: ClientLevelGaussian | None = None
-        if cfg["client-dp"] == "central":
+        if spec.client_dp == "central":
             self.client_dp = ClientLevelGaussian(
-                float(cfg["client-clip"]), float(cfg["client-noise-multiplier"]),
+                spec.client_clip, spec.client_noise_multiplier,
                 expected_clients=self.client_rate * num_nodes,
                 # OS entropy, not the run seed: config.toml holds the seed, and noise that can
                 # be regenerated can be subtracted from the released model
                 rng=np.random.default_rng())
-        elif cfg["client-dp"] not in ("off", "distributed"):
-            raise ValueError("client-dp must be 'off', 'central' or 'distributed', got "
-                             f"{cfg['client-dp']!r}")
         self.strategy = FedSSLStrategy(
             reference=reference, client_dp=self.client_dp, client_rate=self.client_rate,
             # client-level DP's sampling must be unpredictable too (its amplification assumes it)
             rng=np.random.default_rng(None if self.client_dp is not None else seed + 11),
             fraction_train=self.client_rate,
             min_train_nodes=self.per_round, min_available_nodes=self.per_round,
-            fraction_evaluate=0.0, aggregator=str(cfg["aggregator"]),
+            fraction_evaluate=0.0, aggregator=spec.aggregator,
         )
         # sites' ledger copies verified as their replies are screened: a refused copy
         # rejects the update with it (fedssl.server.ledger_copies)
         self.strategy.ledger_gate = ledger_gate
-        self.server_opt = ServerMomentum(float(cfg["server-lr"]), float(cfg["server-momentum"]))
+        self.server_opt = ServerMomentum(spec.server_lr, spec.server_momentum)
         #: distributed-DP rounds whose sum was unmasked (what the Skellam accountant composes)
         self.released: list[SkellamRound] = []
         self.secure: SecureAggregation | None = None
-        if cfg["secagg"]:
-            if self.client_dp is not None:
-                raise ValueError("client-level central DP clips individual updates, which "
-                                 "secure aggregation hides from the server: turn one of them "
-                                 "off")
-            registry = Path(str(cfg["identity-registry"]) or layout.identities)
-            if not str(cfg["identity-registry"]) and not registry.exists():
+        if spec.secagg:
+            registry = Path(spec.identity_registry or layout.identities)
+            if not spec.identity_registry and not registry.exists():
                 # `flwr run .` (no driver made the simulated sites' keys): make them now
                 simulated_registry(layout.root, num_nodes)
-            self.secure = SecureAggregation(self.strategy, registry, float(cfg["secagg-clip"]),
+            self.secure = SecureAggregation(self.strategy, registry, spec.secagg_clip,
                                             self.timeout, layout.root.resolve())
-            if float(cfg["dropout-prob"]) or float(cfg["straggler-prob"]):
+            if spec.dropout_prob or spec.straggler_prob:
                 # the simulator's fault model (client/faults.py, a mod only the simulated
                 # sites' ClientApp has) reads these in every stage; a deployment sends none
-                self.secure.fault_config = {k: cfg[k] for k in (
+                settings = spec.to_run_config()
+                self.secure.fault_config = {k: settings[k] for k in (
                     "dropout-prob", "straggler-prob", "straggler-delay", "seed")}
-            if cfg["client-dp"] == "distributed":
-                self.secure.dp = DistributedDP(float(cfg["client-clip"]),
-                                               float(cfg["client-noise-multiplier"]),
-                                               min_dp_clients(cfg, self.per_round))
-        elif cfg["client-dp"] == "distributed":
-            raise ValueError("distributed client-level DP adds its noise under secure "
-                             "aggregation: turn secure aggregation on")
+            if spec.client_dp == "distributed":
+                self.secure.dp = DistributedDP(spec.client_clip, spec.client_noise_multiplier,
+                                               min_dp_clients(spec, self.per_round))
         # a round starts with the nodes connected then, once there are enough, waiting for
         # them at most the round timeout (a dead site must not hang the run)
         dist = self.distributed_dp
         self.strategy.min_round_nodes = min_round_nodes(
-            cfg, dist.min_clients if dist is not None else 0)
+            spec.secagg, min_clients, dist.min_clients if dist is not None else 0)
         self.strategy.round_wait = self.timeout
 
     @property

@@ -36,7 +36,7 @@ from threadpoolctl import threadpool_limits
 from fedssl import run_spec
 from fedssl.round_protocol import INPUT_SHAPE, NUM_ROUNDS, RUN_DIR, RUN_ID, SERVER_ROUND
 from fedssl.run_layout import RunLayout
-from fedssl.run_spec import validate_run_config
+from fedssl.run_spec import RunSpec, ServerRun
 from fedssl.server.aggregation import Aggregation
 from fedssl.server.checkpoint import resume_point, rewrite_metrics
 from fedssl.server.evaluation import ServerEvaluation
@@ -81,10 +81,10 @@ DEFAULTS: dict[str, Any] = run_spec.DEFAULTS
 
 
 def make_server_app(run_config: dict[str, Any] | None = None,
-                    prepare_grid: Callable[[Grid, dict[str, Any]], None] | None = None,
+                    prepare_grid: Callable[[Grid, ServerRun], None] | None = None,
                     print_report: bool = False) -> ServerApp:
     """A ServerApp whose run config is ``run_config`` layered over Flower's run config.
-    ``prepare_grid(grid, cfg)`` sees the grid and the checked run config first: the
+    ``prepare_grid(grid, run)`` sees the grid and the checked run (:class:`ServerRun`) first: the
     simulator's (:func:`fedssl.simulations.warmup.prepare_grid`) gives its in-memory grid
     event-driven, streaming dispatch and starts its workers' warm-up; the production app has
     none. With ``print_report`` the result table of ``fedssl simulate`` (and the run
@@ -94,15 +94,16 @@ def make_server_app(run_config: dict[str, Any] | None = None,
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        # the run config checked as fedssl simulate checks its options (same errors)
-        cfg = validate_run_config({**dict(context.run_config), **(run_config or {})})
+        # the boundary: the run config checked as fedssl simulate checks its options (same
+        # errors), typed once; only the ServerRun travels on
+        run = ServerRun.from_run_config({**dict(context.run_config), **(run_config or {})})
         if prepare_grid is not None:
-            prepare_grid(grid, cfg)
-        run_federation(grid, cfg)
+            prepare_grid(grid, run)
+        run_federation(grid, run)
         if print_report:
             from fedssl.server.report_table import format_report
 
-            print(format_report(Path(str(cfg["run-dir"])).resolve()), flush=True)
+            print(format_report(Path(run.spec.run_dir).resolve()), flush=True)
 
     return server_app
 
@@ -111,7 +112,7 @@ def make_server_app(run_config: dict[str, Any] | None = None,
 app = make_server_app(print_report=True)
 
 
-def initial_model(cfg: dict[str, Any], input_shape: tuple[int, ...]
+def initial_model(spec: RunSpec, input_shape: tuple[int, ...]
                   ) -> tuple[torch.nn.Module, torch.nn.Module | None, tuple[str, ...]]:
     """The method's model for ``input_shape``, randomly initialised or warm-started from
     ``init-encoder`` (public or synthetic data, never private); the random encoder when it
@@ -121,31 +122,37 @@ def initial_model(cfg: dict[str, Any], input_shape: tuple[int, ...]
     Raises:
         AlgorithmError: for an unknown algorithm, or shared parts without the encoder.
     """
-    model = get_objective(str(cfg["method"])).build_model(input_shape)
+    model = get_objective(spec.method).build_model(input_shape)
     random_encoder = None
-    if str(cfg["init-encoder"]):
+    if spec.init_encoder:
         random_encoder = copy.deepcopy(model.encoder)
-        load_init_encoder(model, str(cfg["init-encoder"]))
-    shared = parse_shared(str(cfg["shared"]))
-    get_algorithm(str(cfg["algorithm"]))  # AlgorithmError for an unknown one
+        load_init_encoder(model, spec.init_encoder)
+    shared = parse_shared(spec.shared)
+    get_algorithm(spec.algorithm)  # AlgorithmError for an unknown one
     if not any(k.startswith("encoder.") for k in shared_state(model.state_dict(), shared)):
         raise AlgorithmError("the encoder must be among the shared parts")
     return model, random_encoder, shared
 
 
-def round_config(cfg: dict[str, Any], input_shape: tuple[int, ...], run_dir: Path
-                 ) -> ConfigRecord:
+def round_config(run: ServerRun, input_shape: tuple[int, ...], run_dir: Path
+                 ) -> tuple[ConfigRecord, str]:
     """The configuration every round sends the clients (its ``server-round`` is set per
     round): the clients' settings, the run's length, the model's input shape, the run
     directory and the run's id, which tells this run's ledger entries from a site's other
     runs (kept on resume; writing ``RUN/config.toml`` makes the run directory auditable,
-    :func:`fedssl.server.run_record.record_run`)."""
-    config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
-    config[NUM_ROUNDS] = int(cfg["num-server-rounds"])
+    :func:`fedssl.server.run_record.record_run`). Returns the config and the run's id.
+
+    The other boundary: the settings leave as the round's ConfigRecord (kebab-case keys),
+    which each client reads once, typed (:func:`fedssl.run_spec.round_spec`).
+    """
+    settings = run.spec.to_run_config()
+    config = ConfigRecord({k: settings[k] for k in CLIENT_KEYS})
+    config[NUM_ROUNDS] = run.spec.rounds
     config[INPUT_SHAPE] = list(input_shape)
     config[RUN_DIR] = str(run_dir.resolve())
-    config[RUN_ID] = cfg[RUN_ID] = record_run(run_dir, cfg)
-    return config
+    run_id = record_run(run_dir, run.to_run_config())
+    config[RUN_ID] = run_id
+    return config, run_id
 
 
 class Start(NamedTuple):
@@ -161,7 +168,7 @@ class Start(NamedTuple):
     resumed: bool
 
 
-def resume(cfg: dict[str, Any], run_dir: Path, model: torch.nn.Module,
+def resume(spec: RunSpec, run_dir: Path, model: torch.nn.Module,
            shared: tuple[str, ...], aggregation: Aggregation) -> Start:
     """Where the run starts: round 1, or, with ``resume``, the round after the last
     *complete* one (checkpoint and metrics row written; a round interrupted or crashed
@@ -172,7 +179,7 @@ def resume(cfg: dict[str, Any], run_dir: Path, model: torch.nn.Module,
     Raises:
         FileExistsError: if ``run_dir`` already holds a run and ``resume`` is off.
     """
-    point = resume_point(run_dir) if cfg["resume"] else None
+    point = resume_point(run_dir) if spec.resume else None
     if point is None:
         previous = read_metrics(run_dir)
         if previous:
@@ -193,12 +200,13 @@ def resume(cfg: dict[str, Any], run_dir: Path, model: torch.nn.Module,
 
 @dataclass
 class Federation:
-    """What one run's rounds share, once set up (:func:`run_federation`): the run config,
-    its directory, the global model, the server's evaluation, the aggregation path, the
+    """What one run's rounds share, once set up (:func:`run_federation`): the settings, the
+    run's id, its directory, the global model, the server's evaluation, the aggregation path, the
     metrics rows, the progress display and the round callbacks (checkpoint, evaluation,
     metrics file, TensorBoard: :mod:`fedssl.server.round_callbacks`)."""
 
-    cfg: dict[str, Any]
+    spec: RunSpec
+    run_id: str
     layout: RunLayout
     model: torch.nn.Module
     evaluation: ServerEvaluation
@@ -209,7 +217,7 @@ class Federation:
 
     @property
     def rounds(self) -> int:
-        return int(self.cfg["num-server-rounds"])
+        return self.spec.rounds
 
     def record(self, row: dict[str, Any]) -> None:
         """Hand a finished metrics row to every callback (``metrics.jsonl``, TensorBoard)."""
@@ -237,10 +245,10 @@ class Federation:
                     train_config: ConfigRecord) -> ArrayRecord:
         """One round: train and aggregate, step the server optimizer, then the callbacks
         (checkpoint, evaluation when due, the metrics row); returns the new global model."""
-        cfg, rounds, aggregation = self.cfg, self.rounds, self.aggregation
+        spec, rounds, aggregation = self.spec, self.rounds, self.aggregation
         self.progress.phase(f"round {server_round}/{rounds}: training" + (
             " (clients first calibrate their DP noise)"
-            if first and cfg["dp"] and float(cfg["target-epsilon"]) > 0 else ""))
+            if first and spec.dp and spec.target_epsilon > 0 else ""))
         t0 = time.perf_counter()
         train_config[SERVER_ROUND] = server_round
         aggregate, agg = aggregation.run_round(server_round, grid, arrays, train_config)
@@ -263,7 +271,7 @@ class Federation:
         label-efficiency table (the federated encoder and the warm start ``warm_encoder``,
         if any, fine-tuned next to the same network from scratch), the exported encoder,
         ``report.json`` and the plots; returns the report."""
-        cfg, run_dir, rounds = self.cfg, self.layout.root, self.rounds
+        spec, run_dir, rounds = self.spec, self.layout.root, self.rounds
         for callback in self.callbacks:
             callback.close()
         shots = self.evaluation.shots if self.evaluation.labelled else ()
@@ -271,19 +279,19 @@ class Federation:
         final = self.evaluation.final(self.model.encoder)
         encoders = {"federated encoder": self.model.encoder,
                     **({"warm start": warm_encoder} if warm_encoder is not None else {})}
-        method, shape = str(cfg["method"]), data.input_shape
+        method, shape = spec.method, data.input_shape
         efficiency = self.evaluation.label_efficiency(
             encoders, lambda: get_objective(method).build_model(shape).encoder,
             progress=lambda line: self.progress.phase(f"label efficiency: {line}"))
         self.model.cpu()
         export_encoder(self.layout.encoder, self.model, {
-            "method": str(cfg["method"]), "dataset": data.name,
+            "method": spec.method, "dataset": data.name,
             "input_shape": ",".join(map(str, data.input_shape)), "rounds": str(rounds),
         })
-        privacy = run_privacy(run_dir, cfg, self.metrics.reported,
+        privacy = run_privacy(run_dir, spec, self.run_id, self.metrics.reported,
                               self.aggregation.run_privacy(rounds))
         report = {
-            "method": cfg["method"], "algorithm": cfg["algorithm"], "shared": list(shared),
+            "method": spec.method, "algorithm": spec.algorithm, "shared": list(shared),
             "dataset": data.name, "clients": num_nodes, "rounds": rounds,
             "clients_per_round": self.aggregation.per_round,
             # None for a training-only run (evaluation data without labels)
@@ -295,8 +303,8 @@ class Federation:
             "label_efficiency": efficiency,
             "wall_seconds": time.perf_counter() - wall_start,
             "privacy": privacy,
-            "secure_aggregation": bool(cfg["secagg"]),
-            "run_id": cfg[RUN_ID],
+            "secure_aggregation": spec.secagg,
+            "run_id": self.run_id,
             "refusals": self.metrics.refusals,
             "discarded": self.metrics.discarded,
             "labels": data.label_kind,  # multi-label: mean per-label accuracies, plus AUCs
@@ -307,82 +315,85 @@ class Federation:
         references = {"random init": random_init,
                       **({"warm start": baseline} if warm_encoder is not None else {})}
         plot_run(run_dir, read_metrics(run_dir), privacy, references,
-                 float(cfg["target-epsilon"]) if cfg["dp"] else None)
+                 spec.target_epsilon if spec.dp else None)
         self.progress.phase("done")
         self.progress.close()
         return report
 
 
 
-def run_federation(grid: Grid, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run all rounds; returns the report that is also written to ``report.json``."""
+def run_federation(grid: Grid, run: ServerRun) -> dict[str, Any]:
+    """Run all rounds of ``run``; returns the report that is also written to
+    ``report.json``."""
     wall_start = time.perf_counter()
     # One BLAS thread in the server: OpenBLAS's threaded sgemm was seen spinning for minutes
     # when called from this thread while Ray and torch's OpenMP pool shared 2 cores; the
     # server's own numerical work (probes on <= eval-samples records) is small.
     threadpool_limits(limits=1, user_api="blas")
-    seed = int(cfg["seed"])
+    spec = run.spec
+    seed = spec.seed
     random.seed(seed)  # Flower samples nodes with the `random` module
     torch.manual_seed(seed)
-    run_dir = Path(str(cfg[RUN_DIR]))
+    run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     layout = RunLayout(run_dir)
-    rounds = int(cfg["num-server-rounds"])
+    rounds = spec.rounds
 
-    spec = DataSpec(str(cfg["dataset"]), str(cfg["data-path"]), int(cfg["num-samples"]),
-                    seed, int(cfg["image-size"]))
-    data = cached_dataset(spec, str(run_dir.resolve()))
-    evaluation = ServerEvaluation(data, int(cfg["eval-samples"]), seed,
-                                  _ks(cfg["few-label"]), resolve_device(str(cfg["device"])),
-                                  _ks(cfg["finetune"]), int(cfg["finetune-seeds"]))
+    data = cached_dataset(DataSpec(spec.dataset, spec.data_path, spec.num_samples, seed,
+                                   spec.image_size), str(run_dir.resolve()))
+    evaluation = ServerEvaluation(data, spec.eval_samples, seed, _ks(spec.few_label),
+                                  resolve_device(spec.device), _ks(spec.finetune),
+                                  spec.finetune_seeds)
     if not evaluation.labelled:
         log.warning("the server's evaluation data has %s", TRAINING_ONLY)
-    model, random_encoder, shared = initial_model(cfg, data.input_shape)
+    model, random_encoder, shared = initial_model(spec, data.input_shape)
     # the warm start as it was, for the label-efficiency table (before a resume loads weights)
     warm_encoder = copy.deepcopy(model.encoder) if random_encoder is not None else None
     global_state = shared_state(model.state_dict(), shared)
     reference = {k: v.detach().cpu().numpy() for k, v in global_state.items()}
 
     # Flower's simulation runtime registers its nodes after the ServerApp starts
-    nodes = await_nodes(grid, int(cfg.get("num-clients", 0)), float(cfg["round-timeout"]))
-    num_nodes = len(nodes) or int(cfg.get("num-clients", 1))
-    keeper = LedgerCopyKeeper(run_dir, Path(str(cfg["identity-registry"]) or layout.identities))
-    aggregation = Aggregation(cfg, num_nodes, reference, seed, layout, ledger_gate=keeper)
+    nodes = await_nodes(grid, run.num_clients, spec.round_timeout)
+    num_nodes = len(nodes) or max(1, run.num_clients)
+    keeper = LedgerCopyKeeper(run_dir, Path(spec.identity_registry or layout.identities))
+    aggregation = Aggregation(spec, num_nodes, reference, seed, layout, ledger_gate=keeper,
+                              min_clients=run.min_clients)
     aggregation.strategy.known_nodes = set(nodes)  # who is missing from a later round
     keeper.registry()  # read now (after a simulated one is made): a bad one fails at start
-    train_config = round_config(cfg, data.input_shape, run_dir)
-    start = resume(cfg, run_dir, model, shared, aggregation)
+    train_config, run_id = round_config(run, data.input_shape, run_dir)
+    start = resume(spec, run_dir, model, shared, aggregation)
     arrays = start.arrays if start.arrays is not None else ArrayRecord(global_state)
-    progress = RunProgress(rounds, start.round, enabled=bool(cfg["progress"]))
-    callbacks = make_callbacks(RunContext(cfg, layout, evaluation, aggregation, progress,
-                                          start.round, start.resumed))
-    run = Federation(
-        cfg, layout, model, evaluation, aggregation,
-        RoundMetrics(start.rows, dp=bool(cfg["dp"]),
-                     divergence=get_algorithm(str(cfg["algorithm"])).keeps_local_model),
+    progress = RunProgress(rounds, start.round, enabled=spec.progress)
+    callbacks = make_callbacks(RunContext(spec, run_id, layout, evaluation, aggregation,
+                                          progress, start.round, start.resumed))
+    federation = Federation(
+        spec, run_id, layout, model, evaluation, aggregation,
+        RoundMetrics(start.rows, dp=spec.dp,
+                     divergence=get_algorithm(spec.algorithm).keeps_local_model),
         progress, callbacks)
 
-    baseline, random_init = run.initial(start.rows, random_encoder)
-    run.progress.start_rounds()
+    baseline, random_init = federation.initial(start.rows, random_encoder)
+    federation.progress.start_rounds()
     for server_round in range(start.round, rounds + 1):
-        arrays = run.train_round(server_round, server_round == start.round, grid, arrays,
-                                 train_config)
-    return run.finish(data, shared, num_nodes, baseline, random_init, warm_encoder,
-                      wall_start=wall_start)
+        arrays = federation.train_round(server_round, server_round == start.round, grid,
+                                        arrays, train_config)
+    return federation.finish(data, shared, num_nodes, baseline, random_init, warm_encoder,
+                             wall_start=wall_start)
 
 
-def _ks(text: Any) -> tuple[int, ...]:
+def _ks(text: str) -> tuple[int, ...]:
     """Labels per class from a comma-separated setting (``"1,5,10"``; empty: none)."""
-    return tuple(int(k) for k in str(text).split(",") if k.strip())
+    return tuple(int(k) for k in text.split(",") if k.strip())
 
 
-def run_privacy(run_dir: Path, cfg: dict[str, Any], reported: dict[str, dict[str, Any]],
-                client_level: dict[str, Any] | None) -> dict[str, Any] | None:
+def run_privacy(run_dir: Path, spec: RunSpec, run_id: str,
+                reported: dict[str, dict[str, Any]], client_level: dict[str, Any] | None
+                ) -> dict[str, Any] | None:
     """report.json's ``privacy`` block: the clients' record-level spend from their verified
     ledger copies (under DP; the clients' replies only when no verified copy arrived,
     labelled as such) and the client-level mechanism's ``client_level`` block, if any."""
-    delta = float(cfg["delta"])
-    privacy = ledger_privacy(run_dir, delta, str(cfg[RUN_ID])) if cfg["dp"] else None
+    delta = spec.delta
+    privacy = ledger_privacy(run_dir, delta, run_id) if spec.dp else None
     if privacy is not None and not privacy["clients"] and reported:
         # no verified ledger copy arrived (sites without DP ledgers to send): the replies
         privacy["clients"] = reported

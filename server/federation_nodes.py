@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("fedssl.server")
@@ -65,17 +65,20 @@ def await_nodes(grid: Any, expected: int, timeout: float, settle: float = SETTLE
 MIN_SECAGG_NODES = 2
 
 
-def min_round_nodes(cfg: Mapping[str, Any], dp_min: int = 0) -> int:
-    """The fewest connected nodes a round starts with: the operator's ``min-clients`` (what
-    ``fedssl server --min-clients`` sets; absent or 0: none), under secure aggregation its
-    smallest group (:data:`MIN_SECAGG_NODES`) and, with distributed DP, ``dp_min``, the noise
-    shares every release needs; at least 1. (The strategy caps it at the number of nodes the
-    run has seen: a federation smaller than this fails its rounds as before, it does not
-    wait.)"""
-    floors = [1, int(cfg.get("min-clients", 0) or 0), dp_min]
-    if cfg["secagg"]:
-        floors.append(MIN_SECAGG_NODES)
-    return max(floors)
+def min_round_nodes(secagg: bool, min_clients: int = 0, dp_min: int = 0) -> int:
+    """The fewest connected nodes a round starts with.
+
+    Args:
+        secagg: secure aggregation is on: its smallest group (:data:`MIN_SECAGG_NODES`).
+        min_clients: the operator's floor (``fedssl server --min-clients``; 0: none).
+        dp_min: with distributed DP, the noise shares every release needs.
+
+    Returns:
+        The largest of these, at least 1. (The strategy caps it at the number of nodes the
+        run has seen: a federation smaller than this fails its rounds as before, it does not
+        wait.)
+    """
+    return max(1, min_clients, dp_min, MIN_SECAGG_NODES if secagg else 0)
 
 
 class TooFewNodesError(RuntimeError):

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord
 
-from fedssl.round_protocol import RUN_ID
 from fedssl.run_layout import RunLayout
+from fedssl.run_spec import RunSpec
 from fedssl.server.aggregation import Aggregation
 from fedssl.server.checkpoint import save_checkpoint
 from fedssl.server.evaluation import ServerEvaluation
@@ -39,7 +39,9 @@ from fedssl.server.tensorboard_log import TensorBoardLog
 class RunContext:
     """What a callback may use, fixed when the run's rounds start."""
 
-    cfg: dict[str, Any]
+    spec: RunSpec
+    #: the run's id (``RUN/config.toml``; it labels the TensorBoard run)
+    run_id: str
     layout: RunLayout
     evaluation: ServerEvaluation
     aggregation: Aggregation
@@ -51,7 +53,7 @@ class RunContext:
 
     @property
     def rounds(self) -> int:
-        return int(self.cfg["num-server-rounds"])
+        return self.spec.rounds
 
 
 @dataclass
@@ -107,10 +109,10 @@ class Checkpoint(RoundCallback):
         self.ctx = ctx
 
     def after_aggregate(self, state: RoundState) -> None:
-        cfg, aggregation = self.ctx.cfg, self.ctx.aggregation
+        spec, aggregation = self.ctx.spec, self.ctx.aggregation
         save_checkpoint(self.ctx.layout.root, state.server_round,
                         {k: v.numpy() for k, v in state.arrays.items()},
-                        {"seed": int(cfg["seed"]), "method": cfg["method"]},
+                        {"seed": spec.seed, "method": spec.method},
                         server_momentum=aggregation.server_opt.state() or None)
 
 
@@ -124,7 +126,7 @@ class Evaluation(RoundCallback):
 
     def after_aggregate(self, state: RoundState) -> None:
         rounds, r = self.ctx.rounds, state.server_round
-        if r % int(self.ctx.cfg["eval-every"]) == 0 or r == rounds:
+        if r % self.ctx.spec.eval_every == 0 or r == rounds:
             self.ctx.progress.phase(f"round {r}/{rounds}: evaluating")
             state.row.update(self.ctx.evaluation.during_run(state.model.encoder))
 
@@ -143,11 +145,10 @@ class MetricsFile(RoundCallback):
 @register_callback("tensorboard")
 def tensorboard(ctx: RunContext) -> RoundCallback | None:
     """``RUN/tensorboard/`` scalars of every row, with ``tensorboard = true``."""
-    if not ctx.cfg.get("tensorboard"):
+    if not ctx.spec.tensorboard:
         return None
     return TensorBoard(TensorBoardLog(ctx.layout.root,
-                                      ctx.start_round if ctx.resumed else 0,
-                                      str(ctx.cfg[RUN_ID])))
+                                      ctx.start_round if ctx.resumed else 0, ctx.run_id))
 
 
 class TensorBoard(RoundCallback):

@@ -36,6 +36,7 @@ from typing import Any
 
 from fedssl.privacy.identity.certs import CertPaths, read_authorized
 from fedssl.run_layout import RunLayout
+from fedssl.run_spec import ServerRun
 from fedssl.server.federation_nodes import min_round_nodes
 from fedssl.server.superlink_control import (
     DeployError,
@@ -240,16 +241,18 @@ def run_server(opts: ServerOptions) -> int:
     run_dir = Path(str(cfg["run-dir"])).resolve()
     cfg["run-dir"] = str(run_dir)
     cfg["resume"] = bool(opts.resume or cfg.get("resume", False))
-    check_run_dir(run_dir, cfg["resume"])
+    if opts.min_clients > 0:  # the fewest sites a round starts with, too
+        cfg["min-clients"] = opts.min_clients
+    # the run config the ServerApp gets, typed here as the ServerApp types it (same errors)
+    run = ServerRun.from_run_config(cfg)
+    check_run_dir(run_dir, run.spec.resume)
     host, port = split_address(opts.address)
     flower_home = RunLayout(run_dir).flower  # Flower's home, logs
     superlink_log = flower_home / "superlink.log"
     need = opts.min_clients or len(keys)
-    if opts.min_clients > 0:  # the fewest sites a round starts with, too
-        cfg["min-clients"] = opts.min_clients
     # the ServerApp's own floor (1, or 2 under secure aggregation) when --min-clients is not
     # given: the console says so when a site disconnects
-    round_minimum = min_round_nodes(cfg)
+    round_minimum = min_round_nodes(run.spec.secagg, run.min_clients)
 
     env = flower_env(flower_home)
     os.environ.update({k: env[k] for k in ("FLWR_HOME", "FLWR_TELEMETRY_ENABLED",
@@ -276,7 +279,7 @@ def run_server(opts: ServerOptions) -> int:
                 raise DeployError(f"the SuperLink exited; see {superlink_log}")
             time.sleep(1.0)
         say(f"[fedssl server] {online_nodes(client)} client(s) connected; starting "
-            f"{'the resumed ' if cfg['resume'] else ''}run of {cfg['num-server-rounds']} "
+            f"{'the resumed ' if run.spec.resume else ''}run of {run.spec.rounds} "
             f"rounds -> {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         run_id = start_run(client, cfg)
@@ -291,13 +294,13 @@ def run_server(opts: ServerOptions) -> int:
             args=(lambda: log_client, run_id,
                   flower_home / "serverapp.log", say if opts.verbose else None))
         log_thread.start()
-        printed = len(_read_rows(RunLayout(run_dir).metrics)) if cfg["resume"] else 0
+        printed = len(_read_rows(RunLayout(run_dir).metrics)) if run.spec.resume else 0
         states = node_states(client)
         while True:
             rows = _read_rows(RunLayout(run_dir).metrics)
             for row in rows[printed:]:
                 say("[fedssl server] "
-                    + name_nodes(format_round(row, cfg['num-server-rounds']), states))
+                    + name_nodes(format_round(row, run.spec.rounds), states))
             printed = max(printed, len(rows))
             now = node_states(client)  # who is missing, said as it happens
             for line in connection_changes(states, now, round_minimum):
@@ -312,7 +315,7 @@ def run_server(opts: ServerOptions) -> int:
         log_thread.join(timeout=5)
         for row in _read_rows(RunLayout(run_dir).metrics)[printed:]:
             say("[fedssl server] "
-                + name_nodes(format_round(row, cfg['num-server-rounds']), states))
+                + name_nodes(format_round(row, run.spec.rounds), states))
         if sub_status == "completed":
             say(f"[fedssl server] run {run_id} completed: {RunLayout(run_dir).report}")
             from fedssl.server.report_table import format_report, nobody_trained

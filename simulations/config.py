@@ -24,6 +24,7 @@ from fedssl.run_spec import (
     FIXED,
     INVOCATION,
     MAY_CHANGE,
+    SCALAR_TYPES,
     ConfigError,
     RunSpec,
     check_settings,
@@ -105,7 +106,10 @@ class _Experiment:
         need(self.cpus_per_client > 0, "cpus_per_client", "must be positive")
         if self.ray_address:
             parse_address(self.ray_address)  # its syntax; reachability when the run starts
-        check_settings(self, num_clients=self.num_clients)
+        resolved = check_settings(self, num_clients=self.num_clients)
+        self.dataset, self.init_encoder = resolved.dataset, resolved.init_encoder
+        if resolved.inferred_dataset:  # not an option: the simulator prints that it was
+            self.inferred_dataset = True
         need(self.site_budget_epsilon >= 0, "site_budget_epsilon", "must be non-negative")
         self.parsed_site_budgets()
         return self
@@ -120,7 +124,7 @@ class _Experiment:
             if name not in known:
                 raise ConfigError(f"unknown option {key!r}")
             typ = known[name].type
-            kwargs[name] = coerce(value, typ if isinstance(typ, type) else _TYPES[typ], key)
+            kwargs[name] = coerce(value, typ if isinstance(typ, type) else SCALAR_TYPES[typ], key)
         return cls(**kwargs).validate()
 
     @classmethod
@@ -187,9 +191,6 @@ class _Experiment:
     def help_of(self, name: str) -> str:
         return {f.name: f.metadata["help"] for f in fields(self)}[name]
 
-
-
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 #: ``fedssl simulate``'s experiment: RunSpec's settings plus the simulation's own
 ExperimentConfig = make_dataclass("ExperimentConfig", _experiment_fields(), bases=(_Experiment,))

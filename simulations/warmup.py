@@ -25,7 +25,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from fedssl.client.app import compute_setup, load_records
 from fedssl.client.trainer import TrainConfig, train_local
 from fedssl.round_protocol import NUM_ROUNDS, RUN_DIR
-from fedssl.run_spec import CLIENT_KEYS, config_view
+from fedssl.run_spec import CLIENT_KEYS, ServerRun, round_spec
 from fedssl.server.federation_nodes import await_nodes
 from fedssl.simulations import dispatch
 from fedssl.ssl_core.augmentations import augment_for
@@ -43,9 +43,9 @@ def warmup(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     start = time.perf_counter()
     try:
-        device = compute_setup(context, config)
-        x = load_records(context, config)
-        run = config_view(config)
+        run = round_spec(config)
+        device = compute_setup(context, run)
+        x = load_records(context, run)
         objective = get_objective(run.method)
         model = objective.build_model(tuple(int(d) for d in x.shape[1:]))
         batch = min(8, max(2, run.batch_size))
@@ -60,12 +60,13 @@ def warmup(msg: Message, context: Context) -> Message:
         "status": status, "seconds": time.perf_counter() - start})}), reply_to=msg)
 
 
-def warmup_config(cfg: dict[str, Any]) -> ConfigRecord:
+def warmup_config(run: ServerRun) -> ConfigRecord:
     """What a worker needs to load the code and data a round will: the clients' settings of
-    the run config ``cfg`` and the run directory (simulated partitions are cached there)."""
-    config = ConfigRecord({k: cfg[k] for k in CLIENT_KEYS})
-    config[RUN_DIR] = str(cfg[RUN_DIR])
-    config[NUM_ROUNDS] = int(cfg["num-server-rounds"])
+    ``run`` and the run directory (simulated partitions are cached there)."""
+    settings = run.spec.to_run_config()
+    config = ConfigRecord({k: settings[k] for k in CLIENT_KEYS})
+    config[RUN_DIR] = run.spec.run_dir
+    config[NUM_ROUNDS] = run.spec.rounds
     return config
 
 
@@ -86,29 +87,28 @@ def await_replies(grid: Any, ids: set[str], timeout: float) -> None:
             time.sleep(0.01)
 
 
-def prepare_grid(grid: Any, cfg: dict[str, Any]) -> None:
+def prepare_grid(grid: Any, run: ServerRun) -> None:
     """``fedssl simulate``'s preparation of the ServerApp's grid (the ``prepare_grid`` of
     :func:`fedssl.server.app.make_server_app`): event-driven, streaming dispatch
     (:func:`fedssl.simulations.dispatch.tune_grid`), then the warm-up queries to
-    ``cfg["warmup-workers"]`` workers, whose replies the grid's first ``send_and_receive``
+    ``run.warmup_workers`` workers, whose replies the grid's first ``send_and_receive``
     awaits before it sends anything. It first waits (at most the round timeout) until the
-    engine has registered ``cfg["num-clients"]`` nodes
+    engine has registered ``run.num_clients`` nodes
     (:func:`fedssl.server.federation_nodes.await_nodes`): Flower starts the ServerApp
     before it registers them."""
     dispatch.tune_grid(grid)
-    workers = int(cfg.get("warmup-workers", 0))
+    workers = run.warmup_workers
     if workers <= 0:
         return
     # the engine registers the simulated nodes after the ServerApp starts: wait for them
-    nodes = await_nodes(grid, max(workers, int(cfg.get("num-clients", 0))),
-                        float(cfg["round-timeout"]))
-    pending = start(grid, warmup_config(cfg), nodes[:workers])
+    nodes = await_nodes(grid, max(workers, run.num_clients), run.spec.round_timeout)
+    pending = start(grid, warmup_config(run), nodes[:workers])
     if not pending:
         return
     print(f"warm-up: {len(pending)} client worker(s) loading code and data while the server "
           "evaluates the initial encoder", flush=True)
     send = grid.send_and_receive
-    timeout = float(cfg["round-timeout"])
+    timeout = run.spec.round_timeout
 
     def send_after_warmup(messages: Iterable[Message], **kwargs: Any) -> Iterable[Message]:
         if pending:  # the first call only: replies still missing then are not awaited again

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedssl.run_spec import ConfigError, RunSpec, validate_run_config
+from fedssl.run_spec import ConfigError, RunSpec, ServerRun
 from fedssl.ssl_core.aggregators import (
     AGGREGATORS,
     Aggregator,
@@ -85,12 +85,12 @@ def test_a_new_rule_is_added_in_one_place(tmp_path: Path) -> None:
     from fedssl.server.app import run_federation
 
     try:
-        cfg = validate_run_config({
+        run = ServerRun.from_run_config({
             "num-server-rounds": 1, "num-clients": 2, "num-samples": 300, "eval-samples": 100,
             "partitioner": "iid", "few-label": "", "finetune": "", "dp": False,
             "secagg": False, "progress": False, "run-dir": str(tmp_path / "run"),
             "aggregator": "toy-first"})
-        report = run_federation(InProcessGrid(2), cfg)
+        report = run_federation(InProcessGrid(2), run)
     finally:
         AGGREGATORS.pop("toy-first")
     assert len(calls) == 2 and all(w > 0 for w in calls)  # both replies went through it

@@ -156,10 +156,11 @@ def test_await_round_nodes_returns_at_once_when_enough_are_connected() -> None:
 
 
 def test_the_minimum_a_round_starts_with() -> None:
-    assert min_round_nodes({"secagg": False}) == 1
-    assert min_round_nodes({"secagg": True}) == MIN_SECAGG_NODES == 2
-    assert min_round_nodes({"secagg": True, "min-clients": 3}) == 3
-    assert min_round_nodes({"secagg": True}, dp_min=4) == 4
+    assert min_round_nodes(secagg=False) == 1
+    assert min_round_nodes(secagg=True) == MIN_SECAGG_NODES == 2
+    assert min_round_nodes(secagg=True, min_clients=3) == 3
+    assert min_round_nodes(secagg=False, min_clients=3) == 3
+    assert min_round_nodes(secagg=True, dp_min=4) == 4
     # a federation smaller than the minimum is not waited for (its rounds fail as before)
     grid = DeployGrid({1: 0.0}, gone={})
     assert _strategy(grid, {1}, minimum=2).sample(1, grid) == [1]
@@ -169,13 +170,13 @@ def _aggregation(tmp_path, secagg: bool):
     import numpy as np
 
     from fedssl.run_layout import RunLayout
-    from fedssl.run_spec import DEFAULTS
+    from fedssl.run_spec import RunSpec
     from fedssl.server.aggregation import Aggregation
     from fedssl.server.secure_aggregation import simulated_registry
 
-    cfg = {**DEFAULTS, "secagg": secagg, "round-timeout": 30.0,
-           "identity-registry": str(simulated_registry(tmp_path, 3)) if secagg else ""}
-    return Aggregation(cfg, 3, {"w": np.zeros(2, np.float32)}, 0, RunLayout(tmp_path))
+    spec = RunSpec(secagg=secagg, round_timeout=30.0,
+                   identity_registry=str(simulated_registry(tmp_path, 3)) if secagg else "")
+    return Aggregation(spec, 3, {"w": np.zeros(2, np.float32)}, 0, RunLayout(tmp_path))
 
 
 @pytest.mark.parametrize("secagg", [False, True], ids=["fedavg", "secagg"])
@@ -233,11 +234,11 @@ def test_fault_settings_are_sent_only_when_faults_are_simulated(tmp_path) -> Non
     import numpy as np
 
     from fedssl.run_layout import RunLayout
-    from fedssl.run_spec import DEFAULTS
+    from fedssl.run_spec import RunSpec
     from fedssl.server.aggregation import Aggregation
     from fedssl.server.secure_aggregation import simulated_registry
 
-    cfg = {**DEFAULTS, "secagg": True, "round-timeout": 30.0, "dropout-prob": 0.2,
-           "identity-registry": str(simulated_registry(tmp_path, 3))}
-    faulty = Aggregation(cfg, 3, {"w": np.zeros(2, np.float32)}, 0, RunLayout(tmp_path))
+    spec = RunSpec(secagg=True, round_timeout=30.0, dropout_prob=0.2,
+                   identity_registry=str(simulated_registry(tmp_path, 3)))
+    faulty = Aggregation(spec, 3, {"w": np.zeros(2, np.float32)}, 0, RunLayout(tmp_path))
     assert faulty.secure.fault_config["dropout-prob"] == 0.2

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fedssl.run_spec import validate_run_config
+from fedssl.run_spec import ServerRun
 from fedssl.server.app import run_federation
 from fedssl.server.round_callbacks import (
     CALLBACKS,
@@ -29,11 +29,11 @@ from tests.in_process_grid import InProcessGrid
 
 
 def _run(run_dir: Path, rounds: int = 2) -> dict[str, Any]:
-    cfg = validate_run_config({
+    run = ServerRun.from_run_config({
         "num-server-rounds": rounds, "num-clients": 2, "num-samples": 300, "eval-samples": 100,
         "partitioner": "iid", "few-label": "", "finetune": "", "dp": False, "secagg": False,
         "progress": False, "run-dir": str(run_dir), "local-epochs": 1, "batch-size": 64})
-    return run_federation(InProcessGrid(2), cfg)
+    return run_federation(InProcessGrid(2), run)
 
 
 @pytest.mark.usefixtures("flower_identity")

@@ -18,9 +18,12 @@ from fedssl.run_spec import (
     CLIENT_KEYS,
     DEFAULTS,
     ConfigError,
+    RUNTIME_KEYS,
     RunSpec,
-    config_view,
+    ServerRun,
     options,
+    read_settings,
+    round_spec,
     validate_run_config,
 )
 from fedssl.simulations.config import ExperimentConfig
@@ -108,7 +111,35 @@ def test_validated_run_config_keeps_the_drivers_keys() -> None:
 
 def test_simulate_run_config_passes_the_servers_checks() -> None:
     cfg = ExperimentConfig().validate().to_run_config("RUN")
-    assert validate_run_config(cfg) == {**DEFAULTS, **cfg}
+    run = ServerRun.from_run_config(cfg)
+    assert run.spec.to_run_config() == {k: v for k, v in {**DEFAULTS, **cfg}.items()
+                                        if k in DEFAULTS}
+    assert (run.num_clients, run.cpus_per_client, run.gpus_per_client) == (
+        cfg["num-clients"], cfg["cpus-per-client"], cfg["gpus-per-client"])
+
+
+def test_the_server_reads_a_typed_frozen_run_made_once_at_its_boundary() -> None:
+    """Issue 23 item 1: Flower's run config becomes one frozen, typed object (settings plus
+    the driver's runtime values) at the ServerApp's boundary; nothing past it reads keys."""
+    import dataclasses
+
+    run = ServerRun.from_run_config({"num-server-rounds": 2, "lr": 1, "num-clients": "4",
+                                     "min-clients": 3, "run-id": "ignored"})
+    assert run.spec.rounds == 2 and isinstance(run.spec.lr, float) and run.spec.lr == 1.0
+    assert (run.num_clients, run.min_clients, run.warmup_workers) == (4, 3, 0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.spec.lr = 0.5  # type: ignore[misc]
+    # what config.toml records: every setting, and the runtime values the driver set
+    assert run.to_run_config() == {**DEFAULTS, "num-server-rounds": 2, "lr": 1.0,
+                                   "num-clients": 4, "min-clients": 3}
+    assert ServerRun.from_run_config(run.to_run_config()) == run
+    # the runtime keys RunSpec skips are exactly ServerRun's (and the run id it assigns)
+    runtime = {f.name.replace("_", "-") for f in dataclasses.fields(ServerRun)} - {"spec"}
+    assert set(RUNTIME_KEYS) == runtime | {"run-id"}
+    with pytest.raises(ConfigError, match="num-clients: expected int"):
+        ServerRun.from_run_config({"num-clients": "many"})
+    # validation resolves into a new object: dataset "auto" and a relative warm start
+    assert RunSpec(dataset="auto").validate().dataset == "mnist1d"
 
 
 def test_server_options_are_generated_from_the_spec() -> None:
@@ -148,20 +179,33 @@ def test_fedssl_server_refuses_what_simulate_refuses(capsys) -> None:
     assert "fedssl server: error: delta: must be in (0, 1)" in capsys.readouterr().err
 
 
-def test_client_view_reads_typed_values_with_the_clients_fallbacks() -> None:
-    view = config_view({"batch-size": 16, "lr": 1, "threads": 2, "dp": True})
-    assert (view.batch_size, view.lr, view.threads, view.dp) == (16, 1.0, 2, True)
-    assert isinstance(view.lr, float)
-    empty = config_view({})
+def test_a_client_reads_a_round_config_once_typed_with_its_fallbacks() -> None:
+    required = {"method": "simsiam", "dataset": "mnist1d", "local-epochs": 1,
+                "batch-size": 16, "lr": 1, "noise-multiplier": 0.0, "delta": 1e-5}
+    spec = round_spec({**required, "threads": 2, "dp": True})
+    assert (spec.batch_size, spec.lr, spec.threads, spec.dp) == (16, 1.0, 2, True)
+    assert isinstance(spec.lr, float) and isinstance(spec, RunSpec)
     # what a client assumes when the server sent nothing: no DP, no secure aggregation
-    assert (empty.dp, empty.secagg, empty.target_epsilon, empty.partitioner) == (
+    bare = round_spec(required)
+    assert (bare.dp, bare.secagg, bare.target_epsilon, bare.partitioner) == (
         False, False, 0.0, "iid")
-    assert (empty.momentum, empty.accountant, empty.run_dir) == (0.9, "prv", "")
-    for name in ("method", "batch_size", "lr", "delta", "noise_multiplier"):
-        with pytest.raises(KeyError):
-            getattr(empty, name)
-    with pytest.raises(AttributeError):
-        _ = empty.no_such_setting
+    assert (bare.momentum, bare.accountant, bare.run_dir) == (0.9, "prv", "")
+    # keys a round cannot do without: named, never assumed
+    for key in required:
+        with pytest.raises(KeyError, match=key):
+            round_spec({k: v for k, v in required.items() if k != key})
+    # secure aggregation's and distributed DP's settings come with them, or the round fails
+    with pytest.raises(KeyError, match="secagg-clip"):
+        round_spec({**required, "secagg": True})
+    assert round_spec({**required, "secagg": True, "secagg-clip": 3}).secagg_clip == 3.0
+    with pytest.raises(KeyError, match="client-clip"):
+        round_spec({**required, "secagg": True, "secagg-clip": 3, "client-dp": "distributed"})
+    with pytest.raises(ConfigError, match="batch-size: expected int"):
+        round_spec({**required, "batch-size": "many"})
+    # a mod that sees every message (the fault model) reads a few settings, typed
+    assert read_settings({"dropout-prob": 1}, "dropout_prob", "straggler_delay") == (1.0, 0.0)
+    with pytest.raises(KeyError, match="lr"):
+        read_settings({}, "lr")
 
 
 def test_deploy_overrides_are_declared_with_the_settings() -> None:

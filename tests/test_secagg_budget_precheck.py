@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord
 
 from fedssl.client.privacy_guard import write_site_file
 from fedssl.run_layout import RunLayout
-from fedssl.run_spec import DEFAULTS
+from fedssl.run_spec import RunSpec, ServerRun
 from fedssl.server.aggregation import Aggregation
 from fedssl.server.app import round_config
 from fedssl.server.secure_aggregation import simulated_registry
@@ -28,17 +28,17 @@ from tests.in_process_grid import InProcessGrid
 def _round(run: Path, budgets: dict[str, float], clients: int = 2
            ) -> tuple[Aggregation, InProcessGrid]:
     """One DP + SecAgg+ round of ``clients`` simulated clients; ``budgets``: site budgets."""
-    cfg = {**DEFAULTS, "secagg": True, "dp": True, "target-epsilon": 8.0, "num-samples": 300,
-           "partitioner": "iid", "num-server-rounds": 1, "round-timeout": 30.0,
-           "run-dir": str(run), "identity-registry": str(simulated_registry(run, clients))}
+    spec = RunSpec(secagg=True, dp=True, target_epsilon=8.0, num_samples=300,
+                   partitioner="iid", rounds=1, round_timeout=30.0, run_dir=str(run),
+                   identity_registry=str(simulated_registry(run, clients)))
     for cid, eps in budgets.items():
         write_site_file(RunLayout(run).client_dir(cid), epsilon=eps, delta=1e-5)
-    model = get_objective(str(cfg["method"])).build_model((1, 40))
+    model = get_objective(spec.method).build_model((1, 40))
     reference = {k: v.numpy() for k, v in model.state_dict().items()}
-    aggregation = Aggregation(cfg, clients, reference, 0, RunLayout(run))
+    aggregation = Aggregation(spec, clients, reference, 0, RunLayout(run))
     grid = InProcessGrid(clients)
     aggregation.strategy.known_nodes = set(grid.contexts)
-    config = round_config(cfg, (1, 40), run)
+    config, _ = round_config(ServerRun(spec, num_clients=clients), (1, 40), run)
     config["server-round"] = 1
     aggregation.run_round(1, grid, ArrayRecord(model.state_dict()), config)
     return aggregation, grid

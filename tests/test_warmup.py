@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from fedssl.run_spec import CLIENT_KEYS, DEFAULTS
+from fedssl.run_spec import CLIENT_KEYS, DEFAULTS, RunSpec, ServerRun
 from tests.test_dispatch import _simulation_grid, register_nodes
 
 
@@ -44,8 +44,8 @@ def test_prepare_grid_sends_the_warmup_to_the_first_workers(tmp_path: Path,
 
     TaskIdentity.node_id = SUPERLINK_NODE_ID  # the ServerApp's messages come from the link
     grid, nodes = _simulation_grid(3)
-    cfg = {**DEFAULTS, "run-dir": str(tmp_path), "warmup-workers": 2}
-    warmup.prepare_grid(grid, cfg)
+    run = ServerRun(RunSpec(run_dir=str(tmp_path)), warmup_workers=2)
+    warmup.prepare_grid(grid, run)
     sent = list(grid.state.message_ins_store.values())
     assert sorted(m.metadata.dst_node_id for m in sent) == sorted(nodes)[:2]
     assert {m.metadata.message_type for m in sent} == {"query.warmup"}
@@ -56,7 +56,7 @@ def test_prepare_grid_sends_the_warmup_to_the_first_workers(tmp_path: Path,
 
     quiet, _ = _simulation_grid(2)
     before = quiet.send_and_receive
-    warmup.prepare_grid(quiet, {**cfg, "warmup-workers": 0})
+    warmup.prepare_grid(quiet, ServerRun(run.spec, warmup_workers=0))
     assert not quiet.state.message_ins_store  # no workers to warm: nothing sent
     assert quiet.send_and_receive.__func__ is before.__func__  # no wait added
 
@@ -80,8 +80,8 @@ def test_prepare_grid_waits_for_the_engine_to_register_the_nodes(tmp_path: Path,
     registrar = threading.Timer(0.3, lambda: late.extend(register_nodes(grid.state, 3)))
     registrar.start()
     try:
-        warmup.prepare_grid(grid, {**DEFAULTS, "run-dir": str(tmp_path), "warmup-workers": 2,
-                                   "num-clients": 3})
+        warmup.prepare_grid(grid, ServerRun(RunSpec(run_dir=str(tmp_path)), num_clients=3,
+                                            warmup_workers=2))
     finally:
         registrar.join()
     assert len(late) == 3
