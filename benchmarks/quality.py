@@ -256,7 +256,7 @@ def client_level_dp(data: SSLDataset, recipe: Recipe, seed: int, clients: int,
             train_local(model, objective, data.x_train[parts[c]], aug,
                         recipe.train_config(r, seed * 100_003 + r * 1009 + c))
             upd = {k: (v.detach() - glob[k]).numpy() for k, v in model.state_dict().items()}
-            clipped.append(mech.clip(upd))
+            clipped.append(mech.constrain_sensitivity(upd))
         mean = mech.noisy_mean(clipped, template)
         model.load_state_dict({k: glob[k] + torch.from_numpy(mean[k]).to(glob[k].dtype)
                                for k in glob})

@@ -277,8 +277,8 @@ class FedSSLStrategy(FedAvg):
     def _clipped_update(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A client's update (its model minus the global one), clipped for DP-FedAvg."""
         assert self.current is not None and self.client_dp is not None
-        return self.client_dp.clip({k: values[k].astype(np.float64) - self.current[k]
-                                    for k in self.current})
+        return self.client_dp.constrain_sensitivity(
+            {k: values[k].astype(np.float64) - self.current[k] for k in self.current})
 
     def _aggregate_client_dp(self, good: list[Message], clipped: list[dict[str, np.ndarray]]
                              ) -> tuple[ArrayRecord, MetricRecord | None]:

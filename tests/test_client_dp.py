@@ -15,16 +15,16 @@ REF = {"w": np.zeros((4, 5), np.float32), "b": np.zeros(5, np.float32)}
 def test_clip_bounds_norm_and_keeps_small_updates() -> None:
     mech = ClientLevelGaussian(1.0, 0.0, 1.0, np.random.default_rng(0))
     big = {"w": np.full((4, 5), 3.0), "b": np.full(5, -2.0)}
-    assert update_norm(mech.clip(big)) == pytest.approx(1.0)
+    assert update_norm(mech.constrain_sensitivity(big)) == pytest.approx(1.0)
     small = {"w": np.full((4, 5), 0.01), "b": np.zeros(5)}
-    np.testing.assert_allclose(mech.clip(small)["w"], small["w"])
+    np.testing.assert_allclose(mech.constrain_sensitivity(small)["w"], small["w"])
 
 
 def test_removing_one_client_moves_noise_free_sum_by_at_most_clip() -> None:
     rng = np.random.default_rng(1)
     mech = ClientLevelGaussian(0.5, 0.0, 1.0, rng)
     updates = [{"w": rng.normal(size=(4, 5)) * 5, "b": rng.normal(size=5)} for _ in range(6)]
-    clipped = [mech.clip(u) for u in updates]
+    clipped = [mech.constrain_sensitivity(u) for u in updates]
     full = mech.noisy_mean(clipped, REF)
     for i in range(6):
         without = mech.noisy_mean(clipped[:i] + clipped[i + 1:], REF)

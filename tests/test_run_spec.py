@@ -17,8 +17,8 @@ from fedssl.deploy_commands import _SERVER_OPTIONS, add_deploy_parsers, server_r
 from fedssl.run_spec import (
     CLIENT_KEYS,
     DEFAULTS,
-    ConfigError,
     RUNTIME_KEYS,
+    ConfigError,
     RunSpec,
     ServerRun,
     options,

@@ -1,8 +1,12 @@
 """The privacy mechanisms' common contract: each mechanism is a class that states its guarantee
 (the pattern of pfl-research's ``pfl/privacy/gaussian_mechanism.py``).
 
-A :class:`Mechanism` releases a noisy function of private data. Every implementation's
-docstring states, and its class attributes record:
+A :class:`Mechanism` releases a noisy function of private data, and does so itself: its
+:meth:`~Mechanism.constrain_sensitivity` bounds one unit's contribution (the clip) and its
+:meth:`~Mechanism.add_noise` noises the sum of bounded contributions (pfl-research's
+``constrain_sensitivity`` / ``add_noise``); the code that runs a mechanism calls these two,
+so what the class states is what runs. Every implementation's docstring states, and its
+class attributes record:
 
 * **what is protected** (:attr:`Mechanism.privacy_unit`) and under which neighbouring relation
   (:attr:`Mechanism.neighbouring`: *add/remove* one unit, or *zero-out*: the unit's
@@ -35,7 +39,7 @@ distributed Skellam under secure aggregation    one client's whole data        `
 
 from __future__ import annotations
 
-from abc import ABC
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from fedssl.privacy.accounting import gaussian_accountants
@@ -46,10 +50,12 @@ GAUSSIAN_ACCOUNTANTS = gaussian_accountants()
 
 
 class Mechanism(ABC):
-    """A privacy mechanism whose class states its guarantee (see the module docstring).
+    """A privacy mechanism whose class states its guarantee and applies it (see the module
+    docstring).
 
-    Subclasses set the class attributes below and provide ``noise_multiplier`` and
-    ``sensitivity`` (attributes or properties); nothing here changes how a mechanism runs.
+    Subclasses set the class attributes below, provide ``noise_multiplier`` and
+    ``sensitivity`` (attributes or properties) and implement the two operations the
+    guarantee rests on, :meth:`constrain_sensitivity` and :meth:`add_noise`.
     """
 
     #: what one neighbouring change adds or removes, e.g. "one record of a client's data"
@@ -63,6 +69,30 @@ class Mechanism(ABC):
 
     noise_multiplier: float
     sensitivity: float
+
+    @abstractmethod
+    def constrain_sensitivity(self, contribution: Any) -> Any:
+        """One privacy unit's contribution bounded so that :attr:`sensitivity` holds.
+
+        Args:
+            contribution: what one unit adds before noise (a client's update; for DP-SGD,
+                the per-record gradient norms, whose clip factors are returned).
+
+        Returns:
+            The bounded contribution (or, for DP-SGD, the per-record clip factors).
+        """
+
+    @abstractmethod
+    def add_noise(self, aggregate: Any) -> Any:
+        """The mechanism's noise added to the sum of bounded contributions.
+
+        Args:
+            aggregate: the sum of :meth:`constrain_sensitivity` outputs (or, for the
+                distributed mechanism, one client's encoded share of it).
+
+        Returns:
+            The noisy release.
+        """
 
     @property
     def effective_noise_multiplier(self) -> float:

@@ -49,9 +49,10 @@ class ClientLevelGaussian(Mechanism):
     noise multiplier ``z``) over the rounds with an accountant of
     :data:`~fedssl.privacy.accounting.mechanisms.GAUSSIAN_ACCOUNTANTS` (``prv`` by default).
 
-    Sensitivity: every included update is clipped to L2 norm ``S`` (:meth:`clip`) and the sum
-    is divided by the fixed expected count ``q N``, so one client moves the pre-noise sum by
-    at most ``S`` (sensitivity 1 in units of ``S``); the noise is ``N(0, z^2 S^2 I)``.
+    Sensitivity: every included update is clipped to L2 norm ``S``
+    (:meth:`constrain_sensitivity`) and the sum is divided by the fixed expected count
+    ``q N``, so one client moves the pre-noise sum by at most ``S`` (sensitivity 1 in units of
+    ``S``); the noise is ``N(0, z^2 S^2 I)`` (:meth:`add_noise`).
 
     Assumptions: the server applies the mechanism honestly (central DP: it sees the
     individual updates), samples clients by Poisson sampling at rate ``q`` with secret
@@ -77,19 +78,24 @@ class ClientLevelGaussian(Mechanism):
         self.expected_clients = expected_clients
         self.rng = rng
 
-    def clip(self, update: Update) -> Update:
-        """Scale ``update`` down to norm at most ``clip`` (unchanged if already within)."""
-        scale = min(1.0, self.clip_norm / max(update_norm(update), 1e-12))
-        return {k: (v * scale).astype(np.float64) for k, v in update.items()}
+    def constrain_sensitivity(self, contribution: Update) -> Update:
+        """A client's update scaled down to L2 norm at most ``S`` (unchanged if within)."""
+        scale = min(1.0, self.clip_norm / max(update_norm(contribution), 1e-12))
+        return {k: (v * scale).astype(np.float64) for k, v in contribution.items()}
+
+    def add_noise(self, aggregate: Update) -> Update:
+        """The sum of clipped updates plus ``N(0, z^2 S^2 I)`` per coordinate (float64)."""
+        std = self.noise_multiplier * self.clip_norm
+        return {k: np.asarray(v, np.float64) + self.rng.normal(0.0, std, size=np.shape(v))
+                for k, v in aggregate.items()}
 
     def noisy_mean(self, clipped: list[Update], template: Update) -> Update:
-        """``(sum of clipped updates + N(0, z^2 S^2)) / (q N)``, shaped like ``template``."""
-        std = self.noise_multiplier * self.clip_norm
-        out: Update = {}
-        for key, ref in template.items():
-            total = np.zeros(ref.shape, np.float64)
-            for upd in clipped:
-                total += upd[key]
-            total += self.rng.normal(0.0, std, size=ref.shape)
-            out[key] = (total / self.expected_clients).astype(ref.dtype)
-        return out
+        """``add_noise(sum of clipped updates) / (q N)``, shaped like ``template`` (the
+        noise is drawn even when no client replied: the round is accounted either way)."""
+        total: Update = {k: np.zeros(ref.shape, np.float64) for k, ref in template.items()}
+        for upd in clipped:
+            for key in total:
+                total[key] += upd[key]
+        noisy = self.add_noise(total)
+        return {k: (noisy[k] / self.expected_clients).astype(ref.dtype)
+                for k, ref in template.items()}

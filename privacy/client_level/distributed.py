@@ -132,6 +132,28 @@ class SkellamPlan(Mechanism):
     #: L2 sensitivity in units of ``D2`` (the noise multiplier is ``std / D2``)
     sensitivity: ClassVar[float] = 1.0
 
+    def constrain_sensitivity(self, contribution: NDArray[np.float64]
+                              ) -> NDArray[np.float64]:
+        """A client's flattened update scaled down to L2 norm at most ``S`` (the
+        quantiser's clipping and rounding, which :attr:`l2_sensitivity` also counts, follow
+        in :func:`encode_with_noise`).
+
+        Raises:
+            DistributedDPError: if the update's size is not the plan's ``d``.
+        """
+        if contribution.shape != (self.dim,):
+            raise DistributedDPError(f"update has {contribution.size} values, the plan "
+                                     f"{self.dim}")
+        return clip_l2(contribution, self.clip)
+
+    def add_noise(self, aggregate: NDArray[np.uint32],
+                  noise_rng: np.random.Generator | None = None) -> NDArray[np.uint32]:
+        """This client's Skellam share (variance :attr:`share_variance`; OS entropy unless
+        ``noise_rng``) added to its quantised update, modulo ``2^32``: the unmasked sum of
+        ``min_clients`` or more shares carries the mechanism's whole noise."""
+        noise = skellam_noise(aggregate.size, self.share_variance, noise_rng)
+        return ((aggregate.astype(np.int64) + noise) % MODULUS).astype(np.uint32)
+
     @classmethod
     def make(cls, clip: float, coord_clip: float, noise_multiplier: float, min_clients: int,
              num_clients: int, dim: int) -> SkellamPlan:
@@ -232,16 +254,14 @@ def skellam_noise(size: int, variance: float,
 def encode_with_noise(update: NDArray[np.float64], plan: SkellamPlan, *,
                       rng: np.random.Generator | None = None,
                       noise_rng: np.random.Generator | None = None) -> NDArray[np.uint32]:
-    """Clip, quantise and add this client's Skellam share, modulo ``2^32``.
+    """Clip (:meth:`SkellamPlan.constrain_sensitivity`), quantise and add this client's
+    Skellam share (:meth:`SkellamPlan.add_noise`), modulo ``2^32``.
 
     ``rng`` drives the rounding coins, ``noise_rng`` the noise (OS entropy if ``None``).
+
+    Raises:
+        DistributedDPError: if the update's size is not the plan's.
     """
-    if update.shape != (plan.dim,):
-        raise DistributedDPError(f"update has {update.size} values, the plan {plan.dim}")
-
-    def add_share(q: NDArray[np.uint32]) -> NDArray[np.uint32]:
-        noise = skellam_noise(q.size, plan.share_variance, noise_rng)
-        return ((q.astype(np.int64) + noise) % MODULUS).astype(np.uint32)
-
-    return plan.quantizer().encode(clip_l2(update, plan.clip), rng=rng, noise_hook=add_share,
-                                   wrap=True)
+    return plan.quantizer().encode(
+        plan.constrain_sensitivity(update), rng=rng,
+        noise_hook=lambda q: plan.add_noise(q, noise_rng), wrap=True)

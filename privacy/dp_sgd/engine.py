@@ -107,6 +107,12 @@ def poisson_loader(
     return loader, sample_rate, max(1, round(sample_rate * len(data)))
 
 
+def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+    """Per-record clip factors ``min(1, C / (||g_i|| + 1e-6))``: Opacus's formula
+    (``DPOptimizer.clip_and_accumulate``), so every engine clips alike."""
+    return (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+
+
 class PoissonEngine(Mechanism):
     """Base of the DP-SGD engines: checks the setup and builds the Poisson loader. The
     mechanism every engine implements: DP-SGD's Poisson-subsampled Gaussian mechanism
@@ -127,6 +133,12 @@ class PoissonEngine(Mechanism):
     Assumptions: the objective's sensitivity bound holds (checked: :func:`clip_sensitivity`
     refuses objectives without one), batches are Poisson samples drawn with a secret
     generator, and only the noisy sums (the model after the round) leave the client.
+
+    The two operations: :meth:`constrain_sensitivity` (per-record clip factors from the
+    per-record gradient norms) and :meth:`add_noise` (``N(0, sigma^2 C^2)`` on each
+    parameter's clipped sum). The fast engine calls them in every step; the Opacus engines
+    (hooks, group) run the same formulas inside Opacus's ``DPOptimizer``
+    (``clip_and_accumulate``, ``add_noise``), which ``tests/test_mechanisms.py`` checks.
 
     Sets ``loader`` (the Poisson-sampled batches of ``data``), ``sample_rate`` (``q``),
     ``expected_batch_size`` (``round(q n)``, the divisor of the noisy sum) and ``num_batches``
@@ -163,6 +175,23 @@ class PoissonEngine(Mechanism):
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
         self.sensitivity = clip_sensitivity(objective)
+        #: draws the noise (None: torch's default generator; a secret one in training)
+        self.generator = generator
+
+    def constrain_sensitivity(self, contribution: torch.Tensor) -> torch.Tensor:
+        """Per-record clip factors from the ``(N,)`` per-record gradient norms (over all of
+        a record's views): each record's clipped gradient has norm at most ``C``."""
+        return clip_factors(contribution, self.max_grad_norm)
+
+    def add_noise(self, aggregate: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each parameter's clipped sum plus ``N(0, sigma^2 C^2)`` noise, drawn from
+        :attr:`generator` in parameter order (Opacus's ``_generate_noise``, so with the same
+        generator the draws equal ``DPOptimizer``'s)."""
+        from opacus.optimizers.optimizer import _generate_noise  # opacus: on first use
+
+        std = self.noise_multiplier * self.max_grad_norm
+        return [s + _generate_noise(std=std, reference=s, generator=self.generator)
+                for s in aggregate]
 
     def __enter__(self) -> Self:
         return self

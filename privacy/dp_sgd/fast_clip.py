@@ -71,7 +71,6 @@ References:
 from __future__ import annotations
 
 import torch
-from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
 
 from fedssl.privacy.dp_sgd.engine import PoissonEngine
@@ -140,7 +139,8 @@ class FastDPSGD(PoissonEngine):
 
     def step(self, per_record_loss: torch.Tensor) -> torch.Tensor:
         """Clip, sum, noise, scale and apply; returns the unclipped per-record norms."""
-        sums, norms = self.clipper.clipped_sum(per_record_loss, self.max_grad_norm)
+        sums, norms = self.clipper.clipped_sum(per_record_loss, self.max_grad_norm,
+                                               factors=self.constrain_sensitivity)
         self._apply(sums)
         return norms
 
@@ -149,10 +149,8 @@ class FastDPSGD(PoissonEngine):
         self._apply([torch.zeros_like(p) for p in self.params])
 
     def _apply(self, sums: list[torch.Tensor]) -> None:
-        std = self.noise_multiplier * self.max_grad_norm
-        for p, s in zip(self.params, sums):
-            noise = _generate_noise(std=std, reference=s, generator=self.generator)
-            p.grad = (s + noise).view_as(p) / self.expected_batch_size
+        for p, noisy in zip(self.params, self.add_noise(sums)):
+            p.grad = noisy.view_as(p) / self.expected_batch_size
         self.optimizer.step()
 
     def __exit__(self, *exc: object) -> None:

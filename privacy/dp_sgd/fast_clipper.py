@@ -13,7 +13,7 @@ the optimizer step around it is :class:`fedssl.privacy.dp_sgd.fast_clip.FastDPSG
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import fedssl.privacy.dp_sgd.ws_rules  # noqa: F401 (registers the WS convolutions' rule)
+from fedssl.privacy.dp_sgd.engine import clip_factors
 from fedssl.privacy.dp_sgd.fast_clip_rules import RULES, LayerRule, UnsupportedModelError
 
 
@@ -186,13 +187,17 @@ class FastClipper:
                     "fast DP engine cannot attribute its gradient to records")
 
     # ---------------------------------------------------------------------- clipping
-    def clipped_sum(self, per_record_loss: torch.Tensor, max_grad_norm: float
+    def clipped_sum(self, per_record_loss: torch.Tensor, max_grad_norm: float,
+                    factors: Callable[[torch.Tensor], torch.Tensor] | None = None
                     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Sum over records of the per-record gradients clipped to ``max_grad_norm``.
 
         Args:
             per_record_loss: ``(N,)`` losses from the forward pass run under :meth:`record`.
             max_grad_norm: the clip norm ``C``.
+            factors: the per-record clip factors from the ``(N,)`` norms (the engine's
+                :meth:`~fedssl.privacy.dp_sgd.engine.PoissonEngine.constrain_sensitivity`);
+                default :func:`~fedssl.privacy.dp_sgd.engine.clip_factors` at ``C``.
 
         Returns:
             One tensor per parameter (in ``self.params`` order), and the ``(N,)`` unclipped
@@ -230,7 +235,8 @@ class FastClipper:
             for layer in layers:
                 sq += layer.prepare(by_layer[id(layer)], n)
             norms = sq.sqrt()
-            factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+            factor = (factors(norms) if factors is not None
+                      else clip_factors(norms, max_grad_norm))
             summed: dict[int, torch.Tensor] = {}
             for layer in layers:
                 summed.update(layer.clipped(factor))
