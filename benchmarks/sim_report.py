@@ -25,6 +25,7 @@ def add_ratios(rows: list[dict[str, Any]], cores: int) -> None:
     parallel = {r["clients"]: r for r in rows
                 if r["kind"] == "floor-parallel" and "error" not in r}
     for r in rows:
+        r["cores"] = cores
         if "error" not in r and r["clients"] in parallel:
             # against the same training run side by side in plain processes on this machine
             r["x_floor_parallel"] = (r["seconds_per_round"]
@@ -78,6 +79,29 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{_fmt(r.get('three_rounds_vs_flower'), '{:.2f}x')} / "
             f"{_fmt(r.get('wall_vs_flower'), '{:.2f}x')} | {r['peak_rss_mib']:.0f} | "
             f"{r['peak_pss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+#: a simulated client's round, in order (``fedssl.client.app.PhaseClock``)
+PHASES = ("setup", "plan", "model", "train", "ledger", "reply")
+
+
+def phase_table(rows: list[dict[str, Any]]) -> str:
+    """Where one fedssl client's round goes, per phase, next to the whole round's share per
+    client (``seconds per round x cores / clients per round``): what is not in any phase is
+    the simulator's (messages, actors, the server), not the client's."""
+    measured = [r for r in rows if r.get("client_phase_per_client")]
+    if not measured:
+        return ""
+    head = ("| N | method | " + " | ".join(PHASES)
+            + " | client total | round x cores / clients |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in measured:
+        p = r["client_phase_per_client"]
+        share = r["seconds_per_round"] * r.get("cores", 1) / r["clients_per_round"]
+        lines.append(f"| {r['clients']} | {r['kind']} | "
+                     + " | ".join(f"{p.get(k, 0.0):.3f}" for k in PHASES)
+                     + f" | {sum(p.values()):.3f} | {share:.3f} |")
     return "\n".join(lines)
 
 

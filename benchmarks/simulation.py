@@ -89,7 +89,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the modules beside this file (benchmarks/ is not a package; the --child run re-runs this file)
 from compute_floor import child_floor, child_floor_parallel
 from proc_memory import TreeMemory, any_alive
-from sim_report import add_ratios, plot, table
+from sim_report import add_ratios, phase_table, plot, table
 from sim_workload import (
     BATCH,
     DATASET,
@@ -142,8 +142,10 @@ def child_fedssl(n: int, per: int, records: int, rounds: int, seed: int, secagg:
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
     round_s = [float(r["seconds"]) for r in rows if r["round"] >= 1]
     compute = [float(r.get("client_train_seconds", 0.0)) for r in rows if r["round"] >= 1]
+    phases = [r.get("client_phase_seconds", {}) for r in rows if r["round"] >= 1]
     return {"t_round0": seen.get(0, t0), "t_end": end, "round_seconds": round_s,
-            "client_compute_seconds": compute, "run_dir": str(out / "run")}
+            "client_compute_seconds": compute, "client_phase_seconds": phases,
+            "run_dir": str(out / "run")}
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -215,6 +217,13 @@ def measure(kind: str, n: int, rounds: int, records: int, seed: int,
     if "client_compute_seconds" in res:
         out["client_compute_per_round"] = statistics.median(
             steady(res["client_compute_seconds"]))
+    if res.get("client_phase_seconds"):
+        # one client's round by phase (issue 24 item 1): the steady rounds' median of each
+        # phase's per-round sum, over the clients of a round
+        rounds_phases = steady(res["client_phase_seconds"])
+        names = sorted({k for p in rounds_phases for k in p})
+        out["client_phase_per_client"] = {
+            k: statistics.median(p.get(k, 0.0) for p in rounds_phases) / per for k in names}
     return out
 
 
@@ -267,6 +276,9 @@ def main() -> None:
     md = table(rows)
     print()
     print(md)
+    if phases := phase_table(rows):
+        print("\nOne simulated client's round, by phase (median seconds per client):\n")
+        print(phases)
     print(f"\ncores: {cores}, load average at the end: {os.getloadavg()}, "
           f"benchmark wall: {time.perf_counter() - started:.0f} s")
     out = Path(args.out)
@@ -277,6 +289,7 @@ def main() -> None:
                     "platform": platform.platform()},
         "rounds": rounds, "batches": batches, "max_pool": args.max_pool,
         "loadavg_end": os.getloadavg(), "results": rows, "table": md,
+        "phase_table": phase_table(rows),
     }, indent=1))
     plot(rows, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")

@@ -69,6 +69,7 @@ from fedssl.privacy.secagg import Quantizer, SecAggError
 from fedssl.round_protocol import (
     INPUT_SHAPE,
     NUM_ROUNDS,
+    PHASE_PREFIX,
     RUN_DIR,
     RUN_ID,
     SECAGG_NUM_CLIENTS,
@@ -290,13 +291,16 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     """One round, in the order the module docstring gives; every refusal is raised before
     the first gradient (REFUSALS)."""
     start = time.perf_counter()
+    phases = PhaseClock(start)
     server_round = int(config[SERVER_ROUND])
     run = round_spec(config)  # the round's settings, typed once (fedssl.run_spec)
     if run.secagg:
         # secure aggregation's key setup precedes training: no setup, no gradient
         secagg.require_ready(context, server_round)
     device = compute_setup(context, run)
+    phases.lap("setup")
     plan = plan_round(context, config, run, ident)
+    phases.lap("plan")
     objective, dp, sensitivity, x, cfg = (plan.objective, plan.dp, plan.sensitivity, plan.x,
                                           plan.cfg)
     ledger, run_id = plan.ledger, plan.run_id
@@ -312,9 +316,11 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     if not pub.exists():  # nothing is written for a round refused above
         pub.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(pub, public_pem(plan.key))
+    phases.lap("model")
 
     result = train_local(model, objective, x, augment_for(input_shape, run.dataset), cfg,
                          device=device)
+    phases.lap("train")
     state = model.cpu().state_dict()
     if get_algorithm(run.algorithm).keeps_local_model:  # kept node-local for next round
         context.state[LOCAL_MODEL_KEY] = ArrayRecord(state)
@@ -324,6 +330,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
     if dp:
         epsilon, lifetime_epsilon = _record_round(ledger, ident.client_id, run, cfg, result,
                                                   server_round, run_id, sensitivity)
+    phases.lap("ledger")
     metrics = MetricRecord({
         "num-examples": result.num_examples,
         "loss": result.loss,
@@ -335,6 +342,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         "train-seconds": result.seconds,
         "seconds": time.perf_counter() - start,
         **mixing,
+        **phases.seconds,
     })
     status = ConfigRecord({"status": "ok", "client": ident.client_id,
                            "identity": secagg.identity_name(context, ident.client_id)})
@@ -346,11 +354,33 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         # the server must learn only the sum: keep the quantised update on this node
         _keep_masked_update(context, run, int(config[SECAGG_NUM_CLIENTS]), shared,
                             global_state, cfg.seed)
+        metrics[PHASE_PREFIX + "reply"] = phases.lap("reply")
         return Message(RecordDict({"metrics": metrics, "status": status}), reply_to=msg)
     content = RecordDict({
         "arrays": ArrayRecord(shared), "metrics": metrics, "status": status,
     })
+    metrics[PHASE_PREFIX + "reply"] = phases.lap("reply")
     return Message(content, reply_to=msg)
+
+
+class PhaseClock:
+    """Seconds of a client round's phases, sent with its reply (``phase-<name>`` metrics;
+    summed per round in metrics.jsonl as ``client_phase_seconds``): what a researcher reads
+    to see where a simulated client's time goes (issue 24: setup = threads and device, plan
+    = every pre-gradient check, the records and the noise plan, model = build, decode and
+    merge, train = ``train_local``, ledger = the signed entry, reply = the update's encoding
+    and message)."""
+
+    def __init__(self, start: float) -> None:
+        self.last = start
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, name: str) -> float:
+        """Close phase ``name`` now; returns its seconds."""
+        now = time.perf_counter()
+        self.seconds[PHASE_PREFIX + name] = spent = now - self.last
+        self.last = now
+        return spent
 
 
 def round_train_config(run: RunSpec, context: Context, server_round: int, num_rounds: int,

@@ -32,6 +32,10 @@ SECAGG_NUM_CLIENTS = "secagg-num-clients"
 #: a secure-aggregation stage's protocol payload (bytes)
 SECAGG_PAYLOAD = "payload"
 
+#: prefix of the reply metrics that time one client round's phases (``phase-train`` ...):
+#: seconds per phase, summed per round in metrics.jsonl (``client_phase_seconds``)
+PHASE_PREFIX = "phase-"
+
 #: every key above
 ROUND_KEYS: tuple[str, ...] = (SERVER_ROUND, NUM_ROUNDS, INPUT_SHAPE, RUN_DIR, RUN_ID,
                                SECAGG_NUM_CLIENTS, SECAGG_PAYLOAD)

@@ -20,6 +20,7 @@ from typing import Any
 
 from flwr.app import MetricRecord
 
+from fedssl.round_protocol import PHASE_PREFIX
 from fedssl.server.strategy import RoundOutcome
 
 log = logging.getLogger("fedssl.server")
@@ -75,6 +76,15 @@ class RoundMetrics:
         # the clients' own training seconds: how much of the round was model compute
         row["client_train_seconds"] = sum(m.get("train-seconds", 0.0)
                                           for m in outcome.client_metrics.values())
+        # and where the rest of each client's round went (setup, plan, model, ledger, reply)
+        phases: dict[str, float] = {}
+        for m in outcome.client_metrics.values():
+            for key, value in m.items():
+                if key.startswith(PHASE_PREFIX):
+                    name = key[len(PHASE_PREFIX):]
+                    phases[name] = phases.get(name, 0.0) + value
+        if phases:
+            row["client_phase_seconds"] = phases
         eps = [m.get("epsilon", 0.0) for m in outcome.client_metrics.values()]
         if self.dp and eps:
             row["epsilon_max"] = max(eps)

@@ -107,14 +107,17 @@ def test_a_rounds_row_counts_refusals_discards_and_the_clients_claims() -> None:
     metrics = RoundMetrics([], dp=True, divergence=False)
     outcome = RoundOutcome(
         accepted=["a"], refused={"b": "budget"}, failed={"c": "gone"},
-        client_metrics={"a": {"steps": 4, "epsilon": 1.5, "train-seconds": 0.5},
-                        "d": {"steps": 2, "epsilon": 2.5, "train-seconds": 0.25}})
+        client_metrics={"a": {"steps": 4, "epsilon": 1.5, "train-seconds": 0.5,
+                              "phase-train": 0.5, "phase-plan": 0.125},
+                        "d": {"steps": 2, "epsilon": 2.5, "train-seconds": 0.25,
+                              "phase-train": 0.25}})
     row = metrics.row(1, outcome, MetricRecord({"loss": 0.75}))
     assert (row["round"], row["loss"], row["clients"]) == (1, 0.75, 1)
     assert row["refused"] == {"b": "budget"} and row["failed"] == {"c": "gone"}
     # d trained (spent privacy) but its update was not used
     assert row["discarded"] == ["d"] and metrics.discarded == {"d": [1]}
     assert row["epsilon_max"] == 2.5 and row["client_train_seconds"] == 0.75
+    assert row["client_phase_seconds"] == {"train": 0.75, "plan": 0.125}
     metrics.row(2, RoundOutcome(accepted=["a"], client_metrics={"a": {"steps": 3}}), None)
     assert metrics.reported["a"]["steps"] == 7 and metrics.reported["a"]["rounds"] == 2
     assert metrics.refusals == {"b": [{"round": 1, "reason": "budget"}]}

@@ -67,6 +67,13 @@ def test_a_registered_callback_runs_in_every_round(tmp_path: Path) -> None:
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["toy_norm"] > 0 for r in rows[1:])  # added to the row before it was written
     assert all(r["clients"] == 2 for r in rows[1:])
+    # where the clients' round went (issue 24 item 1): every phase, the training phase
+    # holding train_local's own seconds
+    for r in rows[1:]:
+        phases = r["client_phase_seconds"]
+        assert set(phases) == {"setup", "plan", "model", "train", "ledger", "reply"}
+        assert all(v >= 0 for v in phases.values())
+        assert phases["train"] >= r["client_train_seconds"] > 0
     assert "linear_probe_accuracy" in rows[2]  # the evaluation callback, after the last round
     assert (tmp_path / "run" / "checkpoints").is_dir()  # the checkpoint callback
     assert not (tmp_path / "run" / "tensorboard").exists()  # off unless asked for
