@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # CPU wheel of torch lies on this disk; pin it first so no CUDA build is pulled in.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: demo test test-slow test-all lint bench clean install
+.PHONY: demo test test-slow test-all lint bench clean install bench-pfl-env
 
 install: $(STAMP)
 
@@ -33,8 +33,18 @@ test-slow: $(STAMP)
 
 test-all: test test-slow
 
+# pfl-research for benchmarks/simulation.py's pfl rows, in its own environment: pfl 0.6 pins
+# dp-accounting<0.6, fedssl's audit needs 0.6. Its packages come first, then .venv's.
+PFL_VENV := .venv-pfl
+bench-pfl-env: $(STAMP)
+	test -x $(PFL_VENV)/bin/python || $(PYTHON) -m venv $(PFL_VENV)
+	$(PFL_VENV)/bin/python -m pip install -q --no-deps -r benchmarks/pfl-requirements.txt
+	$(PY) -c "import site; print(\"import site; site.addsitedir('\" + site.getsitepackages()[0] + \"')\")" \
+	  > "$$($(PFL_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/zz_fedssl_venv.pth"
+	$(PFL_VENV)/bin/python -c "import pfl, fedssl, torch; print('pfl', pfl.__version__ if hasattr(pfl, '__version__') else '0.6', 'ready')"
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(PFL_VENV) runs .pytest_cache .ruff_cache .hypothesis *.egg-info

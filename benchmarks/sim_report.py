@@ -22,10 +22,14 @@ from sim_workload import KINDS, per_round
 def add_ratios(rows: list[dict[str, Any]], cores: int) -> None:
     floors = {r["clients"]: r for r in rows if r["kind"] == "floor" and "error" not in r}
     flowers = {r["clients"]: r for r in rows if r["kind"] == "flower" and "error" not in r}
+    pfls = {r["clients"]: r for r in rows if r["kind"] == "pfl-2proc" and "error" not in r}
     parallel = {r["clients"]: r for r in rows
                 if r["kind"] == "floor-parallel" and "error" not in r}
     for r in rows:
         r["cores"] = cores
+        if "error" not in r and r["clients"] in pfls:
+            # the bar: fedssl's steady round against pfl's two-worker round
+            r["x_pfl_2proc"] = r["seconds_per_round"] / pfls[r["clients"]]["seconds_per_round"]
         if "error" not in r and r["clients"] in parallel:
             # against the same training run side by side in plain processes on this machine
             r["x_floor_parallel"] = (r["seconds_per_round"]
@@ -57,7 +61,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = ("| N | per round | steps | method | startup s | 1st round s | s/round (median) | "
             "rounds 1-3 s | process wall s | rounds/s | updates/s | x floor | "
             "x ideal (floor compute/cores) | x ideal (own compute/cores) | x parallel floor | "
-            "vs Flower (steady / rounds 1-3 / wall) | "
+            "vs Flower (steady / rounds 1-3 / wall) | x pfl 2 proc | "
             "peak RSS MiB | peak PSS MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -77,13 +81,15 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{_fmt(r.get('x_floor_parallel'), '{:.2f}')} | "
             f"{_fmt(r.get('speedup_vs_flower'), '{:.2f}x')} / "
             f"{_fmt(r.get('three_rounds_vs_flower'), '{:.2f}x')} / "
-            f"{_fmt(r.get('wall_vs_flower'), '{:.2f}x')} | {r['peak_rss_mib']:.0f} | "
+            f"{_fmt(r.get('wall_vs_flower'), '{:.2f}x')} | "
+            f"{_fmt(r.get('x_pfl_2proc'), '{:.2f}')} | {r['peak_rss_mib']:.0f} | "
             f"{r['peak_pss_mib']:.0f} |")
     return "\n".join(lines)
 
 
-#: a simulated client's round, in order (``fedssl.client.app.PhaseClock``)
-PHASES = ("setup", "plan", "model", "train", "ledger", "reply")
+#: a simulated client's round, in order (``fedssl.client.app.PhaseClock``), and the CPU
+#: seconds of its training phase (below "train" when the process waited for a core)
+PHASES = ("setup", "plan", "model", "train", "train cpu", "ledger", "reply")
 
 
 def phase_table(rows: list[dict[str, Any]]) -> str:
@@ -101,7 +107,8 @@ def phase_table(rows: list[dict[str, Any]]) -> str:
         share = r["seconds_per_round"] * r.get("cores", 1) / r["clients_per_round"]
         lines.append(f"| {r['clients']} | {r['kind']} | "
                      + " | ".join(f"{p.get(k, 0.0):.3f}" for k in PHASES)
-                     + f" | {sum(p.values()):.3f} | {share:.3f} |")
+                     + f" | {sum(v for k, v in p.items() if k != 'train cpu'):.3f} | "
+                     f"{share:.3f} |")
     return "\n".join(lines)
 
 

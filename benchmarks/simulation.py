@@ -8,8 +8,11 @@ the training it runs. One command measures the *same workload* three ways for N 
   :class:`~fedssl.simulations.config.ExperimentConfig`: MNIST-1D, SimSiam, no DP, IID
   partition, one local epoch of ``--batches`` batches of 32 records per client, secure
   aggregation off and on, 100 clients per round at N=1000 (all clients below). Server-side
-  evaluation runs only after the last round (``eval_every`` beyond the run, no few-label probes),
-  so steady-state rounds carry no evaluation; the first round carries the actors' lazy start.
+  evaluation runs only after the last round (``eval_every`` beyond the run, no few-label probes,
+  no label-efficiency fine-tunes), so steady-state rounds carry no evaluation; the first round
+  carries the actors' lazy start. Its clients time their rounds by phase (setup, plan, model,
+  train and its CPU seconds, ledger, reply; ``client_phase_seconds`` in metrics.jsonl),
+  printed as a second table.
 * ``flower`` - a vanilla Flower 1.41 app as a tutorial writes it, run with
   ``flwr.simulation.run_simulation`` under the same Ray backend config (1 CPU per client,
   ``num_cpus`` = cores): a ``ServerApp`` running ``flwr.serverapp.strategy.FedAvg``
@@ -20,6 +23,11 @@ the training it runs. One command measures the *same workload* three ways for N 
   :class:`fedssl.ssl_core.heads.SSLModel`, loads the received weights, trains with the same
   objective through :func:`fedssl.client.trainer.train_local`, and replies with the full
   ``state_dict`` and ``num-examples``.
+* ``pfl`` / ``pfl-2proc`` - Apple's pfl-research 0.6 on the same workload
+  (``pfl_baseline.py``: the same partitions, initial model, objective, views and local
+  optimizer), in one process and in two worker processes through torchrun; in its own
+  environment (``make bench-pfl-env``: pfl pins an older dp-accounting), skipped with a
+  message where that is missing. ``x pfl 2 proc`` divides a round by pfl's two-worker round.
 * ``floor`` - the compute floor: the same ``train_local`` calls for the same sampled clients in
   one process, one after another (``torch`` threads = 1, as each simulated client gets), plus
   the float average of their weights. ``client_compute_s`` is the sum of the clients'
@@ -88,6 +96,8 @@ from fedssl.processes import start_process
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the modules beside this file (benchmarks/ is not a package; the --child run re-runs this file)
 from compute_floor import child_floor, child_floor_parallel
+from pfl_baseline import command as pfl_command
+from pfl_baseline import pfl_python
 from proc_memory import TreeMemory, any_alive
 from sim_report import add_ratios, phase_table, plot, table
 from sim_workload import (
@@ -95,6 +105,7 @@ from sim_workload import (
     DATASET,
     KINDS,
     METHOD,
+    PFL_WORKERS,
     per_round,
     pool_samples,
     records_per_client,
@@ -116,7 +127,7 @@ def child_fedssl(n: int, per: int, records: int, rounds: int, seed: int, secagg:
         dataset=DATASET, num_samples=pool_samples(n, records), num_clients=n,
         clients_per_round=0 if per == n else per, rounds=rounds, partitioner="iid",
         method=METHOD, local_epochs=1, batch_size=BATCH, dp=False, secagg=secagg,
-        eval_every=10_000, few_label="", seed=seed, out=str(out / "run"),
+        eval_every=10_000, few_label="", finetune="", seed=seed, out=str(out / "run"),
     )
     metrics = out / "run" / "metrics.jsonl"
     seen: dict[int, float] = {}
@@ -142,7 +153,9 @@ def child_fedssl(n: int, per: int, records: int, rounds: int, seed: int, secagg:
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
     round_s = [float(r["seconds"]) for r in rows if r["round"] >= 1]
     compute = [float(r.get("client_train_seconds", 0.0)) for r in rows if r["round"] >= 1]
-    phases = [r.get("client_phase_seconds", {}) for r in rows if r["round"] >= 1]
+    phases = [{**r.get("client_phase_seconds", {}),
+               "train cpu": r.get("client_train_cpu_seconds", 0.0)}
+              for r in rows if r["round"] >= 1]
     return {"t_round0": seen.get(0, t0), "t_end": end, "round_seconds": round_s,
             "client_compute_seconds": compute, "client_phase_seconds": phases,
             "run_dir": str(out / "run")}
@@ -172,9 +185,19 @@ def measure(kind: str, n: int, rounds: int, records: int, seed: int,
     per = per_round(n)
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         result_path = fh.name
-    cmd = [sys.executable, __file__, "--child", kind, "--n", str(n), "--per-round", str(per),
-           "--records", str(records), "--rounds", str(rounds), "--seed", str(seed),
-           "--result", result_path]
+    base = {"kind": kind, "clients": n, "clients_per_round": per, "rounds": rounds,
+            "records_per_client": records, "local_steps": records // BATCH}
+    if kind in PFL_WORKERS:
+        if pfl_python() is None:
+            return {**base, "skipped": "pfl-research is not installed here: `make "
+                    "bench-pfl-env` makes .venv-pfl (a benchmark dependency only)"}
+        cmd = pfl_command(PFL_WORKERS[kind], [
+            "--users", str(n), "--cohort", str(per), "--records", str(records),
+            "--rounds", str(rounds), "--seed", str(seed), "--result", result_path])
+    else:
+        cmd = [sys.executable, __file__, "--child", kind, "--n", str(n), "--per-round",
+               str(per), "--records", str(records), "--rounds", str(rounds), "--seed",
+               str(seed), "--result", result_path]
     load_before = os.getloadavg()
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
     t0 = time.perf_counter()
@@ -193,9 +216,7 @@ def measure(kind: str, n: int, rounds: int, records: int, seed: int,
             break
         time.sleep(0.5)
     out: dict[str, Any] = {
-        "kind": kind, "clients": n, "clients_per_round": per, "rounds": rounds,
-        "records_per_client": records, "local_steps": records // BATCH,
-        "process_seconds": total, "peak_rss_mib": mem.peak_rss / 1024,
+        **base, "process_seconds": total, "peak_rss_mib": mem.peak_rss / 1024,
         "peak_pss_mib": mem.peak_pss / 1024, "max_processes": mem.max_procs,
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
     }
@@ -262,11 +283,16 @@ def main() -> None:
         ap.error(f"unknown kinds {sorted(unknown)}")
     cores = os.cpu_count() or 1
     settings = [(n, k) for n in clients for k in kinds]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     started = time.perf_counter()
     for n, kind in tqdm(settings, desc="settings", unit="run"):
         records = records_per_client(n, batches, args.max_pool)
         row = measure(kind, n, rounds, records, args.seed, args.timeout)
+        if "skipped" in row:
+            skipped.append(row)
+            tqdm.write(f"N={n} {kind}: skipped: {row['skipped']}")
+            continue
         rows.append(row)
         tqdm.write(f"N={n} {kind}: " + (row["error"].splitlines()[0] if "error" in row else
                    f"{row['seconds_per_round']:.2f} s/round, startup "
@@ -288,7 +314,7 @@ def main() -> None:
         "machine": {"cores": cores, "python": platform.python_version(),
                     "platform": platform.platform()},
         "rounds": rounds, "batches": batches, "max_pool": args.max_pool,
-        "loadavg_end": os.getloadavg(), "results": rows, "table": md,
+        "loadavg_end": os.getloadavg(), "results": rows, "skipped": skipped, "table": md,
         "phase_table": phase_table(rows),
     }, indent=1))
     plot(rows, out.with_suffix(".png"))

@@ -318,8 +318,10 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         atomic_write_bytes(pub, public_pem(plan.key))
     phases.lap("model")
 
+    cpu = time.process_time()
     result = train_local(model, objective, x, augment_for(input_shape, run.dataset), cfg,
                          device=device)
+    cpu = time.process_time() - cpu  # below the wall time: the process waited for a core
     phases.lap("train")
     state = model.cpu().state_dict()
     if get_algorithm(run.algorithm).keeps_local_model:  # kept node-local for next round
@@ -340,6 +342,7 @@ def _train(msg: Message, context: Context, config: ConfigRecord, ident: ClientId
         "noise-multiplier": cfg.noise_multiplier,
         "sample-rate": result.sample_rate,
         "train-seconds": result.seconds,
+        "train-cpu-seconds": cpu,
         "seconds": time.perf_counter() - start,
         **mixing,
         **phases.seconds,

@@ -76,6 +76,10 @@ class RoundMetrics:
         # the clients' own training seconds: how much of the round was model compute
         row["client_train_seconds"] = sum(m.get("train-seconds", 0.0)
                                           for m in outcome.client_metrics.values())
+        # the CPU time of the clients' processes in that training: less than the wall time
+        # when the simulator runs more busy processes than there are cores
+        row["client_train_cpu_seconds"] = sum(m.get("train-cpu-seconds", 0.0)
+                                              for m in outcome.client_metrics.values())
         # and where the rest of each client's round went (setup, plan, model, ledger, reply)
         phases: dict[str, float] = {}
         for m in outcome.client_metrics.values():
