@@ -42,6 +42,27 @@ def any_alive(pids: set[int]) -> bool:
     return any(p in table and table[p][1] != "Z" for p in pids)
 
 
+def process_label(pid: int) -> str:
+    """A short name for what process ``pid`` is, to group a tree's memory by: Ray's own
+    processes by their executable (``gcs_server``, ``raylet``, ...), Ray workers by the
+    title Ray gives them (``ray::ClientAppActor``, ``ray::IDLE``), Python by its script or
+    module, else the command name."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return "?"
+    if not argv:
+        return "?"
+    head = argv[0].split("/")[-1]
+    if head.startswith("ray::"):
+        return argv[0].split()[0]
+    if head.startswith("python") and len(argv) > 1:
+        arg = argv[2] if argv[1] == "-m" and len(argv) > 2 else argv[1]
+        return f"python {arg.split('/')[-1]}"
+    return head
+
+
 def _kib(path: str, field: str) -> int:
     try:
         with open(path) as fh:
@@ -61,6 +82,8 @@ class TreeMemory:
         self.peak_rss = self.peak_pss = 0
         self.max_procs = 0
         self.pids: set[int] = set()
+        #: PSS (KiB) per kind of process (:func:`process_label`) at the tree's PSS peak
+        self.peak_pss_by_label: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -73,8 +96,15 @@ class TreeMemory:
             rss = sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in pids)
             self.peak_rss = max(self.peak_rss, rss)
             if tick % 4 == 0:  # PSS reads smaps_rollup: a little dearer, sample every 1 s
-                pss = sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
-                self.peak_pss = max(self.peak_pss, pss)
+                each = {p: _kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids}
+                pss = sum(each.values())
+                if pss > self.peak_pss:
+                    self.peak_pss = pss
+                    by_label: dict[str, int] = {}
+                    for p, kib in each.items():
+                        label = process_label(p)
+                        by_label[label] = by_label.get(label, 0) + kib
+                    self.peak_pss_by_label = by_label
             tick += 1
             self._stop.wait(self.interval)
 

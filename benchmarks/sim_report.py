@@ -112,6 +112,23 @@ def phase_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def memory_table(rows: list[dict[str, Any]], top: int = 6) -> str:
+    """Where each setting's memory was at its peak: PSS (MiB) of its ``top`` largest kinds
+    of process (Ray's GCS and raylet, the workers, the driver, pfl's ranks, ...) and of the
+    rest, one line per setting."""
+    lines = ["| N | method | peak PSS MiB | by process (MiB) |", "|---|---|---|---|"]
+    for r in rows:
+        by = r.get("peak_pss_mib_by_process")
+        if not by or "error" in r:
+            continue
+        items = list(by.items())
+        shown = ", ".join(f"{k} {v:.0f}" for k, v in items[:top])
+        rest = sum(v for _, v in items[top:])
+        lines.append(f"| {r['clients']} | {r['kind']} | {r['peak_pss_mib']:.0f} | {shown}"
+                     + (f", {len(items) - top} others {rest:.0f}" if rest else "") + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 

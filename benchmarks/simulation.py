@@ -99,7 +99,7 @@ from compute_floor import child_floor, child_floor_parallel
 from pfl_baseline import command as pfl_command
 from pfl_baseline import pfl_python
 from proc_memory import TreeMemory, any_alive
-from sim_report import add_ratios, phase_table, plot, table
+from sim_report import add_ratios, memory_table, phase_table, plot, table
 from sim_workload import (
     BATCH,
     DATASET,
@@ -218,6 +218,10 @@ def measure(kind: str, n: int, rounds: int, records: int, seed: int,
     out: dict[str, Any] = {
         **base, "process_seconds": total, "peak_rss_mib": mem.peak_rss / 1024,
         "peak_pss_mib": mem.peak_pss / 1024, "max_processes": mem.max_procs,
+        # where the memory was at the peak: MiB of PSS per kind of process (Ray's GCS,
+        # raylet, workers, the driver, ...), for the "where each GiB goes"
+        "peak_pss_mib_by_process": {k: round(v / 1024, 1) for k, v in sorted(
+            mem.peak_pss_by_label.items(), key=lambda kv: -kv[1])},
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
     }
     if proc.returncode != 0 or not Path(result_path).stat().st_size:
@@ -305,6 +309,9 @@ def main() -> None:
     if phases := phase_table(rows):
         print("\nOne simulated client's round, by phase (median seconds per client):\n")
         print(phases)
+    if memory := memory_table(rows):
+        print("\nWhere the memory is at each setting's peak (PSS by process):\n")
+        print(memory)
     print(f"\ncores: {cores}, load average at the end: {os.getloadavg()}, "
           f"benchmark wall: {time.perf_counter() - started:.0f} s")
     out = Path(args.out)
@@ -315,7 +322,7 @@ def main() -> None:
                     "platform": platform.platform()},
         "rounds": rounds, "batches": batches, "max_pool": args.max_pool,
         "loadavg_end": os.getloadavg(), "results": rows, "skipped": skipped, "table": md,
-        "phase_table": phase_table(rows),
+        "phase_table": phase_table(rows), "memory_table": memory_table(rows),
     }, indent=1))
     plot(rows, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
