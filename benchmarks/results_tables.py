@@ -1,0 +1,167 @@
+"""Regenerate the measured tables in docs/ from ``benchmarks/results/*.json``.
+
+What: a table in a Markdown file under ``docs/`` that sits between a ``<!-- results: FILE``
+comment and ``<!-- end results -->`` is generated from ``benchmarks/results/FILE``; the
+comment says which rows and columns, and how to label them::
+
+    <!-- results: quality_mnist1d_cross_silo.json
+    first: what the site uses
+    col: linear_probe_accuracy -> linear, all labels
+    col: finetuned_5shot -> fine-tuned, 5 labels/class
+    row: random init (frozen) / from scratch (fine-tuned) -> same network from scratch
+    row: public warm start alone
+    -->
+    | what the site uses | linear, all labels | fine-tuned, 5 labels/class |
+    ...
+    <!-- end results -->
+
+A ``row:`` names a row of the file by its ``setting`` (``-> label`` renames it); a ``col:``
+names a metric of the rows' ``summary``. A cell is the mean over seeds, ``± std`` when more
+than one seed differs (a deterministic row, e.g. raw-input logistic regression, shows its
+value alone); ``-`` where a row lacks the metric. ``table: KEY`` instead inserts the file's
+own stored Markdown table (``simulation.json``'s ``table``) as it is.
+
+Why: every number a reader sees in docs/ then comes from the JSON a benchmark wrote, with
+the command that made it; nothing is copied by hand. ``python benchmarks/results_tables.py``
+rewrites the blocks in place; ``--check`` exits 1 naming each block that differs (a test runs
+it, so a results file and its docs cannot drift apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs"
+BLOCK = re.compile(r"(<!-- results: (?P<spec>.*?)-->\n)(?P<body>.*?)(<!-- end results -->)",
+                   re.S)
+
+
+class TableSpecError(ValueError):
+    """A block's comment names a file, row or metric that does not exist, or is malformed."""
+
+
+@dataclass
+class TableSpec:
+    """What one block shows (parsed from its comment by :func:`parse_spec`)."""
+
+    file: str
+    first: str = "setting"
+    cols: list[tuple[str, str]] = field(default_factory=list)
+    rows: list[tuple[str, str]] = field(default_factory=list)
+    table: str = ""
+
+
+def parse_spec(text: str) -> TableSpec:
+    """The spec of a block from its comment's text (the file name, then one ``key: value``
+    per line).
+
+    Raises:
+        TableSpecError: for an unknown key or a block without columns or a stored table.
+    """
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        raise TableSpecError("a results block names no file")
+    spec = TableSpec(lines[0])
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        name, _, label = value.partition("->")
+        name, label = name.strip(), label.strip()
+        if key == "first":
+            spec.first = value.strip()
+        elif key == "col":
+            spec.cols.append((name, label or name))
+        elif key == "row":
+            spec.rows.append((name, label or name))
+        elif key == "table":
+            spec.table = value.strip()
+        else:
+            raise TableSpecError(f"{spec.file}: unknown line {line!r} (first, col, row, table)")
+    if not spec.table and not (spec.cols and spec.rows):
+        raise TableSpecError(f"{spec.file}: a block needs col: and row: lines, or table:")
+    return spec
+
+
+def cell(summary: dict[str, Any], key: str) -> str:
+    """A metric's mean over seeds, with ``± std`` where the seeds differ; ``-`` if absent."""
+    m = summary.get(key)
+    if m is None:
+        return "-"
+    if m.get("n", 1) > 1 and round(m["std"], 3) > 0:
+        return f"{m['mean']:.3f} ± {m['std']:.3f}"
+    return f"{m['mean']:.3f}"
+
+
+def render(spec: TableSpec, results: Path = RESULTS) -> str:
+    """The Markdown table ``spec`` asks for, from its results file.
+
+    Raises:
+        TableSpecError: for a missing file, row or stored table.
+    """
+    path = results / spec.file
+    if not path.is_file():
+        raise TableSpecError(f"no results file {path}")
+    data = json.loads(path.read_text())
+    if spec.table:
+        if spec.table not in data:
+            raise TableSpecError(f"{spec.file} stores no {spec.table!r}")
+        return str(data[spec.table]).rstrip("\n") + "\n"
+    by_setting = {r["setting"]: r for r in data["rows"]}
+    head = f"| {spec.first} | " + " | ".join(label for _, label in spec.cols) + " |"
+    lines = [head, "|" + "---|" * (len(spec.cols) + 1)]
+    for setting, label in spec.rows:
+        if setting not in by_setting:
+            raise TableSpecError(f"{spec.file} has no row {setting!r}; it has "
+                                 f"{sorted(by_setting)}")
+        summary = by_setting[setting]["summary"]
+        lines.append(f"| {label} | " + " | ".join(cell(summary, k) for k, _ in spec.cols)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def regenerate(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
+    """``text`` with every results block regenerated, and the files of the blocks that
+    changed."""
+    changed: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        spec = parse_spec(m["spec"])
+        body = render(spec, results)
+        if body != m["body"]:
+            changed.append(spec.file)
+        return m.group(1) + body + m.group(4)
+
+    return BLOCK.sub(sub, text), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the blocks of every docs/*.md (``--check``: only report); an exit code."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true",
+                    help="change nothing; exit 1 if a block differs from its results file")
+    ap.add_argument("files", nargs="*", type=Path, help="Markdown files (default docs/*.md)")
+    args = ap.parse_args(argv)
+    stale = []
+    for path in args.files or sorted(DOCS.glob("*.md")):
+        text = path.read_text()
+        new, changed = regenerate(text)
+        if not changed:
+            continue
+        stale += [f"{path}: the table from {name} differs" for name in changed]
+        if not args.check:
+            path.write_text(new)
+    for line in stale:
+        print(line if args.check else f"rewrote {line.split(':')[0]}"
+              f" ({line.split(': ', 1)[1]})")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""docs/ tables are generated from benchmarks/results (issue 23 item 6): every results block
+in docs/*.md equals what ``benchmarks/results_tables.py`` makes from its JSON, and a changed
+number in the JSON is caught."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import results_tables  # benchmarks/ is not a package
+
+
+def test_every_generated_table_in_docs_matches_its_results_file(capsys) -> None:
+    assert results_tables.main(["--check"]) == 0, capsys.readouterr().out
+    blocks = [m for p in results_tables.DOCS.glob("*.md")
+              for m in results_tables.BLOCK.finditer(p.read_text())]
+    assert len(blocks) >= 2  # the blocks exist (a check of nothing cannot fail)
+
+
+def test_a_changed_number_is_caught_and_rewritten(tmp_path: Path) -> None:
+    name = "quality_mnist5k_synthetic_dp.json"
+    for path in results_tables.RESULTS.glob("*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    doc = (results_tables.DOCS / "results.md").read_text()
+    same, changed = results_tables.regenerate(doc, tmp_path)
+    assert changed == [] and same == doc
+    data = json.loads((tmp_path / name).read_text())
+    row = next(r for r in data["rows"] if r["setting"] == "synthetic warm start alone")
+    row["summary"]["finetuned_5shot"]["mean"] = 0.5
+    (tmp_path / name).write_text(json.dumps(data))
+    new, changed = results_tables.regenerate(doc, tmp_path)
+    assert changed == [name]
+    assert "| synthetic warm start alone (no data) | 0.967 | 0.909 | 0.765 ± 0.011 | 0.500 ± "\
+        in new
+
+
+def test_cells_and_bad_specs() -> None:
+    assert results_tables.cell({"a": {"mean": 0.5, "std": 0.0, "n": 3}}, "a") == "0.500"
+    assert results_tables.cell({"a": {"mean": 0.5, "std": 0.01, "n": 3}}, "a") == \
+        "0.500 ± 0.010"
+    assert results_tables.cell({}, "a") == "-"
+    with pytest.raises(results_tables.TableSpecError, match="unknown line"):
+        results_tables.parse_spec("x.json\nwhat: y")
+    with pytest.raises(results_tables.TableSpecError, match="needs col"):
+        results_tables.parse_spec("x.json\nfirst: y")
+    spec = results_tables.parse_spec("quality_digits.json\ncol: knn_accuracy\nrow: nope")
+    with pytest.raises(results_tables.TableSpecError, match="has no row 'nope'"):
+        results_tables.render(spec)
