@@ -23,10 +23,14 @@ def add_ratios(rows: list[dict[str, Any]], cores: int) -> None:
     floors = {r["clients"]: r for r in rows if r["kind"] == "floor" and "error" not in r}
     flowers = {r["clients"]: r for r in rows if r["kind"] == "flower" and "error" not in r}
     pfls = {r["clients"]: r for r in rows if r["kind"] == "pfl-2proc" and "error" not in r}
+    plain = {r["clients"]: r for r in rows if r["kind"] == "fedssl" and "error" not in r}
     parallel = {r["clients"]: r for r in rows
                 if r["kind"] == "floor-parallel" and "error" not in r}
     for r in rows:
         r["cores"] = cores
+        if "error" not in r and r["kind"].startswith("fedssl+") and r["clients"] in plain:
+            # what DP-SGD or secure aggregation adds to the same run
+            r["x_fedssl"] = r["seconds_per_round"] / plain[r["clients"]]["seconds_per_round"]
         if "error" not in r and r["clients"] in pfls:
             # the bar: fedssl's steady round against pfl's two-worker round
             r["x_pfl_2proc"] = r["seconds_per_round"] / pfls[r["clients"]]["seconds_per_round"]
@@ -61,7 +65,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = ("| N | per round | steps | method | startup s | 1st round s | s/round (median) | "
             "rounds 1-3 s | process wall s | rounds/s | updates/s | x floor | "
             "x ideal (floor compute/cores) | x ideal (own compute/cores) | x parallel floor | "
-            "vs Flower (steady / rounds 1-3 / wall) | x pfl 2 proc | "
+            "vs Flower (steady / rounds 1-3 / wall) | x pfl 2 proc | x fedssl | "
             "peak RSS MiB | peak PSS MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -82,7 +86,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{_fmt(r.get('speedup_vs_flower'), '{:.2f}x')} / "
             f"{_fmt(r.get('three_rounds_vs_flower'), '{:.2f}x')} / "
             f"{_fmt(r.get('wall_vs_flower'), '{:.2f}x')} | "
-            f"{_fmt(r.get('x_pfl_2proc'), '{:.2f}')} | {r['peak_rss_mib']:.0f} | "
+            f"{_fmt(r.get('x_pfl_2proc'), '{:.2f}')} | {_fmt(r.get('x_fedssl'), '{:.2f}')} | "
+            f"{r['peak_rss_mib']:.0f} | "
             f"{r['peak_pss_mib']:.0f} |")
     return "\n".join(lines)
 

@@ -21,7 +21,8 @@ BATCH = 32
 DATASET = "mnist1d"
 METHOD = "simsiam"
 TEST_FRACTION = 0.2  # load_mnist1d keeps 80 % as the training pool
-KINDS = ("fedssl", "fedssl+secagg", "flower", "pfl", "pfl-2proc", "floor", "floor-parallel")
+KINDS = ("fedssl", "fedssl+secagg", "fedssl+dp", "flower", "pfl", "pfl-2proc", "floor",
+         "floor-parallel")
 #: pfl-research's settings and their worker processes (``pfl_baseline.py``)
 PFL_WORKERS = {"pfl": 1, "pfl-2proc": 2}
 

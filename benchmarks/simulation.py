@@ -23,6 +23,9 @@ the training it runs. One command measures the *same workload* three ways for N 
   :class:`fedssl.ssl_core.heads.SSLModel`, loads the received weights, trains with the same
   objective through :func:`fedssl.client.trainer.train_local`, and replies with the full
   ``state_dict`` and ``num-examples``.
+* ``fedssl+dp`` - the same with record-level DP-SGD on (the fast engine, each client
+  calibrating its noise to epsilon 8 over the run, signed ledger entries): ``x fedssl`` in the
+  table is its overhead over the same run without DP.
 * ``pfl`` / ``pfl-2proc`` - Apple's pfl-research 0.6 on the same workload
   (``pfl_baseline.py``: the same partitions, initial model, objective, views and local
   optimizer), in one process and in two worker processes through torchrun; in its own
@@ -118,7 +121,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # ------------------------------------------------------------------------------ children
 def child_fedssl(n: int, per: int, records: int, rounds: int, seed: int, secagg: bool,
-                 t0: float) -> dict[str, Any]:
+                 t0: float, dp: bool = False) -> dict[str, Any]:
     from fedssl.simulations.config import ExperimentConfig
     from fedssl.simulations.simulate import simulate
 
@@ -126,7 +129,7 @@ def child_fedssl(n: int, per: int, records: int, rounds: int, seed: int, secagg:
     cfg = ExperimentConfig(
         dataset=DATASET, num_samples=pool_samples(n, records), num_clients=n,
         clients_per_round=0 if per == n else per, rounds=rounds, partitioner="iid",
-        method=METHOD, local_epochs=1, batch_size=BATCH, dp=False, secagg=secagg,
+        method=METHOD, local_epochs=1, batch_size=BATCH, dp=dp, secagg=secagg,
         eval_every=10_000, few_label="", finetune="", seed=seed, out=str(out / "run"),
     )
     metrics = out / "run" / "metrics.jsonl"
@@ -168,6 +171,8 @@ def run_child(args: argparse.Namespace) -> None:
         res = child_fedssl(*common, secagg=False, t0=t0)
     elif args.child == "fedssl+secagg":
         res = child_fedssl(*common, secagg=True, t0=t0)
+    elif args.child == "fedssl+dp":
+        res = child_fedssl(*common, secagg=False, t0=t0, dp=True)
     elif args.child == "flower":
         res = child_flower(*common, t0=t0)
     elif args.child == "floor-parallel":
