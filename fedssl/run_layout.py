@@ -3,7 +3,7 @@
 What ``fedssl simulate``, ``fedssl server`` and ``flwr run .`` write (docs/simulation.md, "Run
 directory"; docs/architecture.md) and what ``fedssl audit`` and ``--resume`` read. Every module
 that builds one of these paths asks :class:`RunLayout` for it instead of spelling the file
-name itself (``tests/test_run_layout.py`` greps the source for stray names)::
+name itself (``tests/fedssl/test_run_layout.py`` greps the source for stray names)::
 
     RUN/config.toml            resolved configuration        RunLayout.config
     RUN/run_id                 the run's id                  RunLayout.run_id

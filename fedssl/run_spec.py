@@ -21,7 +21,7 @@ convert, :func:`validate_run_config` checks a run config with the same errors ``
 simulate`` gives (:meth:`RunSpec.validate`), so ``flwr run .`` and ``fedssl server`` refuse
 what ``simulate`` refuses. Flower-free: nothing here imports Flower.
 
-Where it sits (``tests/test_import_graph.py``): above ``ssl_core`` and ``privacy`` (whose
+Where it sits (``tests/fedssl/test_import_graph.py``): above ``ssl_core`` and ``privacy`` (whose
 registries name the choices: methods, data sets, partitioners, accountants), below ``client``,
 ``server`` and ``simulations``, which import it; ``ssl_core`` and ``privacy`` never do.
 

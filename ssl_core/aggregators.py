@@ -121,7 +121,7 @@ class WeightedMean(Aggregator):
         self.total += weight
         for k, v in values.items():
             # in float64: ``weight * v`` of a float32 array stays float32 and overflows to
-            # inf for a weight near 3.4e38 (found by tests/test_fuzz_decoders.py)
+            # inf for a weight near 3.4e38 (found by tests/ssl_core/test_fuzz_decoders.py)
             self.sums[k] += np.multiply(v, weight, dtype=np.float64)
 
     def result(self) -> dict[str, np.ndarray]:

@@ -138,7 +138,7 @@ class PoissonEngine(Mechanism):
     per-record gradient norms) and :meth:`add_noise` (``N(0, sigma^2 C^2)`` on each
     parameter's clipped sum). The fast engine calls them in every step; the Opacus engines
     (hooks, group) run the same formulas inside Opacus's ``DPOptimizer``
-    (``clip_and_accumulate``, ``add_noise``), which ``tests/test_mechanisms.py`` checks.
+    (``clip_and_accumulate``, ``add_noise``), which ``tests/privacy/test_mechanisms.py`` checks.
 
     Sets ``loader`` (the Poisson-sampled batches of ``data``), ``sample_rate`` (``q``),
     ``expected_batch_size`` (``round(q n)``, the divisor of the noisy sum) and ``num_batches``

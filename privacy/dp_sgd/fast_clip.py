@@ -39,10 +39,10 @@ gradient, which the book-keeping here avoids.
 
 Soundness: the result is the same quantity Opacus clips (the gradient of record ``i``'s loss,
 summed over all its views, clipped as one row), so the DP guarantee of
-:mod:`fedssl.privacy.dp_sgd.opacus_engine` carries over unchanged (``tests/test_fast_clip.py``
-checks the
-clipped sums against Opacus, ``tests/test_sensitivity.py`` runs the sensitivity tests on both
-engines). The engine refuses, with :class:`UnsupportedModelError`, anything it cannot account
+:mod:`fedssl.privacy.dp_sgd.opacus_engine` carries over unchanged
+(``tests/privacy/test_fast_clip.py`` checks the clipped sums against Opacus,
+``tests/privacy/test_sensitivity.py`` runs the sensitivity tests on both engines). The engine
+refuses, with :class:`UnsupportedModelError`, anything it cannot account
 for exactly: a trainable parameter owned by a layer type it has no rule for, tied parameters,
 grouped/non-zero-padded convolutions, a layer called on a batch whose first dimension is not
 the records, a layer input/output modified in place after the call, or a parameter that the

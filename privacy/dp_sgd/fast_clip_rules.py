@@ -21,8 +21,8 @@ holds the rules for ``torch.nn``'s layers; :mod:`fedssl.privacy.dp_sgd.ws_rules`
 weight-standardised convolutions' rule (next to their Opacus grad sampler), and the engine
 imports it, so :data:`RULES` is complete whenever a :class:`FastClipper` exists.
 
-A new rule must be exact (``tests/test_fast_clip.py`` compares every rule's norms and clipped
-sums with Opacus's per-sample gradients): an approximate rule breaks the sensitivity bound
+A new rule must be exact (``tests/privacy/test_fast_clip.py`` compares every rule's norms and
+clipped sums with Opacus's per-sample gradients): an approximate rule breaks the sensitivity bound
 ``C`` that the DP guarantee rests on.
 """
 

@@ -20,8 +20,9 @@ a plain convolution, then apply ``J^T`` record by record:
 
 The clip norm therefore bounds the gradient w.r.t. the parameter actually updated, and the
 per-record sensitivity argument of :mod:`fedssl.privacy.dp_sgd.opacus_engine` holds unchanged
-(``tests/test_ws_layers.py`` checks both against autograd, ``tests/test_sensitivity.py`` and
-``tests/test_fast_clip.py`` run the WS encoders through both engines).
+(``tests/ssl_core/test_ws_layers.py`` checks both against autograd,
+``tests/privacy/test_sensitivity.py`` and ``tests/privacy/test_fast_clip.py`` run the WS encoders
+through both engines).
 
 The Opacus engines (:mod:`fedssl.privacy.dp_sgd.opacus_engine`,
 :mod:`fedssl.privacy.dp_sgd.group_clip`) import

@@ -6,7 +6,7 @@ declares whether it is *per-record decomposable*: whether record ``i``'s loss de
 clipping, because only then does removing one record change the clipped gradient sum by at
 most the clip norm (the sensitivity that the Gaussian mechanism's noise is calibrated to).
 The property is checked empirically for every registered objective by
-``tests/test_sensitivity.py``.
+``tests/privacy/test_sensitivity.py``.
 """
 
 from __future__ import annotations

@@ -46,11 +46,11 @@ no batch statistics), the decoder (LayerNorm) and the loss act within one record
 is a function of record ``i`` (all of its views), the parameters and the salt only:
 per-record decomposable. With ``K`` views (augmentation multiplicity) the model is called once
 per view and the record's loss is the mean over its views, so all ``K`` views enter the one
-clipped gradient row. The sensitivity harness (``tests/test_sensitivity.py``, both DP engines)
-and ``tests/test_masked_ae.py`` check it; a variant whose masks follow batch positions fails
-the harness (``tests/test_masked_ae.py``). Views of different batch sizes are refused
-(:class:`~fedssl.ssl_core.dp_soundness.DPSoundnessError`): they cannot be the views of the
-same records.
+clipped gradient row. The sensitivity harness (``tests/privacy/test_sensitivity.py``, both DP
+engines) and ``tests/ssl_core/test_masked_ae.py`` check it; a variant whose masks follow batch
+positions fails the harness (``tests/ssl_core/test_masked_ae.py``). Views of different batch
+sizes are refused (:class:`~fedssl.ssl_core.dp_soundness.DPSoundnessError`): they cannot be the
+views of the same records.
 
 Example:
     >>> objective = MaskedAE()

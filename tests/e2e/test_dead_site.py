@@ -32,7 +32,7 @@ def test_a_site_killed_during_a_run_is_a_dropout_and_the_others_finish(federatio
     Without secure aggregation, to keep the test short (each SecAgg+ round is seven message
     exchanges, each starting a ClientApp process per site: about 70 s a round on 2 shared
     cores, 3.5 min for this test); the hang was in the node sampling both paths share, and
-    tests/test_federation_nodes.py checks the secure path's group on a fake grid."""
+    tests/server/test_federation_nodes.py checks the secure path's group on a fake grid."""
     server = federation.server(*FIXED_NOISE, "--no-secagg", "--round-timeout", "150",
                                rounds=2)
     federation.wait_for(lambda: "registered" in server.output(), EVENT_LIMIT,

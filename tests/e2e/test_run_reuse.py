@@ -18,7 +18,7 @@ import pytest
 from fedssl.privacy.accounting.budget import epsilon_of
 from fedssl.privacy.identity.keys import load_public_key
 from fedssl.privacy.identity.ledger import read_ledger
-from tests.test_audit import audit
+from tests.privacy.test_audit import audit
 
 pytestmark = pytest.mark.slow
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: package folder -> import name (pyproject's package-dir mapping)
 PACKAGES = {"fedssl": "fedssl", "ssl_core": "fedssl.ssl_core", "privacy": "fedssl.privacy",
             "client": "fedssl.client", "server": "fedssl.server",

@@ -18,7 +18,7 @@ from fedssl.privacy.audit.auditor import (
     write_audit,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _result() -> AuditResult:

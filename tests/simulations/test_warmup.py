@@ -10,7 +10,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedssl.run_spec import CLIENT_KEYS, DEFAULTS, RunSpec, ServerRun
-from tests.test_dispatch import _simulation_grid, register_nodes
+from tests.simulations.test_dispatch import _simulation_grid, register_nodes
 
 
 def _warmup_message(tmp_path: Path) -> tuple[Message, Context]:

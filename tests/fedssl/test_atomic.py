@@ -17,7 +17,7 @@ from fedssl.atomic import (
     atomic_write_text,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_write_replaces_the_whole_file_and_leaves_no_temporary(tmp_path: Path) -> None:

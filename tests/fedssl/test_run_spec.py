@@ -28,7 +28,7 @@ from fedssl.run_spec import (
 )
 from fedssl.simulations.config import ExperimentConfig
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def _simulate_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ import torch
 from fedssl.ssl_core.heads import SSLModel
 from fedssl.ssl_core.warm_start import export_encoder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "finetune.py"
 
 

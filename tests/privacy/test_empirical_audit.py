@@ -19,7 +19,7 @@ from fedssl.privacy.audit.empirical import (
     p_value,
     run_canary_audit,
 )
-from tests.test_audit import audit, make_run
+from tests.privacy.test_audit import audit, make_run
 
 #: claims epsilon ~2.4 at delta 1e-5; with 10k canaries the audit can certify up to ~6.7
 MECHANISM = MechanismSegment(noise_multiplier=4.0, sample_rate=0.5, steps=20, max_grad_norm=1.0)
@@ -152,7 +152,7 @@ def test_detection_power_matches_the_all_correct_bound() -> None:
 def test_claimed_is_the_recorded_epsilon(tmp_path: Path, capsys: pytest.CaptureFixture
                                          ) -> None:
     """Issue 16.3d: "claimed" showed PLD 3.989 while the ledger recorded 3.999."""
-    from tests.test_audit import _write_ledger
+    from tests.privacy.test_audit import _write_ledger
 
     run = make_run(tmp_path / "run", clients=())
     _write_ledger(run, "client-000", scale=1.003)  # recorded a little above PRV and PLD

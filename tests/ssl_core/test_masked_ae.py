@@ -18,7 +18,7 @@ from fedssl.ssl_core.model_parts import PARTS
 from fedssl.ssl_core.objectives import OBJECTIVES, get_objective
 from fedssl.ssl_core.objectives.masked_ae import MaskedAE, MaskedAENet
 from fedssl.ssl_core.warm_start import export_encoder, load_init_encoder
-from tests.test_sensitivity import ENGINES, C, interaction, max_change
+from tests.privacy.test_sensitivity import ENGINES, C, interaction, max_change
 
 SHAPES = [(1, 40), (1, 8, 8), (1, 28, 28), (2, 41)]
 IDS = ["signal", "digits", "mnist28", "odd-length"]

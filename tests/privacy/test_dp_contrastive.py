@@ -14,7 +14,7 @@ from fedssl.privacy.dp_sgd.opacus_engine import DPSoundnessError, clip_sensitivi
 from fedssl.privacy.identity.keys import load_public_key
 from fedssl.privacy.identity.ledger import read_ledger
 from fedssl.ssl_core.objectives import get_objective
-from tests.test_client_app import _call
+from tests.client.test_client_app import _call
 
 
 def _entries(run_dir: Path):
@@ -79,7 +79,7 @@ def test_simclr_allowed_under_client_level_dp_only(tmp_path: Path, flower_identi
 
 @pytest.mark.slow
 def test_simulated_simclr_under_central_client_dp(tmp_path: Path) -> None:
-    from tests.test_simulation import _run
+    from tests.simulations.test_simulation import _run
 
     out = tmp_path / "run"
     proc = _run("simulate", "--method", "simclr", "--num-clients", "3", "--rounds", "2",

@@ -11,7 +11,7 @@ import pytest
 
 from fedssl.run_layout import RunLayout, SiteLayout
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("fedssl", "ssl_core", "privacy", "client", "server", "simulations")
 NAMES = ("config.toml", "run_id", "metrics.jsonl", "report.json", "identities.json",
          "identity.pem", "ledger", "checkpoints", "state.json", "encoder.safetensors", "plots",

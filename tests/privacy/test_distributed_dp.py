@@ -140,7 +140,7 @@ def test_distributed_dp_needs_secure_aggregation() -> None:
 @pytest.mark.slow
 def test_simulated_run_reports_and_audits_the_skellam_epsilon(tmp_path: Path) -> None:
     from fedssl.privacy.audit.auditor import audit_run
-    from tests.test_simulation import _run
+    from tests.simulations.test_simulation import _run
 
     out = tmp_path / "run"
     proc = _run("simulate", "--num-clients", "3", "--rounds", "2", "--num-samples", "300",

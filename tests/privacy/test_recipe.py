@@ -15,7 +15,7 @@ from fedssl.ssl_core.collapse import collapse_metrics
 from fedssl.ssl_core.objectives import get_objective
 from fedssl.ssl_core.objectives.simsiam import SimSiam
 from fedssl.ssl_core.warm_start import WarmStartError, load_init_encoder
-from tests.test_sensitivity import C, max_change
+from tests.privacy.test_sensitivity import C, max_change
 
 
 class Recording(SimSiam):

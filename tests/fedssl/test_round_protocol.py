@@ -8,7 +8,7 @@ from pathlib import Path
 from fedssl import round_protocol
 from fedssl.round_protocol import ROUND_KEYS, SECAGG_PAYLOAD
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: the keys that exist only in round messages (``run-dir``, ``run-id`` and ``payload`` are
 #: also run-config keys or common words, so they are not scanned for)
 MESSAGE_ONLY = ("server-round", "num-rounds", "input-shape", "secagg-num-clients")

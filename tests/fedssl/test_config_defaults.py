@@ -12,7 +12,7 @@ from fedssl.deploy_commands import DEPLOY_OVERRIDES, _config_defaults
 from fedssl.server.app import DEFAULTS
 from fedssl.simulations.config import ExperimentConfig
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 #: run-config keys only a simulation has (resources and the number of simulated sites)
 SIMULATION_ONLY = {"num-clients", "cpus-per-client", "gpus-per-client"}
 #: the only settings a real federation changes (fedssl server --help documents each)
