@@ -108,7 +108,19 @@ class ClientIdentity:
 
 def identify(context: Context, config: ConfigRecord) -> ClientIdentity:
     """Client id and state location: a site's ``state-dir``/``client-id`` node config, or,
-    in simulation, ``client-<partition-id>`` under the run directory."""
+    in simulation, ``client-<partition-id>`` under the run directory.
+
+    Args:
+        context: the node's Flower context (its node config).
+        config: the round's config (its run directory, in simulation).
+
+    Returns:
+        The client's id, state directory and ledger path.
+
+    Raises:
+        KeyError: in simulation, without ``partition-id`` or the round's run directory.
+        ValueError: for a ``partition-id`` that is not an integer.
+    """
     node = context.node_config
     if "state-dir" in node:
         cid = str(node.get("client-id", f"node-{context.node_id}"))
@@ -155,7 +167,15 @@ def load_records(context: Context, run: RunSpec, expected: tuple[int, ...] = ()
 
 def compute_setup(context: Context, run: RunSpec) -> torch.device:
     """Set this worker's torch threads and return its device (the site's own ``device``
-    node config wins over the run's)."""
+    node config wins over the run's).
+
+    Args:
+        context: the node's Flower context (its ``device`` node config).
+        run: the round's settings (``threads``, ``device``).
+
+    Returns:
+        The torch device to train on.
+    """
     torch.set_num_threads(max(1, run.threads))
     return resolve_device(str(context.node_config.get("device", run.device)))
 
@@ -193,6 +213,22 @@ def plan_noise(run: RunSpec, config: ConfigRecord, ledger: Ledger, sample_rate: 
     the given noise multiplier is used. ``sensitivity`` (``extra.sensitivity`` of the entry,
     see :meth:`~fedssl.privacy.identity.ledger.LedgerEntry.segment`) scales the calibrated effective
     noise multiplier back to the one handed to the optimizer.
+
+    Args:
+        run: the round's settings (DP and accountant settings).
+        config: the round's config (number of rounds, run id).
+        ledger: the client's privacy ledger.
+        sample_rate: the round's sampling rate.
+        steps: the DP-SGD steps a round takes.
+        server_round: the round's number.
+        sensitivity: the clip sensitivity (1, or 2 for group clipping).
+
+    Returns:
+        The noise multiplier handed to the optimizer.
+
+    Raises:
+        AccountingError: without a target epsilon or a positive noise multiplier, or when no
+            noise multiplier keeps the run within its target.
     """
     delta, accountant, target = run.delta, run.accountant, run.target_epsilon
     history = ledger.history(run_id_of(config))
@@ -219,7 +255,15 @@ def _refusal(msg: Message, cid: str, reason: str) -> Message:
 
 
 def train(msg: Message, context: Context) -> Message:
-    """Run one round of local SSL training and reply with the updated model."""
+    """Run one round of local SSL training and reply with the updated model.
+
+    Args:
+        msg: the server's train message.
+        context: the node's Flower context.
+
+    Returns:
+        The reply: the updated model, or a refusal naming why.
+    """
     config = msg.content["config"]
     try:
         ident = identify(context, config)
@@ -256,6 +300,15 @@ def plan_round(context: Context, config: ConfigRecord, run: RunSpec, ident: Clie
     budget exhausted, data unreadable, an unsound DP setting) says so *before* the key setup,
     so the server can skip a round that secure aggregation could not complete instead of
     letting the other clients spend privacy on it.
+
+    Args:
+        context: the node's Flower context.
+        config: the round's config.
+        run: the round's settings.
+        ident: the client's identity.
+
+    Returns:
+        The round's plan: objective, DP settings, records, training config, ledger and key.
 
     Raises:
         one of :data:`REFUSALS`: the round would be refused; nothing was computed on the
@@ -393,7 +446,15 @@ def round_train_config(run: RunSpec, context: Context, server_round: int, num_ro
     not re-validated): the optimiser, DP-SGD's clip norm, the run's recipe (augmentation
     multiplicity, EMA of the local iterates, which is what is sent, learning-rate schedule
     over the run's rounds) and a seed per run, round and site. The noise multiplier is
-    planned separately (:func:`plan_noise`)."""
+    planned separately (:func:`plan_noise`).
+
+    Args:
+        run: the round's settings.
+        context: the node's Flower context (its ``partition-id`` seeds the round).
+        server_round: the round's number.
+        num_rounds: the run's number of rounds.
+        dp: DP-SGD is on.
+    """
     return TrainConfig(
         epochs=run.local_epochs, batch_size=run.batch_size, lr=run.lr, momentum=run.momentum,
         seed=run.seed * 100_003 + server_round * 1009

@@ -41,7 +41,16 @@ def planned_fault(seed: int, server_round: int, partition_id: int, stage: str,
     """What the run's fault model does to one message: ``"drop"``, ``"slow"`` or ``"ok"``.
 
     A pure function of (seed, round, client, stage) and the two probabilities, so a
-    researcher (or a test) can say in advance which client drops or straggles where."""
+    researcher (or a test) can say in advance which client drops or straggles where.
+
+    Args:
+        seed: the run's seed.
+        server_round: the round's number.
+        partition_id: the simulated client's partition.
+        stage: the message's stage.
+        dropout_prob: the probability that the message is dropped.
+        straggler_prob: the probability that it is delayed.
+    """
     rng = np.random.default_rng([int(seed), int(server_round), int(partition_id),
                                  STAGE_IDS.get(stage, 9)])
     drop, slow = rng.random(2)
@@ -52,7 +61,16 @@ def planned_fault(seed: int, server_round: int, partition_id: int, stage: str,
 
 def maybe_fault(config: Mapping[str, Any], node_config: Mapping[str, Any], stage: str) -> None:
     """Apply this run's simulated faults to one message of one client (every message: the
-    secure-aggregation stages carry only the fault settings, read typed here)."""
+    secure-aggregation stages carry only the fault settings, read typed here).
+
+    Args:
+        config: the message's config (the fault settings, the round).
+        node_config: the node's config (``partition-id``).
+        stage: the message's stage.
+
+    Raises:
+        SimulatedDropoutError: if the fault model drops the message.
+    """
     p_drop, p_slow, delay, seed = read_settings(config, "dropout_prob", "straggler_prob",
                                                 "straggler_delay", "seed")
     if (p_drop <= 0 and p_slow <= 0) or "partition-id" not in node_config:
@@ -85,7 +103,19 @@ def fault_mod(msg: Message, context: Context,
 
     A dropout raises :class:`SimulatedDropoutError` out of the ClientApp (the server sees a
     failed reply), a straggler sleeps ``straggler-delay`` seconds first; any other message
-    (and every message of a real site: no ``partition-id``) passes through unchanged."""
+    (and every message of a real site: no ``partition-id``) passes through unchanged.
+
+    Args:
+        msg: the incoming message.
+        context: the node's Flower context.
+        call_next: the next mod or the handler.
+
+    Returns:
+        The handler's reply.
+
+    Raises:
+        SimulatedDropoutError: if the fault model drops the message.
+    """
     stage = stage_of(msg.metadata.message_type)
     if stage is not None and "config" in msg.content:
         maybe_fault(msg.content["config"], context.node_config, stage)

@@ -138,6 +138,10 @@ def decode_global_model(arrays: ArrayRecord, model: torch.nn.Module
     """The global model in ``arrays`` as a state dict for ``model`` (in the message's order),
     after the checks of this module's docstring; ``model`` is only read.
 
+    Args:
+        arrays: the global model's arrays from the server's message.
+        model: the local model the arrays must fit.
+
     Raises:
         GlobalModelError: the first check that fails, naming the parameter.
     """

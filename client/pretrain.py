@@ -163,6 +163,20 @@ def pretrain_public(dataset: str, input_shape: tuple[int, ...], out: str | Path,
     """:func:`pretrain` on ``dataset``'s built-in public source (``mnist1d``: its public
     split).
 
+    Args:
+        dataset: the data set whose public source is used.
+        input_shape: the model's input shape.
+        out: where the encoder is written.
+        method: the SSL method.
+        num_samples: the public records used.
+        epochs: the training epochs.
+        batch_size: the batch size.
+        lr: the learning rate.
+        seed: the seed.
+
+    Returns:
+        The path of the encoder written (:func:`pretrain`).
+
     Raises:
         WarmStartError: for a data set without one (pretrain on ``synthetic`` or your own
             public records instead), or a shape that differs from ``input_shape``.

@@ -43,7 +43,15 @@ class SiteBudget:
 
     @classmethod
     def load(cls, node_config: Mapping[str, Any], state_dir: Path) -> SiteBudget | None:
-        """The budget from the node config, else from ``state_dir/site.toml``; None if unset."""
+        """The budget from the node config, else from ``state_dir/site.toml``; None if unset.
+
+        Args:
+            node_config: the node's config (``budget-epsilon``, ``budget-delta``).
+            state_dir: the site's state directory.
+
+        Raises:
+            AccountingError: for an invalid ``site.toml`` or budget.
+        """
         raw: dict[str, Any] = {}
         site_file = SiteLayout(state_dir).site_file
         if site_file.exists():
@@ -97,7 +105,16 @@ class SiteBudget:
 
 
 def write_site_file(state_dir: Path, epsilon: float, delta: float) -> Path:
-    """Write a site's local ``site.toml`` (used by simulations to give each site a budget)."""
+    """Write a site's local ``site.toml`` (used by simulations to give each site a budget).
+
+    Args:
+        state_dir: the site's state directory (created if missing).
+        epsilon: the site's budget epsilon.
+        delta: the site's budget delta.
+
+    Returns:
+        The path written.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     path = SiteLayout(state_dir).site_file
     atomic_write_text(path, f"[privacy]\nbudget_epsilon = {epsilon!r}\nbudget_delta = {delta!r}\n")

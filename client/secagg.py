@@ -52,7 +52,12 @@ class SecureSetupError(SecAggError):
 
 
 def registry_path(context: Context, config: ConfigRecord) -> Path:
-    """Where this node's trusted identity registry is (node config, else the run dir)."""
+    """Where this node's trusted identity registry is (node config, else the run dir).
+
+    Args:
+        context: the node's Flower context (``identity-registry`` node config).
+        config: the round's config (its run directory).
+    """
     if "identity-registry" in context.node_config:
         return Path(str(context.node_config["identity-registry"]))
     return RunLayout(str(config[RUN_DIR])).identities
@@ -64,7 +69,12 @@ def flatten(weights: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def identity_name(context: Context, client_id: str) -> str:
-    """This node's name in the identity registry (a site's node-key name, else its id)."""
+    """This node's name in the identity registry (a site's node-key name, else its id).
+
+    Args:
+        context: the node's Flower context (``identity-name`` node config).
+        client_id: the client's id, the fallback.
+    """
     return str(context.node_config.get("identity-name", client_id))
 
 
@@ -76,6 +86,10 @@ def site_identity(context: Context, state_dir: Path) -> Ed25519PrivateKey:
     directory): a missing key is an error, never replaced by a fresh one the server would have
     to trust on first use. A simulated client whose key was not made by the driver (e.g. a
     direct ClientApp test) gets one created.
+
+    Args:
+        context: the node's Flower context.
+        state_dir: the site's state directory, which holds the key.
 
     Raises:
         SecureSetupError: a site's key is missing, unreadable, or not the registered one.
@@ -111,7 +125,12 @@ def _registry(path: Path) -> dict:
 
 
 def store_update(context: Context, q: np.ndarray) -> None:
-    """Keep the quantised update node-local until the masking stage."""
+    """Keep the quantised update node-local until the masking stage.
+
+    Args:
+        context: the node's Flower context, whose state keeps the update.
+        q: the quantised update.
+    """
     context.state[UPDATE_KEY] = ArrayRecord({"q": Array(q)})
 
 
@@ -120,6 +139,13 @@ def require_ready(context: Context, server_round: int) -> None:
 
     Called by the train handler before anything is computed on the node's records, so a
     client whose secure setup failed (or never happened) refuses to train.
+
+    Args:
+        context: the node's Flower context, whose state holds the setup's progress.
+        server_round: the round's number.
+
+    Raises:
+        SecureSetupError: if the round's key setup did not complete on this node.
     """
     record = context.state.config_records.get(STATE_KEY)
     if record is None or int(record.get("round", -1)) != int(server_round):
@@ -180,7 +206,17 @@ def _client(context: Context, state_dir: Path, config: ConfigRecord
 
 def decline(msg: Message, context: Context, client_id: str, reason: str) -> Message:
     """Answer ``train.secagg_identify`` with "declined": this client would refuse the
-    round's training (``reason``), so it takes no part in the round's key setup."""
+    round's training (``reason``), so it takes no part in the round's key setup.
+
+    Args:
+        msg: the server's identify message.
+        context: the node's Flower context (its secure-aggregation state is wiped).
+        client_id: the client's id.
+        reason: why the client would refuse.
+
+    Returns:
+        The "declined" reply.
+    """
     _wipe(context)
     name = identity_name(context, client_id or str(context.node_id))
     return Message(RecordDict({"secagg": ConfigRecord({
@@ -189,7 +225,18 @@ def decline(msg: Message, context: Context, client_id: str, reason: str) -> Mess
 
 def handle(stage: str, msg: Message, context: Context, state_dir: Path,
            client_id: str = "") -> Message:
-    """Run one protocol stage; reply ``{"secagg": {"payload": bytes}}`` or an error status."""
+    """Run one protocol stage; reply ``{"secagg": {"payload": bytes}}`` or an error status.
+
+    Args:
+        stage: the protocol stage (identify, setup, share, mask, consistency, unmask).
+        msg: the server's message.
+        context: the node's Flower context, whose state keeps the protocol's state.
+        state_dir: the site's state directory (its identity key).
+        client_id: the client's id ("": the node id).
+
+    Returns:
+        The reply; a protocol failure is a "refused" status, not an exception.
+    """
     config = msg.content["config"]
     name = identity_name(context, client_id or str(context.node_id))
     try:

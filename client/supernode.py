@@ -92,7 +92,18 @@ class ClientOptions:
 def infer_dataset(data: Path, dataset: str = "auto") -> str:
     """``npz`` for a ``.npz`` file, ``nifti``/``dicom`` for NIfTI/DICOM files or folders of
     them, ``imagefolder`` for another directory (unless given; a given format that cannot
-    read the path is a DataError): see :func:`fedssl.ssl_core.datasets.infer_dataset`."""
+    read the path is a DataError): see :func:`fedssl.ssl_core.datasets.infer_dataset`.
+
+    Args:
+        data: the data file or folder.
+        dataset: the format, or "auto" to infer it.
+
+    Returns:
+        The data set format's name.
+
+    Raises:
+        DataError: if a given format cannot read the path.
+    """
     return _infer_dataset(data, dataset)
 
 
@@ -240,6 +251,11 @@ def check_not_running(opts: ClientOptions, node_config_file: Path,
     Flower's "address already in use"; so would any process on ``--runtime-port``. One that
     is still exiting (its agent was just stopped) is given ``grace`` seconds to finish.
 
+    Args:
+        opts: the agent's options (``--runtime-port``).
+        node_config_file: the site's SuperNode node config file.
+        grace: the seconds an exiting SuperNode is given.
+
     Raises:
         ClientSetupError: naming the pids (and how to stop them) or the busy port.
     """
@@ -270,7 +286,13 @@ def check_not_running(opts: ClientOptions, node_config_file: Path,
 
 
 def supernode_command(opts: ClientOptions, ca: Path, node_config_file: Path) -> list[str]:
-    """The ``flower-supernode`` command line for this site."""
+    """The ``flower-supernode`` command line for this site.
+
+    Args:
+        opts: the agent's options.
+        ca: the CA certificate.
+        node_config_file: the site's SuperNode node config file.
+    """
     exe = Path(sys.executable).parent / "flower-supernode"
     cmd = [str(exe) if exe.exists() else "flower-supernode",
            "--superlink", opts.server, "--root-certificates", str(ca.resolve()),
@@ -320,7 +342,12 @@ def format_ledger_entry(entry: dict, budget: float | None) -> str:
     """One console line for a ledger entry: the site's lifetime epsilon (all runs; what its
     budget bounds) against the budget, this run's epsilon, and the noise, with the effective
     noise (``noise / extra.sensitivity``, what the accountant uses) for a group-clipped
-    method. An entry written before ``lifetime_epsilon`` existed has only the one figure."""
+    method. An entry written before ``lifetime_epsilon`` existed has only the one figure.
+
+    Args:
+        entry: the ledger entry as a dict.
+        budget: the site's budget epsilon, or None.
+    """
     noise = float(entry.get("noise_multiplier", 0))
     sens = (entry.get("extra") or {}).get("sensitivity", 1)
     noise_text = f"noise {noise:.3g}"

@@ -118,7 +118,13 @@ def scheduled_lr(cfg: TrainConfig, step: int, steps: int) -> float:
     """Learning rate of optimizer step ``step`` (0-based) of ``steps`` in round
     ``cfg.round_index`` of ``cfg.total_rounds``: linear warm-up over ``warmup_rounds``, then
     ``lr`` (constant) or ``lr * (1 + cos(pi * progress)) / 2`` (cosine; Loshchilov & Hutter,
-    "SGDR", ICLR 2017), ``progress`` the fraction of the run's steps done."""
+    "SGDR", ICLR 2017), ``progress`` the fraction of the run's steps done.
+
+    Args:
+        cfg: the round's training config.
+        step: the optimizer step, 0-based.
+        steps: the steps of the round.
+    """
     done = cfg.round_index - 1 + step / max(1, steps)  # rounds done, fractional
     factor = 1.0
     if cfg.warmup_rounds and done < cfg.warmup_rounds:
@@ -142,7 +148,13 @@ class TrainResult:
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, dp: bool) -> int:
-    """Optimizer steps in one epoch: ``1/q`` Poisson batches under DP, else ceil(n/B)."""
+    """Optimizer steps in one epoch: ``1/q`` Poisson batches under DP, else ceil(n/B).
+
+    Args:
+        num_examples: the local records.
+        batch_size: the (expected) batch size.
+        dp: DP-SGD is on (Poisson sampling).
+    """
     if dp:
         return max(1, int(1 / min(1.0, batch_size / num_examples)))
     return -(-num_examples // batch_size)
@@ -157,6 +169,17 @@ def train_local(
     device: torch.device | str = "cpu",
 ) -> TrainResult:
     """Train ``model`` in place on the records ``x`` with ``objective``.
+
+    Args:
+        model: the model, trained in place.
+        objective: the SSL objective.
+        x: the local records.
+        augment: ``augment(batch, generator)`` returns one augmented view of a batch.
+        cfg: the round's training config.
+        device: the device to train on.
+
+    Returns:
+        What the training did (loss, steps, sample rate, records, seconds, DP engine).
 
     Raises:
         TrainingError: on an empty data set or a non-finite loss.
@@ -342,6 +365,14 @@ class ParameterEMA:
 def select_dp_engine(name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer
                      ) -> str:
     """Resolve ``TrainConfig.dp_engine`` to "fast" or "hooks" for ``model``.
+
+    Args:
+        name: "auto", "fast" or "hooks".
+        model: the model to train.
+        optimizer: the optimizer whose parameters the engine clips.
+
+    Returns:
+        "fast" or "hooks".
 
     Raises:
         ValueError: for an unknown engine name.

@@ -62,7 +62,12 @@ def _temp_name(path: Path) -> Path:
 def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for the caller to write (any writer that takes
     a file name: ``np.save``, safetensors, ...); on normal exit it is fsynced and renamed onto
-    ``path``. An exception inside the block removes it and leaves ``path`` untouched."""
+    ``path``. An exception inside the block removes it and leaves ``path`` untouched.
+
+    Args:
+        path: the file to replace.
+        fsync: fsync the file and its directory (off: faster, not durable).
+    """
     path = Path(path)
     tmp = _temp_name(path)
     try:
@@ -78,13 +83,25 @@ def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, fsync: bool = True) -> None:
-    """Replace ``path``'s content with ``data`` atomically."""
+    """Replace ``path``'s content with ``data`` atomically.
+
+    Args:
+        path: the file to replace.
+        data: its new content.
+        fsync: fsync the file and its directory.
+    """
     with atomic_path(path, fsync) as tmp:
         tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | Path, text: str, fsync: bool = True) -> None:
-    """Replace ``path``'s content with ``text`` (UTF-8) atomically."""
+    """Replace ``path``'s content with ``text`` (UTF-8) atomically.
+
+    Args:
+        path: the file to replace.
+        text: its new content.
+        fsync: fsync the file and its directory.
+    """
     atomic_write_bytes(path, text.encode("utf-8"), fsync)
 
 
@@ -98,6 +115,15 @@ def atomic_write_private(path: str | Path, data: bytes, exclusive: bool = False,
     of renamed, so a file another process created meanwhile is never replaced
     (:class:`FileExistsError`, like ``O_EXCL``). On any error the temporary file is removed
     and ``path`` is left as it was.
+
+    Args:
+        path: the file to write.
+        data: its content.
+        exclusive: refuse to replace an existing file.
+        fsync: fsync the file and its directory.
+
+    Raises:
+        FileExistsError: with ``exclusive``, if ``path`` exists.
     """
     path = Path(path)
     tmp = _temp_name(path)
@@ -126,7 +152,12 @@ def atomic_directory(path: str | Path, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary directory beside ``path`` to fill; on normal exit its files are
     fsynced and it is renamed to ``path``. A directory cannot replace a non-empty one: if
     ``path`` appeared meanwhile (another process won the race) the new copy is dropped and
-    the existing one kept. An exception inside the block removes the temporary directory."""
+    the existing one kept. An exception inside the block removes the temporary directory.
+
+    Args:
+        path: the directory to create.
+        fsync: fsync its files and the directories.
+    """
     path = Path(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:

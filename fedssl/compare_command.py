@@ -122,6 +122,13 @@ def _max_epsilon(report: dict[str, Any] | None, curve: list[tuple[int, float]]
 def summarize(run: str | Path, shots: int = 5) -> RunSummary:
     """Read one run directory.
 
+    Args:
+        run: the run directory.
+        shots: the ``k`` of the k-shot column.
+
+    Returns:
+        The run's row of the table and its curves.
+
     Raises:
         NotARunError: not a directory, none of report.json/metrics.jsonl/config.toml, or an
             unreadable report.json.
@@ -175,7 +182,12 @@ def _cell(value: Any, digits: int = 3) -> str:
 
 def format_table(runs: list[RunSummary], shots: int = 5) -> str:
     """One row per run: method, dataset, clients, rounds, linear, kNN, k-shot, max epsilon,
-    wall seconds."""
+    wall seconds.
+
+    Args:
+        runs: the runs' summaries.
+        shots: the ``k`` of the k-shot column.
+    """
     head = ["run", "method", "dataset", "clients", "rounds", "linear", "kNN",
             f"{shots}-shot", "max eps", "wall s"]
     body = []
@@ -194,7 +206,15 @@ def format_table(runs: list[RunSummary], shots: int = 5) -> str:
 
 
 def plot_runs(runs: list[RunSummary], out: Path) -> Path:
-    """Linear-probe accuracy and max client epsilon per round, one line per run."""
+    """Linear-probe accuracy and max client epsilon per round, one line per run.
+
+    Args:
+        runs: the runs' summaries.
+        out: the PNG file to write (its folder is created).
+
+    Returns:
+        ``out``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

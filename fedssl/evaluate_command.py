@@ -128,6 +128,20 @@ def evaluate_run(run: str | Path, data_path: str = "", dataset: str = "auto",
     fine-tuned, from scratch, frozen probe and raw-input logistic regression at each ``k``
     labels per class, over ``finetune_seeds`` draws) under ``label_efficiency``.
 
+    Args:
+        run: a run directory or encoder file.
+        data_path: the labelled data ("": a generated ``dataset``).
+        dataset: the data's format or generated set ("auto": inferred from ``data_path``).
+        shots: the labels per class of the few-label probes.
+        image_size: the images' side (0: the encoder's input size, else 28).
+        num_samples: the records of a generated set.
+        max_train: the most training records the probes are fitted on (0: all).
+        seed: the seed of the data, the subset and the probes.
+        device: the torch device.
+        baseline: also evaluate a randomly initialised encoder of the same architecture.
+        finetune: the labels per class of the label-efficiency table (empty: none).
+        finetune_seeds: the draws per ``k``.
+
     Raises:
         ValueError: no encoder (:class:`~fedssl.ssl_core.encoder_file.EncoderFileError`),
             unreadable or unlabelled data (:class:`~fedssl.ssl_core.datasets.DataError`),

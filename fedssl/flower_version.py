@@ -52,7 +52,15 @@ def installed_flower_version() -> str:
 def require_flower(expected: str, *, concern: str) -> None:
     """Raise :class:`FlowerVersionError` unless the installed Flower is exactly ``expected``.
 
-    ``concern`` names what the adapter patches or calls (it goes into the message)."""
+    ``concern`` names what the adapter patches or calls (it goes into the message).
+
+    Args:
+        expected: the Flower version the adapter was written for.
+        concern: what the adapter patches or calls.
+
+    Raises:
+        FlowerVersionError: if another Flower version (or none) is installed.
+    """
     installed = installed_flower_version()
     if installed != expected:
         raise FlowerVersionError(
@@ -66,7 +74,15 @@ def require_flower(expected: str, *, concern: str) -> None:
 def flower_internals(expected: str, *, concern: str) -> Iterator[None]:
     """Import Flower internals in this block: an ``ImportError`` (a module or name that the
     installed release moved or removed) becomes a :class:`FlowerVersionError` naming the
-    installed version, the one the adapter was written for and what could not be imported."""
+    installed version, the one the adapter was written for and what could not be imported.
+
+    Args:
+        expected: the Flower version the adapter was written for.
+        concern: what the adapter patches or calls.
+
+    Raises:
+        FlowerVersionError: if the block raises ``ImportError``.
+    """
     try:
         yield
     except ImportError as exc:

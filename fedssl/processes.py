@@ -70,7 +70,20 @@ def start_process(cmd: Sequence[str], *, new_group: bool = False,
     group unless ``new_group``, where it leads a process group of its own. With
     ``die_with_parent`` (Linux only; elsewhere a :class:`RuntimeError`) the child gets SIGTERM
     when this process dies, however it dies (see :func:`_parent_death_signal` for the thread
-    caveat)."""
+    caveat).
+
+    Args:
+        cmd: the command line.
+        new_group: the child leads a process group of its own.
+        die_with_parent: the child gets SIGTERM when this process dies.
+        **popen: further ``subprocess.Popen`` keyword arguments.
+
+    Returns:
+        The started process.
+
+    Raises:
+        RuntimeError: for ``die_with_parent`` on a system other than Linux.
+    """
     if die_with_parent:
         if not sys.platform.startswith("linux"):
             raise RuntimeError("die_with_parent needs Linux's prctl(PR_SET_PDEATHSIG)")
@@ -80,7 +93,12 @@ def start_process(cmd: Sequence[str], *, new_group: bool = False,
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     """SIGTERM ``proc``, wait up to ``timeout`` seconds, then SIGKILL it (and wait up to
-    ``timeout`` seconds again). Nothing happens to a process that has already exited."""
+    ``timeout`` seconds again). Nothing happens to a process that has already exited.
+
+    Args:
+        proc: the process.
+        timeout: the seconds to wait after each signal.
+    """
     if proc.poll() is not None:
         return
     proc.terminate()
@@ -123,7 +141,13 @@ def await_exit(processes: dict[int, int], timeout: float, kill_wait: float) -> l
     """Wait until ``processes`` (``pid -> start time``, as :func:`descendants` gives) and this
     process's other descendants have exited; SIGKILL those left after ``timeout`` seconds,
     give up ``kill_wait`` seconds later, and reap the ones that ended as this process's
-    children. Returns the pids still running when it gave up (empty when all exited)."""
+    children. Returns the pids still running when it gave up (empty when all exited).
+
+    Args:
+        processes: ``pid -> start time`` of the processes to wait for.
+        timeout: the seconds before SIGKILL.
+        kill_wait: the seconds to wait after SIGKILL.
+    """
     deadline = time.monotonic() + timeout
     seen = dict(processes)
     left: list[int] = []

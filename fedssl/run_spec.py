@@ -333,7 +333,18 @@ class RunSpec:
                         ) -> RunSpec:
         """From a Flower run config (kebab-case keys; missing keys take the defaults; keys in
         ``ignore`` are skipped, any other unknown key is a :class:`ConfigError`). Values are
-        converted to the fields' types (Flower gives ``1`` for ``lr = 1``)."""
+        converted to the fields' types (Flower gives ``1`` for ``lr = 1``).
+
+        Args:
+            config: the run config.
+            ignore: the keys skipped (the driver's runtime values).
+
+        Returns:
+            The settings, not validated (:meth:`validate`).
+
+        Raises:
+            ConfigError: for an unknown key or a value of the wrong type.
+        """
         by_key = {o.key: o for o in options()}
         kwargs = {}
         for key, value in config.items():
@@ -402,7 +413,16 @@ DEPLOY_OVERRIDES: dict[str, Any] = {
 def coerce(value: Any, typ: type, key: str) -> Any:
     """``value`` as ``typ`` (bool, int, float or str); a :class:`ConfigError` naming ``key``
     if it is not one. Booleans take true/false, yes/no, on/off and the strings "1"/"0" (a
-    command line's), never a number; numbers never take a boolean."""
+    command line's), never a number; numbers never take a boolean.
+
+    Args:
+        value: the value given.
+        typ: the field's type.
+        key: the setting's name, for the message.
+
+    Raises:
+        ConfigError: if ``value`` is not a ``typ``.
+    """
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -565,7 +585,17 @@ def resume_changes(saved: Mapping[str, Any], new: Mapping[str, Any], cls: type =
     value in ``new`` differs from ``saved``, the resumed run's recorded ones (its
     config.toml), by field name (or run-config key with ``keys``). A setting ``saved`` lacks
     (one added since the run was recorded) counts at its default; :data:`INVOCATION`
-    settings, and settings ``new`` lacks, are not compared."""
+    settings, and settings ``new`` lacks, are not compared.
+
+    Args:
+        saved: the recorded settings.
+        new: the settings given now.
+        cls: the settings' class.
+        keys: compare by run-config key (kebab-case), not field name.
+
+    Returns:
+        One :class:`ResumeChange` per differing setting.
+    """
     out = []
     for o in options(cls):
         name = o.key if keys else o.name
@@ -585,7 +615,17 @@ def check_resume(changes: list[ResumeChange], run_dir: str | Path,
                  flag: Callable[[Option], str] = lambda o: o.flag, cls: type = RunSpec) -> None:
     """Refuse a resume that changes a :data:`FIXED` setting: a :class:`ConfigError` naming
     each one with its new and recorded value (and what may change instead); nothing else is
-    checked here (the round count: the commands' ``--extend``)."""
+    checked here (the round count: the commands' ``--extend``).
+
+    Args:
+        changes: the settings that differ (:func:`resume_changes`).
+        run_dir: the run directory, for the message.
+        flag: how the message names an option (e.g. its command-line flag).
+        cls: the settings' class, whose changeable options the message lists.
+
+    Raises:
+        ConfigError: if a :data:`FIXED` setting changed.
+    """
     fixed = [c for c in changes if c.option.on_resume == FIXED]
     if not fixed:
         return
@@ -720,6 +760,13 @@ def read_settings(config: Mapping[str, Any], *names: str) -> tuple[Any, ...]:
     """Some settings of a message's config, typed, for a client mod that sees every message
     (the secure-aggregation stages carry only a few settings): each ``names`` entry is a
     RunSpec field, read as :func:`round_spec` reads it.
+
+    Args:
+        config: the message's config.
+        *names: the RunSpec fields to read.
+
+    Returns:
+        The values, in the order of ``names``.
 
     Raises:
         KeyError: for a setting a round cannot do without that ``config`` lacks.

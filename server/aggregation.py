@@ -52,7 +52,15 @@ log = logging.getLogger("fedssl.server")
 
 def min_dp_clients(spec: RunSpec, per_round: int) -> int:
     """Noise shares every distributed-DP release must hold: the configured number, else
-    80 % of the clients sampled per round (so a few dropouts do not void a round)."""
+    80 % of the clients sampled per round (so a few dropouts do not void a round).
+
+    Args:
+        spec: the run's settings (``client-dp-min-clients``).
+        per_round: the clients sampled per round.
+
+    Returns:
+        The configured number if positive, else 80 % of ``per_round`` (at least 1).
+    """
     given = spec.client_dp_min_clients
     return given if given > 0 else max(1, int(0.8 * per_round))
 
@@ -132,7 +140,13 @@ class Aggregation:
     def resume(self, rows: list[dict[str, Any]], momentum: dict[str, np.ndarray] | None,
                last_round: int) -> None:
         """Continue after ``last_round``: the distributed-DP releases recorded in the
-        metrics ``rows`` and the server optimizer's checkpointed velocity ``momentum``."""
+        metrics ``rows`` and the server optimizer's checkpointed velocity ``momentum``.
+
+        Args:
+            rows: the metrics rows of the completed rounds.
+            momentum: the checkpointed velocity, or None.
+            last_round: the last complete round.
+        """
         self.released = [SkellamRound(**r["distributed_dp"]) for r in rows
                          if r.get("distributed_dp")]
         if momentum is not None:
@@ -147,6 +161,15 @@ class Aggregation:
         back) and the aggregated client metrics. The known nodes not connected when the
         round started are recorded among its failures ("not connected when the round
         started").
+
+        Args:
+            server_round: the round's number.
+            grid: Flower's grid to the clients.
+            arrays: the global model's shared arrays.
+            config: the round's config.
+
+        Returns:
+            The aggregate (None without a valid update) and the aggregated client metrics.
 
         Raises:
             TooFewNodesError: fewer nodes than a round needs stayed connected for the round
@@ -166,7 +189,16 @@ class Aggregation:
     def step(self, server_round: int, arrays: ArrayRecord, aggregate: ArrayRecord | None
              ) -> ArrayRecord:
         """The next global model: ``aggregate`` itself (FedAvg), the server optimizer's step
-        towards it (FedAvgM), or ``arrays`` unchanged when the round had no valid update."""
+        towards it (FedAvgM), or ``arrays`` unchanged when the round had no valid update.
+
+        Args:
+            server_round: the round's number (for the log).
+            arrays: the current global arrays.
+            aggregate: the round's aggregate, or None.
+
+        Returns:
+            The next global arrays.
+        """
         if aggregate is None:
             outcome = self.outcome
             log.warning("round %d: no valid update (refused: %s, rejected: %s, failed: %s); "

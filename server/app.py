@@ -89,7 +89,16 @@ def make_server_app(run_config: dict[str, Any] | None = None,
     event-driven, streaming dispatch and starts its workers' warm-up; the production app has
     none. With ``print_report`` the result table of ``fedssl simulate`` (and the run
     directory) is printed when the run ends (``flwr run . --stream`` shows the ServerApp's
-    output)."""
+    output).
+
+    Args:
+        run_config: settings layered over Flower's run config (None: Flower's alone).
+        prepare_grid: called with the grid and the checked run before the rounds (None: none).
+        print_report: print the result table when the run ends.
+
+    Returns:
+        The ServerApp; its main raises ConfigError for an invalid run config.
+    """
     server_app = ServerApp()
 
     @server_app.main()
@@ -119,6 +128,13 @@ def initial_model(spec: RunSpec, input_shape: tuple[int, ...]
     was warm-started (report.json's ``random_init`` stays the random one, else None); the
     model parts the server shares.
 
+    Args:
+        spec: the run's settings (method, algorithm, shared parts, ``init-encoder``).
+        input_shape: the model's input shape.
+
+    Returns:
+        The model, the random encoder (None without a warm start) and the shared parts.
+
     Raises:
         AlgorithmError: for an unknown algorithm, or shared parts without the encoder.
     """
@@ -144,6 +160,18 @@ def round_config(run: ServerRun, input_shape: tuple[int, ...], run_dir: Path
 
     The other boundary: the settings leave as the round's ConfigRecord (kebab-case keys),
     which each client reads once, typed (:func:`fedssl.run_spec.round_spec`).
+
+    Args:
+        run: the checked run.
+        input_shape: the model's input shape, sent to the clients.
+        run_dir: the run directory (``RUN/config.toml`` is written there).
+
+    Returns:
+        The round's ConfigRecord (without ``server-round``) and the run's id.
+
+    Raises:
+        ValueError: for an invalid ``RUN/run_id`` or config.toml.
+        ConfigError: if a resume changes a setting that defines the experiment.
     """
     settings = run.spec.to_run_config()
     config = ConfigRecord({k: settings[k] for k in CLIENT_KEYS})
@@ -175,6 +203,17 @@ def resume(spec: RunSpec, run_dir: Path, model: torch.nn.Module,
     before its row is redone, never counted as trained), whose weights are loaded into
     ``model``, the server optimizer's velocity and the distributed-DP releases into
     ``aggregation``. The clients' ledgers still hold what they spent.
+
+    Args:
+        spec: the run's settings (``resume``).
+        run_dir: the run directory.
+        model: the global model; a resumed run's weights are loaded into it.
+        shared: the model parts the server shares.
+        aggregation: receives the resumed rounds' rows and server optimizer state.
+
+    Returns:
+        The first round to run, its global arrays (None for a fresh run), the metrics rows
+        kept and whether the run was resumed.
 
     Raises:
         FileExistsError: if ``run_dir`` already holds a run and ``resume`` is off.
@@ -228,7 +267,16 @@ class Federation:
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Round 0: the initial encoder's evaluation (read back from a resumed run's row 0,
         else measured, few-label probes included, and recorded), and the random
-        initialisation's (measured too when round 0 was a warm start)."""
+        initialisation's (measured too when round 0 was a warm start).
+
+        Args:
+            previous: the metrics rows kept (a resumed run's row 0 is reused).
+            random_encoder: the random encoder of a warm-started run, else None.
+
+        Returns:
+            The initial encoder's evaluation and the random initialisation's (the same dict
+            without a warm start).
+        """
         self.progress.phase(f"round 0/{self.rounds}: evaluating the initial encoder")
         if previous and previous[0]["round"] == 0:
             baseline = {k: v for k, v in previous[0].items()
@@ -244,7 +292,18 @@ class Federation:
     def train_round(self, server_round: int, first: bool, grid: Grid, arrays: ArrayRecord,
                     train_config: ConfigRecord) -> ArrayRecord:
         """One round: train and aggregate, step the server optimizer, then the callbacks
-        (checkpoint, evaluation when due, the metrics row); returns the new global model."""
+        (checkpoint, evaluation when due, the metrics row); returns the new global model.
+
+        Args:
+            server_round: the round's number.
+            first: this is the run's first round (clients may calibrate their DP noise).
+            grid: Flower's grid to the clients.
+            arrays: the global model's shared arrays.
+            train_config: the round's config; its ``server-round`` is set here.
+
+        Returns:
+            The new global arrays.
+        """
         spec, rounds, aggregation = self.spec, self.rounds, self.aggregation
         self.progress.phase(f"round {server_round}/{rounds}: training" + (
             " (clients first calibrate their DP noise)"
@@ -270,7 +329,20 @@ class Federation:
         """After the last round: the final evaluation (few-label probes included), the
         label-efficiency table (the federated encoder and the warm start ``warm_encoder``,
         if any, fine-tuned next to the same network from scratch), the exported encoder,
-        ``report.json`` and the plots; returns the report."""
+        ``report.json`` and the plots; returns the report.
+
+        Args:
+            data: the server's dataset (evaluation data, name, input shape).
+            shared: the model parts the server shares.
+            num_nodes: the number of clients in the federation.
+            baseline: the initial encoder's evaluation.
+            random_init: the random initialisation's evaluation.
+            warm_encoder: the warm start as it was before training, or None.
+            wall_start: ``time.perf_counter()`` at the run's start.
+
+        Returns:
+            The report, as written to ``report.json``.
+        """
         spec, run_dir, rounds = self.spec, self.layout.root, self.rounds
         for callback in self.callbacks:
             callback.close()
@@ -324,7 +396,19 @@ class Federation:
 
 def run_federation(grid: Grid, run: ServerRun) -> dict[str, Any]:
     """Run all rounds of ``run``; returns the report that is also written to
-    ``report.json``."""
+    ``report.json``.
+
+    Args:
+        grid: Flower's grid to the clients.
+        run: the checked run (settings and the driver's runtime values).
+
+    Returns:
+        The report, as written to ``report.json``.
+
+    Raises:
+        FileExistsError: if the run directory already holds a run and ``resume`` is off.
+        AlgorithmError: for an unknown algorithm, or shared parts without the encoder.
+    """
     wall_start = time.perf_counter()
     # One BLAS thread in the server: OpenBLAS's threaded sgemm was seen spinning for minutes
     # when called from this thread while Ray and torch's OpenMP pool shared 2 cores; the
@@ -391,7 +475,18 @@ def run_privacy(run_dir: Path, spec: RunSpec, run_id: str,
                 ) -> dict[str, Any] | None:
     """report.json's ``privacy`` block: the clients' record-level spend from their verified
     ledger copies (under DP; the clients' replies only when no verified copy arrived,
-    labelled as such) and the client-level mechanism's ``client_level`` block, if any."""
+    labelled as such) and the client-level mechanism's ``client_level`` block, if any.
+
+    Args:
+        run_dir: the run directory (``RUN/ledger`` holds the verified ledger copies).
+        spec: the run's settings (``dp``, ``delta``).
+        run_id: the run's id, which selects this run's ledger entries.
+        reported: the spend the clients' replies reported, per client.
+        client_level: the client-level mechanism's block, or None.
+
+    Returns:
+        The ``privacy`` block, or None without DP and client-level mechanism.
+    """
     delta = spec.delta
     privacy = ledger_privacy(run_dir, delta, run_id) if spec.dp else None
     if privacy is not None and not privacy["clients"] and reported:

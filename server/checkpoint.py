@@ -50,7 +50,18 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
 def save_checkpoint(run_dir: Path, server_round: int, weights: dict[str, np.ndarray],
                     state: dict, server_momentum: dict[str, np.ndarray] | None = None) -> Path:
     """Write round ``server_round``'s weights (and FedAvgM's velocity, if given), then point
-    ``state.json`` at them."""
+    ``state.json`` at them.
+
+    Args:
+        run_dir: the run directory.
+        server_round: the round checkpointed.
+        weights: the global model's weights.
+        state: further entries for ``state.json``.
+        server_momentum: FedAvgM's velocity, or None.
+
+    Returns:
+        The path of the weights file.
+    """
     layout = RunLayout(run_dir)
     layout.checkpoints.mkdir(parents=True, exist_ok=True)
     if server_momentum:
@@ -137,7 +148,12 @@ def resume_point(run_dir: Path) -> ResumePoint | None:
 
 
 def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Replace ``metrics.jsonl`` with ``rows`` atomically (a crash keeps the old file)."""
+    """Replace ``metrics.jsonl`` with ``rows`` atomically (a crash keeps the old file).
+
+    Args:
+        run_dir: the run directory.
+        rows: the metrics rows to keep.
+    """
     atomic_write_bytes(RunLayout(run_dir).metrics,
                        "".join(json.dumps(r) + "\n" for r in rows).encode())
 

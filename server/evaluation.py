@@ -38,7 +38,16 @@ COLLAPSE_RECORDS = 2000
 
 
 def eval_split(data: SSLDataset, max_train: int, seed: int) -> tuple[np.ndarray, ...]:
-    """Labelled records the probes are fitted on (a capped subset) and tested on."""
+    """Labelled records the probes are fitted on (a capped subset) and tested on.
+
+    Args:
+        data: the server's dataset.
+        max_train: the most training records the probes are fitted on.
+        seed: the seed of the subset's permutation.
+
+    Returns:
+        ``(x_train, y_train, x_test, y_test)``.
+    """
     idx = np.random.default_rng(seed).permutation(len(data.x_train))[:max_train]
     return data.x_train[idx], data.y_train[idx], data.x_test, data.y_test
 
@@ -100,7 +109,16 @@ class ServerEvaluation:
         """After the last round: each of ``encoders`` frozen and fine-tuned on ``k`` labels
         per class, the same network from scratch (``scratch`` builds it) and raw-input
         logistic regression, on the probes' split; None without ``finetune`` values or
-        labels."""
+        labels.
+
+        Args:
+            encoders: the encoders to fine-tune, by name.
+            scratch: builds a freshly initialised encoder of the same network.
+            progress: called with a line per step, or None.
+
+        Returns:
+            The label-efficiency table, or None without ``finetune`` values or labels.
+        """
         if not self.finetune:
             return None
         return label_efficiency(*self.split, encoders, scratch, shots=self.finetune,

@@ -36,7 +36,19 @@ def extension_costs(run_dir: Path, rounds: int, done: int, *, target_epsilon: fl
     left of it; a warning says when that forces a noise multiplier above
     :data:`USELESS_NOISE_RATIO` times the run's earlier one (or when nothing is left). With a
     fixed noise multiplier (``target_epsilon <= 0``), the note says how far each client's
-    epsilon will grow."""
+    epsilon will grow.
+
+    Args:
+        run_dir: the run directory, whose ``RUN/ledger`` holds the clients' ledgers.
+        rounds: the run's new number of rounds.
+        done: the last round completed.
+        target_epsilon: the clients' target epsilon (<= 0: a fixed noise multiplier).
+        delta: the run's delta.
+        accountant: the privacy accountant's name.
+
+    Returns:
+        One ``(is_warning, text)`` pair per client.
+    """
     from fedssl.privacy.accounting.budget import AccountingError, calibrate_noise, epsilon_of
 
     extra = rounds - done

@@ -42,7 +42,19 @@ def await_nodes(grid: Any, expected: int, timeout: float, settle: float = SETTLE
     """The grid's node ids (sorted) once ``expected`` are registered (``expected`` <= 0: once
     at least one is and the count held for ``settle`` seconds), or those there are after
     ``timeout`` seconds (logged as a warning). ``clock``/``sleep`` are the time source (a
-    test's fake one)."""
+    test's fake one).
+
+    Args:
+        grid: Flower's grid (``get_node_ids``).
+        expected: the number of nodes expected (<= 0: unknown).
+        timeout: the most seconds to wait.
+        settle: with an unknown number, the seconds the count must hold.
+        clock: the time source.
+        sleep: sleeps for the given seconds.
+
+    Returns:
+        The registered node ids, sorted.
+    """
     end = clock() + timeout
     nodes = sorted(grid.get_node_ids())
     stable_since = clock()
@@ -96,7 +108,21 @@ def await_round_nodes(grid: Any, minimum: int, timeout: float,
     Unlike Flower's ``sample_nodes``, which waits for its minimum without a bound (one dead
     site then hangs every later round), the wait ends: :class:`TooFewNodesError` when
     ``minimum`` nodes were not connected within ``timeout`` seconds. ``clock``/``sleep`` are
-    the time source (a test's fake one)."""
+    the time source (a test's fake one).
+
+    Args:
+        grid: Flower's grid (``get_node_ids``).
+        minimum: the fewest connected nodes the round needs.
+        timeout: the most seconds to wait for them.
+        clock: the time source.
+        sleep: sleeps for the given seconds.
+
+    Returns:
+        The connected node ids, in the grid's order.
+
+    Raises:
+        TooFewNodesError: if fewer than ``minimum`` were connected within ``timeout`` seconds.
+    """
     nodes = list(grid.get_node_ids())
     if len(nodes) >= minimum:
         return nodes

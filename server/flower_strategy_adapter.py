@@ -38,6 +38,19 @@ def check() -> None:
 def construct_messages(strategy: FedAvg, record: RecordDict, node_ids: list[int],
                        message_type: str) -> list[Message]:
     """One message per node in ``node_ids`` carrying ``record``, built by ``strategy``'s
-    ``FedAvg._construct_messages``."""
+    ``FedAvg._construct_messages``.
+
+    Args:
+        strategy: the Flower strategy that builds the messages.
+        record: the content every message carries.
+        node_ids: the destination nodes.
+        message_type: Flower's message type (e.g. train).
+
+    Returns:
+        The messages, one per node.
+
+    Raises:
+        FlowerVersionError: if the installed Flower is not the one the adapter was written for.
+    """
     check()
     return list(strategy._construct_messages(record, node_ids, message_type))

@@ -93,7 +93,18 @@ def run_flower_superlink(argv: list[str]) -> None:
 
 def connect_control_api(address: str, ca_cert: Path) -> Any:
     """A Control API client for ``address`` over HTTPS, the server verified against
-    ``ca_cert`` (what the ``flwr`` CLI builds; it prints "Using SuperLink: ...")."""
+    ``ca_cert`` (what the ``flwr`` CLI builds; it prints "Using SuperLink: ...").
+
+    Args:
+        address: the Control API's address.
+        ca_cert: the CA certificate the server is verified against.
+
+    Returns:
+        Flower's Control API client.
+
+    Raises:
+        FlowerVersionError: if the installed Flower is not the one the adapter was written for.
+    """
     check()
     from flwr.cli.typing import SuperLinkConnection
     from flwr.cli.utils import init_http_client_from_connection

@@ -50,6 +50,17 @@ def store_copy(run_dir: Path, client: str, text: str, pub_pem: bytes,
     ``registry_key`` is the key the registry lists under ``client``'s name (if it does);
     ``registry`` is the whole registry (name -> key): with it, a key that is not in it is
     refused (:data:`NOT_REGISTERED`) and nothing is stored, instead of trusted on first use.
+
+    Args:
+        run_dir: the run directory (the copy goes to ``RUN/ledger``).
+        client: the client's name, the stored file's name.
+        text: the ledger copy.
+        pub_pem: the PEM public key the ledger is signed with.
+        registry_key: the registry's key for ``client``, or None.
+        registry: the whole identity registry, or None (trust on first use).
+
+    Returns:
+        None if the copy was stored, else why it was refused.
     """
     if not _safe_name(client):
         return f"client name {client!r} is not a safe file name"
@@ -108,7 +119,19 @@ def store_reply_copy(run_dir: Path, cid: str, text: str, pub: bytes, identity: s
     """Store a reply's ledger copy (:func:`store_copy`); None or why it was refused. The
     registry key is looked up by the identity name the reply gives (``identity``, e.g.
     ``node-1``; else the client id): with a registry, the ledger must be signed with that
-    identity's registered key, not just any registered key."""
+    identity's registered key, not just any registered key.
+
+    Args:
+        run_dir: the run directory.
+        cid: the client id the reply came from.
+        text: the ledger copy.
+        pub: the PEM public key the ledger is signed with.
+        identity: the identity name the reply gives, or None.
+        registry: the identity registry, or None.
+
+    Returns:
+        None if the copy was stored, else why it was refused.
+    """
     name = identity or cid
     ident = (registry or {}).get(name)
     if registry is not None and ident is None:

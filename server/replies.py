@@ -77,7 +77,15 @@ def _decode(array: Array, ref: np.ndarray) -> np.ndarray:
 def decode_arrays(arrays: ArrayRecord, reference: dict[str, np.ndarray]
                   ) -> tuple[dict[str, np.ndarray] | None, str | None]:
     """``arrays`` deserialised once, or why they can't be averaged into a model shaped like
-    ``reference``: ``(values, None)`` or ``(None, problem)``."""
+    ``reference``: ``(values, None)`` or ``(None, problem)``.
+
+    Args:
+        arrays: a reply's arrays.
+        reference: the global model's arrays by name.
+
+    Returns:
+        ``(values, None)`` or ``(None, problem)``.
+    """
     keys = set(arrays.keys())
     if keys != set(reference):
         missing, extra = sorted(set(reference) - keys), sorted(keys - set(reference))
@@ -99,7 +107,12 @@ def decode_arrays(arrays: ArrayRecord, reference: dict[str, np.ndarray]
 
 
 def check_arrays(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str | None:
-    """Why ``arrays`` can't be averaged into a model shaped like ``reference`` (or None)."""
+    """Why ``arrays`` can't be averaged into a model shaped like ``reference`` (or None).
+
+    Args:
+        arrays: a reply's arrays.
+        reference: the global model's arrays by name.
+    """
     return decode_arrays(arrays, reference)[1]
 
 
@@ -137,7 +150,12 @@ def check_update(msg: Message, reference: dict[str, np.ndarray], weighted_by_key
 
 def ledger_copy_types(text: Any, pub: Any) -> str | None:
     """Why a reply's ledger copy cannot even be verified (None if it is text and key bytes):
-    never ``bytes(pub)``, since an int would become that many zero bytes."""
+    never ``bytes(pub)``, since an int would become that many zero bytes.
+
+    Args:
+        text: the reply's ledger copy.
+        pub: the reply's public key.
+    """
     if isinstance(text, str) and isinstance(pub, bytes):
         return None
     return (f"ledger copy must be text and its key bytes, got {type(text).__name__} and "

@@ -20,7 +20,12 @@ from fedssl.run_layout import RunLayout
 
 
 def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    """Append one round's metrics as a JSON line."""
+    """Append one round's metrics as a JSON line.
+
+    Args:
+        run_dir: the run directory (``metrics.jsonl``).
+        row: the round's metrics.
+    """
     with RunLayout(run_dir).metrics.open("a") as fh:
         fh.write(json.dumps(row, default=_jsonable) + "\n")
 
@@ -52,6 +57,17 @@ def ledger_privacy(run_dir: Path, delta: float, run_id: str | None = None) -> di
     recorded sigma (noise std / clip norm); ``sensitivity`` is the last entry's clip
     sensitivity (``extra.sensitivity``: 2 for a group-clipped method) and
     ``effective_noise_multiplier`` = sigma / sensitivity, the one the accountants use.
+
+    Args:
+        run_dir: the run directory.
+        delta: the run's delta.
+        run_id: the run whose entries count (see above).
+
+    Returns:
+        ``{"delta", "run_id", "clients"}``, with a block per client with entries of this run.
+
+    Raises:
+        LedgerError: for a stored ledger that does not verify.
     """
     clients: dict[str, Any] = {}
     for path in RunLayout(run_dir).ledgers():
@@ -82,6 +98,15 @@ def ledger_privacy(run_dir: Path, delta: float, run_id: str | None = None) -> di
 
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> Path:
+    """Write ``report.json`` atomically.
+
+    Args:
+        run_dir: the run directory.
+        report: the run's report.
+
+    Returns:
+        The path written.
+    """
     path = RunLayout(run_dir).report
     atomic_write_text(path, json.dumps(report, indent=2, default=_jsonable) + "\n")
     return path
@@ -95,7 +120,18 @@ def run_figures(run_dir: Path, rows: list[dict[str, Any]], privacy: dict[str, An
     encoders' linear probe as dashed lines (e.g. random init, warm start), since a curve
     of two points means little without them; the collapse plot's axes from 0 (its rank
     axis is otherwise auto-scaled so a 0.2 change looks like collapse); the epsilon plot
-    with the run's ``target_epsilon`` as a line."""
+    with the run's ``target_epsilon`` as a line.
+
+    Args:
+        run_dir: the run directory.
+        rows: the metrics rows.
+        privacy: report.json's ``privacy`` block, or None.
+        references: reference encoders' evaluations by label, or None.
+        target_epsilon: the run's target epsilon, or None.
+
+    Returns:
+        The figures by file stem.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +203,15 @@ def plot_run(run_dir: Path, rows: list[dict[str, Any]], privacy: dict[str, Any] 
              references: dict[str, dict[str, Any]] | None = None,
              target_epsilon: float | None = None) -> None:
     """Loss, accuracy, collapse and epsilon per round as PNGs under ``RUN/plots``
-    (:func:`run_figures`)."""
+    (:func:`run_figures`).
+
+    Args:
+        run_dir: the run directory.
+        rows: the metrics rows.
+        privacy: report.json's ``privacy`` block, or None.
+        references: reference encoders' evaluations by label, or None.
+        target_epsilon: the run's target epsilon, or None.
+    """
     import matplotlib.pyplot as plt
 
     plots = RunLayout(run_dir).plots

@@ -49,7 +49,16 @@ class RoundMetrics:
 
     def row(self, server_round: int, outcome: RoundOutcome,
             agg: MetricRecord | None) -> dict[str, Any]:
-        """The round's row from its ``outcome`` and aggregated client metrics ``agg``."""
+        """The round's row from its ``outcome`` and aggregated client metrics ``agg``.
+
+        Args:
+            server_round: the round's number.
+            outcome: what became of the round's replies.
+            agg: the aggregated client metrics, or None.
+
+        Returns:
+            The metrics row (also updates the refusals, discards and reported spend kept here).
+        """
         row: dict[str, Any] = {
             "round": server_round,
             "loss": float(agg["loss"]) if agg and "loss" in agg else None,

@@ -45,7 +45,18 @@ def resolve_run_id(run_dir: Path, resume: bool) -> str:
     """This run's id: the one in ``RUN/run_id`` if there is one, else a new ``uuid4`` hex
     (written there). A resumed run directory from before run ids existed gets ``""``: its
     earlier rounds are in the sites' ledgers without a run id, so the sites must keep
-    planning against their whole ledger (the conservative reading of an unknown run)."""
+    planning against their whole ledger (the conservative reading of an unknown run).
+
+    Args:
+        run_dir: the run directory.
+        resume: the run is resumed.
+
+    Returns:
+        The run id.
+
+    Raises:
+        ValueError: if ``RUN/run_id`` does not hold a valid run id.
+    """
     path = RunLayout(run_dir).run_id
     if path.exists():
         rid = path.read_text().strip()
@@ -69,7 +80,17 @@ def write_run_config(run_dir: Path, cfg: dict[str, Any], run_id: str) -> Path | 
     """Write ``RUN/config.toml`` (server format) unless the run already has one; on resume,
     record settings that changed. Returns the path written, or None if left as it was.
 
-    A simulate-format file (``[experiment]``) is the simulator's and is left alone."""
+    A simulate-format file (``[experiment]``) is the simulator's and is left alone.
+
+    Args:
+        run_dir: the run directory.
+        cfg: the run config (kebab-case keys).
+        run_id: the run's id, recorded as ``run-id``.
+
+    Raises:
+        ValueError: if the existing config.toml is not valid TOML.
+        ConfigError: if a resume changes a setting that defines the experiment.
+    """
     path = RunLayout(run_dir).config
     table = {k: _toml_value(v) for k, v in sorted(cfg.items()) if k not in VOLATILE_KEYS}
     table["run-id"] = run_id
@@ -101,7 +122,16 @@ def write_run_config(run_dir: Path, cfg: dict[str, Any], run_id: str) -> Path | 
 
 
 def record_run(run_dir: Path, cfg: dict[str, Any]) -> str:
-    """Resolve the run id and write ``RUN/config.toml``; returns the run id."""
+    """Resolve the run id and write ``RUN/config.toml``; returns the run id.
+
+    Args:
+        run_dir: the run directory.
+        cfg: the run config (kebab-case keys).
+
+    Raises:
+        ValueError: for an invalid ``RUN/run_id`` or config.toml.
+        ConfigError: if a resume changes a setting that defines the experiment.
+    """
     run_id = resolve_run_id(run_dir, bool(cfg.get("resume", False)))
     write_run_config(run_dir, cfg, run_id)
     return run_id

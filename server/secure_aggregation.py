@@ -64,6 +64,13 @@ def simulated_registry(run_dir: Path, num_clients: int) -> Path:
     key in ``RUN/clients/client-<pid>/identity.pem``, where the ClientApp looks for it, and
     the public registry is ``RUN/identities.json``. Only for simulations: a real site's key is
     made by ``fedssl certs`` and registered before the run.
+
+    Args:
+        run_dir: the run directory.
+        num_clients: the number of simulated sites.
+
+    Returns:
+        The path of the registry written (``RUN/identities.json``).
     """
     layout = RunLayout(run_dir)
     keys = {f"client-{i:03d}": load_or_create_identity(
@@ -82,7 +89,19 @@ class DistributedDP:
     min_clients: int         # noise shares every released sum must hold
 
     def plan(self, num_clients: int, coord_clip: float, dim: int) -> SkellamPlan:
-        """The encoding both sides use this round (clients compute the same one)."""
+        """The encoding both sides use this round (clients compute the same one).
+
+        Args:
+            num_clients: the clients sampled this round.
+            coord_clip: the per-coordinate clip of the encoding.
+            dim: the number of coordinates of an update.
+
+        Returns:
+            The round's Skellam plan.
+
+        Raises:
+            DistributedDPError: if fewer clients were sampled than a release needs noise shares.
+        """
         if num_clients < self.min_clients:
             raise DistributedDPError(
                 f"{num_clients} clients sampled, fewer than the {self.min_clients} noise "
@@ -191,6 +210,18 @@ class SecureAggregation:
 
         Key setup (identify, setup, share) runs first; only the clients whose shares went out
         are asked to train, so a failed setup costs no client any privacy.
+
+        Args:
+            server_round: the round's number.
+            grid: Flower's grid to the clients.
+            arrays: the global model's shared arrays.
+            config: the round's config; the secure aggregation settings are added to it.
+
+        Returns:
+            The aggregate (None if the round failed) and the aggregated client metrics.
+
+        Raises:
+            TooFewNodesError: if fewer nodes than a round needs stayed connected.
         """
         strategy = self.strategy
         self.released = None

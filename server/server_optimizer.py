@@ -58,6 +58,16 @@ class ServerMomentum:
         """The next global model from the ``current`` one and the round's ``aggregated`` one.
 
         Both must hold the same names and shapes; the result has ``current``'s dtypes.
+
+        Args:
+            current: the current global arrays by name.
+            aggregated: the round's aggregate by name.
+
+        Returns:
+            The next global arrays (the velocity is updated).
+
+        Raises:
+            ValueError: if the names or shapes of the two differ.
         """
         if set(current) != set(aggregated):
             raise ValueError("server optimizer: the aggregate's arrays "

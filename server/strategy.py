@@ -122,6 +122,13 @@ class FedSSLStrategy(FedAvg):
         :attr:`round_wait` seconds); the known nodes that are not are logged and kept in
         :attr:`round_missing`.
 
+        Args:
+            server_round: the round's number.
+            grid: Flower's grid to the clients.
+
+        Returns:
+            The connected node ids.
+
         Raises:
             TooFewNodesError: fewer than :attr:`min_round_nodes` connected for the whole wait
                 (the message names the round, the missing nodes and how to resume).
@@ -153,7 +160,18 @@ class FedSSLStrategy(FedAvg):
         (:meth:`connected_nodes`): Poisson at rate q under client-level DP (what its
         accounting assumes), else a fixed-size uniform sample as Flower's ``sample_nodes``
         draws it (``random.sample`` of the grid's node list) of ``clients-per-round`` nodes,
-        or of all the connected ones when fewer are."""
+        or of all the connected ones when fewer are.
+
+        Args:
+            server_round: the round's number.
+            grid: Flower's grid to the clients.
+
+        Returns:
+            The sampled node ids.
+
+        Raises:
+            TooFewNodesError: if fewer nodes than a round needs stayed connected.
+        """
         nodes = self.connected_nodes(server_round, grid)
         if self.client_dp is not None:
             sampled = poisson_sample(sorted(nodes), self.client_rate, self.rng)
@@ -165,13 +183,37 @@ class FedSSLStrategy(FedAvg):
 
     def messages(self, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int],
                  message_type: str = MessageType.TRAIN) -> list[Message]:
-        """One message per node carrying the global model and the round config."""
+        """One message per node carrying the global model and the round config.
+
+        Args:
+            arrays: the global model's shared arrays.
+            config: the round's config.
+            nodes: the destination node ids.
+            message_type: Flower's message type.
+
+        Returns:
+            The messages.
+        """
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return construct_messages(self, record, nodes, message_type)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """The round's training messages to the sampled nodes (:meth:`sample`).
+
+        Args:
+            server_round: the round's number, set as the config's ``server-round``.
+            arrays: the global model's shared arrays.
+            config: the round's config.
+            grid: Flower's grid to the clients.
+
+        Returns:
+            One message per sampled node.
+
+        Raises:
+            TooFewNodesError: if fewer nodes than a round needs stayed connected.
+        """
         self.current = {k: v.numpy() for k, v in arrays.items()}
         config[SERVER_ROUND] = server_round
         self._sent = self.sample(server_round, grid)
@@ -180,6 +222,15 @@ class FedSSLStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The round's aggregate of the replies :meth:`screen` accepts.
+
+        Args:
+            server_round: the round's number.
+            replies: the clients' replies.
+
+        Returns:
+            The aggregated arrays and client metrics, or ``(None, None)`` if none was accepted.
+        """
         if self.client_dp is not None:
             clipped: list[dict[str, np.ndarray]] = []
             good = self.screen(server_round, replies, sent_to=self._sent,
@@ -200,7 +251,18 @@ class FedSSLStrategy(FedAvg):
         """Replies fit to aggregate; refusals, failures and rejections go to
         :attr:`last_outcome` with the client's name and reason (nodes in ``sent_to`` that did
         not reply at all are recorded as timed out). ``on_accept(values, weight)`` receives
-        each accepted reply's decoded arrays and example count as it is screened."""
+        each accepted reply's decoded arrays and example count as it is screened.
+
+        Args:
+            server_round: the round's number.
+            replies: the clients' replies (may be a stream).
+            with_arrays: the replies carry arrays to check (not so under secure aggregation).
+            sent_to: the nodes asked to reply.
+            on_accept: called with each accepted reply's arrays and weight, or None.
+
+        Returns:
+            The accepted replies.
+        """
         outcome = RoundOutcome()
         good: list[Message] = []
         sent = list(sent_to)

@@ -74,7 +74,12 @@ class ServerOptions:
 
 
 def format_round(row: dict[str, Any], rounds: int | None = None) -> str:
-    """One progress line for a ``metrics.jsonl`` row (``round k/rounds`` when given)."""
+    """One progress line for a ``metrics.jsonl`` row (``round k/rounds`` when given).
+
+    Args:
+        row: the metrics row.
+        rounds: the run's number of rounds, or None.
+    """
     parts = [f"round {row['round']}{f'/{rounds}' if rounds else ''}"]
     if row["round"] == 0:
         parts.append("(initial encoder)")
@@ -95,6 +100,14 @@ def connection_changes(before: dict[int, tuple[str, str]], now: dict[int, tuple[
     """Console lines for the sites that disconnected or reconnected between two
     :func:`~fedssl.server.superlink_control.node_states` snapshots (``node id -> (name,
     status)``); ``minimum`` is the fewest connected sites a round starts with.
+
+    Args:
+        before: the earlier snapshot.
+        now: the current snapshot.
+        minimum: the fewest connected sites a round starts with.
+
+    Returns:
+        One line per site that disconnected or connected (empty if none did).
 
     >>> connection_changes({7: ("node-1", "online"), 9: ("node-2", "online")},
     ...                    {7: ("node-1", "online"), 9: ("node-2", "offline")}, 1)[0][:52]
@@ -124,7 +137,12 @@ def connection_changes(before: dict[int, tuple[str, str]], now: dict[int, tuple[
 
 def name_nodes(text: str, states: dict[int, tuple[str, str]]) -> str:
     """``text`` with each ``node-<Flower node id>`` (how the ServerApp names a site that
-    never replied) replaced by the name the node was registered under."""
+    never replied) replaced by the name the node was registered under.
+
+    Args:
+        text: the text to rewrite.
+        states: the nodes' ``node id -> (name, status)``.
+    """
     def named(match: re.Match[str]) -> str:
         found = states.get(int(match.group(1)))
         return found[0] if found and found[0] else match.group(0)
@@ -145,7 +163,16 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to start over an existing run (or to resume nothing) before anything starts."""
+    """Refuse to start over an existing run (or to resume nothing) before anything starts.
+
+    Args:
+        run_dir: the run directory.
+        resume: the run is to be resumed.
+
+    Raises:
+        DeploySetupError: if ``run_dir`` holds a run and ``resume`` is off, or holds no
+            checkpoint to resume.
+    """
     layout = RunLayout(run_dir)
     metrics = layout.metrics
     if resume:
@@ -200,6 +227,16 @@ def deploy_config(certs: CertPaths, run_config: dict[str, Any]) -> dict[str, Any
     registry, or one that lacks a node ``authorized_nodes.txt`` lets connect (named by the
     key's comment ``node-<i>``, as ``fedssl certs`` writes it), is a
     :class:`DeploySetupError` naming the file and the nodes (``fedssl server`` exits 2).
+
+    Args:
+        certs: the certificate directory's paths.
+        run_config: the run config.
+
+    Returns:
+        A copy of ``run_config`` with ``identity-registry`` set when the registry exists.
+
+    Raises:
+        DeploySetupError: for a missing or unreadable registry, or one lacking an authorised node.
     """
     cfg = dict(run_config)
     if cfg.get("secagg") or cfg.get("dp"):

@@ -51,7 +51,12 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def local_control_address(host: str, port: int) -> str:
-    """Where this machine reaches the SuperLink it started (loopback for wildcard binds)."""
+    """Where this machine reaches the SuperLink it started (loopback for wildcard binds).
+
+    Args:
+        host: the host the SuperLink binds.
+        port: the Control API's port.
+    """
     if host in ("0.0.0.0", "", "::"):
         host = "127.0.0.1"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -66,7 +71,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def control_client(address: str, ca_cert: Path, verbose: bool = False) -> Any:
     """A Flower Control API client (HTTPS, server verified against ``ca_cert``). Flower's
-    "Using SuperLink: ..." line is printed only if ``verbose``."""
+    "Using SuperLink: ..." line is printed only if ``verbose``.
+
+    Args:
+        address: the Control API's address.
+        ca_cert: the CA certificate the server is verified against.
+        verbose: print Flower's output.
+    """
     from fedssl.quiet import flower_cli_output
 
     with flower_cli_output(verbose):
@@ -96,7 +107,16 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def access_problem(exc: BaseException, address: str, ca_cert: Path) -> str | None:
     """What a failed Control API request says about the set-up: None when the SuperLink
     is just not up (yet): connection refused, reset or closed, a time-out, HTTP 502-504;
-    else a message naming the problem (TLS or authentication first)."""
+    else a message naming the problem (TLS or authentication first).
+
+    Args:
+        exc: the exception the request raised.
+        address: the Control API's address.
+        ca_cert: the CA certificate used.
+
+    Returns:
+        None, or the message.
+    """
     import ssl
 
     import httpx
@@ -140,6 +160,18 @@ def wait_for_control_api(address: str, ca_cert: Path, timeout: float = 60.0,
     failure raises :class:`SuperLinkAccessError` at once, naming the problem
     (:func:`access_problem`); so does an unusable CA certificate file. ``check_alive`` is
     called before every try (it raises if the SuperLink process is gone).
+
+    Args:
+        address: the Control API's address.
+        ca_cert: the CA certificate the server is verified against.
+        timeout: the seconds to retry for.
+        check_alive: called before every try, or None.
+        verbose: print Flower's output.
+
+    Raises:
+        DeployError: if the Control API did not answer within ``timeout`` seconds.
+        SuperLinkAccessError: for a TLS, authentication or CA certificate problem.
+        FlowerVersionError: if the installed Flower is not the version fedssl supports.
     """
     from flwr.proto.control_pb2 import ListNodesRequest
 
@@ -186,7 +218,15 @@ def _openssh_to_flower(line: bytes) -> bytes:
 
 
 def register_nodes(client: Any, keys: Iterable[bytes]) -> list[int]:
-    """Register every OpenSSH public key not yet known to the SuperLink; their node ids."""
+    """Register every OpenSSH public key not yet known to the SuperLink; their node ids.
+
+    Args:
+        client: a Control API client.
+        keys: OpenSSH public key lines (the comment names the node).
+
+    Returns:
+        The node ids, in the order of ``keys``.
+    """
     from flwr.proto.control_pb2 import ListNodesRequest, RegisterNodeRequest
 
     known = {info.public_key.encode() if isinstance(info.public_key, str) else info.public_key:
@@ -247,7 +287,15 @@ def build_fab(run_config: dict[str, Any]) -> bytes:
 
 
 def start_run(client: Any, run_config: dict[str, Any]) -> int:
-    """Submit the fedssl app with ``run_config`` (Control API ``StartRun``); the run id."""
+    """Submit the fedssl app with ``run_config`` (Control API ``StartRun``); the run id.
+
+    Args:
+        client: a Control API client.
+        run_config: the run config.
+
+    Raises:
+        DeployError: if the SuperLink did not start the run.
+    """
     response = client.StartRun(start_run_request(build_fab(run_config)))
     if not response.HasField("run_id"):
         raise DeployError("the SuperLink did not start the run")
@@ -255,7 +303,15 @@ def start_run(client: Any, run_config: dict[str, Any]) -> int:
 
 
 def run_status(client: Any, run_id: int) -> tuple[str, str, str]:
-    """(status, sub_status, details) of a run, e.g. ("finished", "completed", "")."""
+    """(status, sub_status, details) of a run, e.g. ("finished", "completed", "").
+
+    Args:
+        client: a Control API client.
+        run_id: the run's id.
+
+    Returns:
+        ``("unknown", "", "")`` for a run the SuperLink does not know.
+    """
     from flwr.proto.control_pb2 import ListRunsRequest
 
     runs = client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict

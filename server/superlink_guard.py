@@ -25,7 +25,12 @@ LOCAL_PEERS_ENV = "FEDSSL_SUPERLINK_LOCAL_PEERS"
 
 
 def is_local_peer(host: str | None, extra: frozenset[str]) -> bool:
-    """Whether ``host`` is a loopback address or one of ``extra``."""
+    """Whether ``host`` is a loopback address or one of ``extra``.
+
+    Args:
+        host: the peer's host, or None.
+        extra: further addresses counted as local.
+    """
     if host is None:
         return False
     if host in extra:

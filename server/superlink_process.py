@@ -84,7 +84,16 @@ class SuperLinkProcess:
     def wait_ready(self, timeout: float = 60.0, verbose: bool = False) -> Any:
         """Block until the Control API answers; returns a connected Control API client
         (:func:`wait_for_control_api`: TLS and authentication problems are reported at
-        once, a SuperLink that exits with its log's tail)."""
+        once, a SuperLink that exits with its log's tail).
+
+        Args:
+            timeout: the seconds to wait.
+            verbose: print Flower's output.
+
+        Raises:
+            DeployError: if the SuperLink exited or did not answer in time.
+            SuperLinkAccessError: for a TLS, authentication or CA certificate problem.
+        """
 
         def check_alive() -> None:
             if self.proc is not None and self.proc.poll() is not None:
@@ -146,7 +155,12 @@ def flower_env(flower_home: Path) -> dict[str, str]:
 
 
 def tail(path: Path, lines: int = 15) -> str:
-    """The last ``lines`` lines of a text file ('' if it does not exist)."""
+    """The last ``lines`` lines of a text file ('' if it does not exist).
+
+    Args:
+        path: the file.
+        lines: the number of lines.
+    """
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
@@ -155,7 +169,14 @@ def tail(path: Path, lines: int = 15) -> str:
 
 def stream_logs(client_factory: Callable[[], Any], run_id: int, out: Path,
                  echo: Callable[[str], None] | None) -> None:
-    """Copy the ServerApp's log to ``out`` until the run ends (a daemon thread's body)."""
+    """Copy the ServerApp's log to ``out`` until the run ends (a daemon thread's body).
+
+    Args:
+        client_factory: makes the Control API client.
+        run_id: the run's id.
+        out: the log file, appended to.
+        echo: also called with each piece of log, or None.
+    """
     from flwr.proto.control_pb2 import StreamLogsRequest
 
     try:

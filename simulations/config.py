@@ -133,7 +133,19 @@ class _Experiment:
         """Load a TOML file (keys at top level or under ``[experiment]``) plus overrides.
         ``paths_from_file`` (a user's ``--config``): a relative ``init_encoder`` or
         ``data_path`` in the file is taken from the file's directory, so the file works
-        from any working directory (a run's own config.toml records absolute paths)."""
+        from any working directory (a run's own config.toml records absolute paths).
+
+        Args:
+            path: the TOML file, or None for the overrides alone.
+            overrides: settings that replace the file's (keys may use - or _).
+            paths_from_file: resolve the file's relative paths against its directory.
+
+        Returns:
+            The validated settings.
+
+        Raises:
+            ConfigError: for a missing or invalid file, an unknown option or an invalid value.
+        """
         data: dict[str, Any] = {}
         if path:
             path = Path(path)

@@ -125,7 +125,14 @@ def _events(state: Any) -> tuple[threading.Event, threading.Event]:
 
 def add_messages_to_queue(state: Any, queue: Queue[Message], nodes_mapping: Any,
                           f_stop: threading.Event) -> None:
-    """Drop-in for ``vce_api.add_messages_to_queue`` that waits on an event, not a 0.1 s poll."""
+    """Drop-in for ``vce_api.add_messages_to_queue`` that waits on an event, not a 0.1 s poll.
+
+    Args:
+        state: the engine's link state.
+        queue: the engine's queue of messages for its workers.
+        nodes_mapping: the simulated nodes (node id -> partition).
+        f_stop: set when the engine stops.
+    """
     if not engine.is_in_memory_state(state):
         engine.FLOWER_DISPATCHER(state, queue, nodes_mapping, f_stop)
         return
@@ -156,7 +163,19 @@ def send_and_receive(grid: Any, messages: Iterable[Message], *,
     in or ``timeout`` passes. Flower's ``Grid.send_and_receive`` promises an iterable of
     replies, and the server's strategy screens and averages them in one pass, so on the
     simulator that work happens while the clients still train, not in the pause between
-    rounds (a deployment's grid returns them all at once)."""
+    rounds (a deployment's grid returns them all at once).
+
+    Args:
+        grid: the in-memory grid.
+        messages: the messages to push.
+        timeout: the most seconds to wait for the replies (None: until all are in).
+
+    Returns:
+        An iterator over the replies, as they are stored.
+
+    Raises:
+        SimulationStoppedError: if the simulation engine has stopped (also while iterating).
+    """
     _, replied = _events(grid.state)
     _check(grid)
     msg_ids = set(grid.push_messages(messages))

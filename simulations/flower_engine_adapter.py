@@ -83,7 +83,16 @@ def is_in_memory_state(state: Any) -> bool:
 def notify_on_store(state: InMemoryLinkState, stored: threading.Event,
                     replied: threading.Event) -> None:
     """Wrap ``state``'s ``store_message_ins`` / ``store_message_res`` to set ``stored`` /
-    ``replied`` after each call (once per state: the caller keeps the events on it)."""
+    ``replied`` after each call (once per state: the caller keeps the events on it).
+
+    Args:
+        state: Flower's in-memory link state.
+        stored: set after each stored message.
+        replied: set after each stored reply.
+
+    Raises:
+        FlowerVersionError: if the installed Flower is not the one the adapter was written for.
+    """
     check()
     for name, event in (("store_message_ins", stored), ("store_message_res", replied)):
         original = getattr(state, name)
@@ -98,7 +107,12 @@ def notify_on_store(state: InMemoryLinkState, stored: threading.Event,
 
 def undelivered_per_node(state: InMemoryLinkState, nodes: set[int]) -> dict[int, int]:
     """``node id -> number of stored, undelivered messages`` for the nodes in ``nodes``
-    (one scan of ``state``'s messages, under its lock)."""
+    (one scan of ``state``'s messages, under its lock).
+
+    Args:
+        state: Flower's in-memory link state.
+        nodes: the node ids counted.
+    """
     pending: dict[int, int] = {}
     with state.lock:
         for msg in state.message_ins_store.values():
@@ -121,7 +135,16 @@ def patch_grid(grid: InMemoryGrid, guard: Callable[[], None],
                send_and_receive: Callable[..., Any]) -> None:
     """Make ``grid``'s ``push_messages``, ``pull_messages`` and ``get_node_ids`` call
     ``guard()`` first, and bind ``send_and_receive`` (a function taking the grid first) as
-    its method of that name."""
+    its method of that name.
+
+    Args:
+        grid: Flower's in-memory grid.
+        guard: called before each of those calls (it may raise).
+        send_and_receive: the grid's new ``send_and_receive``.
+
+    Raises:
+        FlowerVersionError: if the installed Flower is not the one the adapter was written for.
+    """
     check()
     for name in ("push_messages", "pull_messages", "get_node_ids"):
         original = getattr(grid, name)
@@ -217,7 +240,15 @@ def install(dispatcher: Dispatcher, pipeline_depth: int) -> None:
     """Run ``dispatcher(state, queue, nodes_mapping, f_stop)`` as the engine's dispatcher for
     Flower's in-memory link state (Flower's own for any other), and :class:`PipelinedRayBackend`
     with ``pipeline_depth`` slots per actor as its Ray backend, in this whole process until
-    :func:`uninstall`. Idempotent (a second call replaces the dispatcher and the depth)."""
+    :func:`uninstall`. Idempotent (a second call replaces the dispatcher and the depth).
+
+    Args:
+        dispatcher: the dispatcher for the in-memory link state.
+        pipeline_depth: the messages each Ray actor holds at once (at least 1).
+
+    Raises:
+        FlowerVersionError: if the installed Flower is not the one the adapter was written for.
+    """
     check()
 
     def add_messages_to_queue(state: Any, queue: Queue[Message], nodes_mapping: Any,
@@ -247,7 +278,12 @@ def is_installed() -> bool:
 
 @contextlib.contextmanager
 def installed(dispatcher: Dispatcher, pipeline_depth: int) -> Iterator[None]:
-    """:func:`install` while the block runs, then :func:`uninstall`."""
+    """:func:`install` while the block runs, then :func:`uninstall`.
+
+    Args:
+        dispatcher: the dispatcher for the in-memory link state.
+        pipeline_depth: the messages each Ray actor holds at once.
+    """
     install(dispatcher, pipeline_depth)
     try:
         yield

@@ -75,7 +75,15 @@ def parse_address(address: str) -> tuple[str, int]:
 def probe(address: str, timeout: float = PROBE_SECONDS) -> None:
     """Fail fast unless something accepts TCP connections at ``address``: a
     :class:`~fedssl.run_spec.ConfigError` naming the address and why (refused, unknown host,
-    no answer within ``timeout`` seconds)."""
+    no answer within ``timeout`` seconds).
+
+    Args:
+        address: the Ray head's ``host:port``.
+        timeout: the seconds to wait for an answer.
+
+    Raises:
+        ConfigError: if nothing accepts connections at ``address``.
+    """
     host, port = parse_address(address)
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -94,7 +102,16 @@ def connect(address: str, logging_level: int, log_to_driver: bool) -> None:
     """Join the Ray cluster at ``address`` as this process's driver (after :func:`probe`).
     A process already connected to a Ray (an earlier run in the same process) is
     disconnected first. Ray's refusals
-    (version mismatch, not a GCS) become a :class:`~fedssl.run_spec.ConfigError`."""
+    (version mismatch, not a GCS) become a :class:`~fedssl.run_spec.ConfigError`.
+
+    Args:
+        address: the Ray head's ``host:port``.
+        logging_level: Ray's logging level.
+        log_to_driver: forward the workers' logs to this process.
+
+    Raises:
+        ConfigError: if the address does not answer or Ray refuses to join.
+    """
     import ray
 
     probe(address)
@@ -117,7 +134,12 @@ def _client_slots(resources: dict[str, float], cpus: float, gpus: float) -> int:
 
 def client_nodes(cpus: float, gpus: float) -> list[dict[str, Any]]:
     """The alive nodes of the connected cluster that can host at least one client, each
-    with ``slots``, its number of client actors."""
+    with ``slots``, its number of client actors.
+
+    Args:
+        cpus: the CPUs a client needs.
+        gpus: the GPUs a client needs.
+    """
     import ray
 
     nodes = []
@@ -150,7 +172,12 @@ def _digest(path: Path) -> str:
 
 def node_report(run_dir: str, data_path: str) -> NodeReport:
     """Run on a node: can it import the ClientApp, does it see the run directory (the digest
-    of its config.toml) and may it write there, does it see the data path."""
+    of its config.toml) and may it write there, does it see the data path.
+
+    Args:
+        run_dir: the run directory.
+        data_path: the data path ("": none).
+    """
     import importlib
     import importlib.metadata
 
@@ -171,7 +198,16 @@ def node_problems(where: str, report: NodeReport, config_digest: str, version: s
                   run_dir: Path, data_path: str) -> list[str]:
     """What keeps the node ``where`` from running this run's clients, one line each (none:
     it can): ``report`` is what it sees, ``config_digest`` the driver's ``config.toml``
-    digest and ``version`` its fedssl version."""
+    digest and ``version`` its fedssl version.
+
+    Args:
+        where: names the node in the messages.
+        report: the node's :class:`NodeReport`.
+        config_digest: the digest of the driver's ``config.toml``.
+        version: the driver's fedssl version.
+        run_dir: the run directory (for the messages).
+        data_path: the data path (for the messages).
+    """
     problems = []
     if report.import_error:
         problems.append(f"{where} cannot import fedssl's ClientApp: {report.import_error}")
@@ -195,7 +231,19 @@ def check_nodes(address: str, run_dir: Path, data_path: str, cpus: float, gpus: 
     has another fedssl version, does not see this run directory (its ``config.toml``, same
     bytes) or cannot write there, or lacks ``data_path`` is a
     :class:`~fedssl.run_spec.ConfigError` naming the node and what to fix, as is a cluster
-    with no node for a client of this size."""
+    with no node for a client of this size.
+
+    Args:
+        address: the Ray head's address (for the messages).
+        run_dir: the run directory.
+        data_path: the data path ("": none).
+        cpus: the CPUs a client needs.
+        gpus: the GPUs a client needs.
+        timeout: the seconds to wait for the nodes' reports.
+
+    Raises:
+        ConfigError: for a node that cannot run this run's clients, or no node that can.
+    """
     import importlib.metadata
 
     import ray

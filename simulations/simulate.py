@@ -96,6 +96,14 @@ def preflight(cfg: ExperimentConfig, say: Callable[[str], None] = print) -> SSLD
 
     Every data choice is printed with ``say``: the dataset (and whether it was inferred from
     the data path), records, channels, labels, the evaluation split and how it was made.
+
+    Args:
+        cfg: the experiment's settings.
+        say: prints a line.
+
+    Raises:
+        DPSoundnessError: under DP, for a method that is not per-record decomposable.
+        AccountingError: under DP, for a delta not below 1 / the pool's records.
     """
     from fedssl.privacy.accounting.budget import check_delta
     from fedssl.privacy.dp_sgd.opacus_engine import require_dp_sound
@@ -364,7 +372,16 @@ def _record_changes(run_dir: Path, raw: dict[str, Any], cfg: ExperimentConfig,
 
 def extension_notes(run_dir: Path, cfg: ExperimentConfig, done: int) -> list[tuple[bool, str]]:
     """What extending the run in ``run_dir`` to ``cfg.rounds`` rounds after round ``done``
-    costs each client (:func:`fedssl.server.extension.extension_costs`); nothing without DP."""
+    costs each client (:func:`fedssl.server.extension.extension_costs`); nothing without DP.
+
+    Args:
+        run_dir: the run directory.
+        cfg: the experiment's settings (rounds and DP settings).
+        done: the last round completed.
+
+    Returns:
+        ``(is_warning, text)`` pairs, one per client.
+    """
     if not cfg.dp:
         return []
     return extension_costs(run_dir, cfg.rounds, done, target_epsilon=cfg.target_epsilon,
@@ -396,6 +413,22 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False,
     SIGINT (Ctrl-C) and SIGTERM stop the run within seconds: the simulation is torn down
     (:func:`_tear_down`) and :class:`RunInterruptedError` says what was kept; its
     ``exit_code`` is 130 or 143.
+
+    Args:
+        cfg: the experiment's settings.
+        verbose: show Flower's and Ray's output.
+        resume: continue the run in the run directory (``cfg.out``).
+        extend: let a resume add rounds.
+
+    Returns:
+        The run directory.
+
+    Raises:
+        ConfigError: for invalid settings, or a resume or extension that is refused.
+        FileExistsError: if the run directory already holds a run and ``resume`` is off.
+        FileNotFoundError: with ``resume``, if the run directory holds no round.
+        RunInUseError: if another process holds the run directory.
+        RunInterruptedError: on SIGINT or SIGTERM.
     """
     threads_before = set(threading.enumerate())
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)

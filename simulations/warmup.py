@@ -39,7 +39,15 @@ def warmup(msg: Message, context: Context) -> Message:
     """The client side: load this worker's code and data, and run two training steps (the
     round's DP engine included) of a throwaway model on random inputs shaped like the
     records. The site's records are only loaded: no gradient of them is computed, nothing is
-    sent back but a status, and no privacy is spent."""
+    sent back but a status, and no privacy is spent.
+
+    Args:
+        msg: the server's warm-up query.
+        context: the node's Flower context.
+
+    Returns:
+        A status reply ("ok" or why the warm-up failed).
+    """
     config = msg.content["config"]
     start = time.perf_counter()
     try:
@@ -72,14 +80,26 @@ def warmup_config(run: ServerRun) -> ConfigRecord:
 
 def start(grid: Any, config: ConfigRecord, nodes: list[int]) -> set[str]:
     """Send ``query.warmup`` to ``nodes`` (one per simulation worker); returns the message
-    ids whose replies :func:`await_replies` collects."""
+    ids whose replies :func:`await_replies` collects.
+
+    Args:
+        grid: the ServerApp's grid.
+        config: the warm-up's config.
+        nodes: the node ids to warm up.
+    """
     messages = [Message(RecordDict({"config": ConfigRecord(dict(config))}), dst_node_id=node,
                         message_type=MESSAGE_TYPE) for node in nodes]
     return set(grid.push_messages(messages)) if messages else set()
 
 
 def await_replies(grid: Any, ids: set[str], timeout: float) -> None:
-    """Collect (and drop) the replies to ``ids``, waiting at most ``timeout`` seconds."""
+    """Collect (and drop) the replies to ``ids``, waiting at most ``timeout`` seconds.
+
+    Args:
+        grid: the ServerApp's grid.
+        ids: the message ids awaited; emptied as the replies arrive.
+        timeout: the most seconds to wait.
+    """
     end = time.monotonic() + timeout
     while ids and time.monotonic() < end:
         ids -= {m.metadata.reply_to_message_id for m in grid.pull_messages(ids)}
@@ -95,7 +115,12 @@ def prepare_grid(grid: Any, run: ServerRun) -> None:
     awaits before it sends anything. It first waits (at most the round timeout) until the
     engine has registered ``run.num_clients`` nodes
     (:func:`fedssl.server.federation_nodes.await_nodes`): Flower starts the ServerApp
-    before it registers them."""
+    before it registers them.
+
+    Args:
+        grid: the ServerApp's in-memory grid.
+        run: the checked run (warm-up workers, clients, round timeout).
+    """
     dispatch.tune_grid(grid)
     workers = run.warmup_workers
     if workers <= 0:
