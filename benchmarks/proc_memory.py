@@ -58,8 +58,12 @@ def process_label(pid: int) -> str:
     if head.startswith("ray::"):
         return argv[0].split()[0]
     if head.startswith("python") and len(argv) > 1:
-        arg = argv[2] if argv[1] == "-m" and len(argv) > 2 else argv[1]
-        return f"python {arg.split('/')[-1]}"
+        rest = argv[1:]
+        while rest and rest[0].startswith("-") and rest[0] != "-m":  # -u, -B, -X ...
+            rest = rest[1:]
+        if rest[:1] == ["-m"]:
+            rest = rest[1:]
+        return f"python {rest[0].split('/')[-1]}" if rest else "python"
     return head
 
 
