@@ -40,8 +40,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
-BLOCK = re.compile(r"(<!-- results: (?P<spec>.*?)-->\n)(?P<body>.*?)(<!-- end results -->)",
-                   re.S)
+#: a block: the comment opens a line, its table follows, the end comment opens a line
+BLOCK = re.compile(r"(^<!-- results: (?P<spec>.*?)-->\n)(?P<body>.*?)(^<!-- end results -->)",
+                   re.S | re.M)
 
 
 class TableSpecError(ValueError):
