@@ -166,12 +166,10 @@ class NegativeBank:
         if tuple(input_shape) != (1, 40):
             raise DataError(f"negative bank: mnist1d-public records have shape (1, 40), the "
                             f"model's input shape is {tuple(input_shape)}")
-        from mnist1d.data import get_dataset_args, make_dataset
+        from fedssl.ssl_core.data.generated import make_mnist1d
 
-        args = get_dataset_args()
-        args.num_samples, args.train_split = int(size) + 20, 1.0
-        args.seed = MNIST1D_PUBLIC_SEED + int(seed)
-        x = np.asarray(make_dataset(args)["x"], dtype=np.float32)[:size, None, :]
+        data = make_mnist1d(int(size) + 20, MNIST1D_PUBLIC_SEED + int(seed), train_split=1.0)
+        x = np.asarray(data["x"], dtype=np.float32)[:size, None, :]
         return cls(torch.from_numpy((x - x.mean()) / (x.std() or 1.0)), "mnist1d-public")
 
     @classmethod
