@@ -15,8 +15,10 @@ comment says which rows and columns, and how to label them::
     ...
     <!-- end results -->
 
-A ``row:`` names a row of the file by its ``setting`` (``-> label`` renames it); a ``col:``
-names a metric of the rows' ``summary``. A cell is the mean over seeds, ``± std`` when more
+A ``row:`` names a row of the file by its ``setting`` (``-> label`` renames it), with
+``| field=value`` qualifiers where two rows share a setting (``row: federated no DP |
+partition=iid -> same, IID``); a ``col:`` names a metric of the rows' ``summary``, or
+``seeds`` for the number of seeds a row averages. A cell is the mean over seeds, ``± std`` when more
 than one seed differs (a deterministic row, e.g. raw-input logistic regression, shows its
 value alone); ``-`` where a row lacks the metric. ``table: KEY`` instead inserts the file's
 own stored Markdown table (``simulation.json``'s ``table``) as it is.
@@ -114,17 +116,33 @@ def render(spec: TableSpec, results: Path = RESULTS) -> str:
         if spec.table not in data:
             raise TableSpecError(f"{spec.file} stores no {spec.table!r}")
         return str(data[spec.table]).rstrip("\n") + "\n"
-    by_setting = {r["setting"]: r for r in data["rows"]}
     head = f"| {spec.first} | " + " | ".join(label for _, label in spec.cols) + " |"
     lines = [head, "|" + "---|" * (len(spec.cols) + 1)]
-    for setting, label in spec.rows:
-        if setting not in by_setting:
-            raise TableSpecError(f"{spec.file} has no row {setting!r}; it has "
-                                 f"{sorted(by_setting)}")
-        summary = by_setting[setting]["summary"]
-        lines.append(f"| {label} | " + " | ".join(cell(summary, k) for k, _ in spec.cols)
-                     + " |")
+    for selector, label in spec.rows:
+        row = find_row(data["rows"], selector, spec.file)
+        lines.append(f"| {label} | " + " | ".join(
+            str(len(row.get("seeds", []))) if k == "seeds" else cell(row["summary"], k)
+            for k, _ in spec.cols) + " |")
     return "\n".join(lines) + "\n"
+
+
+def find_row(rows: list[dict[str, Any]], selector: str, file: str) -> dict[str, Any]:
+    """The one row ``selector`` names: its ``setting``, then ``| field=value`` qualifiers.
+
+    Raises:
+        TableSpecError: when no row, or more than one, matches.
+    """
+    setting, *quals = (part.strip() for part in selector.split("|"))
+    wanted = dict(q.partition("=")[::2] for q in quals)
+    found = [r for r in rows if r["setting"] == setting
+             and all(str(r.get(k)) == v.strip() for k, v in wanted.items())]
+    if not found:
+        raise TableSpecError(f"{file} has no row {selector!r}; it has "
+                             f"{sorted({r['setting'] for r in rows})}")
+    if len(found) > 1:
+        raise TableSpecError(f"{file}: {len(found)} rows match {selector!r}; qualify it "
+                             "with | field=value (e.g. | partition=iid)")
+    return found[0]
 
 
 def regenerate(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:

@@ -51,3 +51,18 @@ def test_cells_and_bad_specs() -> None:
     spec = results_tables.parse_spec("quality_digits.json\ncol: knn_accuracy\nrow: nope")
     with pytest.raises(results_tables.TableSpecError, match="has no row 'nope'"):
         results_tables.render(spec)
+
+
+def test_rows_sharing_a_setting_are_told_apart_by_a_qualifier() -> None:
+    rows = [{"setting": "fed", "partition": "iid", "seeds": [0], "summary": {}},
+            {"setting": "fed", "partition": "dirichlet", "seeds": [0, 1, 2],
+             "summary": {"a": {"mean": 0.25, "std": 0.0, "n": 3}}}]
+    assert results_tables.find_row(rows, "fed | partition=dirichlet", "f.json") is rows[1]
+    with pytest.raises(results_tables.TableSpecError, match="2 rows match 'fed'"):
+        results_tables.find_row(rows, "fed", "f.json")
+    with pytest.raises(results_tables.TableSpecError, match="has no row"):
+        results_tables.find_row(rows, "fed | partition=shard", "f.json")
+    spec = results_tables.parse_spec(
+        "quality_mnist1d_issue13.json\ncol: seeds\ncol: linear_probe_accuracy\n"
+        "row: federated infonce-public DP eps=8 | partition=dirichlet -> x")
+    assert results_tables.render(spec).splitlines()[-1] == "| x | 3 | 0.883 ± 0.002 |"
