@@ -51,7 +51,9 @@ class Accountant(ABC, Generic[E]):
       CLT of Gaussian DP, is not, and must never be used for a budget); :attr:`budget`:
       whether clients may plan and record their budgets with it (the run setting
       ``accountant``; :func:`budget_accountants` lists them, so a new one is added here
-      alone);
+      alone); :attr:`audit`: whether ``fedssl audit`` recomputes every ledger claim with it
+      (:func:`audit_accountants`: its columns, in registration order); :attr:`label`: who
+      computes it and the paper, for reports;
     * :attr:`event`: what one history item is (e.g. :data:`Segment`);
     * :meth:`epsilon`: the cumulative epsilon of a whole history at ``delta``; composition is
       order-independent, so the result depends on the multiset of releases only.
@@ -70,6 +72,11 @@ class Accountant(ABC, Generic[E]):
     #: clients may budget with it (needs ``upper_bound`` and a Gaussian history, :meth:`
     #: GaussianAccountant.calibrate`); the ledger records its name
     budget: ClassVar[bool] = False
+    #: ``fedssl audit`` recomputes every ledger claim with it (needs ``upper_bound`` and a
+    #: Gaussian history); the audit's tables and ``audit.json`` name it by :attr:`name`
+    audit: ClassVar[bool] = False
+    #: who computes it and the paper, for reports (e.g. ``"Opacus PRV (Gopi et al. 2021)"``)
+    label: ClassVar[str] = ""
     event: ClassVar[Any] = object
 
     def __init__(self) -> None:
@@ -196,6 +203,14 @@ def gaussian_accountants() -> tuple[str, ...]:
     """Every accountant whose epsilon bounds the Poisson-subsampled Gaussian mechanism (the
     first is the default), in registration order."""
     return accountant_names(lambda c: c.upper_bound and issubclass(c, GaussianAccountant))
+
+
+def audit_accountants() -> tuple[str, ...]:
+    """The accountants ``fedssl audit`` recomputes every claim with (:attr:`Accountant.audit`:
+    guaranteed upper bounds of the Poisson-subsampled Gaussian mechanism), in registration
+    order, which is the order of the audit's columns."""
+    return accountant_names(lambda c: c.audit and c.upper_bound
+                            and issubclass(c, GaussianAccountant))
 
 
 @contextmanager

@@ -79,6 +79,8 @@ class PLDAccountant(DpAccountingAccountant):
     discretisation (default :func:`pld_interval` of the ``dpa-rdp`` epsilon of the history)."""
 
     name = "pld"
+    audit = True
+    label = "dp-accounting PLD, pessimistic connect-the-dots (Doroshenko et al. 2022)"
 
     def __init__(self, interval: float | None = None) -> None:
         super().__init__()
@@ -99,6 +101,8 @@ class DpaRDPAccountant(DpAccountingAccountant):
     """dp-accounting RDP (Mironov 2017), conservative."""
 
     name = "dpa-rdp"
+    audit = True
+    label = "dp-accounting RDP (Mironov 2017), conservative"
 
     def _new(self, history: Sequence[Segment], deltas: Sequence[float]) -> Any:
         from dp_accounting.rdp import RdpAccountant

@@ -116,6 +116,8 @@ class PRVAccountant(OpacusAccountant):
 
     name = "prv"
     budget = True
+    audit = True
+    label = "Opacus PRV (Gopi et al. 2021)"
 
 
 @register_accountant
@@ -124,6 +126,7 @@ class RDPAccountant(OpacusAccountant):
 
     name = "rdp"
     budget = True
+    label = "Opacus RDP (Mironov 2017)"
 
 
 @register_accountant
@@ -132,3 +135,4 @@ class GDPAccountant(OpacusAccountant):
 
     name = "gdp"
     upper_bound = False
+    label = "Opacus GDP (Dong, Roth & Su 2019)"

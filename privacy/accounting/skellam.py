@@ -71,6 +71,7 @@ class SkellamAccountant(Accountant[SkellamRound]):
     """RDP accountant of the Skellam mechanism (a guaranteed upper bound)."""
 
     name = "skellam"
+    label = "Skellam RDP (Agarwal, Kairouz & Liu 2021)"
     event = SkellamRound
 
     def step(self, round: SkellamRound) -> None:

@@ -30,6 +30,7 @@ from fedssl.privacy.accounting import budget_accountants
 from fedssl.privacy.accounting.budget import Segment
 from fedssl.privacy.audit.accounting import (
     PRV_EPS_ERROR,
+    REFERENCE,
     pld_epsilons,
     prv_epsilons,
     recompute,
@@ -284,23 +285,23 @@ def check_epsilons(res: AuditResult, audit: ClientAudit) -> None:
         return
     life = recompute(_history(checks), tuple(c.delta for c in checks))
     for i, c in enumerate(checks):
-        c.lifetime_prv, c.lifetime_pld, c.lifetime_rdp = (
-            life["prv"][i], life["pld"][i], life["rdp"][i])
+        c.lifetime_epsilons = {a: eps[i] for a, eps in life.items()}
     groups: dict[str, list[EntryCheck]] = {}
     for c in checks:
         groups.setdefault(c.run, []).append(c)
     for run, group in groups.items():
         if run == LEGACY_RUN:  # computed over the whole ledger when written
             for c in group:
-                c.prv, c.pld, c.rdp = c.lifetime_prv, c.lifetime_pld, c.lifetime_rdp
+                c.epsilons = dict(c.lifetime_epsilons)
             continue
-        eps = recompute(_history(group), tuple(c.delta for c in group))
+        run_eps = recompute(_history(group), tuple(c.delta for c in group))
         for i, c in enumerate(group):
-            c.prv, c.pld, c.rdp = eps["prv"][i], eps["pld"][i], eps["rdp"][i]
+            c.epsilons = {a: eps[i] for a, eps in run_eps.items()}
     tol = res.tolerance
     name = audit.client
     for c in checks:
         ref = c.reference
+        prv, pld = (c.epsilons.get(a, math.nan) for a in REFERENCE)
         other = "" if c.run == audit.run_id else f" (run {c.run})"
         if math.isnan(ref):
             res.add(Severity.ERROR, FindingKind.ACCOUNTANT_FAILURE,
@@ -309,7 +310,7 @@ def check_epsilons(res: AuditResult, audit: ClientAudit) -> None:
         if c.recorded < ref * (1 - tol):
             res.add(Severity.ERROR, FindingKind.EPSILON_UNDERSTATED,
                     f"recorded epsilon{other} {c.recorded:.4g} is below the recomputed "
-                    f"{ref:.4g} (max of PRV {c.prv:.4g}, PLD {c.pld:.4g}) by "
+                    f"{ref:.4g} (max of prv {prv:.4g}, pld {pld:.4g}) by "
                     f"{100 * (1 - c.recorded / ref):.1f} % (> {100 * tol:g} %)", name, c.round)
         lref = c.lifetime_reference
         if not math.isnan(lref) and c.recorded_lifetime < lref * (1 - tol):
@@ -317,16 +318,18 @@ def check_epsilons(res: AuditResult, audit: ClientAudit) -> None:
                     f"recorded lifetime epsilon{other} {c.recorded_lifetime:.4g} is below the "
                     f"recomputed composition of every entry so far {lref:.4g} by more than "
                     f"{100 * tol:g} %", name, c.round)
-        finite = [v for v in (c.prv, c.pld) if math.isfinite(v)]
+        finite = [v for v in (prv, pld) if math.isfinite(v)]
         if len(finite) == 2 and abs(finite[0] - finite[1]) > (
                 AGREEMENT_TOLERANCE * max(finite) + 2 * PRV_EPS_ERROR):
             res.add(Severity.WARNING, FindingKind.ACCOUNTANT_DISAGREEMENT,
-                    f"PRV {c.prv:.4g} and PLD {c.pld:.4g} differ by more than "
+                    f"prv {prv:.4g} and pld {pld:.4g} differ by more than "
                     f"{100 * AGREEMENT_TOLERANCE:g} % + {2 * PRV_EPS_ERROR:g}", name, c.round)
-        if math.isfinite(c.rdp) and finite and c.rdp < min(finite) * (1 - tol):
-            res.add(Severity.WARNING, FindingKind.ACCOUNTANT_DISAGREEMENT,
-                    f"RDP {c.rdp:.4g} is below PRV/PLD {min(finite):.4g}: one accountant "
-                    "is not an upper bound here", name, c.round)
+        for other_name, eps in c.epsilons.items():  # the looser cross-checks (dpa-rdp)
+            if (other_name not in REFERENCE and math.isfinite(eps) and finite
+                    and eps < min(finite) * (1 - tol)):
+                res.add(Severity.WARNING, FindingKind.ACCOUNTANT_DISAGREEMENT,
+                        f"{other_name} {eps:.4g} is below prv/pld {min(finite):.4g}: one "
+                        "accountant is not an upper bound here", name, c.round)
     if res.budget is not None:  # a run's target: checked against the run's epsilon
         for c in audit.entries:
             if c.recorded > res.budget:

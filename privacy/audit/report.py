@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 
 from fedssl.atomic import atomic_write_text
+from fedssl.privacy.accounting import REGISTRY, audit_accountants
+from fedssl.privacy.audit.accounting import REFERENCE
 from fedssl.privacy.audit.findings import AuditResult, ClientAudit
 
 
@@ -19,9 +21,10 @@ def _fmt(x: float | None) -> str:
     return "inf" if math.isinf(x) else f"{x:.3f}"
 
 
-TABLE_HEADER = ("client", "rounds", "steps", "recorded eps", "PRV", "PLD", "RDP",
+#: the table's columns; the recomputed epsilons are headed by the accountants' registry names
+TABLE_HEADER = ("client", "rounds", "steps", "recorded eps", *audit_accountants(),
                 "lifetime eps", "runs", "key", "status")
-_LEFT = (0, 9, 10)
+_LEFT = (0, len(TABLE_HEADER) - 2, len(TABLE_HEADER) - 1)
 
 
 def _key_status(c: ClientAudit) -> str:
@@ -38,8 +41,9 @@ def table_rows(res: AuditResult) -> list[tuple[str, ...]]:
     for c in res.clients:
         last, life = c.last, c.lifetime
         rows.append((c.client, str(len(c.entries)), str(c.steps),
-                     _fmt(last.recorded if last else None), _fmt(last.prv if last else None),
-                     _fmt(last.pld if last else None), _fmt(last.rdp if last else None),
+                     _fmt(last.recorded if last else None),
+                     *(_fmt(last.epsilons.get(a) if last else None)
+                       for a in audit_accountants()),
                      _fmt(life.recorded_lifetime if life else None), str(len(c.runs)),
                      _key_status(c), c.status))
     return rows
@@ -111,12 +115,14 @@ def format_markdown(res: AuditResult, plot: str | None) -> str:
              f"{res.run_id if res.run_id is not None else 'the last run of each ledger'}",
              f"- identity registry: {res.registry or 'NONE (ledger keys not checked)'}",
              f"- budget: {res.budget} ({res.budget_source if res.budget is not None else '-'})",
-             "- accountants: PRV (Opacus; Gopi et al. 2021), PLD (dp-accounting, pessimistic "
-             "connect-the-dots; Doroshenko et al. 2022), RDP (dp-accounting; Mironov 2017). "
-             f"Reference = max(PRV, PLD); tolerance {100 * res.tolerance:g} %.", "",
+             "- accountants: " + "; ".join(f"`{a}`: {REGISTRY[a].label or a}"
+                                           for a in audit_accountants())
+             + f". Reference = max({', '.join(REFERENCE)}); tolerance "
+             f"{100 * res.tolerance:g} %.", "",
              "## Clients (cumulative epsilon after the run's last entry)", "",
-             "`recorded eps` and PRV/PLD/RDP: this run's epsilon; `lifetime eps`: the "
-             "recorded composition of every entry of the site's ledger (all runs).", "",
+             f"`recorded eps` and {', '.join(f'`{a}`' for a in audit_accountants())}: this "
+             "run's epsilon; `lifetime eps`: the recorded composition of every entry of the "
+             "site's ledger (all runs).", "",
              "| " + " | ".join(TABLE_HEADER) + " |",
              "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(res)]
@@ -131,7 +137,7 @@ def format_markdown(res: AuditResult, plot: str | None) -> str:
     if multi:
         lines += ["", "## Sites whose ledger spans runs", "",
                   "| client | runs (entries) | run eps | lifetime eps recorded | "
-                  "lifetime max(PRV, PLD) |", "|---|---|---|---|---|"]
+                  f"lifetime max({', '.join(REFERENCE)}) |", "|---|---|---|---|---|"]
         for c in multi:
             life = c.lifetime
             lines.append(
