@@ -47,18 +47,44 @@ __all__ = ["PRV_EPS_ERROR", "REFERENCE", "audit_accountants", "dpa_rdp_epsilons"
 def pld_epsilons(history: Sequence[Segment], deltas: Sequence[float],
                  interval: float | None = None) -> list[float]:
     """Cumulative epsilon after each segment, Google dp-accounting PLD (pessimistic; the
-    interval defaults to :func:`pld_interval` of the ``dpa-rdp`` epsilon)."""
+    interval defaults to :func:`pld_interval` of the ``dpa-rdp`` epsilon).
+
+    Args:
+        history: the segments ``(noise multiplier / sensitivity, sample rate, steps)``.
+        deltas: the delta of each segment's claim, one per segment.
+        interval: the PLD's value-discretisation interval.
+
+    Returns:
+        One cumulative epsilon per segment.
+    """
     return create_accountant("pld", interval=interval).epsilons(history, deltas)
 
 
 def dpa_rdp_epsilons(history: Sequence[Segment], deltas: Sequence[float]) -> list[float]:
     """Cumulative epsilon after each segment, Google dp-accounting RDP (``dpa-rdp``,
-    conservative)."""
+    conservative).
+
+    Args:
+        history: the segments ``(noise multiplier / sensitivity, sample rate, steps)``.
+        deltas: the delta of each segment's claim, one per segment.
+
+    Returns:
+        One cumulative epsilon per segment.
+    """
     return create_accountant("dpa-rdp").epsilons(history, deltas)
 
 
 def prv_epsilons(history: Sequence[Segment], deltas: Sequence[float]) -> list[float]:
-    """Cumulative epsilon after each segment, Opacus PRV (the project's accountant)."""
+    """Cumulative epsilon after each segment, Opacus PRV (the project's accountant).
+
+    Args:
+        history: the segments ``(noise multiplier / sensitivity, sample rate, steps)``.
+        deltas: the delta of each segment's claim, one per segment.
+
+    Returns:
+        One cumulative epsilon per segment; ``nan`` where Opacus fails (an accountant failure,
+        never a pass).
+    """
     return [_prv(tuple(history[: i + 1]), delta) for i, delta in enumerate(deltas)]
 
 
@@ -102,6 +128,14 @@ def recompute(history: tuple[Segment, ...], deltas: tuple[float, ...],
 
 
 def reference_epsilon(prv: float, pld: float) -> float:
-    """The audit's reference: the larger of the two tight upper bounds that are finite."""
+    """The audit's reference: the larger of the two tight upper bounds that are finite.
+
+    Args:
+        prv: the ``prv`` epsilon (``nan`` if it failed).
+        pld: the ``pld`` epsilon (``nan`` if it failed).
+
+    Returns:
+        The larger of the two, the one that is not ``nan``, or ``nan`` if both are.
+    """
     vals = [v for v in (prv, pld) if not math.isnan(v)]
     return max(vals) if vals else math.nan

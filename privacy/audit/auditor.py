@@ -132,7 +132,14 @@ def read_config_table(path: Path) -> dict[str, Any]:
 
     Reads the simulator's format (an ``[experiment]`` table), the server's (a ``[run]`` table
     of kebab-case run-config keys, :mod:`fedssl.server.run_record`: mapped to the same names,
-    ``num-server-rounds`` to ``rounds``), or a bare top-level table."""
+    ``num-server-rounds`` to ``rounds``), or a bare top-level table.
+
+    Args:
+        path: the run's ``config.toml``.
+
+    Returns:
+        The settings under the simulator's snake-case names.
+    """
     raw = tomllib.loads(path.read_text())
     if isinstance(raw.get("experiment"), dict):
         return dict(raw["experiment"])
@@ -195,6 +202,9 @@ def audit_run(
             is a finding.
         run_id: the run to audit (default ``RUN/run_id``, the config's ``run_id``, else
             each ledger's last run).
+
+    Returns:
+        The result: per-client recomputations, findings (each fails the audit) and notes.
     """
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)

@@ -58,7 +58,14 @@ DEFAULT_TOLERANCE = 0.01
 AGREEMENT_TOLERANCE = 0.05
 
 def key_fingerprint(key: Ed25519PublicKey) -> str:
-    """``SHA256:`` and the first 16 hex digits of SHA-256 over the raw 32-byte public key."""
+    """``SHA256:`` and the first 16 hex digits of SHA-256 over the raw 32-byte public key.
+
+    Args:
+        key: an Ed25519 public key.
+
+    Returns:
+        The fingerprint, e.g. ``SHA256:0123456789abcdef``.
+    """
     import hashlib
 
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -87,6 +94,14 @@ def _method_sensitivity(method: str | None) -> int | None:
 
 
 def check_config(res: AuditResult, cfg: Mapping[str, Any]) -> None:
+    """Add a finding for each unsound DP setting of the run's configuration: an unknown or
+    non-decomposable method, no noise and no target, an accountant that is not an upper
+    bound, no clipping, a delta outside (0, 1). Nothing is checked when DP is off.
+
+    Args:
+        res: the audit's result, which collects the findings.
+        cfg: the run's settings (:func:`~fedssl.privacy.audit.auditor.read_config_table`).
+    """
     from fedssl.ssl_core.objectives import OBJECTIVES
 
     if not res.dp:
@@ -127,7 +142,17 @@ def load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
     """Verify a ledger, turning every failure into a finding; returns what can be read.
 
     Signatures are verified with the ``.pub`` next to the ledger (the registry's key when
-    that is missing); the ``.pub`` must then be the registry's key for the client."""
+    that is missing); the ``.pub`` must then be the registry's key for the client.
+
+    Args:
+        res: the audit's result, which collects the findings.
+        path: the ledger, ``RUN/ledger/<client>.jsonl``.
+        audit: the client's audit (signature, chain and key status are set on it).
+        registry: the identity registry's keys by client id, or None without one.
+
+    Returns:
+        The entries that could be read (empty if the ledger is unreadable).
+    """
     name = audit.client
     pub = path.with_suffix(".pub")
     key = None
@@ -201,6 +226,15 @@ def load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
 
 
 def check_entries(res: AuditResult, audit: ClientAudit, entries: list[LedgerEntry]) -> None:
+    """Check each entry of one client's ledger: its client name, parameters, delta and the
+    sensitivity the run's method needs; fills ``audit.entries`` (the audited run's) and
+    ``audit.all_entries`` with one :class:`EntryCheck` each.
+
+    Args:
+        res: the audit's result, which collects the findings.
+        audit: the client's audit.
+        entries: the ledger's verified entries.
+    """
     name = audit.client
     for e in entries:
         if e.client != name:
@@ -277,7 +311,12 @@ def _history(checks: Sequence[EntryCheck]) -> tuple[Segment, ...]:
 
 def check_epsilons(res: AuditResult, audit: ClientAudit) -> None:
     """Recompute every entry's run epsilon (its run's entries composed; a legacy entry's
-    claim is over the whole ledger) and lifetime epsilon (every entry composed)."""
+    claim is over the whole ledger) and lifetime epsilon (every entry composed).
+
+    Args:
+        res: the audit's result, which collects the findings.
+        audit: the client's audit; its entries get their recomputed epsilons.
+    """
     checks = audit.all_entries
     valid = [c for c in checks if 0 < c.sample_rate <= 1 and 0 < c.delta < 1 and c.steps >= 0
              and math.isfinite(c.sensitivity)]
@@ -346,7 +385,12 @@ def check_epsilons(res: AuditResult, audit: ClientAudit) -> None:
 
 
 def check_report(res: AuditResult, path: Path) -> None:
-    """Cross-check the run's ``report.json`` (``path``) against the verified ledgers."""
+    """Cross-check the run's ``report.json`` (``path``) against the verified ledgers.
+
+    Args:
+        res: the audit's result, which collects the findings.
+        path: the run's ``report.json``.
+    """
     if not path.exists():
         res.notes.append("report.json not found (run unfinished?): report not cross-checked")
         return
@@ -417,7 +461,12 @@ def check_client_level(res: AuditResult, path: Path) -> None:
     """Recompute the client-level DP claim of ``report.json`` (central DP-FedAvg: PRV and PLD
     over the Poisson-subsampled Gaussian; distributed Skellam: the Skellam RDP bound from the
     per-round sensitivities, never below the Gaussian mechanism with the same noise);
-    ``path`` is the run's ``report.json``."""
+    ``path`` is the run's ``report.json``.
+
+    Args:
+        res: the audit's result, which collects the findings.
+        path: the run's ``report.json``.
+    """
     try:
         level = (json.loads(path.read_text()).get("privacy") or {}).get("client_level")
     except (OSError, ValueError, AttributeError):

@@ -205,12 +205,28 @@ class AuditResult:
 
     def add(self, severity: Severity, kind: FindingKind, message: str, client: str | None = None,
             round: int | None = None) -> None:
+        """Record a finding, and its kind on the client's audit when it names one.
+
+        Args:
+            severity: how bad it is.
+            kind: what it is about.
+            message: what was found, for people.
+            client: the client it concerns, if any.
+            round: the round it concerns, if any.
+        """
         self.findings.append(Finding(severity, kind, message, client, round))
         for c in self.clients:
             if client is not None and c.client == client:
                 c.kinds.append(kind)
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data: ``audit.json`` (non-finite floats as ``None``, ``"inf"``
+        or ``"-inf"``).
+
+        Returns:
+            The run's settings, each client's verification and epsilons (keyed by the audit
+            accountants' registry names), the findings, notes and empirical audits.
+        """
         def clean_float(x: Any) -> Any:
             if isinstance(x, float) and not math.isfinite(x):
                 return None if math.isnan(x) else ("inf" if x > 0 else "-inf")

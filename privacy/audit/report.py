@@ -36,7 +36,14 @@ def _key_status(c: ClientAudit) -> str:
 
 def table_rows(res: AuditResult) -> list[tuple[str, ...]]:
     """One row per client: this run's last cumulative epsilons (recorded, recomputed), the
-    site's lifetime epsilon (recorded, all runs), its runs and its key."""
+    site's lifetime epsilon (recorded, all runs), its runs and its key.
+
+    Args:
+        res: the audit's result.
+
+    Returns:
+        One row of strings per client, in :data:`TABLE_HEADER` order.
+    """
     rows = []
     for c in res.clients:
         last, life = c.last, c.lifetime
@@ -50,7 +57,14 @@ def table_rows(res: AuditResult) -> list[tuple[str, ...]]:
 
 
 def format_table(res: AuditResult) -> str:
-    """Plain-text table, one row per client (last entry's cumulative epsilons)."""
+    """Plain-text table, one row per client (last entry's cumulative epsilons).
+
+    Args:
+        res: the audit's result.
+
+    Returns:
+        The table, columns aligned, one line per client under a header.
+    """
     rows = [TABLE_HEADER, *table_rows(res)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADER))]
     lines = ["  ".join(v.ljust(w) if i in _LEFT else v.rjust(w)
@@ -60,6 +74,15 @@ def format_table(res: AuditResult) -> str:
 
 
 def format_findings(res: AuditResult) -> str:
+    """The findings, one line each (severity, kind, client and round, message), or
+    ``no findings``.
+
+    Args:
+        res: the audit's result.
+
+    Returns:
+        The lines joined by newlines.
+    """
     if not res.findings:
         return "no findings"
     out = []
@@ -70,7 +93,15 @@ def format_findings(res: AuditResult) -> str:
 
 
 def plot_epsilons(res: AuditResult, path: Path) -> Path | None:
-    """Recorded (solid) vs recomputed reference (dashed) cumulative epsilon per round."""
+    """Recorded (solid) vs recomputed reference (dashed) cumulative epsilon per round.
+
+    Args:
+        res: the audit's result.
+        path: the PNG to write.
+
+    Returns:
+        ``path``, or None when no client has an entry (nothing is written).
+    """
     clients = [c for c in res.clients if c.entries]
     if not clients:
         return None
@@ -109,6 +140,16 @@ def plot_epsilons(res: AuditResult, path: Path) -> Path | None:
 
 
 def format_markdown(res: AuditResult, plot: str | None) -> str:
+    """``report.md``: the result, the clients' table, keys, multi-run sites, client-level DP,
+    findings, notes, the empirical audit and the plot.
+
+    Args:
+        res: the audit's result.
+        plot: the plot's file name relative to ``report.md``, or None.
+
+    Returns:
+        The Markdown text.
+    """
     lines = [f"# Privacy audit of `{res.run_dir}`", "",
              f"**Result: {'CLEAN' if res.clean else f'{len(res.findings)} FINDING(S)'}**", "",
              f"- DP: {res.dp}; method: {res.method}; delta: {res.delta}; run: "
@@ -189,7 +230,16 @@ def format_markdown(res: AuditResult, plot: str | None) -> str:
 
 
 def write_audit(res: AuditResult, out_dir: Path, plot: bool = True) -> dict[str, Path]:
-    """Write ``audit.json``, ``report.md`` and (with ``plot``) ``epsilon.png`` to ``out_dir``."""
+    """Write ``audit.json``, ``report.md`` and (with ``plot``) ``epsilon.png`` to ``out_dir``.
+
+    Args:
+        res: the audit's result.
+        out_dir: the directory to write to (created if missing).
+        plot: also draw ``epsilon.png``.
+
+    Returns:
+        The paths written, by kind: ``json``, ``markdown`` and ``plot``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "audit.json", "markdown": out_dir / "report.md"}
     png = plot_epsilons(res, out_dir / "epsilon.png") if plot else None
