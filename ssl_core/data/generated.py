@@ -14,7 +14,19 @@ from fedssl.ssl_core.data.registry import DataFormat, LoadRequest, register_form
 
 
 def load_mnist1d(num_samples: int = 4000, seed: int = 0, test_fraction: float = 0.2) -> SSLDataset:
-    """Generate MNIST-1D locally (40-sample signals, 10 classes)."""
+    """Generate MNIST-1D locally (40-sample signals, 10 classes).
+
+    Args:
+        num_samples: records in all (at least 20).
+        seed: seeds the generator and the split.
+        test_fraction: the share of records held out for evaluation.
+
+    Returns:
+        The data set, standardised.
+
+    Raises:
+        DataError: ``num_samples`` is below 20.
+    """
     from mnist1d.data import get_dataset_args, make_dataset
 
     if num_samples < 20:
@@ -34,7 +46,15 @@ def load_mnist1d(num_samples: int = 4000, seed: int = 0, test_fraction: float = 
 
 
 def load_digits(seed: int = 0, test_fraction: float = 0.25) -> SSLDataset:
-    """scikit-learn's 8x8 digits (1,797 images, 10 classes), split reproducibly."""
+    """scikit-learn's 8x8 digits (1,797 images, 10 classes), split reproducibly.
+
+    Args:
+        seed: seeds the split.
+        test_fraction: the share of records held out for evaluation.
+
+    Returns:
+        The data set, ``(1, 8, 8)`` records, standardised.
+    """
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
