@@ -97,7 +97,6 @@ def _prv(history: tuple[Segment, ...], delta: float) -> float:
             return math.nan  # reported as an accountant failure, never as a pass
 
 
-@functools.lru_cache(maxsize=1024)
 def recompute(history: tuple[Segment, ...], deltas: tuple[float, ...],
               accountants: tuple[str, ...] | None = None) -> dict[str, list[float]]:
     """Cumulative epsilon after every segment of ``history`` with each accountant.
@@ -111,8 +110,14 @@ def recompute(history: tuple[Segment, ...], deltas: tuple[float, ...],
         Registry name -> the cumulative epsilon after each segment, in ``accountants`` order
         (``nan`` where PRV fails).
     """
-    names = audit_accountants() if accountants is None else accountants
-    history = tuple((float(s), float(q), int(n)) for s, q, n in history)
+    names = audit_accountants() if accountants is None else tuple(accountants)
+    return _recompute(tuple((float(s), float(q), int(n)) for s, q, n in history),
+                      tuple(deltas), names)
+
+
+@functools.lru_cache(maxsize=1024)
+def _recompute(history: tuple[Segment, ...], deltas: tuple[float, ...],
+               names: tuple[str, ...]) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     if "pld" in names or "dpa-rdp" in names:
         out["dpa-rdp"] = dpa_rdp_epsilons(history, deltas)

@@ -106,11 +106,11 @@ from fedssl.privacy.audit.findings import (
     Severity,
 )
 from fedssl.privacy.audit.report import (
-    TABLE_HEADER,
     format_findings,
     format_markdown,
     format_table,
     plot_epsilons,
+    table_header,
     table_rows,
     write_audit,
 )
@@ -118,12 +118,12 @@ from fedssl.privacy.identity.keys import IdentityError, load_registry
 from fedssl.run_layout import RunLayout
 
 __all__ = ["AGREEMENT_TOLERANCE", "DEFAULT_TOLERANCE", "PRV_EPS_ERROR", "REFERENCE",
-           "TABLE_HEADER", "AuditResult", "ClientAudit", "EntryCheck", "Finding",
+           "AuditResult", "ClientAudit", "EntryCheck", "Finding",
            "FindingKind", "Severity", "audit_accountants", "audit_run", "dpa_rdp_epsilons",
            "format_findings", "format_markdown", "format_table", "key_fingerprint",
            "pld_epsilons", "pld_interval", "plot_epsilons", "prv_epsilons",
            "read_config_table", "recompute",
-           "reference_epsilon", "table_rows", "write_audit"]
+           "reference_epsilon", "table_header", "table_rows", "write_audit"]
 
 
 def read_config_table(path: Path) -> dict[str, Any]:

@@ -21,10 +21,16 @@ def _fmt(x: float | None) -> str:
     return "inf" if math.isinf(x) else f"{x:.3f}"
 
 
-#: the table's columns; the recomputed epsilons are headed by the accountants' registry names
-TABLE_HEADER = ("client", "rounds", "steps", "recorded eps", *audit_accountants(),
-                "lifetime eps", "runs", "key", "status")
-_LEFT = (0, len(TABLE_HEADER) - 2, len(TABLE_HEADER) - 1)
+def table_header() -> tuple[str, ...]:
+    """The table's columns, read from the registry when called (so an accountant registered
+    later has its column).
+
+    Returns:
+        The column names; the recomputed epsilons are headed by the audit accountants'
+        registry names (:func:`~fedssl.privacy.accounting.audit_accountants`).
+    """
+    return ("client", "rounds", "steps", "recorded eps", *audit_accountants(),
+            "lifetime eps", "runs", "key", "status")
 
 
 def _key_status(c: ClientAudit) -> str:
@@ -42,7 +48,7 @@ def table_rows(res: AuditResult) -> list[tuple[str, ...]]:
         res: the audit's result.
 
     Returns:
-        One row of strings per client, in :data:`TABLE_HEADER` order.
+        One row of strings per client, in :func:`table_header` order.
     """
     rows = []
     for c in res.clients:
@@ -65,9 +71,11 @@ def format_table(res: AuditResult) -> str:
     Returns:
         The table, columns aligned, one line per client under a header.
     """
-    rows = [TABLE_HEADER, *table_rows(res)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADER))]
-    lines = ["  ".join(v.ljust(w) if i in _LEFT else v.rjust(w)
+    header = table_header()
+    left = (0, len(header) - 2, len(header) - 1)  # client, key, status
+    rows = [header, *table_rows(res)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) if i in left else v.rjust(w)
                        for i, (v, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -164,8 +172,8 @@ def format_markdown(res: AuditResult, plot: str | None) -> str:
              f"`recorded eps` and {', '.join(f'`{a}`' for a in audit_accountants())}: this "
              "run's epsilon; `lifetime eps`: the recorded composition of every entry of the "
              "site's ledger (all runs).", "",
-             "| " + " | ".join(TABLE_HEADER) + " |",
-             "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]
+             "| " + " | ".join(table_header()) + " |",
+             "|" + "|".join("---" for _ in table_header()) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(res)]
     lines += ["", "## Ledger keys (SHA-256 of the raw Ed25519 public key, 16 hex digits)", "",
               "| client | ledger .pub | identity registry | registered as | status |",

@@ -361,6 +361,33 @@ def test_cumulative_epsilons_per_entry_are_monotone() -> None:
     assert eps["pld"][1] == pytest.approx(merged["pld"][0], rel=2e-3)
 
 
+def test_audit_accountants_come_from_the_registry() -> None:
+    """Issue 23.3: the audit's accountants are the registry's classes marked ``audit``, under
+    their registry names; a new one gets its recomputation and its table column without a
+    second name list."""
+    from fedssl.privacy.accounting import REGISTRY, audit_accountants, register_accountant
+    from fedssl.privacy.accounting.dpa import DpaRDPAccountant
+    from fedssl.privacy.audit.auditor import table_header
+
+    assert audit_accountants() == ("prv", "pld", "dpa-rdp")
+    assert "rdp" not in table_header()  # Opacus's RDP: a budget accountant, not the audit's
+
+    @register_accountant
+    class ToyAuditAccountant(DpaRDPAccountant):
+        name = "toy-audit"
+        audit = True
+        label = "a toy"
+
+    try:
+        assert audit_accountants()[-1] == "toy-audit" and "toy-audit" in table_header()
+        eps = recompute(((1.0, 0.05, 20),), (1e-5,))
+        assert list(eps) == ["prv", "pld", "dpa-rdp", "toy-audit"]
+        assert eps["toy-audit"] == eps["dpa-rdp"]
+    finally:
+        REGISTRY.pop("toy-audit", None)
+    assert "toy-audit" not in recompute(((1.0, 0.05, 20),), (1e-5,))
+
+
 # --- keys against the identity registry (issue 16.3b) -----------------------------------------
 def _resign(run: Path, client: str) -> None:
     """A forger rebuilds the client's ledger, same numbers, signed with a fresh key, and
