@@ -5,8 +5,9 @@ should be able to check, without trusting the server or the clients' accountant,
 privacy claim in it holds. This command glues the two audits of :mod:`fedssl.privacy`:
 
 - :mod:`fedssl.privacy.audit.auditor`: ledger signatures and hash chains, cumulative epsilon
-  recomputed with Opacus PRV (Gopi et al. 2021) and Google dp-accounting PLD (Doroshenko et
-  al. 2022) and RDP (Mironov 2017), budgets, delta, configuration soundness, report.json;
+  recomputed with the accountants ``prv`` (Opacus PRV, Gopi et al. 2021), ``pld`` (Google
+  dp-accounting PLD, Doroshenko et al. 2022) and ``dpa-rdp`` (dp-accounting RDP, Mironov
+  2017), budgets, delta, configuration soundness, report.json;
 - :mod:`fedssl.privacy.audit.empirical` (``--empirical``): a one-run canary experiment on
   Opacus's DPOptimizer (Steinke, Nasr & Jagielski, NeurIPS 2023) giving an empirical lower
   bound on epsilon that must not exceed the claim. A lower bound can refute a claim, never
@@ -72,7 +73,8 @@ def add_audit_parser(subparsers: Any) -> None:
         "Audit the privacy claims of a run directory: verify every client's "
         "signed, hash-chained ledger (RUN/ledger/<client>.jsonl against <client>.pub), "
         "recompute each client's cumulative epsilon after every entry with two independent "
-        "accountants (Opacus PRV, Google dp-accounting PLD) plus RDP as a conservative bound, "
+        "accountants (prv: Opacus PRV, pld: Google dp-accounting PLD) plus dpa-rdp "
+        "(dp-accounting RDP) as a conservative bound, "
         "flag recorded epsilons below the recomputation, budget overruns, delta mismatches, "
         "unsound configurations (DP with a non-decomposable SSL objective, DP without noise, "
         "an accountant that is not an upper bound) and report.json values that disagree with "

@@ -58,11 +58,20 @@ class Aggregator(ABC):
     @abstractmethod
     def add(self, values: dict[str, np.ndarray], weight: float) -> None:
         """One accepted client model (decoded, checked against ``reference``) and its
-        number of examples."""
+        number of examples.
+
+        Args:
+            values: array name -> the client's array.
+            weight: the client's number of examples.
+        """
 
     @abstractmethod
     def result(self) -> dict[str, np.ndarray]:
-        """The new global model, in the reference's dtypes (integer buffers rounded)."""
+        """The new global model, in the reference's dtypes (integer buffers rounded).
+
+        Returns:
+            Array name -> the aggregate.
+        """
 
     def _cast(self, key: str, value: np.ndarray) -> np.ndarray:
         ref = self.reference[key]
@@ -78,7 +87,17 @@ A = TypeVar("A", bound=type[Aggregator])
 
 
 def register_aggregator(cls: A) -> A:
-    """Class decorator: register ``cls`` under ``cls.name``."""
+    """Class decorator: register ``cls`` under ``cls.name``.
+
+    Args:
+        cls: an :class:`Aggregator` subclass with a name.
+
+    Returns:
+        ``cls``, unchanged.
+
+    Raises:
+        TypeError: ``cls`` has no rule name.
+    """
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no rule name")
     AGGREGATORS[cls.name] = cls
@@ -86,12 +105,22 @@ def register_aggregator(cls: A) -> A:
 
 
 def aggregator_names() -> tuple[str, ...]:
-    """Every registered rule, in registration order."""
+    """Every registered rule, in registration order.
+
+    Returns:
+        The rules' names.
+    """
     return tuple(AGGREGATORS)
 
 
 def get_aggregator(name: str) -> type[Aggregator]:
     """The rule registered as ``name``.
+
+    Args:
+        name: a registered rule's name.
+
+    Returns:
+        The rule's class.
 
     Raises:
         ValueError: no rule has that name (naming the choices).

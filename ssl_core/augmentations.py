@@ -172,7 +172,15 @@ class MNIST1DAugment:
 
 def augment_for(input_shape: tuple[int, ...], dataset: str = ""
                 ) -> SignalAugment | ImageAugment | MNIST1DAugment:
-    """The default augmenter for a record shape (and data set: MNIST-1D has its own)."""
+    """The default augmenter for a record shape (and data set: MNIST-1D has its own).
+
+    Args:
+        input_shape: one record's shape, ``(C, L)`` or ``(C, H, W)``.
+        dataset: the data set's name.
+
+    Returns:
+        A new augmenter.
+    """
     if dataset == "mnist1d":
         return MNIST1DAugment()
     return SignalAugment() if len(input_shape) == 2 else ImageAugment()

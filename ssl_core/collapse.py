@@ -20,6 +20,12 @@ import numpy as np
 def collapse_metrics(features: np.ndarray) -> dict[str, float]:
     """``feature_std``, ``feature_std_ratio`` and ``effective_rank`` of ``(N, d)`` features.
 
+    Args:
+        features: ``(N, d)`` features.
+
+    Returns:
+        Metric name -> value.
+
     Raises:
         ValueError: for fewer than 2 records or a non-2-D array.
     """
@@ -45,7 +51,18 @@ def evaluate_with_collapse(encoder: Any, x_train: np.ndarray, *args: Any,
                            collapse_records: int = 2000, **kwargs: Any) -> dict[str, float]:
     """:func:`fedssl.ssl_core.evaluation.evaluate_encoder` (same arguments) plus the collapse
     metrics of the encoder's features on the first ``collapse_records`` evaluation records
-    (the test split when there is one, else the probe's training records)."""
+    (the test split when there is one, else the probe's training records).
+
+    Args:
+        encoder: the frozen encoder.
+        x_train: the probe's training records.
+        *args: the rest of :func:`~fedssl.ssl_core.evaluation.evaluate_encoder`'s arguments.
+        collapse_records: records the collapse metrics use.
+        **kwargs: :func:`~fedssl.ssl_core.evaluation.evaluate_encoder`'s options.
+
+    Returns:
+        The evaluation's metrics and the collapse metrics.
+    """
     from fedssl.ssl_core.evaluation import evaluate_encoder, extract_features
 
     out = dict(evaluate_encoder(encoder, x_train, *args, **kwargs))

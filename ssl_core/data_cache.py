@@ -46,14 +46,31 @@ _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 def cache_dir(run_dir: str | Path, spec: DataSpec) -> Path:
-    """Where a run keeps the generated data set ``spec`` (``RUN/cache/<dataset>-<hash>``)."""
+    """Where a run keeps the generated data set ``spec`` (``RUN/cache/<dataset>-<hash>``).
+
+    Args:
+        run_dir: the run directory.
+        spec: the data set's specification.
+
+    Returns:
+        The cache folder (not created here).
+    """
     digest = hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
     return RunLayout(run_dir).cache / f"{spec.dataset}-{digest}"
 
 
 def write_cache(run_dir: str | Path, spec: DataSpec, data: SSLDataset) -> Path | None:
     """Save a generated data set as ``.npy`` files for the run's other processes (atomically:
-    a half-written cache is never read). Data read from files is not copied (``None``)."""
+    a half-written cache is never read). Data read from files is not copied (``None``).
+
+    Args:
+        run_dir: the run directory.
+        spec: the data set's specification.
+        data: the data set.
+
+    Returns:
+        The cache folder, or None when nothing was written.
+    """
     if spec.dataset not in GENERATED:
         return None
     final = cache_dir(run_dir, spec)
@@ -72,7 +89,18 @@ def write_cache(run_dir: str | Path, spec: DataSpec, data: SSLDataset) -> Path |
 @functools.lru_cache(maxsize=4)
 def cached_dataset(spec: DataSpec, run_dir: str = "") -> SSLDataset:
     """Load (or generate) a data set once per process; with ``run_dir``, memory-map the copy
-    the simulation's driver wrote instead of generating it again (seconds per process)."""
+    the simulation's driver wrote instead of generating it again (seconds per process).
+
+    Args:
+        spec: the data set's specification.
+        run_dir: the run directory holding the cache, "" for none.
+
+    Returns:
+        The data set.
+
+    Raises:
+        DataError: the data set cannot be loaded.
+    """
     folder = cache_dir(run_dir, spec) if run_dir else None
     if folder is not None and (folder / "meta.json").exists():
         meta = json.loads((folder / "meta.json").read_text())
@@ -87,6 +115,13 @@ def partition_labels(data: SSLDataset, partitioner: str) -> np.ndarray:
     """The per-record labels a simulated split is drawn from: the classes for label-skewed
     partitioners (``dirichlet``, ``shard``); ``iid`` ignores labels, so unlabelled and
     multi-label data can be split iid.
+
+    Args:
+        data: the training data.
+        partitioner: the partitioner's name.
+
+    Returns:
+        One label per training record (zeros for ``iid`` on unlabelled or multi-label data).
 
     Raises:
         DataError: a label-skewed partitioner on data without one class per record.
@@ -106,7 +141,24 @@ def simulated_partition(
     spec: DataSpec, partition_id: int, num_partitions: int, partitioner: str, alpha: float,
     shards_per_client: int, run_dir: str = "",
 ) -> np.ndarray:
-    """The training records of one simulated client (labels are not handed out)."""
+    """The training records of one simulated client (labels are not handed out).
+
+    Args:
+        spec: the data set's specification.
+        partition_id: the client's index.
+        num_partitions: how many clients.
+        partitioner: ``iid``, ``dirichlet`` or ``shard``.
+        alpha: the Dirichlet concentration.
+        shards_per_client: shards per client of ``shard``.
+        run_dir: the run directory holding the cache, "" for none.
+
+    Returns:
+        The client's records.
+
+    Raises:
+        DataError: the data set cannot be loaded, or the partitioner needs labels it lacks.
+        PartitionError: invalid partition settings.
+    """
     from fedssl.ssl_core.partitioners import partition_indices
 
     data = cached_dataset(spec, run_dir)

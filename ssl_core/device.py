@@ -16,7 +16,18 @@ class DeviceError(ValueError):
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """The :class:`torch.device` for ``name`` (see the module docstring)."""
+    """The :class:`torch.device` for ``name`` (see the module docstring).
+
+    Args:
+        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns:
+        The device.
+
+    Raises:
+        DeviceError: an unknown name, CUDA asked for where torch sees no such device, or a
+            device type other than CPU and CUDA.
+    """
     name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")

@@ -78,7 +78,14 @@ class EncoderInfo:
 
 def architecture_record(encoder: nn.Module) -> dict[str, str]:
     """The metadata entries that rebuild ``encoder`` (empty for an encoder class that is not
-    in :data:`ENCODER_CLASSES` or records no ``arch_kwargs``)."""
+    in :data:`ENCODER_CLASSES` or records no ``arch_kwargs``).
+
+    Args:
+        encoder: the encoder to save.
+
+    Returns:
+        The class name and JSON constructor arguments, under the file's metadata keys.
+    """
     name = type(encoder).__name__
     kwargs = getattr(encoder, "arch_kwargs", None)
     if ENCODER_CLASSES.get(name) is not type(encoder) or not isinstance(kwargs, dict):
@@ -88,7 +95,14 @@ def architecture_record(encoder: nn.Module) -> dict[str, str]:
 
 
 def parse_shape(text: str) -> tuple[int, ...] | None:
-    """``"1,28,28"`` -> ``(1, 28, 28)``; None for an empty or malformed value."""
+    """``"1,28,28"`` -> ``(1, 28, 28)``; None for an empty or malformed value.
+
+    Args:
+        text: comma-separated integers.
+
+    Returns:
+        The shape, or None.
+    """
     try:
         shape = tuple(int(v) for v in str(text).split(",") if v.strip())
     except ValueError:
@@ -97,7 +111,17 @@ def parse_shape(text: str) -> tuple[int, ...] | None:
 
 
 def encoder_path(run_dir_or_file: str | os.PathLike[str]) -> Path:
-    """The encoder file of a run directory (``RUN/encoder.safetensors``), or the file itself."""
+    """The encoder file of a run directory (``RUN/encoder.safetensors``), or the file itself.
+
+    Args:
+        run_dir_or_file: a run directory or an encoder file.
+
+    Returns:
+        The encoder file.
+
+    Raises:
+        EncoderFileError: the path does not exist, or the directory holds no encoder file.
+    """
     path = Path(run_dir_or_file)
     if path.is_dir():
         file = RunLayout(path).encoder
@@ -191,6 +215,13 @@ def read_encoder(run_dir_or_file: str | os.PathLike[str], device: str | torch.de
                  ) -> tuple[nn.Module, EncoderInfo]:
     """The trained encoder of a run directory or encoder file, and what the file said.
 
+    Args:
+        run_dir_or_file: a run directory or an encoder file.
+        device: where the encoder is put.
+
+    Returns:
+        The encoder (eval mode) and the file's information.
+
     Raises:
         EncoderFileError: missing path, unreadable or corrupt file, unknown or malformed
             architecture record, weights that do not fit the rebuilt encoder.
@@ -226,6 +257,13 @@ def load_encoder(run_dir_or_file: str | os.PathLike[str], device: str | torch.de
     to features ``(N, encoder.feature_dim)``. Its parameters require gradients, so it can be
     fine-tuned (call ``.train()``). A file without an architecture record is rebuilt from its
     method and input shape, with a ``UserWarning`` saying so.
+
+    Args:
+        run_dir_or_file: a run directory or an encoder file.
+        device: where the encoder is put.
+
+    Returns:
+        The encoder.
 
     Raises:
         EncoderFileError: see :func:`read_encoder`.

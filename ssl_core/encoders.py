@@ -70,6 +70,14 @@ class ConvEncoder1d(nn.Module):
                             "feature_dim": feature_dim, "ws": ws}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of a batch: the conv stack's output averaged over positions.
+
+        Args:
+            x: ``(N, C, L)`` records.
+
+        Returns:
+            ``(N, feature_dim)`` features.
+        """
         return self.body(x).mean(dim=-1)
 
 
@@ -180,6 +188,15 @@ class ResNetEncoder2d(nn.Module):
                             "pool": pool, "multiscale": multiscale}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of a batch: the last stage pooled to the readout grid (plus the pooled earlier
+        stages with ``multiscale``).
+
+        Args:
+            x: ``(N, C, H, W)`` records.
+
+        Returns:
+            ``(N, feature_dim)`` features.
+        """
         h = self.stem(x)
         pooled = []
         for i, stage in enumerate(self.stages):
@@ -202,7 +219,20 @@ def build_encoder(input_shape: tuple[int, ...], width: int | None = None, ws: bo
                   pool: int | None = None) -> nn.Module:
     """Pick the encoder for a record shape: ``(C, L)`` -> 1-D CNN, ``(C, H, W)`` -> ResNet
     (weight-standardised convolutions unless ``ws=False``; readout grid ``pool``, default
-    :data:`IMAGE_POOL`; ``pool=1`` is the global-average-pooled ResNet of older runs)."""
+    :data:`IMAGE_POOL`; ``pool=1`` is the global-average-pooled ResNet of older runs).
+
+    Args:
+        input_shape: one record's shape.
+        width: the encoder's width (default 64 for signals, 16 for images).
+        ws: weight-standardised convolutions.
+        pool: the ResNet's readout grid.
+
+    Returns:
+        A new encoder.
+
+    Raises:
+        ValueError: a shape that is neither.
+    """
     if len(input_shape) == 2:
         return ConvEncoder1d(in_channels=input_shape[0], width=width or 64, ws=ws)
     if len(input_shape) == 3:

@@ -39,7 +39,17 @@ def extract_features(
 
     ``x`` may be a read-only memory map (the run's shared data cache): each batch is copied
     into a writable float32 array first, since torch cannot share a read-only buffer (it
-    warns, and a tensor over it would allow writes numpy forbids)."""
+    warns, and a tensor over it would allow writes numpy forbids).
+
+    Args:
+        encoder: the frozen encoder.
+        x: ``(N, ...)`` records.
+        batch_size: records per forward call.
+        device: where the encoder runs.
+
+    Returns:
+        The features.
+    """
     encoder.eval().to(device)
     out = [
         encoder(torch.as_tensor(np.require(x[i:i + batch_size], np.float32, "W"),
@@ -53,7 +63,19 @@ def linear_probe_accuracy(
     f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y_test: np.ndarray,
     max_iter: int = 1000, c: float = 1.0,
 ) -> float:
-    """Test accuracy of a logistic-regression probe trained on frozen features."""
+    """Test accuracy of a logistic-regression probe trained on frozen features.
+
+    Args:
+        f_train: training features.
+        y_train: training labels.
+        f_test: test features.
+        y_test: test labels.
+        max_iter: the solver's iteration limit.
+        c: inverse regularisation strength.
+
+    Returns:
+        The accuracy, in [0, 1].
+    """
     scaler = StandardScaler().fit(f_train)
     clf = LogisticRegression(max_iter=max_iter, C=c)
     with warnings.catch_warnings():
@@ -66,7 +88,19 @@ def knn_accuracy(
     f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y_test: np.ndarray,
     k: int = 20, temperature: float = 0.07,
 ) -> float:
-    """Weighted cosine kNN accuracy."""
+    """Weighted cosine kNN accuracy.
+
+    Args:
+        f_train: training features.
+        y_train: training labels.
+        f_test: test features.
+        y_test: test labels.
+        k: neighbours.
+        temperature: scales the similarity weights ``exp(s / T)``.
+
+    Returns:
+        The accuracy, in [0, 1].
+    """
     tr = f_train / (np.linalg.norm(f_train, axis=1, keepdims=True) + 1e-12)
     te = f_test / (np.linalg.norm(f_test, axis=1, keepdims=True) + 1e-12)
     k = min(k, len(tr))
@@ -95,7 +129,20 @@ def multilabel_linear_probe(
 ) -> dict[str, float]:
     """One logistic-regression probe per label of ``(N, K)`` 0/1 labels: mean per-label
     accuracy (``accuracy``) and mean ROC AUC (``auc``, if defined). A label constant in the
-    training split is predicted as that constant."""
+    training split is predicted as that constant.
+
+    Args:
+        f_train: training features.
+        y_train: ``(N, K)`` training labels.
+        f_test: test features.
+        y_test: ``(M, K)`` test labels.
+        max_iter: the solver's iteration limit.
+        c: inverse regularisation strength.
+
+    Returns:
+        ``{"accuracy": ..., "auc": ...}`` (``auc`` left out when no label has both values in
+        the test split).
+    """
     scaler = StandardScaler().fit(f_train)
     tr, te = scaler.transform(f_train), scaler.transform(f_test)
     scores = np.empty(y_test.shape, np.float64)
@@ -119,7 +166,19 @@ def multilabel_knn(
     k: int = 20, temperature: float = 0.07,
 ) -> dict[str, float]:
     """Weighted cosine kNN per label: a label's score is the neighbours' weighted share of
-    positives; mean per-label accuracy at 0.5 (``accuracy``) and mean AUC (``auc``)."""
+    positives; mean per-label accuracy at 0.5 (``accuracy``) and mean AUC (``auc``).
+
+    Args:
+        f_train: training features.
+        y_train: ``(N, K)`` training labels.
+        f_test: test features.
+        y_test: ``(M, K)`` test labels.
+        k: neighbours.
+        temperature: scales the similarity weights.
+
+    Returns:
+        ``{"accuracy": ..., "auc": ...}`` (``auc`` left out when undefined).
+    """
     tr = f_train / (np.linalg.norm(f_train, axis=1, keepdims=True) + 1e-12)
     te = f_test / (np.linalg.norm(f_test, axis=1, keepdims=True) + 1e-12)
     k = min(k, len(tr))
@@ -138,7 +197,16 @@ def multilabel_knn(
 
 
 def few_label_subset(y: np.ndarray, labels_per_class: int, seed: int = 0) -> np.ndarray:
-    """Indices of ``labels_per_class`` records of each class (fewer if a class is smaller)."""
+    """Indices of ``labels_per_class`` records of each class (fewer if a class is smaller).
+
+    Args:
+        y: ``(N,)`` class labels.
+        labels_per_class: records kept per class.
+        seed: makes the choice reproducible.
+
+    Returns:
+        The chosen indices.
+    """
     rng = np.random.default_rng(seed)
     idx = [rng.permutation(np.flatnonzero(y == c))[:labels_per_class] for c in np.unique(y)]
     return np.concatenate(idx)
@@ -155,6 +223,21 @@ def evaluate_encoder(
 
     Multi-label ``(N, K)`` labels get per-label binary probes (see the module doc) and no
     few-label metrics.
+
+    Args:
+        encoder: the frozen encoder.
+        x_train: training records.
+        y_train: their labels.
+        x_test: test records.
+        y_test: their labels.
+        labels_per_class: the few-label settings to add (e.g. ``(1, 10)``).
+        device: where the encoder runs.
+        seed: makes the few-label subsets reproducible.
+
+    Returns:
+        Metric name -> value: ``linear_probe_accuracy``, ``knn_accuracy``, for each ``k`` of
+        ``labels_per_class`` ``linear_probe_{k}shot`` and ``knn_{k}shot``; multi-label data:
+        the two accuracies and ``linear_probe_auc``, ``knn_auc`` where defined.
 
     Raises:
         ValueError: without labels (the caller checks earlier with a clearer message).

@@ -56,7 +56,18 @@ class FederatedAlgorithm(ABC):
               local_state: dict[str, torch.Tensor], fedema_tau: float,
               fedu_threshold: float) -> dict[str, float]:
         """Load this round's starting point into ``model`` (which already holds
-        ``local_state``); returns the divergence and mixing weight used (round metrics)."""
+        ``local_state``); returns the divergence and mixing weight used (round metrics).
+
+        Args:
+            model: the client's model, holding ``local_state``.
+            global_state: the server's global model.
+            local_state: the client's model from its last round.
+            fedema_tau: FedEMA's scale of the divergence into the mixing weight.
+            fedu_threshold: FedU's divergence above which the local predictor is kept.
+
+        Returns:
+            ``{"divergence": ..., "mix": ...}``.
+        """
 
 
 #: algorithm name -> class, in registration order (filled by :func:`register_algorithm`)
@@ -66,7 +77,17 @@ F = TypeVar("F", bound=type[FederatedAlgorithm])
 
 
 def register_algorithm(cls: F) -> F:
-    """Class decorator: register ``cls`` under ``cls.name``."""
+    """Class decorator: register ``cls`` under ``cls.name``.
+
+    Args:
+        cls: a :class:`FederatedAlgorithm` subclass with a name.
+
+    Returns:
+        ``cls``, unchanged.
+
+    Raises:
+        TypeError: ``cls`` has no algorithm name.
+    """
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no algorithm name")
     ALGORITHMS[cls.name] = cls
@@ -74,12 +95,22 @@ def register_algorithm(cls: F) -> F:
 
 
 def algorithm_names() -> tuple[str, ...]:
-    """Every registered algorithm, in registration order."""
+    """Every registered algorithm, in registration order.
+
+    Returns:
+        The algorithms' names.
+    """
     return tuple(ALGORITHMS)
 
 
 def get_algorithm(name: str) -> FederatedAlgorithm:
     """The algorithm registered as ``name``.
+
+    Args:
+        name: a registered algorithm's name.
+
+    Returns:
+        A new instance of it.
 
     Raises:
         AlgorithmError: no algorithm has that name (naming the choices).
@@ -100,6 +131,7 @@ class FedAvg(FederatedAlgorithm):
     def start(self, model: torch.nn.Module, global_state: dict[str, torch.Tensor],
               local_state: dict[str, torch.Tensor], fedema_tau: float,
               fedu_threshold: float) -> dict[str, float]:
+        """Load the global model as it is (divergence and mix 0)."""
         model.load_state_dict(global_state, strict=False)
         return {"divergence": 0.0, "mix": 0.0}
 
@@ -113,6 +145,8 @@ class FedU(FederatedAlgorithm):
     def start(self, model: torch.nn.Module, global_state: dict[str, torch.Tensor],
               local_state: dict[str, torch.Tensor], fedema_tau: float,
               fedu_threshold: float) -> dict[str, float]:
+        """Load the global model, but keep the local predictor when the divergence reaches
+        ``fedu_threshold``."""
         div = _divergence(global_state, local_state)
         take = {k: v for k, v in global_state.items()
                 if not k.startswith("predictor.") or div < fedu_threshold}
@@ -129,6 +163,8 @@ class FedEMA(FederatedAlgorithm):
     def start(self, model: torch.nn.Module, global_state: dict[str, torch.Tensor],
               local_state: dict[str, torch.Tensor], fedema_tau: float,
               fedu_threshold: float) -> dict[str, float]:
+        """Load ``lam * local + (1 - lam) * global`` with ``lam = min(fedema_tau * divergence,
+        1)``."""
         div = _divergence(global_state, local_state)
         lam = min(fedema_tau * div, 1.0)
         mixed = {k: lam * local_state[k] + (1 - lam) * v for k, v in global_state.items()}

@@ -195,7 +195,17 @@ def train_classifier(encoder: nn.Module, x_train: np.ndarray, y_train: np.ndarra
 def score(model: nn.Module, x_test: np.ndarray, y_test: np.ndarray,
           device: str | torch.device = "cpu") -> dict[str, float]:
     """A classifier's test score: ``{"accuracy"}`` for class ids; for ``(N, K)`` 0/1 labels
-    the mean per-label accuracy at logit 0 and the mean per-label ROC AUC (``"auc"``)."""
+    the mean per-label accuracy at logit 0 and the mean per-label ROC AUC (``"auc"``).
+
+    Args:
+        model: the classifier (records -> logits).
+        x_test: test records.
+        y_test: their labels.
+        device: where the model runs.
+
+    Returns:
+        Metric name -> value.
+    """
     return _score(y_test, _scores(model, x_test, torch.device(device)))
 
 
@@ -206,6 +216,18 @@ def finetune(encoder: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
              ) -> dict[str, float]:
     """:func:`train_classifier` on the training records, then :func:`score` on the test
     records (``num_outputs`` defaults to what both splits' labels need).
+
+    Args:
+        encoder: the encoder to fine-tune (copied, not changed).
+        x_train: training records.
+        y_train: their labels.
+        x_test: test records.
+        y_test: their labels.
+        recipe: the training recipe.
+        seed: seeds the head and the batches.
+        augment: the data set's augmenter, applied when ``recipe.augment``.
+        device: where training runs.
+        num_outputs: the head's outputs.
 
     Returns:
         ``{"accuracy": ...}``, plus ``"auc"`` (mean per-label ROC AUC) for multi-label data.
@@ -224,7 +246,17 @@ def logistic_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                    y_test: np.ndarray) -> dict[str, float]:
     """Logistic regression on standardised, flattened inputs: raw records (the row a site
     has without any network) or an encoder's frozen features (the linear probe).
-    Multi-label: one probe per label, mean accuracy and AUC."""
+    Multi-label: one probe per label, mean accuracy and AUC.
+
+    Args:
+        x_train: training records or features.
+        y_train: their labels.
+        x_test: test records or features.
+        y_test: their labels.
+
+    Returns:
+        ``{"accuracy": ...}``, plus ``"auc"`` for multi-label data where defined.
+    """
     from fedssl.ssl_core.evaluation import multilabel_linear_probe
 
     f_tr, f_te = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
@@ -316,7 +348,14 @@ def label_efficiency(
 
 def format_label_efficiency(result: Mapping[str, Any]) -> str:
     """The table as Markdown: one row per entry, a column per ``k`` (mean ± std over the
-    seeds), followed by each fine-tuned encoder's gain over the from-scratch row."""
+    seeds), followed by each fine-tuned encoder's gain over the from-scratch row.
+
+    Args:
+        result: the label-efficiency result (its ``rows``, ``shots``, ``seeds``, ``metric``).
+
+    Returns:
+        The Markdown text.
+    """
     shots = [str(k) for k in result["shots"]]
     metric = "mean per-label AUC" if result["metric"] == "auc" else "test accuracy"
     lines = [f"label efficiency ({metric}, mean ± std over {len(result['seeds'])} seed(s); "

@@ -14,7 +14,16 @@ from fedssl.ssl_core.encoders import build_encoder
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    """Two-layer MLP head: Linear - LayerNorm - ReLU - Linear."""
+    """Two-layer MLP head: Linear - LayerNorm - ReLU - Linear.
+
+    Args:
+        in_dim: input features.
+        hidden: hidden units.
+        out_dim: output features.
+
+    Returns:
+        The head.
+    """
     return nn.Sequential(
         nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
     )
@@ -45,7 +54,14 @@ class SSLModel(nn.Module):
         self.predictor = mlp(proj_dim, 2 * proj_dim, proj_dim) if predictor else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Projection ``z`` and prediction ``p`` (None without a predictor) of a batch."""
+        """Projection ``z`` and prediction ``p`` (None without a predictor) of a batch.
+
+        Args:
+            x: ``(N, ...)`` records.
+
+        Returns:
+            ``(z, p)``.
+        """
         z = self.projector(self.encoder(x))
         return z, (self.predictor(z) if self.predictor is not None else None)
 

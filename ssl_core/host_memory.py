@@ -66,6 +66,10 @@ def retain_freed_memory(mmap_bytes: int = MMAP_THRESHOLD_BYTES,
                         trim_bytes: int = TRIM_THRESHOLD_BYTES) -> bool:
     """Make this process's malloc keep freed memory for reuse (see the module docstring).
 
+    Args:
+        mmap_bytes: allocations at least this large get their own mapping.
+        trim_bytes: free memory above this is given back to the system.
+
     Returns:
         True when both settings are in effect, False where the C library has no such
         switches or refused a value (each setting is tried once per process).

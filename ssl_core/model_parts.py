@@ -20,7 +20,17 @@ class AlgorithmError(ValueError):
 
 def parse_shared(shared: str) -> tuple[str, ...]:
     """``"encoder,projector"`` -> ``("encoder", "projector")``, validated; ``"all"`` (every
-    part of the model) -> ``("all",)``."""
+    part of the model) -> ``("all",)``.
+
+    Args:
+        shared: ``"all"`` or comma-separated part names.
+
+    Returns:
+        The part names.
+
+    Raises:
+        AlgorithmError: an unknown part, or none.
+    """
     if shared.strip() == "all":
         return ("all",)
     parts = tuple(p.strip() for p in shared.split(",") if p.strip())
@@ -33,7 +43,15 @@ def parse_shared(shared: str) -> tuple[str, ...]:
 
 def shared_state(state: dict[str, torch.Tensor], shared: tuple[str, ...]
                  ) -> dict[str, torch.Tensor]:
-    """The entries of a state dict that belong to the shared parts."""
+    """The entries of a state dict that belong to the shared parts.
+
+    Args:
+        state: the model's state dict.
+        shared: the shared parts (:func:`parse_shared`).
+
+    Returns:
+        The shared entries (all of them for ``("all",)``).
+    """
     if shared == ("all",):
         return dict(state)
     return {k: v for k, v in state.items() if k.split(".", 1)[0] in shared}

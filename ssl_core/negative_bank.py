@@ -52,7 +52,17 @@ def _standardize_each(x: torch.Tensor) -> torch.Tensor:
 
 
 def synthetic_signals(n: int, channels: int, length: int, gen: torch.Generator) -> torch.Tensor:
-    """``(n, channels, length)`` procedural signals (no data involved)."""
+    """``(n, channels, length)`` procedural signals (no data involved).
+
+    Args:
+        n: how many signals.
+        channels: channels per signal.
+        length: samples per channel.
+        gen: the randomness.
+
+    Returns:
+        The signals, each standardised.
+    """
     t = torch.linspace(0, 1, length)
     out = torch.empty(n, channels, length)
     for i in range(n):
@@ -76,7 +86,18 @@ def synthetic_signals(n: int, channels: int, length: int, gen: torch.Generator) 
 
 def synthetic_images(n: int, channels: int, height: int, width: int, gen: torch.Generator
                      ) -> torch.Tensor:
-    """``(n, channels, height, width)`` procedural images: strokes and blobs on smooth noise."""
+    """``(n, channels, height, width)`` procedural images: strokes and blobs on smooth noise.
+
+    Args:
+        n: how many images.
+        channels: channels per image.
+        height: image height.
+        width: image width.
+        gen: the randomness.
+
+    Returns:
+        The images, each standardised.
+    """
     yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width),
                             indexing="ij")
     out = torch.empty(n, channels, height, width)
@@ -103,6 +124,13 @@ def synthetic_images(n: int, channels: int, height: int, width: int, gen: torch.
 def load_public_records(path: str | Path, input_shape: tuple[int, ...]) -> torch.Tensor:
     """Public records from a ``.npz`` (``x`` or MedMNIST ``train_images``), standardised with
     their own global mean/std.
+
+    Args:
+        path: the ``.npz`` file.
+        input_shape: the shape each record must have.
+
+    Returns:
+        The records, float32.
 
     Raises:
         DataError: for a missing/unreadable file, no usable array, or a shape mismatch.
@@ -148,7 +176,19 @@ class NegativeBank:
     @classmethod
     def synthetic(cls, input_shape: tuple[int, ...], size: int = 256, seed: int = 0
                   ) -> NegativeBank:
-        """Procedural records for signals ``(C, L)`` or images ``(C, H, W)``."""
+        """Procedural records for signals ``(C, L)`` or images ``(C, H, W)``.
+
+        Args:
+            input_shape: ``(C, L)`` or ``(C, H, W)``.
+            size: how many records.
+            seed: seeds the generator.
+
+        Returns:
+            The bank.
+
+        Raises:
+            DataError: another shape.
+        """
         gen = torch.Generator().manual_seed(int(seed) + 0x5A17)
         if len(input_shape) == 2:
             return cls(synthetic_signals(size, *input_shape, gen), "synthetic")
@@ -162,7 +202,19 @@ class NegativeBank:
         """Fresh MNIST-1D draws from the public generator with a public seed
         (:data:`MNIST1D_PUBLIC_SEED` + ``seed``; fedssl's private pools use the run's seed),
         the public split of :mod:`fedssl.ssl_core.warm_start`: in-distribution public data,
-        disjoint from the private records, standardised with its own mean/std."""
+        disjoint from the private records, standardised with its own mean/std.
+
+        Args:
+            input_shape: must be ``(1, 40)``.
+            size: how many records.
+            seed: added to the public seed.
+
+        Returns:
+            The bank.
+
+        Raises:
+            DataError: another input shape.
+        """
         if tuple(input_shape) != (1, 40):
             raise DataError(f"negative bank: mnist1d-public records have shape (1, 40), the "
                             f"model's input shape is {tuple(input_shape)}")
@@ -176,7 +228,20 @@ class NegativeBank:
     def from_source(cls, source: str, input_shape: tuple[int, ...], size: int = 256,
                     seed: int = 0) -> NegativeBank:
         """``"synthetic"``, ``"mnist1d-public"`` or a path to a public ``.npz``; at most
-        ``size`` records, a fixed seeded subset of a larger public set."""
+        ``size`` records, a fixed seeded subset of a larger public set.
+
+        Args:
+            source: where the records come from.
+            input_shape: the shape each record must have.
+            size: the most records kept.
+            seed: seeds the generated records and the subset.
+
+        Returns:
+            The bank.
+
+        Raises:
+            DataError: the records cannot be made or read, or have another shape.
+        """
         if source == "synthetic":
             return cls.synthetic(input_shape, size, seed)
         if source == "mnist1d-public":
@@ -189,7 +254,15 @@ class NegativeBank:
     @torch.no_grad()
     def embed(self, model: nn.Module, chunk: int = 512) -> torch.Tensor:
         """L2-normalised projections ``(M, d)`` of the bank under the current ``model``,
-        computed without gradient (so no DP-SGD hook records them)."""
+        computed without gradient (so no DP-SGD hook records them).
+
+        Args:
+            model: returns ``(projection, prediction)`` for a batch.
+            chunk: records per forward call.
+
+        Returns:
+            The embeddings, on the model's device.
+        """
         dev = next(model.parameters()).device
         if self.records.device != dev:
             self.records = self.records.to(dev)

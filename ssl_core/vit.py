@@ -44,6 +44,13 @@ def choose_patch_size(side: int, target_tokens: int) -> int:
 
     8 -> 2 (4x4 grid), 28 -> 4 (7x7), 32 -> 4 (8x8), 224 -> 28 with ``target_tokens=8``;
     40 -> 2 (20 segments) with ``target_tokens=20``.
+
+    Args:
+        side: the record's length along the axis.
+        target_tokens: tokens wanted along it.
+
+    Returns:
+        The patch length.
     """
     p = max(2, math.ceil(side / target_tokens))
     if p >= side:
@@ -55,7 +62,15 @@ def choose_patch_size(side: int, target_tokens: int) -> int:
 
 
 def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """Transformer sine-cosine code of integer ``positions`` -> ``(len, dim)``."""
+    """Transformer sine-cosine code of integer ``positions`` -> ``(len, dim)``.
+
+    Args:
+        positions: integer positions.
+        dim: the code's size.
+
+    Returns:
+        The codes, float32.
+    """
     half = dim // 2
     freq = 1.0 / (10000.0 ** (torch.arange(half, dtype=torch.float64) / max(1, half)))
     ang = positions.to(torch.float64)[:, None] * freq[None, :]
@@ -67,7 +82,15 @@ def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
 
 def sincos_pos_embed(grid: tuple[int, ...], dim: int) -> torch.Tensor:
     """Fixed positional code of a 1-D or 2-D token grid (MAE's 2-D sin-cos: half the channels
-    encode the row, half the column) -> ``(prod(grid), dim)``."""
+    encode the row, half the column) -> ``(prod(grid), dim)``.
+
+    Args:
+        grid: the token grid, 1-D or 2-D.
+        dim: the code's size.
+
+    Returns:
+        The codes, one row per token in row-major order.
+    """
     if len(grid) == 1:
         return sincos_1d(torch.arange(grid[0]), dim)
     gh, gw = grid
@@ -104,6 +127,14 @@ class Patchify(nn.Module):
         self.patch_dim = c * math.prod(self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Cut ``x`` into patches.
+
+        Args:
+            x: ``(N, *input_shape)`` records.
+
+        Returns:
+            ``(N, T, patch_dim)`` patches in grid order.
+        """
         n, c = x.shape[:2]
         if len(self.patch_size) == 1:
             (p,), (g,) = self.patch_size, self.grid
@@ -129,6 +160,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-head self-attention over the tokens.
+
+        Args:
+            x: ``(N, T, dim)`` tokens.
+
+        Returns:
+            ``(N, T, dim)``.
+        """
         n, t, d = x.shape
         q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, T, d/heads)
@@ -147,12 +186,24 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-norm transformer block: attention, then MLP, each with a residual connection.
+
+        Args:
+            x: ``(N, T, dim)`` tokens.
+
+        Returns:
+            ``(N, T, dim)``.
+        """
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
 def init_weights(module: nn.Module) -> None:
-    """MAE's initialisation: Xavier-uniform Linear weights, zero biases, unit LayerNorms."""
+    """MAE's initialisation: Xavier-uniform Linear weights, zero biases, unit LayerNorms.
+
+    Args:
+        module: a module of the ViT (apply with ``model.apply(init_weights)``).
+    """
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
@@ -166,7 +217,15 @@ def init_weights(module: nn.Module) -> None:
 
 
 def default_heads(dim: int, heads: int = 4) -> int:
-    """``heads`` if it divides ``dim``, else the largest divisor of ``dim`` below it."""
+    """``heads`` if it divides ``dim``, else the largest divisor of ``dim`` below it.
+
+    Args:
+        dim: the token dimension.
+        heads: the preferred number of heads.
+
+    Returns:
+        The number of heads.
+    """
     return max(h for h in range(1, heads + 1) if dim % h == 0)
 
 
@@ -204,11 +263,27 @@ class ViTEncoder(nn.Module):
 
     def tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Encoded tokens ``(N, K, dim)`` of the patches ``keep`` (``(N, K)`` indices; all
-        patches in grid order when None)."""
+        patches in grid order when None).
+
+        Args:
+            x: ``(N, *input_shape)`` records.
+            keep: indices of the patches to encode, or None for all.
+
+        Returns:
+            The encoded tokens, after the final LayerNorm.
+        """
         t = self.embed(self.patchify(x)) + self.pos
         if keep is not None:
             t = torch.gather(t, 1, keep[..., None].expand(-1, -1, t.shape[-1]))
         return self.norm(self.blocks(t))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The record's features: the mean of its encoded tokens.
+
+        Args:
+            x: ``(N, *input_shape)`` records.
+
+        Returns:
+            ``(N, dim)`` features.
+        """
         return self.tokens(x).mean(dim=1)

@@ -36,6 +36,13 @@ def load_init_encoder(model: nn.Module, path: str | Path) -> dict[str, str]:
     """Load the encoder weights of ``path`` into ``model.encoder``; returns the file's
     metadata.
 
+    Args:
+        model: an SSL model with an ``encoder``.
+        path: the safetensors file.
+
+    Returns:
+        The file's metadata.
+
     Raises:
         WarmStartError: if the file is missing or unreadable, or its keys or shapes differ
             from the model's encoder (every mismatch is named).
@@ -73,7 +80,13 @@ def export_encoder(path: Path, model: nn.Module, metadata: dict[str, str]) -> No
     """Save the encoder part of an SSL model (``encoder.`` prefix stripped) as safetensors,
     atomically, with ``metadata`` and the encoder's architecture record (class and
     constructor arguments: :func:`fedssl.ssl_core.encoder_file.architecture_record`);
-    :func:`load_init_encoder` and :func:`fedssl.load_encoder` read it back."""
+    :func:`load_init_encoder` and :func:`fedssl.load_encoder` read it back.
+
+    Args:
+        path: the file to write.
+        model: the SSL model whose ``encoder`` is saved.
+        metadata: string entries stored with the weights.
+    """
     from safetensors.torch import save_file as save_torch
 
     from fedssl.ssl_core.encoder_file import architecture_record

@@ -35,7 +35,15 @@ WS_EPS = 1e-5
 
 
 def standardize(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tensor:
-    """``(W - mean) / sqrt(var + eps)`` per output channel (dim 0) over the fan-in."""
+    """``(W - mean) / sqrt(var + eps)`` per output channel (dim 0) over the fan-in.
+
+    Args:
+        weight: the raw convolution weight.
+        eps: added to the variance.
+
+    Returns:
+        The standardised weight.
+    """
     flat = weight.reshape(weight.shape[0], -1)
     return F.layer_norm(flat, flat.shape[1:], eps=eps).reshape(weight.shape)
 
@@ -66,6 +74,14 @@ class WSConv1d(nn.Conv1d):
     """``nn.Conv1d`` whose kernel is weight-standardised per output channel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolution with the standardised weight.
+
+        Args:
+            x: ``(N, C, L)`` input.
+
+        Returns:
+            The output.
+        """
         return self._conv_forward(x, standardize(self.weight), self.bias)
 
 
@@ -73,6 +89,14 @@ class WSConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose kernel is weight-standardised per output channel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolution with the standardised weight.
+
+        Args:
+            x: ``(N, C, H, W)`` input.
+
+        Returns:
+            The output.
+        """
         return self._conv_forward(x, standardize(self.weight), self.bias)
 
 

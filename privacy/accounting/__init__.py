@@ -16,15 +16,16 @@ name        accountant                                   history item   upper bo
 
 To add an accountant: subclass :class:`~fedssl.privacy.accounting.base.Accountant` (or
 :class:`~fedssl.privacy.accounting.base.GaussianAccountant` for DP-SGD histories), set
-``name``, ``upper_bound`` and ``budget``, decorate it with :func:`register_accountant`; every
-name list (the run setting ``accountant``, the client's budget, the mechanisms' accountants)
-is derived from the registry (:func:`budget_accountants`, :func:`gaussian_accountants`).
+``name``, ``upper_bound``, ``budget`` and ``audit``, decorate it with
+:func:`register_accountant`; every name list (the run setting ``accountant``, the client's
+budget, the mechanisms' accountants, the audit's columns) is derived from the registry
+(:func:`budget_accountants`, :func:`gaussian_accountants`, :func:`audit_accountants`).
 
 Users: :func:`fedssl.privacy.accounting.budget.epsilon_of` and
 :func:`~fedssl.privacy.accounting.budget.calibrate_noise` (a client's budget: ``prv`` or ``rdp``),
-the audit's independent recomputation (:mod:`fedssl.privacy.audit.accounting`: ``prv``,
-``pld``, ``dpa-rdp``, ``skellam``) and distributed DP
-(:func:`fedssl.privacy.client_level.distributed.skellam_epsilon`).
+the audit's independent recomputation (:mod:`fedssl.privacy.audit.accounting`: the
+``audit`` accountants ``prv``, ``pld``, ``dpa-rdp``; ``skellam`` for distributed DP) and
+distributed DP (:func:`fedssl.privacy.client_level.distributed.skellam_epsilon`).
 """
 
 from fedssl.privacy.accounting.base import (
@@ -34,6 +35,7 @@ from fedssl.privacy.accounting.base import (
     GaussianAccountant,
     Segment,
     accountant_names,
+    audit_accountants,
     budget_accountants,
     create_accountant,
     gaussian_accountants,
@@ -58,6 +60,6 @@ from fedssl.privacy.accounting.skellam import SkellamAccountant, SkellamRound
 __all__ = ["REGISTRY", "Accountant", "AccountingError", "DpaRDPAccountant", "GDPAccountant",
            "GaussianAccountant", "OpacusAccountant", "PLDAccountant", "PRVAccountant",
            "RDPAccountant", "Segment", "SkellamAccountant", "SkellamRound",
-           "accountant_names", "budget_accountants", "create_accountant",
+           "accountant_names", "audit_accountants", "budget_accountants", "create_accountant",
            "gaussian_accountants", "pld_interval", "quiet",
            "register_accountant"]

@@ -82,6 +82,17 @@ def epsilon_of(history: Iterable[Segment], delta: float, accountant: str = "prv"
     """Cumulative epsilon at ``delta`` of a history of DP-SGD segments.
 
     Returns ``inf`` if any segment ran without noise, ``0.0`` for an empty history.
+
+    Args:
+        history: the segments ``(noise_multiplier, sample_rate, steps)``.
+        delta: the guarantee's delta.
+        accountant: a budget accountant's registry name (:func:`budget_accountants`).
+
+    Returns:
+        The cumulative epsilon.
+
+    Raises:
+        AccountingError: ``accountant`` is not one clients may budget with.
     """
     return _accountant(accountant).epsilon(history, delta)
 
@@ -101,6 +112,18 @@ def calibrate_noise(
     ``hint`` (e.g. the noise multiplier of earlier rounds) is returned as is when it already
     keeps the plan within the target: a client keeps one noise level across rounds and pays
     one accountant evaluation instead of a search.
+
+    Args:
+        target_epsilon: the epsilon the whole history may reach.
+        delta: the guarantee's delta.
+        sample_rate: Poisson sampling rate of the new steps, in (0, 1].
+        steps: how many new steps.
+        accountant: a budget accountant's registry name.
+        spent: the history already spent.
+        hint: a noise multiplier to keep if it already meets the target.
+
+    Returns:
+        The noise multiplier of the new steps.
 
     Raises:
         AccountingError: if the target cannot be met (budget already spent or too small).

@@ -100,7 +100,12 @@ class Mechanism(ABC):
         return self.noise_multiplier / self.sensitivity
 
     def guarantee(self) -> dict[str, Any]:
-        """The stated guarantee as data (for reports and logs)."""
+        """The stated guarantee as data (for reports and logs).
+
+        Returns:
+            Its name, privacy unit, neighbouring relation, sensitivity, noise multipliers,
+            accountants and assumptions.
+        """
         return {"mechanism": type(self).__name__, "privacy_unit": self.privacy_unit,
                 "neighbouring": self.neighbouring, "sensitivity": self.sensitivity,
                 "noise_multiplier": self.noise_multiplier,

@@ -31,7 +31,14 @@ from fedssl.privacy.accounting.base import (
 
 def merge_segments(segments: list[Segment]) -> list[Segment]:
     """Merge segments of the same mechanism: k steps then m steps == k + m steps (exact,
-    since composition is order-independent), which keeps PRV/RDP evaluation fast."""
+    since composition is order-independent), which keeps PRV/RDP evaluation fast.
+
+    Args:
+        segments: ``(noise_multiplier, sample_rate, steps)`` triples.
+
+    Returns:
+        One segment per ``(noise_multiplier, sample_rate)``, in first-seen order.
+    """
     merged: dict[tuple[float, float], int] = {}
     for s, q, n in segments:
         merged[(s, q)] = merged.get((s, q), 0) + n
@@ -90,7 +97,15 @@ class OpacusAccountant(GaussianAccountant):
     """One of Opacus's accountants (``opacus.accountants.create_accountant(name)``)."""
 
     def epsilon(self, history: Iterable[Segment], delta: float) -> float:
-        """Returns ``inf`` if any segment ran without noise, ``0.0`` for an empty history."""
+        """Returns ``inf`` if any segment ran without noise, ``0.0`` for an empty history.
+
+        Args:
+            history: the segments ``(noise_multiplier, sample_rate, steps)``.
+            delta: the guarantee's delta.
+
+        Returns:
+            The cumulative epsilon from Opacus's accountant of this name.
+        """
         segments = merge_segments([(float(s), float(q), int(n)) for s, q, n in history
                                    if n > 0])
         if not segments:
@@ -103,7 +118,21 @@ class OpacusAccountant(GaussianAccountant):
                   steps: int, spent: Sequence[Segment] = ()) -> float:
         """Smallest noise multiplier reaching ``target_epsilon`` at ``delta``; with nothing
         ``spent``, Opacus's own bisection (to 1 % of epsilon, memoised), else the base
-        class's over the composed history (:meth:`GaussianAccountant.calibrate`)."""
+        class's over the composed history (:meth:`GaussianAccountant.calibrate`).
+
+        Args:
+            target_epsilon: the epsilon the whole history may reach.
+            delta: the guarantee's delta.
+            sample_rate: Poisson sampling rate of the new steps, in (0, 1].
+            steps: how many new steps.
+            spent: the history already spent.
+
+        Returns:
+            The noise multiplier of the new steps.
+
+        Raises:
+            AccountingError: the target cannot be met.
+        """
         if list(spent):
             return super().calibrate(target_epsilon, delta, sample_rate, steps, spent)
         return _calibrate_fresh(float(target_epsilon), float(delta), float(sample_rate),
@@ -116,6 +145,8 @@ class PRVAccountant(OpacusAccountant):
 
     name = "prv"
     budget = True
+    audit = True
+    label = "Opacus PRV (Gopi et al. 2021)"
 
 
 @register_accountant
@@ -124,6 +155,7 @@ class RDPAccountant(OpacusAccountant):
 
     name = "rdp"
     budget = True
+    label = "Opacus RDP (Mironov 2017)"
 
 
 @register_accountant
@@ -132,3 +164,4 @@ class GDPAccountant(OpacusAccountant):
 
     name = "gdp"
     upper_bound = False
+    label = "Opacus GDP (Dong, Roth & Su 2019)"

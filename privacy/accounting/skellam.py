@@ -37,7 +37,20 @@ class DistributedDPError(ValueError):
 
 
 def skellam_rdp(order: int, l2: float, l1: float, mu: float) -> float:
-    """RDP at integer ``order`` of one Skellam release (Agarwal et al. 2021, Thm 3.5)."""
+    """RDP at integer ``order`` of one Skellam release (Agarwal et al. 2021, Thm 3.5).
+
+    Args:
+        order: the Rényi order, an integer >= 2.
+        l2: integer L2 sensitivity.
+        l1: integer L1 sensitivity.
+        mu: total noise variance per coordinate.
+
+    Returns:
+        The RDP epsilon at ``order`` (``inf`` without noise).
+
+    Raises:
+        DistributedDPError: ``order`` is not an integer >= 2.
+    """
     if order < 2 or int(order) != order:
         raise DistributedDPError(f"the Skellam bound needs an integer order >= 2, got {order}")
     if mu <= 0:
@@ -71,14 +84,27 @@ class SkellamAccountant(Accountant[SkellamRound]):
     """RDP accountant of the Skellam mechanism (a guaranteed upper bound)."""
 
     name = "skellam"
+    label = "Skellam RDP (Agarwal, Kairouz & Liu 2021)"
     event = SkellamRound
 
     def step(self, round: SkellamRound) -> None:
-        """Record one released round."""
+        """Record one released round.
+
+        Args:
+            round: the released round.
+        """
         self.compose(round)
 
     def epsilon(self, history: Iterable[SkellamRound], delta: float) -> float:
-        """``epsilon`` at ``delta`` of composing the rounds (``inf`` if any had no noise)."""
+        """``epsilon`` at ``delta`` of composing the rounds (``inf`` if any had no noise).
+
+        Args:
+            history: the released rounds.
+            delta: the guarantee's delta.
+
+        Returns:
+            The composed epsilon, from the RDP of every round summed per order.
+        """
         rounds = list(history)
         if not rounds:
             return 0.0

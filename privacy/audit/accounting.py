@@ -2,21 +2,21 @@
 
 Each ledger entry is a segment ``(noise multiplier / sensitivity, sample rate, steps)`` of the
 Poisson-subsampled Gaussian mechanism; :func:`recompute` composes a history of them with each
-accountant of :data:`AUDIT_ACCOUNTANTS` and returns the cumulative epsilon after every entry:
+accountant of :func:`~fedssl.privacy.accounting.audit_accountants` (the registry's accountants
+marked ``audit``, named as the registry names them) and returns the cumulative epsilon after
+every entry:
 
 - ``prv``: Opacus's privacy-random-variable accountant (Gopi, Lee & Wutschitz, NeurIPS 2021),
   upper end of its error bound (:data:`PRV_EPS_ERROR`);
 - ``pld``: Google dp-accounting's privacy-loss-distribution accountant, pessimistic
   connect-the-dots discretisation (Doroshenko et al., PETS 2022), an upper bound by
   construction;
-- ``rdp``: dp-accounting's Rényi-DP accountant (Mironov 2017), looser but conservative.
+- ``dpa-rdp``: dp-accounting's Rényi-DP accountant (Mironov 2017), looser but conservative
+  (not Opacus's ``rdp``, which clients may record with).
 
-Each is an accountant of the registry (:mod:`fedssl.privacy.accounting`):
-:data:`REGISTRY_NAMES` maps the audit's column names to the registry's (the audit's ``rdp`` is
-dp-accounting's, ``dpa-rdp``, independent of Opacus's ``rdp`` that clients may record with).
-
-The reference the audit checks claims against is ``max(prv, pld)``
-(:func:`reference_epsilon`). What the audit does with these numbers is in
+The reference the audit checks claims against is the larger of the :data:`REFERENCE`
+accountants, ``max(prv, pld)`` (:func:`reference_epsilon`); every other audit accountant is a
+cross-check that must not fall below them. What the audit does with these numbers is in
 :mod:`fedssl.privacy.audit.checks`.
 """
 
@@ -26,34 +26,65 @@ import functools
 import math
 from collections.abc import Sequence
 
-from fedssl.privacy.accounting import Segment, create_accountant, pld_interval, quiet
+from fedssl.privacy.accounting import (
+    Segment,
+    audit_accountants,
+    create_accountant,
+    pld_interval,
+    quiet,
+)
 
-#: accountants recomputed by the audit, in table order
-AUDIT_ACCOUNTANTS = ("prv", "pld", "rdp")
-#: the audit's accountant names -> the registry's (``create_accountant``)
-REGISTRY_NAMES = {"prv": "prv", "pld": "pld", "rdp": "dpa-rdp"}
+#: the two tight upper bounds whose larger value is the audit's reference epsilon
+REFERENCE = ("prv", "pld")
 #: Opacus's PRV accountant returns the upper end of an absolute 0.01 error band, so PRV sits
 #: 0.01 above PLD at every setting measured: at small epsilons that is several per cent
 PRV_EPS_ERROR = 0.01
 
-__all__ = ["AUDIT_ACCOUNTANTS", "PRV_EPS_ERROR", "REGISTRY_NAMES", "pld_epsilons",
-           "pld_interval", "prv_epsilons", "rdp_epsilons", "recompute", "reference_epsilon"]
+__all__ = ["PRV_EPS_ERROR", "REFERENCE", "audit_accountants", "dpa_rdp_epsilons",
+           "pld_epsilons", "pld_interval", "prv_epsilons", "recompute", "reference_epsilon"]
 
 
 def pld_epsilons(history: Sequence[Segment], deltas: Sequence[float],
                  interval: float | None = None) -> list[float]:
     """Cumulative epsilon after each segment, Google dp-accounting PLD (pessimistic; the
-    interval defaults to :func:`pld_interval` of the RDP epsilon)."""
+    interval defaults to :func:`pld_interval` of the ``dpa-rdp`` epsilon).
+
+    Args:
+        history: the segments ``(noise multiplier / sensitivity, sample rate, steps)``.
+        deltas: the delta of each segment's claim, one per segment.
+        interval: the PLD's value-discretisation interval.
+
+    Returns:
+        One cumulative epsilon per segment.
+    """
     return create_accountant("pld", interval=interval).epsilons(history, deltas)
 
 
-def rdp_epsilons(history: Sequence[Segment], deltas: Sequence[float]) -> list[float]:
-    """Cumulative epsilon after each segment, Google dp-accounting RDP (conservative)."""
-    return create_accountant(REGISTRY_NAMES["rdp"]).epsilons(history, deltas)
+def dpa_rdp_epsilons(history: Sequence[Segment], deltas: Sequence[float]) -> list[float]:
+    """Cumulative epsilon after each segment, Google dp-accounting RDP (``dpa-rdp``,
+    conservative).
+
+    Args:
+        history: the segments ``(noise multiplier / sensitivity, sample rate, steps)``.
+        deltas: the delta of each segment's claim, one per segment.
+
+    Returns:
+        One cumulative epsilon per segment.
+    """
+    return create_accountant("dpa-rdp").epsilons(history, deltas)
 
 
 def prv_epsilons(history: Sequence[Segment], deltas: Sequence[float]) -> list[float]:
-    """Cumulative epsilon after each segment, Opacus PRV (the project's accountant)."""
+    """Cumulative epsilon after each segment, Opacus PRV (the project's accountant).
+
+    Args:
+        history: the segments ``(noise multiplier / sensitivity, sample rate, steps)``.
+        deltas: the delta of each segment's claim, one per segment.
+
+    Returns:
+        One cumulative epsilon per segment; ``nan`` where Opacus fails (an accountant failure,
+        never a pass).
+    """
     return [_prv(tuple(history[: i + 1]), delta) for i, delta in enumerate(deltas)]
 
 
@@ -66,27 +97,50 @@ def _prv(history: tuple[Segment, ...], delta: float) -> float:
             return math.nan  # reported as an accountant failure, never as a pass
 
 
-_ACCOUNTANT_FNS = {"prv": prv_epsilons, "pld": pld_epsilons, "rdp": rdp_epsilons}
+def recompute(history: tuple[Segment, ...], deltas: tuple[float, ...],
+              accountants: tuple[str, ...] | None = None) -> dict[str, list[float]]:
+    """Cumulative epsilon after every segment of ``history`` with each accountant.
+
+    Args:
+        history: the segments ``(noise multiplier / sensitivity, sample rate, steps)``.
+        deltas: the delta of each segment's claim, one per segment.
+        accountants: registry names (default :func:`audit_accountants`).
+
+    Returns:
+        Registry name -> the cumulative epsilon after each segment, in ``accountants`` order
+        (``nan`` where PRV fails).
+    """
+    names = audit_accountants() if accountants is None else tuple(accountants)
+    return _recompute(tuple((float(s), float(q), int(n)) for s, q, n in history),
+                      tuple(deltas), names)
 
 
 @functools.lru_cache(maxsize=1024)
-def recompute(history: tuple[Segment, ...], deltas: tuple[float, ...],
-              accountants: tuple[str, ...] = AUDIT_ACCOUNTANTS) -> dict[str, list[float]]:
-    """Cumulative epsilon after every segment of ``history`` with each accountant."""
-    history = tuple((float(s), float(q), int(n)) for s, q, n in history)
+def _recompute(history: tuple[Segment, ...], deltas: tuple[float, ...],
+               names: tuple[str, ...]) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
-    rdp = rdp_epsilons(history, deltas)
-    for name in accountants:
-        if name == "rdp":
-            out[name] = rdp
-        elif name == "pld":  # discretisation relative to the (larger) RDP epsilon
+    if "pld" in names or "dpa-rdp" in names:
+        out["dpa-rdp"] = dpa_rdp_epsilons(history, deltas)
+    for name in names:
+        if name == "pld":  # discretisation relative to the (larger) dp-accounting RDP epsilon
+            rdp = out["dpa-rdp"]
             out[name] = pld_epsilons(history, deltas, pld_interval(rdp[-1] if rdp else 1.0))
-        else:
-            out[name] = _ACCOUNTANT_FNS[name](history, deltas)
-    return out
+        elif name == "prv":
+            out[name] = prv_epsilons(history, deltas)
+        elif name not in out:
+            out[name] = create_accountant(name).epsilons(history, deltas)
+    return {name: out[name] for name in names}
 
 
 def reference_epsilon(prv: float, pld: float) -> float:
-    """The audit's reference: the larger of the two tight upper bounds that are finite."""
+    """The audit's reference: the larger of the two tight upper bounds that are finite.
+
+    Args:
+        prv: the ``prv`` epsilon (``nan`` if it failed).
+        pld: the ``pld`` epsilon (``nan`` if it failed).
+
+    Returns:
+        The larger of the two, the one that is not ``nan``, or ``nan`` if both are.
+    """
     vals = [v for v in (prv, pld) if not math.isnan(v)]
     return max(vals) if vals else math.nan

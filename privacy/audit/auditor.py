@@ -16,7 +16,9 @@ not have to trust either, nor the single accountant that produced the numbers. T
 2. recomputes each client's cumulative epsilon after every entry from the recorded noise
    multiplier (divided by ``extra.sensitivity`` when recorded,
    :meth:`fedssl.privacy.identity.ledger.LedgerEntry.segment`), sample rate and steps with
-   independent accountants of the Poisson-subsampled Gaussian mechanism:
+   independent accountants of the Poisson-subsampled Gaussian mechanism (the registry's
+   accountants marked ``audit``, :func:`fedssl.privacy.accounting.audit_accountants`, named
+   as the registry names them):
 
    - ``prv``: Opacus's privacy-random-variable accountant (Gopi, Lee & Wutschitz, "Numerical
      Composition of Differential Privacy", NeurIPS 2021), upper end of its error bound;
@@ -24,9 +26,10 @@ not have to trust either, nor the single accountant that produced the numbers. T
      pessimistic connect-the-dots discretisation (Doroshenko, Ghazi, Kamath, Kumar &
      Manurangsi, "Connect the Dots: Tighter Discrete Approximations of Privacy Loss
      Distributions", PETS 2022), an upper bound by construction;
-   - ``rdp``: dp-accounting's Rényi-DP accountant (Mironov, "Rényi Differential Privacy",
+   - ``dpa-rdp``: dp-accounting's Rényi-DP accountant (Mironov, "Rényi Differential Privacy",
      CSF 2017; Mironov, Talwar & Zhang 2019 for the subsampled Gaussian), a looser but
-     conservative upper bound, used as a sanity check (RDP >= PRV, PLD);
+     conservative upper bound, used as a sanity check (dpa-rdp >= prv, pld); not Opacus's
+     ``rdp``, which a client may record its epsilons with;
 
    and flags an entry whose recorded epsilon is below the reference ``max(prv, pld)`` by more
    than the tolerance (1 % by default). A site's ledger may span several server runs: an
@@ -73,12 +76,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedssl.privacy.audit.accounting import (
-    AUDIT_ACCOUNTANTS,
     PRV_EPS_ERROR,
+    REFERENCE,
+    audit_accountants,
+    dpa_rdp_epsilons,
     pld_epsilons,
     pld_interval,
     prv_epsilons,
-    rdp_epsilons,
     recompute,
     reference_epsilon,
 )
@@ -102,23 +106,24 @@ from fedssl.privacy.audit.findings import (
     Severity,
 )
 from fedssl.privacy.audit.report import (
-    TABLE_HEADER,
     format_findings,
     format_markdown,
     format_table,
     plot_epsilons,
+    table_header,
     table_rows,
     write_audit,
 )
 from fedssl.privacy.identity.keys import IdentityError, load_registry
 from fedssl.run_layout import RunLayout
 
-__all__ = ["AGREEMENT_TOLERANCE", "AUDIT_ACCOUNTANTS", "DEFAULT_TOLERANCE", "PRV_EPS_ERROR",
-           "TABLE_HEADER", "AuditResult", "ClientAudit", "EntryCheck", "Finding",
-           "FindingKind", "Severity", "audit_run", "format_findings", "format_markdown",
-           "format_table", "key_fingerprint", "pld_epsilons", "pld_interval", "plot_epsilons",
-           "prv_epsilons", "rdp_epsilons", "read_config_table", "recompute",
-           "reference_epsilon", "table_rows", "write_audit"]
+__all__ = ["AGREEMENT_TOLERANCE", "DEFAULT_TOLERANCE", "PRV_EPS_ERROR", "REFERENCE",
+           "AuditResult", "ClientAudit", "EntryCheck", "Finding",
+           "FindingKind", "Severity", "audit_accountants", "audit_run", "dpa_rdp_epsilons",
+           "format_findings", "format_markdown", "format_table", "key_fingerprint",
+           "pld_epsilons", "pld_interval", "plot_epsilons", "prv_epsilons",
+           "read_config_table", "recompute",
+           "reference_epsilon", "table_header", "table_rows", "write_audit"]
 
 
 def read_config_table(path: Path) -> dict[str, Any]:
@@ -127,7 +132,14 @@ def read_config_table(path: Path) -> dict[str, Any]:
 
     Reads the simulator's format (an ``[experiment]`` table), the server's (a ``[run]`` table
     of kebab-case run-config keys, :mod:`fedssl.server.run_record`: mapped to the same names,
-    ``num-server-rounds`` to ``rounds``), or a bare top-level table."""
+    ``num-server-rounds`` to ``rounds``), or a bare top-level table.
+
+    Args:
+        path: the run's ``config.toml``.
+
+    Returns:
+        The settings under the simulator's snake-case names.
+    """
     raw = tomllib.loads(path.read_text())
     if isinstance(raw.get("experiment"), dict):
         return dict(raw["experiment"])
@@ -190,6 +202,9 @@ def audit_run(
             is a finding.
         run_id: the run to audit (default ``RUN/run_id``, the config's ``run_id``, else
             each ledger's last run).
+
+    Returns:
+        The result: per-client recomputations, findings (each fails the audit) and notes.
     """
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)

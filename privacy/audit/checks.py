@@ -30,6 +30,7 @@ from fedssl.privacy.accounting import budget_accountants
 from fedssl.privacy.accounting.budget import Segment
 from fedssl.privacy.audit.accounting import (
     PRV_EPS_ERROR,
+    REFERENCE,
     pld_epsilons,
     prv_epsilons,
     recompute,
@@ -57,7 +58,14 @@ DEFAULT_TOLERANCE = 0.01
 AGREEMENT_TOLERANCE = 0.05
 
 def key_fingerprint(key: Ed25519PublicKey) -> str:
-    """``SHA256:`` and the first 16 hex digits of SHA-256 over the raw 32-byte public key."""
+    """``SHA256:`` and the first 16 hex digits of SHA-256 over the raw 32-byte public key.
+
+    Args:
+        key: an Ed25519 public key.
+
+    Returns:
+        The fingerprint, e.g. ``SHA256:0123456789abcdef``.
+    """
     import hashlib
 
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -86,6 +94,14 @@ def _method_sensitivity(method: str | None) -> int | None:
 
 
 def check_config(res: AuditResult, cfg: Mapping[str, Any]) -> None:
+    """Add a finding for each unsound DP setting of the run's configuration: an unknown or
+    non-decomposable method, no noise and no target, an accountant that is not an upper
+    bound, no clipping, a delta outside (0, 1). Nothing is checked when DP is off.
+
+    Args:
+        res: the audit's result, which collects the findings.
+        cfg: the run's settings (:func:`~fedssl.privacy.audit.auditor.read_config_table`).
+    """
     from fedssl.ssl_core.objectives import OBJECTIVES
 
     if not res.dp:
@@ -126,7 +142,17 @@ def load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
     """Verify a ledger, turning every failure into a finding; returns what can be read.
 
     Signatures are verified with the ``.pub`` next to the ledger (the registry's key when
-    that is missing); the ``.pub`` must then be the registry's key for the client."""
+    that is missing); the ``.pub`` must then be the registry's key for the client.
+
+    Args:
+        res: the audit's result, which collects the findings.
+        path: the ledger, ``RUN/ledger/<client>.jsonl``.
+        audit: the client's audit (signature, chain and key status are set on it).
+        registry: the identity registry's keys by client id, or None without one.
+
+    Returns:
+        The entries that could be read (empty if the ledger is unreadable).
+    """
     name = audit.client
     pub = path.with_suffix(".pub")
     key = None
@@ -200,6 +226,15 @@ def load_ledger(res: AuditResult, path: Path, audit: ClientAudit,
 
 
 def check_entries(res: AuditResult, audit: ClientAudit, entries: list[LedgerEntry]) -> None:
+    """Check each entry of one client's ledger: its client name, parameters, delta and the
+    sensitivity the run's method needs; fills ``audit.entries`` (the audited run's) and
+    ``audit.all_entries`` with one :class:`EntryCheck` each.
+
+    Args:
+        res: the audit's result, which collects the findings.
+        audit: the client's audit.
+        entries: the ledger's verified entries.
+    """
     name = audit.client
     for e in entries:
         if e.client != name:
@@ -276,7 +311,12 @@ def _history(checks: Sequence[EntryCheck]) -> tuple[Segment, ...]:
 
 def check_epsilons(res: AuditResult, audit: ClientAudit) -> None:
     """Recompute every entry's run epsilon (its run's entries composed; a legacy entry's
-    claim is over the whole ledger) and lifetime epsilon (every entry composed)."""
+    claim is over the whole ledger) and lifetime epsilon (every entry composed).
+
+    Args:
+        res: the audit's result, which collects the findings.
+        audit: the client's audit; its entries get their recomputed epsilons.
+    """
     checks = audit.all_entries
     valid = [c for c in checks if 0 < c.sample_rate <= 1 and 0 < c.delta < 1 and c.steps >= 0
              and math.isfinite(c.sensitivity)]
@@ -284,23 +324,23 @@ def check_epsilons(res: AuditResult, audit: ClientAudit) -> None:
         return
     life = recompute(_history(checks), tuple(c.delta for c in checks))
     for i, c in enumerate(checks):
-        c.lifetime_prv, c.lifetime_pld, c.lifetime_rdp = (
-            life["prv"][i], life["pld"][i], life["rdp"][i])
+        c.lifetime_epsilons = {a: eps[i] for a, eps in life.items()}
     groups: dict[str, list[EntryCheck]] = {}
     for c in checks:
         groups.setdefault(c.run, []).append(c)
     for run, group in groups.items():
         if run == LEGACY_RUN:  # computed over the whole ledger when written
             for c in group:
-                c.prv, c.pld, c.rdp = c.lifetime_prv, c.lifetime_pld, c.lifetime_rdp
+                c.epsilons = dict(c.lifetime_epsilons)
             continue
-        eps = recompute(_history(group), tuple(c.delta for c in group))
+        run_eps = recompute(_history(group), tuple(c.delta for c in group))
         for i, c in enumerate(group):
-            c.prv, c.pld, c.rdp = eps["prv"][i], eps["pld"][i], eps["rdp"][i]
+            c.epsilons = {a: eps[i] for a, eps in run_eps.items()}
     tol = res.tolerance
     name = audit.client
     for c in checks:
         ref = c.reference
+        prv, pld = (c.epsilons.get(a, math.nan) for a in REFERENCE)
         other = "" if c.run == audit.run_id else f" (run {c.run})"
         if math.isnan(ref):
             res.add(Severity.ERROR, FindingKind.ACCOUNTANT_FAILURE,
@@ -309,7 +349,7 @@ def check_epsilons(res: AuditResult, audit: ClientAudit) -> None:
         if c.recorded < ref * (1 - tol):
             res.add(Severity.ERROR, FindingKind.EPSILON_UNDERSTATED,
                     f"recorded epsilon{other} {c.recorded:.4g} is below the recomputed "
-                    f"{ref:.4g} (max of PRV {c.prv:.4g}, PLD {c.pld:.4g}) by "
+                    f"{ref:.4g} (max of prv {prv:.4g}, pld {pld:.4g}) by "
                     f"{100 * (1 - c.recorded / ref):.1f} % (> {100 * tol:g} %)", name, c.round)
         lref = c.lifetime_reference
         if not math.isnan(lref) and c.recorded_lifetime < lref * (1 - tol):
@@ -317,16 +357,18 @@ def check_epsilons(res: AuditResult, audit: ClientAudit) -> None:
                     f"recorded lifetime epsilon{other} {c.recorded_lifetime:.4g} is below the "
                     f"recomputed composition of every entry so far {lref:.4g} by more than "
                     f"{100 * tol:g} %", name, c.round)
-        finite = [v for v in (c.prv, c.pld) if math.isfinite(v)]
+        finite = [v for v in (prv, pld) if math.isfinite(v)]
         if len(finite) == 2 and abs(finite[0] - finite[1]) > (
                 AGREEMENT_TOLERANCE * max(finite) + 2 * PRV_EPS_ERROR):
             res.add(Severity.WARNING, FindingKind.ACCOUNTANT_DISAGREEMENT,
-                    f"PRV {c.prv:.4g} and PLD {c.pld:.4g} differ by more than "
+                    f"prv {prv:.4g} and pld {pld:.4g} differ by more than "
                     f"{100 * AGREEMENT_TOLERANCE:g} % + {2 * PRV_EPS_ERROR:g}", name, c.round)
-        if math.isfinite(c.rdp) and finite and c.rdp < min(finite) * (1 - tol):
-            res.add(Severity.WARNING, FindingKind.ACCOUNTANT_DISAGREEMENT,
-                    f"RDP {c.rdp:.4g} is below PRV/PLD {min(finite):.4g}: one accountant "
-                    "is not an upper bound here", name, c.round)
+        for other_name, eps in c.epsilons.items():  # the looser cross-checks (dpa-rdp)
+            if (other_name not in REFERENCE and math.isfinite(eps) and finite
+                    and eps < min(finite) * (1 - tol)):
+                res.add(Severity.WARNING, FindingKind.ACCOUNTANT_DISAGREEMENT,
+                        f"{other_name} {eps:.4g} is below prv/pld {min(finite):.4g}: one "
+                        "accountant is not an upper bound here", name, c.round)
     if res.budget is not None:  # a run's target: checked against the run's epsilon
         for c in audit.entries:
             if c.recorded > res.budget:
@@ -343,7 +385,12 @@ def check_epsilons(res: AuditResult, audit: ClientAudit) -> None:
 
 
 def check_report(res: AuditResult, path: Path) -> None:
-    """Cross-check the run's ``report.json`` (``path``) against the verified ledgers."""
+    """Cross-check the run's ``report.json`` (``path``) against the verified ledgers.
+
+    Args:
+        res: the audit's result, which collects the findings.
+        path: the run's ``report.json``.
+    """
     if not path.exists():
         res.notes.append("report.json not found (run unfinished?): report not cross-checked")
         return
@@ -414,7 +461,12 @@ def check_client_level(res: AuditResult, path: Path) -> None:
     """Recompute the client-level DP claim of ``report.json`` (central DP-FedAvg: PRV and PLD
     over the Poisson-subsampled Gaussian; distributed Skellam: the Skellam RDP bound from the
     per-round sensitivities, never below the Gaussian mechanism with the same noise);
-    ``path`` is the run's ``report.json``."""
+    ``path`` is the run's ``report.json``.
+
+    Args:
+        res: the audit's result, which collects the findings.
+        path: the run's ``report.json``.
+    """
     try:
         level = (json.loads(path.read_text()).get("privacy") or {}).get("client_level")
     except (OSError, ValueError, AttributeError):

@@ -184,6 +184,11 @@ class CanaryAuditResult:
                 f"found {self.epsilon_lower_bound:.3f}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data (``audit.json``'s ``empirical`` items).
+
+        Returns:
+            Every field, the segments as dicts, and the derived verdict, reason and power.
+        """
         out = asdict(self)
         out["segments"] = [asdict(s) for s in self.segments]
         out.update(violation=self.violation, verdict=self.verdict, reason=self.reason,
@@ -196,7 +201,21 @@ class CanaryAuditResult:
 # --------------------------------------------------------------------------------------------
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
     """Probability of at least ``v`` correct out of ``r`` guesses on ``m`` canaries if the
-    mechanism were (epsilon, delta)-DP (Theorem 3 of Steinke et al. 2023)."""
+    mechanism were (epsilon, delta)-DP (Theorem 3 of Steinke et al. 2023).
+
+    Args:
+        m: canaries.
+        r: guesses made.
+        v: correct guesses.
+        epsilon: the epsilon tested.
+        delta: the delta tested.
+
+    Returns:
+        The p-value, at most 1.
+
+    Raises:
+        ValueError: the counts or the (epsilon, delta) are impossible.
+    """
     if not 0 <= v <= r <= m:
         raise ValueError(f"need 0 <= v <= r <= m, got v={v}, r={r}, m={m}")
     if epsilon < 0 or not 0 <= delta <= 1:
@@ -215,7 +234,21 @@ def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
 def epsilon_lower_bound(m: int, r: int, v: int, delta: float, confidence: float = 0.95
                         ) -> float:
     """Largest epsilon rejected at ``confidence``: the mechanism is *not* (eps, delta)-DP for
-    any smaller eps, except with probability ``1 - confidence`` (Algorithm 2 of the paper)."""
+    any smaller eps, except with probability ``1 - confidence`` (Algorithm 2 of the paper).
+
+    Args:
+        m: canaries.
+        r: guesses made.
+        v: correct guesses.
+        delta: the claim's delta.
+        confidence: probability that the bound holds, in (0, 1).
+
+    Returns:
+        The lower bound (0 when nothing is rejected, ``inf`` if no epsilon is).
+
+    Raises:
+        ValueError: ``confidence`` is not in (0, 1).
+    """
     p = 1.0 - confidence
     if not 0 < p < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
@@ -239,7 +272,18 @@ def guess_counts(included: np.ndarray, scores: np.ndarray, k: int,
                  rng: np.random.Generator, one_sided: bool = False) -> tuple[int, int]:
     """Guess "in" for the top ``k`` scores and "out" for the bottom ``k`` (only "in" with
     ``one_sided``; ties broken at random); returns ``(r, v)``: the number of guesses and of
-    correct ones."""
+    correct ones.
+
+    Args:
+        included: whether each canary was included.
+        scores: each canary's score.
+        k: guesses on each side.
+        rng: breaks ties.
+        one_sided: guess "in" only.
+
+    Returns:
+        ``(r, v)``: guesses made and correct ones.
+    """
     m = len(scores)
     k = max(1, min(k, m if one_sided else m // 2))
     order = np.lexsort((rng.random(m), scores))  # ascending score, random among ties
@@ -252,7 +296,15 @@ def guess_counts(included: np.ndarray, scores: np.ndarray, k: int,
 
 def guess_sets(canaries: int, guesses: int | None) -> list[tuple[int, bool]]:
     """The ``(k, one_sided)`` guess sets tried: ``guesses`` given, that many symmetric guesses;
-    else each of :data:`DEFAULT_GUESS_FRACTIONS`, symmetric and one-sided."""
+    else each of :data:`DEFAULT_GUESS_FRACTIONS`, symmetric and one-sided.
+
+    Args:
+        canaries: how many canaries.
+        guesses: the number of guesses asked for, or None for the defaults.
+
+    Returns:
+        The ``(k, one_sided)`` pairs.
+    """
     if guesses is not None:
         return [(max(1, guesses // 2), False)]
     ks = sorted({max(1, int(f * canaries / 2)) for f in DEFAULT_GUESS_FRACTIONS})
@@ -265,7 +317,18 @@ def detection_power(segments: Sequence[MechanismSegment], canaries: int, delta: 
     certify at ``level`` if every guess were right, and the one a noise-free version of the
     mechanism is expected to reach (see the module docstring). Computed from the mechanism
     only (expected counts: ``m/2`` canaries included, each sampled at least once with
-    probability ``1 - prod (1 - q)^T``), never from the observed scores."""
+    probability ``1 - prod (1 - q)^T``), never from the observed scores.
+
+    Args:
+        segments: the mechanism as recorded.
+        canaries: how many canaries.
+        delta: the claim's delta.
+        sets: the ``(k, one_sided)`` guess sets (:func:`guess_sets`).
+        level: the confidence of each set's bound (after the Bonferroni split).
+
+    Returns:
+        ``(max_detectable, noise_free)``.
+    """
     m = canaries
     n_in = m / 2
     never = math.prod((1.0 - s.sample_rate) ** s.steps for s in segments if s.steps > 0)
@@ -305,6 +368,16 @@ def canary_scores(
 
     ``noise_scale`` multiplies the noise multiplier handed to the optimizer (1 = the recorded
     mechanism; 0.1 or 0 simulate a broken implementation that claims more noise than it adds).
+
+    Args:
+        segments: the mechanism as recorded.
+        included: whether each canary is in the training set.
+        noise_scale: multiplies the recorded noise multiplier.
+        generator: seeds the sampling and the noise.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        One score per canary (the trained parameter's coordinate, negated).
     """
     from tqdm.auto import tqdm
 
@@ -349,7 +422,15 @@ def canary_scores(
 
 
 def claimed_epsilons(segments: Sequence[MechanismSegment], delta: float) -> dict[str, float]:
-    """Upper bounds of the claimed mechanism: Opacus PRV and Google PLD (see privacy.audit)."""
+    """Upper bounds of the claimed mechanism: Opacus PRV and Google PLD (see privacy.audit).
+
+    Args:
+        segments: the mechanism as recorded.
+        delta: the claim's delta.
+
+    Returns:
+        ``{"prv": ..., "pld": ...}``, the epsilon after the last segment.
+    """
     from fedssl.privacy.audit.auditor import recompute
 
     history = tuple(s.accounted for s in segments)
@@ -384,6 +465,13 @@ def run_canary_audit(
             ``segments`` (each an upper bound if the mechanism is as recorded).
         seed: seeds inclusion, Poisson sampling, noise and tie-breaking.
         progress: show a tqdm progress bar.
+
+    Returns:
+        The lower bound, the counts behind it, the claim and the verdict.
+
+    Raises:
+        ValueError: the mechanism has no steps or impossible parameters, or fewer than 4
+            canaries.
     """
     segments = [s for s in segments if s.steps > 0]
     if not segments:

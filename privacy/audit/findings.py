@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from fedssl.privacy.audit.accounting import AUDIT_ACCOUNTANTS, reference_epsilon
+from fedssl.privacy.accounting import REGISTRY, audit_accountants
+from fedssl.privacy.audit.accounting import REFERENCE, reference_epsilon
 from fedssl.privacy.identity.ledger import (
     LEGACY_RUN,
 )
@@ -85,9 +86,14 @@ class Finding:
             raise TypeError(f"Finding.kind must be a FindingKind, got {self.kind!r}")
 
 
+def _unset() -> dict[str, float]:
+    return dict.fromkeys(audit_accountants(), math.nan)
+
+
 @dataclass
 class EntryCheck:
-    """One ledger entry: what it recorded and what the accountants recompute."""
+    """One ledger entry: what it recorded and what the accountants recompute (keyed by the
+    registry's names, :func:`~fedssl.privacy.accounting.audit_accountants`)."""
 
     round: int
     steps: int
@@ -97,26 +103,27 @@ class EntryCheck:
     max_grad_norm: float
     delta: float
     recorded: float
-    prv: float = math.nan
-    pld: float = math.nan
-    rdp: float = math.nan
+    #: this run's epsilon after the entry, per audit accountant (``nan`` until recomputed)
+    epsilons: dict[str, float] = field(default_factory=_unset)
     #: the run the entry belongs to (:data:`~fedssl.privacy.identity.ledger.LEGACY_RUN` without id)
     run: str = LEGACY_RUN
     #: ``extra.sensitivity`` (1 when absent): the accountants see noise / sensitivity
     sensitivity: float = 1.0
     #: recorded ``lifetime_epsilon`` (legacy entries: their ``epsilon`` is the lifetime one)
     recorded_lifetime: float = math.nan
-    lifetime_prv: float = math.nan
-    lifetime_pld: float = math.nan
-    lifetime_rdp: float = math.nan
+    #: every entry of the ledger so far composed, per audit accountant
+    lifetime_epsilons: dict[str, float] = field(default_factory=_unset)
 
     @property
     def reference(self) -> float:
-        return reference_epsilon(self.prv, self.pld)
+        """This run's reference epsilon, ``max(prv, pld)`` (:func:`reference_epsilon`)."""
+        return reference_epsilon(*(self.epsilons.get(a, math.nan) for a in REFERENCE))
 
     @property
     def lifetime_reference(self) -> float:
-        return reference_epsilon(self.lifetime_prv, self.lifetime_pld)
+        """The lifetime reference epsilon, ``max(prv, pld)`` over every entry so far."""
+        return reference_epsilon(*(self.lifetime_epsilons.get(a, math.nan)
+                                   for a in REFERENCE))
 
     @property
     def effective_noise(self) -> float:
@@ -198,12 +205,28 @@ class AuditResult:
 
     def add(self, severity: Severity, kind: FindingKind, message: str, client: str | None = None,
             round: int | None = None) -> None:
+        """Record a finding, and its kind on the client's audit when it names one.
+
+        Args:
+            severity: how bad it is.
+            kind: what it is about.
+            message: what was found, for people.
+            client: the client it concerns, if any.
+            round: the round it concerns, if any.
+        """
         self.findings.append(Finding(severity, kind, message, client, round))
         for c in self.clients:
             if client is not None and c.client == client:
                 c.kinds.append(kind)
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data: ``audit.json`` (non-finite floats as ``None``, ``"inf"``
+        or ``"-inf"``).
+
+        Returns:
+            The run's settings, each client's verification and epsilons (keyed by the audit
+            accountants' registry names), the findings, notes and empirical audits.
+        """
         def clean_float(x: Any) -> Any:
             if isinstance(x, float) and not math.isfinite(x):
                 return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
@@ -224,13 +247,13 @@ class AuditResult:
                 "registry_fingerprint": c.registry_fingerprint, "registered": c.registered,
                 "registry_name": c.registry_name,
                 "epsilon": {"recorded": last.recorded if last else None,
-                            **{a: getattr(last, a) if last else None
-                               for a in AUDIT_ACCOUNTANTS},
+                            **{a: last.epsilons.get(a) if last else None
+                               for a in audit_accountants()},
                             "reference": last.reference if last else None},
                 "lifetime_epsilon": {
                     "recorded": life.recorded_lifetime if life else None,
-                    **{a: getattr(life, f"lifetime_{a}") if life else None
-                       for a in AUDIT_ACCOUNTANTS},
+                    **{a: life.lifetime_epsilons.get(a) if life else None
+                       for a in audit_accountants()},
                     "reference": life.lifetime_reference if life else None},
                 "entries": [{**asdict(e), "reference": e.reference,
                              "lifetime_reference": e.lifetime_reference}
@@ -241,10 +264,8 @@ class AuditResult:
             "registry": self.registry,
             "budget": self.budget, "budget_source": self.budget_source, "delta": self.delta,
             "tolerance": self.tolerance, "dp": self.dp, "method": self.method,
-            "accountants": {"reference": "max(prv, pld)", "prv": "opacus PRV (Gopi et al. "
-                            "2021)", "pld": "dp-accounting PLD, pessimistic connect-the-dots "
-                            "(Doroshenko et al. 2022)", "rdp": "dp-accounting RDP (Mironov "
-                            "2017), conservative"},
+            "accountants": {"reference": f"max({', '.join(REFERENCE)})",
+                            **{a: REGISTRY[a].label or a for a in audit_accountants()}},
             "findings": [asdict(f) for f in self.findings],
             "notes": self.notes, "clients": clients, "empirical": self.empirical,
             "client_level": self.client_level,

@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 
 from fedssl.atomic import atomic_write_text
+from fedssl.privacy.accounting import REGISTRY, audit_accountants
+from fedssl.privacy.audit.accounting import REFERENCE
 from fedssl.privacy.audit.findings import AuditResult, ClientAudit
 
 
@@ -19,9 +21,16 @@ def _fmt(x: float | None) -> str:
     return "inf" if math.isinf(x) else f"{x:.3f}"
 
 
-TABLE_HEADER = ("client", "rounds", "steps", "recorded eps", "PRV", "PLD", "RDP",
-                "lifetime eps", "runs", "key", "status")
-_LEFT = (0, 9, 10)
+def table_header() -> tuple[str, ...]:
+    """The table's columns, read from the registry when called (so an accountant registered
+    later has its column).
+
+    Returns:
+        The column names; the recomputed epsilons are headed by the audit accountants'
+        registry names (:func:`~fedssl.privacy.accounting.audit_accountants`).
+    """
+    return ("client", "rounds", "steps", "recorded eps", *audit_accountants(),
+            "lifetime eps", "runs", "key", "status")
 
 
 def _key_status(c: ClientAudit) -> str:
@@ -33,29 +42,55 @@ def _key_status(c: ClientAudit) -> str:
 
 def table_rows(res: AuditResult) -> list[tuple[str, ...]]:
     """One row per client: this run's last cumulative epsilons (recorded, recomputed), the
-    site's lifetime epsilon (recorded, all runs), its runs and its key."""
+    site's lifetime epsilon (recorded, all runs), its runs and its key.
+
+    Args:
+        res: the audit's result.
+
+    Returns:
+        One row of strings per client, in :func:`table_header` order.
+    """
     rows = []
     for c in res.clients:
         last, life = c.last, c.lifetime
         rows.append((c.client, str(len(c.entries)), str(c.steps),
-                     _fmt(last.recorded if last else None), _fmt(last.prv if last else None),
-                     _fmt(last.pld if last else None), _fmt(last.rdp if last else None),
+                     _fmt(last.recorded if last else None),
+                     *(_fmt(last.epsilons.get(a) if last else None)
+                       for a in audit_accountants()),
                      _fmt(life.recorded_lifetime if life else None), str(len(c.runs)),
                      _key_status(c), c.status))
     return rows
 
 
 def format_table(res: AuditResult) -> str:
-    """Plain-text table, one row per client (last entry's cumulative epsilons)."""
-    rows = [TABLE_HEADER, *table_rows(res)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADER))]
-    lines = ["  ".join(v.ljust(w) if i in _LEFT else v.rjust(w)
+    """Plain-text table, one row per client (last entry's cumulative epsilons).
+
+    Args:
+        res: the audit's result.
+
+    Returns:
+        The table, columns aligned, one line per client under a header.
+    """
+    header = table_header()
+    left = (0, len(header) - 2, len(header) - 1)  # client, key, status
+    rows = [header, *table_rows(res)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) if i in left else v.rjust(w)
                        for i, (v, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def format_findings(res: AuditResult) -> str:
+    """The findings, one line each (severity, kind, client and round, message), or
+    ``no findings``.
+
+    Args:
+        res: the audit's result.
+
+    Returns:
+        The lines joined by newlines.
+    """
     if not res.findings:
         return "no findings"
     out = []
@@ -66,7 +101,15 @@ def format_findings(res: AuditResult) -> str:
 
 
 def plot_epsilons(res: AuditResult, path: Path) -> Path | None:
-    """Recorded (solid) vs recomputed reference (dashed) cumulative epsilon per round."""
+    """Recorded (solid) vs recomputed reference (dashed) cumulative epsilon per round.
+
+    Args:
+        res: the audit's result.
+        path: the PNG to write.
+
+    Returns:
+        ``path``, or None when no client has an entry (nothing is written).
+    """
     clients = [c for c in res.clients if c.entries]
     if not clients:
         return None
@@ -105,20 +148,32 @@ def plot_epsilons(res: AuditResult, path: Path) -> Path | None:
 
 
 def format_markdown(res: AuditResult, plot: str | None) -> str:
+    """``report.md``: the result, the clients' table, keys, multi-run sites, client-level DP,
+    findings, notes, the empirical audit and the plot.
+
+    Args:
+        res: the audit's result.
+        plot: the plot's file name relative to ``report.md``, or None.
+
+    Returns:
+        The Markdown text.
+    """
     lines = [f"# Privacy audit of `{res.run_dir}`", "",
              f"**Result: {'CLEAN' if res.clean else f'{len(res.findings)} FINDING(S)'}**", "",
              f"- DP: {res.dp}; method: {res.method}; delta: {res.delta}; run: "
              f"{res.run_id if res.run_id is not None else 'the last run of each ledger'}",
              f"- identity registry: {res.registry or 'NONE (ledger keys not checked)'}",
              f"- budget: {res.budget} ({res.budget_source if res.budget is not None else '-'})",
-             "- accountants: PRV (Opacus; Gopi et al. 2021), PLD (dp-accounting, pessimistic "
-             "connect-the-dots; Doroshenko et al. 2022), RDP (dp-accounting; Mironov 2017). "
-             f"Reference = max(PRV, PLD); tolerance {100 * res.tolerance:g} %.", "",
+             "- accountants: " + "; ".join(f"`{a}`: {REGISTRY[a].label or a}"
+                                           for a in audit_accountants())
+             + f". Reference = max({', '.join(REFERENCE)}); tolerance "
+             f"{100 * res.tolerance:g} %.", "",
              "## Clients (cumulative epsilon after the run's last entry)", "",
-             "`recorded eps` and PRV/PLD/RDP: this run's epsilon; `lifetime eps`: the "
-             "recorded composition of every entry of the site's ledger (all runs).", "",
-             "| " + " | ".join(TABLE_HEADER) + " |",
-             "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]
+             f"`recorded eps` and {', '.join(f'`{a}`' for a in audit_accountants())}: this "
+             "run's epsilon; `lifetime eps`: the recorded composition of every entry of the "
+             "site's ledger (all runs).", "",
+             "| " + " | ".join(table_header()) + " |",
+             "|" + "|".join("---" for _ in table_header()) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(res)]
     lines += ["", "## Ledger keys (SHA-256 of the raw Ed25519 public key, 16 hex digits)", "",
               "| client | ledger .pub | identity registry | registered as | status |",
@@ -131,7 +186,7 @@ def format_markdown(res: AuditResult, plot: str | None) -> str:
     if multi:
         lines += ["", "## Sites whose ledger spans runs", "",
                   "| client | runs (entries) | run eps | lifetime eps recorded | "
-                  "lifetime max(PRV, PLD) |", "|---|---|---|---|---|"]
+                  f"lifetime max({', '.join(REFERENCE)}) |", "|---|---|---|---|---|"]
         for c in multi:
             life = c.lifetime
             lines.append(
@@ -183,7 +238,16 @@ def format_markdown(res: AuditResult, plot: str | None) -> str:
 
 
 def write_audit(res: AuditResult, out_dir: Path, plot: bool = True) -> dict[str, Path]:
-    """Write ``audit.json``, ``report.md`` and (with ``plot``) ``epsilon.png`` to ``out_dir``."""
+    """Write ``audit.json``, ``report.md`` and (with ``plot``) ``epsilon.png`` to ``out_dir``.
+
+    Args:
+        res: the audit's result.
+        out_dir: the directory to write to (created if missing).
+        plot: also draw ``epsilon.png``.
+
+    Returns:
+        The paths written, by kind: ``json``, ``markdown`` and ``plot``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "audit.json", "markdown": out_dir / "report.md"}
     png = plot_epsilons(res, out_dir / "epsilon.png") if plot else None

@@ -28,7 +28,19 @@ Update = dict[str, np.ndarray]
 
 
 def poisson_sample(ids: list[int], rate: float, rng: np.random.Generator) -> list[int]:
-    """Each id independently with probability ``rate`` (may return an empty list)."""
+    """Each id independently with probability ``rate`` (may return an empty list).
+
+    Args:
+        ids: the client ids to sample from.
+        rate: the sampling rate ``q``, in (0, 1].
+        rng: the sampling randomness (secret on a server).
+
+    Returns:
+        The sampled ids, in the order of ``ids``.
+
+    Raises:
+        ValueError: ``rate`` is not in (0, 1].
+    """
     if not 0 < rate <= 1:
         raise ValueError(f"client sampling rate must be in (0, 1], got {rate}")
     keep = rng.random(len(ids)) < rate
@@ -36,7 +48,14 @@ def poisson_sample(ids: list[int], rate: float, rng: np.random.Generator) -> lis
 
 
 def update_norm(update: Update) -> float:
-    """L2 norm of an update over all its arrays together."""
+    """L2 norm of an update over all its arrays together.
+
+    Args:
+        update: array name -> array.
+
+    Returns:
+        The norm, computed in float64.
+    """
     return float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64)))
                              for v in update.values())))
 
@@ -91,7 +110,16 @@ class ClientLevelGaussian(Mechanism):
 
     def noisy_mean(self, clipped: list[Update], template: Update) -> Update:
         """``add_noise(sum of clipped updates) / (q N)``, shaped like ``template`` (the
-        noise is drawn even when no client replied: the round is accounted either way)."""
+        noise is drawn even when no client replied: the round is accounted either way).
+
+        Args:
+            clipped: the clipped updates (:meth:`constrain_sensitivity`) of the clients that
+                replied.
+            template: an update whose names, shapes and dtypes the result takes.
+
+        Returns:
+            The noisy mean update.
+        """
         total: Update = {k: np.zeros(ref.shape, np.float64) for k, ref in template.items()}
         for upd in clipped:
             for key in total:

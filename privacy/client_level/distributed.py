@@ -86,7 +86,15 @@ MIN_LEVELS = 256
 def skellam_epsilon(rounds: Iterable[SkellamRound], delta: float) -> float:
     """``epsilon`` at ``delta`` of composing ``rounds`` (``inf`` if any had no noise): the
     registry's ``skellam`` accountant
-    (:class:`~fedssl.privacy.accounting.skellam.SkellamAccountant`)."""
+    (:class:`~fedssl.privacy.accounting.skellam.SkellamAccountant`).
+
+    Args:
+        rounds: the released rounds (:meth:`SkellamPlan.round_record`).
+        delta: the guarantee's delta.
+
+    Returns:
+        The composed epsilon.
+    """
     return create_accountant("skellam").epsilon(rounds, delta)
 
 
@@ -157,7 +165,23 @@ class SkellamPlan(Mechanism):
     @classmethod
     def make(cls, clip: float, coord_clip: float, noise_multiplier: float, min_clients: int,
              num_clients: int, dim: int) -> SkellamPlan:
-        """Solve for ``M`` and ``h``; raises :class:`DistributedDPError` if nothing fits."""
+        """Solve for ``M`` and ``h``; raises :class:`DistributedDPError` if nothing fits.
+
+        Args:
+            clip: ``S``, the L2 clip of a client's update.
+            coord_clip: ``c``, the quantiser's per-coordinate clip.
+            noise_multiplier: ``z``.
+            min_clients: the fewest shares assumed in every released sum.
+            num_clients: the most contributors this round.
+            dim: ``d``, the update's size.
+
+        Returns:
+            The plan with the most levels that fits the 32-bit slot.
+
+        Raises:
+            DistributedDPError: invalid parameters, or fewer than :data:`MIN_LEVELS` levels per
+                unit fit.
+        """
         if not (clip > 0 and coord_clip > 0 and noise_multiplier >= 0 and dim > 0):
             raise DistributedDPError("distributed DP needs clip > 0, a coordinate clip > 0, "
                                      "noise multiplier >= 0 and a non-empty update")
@@ -219,20 +243,42 @@ class SkellamPlan(Mechanism):
         return self.total_variance / self.min_clients
 
     def quantizer(self) -> Quantizer:
-        """The secure-aggregation quantiser this plan encodes with (and the server decodes)."""
+        """The secure-aggregation quantiser this plan encodes with (and the server decodes).
+
+        Returns:
+            A :class:`~fedssl.privacy.secagg.quantization.Quantizer` with the plan's clip, levels
+            and headroom.
+        """
         return Quantizer(self.coord_clip, self.num_clients, headroom=self.headroom,
                          levels=self.levels)
 
     def round_record(self) -> SkellamRound:
-        """The accounting record of a round released with this plan."""
+        """The accounting record of a round released with this plan.
+
+        Returns:
+            Its noise multiplier and integer L2 and L1 sensitivities.
+        """
         return SkellamRound(self.noise_multiplier, self.l2_sensitivity, self.l1_sensitivity)
 
     def to_dict(self) -> dict[str, float | int]:
+        """The plan's fields as a dict (the round's metrics row records it).
+
+        Returns:
+            Field name -> value.
+        """
         return asdict(self)
 
 
 def clip_l2(update: NDArray[np.float64], clip: float) -> NDArray[np.float64]:
-    """``update`` scaled down to L2 norm at most ``clip`` (unchanged if within)."""
+    """``update`` scaled down to L2 norm at most ``clip`` (unchanged if within).
+
+    Args:
+        update: a flattened update.
+        clip: the L2 clip norm.
+
+    Returns:
+        The clipped update.
+    """
     norm = float(np.linalg.norm(update))
     return update * min(1.0, clip / norm) if norm > 0 else update
 
@@ -243,6 +289,14 @@ def skellam_noise(size: int, variance: float,
 
     Without ``rng`` the generator is seeded with 256 bits from the OS, so the noise is not
     reproducible from anything the server or another client knows.
+
+    Args:
+        size: how many coordinates.
+        variance: ``mu``; 0 or less gives zeros.
+        rng: the generator (default: seeded from the OS).
+
+    Returns:
+        ``size`` int64 noise values.
     """
     if variance <= 0:
         return np.zeros(size, np.int64)
@@ -258,6 +312,15 @@ def encode_with_noise(update: NDArray[np.float64], plan: SkellamPlan, *,
     Skellam share (:meth:`SkellamPlan.add_noise`), modulo ``2^32``.
 
     ``rng`` drives the rounding coins, ``noise_rng`` the noise (OS entropy if ``None``).
+
+    Args:
+        update: the client's flattened update (``d`` values).
+        plan: the round's plan.
+        rng: the stochastic rounding's coins.
+        noise_rng: the noise's generator.
+
+    Returns:
+        The encoded update, ``uint32`` modulo ``2^32``, ready for masking.
 
     Raises:
         DistributedDPError: if the update's size is not the plan's.

@@ -35,6 +35,12 @@ def clip_sensitivity(objective: Objective) -> int:
     records it as ``extra.sensitivity`` and every epsilon is computed at
     ``noise_multiplier / sensitivity``.
 
+    Args:
+        objective: the SSL objective (its ``clip_unit`` and ``decomposable``).
+
+    Returns:
+        The sensitivity in units of ``C``: 1 or 2.
+
     Raises:
         DPSoundnessError: for an objective with no proven bound (see :func:`require_dp_sound`).
     """
@@ -54,11 +60,27 @@ def clip_sensitivity(objective: Objective) -> int:
 
 def require_dp_sound(objective: Objective) -> None:
     """Refuse objectives whose sensitivity under DP-SGD has no proven bound (per-record
-    clipping of a decomposable loss: C; group clipping of a group loss: 2C)."""
+    clipping of a decomposable loss: C; group clipping of a group loss: 2C).
+
+    Args:
+        objective: the SSL objective.
+
+    Raises:
+        DPSoundnessError: it has no proven bound (:func:`clip_sensitivity`).
+    """
     clip_sensitivity(objective)
 
 
 def require_clip_unit(objective: Objective, clip_unit: str) -> None:
+    """Refuse an objective whose clipping unit (``record`` or ``group``) is not the engine's.
+
+    Args:
+        objective: the SSL objective (its ``clip_unit``, ``record`` when absent).
+        clip_unit: what the calling engine clips.
+
+    Raises:
+        DPSoundnessError: the units differ, so the engine would not bound the sensitivity.
+    """
     unit = getattr(objective, "clip_unit", "record")
     if unit != clip_unit:
         raise DPSoundnessError(
@@ -87,6 +109,20 @@ def poisson_loader(
     is what the calling engine clips ("record"; "group" for
     :mod:`fedssl.privacy.dp_sgd.group_clip`).
 
+    Args:
+        data: the client's records.
+        batch_size: the expected batch size; the sample rate is ``batch_size / len(data)``
+            (at most 1).
+        noise_multiplier: noise standard deviation over the clip norm.
+        max_grad_norm: the clip norm ``C``.
+        objective: the SSL objective, checked for a sensitivity bound.
+        generator: draws the Poisson samples (a secret one in training).
+        pin_memory: pin the batches' memory.
+        clip_unit: what the calling engine clips.
+
+    Returns:
+        The Poisson loader, the sample rate and the expected batch size (at least 1).
+
     Raises:
         DPSoundnessError: for an objective without a proven bound, one whose clipping unit is
             not the engine's, a non-positive clip norm or a negative noise multiplier.
@@ -109,7 +145,15 @@ def poisson_loader(
 
 def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
     """Per-record clip factors ``min(1, C / (||g_i|| + 1e-6))``: Opacus's formula
-    (``DPOptimizer.clip_and_accumulate``), so every engine clips alike."""
+    (``DPOptimizer.clip_and_accumulate``), so every engine clips alike.
+
+    Args:
+        norms: ``(N,)`` per-record gradient norms.
+        max_grad_norm: the clip norm ``C``.
+
+    Returns:
+        ``(N,)`` factors in (0, 1].
+    """
     return (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
 
 
@@ -180,13 +224,27 @@ class PoissonEngine(Mechanism):
 
     def constrain_sensitivity(self, contribution: torch.Tensor) -> torch.Tensor:
         """Per-record clip factors from the ``(N,)`` per-record gradient norms (over all of
-        a record's views): each record's clipped gradient has norm at most ``C``."""
+        a record's views): each record's clipped gradient has norm at most ``C``.
+
+        Args:
+            contribution: ``(N,)`` per-record gradient norms.
+
+        Returns:
+            ``(N,)`` clip factors (:func:`clip_factors`).
+        """
         return clip_factors(contribution, self.max_grad_norm)
 
     def add_noise(self, aggregate: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each parameter's clipped sum plus ``N(0, sigma^2 C^2)`` noise, drawn from
         :attr:`generator` in parameter order (Opacus's ``_generate_noise``, so with the same
-        generator the draws equal ``DPOptimizer``'s)."""
+        generator the draws equal ``DPOptimizer``'s).
+
+        Args:
+            aggregate: each parameter's clipped gradient sum.
+
+        Returns:
+            The noisy sums, in the same order.
+        """
         from opacus.optimizers.optimizer import _generate_noise  # opacus: on first use
 
         std = self.noise_multiplier * self.max_grad_norm

@@ -134,11 +134,22 @@ class FastDPSGD(PoissonEngine):
         self.module = model
 
     def record(self):
-        """Context manager around the forward pass of one step."""
+        """Context manager around the forward pass of one step.
+
+        Returns:
+            The clipper's recording context (:meth:`FastClipper.record`).
+        """
         return self.clipper.record()
 
     def step(self, per_record_loss: torch.Tensor) -> torch.Tensor:
-        """Clip, sum, noise, scale and apply; returns the unclipped per-record norms."""
+        """Clip, sum, noise, scale and apply; returns the unclipped per-record norms.
+
+        Args:
+            per_record_loss: ``(N,)`` losses of the forward pass run under :meth:`record`.
+
+        Returns:
+            ``(N,)`` per-record gradient norms before clipping.
+        """
         sums, norms = self.clipper.clipped_sum(per_record_loss, self.max_grad_norm,
                                                factors=self.constrain_sensitivity)
         self._apply(sums)

@@ -74,12 +74,38 @@ class LayerRule:
         self.bias = own.get("bias") if id(own.get("bias")) in tracked else None
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise for inputs this rule does not cover."""
+        """Raise for inputs this rule does not cover.
+
+        Args:
+            x: the input of one call of the module.
+
+        Raises:
+            UnsupportedModelError: e.g. an unbatched input.
+        """
 
     def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        """Per-record squared gradient norms of the tracked parameters over all calls of the
+        step; keeps what :meth:`clipped` needs.
+
+        Args:
+            pairs: ``(input, output gradient)`` of every call of the step.
+            n: the number of records ``N``.
+
+        Returns:
+            ``(N,)`` squared norms ``||g_i||^2``.
+        """
         raise NotImplementedError
 
     def clipped(self, c: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The clipped sum ``sum_i c_i g_i`` of each tracked parameter, from what :meth:`prepare`
+        kept (then released).
+
+        Args:
+            c: ``(N,)`` per-record clip factors.
+
+        Returns:
+            ``{id(param): clipped sum}``, each in the parameter's shape.
+        """
         raise NotImplementedError
 
 
@@ -98,7 +124,14 @@ def register_rule(*module_types: type[nn.Module]
     """Class decorator: ``rule`` computes the per-record gradients of ``module_types``
     (exact types; a later registration of another rule for the same type replaces the
     earlier one; a second import of the same rule, e.g. by pytest's doctest collection under
-    another module name, keeps the first)."""
+    another module name, keeps the first).
+
+    Args:
+        *module_types: the module types the rule covers.
+
+    Returns:
+        The decorator, which registers the rule class and returns it unchanged.
+    """
 
     def decorator(rule: type[LayerRule]) -> type[LayerRule]:
         for t in module_types:
@@ -111,7 +144,14 @@ def register_rule(*module_types: type[nn.Module]
 
 
 def sq_norms(t: torch.Tensor) -> torch.Tensor:
-    """Per-record squared Frobenius norm of ``(N, ...)`` without a squared temporary."""
+    """Per-record squared Frobenius norm of ``(N, ...)`` without a squared temporary.
+
+    Args:
+        t: ``(N, ...)`` per-record tensors.
+
+    Returns:
+        ``(N,)`` squared norms.
+    """
     return torch.linalg.vector_norm(t.reshape(len(t), -1), dim=1).square()
 
 
@@ -126,15 +166,26 @@ class LinearRule(LayerRule):
     """
 
     def rows(self, x: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``A (N, T, in)`` and ``G (N, T, out)`` of one call."""
+        """``A (N, T, in)`` and ``G (N, T, out)`` of one call.
+
+        Args:
+            x: the call's input ``(N, *, in)``.
+            gy: its output gradient ``(N, *, out)``.
+
+        Returns:
+            ``A`` and ``G``.
+        """
         n = x.shape[0]
         return x.reshape(n, -1, x.shape[-1]), gy.reshape(n, -1, gy.shape[-1])
 
     def check_input(self, x: torch.Tensor) -> None:
+        """Refuse an unbatched input (fewer than 2 dimensions)."""
         if x.dim() < 2:
             raise UnsupportedModelError(f"layer {self.name!r} called on an unbatched input")
 
     def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        """Ghost norms when ``T (in + out) < in out``, else the materialised per-record
+        gradients."""
         rows = [self.rows(x, gy) for x, gy in pairs]
         t = sum(a.shape[1] for a, _ in rows)
         k, o = rows[0][0].shape[2], rows[0][1].shape[2]
@@ -165,6 +216,8 @@ class LinearRule(LayerRule):
         return sq
 
     def clipped(self, c: torch.Tensor) -> dict[int, torch.Tensor]:
+        """One GEMM ``A^T (c G)`` after ghost norms, else the weighted sum of the materialised
+        gradients."""
         out: dict[int, torch.Tensor] = {}
         if self.weight is not None:
             if self._ghost is not None:
@@ -230,10 +283,12 @@ class ConvRule(LayerRule):
         self._gram_index: dict[tuple, torch.Tensor] = {}
 
     def check_input(self, x: torch.Tensor) -> None:
+        """Refuse an unbatched input (not ``(N, C, *spatial)``)."""
         if x.dim() != self.dims + 2:
             raise UnsupportedModelError(f"conv {self.name!r} called on an unbatched input")
 
     def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        """Materialised or ghost norms, whichever the layer's shape makes cheaper."""
         m = self.module
         out, cin = m.out_channels, m.in_channels
         k = math.prod(m.kernel_size)
@@ -393,6 +448,8 @@ class ConvRule(LayerRule):
         return gram.reshape(n, -1)[:, idx].view(n, -1, t, t).sum(1)
 
     def clipped(self, c: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The weighted sum of the materialised gradients, or the backward-weight convolution of
+        the output gradient scaled per record."""
         out: dict[int, torch.Tensor] = {}
         m = self.module
         if self.weight is not None:
@@ -425,14 +482,29 @@ class NormRule(LayerRule):
 
     def normalised(self, x: torch.Tensor) -> torch.Tensor:
         """``xhat`` of one call as a 3-D ``(N, P, D)`` or ``(N, D, P)`` (see ``pos_dim``),
-        with ``D`` the parameters' size, in the memory layout of the input (no copy)."""
+        with ``D`` the parameters' size, in the memory layout of the input (no copy).
+
+        Args:
+            x: the call's input.
+
+        Returns:
+            ``xhat``, 3-D.
+        """
         raise NotImplementedError
 
     def grads(self, gy: torch.Tensor) -> torch.Tensor:
-        """``gy`` in the layout of :meth:`normalised`."""
+        """``gy`` in the layout of :meth:`normalised`.
+
+        Args:
+            gy: the call's output gradient.
+
+        Returns:
+            ``gy``, 3-D, laid out as :meth:`normalised`'s result.
+        """
         raise NotImplementedError
 
     def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        """Per-record ``sum over positions of xhat * gy`` (weight) and of ``gy`` (bias)."""
         gw: torch.Tensor | None = None
         gb: torch.Tensor | None = None
         for x, gy in pairs:
@@ -452,6 +524,7 @@ class NormRule(LayerRule):
         return sq
 
     def clipped(self, c: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The per-record weight and bias gradients weighted by ``c``."""
         out: dict[int, torch.Tensor] = {}
         if self.weight is not None and self._w is not None:
             out[id(self.weight)] = torch.mv(self._w.t(), c).reshape(self.weight.shape)
@@ -466,16 +539,19 @@ class GroupNormRule(NormRule):
     """``nn.GroupNorm`` on ``(N, C, *)``: per channel, summed over positions."""
 
     def check_input(self, x: torch.Tensor) -> None:
+        """Refuse an unbatched input (fewer than 2 dimensions)."""
         if x.dim() < 2:
             raise UnsupportedModelError(f"GroupNorm {self.name!r} called on an unbatched input")
 
     pos_dim = 2
 
     def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """``xhat`` as ``(N, C, positions)``."""
         m = self.module
         return F.group_norm(x, m.num_groups, eps=m.eps).reshape(len(x), m.num_channels, -1)
 
     def grads(self, gy: torch.Tensor) -> torch.Tensor:
+        """``gy`` as ``(N, C, positions)``."""
         return gy.reshape(len(gy), gy.shape[1], -1)
 
 
@@ -484,15 +560,18 @@ class LayerNormRule(NormRule):
     """``nn.LayerNorm`` on ``(N, *, *normalized_shape)``."""
 
     def check_input(self, x: torch.Tensor) -> None:
+        """Refuse an input with no batch dimension before ``normalized_shape``."""
         if x.dim() <= len(self.module.normalized_shape):
             raise UnsupportedModelError(f"LayerNorm {self.name!r} called on an unbatched input")
 
     def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """``xhat`` as ``(N, positions, prod(normalized_shape))``."""
         m = self.module
         d = math.prod(m.normalized_shape)
         return F.layer_norm(x, m.normalized_shape, eps=m.eps).reshape(len(x), -1, d)
 
     def grads(self, gy: torch.Tensor) -> torch.Tensor:
+        """``gy`` as ``(N, positions, prod(normalized_shape))``."""
         return gy.reshape(len(gy), -1, math.prod(self.module.normalized_shape))
 
 
@@ -512,10 +591,12 @@ class EmbeddingRule(LayerRule):
                                         "DP engine")
 
     def check_input(self, x: torch.Tensor) -> None:
+        """Refuse a 0-dimensional index input."""
         if x.dim() < 1:
             raise UnsupportedModelError(f"embedding {self.name!r} called on an unbatched input")
 
     def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        """Per-record gradients scattered into the table's rows (none for ``padding_idx``)."""
         m = self.module
         per = torch.zeros(n, m.num_embeddings, m.embedding_dim, dtype=pairs[0][1].dtype,
                           device=pairs[0][1].device)
@@ -529,6 +610,7 @@ class EmbeddingRule(LayerRule):
         return sq_norms(per) if self.weight is not None else per.new_zeros(n)
 
     def clipped(self, c: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The per-record table gradients weighted by ``c``."""
         out = {}
         if self.weight is not None:
             out[id(self.weight)] = torch.mv(self._per.reshape(len(c), -1).t(),

@@ -116,7 +116,11 @@ class FastClipper:
 
     @contextmanager
     def record(self) -> Iterator[FastClipper]:
-        """Record the supported layers' calls of the forward pass run inside."""
+        """Record the supported layers' calls of the forward pass run inside.
+
+        Yields:
+            This clipper, recording.
+        """
         self._calls = []
         self._recording = True
         try:
@@ -202,6 +206,11 @@ class FastClipper:
         Returns:
             One tensor per parameter (in ``self.params`` order), and the ``(N,)`` unclipped
             per-record gradient norms.
+
+        Raises:
+            UnsupportedModelError: the losses are not ``(N,)``, no supported call was recorded
+                for a loss that needs gradients, or a recorded call breaks the per-record
+                attribution.
         """
         if per_record_loss.dim() != 1:
             raise UnsupportedModelError(f"expected per-record losses of shape (N,), got "
@@ -245,7 +254,15 @@ class FastClipper:
 
 def unsupported_reason(model: nn.Module, params: Sequence[nn.Parameter] | None = None
                        ) -> str | None:
-    """Why the fast engine refuses ``model`` statically (None when it accepts it)."""
+    """Why the fast engine refuses ``model`` statically (None when it accepts it).
+
+    Args:
+        model: the model to train.
+        params: the parameters to train (default: the model's trainable ones).
+
+    Returns:
+        The refusal's message, or None.
+    """
     try:
         FastClipper(model, params).close()
     except UnsupportedModelError as exc:

@@ -51,8 +51,17 @@ GROUP_SENSITIVITY = 2
 def group_engine(name: str) -> str:
     """The DP engine a group objective runs on for ``TrainConfig.dp_engine = name``.
 
+    Args:
+        name: the run's ``dp_engine``: ``auto``, ``fast`` or ``hooks``.
+
+    Returns:
+        ``"hooks"``.
+
     Raises:
         DPSoundnessError: for ``"fast"`` (it clips per record only) or an unknown name.
+
+    Raises:
+        ValueError: an unknown engine name.
     """
     if name in ("auto", "hooks"):
         return "hooks"
@@ -72,7 +81,19 @@ def _require_group_objective(objective: Objective) -> None:
 
 def group_rows(grad_sample: torch.Tensor, groups: torch.Tensor, num_groups: int
                ) -> torch.Tensor:
-    """Per-group sums ``(num_groups, ...)`` of per-record rows ``(N, ...)``."""
+    """Per-group sums ``(num_groups, ...)`` of per-record rows ``(N, ...)``.
+
+    Args:
+        grad_sample: ``(N, ...)`` per-record gradient rows.
+        groups: ``(N,)`` group id of each record, in ``[0, num_groups)``.
+        num_groups: the number of groups.
+
+    Returns:
+        ``(num_groups, ...)`` per-group sums.
+
+    Raises:
+        DPSoundnessError: the ids do not match the rows or lie outside the range.
+    """
     if len(groups) != len(grad_sample):
         raise DPSoundnessError(f"{len(grad_sample)} per-record gradient rows but "
                                f"{len(groups)} group ids")
@@ -165,7 +186,22 @@ def group_clipped_gradient_sum(
 ) -> torch.Tensor:
     """Noise-free sum of per-group clipped gradients, flattened (``model.parameters()`` order),
     through the same optimizer class as training, for given group ids (the sensitivity tests
-    hold the other records' groups fixed, as the proof's coupling does)."""
+    hold the other records' groups fixed, as the proof's coupling does).
+
+    Args:
+        model: the model.
+        objective: a group-clipped objective (``clip_unit = "group"``).
+        views: the batch's views, one tensor per view.
+        groups: ``(N,)`` group id of each record.
+        num_groups: the number of groups.
+        max_grad_norm: the clip norm ``C``.
+
+    Returns:
+        The flattened clipped sum.
+
+    Raises:
+        DPSoundnessError: the objective is not clipped per group.
+    """
     _require_group_objective(objective)
     from opacus import GradSampleModule
 

@@ -94,6 +94,20 @@ def clipped_gradient_sum(
     (:class:`fedssl.privacy.dp_sgd.fast_clip.FastDPSGD`); both flatten the trainable parameters in
     ``model.parameters()`` order. Group-clipped objectives are refused (their sum is
     :func:`fedssl.privacy.dp_sgd.group_clip.group_clipped_gradient_sum`).
+
+    Args:
+        model: the model.
+        objective: a per-record objective.
+        views: the batch's views, one tensor per view.
+        max_grad_norm: the clip norm ``C``.
+        engine: ``"hooks"`` or ``"fast"``.
+
+    Returns:
+        The flattened clipped sum.
+
+    Raises:
+        DPSoundnessError: the objective is clipped per group.
+        ValueError: an unknown engine.
     """
     require_clip_unit(objective, "record")
     if engine == "fast":

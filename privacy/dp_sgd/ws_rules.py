@@ -64,7 +64,16 @@ def _conv_grad_hat(layer: nn.Conv1d | nn.Conv2d, x: torch.Tensor, gy: torch.Tens
 def compute_ws_conv_grad_sample(
     layer: nn.Conv1d | nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor
 ) -> dict[nn.Parameter, torch.Tensor]:
-    """Opacus grad sampler: per-sample gradients of a WS conv's raw weight (and bias)."""
+    """Opacus grad sampler: per-sample gradients of a WS conv's raw weight (and bias).
+
+    Args:
+        layer: the WS convolution.
+        activations: its recorded inputs (the first is used).
+        backprops: the output gradient.
+
+    Returns:
+        ``{param: (N, *param.shape)}`` per-sample gradients of the trainable weight and bias.
+    """
     x = activations[0].to(backprops.dtype)
     ret: dict[nn.Parameter, torch.Tensor] = {}
     if x.shape[0] == 0:
@@ -89,6 +98,8 @@ class WSConvRule(ConvRule):
     :func:`compute_ws_conv_grad_sample`)."""
 
     def prepare(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        """Materialised per-record kernel gradients mapped through the WS backward, and their
+        norms."""
         m = self.module
         out, cin = m.out_channels, m.in_channels
         sq = pairs[0][1].new_zeros(n)

@@ -81,7 +81,14 @@ class CertPaths:
         return self.root / IDENTITIES_FILE
 
     def identity_key(self, index: int) -> Path:
-        """Node ``index``'s Ed25519 identity key (signs its SecAgg keys and its ledger)."""
+        """Node ``index``'s Ed25519 identity key (signs its SecAgg keys and its ledger).
+
+        Args:
+            index: the node's 1-based index.
+
+        Returns:
+            ``nodes/node-<index>.identity.pem``.
+        """
         return self.node_key(index).with_name(f"node-{index}.identity.pem")
 
     @property
@@ -105,17 +112,36 @@ class CertPaths:
         return self.root / AUTHORIZED
 
     def node_key(self, index: int) -> Path:
-        """Private authentication key of node ``index`` (1-based)."""
+        """Private authentication key of node ``index`` (1-based).
+
+        Args:
+            index: the node's 1-based index.
+
+        Returns:
+            ``nodes/node-<index>.key``.
+        """
         return self.root / NODES_DIR / f"node-{index}.key"
 
     def site_files(self, index: int) -> tuple[Path, ...]:
         """Every file site ``index`` needs, in the layout ``fedssl client`` reads: the CA
         certificate and the registry side by side, the node key and the identity key side
-        by side."""
+        by side.
+
+        Args:
+            index: the site's 1-based index.
+
+        Returns:
+            The CA certificate, the registry, the node key and the identity key.
+        """
         return (self.ca_cert, self.registry, self.node_key(index), self.identity_key(index))
 
     def require_server(self) -> None:
-        """Raise :class:`CertError` naming the first file the server needs that is missing."""
+        """Raise :class:`CertError` naming the first file the server needs that is missing.
+
+        Raises:
+            CertError: the CA certificate, server certificate, server key or authorised-keys file
+                is missing.
+        """
         for path in (self.ca_cert, self.server_cert, self.server_key, self.authorized):
             if not path.is_file():
                 raise CertError(f"{path} not found: create the directory with "
@@ -148,7 +174,14 @@ def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
 
 def make_ca(common_name: str = "fedssl federation CA"
             ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A self-signed CA certificate (P-384, ECDSA-SHA384) and its key."""
+    """A self-signed CA certificate (P-384, ECDSA-SHA384) and its key.
+
+    Args:
+        common_name: the CA's subject name.
+
+    Returns:
+        The CA's private key and certificate.
+    """
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
@@ -171,7 +204,16 @@ def make_ca(common_name: str = "fedssl federation CA"
 
 def make_server_cert(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
                      hosts: list[str]) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A TLS server certificate for ``hosts`` (DNS names or IPs), signed by the CA."""
+    """A TLS server certificate for ``hosts`` (DNS names or IPs), signed by the CA.
+
+    Args:
+        ca_key: the CA's private key.
+        ca_cert: the CA's certificate.
+        hosts: the names the certificate is valid for; the first is its common name.
+
+    Returns:
+        The server's private key and certificate.
+    """
     key = ec.generate_private_key(ec.SECP384R1())
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -200,6 +242,12 @@ def make_node_key(comment: str = "") -> tuple[bytes, bytes]:
 
     Flower 1.41's SuperNode reads the private key with ``load_ssh_private_key`` and the
     Control API's ``RegisterNode`` takes the OpenSSH public key; both must be EC on a NIST curve.
+
+    Args:
+        comment: appended to the public key line (e.g. ``node-1``).
+
+    Returns:
+        The private key (OpenSSH PEM) and the public key line.
     """
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(serialization.Encoding.PEM,
@@ -213,7 +261,17 @@ def make_node_key(comment: str = "") -> tuple[bytes, bytes]:
 
 
 def node_public_key(private_key_path: Path) -> bytes:
-    """The OpenSSH public key line of a node's private key file (checks the format)."""
+    """The OpenSSH public key line of a node's private key file (checks the format).
+
+    Args:
+        private_key_path: the node's private key file.
+
+    Returns:
+        The public key line (OpenSSH format).
+
+    Raises:
+        CertError: the file is missing, not an unencrypted OpenSSH key, or not ECDSA.
+    """
     try:
         key = serialization.load_ssh_private_key(Path(private_key_path).read_bytes(), None)
     except FileNotFoundError as exc:
@@ -229,7 +287,17 @@ def node_public_key(private_key_path: Path) -> bytes:
 
 
 def read_authorized(path: Path) -> list[bytes]:
-    """The OpenSSH public key lines listed in ``path`` (blank lines and ``#`` ignored)."""
+    """The OpenSSH public key lines listed in ``path`` (blank lines and ``#`` ignored).
+
+    Args:
+        path: the authorised-keys file.
+
+    Returns:
+        The key lines, as bytes.
+
+    Raises:
+        CertError: a line is not an ECDSA OpenSSH public key (naming the line).
+    """
     keys = []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         line = line.strip()
@@ -251,6 +319,18 @@ def create_certs(out: Path, nodes: int, hosts: list[str] | None = None,
 
     ``127.0.0.1`` and ``localhost`` are always among the server certificate's names, because
     the SuperLink's ServerApp process connects to it over the loopback address.
+
+    Args:
+        out: the directory to write.
+        nodes: how many node key pairs (at least 1).
+        hosts: the server's further DNS names or IP addresses.
+        overwrite: replace an existing CA.
+
+    Returns:
+        The paths of what was written.
+
+    Raises:
+        CertError: ``nodes`` is below 1, or ``out`` holds a CA and ``overwrite`` is off.
     """
     if nodes < 1:
         raise CertError(f"--nodes must be at least 1, got {nodes}")
@@ -285,6 +365,14 @@ def handoff(paths: CertPaths, nodes: int, server: str = "SERVER:9092") -> str:
     The four files go into one folder at the site (``fedssl-site/`` below): ``fedssl client``
     reads ``identities.json`` next to ``ca.crt`` and ``node-<i>.identity.pem`` next to
     ``node-<i>.key``, and refuses to start without them.
+
+    Args:
+        paths: what :func:`create_certs` wrote.
+        nodes: how many sites.
+        server: the SuperLink's address, as the sites reach it.
+
+    Returns:
+        The text, one block per site.
     """
     lines = [f"wrote {paths.root}: ca.crt ca.key server.crt server.key identities.json "
              f"authorized_nodes.txt nodes/node-1..{nodes}.key/.pub/.identity.pem",

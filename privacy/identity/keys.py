@@ -21,7 +21,14 @@ class IdentityError(ValueError):
 
 
 def load_or_create_identity(path: str | Path) -> Ed25519PrivateKey:
-    """Load the Ed25519 private key at ``path``, creating it (mode 0600) if absent."""
+    """Load the Ed25519 private key at ``path``, creating it (mode 0600) if absent.
+
+    Args:
+        path: the PEM file.
+
+    Returns:
+        The private key.
+    """
     path = Path(path)
     if path.exists():
         return load_private_key(path)
@@ -36,7 +43,17 @@ def load_or_create_identity(path: str | Path) -> Ed25519PrivateKey:
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
-    """Read an Ed25519 private key from PEM."""
+    """Read an Ed25519 private key from PEM.
+
+    Args:
+        path: the PEM file.
+
+    Returns:
+        The private key.
+
+    Raises:
+        IdentityError: the file is unreadable or not an Ed25519 private key.
+    """
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
@@ -47,7 +64,14 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 
 
 def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    """SubjectPublicKeyInfo PEM of a key's public half."""
+    """SubjectPublicKeyInfo PEM of a key's public half.
+
+    Args:
+        key: a private or public key.
+
+    Returns:
+        The PEM bytes.
+    """
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     return pub.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -55,7 +79,17 @@ def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
 
 
 def load_public_key(data: bytes | str | Path) -> Ed25519PublicKey:
-    """Parse an Ed25519 public key from PEM bytes or a PEM file path."""
+    """Parse an Ed25519 public key from PEM bytes or a PEM file path.
+
+    Args:
+        data: PEM bytes, or the path of a PEM file.
+
+    Returns:
+        The public key.
+
+    Raises:
+        IdentityError: not a PEM public key, or not Ed25519.
+    """
     raw = Path(data).read_bytes() if isinstance(data, (str, Path)) else data
     try:
         key = serialization.load_pem_public_key(raw)
@@ -73,6 +107,13 @@ def write_registry(path: str | Path, keys: dict[str, Ed25519PrivateKey | Ed25519
     The registry is the out-of-band trust anchor of secure aggregation: each client checks the
     signatures on its neighbours' round keys against it, so a server that substitutes a key is
     caught. It is public (no secrets) and distributed with the certificates.
+
+    Args:
+        path: the registry file (``identities.json``).
+        keys: client id -> its private or public key; indices follow the sorted ids.
+
+    Returns:
+        ``path``.
     """
     import json
 
@@ -85,7 +126,17 @@ def write_registry(path: str | Path, keys: dict[str, Ed25519PrivateKey | Ed25519
 
 
 def load_registry(path: str | Path) -> dict[str, tuple[int, Ed25519PublicKey]]:
-    """Read an identity registry written by :func:`write_registry`."""
+    """Read an identity registry written by :func:`write_registry`.
+
+    Args:
+        path: the registry file.
+
+    Returns:
+        Client id -> (secure-aggregation index, public key).
+
+    Raises:
+        IdentityError: the file is unreadable or malformed, or two clients share an index.
+    """
     import json
 
     try:

@@ -63,6 +63,13 @@ def effective_noise_multiplier(noise_multiplier: float, extra: dict | None = Non
     """The Gaussian mechanism's noise multiplier relative to one record's sensitivity:
     ``noise_multiplier / extra["sensitivity"]`` (sensitivity 1 when absent).
 
+    Args:
+        noise_multiplier: the recorded noise multiplier.
+        extra: the entry's ``extra`` field.
+
+    Returns:
+        The noise multiplier over the sensitivity.
+
     Raises:
         LedgerError: if the sensitivity is not a positive finite number.
     """
@@ -109,7 +116,14 @@ class LedgerEntry:
 
     def segment(self) -> tuple[float, float, int]:
         """``(effective noise multiplier, sample rate, steps)`` for the accountants: the
-        recorded noise multiplier divided by ``extra["sensitivity"]`` when present."""
+        recorded noise multiplier divided by ``extra["sensitivity"]`` when present.
+
+        Returns:
+            The accountants' segment of this entry.
+
+        Raises:
+            LedgerError: the recorded sensitivity is not a positive finite number.
+        """
         return (effective_noise_multiplier(self.noise_multiplier, self.extra),
                 self.sample_rate, self.steps)
 
@@ -120,7 +134,11 @@ class LedgerEntry:
 
     def body(self) -> dict:
         """Fields covered by the hash (everything but ``hash`` and ``signature``); optional
-        fields only when set, so entries written before they existed still verify."""
+        fields only when set, so entries written before they existed still verify.
+
+        Returns:
+            Field name -> value, infinite epsilons as ``"inf"``.
+        """
         data = asdict(self)
         data.pop("hash")
         data.pop("signature")
@@ -134,16 +152,35 @@ class LedgerEntry:
         return data
 
     def compute_hash(self) -> str:
+        """SHA-256 (hex) of the canonical JSON of :meth:`body`: what the chain links and the
+        signature signs.
+
+        Returns:
+            The hex digest.
+        """
         canonical = json.dumps(self.body(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def to_json(self) -> str:
+        """The entry as one ledger line (without the newline): :meth:`body` plus ``hash`` and
+        ``signature``, keys sorted.
+
+        Returns:
+            The JSON text.
+        """
         return json.dumps({**self.body(), "hash": self.hash, "signature": self.signature},
                           sort_keys=True)
 
     @classmethod
     def from_json(cls, line: str, where: str) -> LedgerEntry:
         """Parse one ledger line (its chain and signature are :func:`read_ledger`'s checks).
+
+        Args:
+            line: one line of a ledger file.
+            where: names the line in errors (``path:line``).
+
+        Returns:
+            The entry, its fields of the written types.
 
         Raises:
             LedgerError: for anything but an entry whose fields have the written types; the
@@ -213,6 +250,13 @@ def read_ledger(path: str | Path, public_key: Ed25519PublicKey | None) -> list[L
 
     With ``public_key=None`` only the hash chain is checked (signatures are not).
 
+    Args:
+        path: the ledger file (a missing file reads as empty).
+        public_key: the client's key, or None to check the chain only.
+
+    Returns:
+        The entries, in file order.
+
     Raises:
         LedgerError: naming the line and what failed.
     """
@@ -261,14 +305,29 @@ def segments(entries: Iterable[LedgerEntry], run_id: str | None = None
     """Accountant segments (:meth:`LedgerEntry.segment`) of ``entries``: all of them (the
     lifetime spend) with ``run_id=None``, else only those of that run. ``run_id=""`` (no run
     id known) means the whole ledger: without a run id runs can't be told apart, and the
-    whole ledger is the conservative answer."""
+    whole ledger is the conservative answer.
+
+    Args:
+        entries: a ledger's entries.
+        run_id: the run to keep; None for all entries.
+
+    Returns:
+        One segment per entry kept.
+    """
     if run_id:
         entries = [e for e in entries if e.run == run_id]
     return [e.segment() for e in entries]
 
 
 def runs(entries: Iterable[LedgerEntry]) -> dict[str, list[LedgerEntry]]:
-    """Entries grouped by run, in order of each run's first entry."""
+    """Entries grouped by run, in order of each run's first entry.
+
+    Args:
+        entries: a ledger's entries.
+
+    Returns:
+        Run id -> its entries, in ledger order.
+    """
     out: dict[str, list[LedgerEntry]] = {}
     for e in entries:
         out.setdefault(e.run, []).append(e)
@@ -322,18 +381,43 @@ class Ledger:
         self.key = key
 
     def entries(self) -> list[LedgerEntry]:
-        """All entries, verified against this client's key."""
+        """All entries, verified against this client's key.
+
+        Returns:
+            The entries, in file order.
+
+        Raises:
+            LedgerError: the file fails verification.
+        """
         return read_ledger(self.path, self.key.public_key())
 
     def history(self, run_id: str | None = None) -> list[tuple[float, float, int]]:
         """``(effective noise multiplier, sample_rate, steps)`` of every recorded round (the
-        lifetime spend), or of run ``run_id``'s rounds (see :func:`segments`)."""
+        lifetime spend), or of run ``run_id``'s rounds (see :func:`segments`).
+
+        Args:
+            run_id: the run to keep; None for the lifetime spend.
+
+        Returns:
+            One segment per entry kept.
+        """
         return segments(self.entries(), run_id)
 
     def append(self, entry: LedgerEntry) -> LedgerEntry:
         """Verify the chain, normalise the field types (:func:`_normalise`), link, hash and
         sign ``entry``, and append it to the file; an entry that would not read back exactly
-        as it was hashed is refused before anything is written."""
+        as it was hashed is refused before anything is written.
+
+        Args:
+            entry: the new entry; its ``prev_hash``, ``hash`` and ``signature`` are set here.
+
+        Returns:
+            ``entry``, as written.
+
+        Raises:
+            LedgerError: the chain does not verify, a field does not convert exactly, the round
+                is older than the run's last one, or the entry would not read back as hashed.
+        """
         _normalise(entry)
         existing = self.entries()
         same_run = [e for e in existing if e.run == entry.run]

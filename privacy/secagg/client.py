@@ -146,7 +146,18 @@ class SecAggClient:
 
     # ------------------------------------------------------------------ stage 0
     def setup(self, config: SetupConfig | bytes) -> AdvertiseKeys:
-        """Validate the round config, make two fresh X25519 key pairs and sign them."""
+        """Validate the round config, make two fresh X25519 key pairs and sign them.
+
+        Args:
+            config: the server's round configuration, as a message or its bytes.
+
+        Returns:
+            This node's signed public keys.
+
+        Raises:
+            ProtocolStateError: called in the middle of a round.
+            MalformedMessageError: the configuration is invalid or does not list this node.
+        """
         if self.stage not in (ClientStage.INIT, ClientStage.DONE, ClientStage.FAILED):
             raise ProtocolStateError(f"node {self.node_id}: setup called mid-round")
         try:
@@ -168,7 +179,22 @@ class SecAggClient:
 
     # ------------------------------------------------------------------ stage 1
     def share_keys(self, directory: KeyDirectory | bytes) -> ShareKeys:
-        """Verify neighbours' signed keys; Shamir-share ``b_u`` and ``s_sk_u``; encrypt."""
+        """Verify neighbours' signed keys; Shamir-share ``b_u`` and ``s_sk_u``; encrypt.
+
+        Args:
+            directory: the neighbours' advertised keys, as relayed by the server.
+
+        Returns:
+            The encrypted shares, one ciphertext per live neighbour.
+
+        Raises:
+            ProtocolStateError: not called after :meth:`setup`.
+            SignatureVerificationError: a key is not signed by its node's registered identity, or
+                this node's own keys were altered.
+            MalformedMessageError: the directory is not addressed to this node, names a
+                non-neighbour or repeats a key.
+            InsufficientParticipantsError: fewer live neighbours than the threshold needs.
+        """
         self._expect(ClientStage.ADVERTISED, "share keys")
         try:
             return self._share_keys(KeyDirectory.parse(directory))
@@ -242,6 +268,19 @@ class SecAggClient:
 
         A distributed-DP noise share belongs in ``values`` already (see
         :meth:`~.quantization.Quantizer.encode`'s ``noise_hook``).
+
+        Args:
+            bundle: the shares addressed to this node.
+            values: the quantised input.
+
+        Returns:
+            The masked input ``y_u``.
+
+        Raises:
+            ProtocolStateError: not called after :meth:`share_keys`.
+            MalformedMessageError: the bundle is not this node's, or a share is malformed.
+            DecryptionError: a ciphertext fails authentication.
+            InsufficientParticipantsError: fewer senders than the threshold needs.
         """
         self._expect(ClientStage.SHARED, "mask input")
         try:
@@ -301,7 +340,20 @@ class SecAggClient:
 
     # ------------------------------------------------------------------ stage 3
     def consistency_check(self, check: ConsistencyCheck | bytes) -> ConsistencySignature:
-        """Sign the survivor set ``U3`` the server shows (once per round), after checking it."""
+        """Sign the survivor set ``U3`` the server shows (once per round), after checking it.
+
+        Args:
+            check: the survivor set ``U3`` addressed to this node.
+
+        Returns:
+            This node's signature on ``(round, U3)``.
+
+        Raises:
+            ProtocolStateError: not called after :meth:`mask_input`.
+            MalformedMessageError: the set is not addressed to this node, leaves it out or
+                contradicts what it saw.
+            InsufficientParticipantsError: ``U3`` is smaller than the threshold.
+        """
         self._expect(ClientStage.MASKED, "sign the survivor set")
         try:
             msg = ConsistencyCheck.parse(check)
@@ -362,7 +414,21 @@ class SecAggClient:
     # ------------------------------------------------------------------ stage 4
     def unmask(self, request: UnmaskRequest | bytes) -> UnmaskResponse:
         """After the consistency check: reveal ``b``-shares of surviving neighbours and
-        ``s_sk``-shares of dropped ones."""
+        ``s_sk``-shares of dropped ones.
+
+        Args:
+            request: the survivors and dropped neighbours, with ``t`` consistency signatures.
+
+        Returns:
+            The ``b``-shares of surviving neighbours and ``s_sk``-shares of dropped ones.
+
+        Raises:
+            ProtocolStateError: not called after :meth:`consistency_check`.
+            SignatureVerificationError: a consistency signature does not verify.
+            MalformedMessageError: the request is not addressed to this node or its sets
+                contradict ``U3``.
+            InsufficientParticipantsError: fewer signatures or survivors than the threshold.
+        """
         self._expect(ClientStage.SIGNED, "unmask")
         try:
             req = UnmaskRequest.parse(request)
@@ -413,6 +479,9 @@ class SecAggClient:
         For runtimes that do not keep the object alive between messages (e.g. a Flower
         ClientApp storing it in its context state). The state holds this round's private keys
         and shares: keep it node-local, never send it over the network.
+
+        Returns:
+            The state as UTF-8 JSON.
         """
         b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
         state: dict[str, Any] = {"v": 1, "node_id": self.node_id, "stage": self.stage.value}
@@ -442,7 +511,19 @@ class SecAggClient:
         identity_key: Ed25519PrivateKey,
         identity_registry: Mapping[int, bytes | Ed25519PublicKey],
     ) -> SecAggClient:
-        """Rebuild a client saved by :meth:`export_state` (validated; bad state raises)."""
+        """Rebuild a client saved by :meth:`export_state` (validated; bad state raises).
+
+        Args:
+            state: what :meth:`export_state` returned.
+            identity_key: this node's Ed25519 identity key.
+            identity_registry: node id -> registered identity key.
+
+        Returns:
+            The client, in the stage it was saved in.
+
+        Raises:
+            MalformedMessageError: an unknown version or corrupt state.
+        """
         try:
             data = json.loads(state.decode("utf-8"))
             unb = lambda s: base64.b64decode(s.encode("ascii"), validate=True)  # noqa: E731

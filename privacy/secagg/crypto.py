@@ -57,18 +57,39 @@ _RAW_PRIV = serialization.PrivateFormat.Raw
 
 
 def generate_identity_key() -> Ed25519PrivateKey:
-    """A long-term Ed25519 identity key for one node (registered with the server/PKI)."""
+    """A long-term Ed25519 identity key for one node (registered with the server/PKI).
+
+    Returns:
+        A new private key.
+    """
     return Ed25519PrivateKey.generate()
 
 
 def identity_public_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    """Raw 32-byte public identity key, the form kept in an identity registry."""
+    """Raw 32-byte public identity key, the form kept in an identity registry.
+
+    Args:
+        key: a private or public identity key.
+
+    Returns:
+        The raw public key.
+    """
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     return pub.public_bytes(_RAW, _RAW_PUB)
 
 
 def load_identity_public(data: bytes | Ed25519PublicKey) -> Ed25519PublicKey:
-    """Parse a raw Ed25519 public key (or pass one through)."""
+    """Parse a raw Ed25519 public key (or pass one through).
+
+    Args:
+        data: the raw 32-byte key, or a key object.
+
+    Returns:
+        The public key.
+
+    Raises:
+        MalformedMessageError: ``data`` is not 32 bytes.
+    """
     if isinstance(data, Ed25519PublicKey):
         return data
     if len(data) != PUBLIC_KEY_BYTES:
@@ -77,32 +98,76 @@ def load_identity_public(data: bytes | Ed25519PublicKey) -> Ed25519PublicKey:
 
 
 def generate_x25519() -> tuple[X25519PrivateKey, bytes]:
-    """A fresh X25519 key pair: (private key, raw 32-byte public key)."""
+    """A fresh X25519 key pair: (private key, raw 32-byte public key).
+
+    Returns:
+        The private key and its raw public key.
+    """
     sk = X25519PrivateKey.generate()
     return sk, sk.public_key().public_bytes(_RAW, _RAW_PUB)
 
 
 def x25519_private_bytes(sk: X25519PrivateKey) -> bytes:
-    """Raw 32-byte private key (the secret that is Shamir-shared for dropout recovery)."""
+    """Raw 32-byte private key (the secret that is Shamir-shared for dropout recovery).
+
+    Args:
+        sk: the private key.
+
+    Returns:
+        The raw private key.
+    """
     return sk.private_bytes(_RAW, _RAW_PRIV, serialization.NoEncryption())
 
 
 def x25519_from_private_bytes(data: bytes) -> X25519PrivateKey:
-    """Load a raw 32-byte X25519 private key."""
+    """Load a raw 32-byte X25519 private key.
+
+    Args:
+        data: the raw private key.
+
+    Returns:
+        The private key.
+
+    Raises:
+        SecAggError: ``data`` is not 32 bytes.
+    """
     if len(data) != PRIVATE_KEY_BYTES:
         raise SecAggError(f"X25519 private key must be 32 bytes, got {len(data)}")
     return X25519PrivateKey.from_private_bytes(data)
 
 
 def x25519_public_of(sk: X25519PrivateKey) -> bytes:
-    """Raw public key of ``sk``."""
+    """Raw public key of ``sk``.
+
+    Args:
+        sk: the private key.
+
+    Returns:
+        The raw 32-byte public key.
+    """
     return sk.public_key().public_bytes(_RAW, _RAW_PUB)
 
 
 def derive_pair_key(
     sk: X25519PrivateKey, peer_public: bytes, *, salt: bytes, purpose: bytes, u: int, v: int
 ) -> bytes:
-    """HKDF-SHA256(X25519(sk, peer_public)) -> 32 bytes, bound to purpose and the pair {u, v}."""
+    """HKDF-SHA256(X25519(sk, peer_public)) -> 32 bytes, bound to purpose and the pair {u, v}.
+
+    Args:
+        sk: this node's private key.
+        peer_public: the other node's raw public key.
+        salt: the HKDF salt (the round digest).
+        purpose: what the key is for (masks or share encryption).
+        u: one node of the pair.
+        v: the other node (the order of ``u`` and ``v`` does not matter).
+
+    Returns:
+        The 32-byte pair key.
+
+    Raises:
+        MalformedMessageError: ``peer_public`` is not a valid X25519 key (e.g. a low-order
+            point).
+    """
     try:
         shared = sk.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as exc:  # low-order point / all-zero shared secret
@@ -113,19 +178,47 @@ def derive_pair_key(
 
 
 def config_digest(config_bytes: bytes) -> bytes:
-    """SHA-256 of the serialised round configuration: the session id everything binds to."""
+    """SHA-256 of the serialised round configuration: the session id everything binds to.
+
+    Args:
+        config_bytes: the serialised :class:`~fedssl.privacy.secagg.messages.SetupConfig`.
+
+    Returns:
+        The 32-byte digest.
+    """
     return hashlib.sha256(DOMAIN + b"config" + config_bytes).digest()
 
 
 def advertisement_payload(digest: bytes, node_id: int, c_pk: bytes, s_pk: bytes) -> bytes:
-    """Bytes an identity key signs: the round digest, the node id and both public keys."""
+    """Bytes an identity key signs: the round digest, the node id and both public keys.
+
+    Args:
+        digest: the round digest (:func:`config_digest`).
+        node_id: the advertising node.
+        c_pk: its raw X25519 key for share encryption.
+        s_pk: its raw X25519 key for pairwise masks.
+
+    Returns:
+        The payload, domain-separated.
+    """
     return DOMAIN + b"advertise" + digest + struct.pack("<Q", node_id) + c_pk + s_pk
 
 
 def sign_advertisement(
     identity_key: Ed25519PrivateKey, digest: bytes, node_id: int, c_pk: bytes, s_pk: bytes
 ) -> bytes:
-    """Ed25519 signature over :func:`advertisement_payload`."""
+    """Ed25519 signature over :func:`advertisement_payload`.
+
+    Args:
+        identity_key: the node's Ed25519 identity key.
+        digest: the round digest.
+        node_id: the advertising node.
+        c_pk: its raw X25519 key for share encryption.
+        s_pk: its raw X25519 key for pairwise masks.
+
+    Returns:
+        The 64-byte signature.
+    """
     return identity_key.sign(advertisement_payload(digest, node_id, c_pk, s_pk))
 
 
@@ -137,7 +230,19 @@ def verify_advertisement(
     s_pk: bytes,
     signature: bytes,
 ) -> None:
-    """Raise :class:`SignatureVerificationError` unless the keys are signed by ``node_id``."""
+    """Raise :class:`SignatureVerificationError` unless the keys are signed by ``node_id``.
+
+    Args:
+        identity_public: the node's registered identity key.
+        digest: the round digest.
+        node_id: the advertising node.
+        c_pk: the advertised key for share encryption.
+        s_pk: the advertised key for pairwise masks.
+        signature: the signature to check.
+
+    Raises:
+        SignatureVerificationError: the signature does not verify.
+    """
     try:
         identity_public.verify(signature, advertisement_payload(digest, node_id, c_pk, s_pk))
     except InvalidSignature:
@@ -149,7 +254,16 @@ def verify_advertisement(
 
 def consistency_payload(digest: bytes, node_id: int, survivors: tuple[int, ...]) -> bytes:
     """Bytes a client signs in the consistency check: round digest, its id and the sorted
-    survivor set ``U3`` it was shown (count-prefixed, so no two sets share an encoding)."""
+    survivor set ``U3`` it was shown (count-prefixed, so no two sets share an encoding).
+
+    Args:
+        digest: the round digest.
+        node_id: the signing node.
+        survivors: the survivor set it was shown.
+
+    Returns:
+        The payload, domain-separated.
+    """
     ids = tuple(int(v) for v in survivors)
     return (DOMAIN + b"consistency" + digest + struct.pack("<QI", node_id, len(ids))
             + struct.pack(f"<{len(ids)}Q", *ids))
@@ -158,7 +272,17 @@ def consistency_payload(digest: bytes, node_id: int, survivors: tuple[int, ...])
 def sign_consistency(
     identity_key: Ed25519PrivateKey, digest: bytes, node_id: int, survivors: tuple[int, ...]
 ) -> bytes:
-    """Ed25519 signature over :func:`consistency_payload`."""
+    """Ed25519 signature over :func:`consistency_payload`.
+
+    Args:
+        identity_key: the node's Ed25519 identity key.
+        digest: the round digest.
+        node_id: the signing node.
+        survivors: the survivor set it was shown.
+
+    Returns:
+        The 64-byte signature.
+    """
     return identity_key.sign(consistency_payload(digest, node_id, survivors))
 
 
@@ -170,7 +294,18 @@ def verify_consistency(
     signature: bytes,
 ) -> None:
     """Raise :class:`SignatureVerificationError` unless ``node_id`` signed exactly ``survivors``
-    in this round."""
+    in this round.
+
+    Args:
+        identity_public: the node's registered identity key.
+        digest: the round digest.
+        node_id: the signing node.
+        survivors: the survivor set the signature should cover.
+        signature: the signature to check.
+
+    Raises:
+        SignatureVerificationError: the signature does not verify.
+    """
     try:
         identity_public.verify(signature, consistency_payload(digest, node_id, survivors))
     except InvalidSignature:
@@ -188,13 +323,38 @@ def _share_ad(digest: bytes, sender: int, receiver: int) -> bytes:
 def encrypt_shares(
     key: bytes, plaintext: bytes, *, digest: bytes, sender: int, receiver: int
 ) -> bytes:
-    """AES-256-GCM; returns ``nonce || ciphertext || tag`` (AD binds round, sender, receiver)."""
+    """AES-256-GCM; returns ``nonce || ciphertext || tag`` (AD binds round, sender, receiver).
+
+    Args:
+        key: the pair's 32-byte share-encryption key (:func:`derive_pair_key`).
+        plaintext: the serialised shares.
+        digest: the round digest.
+        sender: the sending node.
+        receiver: the receiving node.
+
+    Returns:
+        The nonce, ciphertext and tag, concatenated.
+    """
     nonce = os.urandom(NONCE_BYTES)
     return nonce + AESGCM(key).encrypt(nonce, plaintext, _share_ad(digest, sender, receiver))
 
 
 def decrypt_shares(key: bytes, blob: bytes, *, digest: bytes, sender: int, receiver: int) -> bytes:
-    """Inverse of :func:`encrypt_shares`; raises :class:`DecryptionError` on a bad tag."""
+    """Inverse of :func:`encrypt_shares`; raises :class:`DecryptionError` on a bad tag.
+
+    Args:
+        key: the pair's 32-byte share-encryption key.
+        blob: what :func:`encrypt_shares` returned.
+        digest: the round digest.
+        sender: the sending node.
+        receiver: the receiving node.
+
+    Returns:
+        The plaintext.
+
+    Raises:
+        DecryptionError: the tag does not verify (tampered, or bound to another round or pair).
+    """
     try:
         return AESGCM(key).decrypt(
             blob[:NONCE_BYTES], blob[NONCE_BYTES:], _share_ad(digest, sender, receiver)

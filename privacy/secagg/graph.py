@@ -31,19 +31,47 @@ Graph = dict[int, frozenset[int]]
 
 
 def default_degree(num_nodes: int) -> int:
-    """``k = 2 ceil(log2 n)`` capped at ``n - 1`` (Bell et al.: k = O(log n))."""
+    """``k = 2 ceil(log2 n)`` capped at ``n - 1`` (Bell et al.: k = O(log n)).
+
+    Args:
+        num_nodes: ``n``.
+
+    Returns:
+        ``k``.
+
+    Raises:
+        SecAggError: fewer than 2 nodes.
+    """
     if num_nodes < 2:
         raise SecAggError("secure aggregation needs at least 2 nodes")
     return effective_degree(num_nodes, 2 * math.ceil(math.log2(num_nodes)))
 
 
 def default_threshold(degree: int) -> int:
-    """A strict majority of the ``k + 1`` share holders (neighbours plus the node itself)."""
+    """A strict majority of the ``k + 1`` share holders (neighbours plus the node itself).
+
+    Args:
+        degree: ``k``.
+
+    Returns:
+        ``t``.
+    """
     return (degree + 1) // 2 + 1 if degree >= 2 else degree + 1
 
 
 def effective_degree(num_nodes: int, degree: int) -> int:
-    """Clamp ``degree`` to ``[1, n - 1]`` and make ``n * k`` even (odd k, odd n -> k + 1)."""
+    """Clamp ``degree`` to ``[1, n - 1]`` and make ``n * k`` even (odd k, odd n -> k + 1).
+
+    Args:
+        num_nodes: ``n``.
+        degree: the requested ``k``.
+
+    Returns:
+        The degree used.
+
+    Raises:
+        SecAggError: fewer than 2 nodes.
+    """
     if num_nodes < 2:
         raise SecAggError("secure aggregation needs at least 2 nodes")
     k = max(1, min(degree, num_nodes - 1))
@@ -53,7 +81,17 @@ def effective_degree(num_nodes: int, degree: int) -> int:
 
 
 def validate_parameters(num_nodes: int, degree: int, threshold: int) -> None:
-    """Raise :class:`SecAggError` unless ``(n, k, t)`` describe a valid SecAgg+ round."""
+    """Raise :class:`SecAggError` unless ``(n, k, t)`` describe a valid SecAgg+ round.
+
+    Args:
+        num_nodes: ``n``.
+        degree: ``k``.
+        threshold: ``t``.
+
+    Raises:
+        SecAggError: fewer than 2 nodes, no ``k``-regular graph on ``n`` nodes, or ``t`` not
+            in ``[1, k + 1]``.
+    """
     if num_nodes < 2:
         raise SecAggError("secure aggregation needs at least 2 nodes")
     if not 1 <= degree <= num_nodes - 1 or (degree * num_nodes) % 2:
@@ -80,7 +118,19 @@ def _shuffle(items: list[int], seed: bytes) -> list[int]:
 
 
 def build_graph(node_ids: Sequence[int], degree: int, seed: bytes) -> Graph:
-    """Neighbour sets (excluding the node itself) of the random k-regular circulant."""
+    """Neighbour sets (excluding the node itself) of the random k-regular circulant.
+
+    Args:
+        node_ids: the round's nodes.
+        degree: ``k``.
+        seed: the randomness of the node order (the round digest).
+
+    Returns:
+        Node id -> its ``k`` neighbours.
+
+    Raises:
+        SecAggError: the ids are not distinct.
+    """
     n = len(node_ids)
     if len(set(node_ids)) != n:
         raise SecAggError("node ids must be distinct")

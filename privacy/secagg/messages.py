@@ -147,6 +147,13 @@ def payload_bytes(value: object, field: str) -> bytes:
     checked to be bytes: ``bytes(value)`` would turn an integer into that many zero bytes
     (``bytes(2**40)``), a list of small ints into bytes, and raise TypeError on anything else.
 
+    Args:
+        value: the transport record's value.
+        field: names the value in errors.
+
+    Returns:
+        The bytes.
+
     Raises:
         MalformedMessageError: naming ``field`` and the type found.
     """
@@ -207,6 +214,28 @@ class _Message:
     round_id: bytes
 
     def to_bytes(self) -> bytes:  # pragma: no cover - overridden
+        """The message on the wire: the header, then its fields (see "Wire format" above).
+
+        Returns:
+            The encoded message.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def from_bytes(cls: type[T], data: bytes | bytearray | memoryview
+                   ) -> T:  # pragma: no cover - overridden
+        """Parse and validate one message of this type.
+
+        Args:
+            data: the encoded message.
+
+        Returns:
+            The message, its fields checked.
+
+        Raises:
+            MalformedMessageError: a wrong header or type, a length or count that the bytes
+                present do not hold, an invalid field, or trailing bytes.
+        """
         raise NotImplementedError
 
     @classmethod
@@ -280,6 +309,12 @@ class AdvertiseKeys(_Message):
         _check_len(name, "signature", self.signature, SIGNATURE_BYTES)
 
     def body(self) -> bytes:
+        """The fields after the header: node id, both public keys and the signature (a
+        :class:`KeyDirectory` relays them as they are).
+
+        Returns:
+            ``BODY_BYTES`` bytes.
+        """
         return struct.pack("<Q", self.node_id) + self.c_pk + self.s_pk + self.signature
 
     def to_bytes(self) -> bytes:

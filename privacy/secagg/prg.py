@@ -38,14 +38,32 @@ U32 = np.dtype("<u4")
 
 
 def keystream(seed: bytes):  # type: ignore[no-untyped-def]
-    """An OpenSSL context whose ``update(zeros)`` yields the AES-256-CTR keystream of ``seed``."""
+    """An OpenSSL context whose ``update(zeros)`` yields the AES-256-CTR keystream of ``seed``.
+
+    Args:
+        seed: the 32-byte seed.
+
+    Returns:
+        The encryptor context.
+
+    Raises:
+        SecAggError: ``seed`` is not 32 bytes.
+    """
     if len(seed) != SEED_BYTES:
         raise SecAggError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
     return Cipher(algorithms.AES(bytes(seed)), modes.GCM(_ZERO_IV)).encryptor()
 
 
 def expand_mask(seed: bytes, length: int) -> NDArray[np.uint32]:
-    """``PRG(seed)`` as a fresh uint32 vector of ``length`` elements."""
+    """``PRG(seed)`` as a fresh uint32 vector of ``length`` elements.
+
+    Args:
+        seed: the 32-byte seed.
+        length: how many elements.
+
+    Returns:
+        The mask.
+    """
     out = np.zeros(length, dtype=U32)
     apply_masks(out, add=[seed], subtract=())
     return out
@@ -58,7 +76,20 @@ def apply_masks(
     *,
     chunk: int = _CHUNK,
 ) -> NDArray[np.uint32]:
-    """In place: ``acc += sum PRG(add) - sum PRG(subtract)  (mod 2^32)``; returns ``acc``."""
+    """In place: ``acc += sum PRG(add) - sum PRG(subtract)  (mod 2^32)``; returns ``acc``.
+
+    Args:
+        acc: a contiguous 1-D uint32 accumulator.
+        add: seeds whose masks are added.
+        subtract: seeds whose masks are subtracted.
+        chunk: elements expanded at a time (bounds the memory).
+
+    Returns:
+        ``acc``.
+
+    Raises:
+        SecAggError: ``acc`` is not a contiguous 1-D uint32 array.
+    """
     if acc.dtype != U32 or acc.ndim != 1 or not acc.flags.c_contiguous:
         raise SecAggError("apply_masks needs a contiguous 1-D uint32 accumulator")
     streams = [(keystream(s), np.add) for s in add] + [

@@ -108,6 +108,19 @@ class Quantizer:
         With ``wrap=True`` the noisy vector may leave ``[0, S]`` (unbounded noise added modulo
         ``2^32``, as the distributed Skellam mechanism does); otherwise a share beyond the
         headroom is refused.
+
+        Args:
+            values: the flat float vector.
+            rng: the stochastic rounding's coins.
+            noise_hook: adds a noise share to the quantised vector (distributed DP).
+            wrap: let the noisy vector wrap modulo ``2^32``.
+
+        Returns:
+            The encoded vector.
+
+        Raises:
+            SecAggError: not a 1-D vector of finite numbers, a noise hook that changes the shape
+                or dtype, or (without ``wrap``) a noise share beyond the headroom.
         """
         x = np.asarray(values)
         if x.ndim != 1:
@@ -158,12 +171,30 @@ class Quantizer:
         return out
 
     def dequantize(self, encoded: NDArray[np.uint32]) -> NDArray[np.float64]:
-        """One client's dequantised values ``(q - h) * 2c / M - c``."""
+        """One client's dequantised values ``(q - h) * 2c / M - c``.
+
+        Args:
+            encoded: one client's encoded vector.
+
+        Returns:
+            The float values.
+        """
         q = encoded.astype(np.float64) - self.headroom
         return (q * (2.0 * self.clip) - self.max_level * self.clip) / self.max_level
 
     def decode_mean(self, total: NDArray[np.uint32], count: int) -> NDArray[np.float64]:
-        """Mean of ``count`` clients' dequantised values from their uint32 sum."""
+        """Mean of ``count`` clients' dequantised values from their uint32 sum.
+
+        Args:
+            total: the uint32 sum of the encoded vectors.
+            count: how many vectors were summed.
+
+        Returns:
+            The mean, float64.
+
+        Raises:
+            SecAggError: ``count`` is not in ``[1, num_clients]``.
+        """
         if not 1 <= count <= self.num_clients:
             raise SecAggError(f"count must be in [1, {self.num_clients}], got {count}")
         t = total.astype(np.float64)
@@ -175,7 +206,15 @@ class Quantizer:
         return t
 
     def exact_mean(self, total: NDArray[np.uint32], count: int) -> list[Fraction]:
-        """The exact rational mean (slow; for verification)."""
+        """The exact rational mean (slow; for verification).
+
+        Args:
+            total: the uint32 sum of the encoded vectors.
+            count: how many vectors were summed.
+
+        Returns:
+            The mean of each coordinate as a fraction.
+        """
         c = Fraction(self.clip)
         return [
             (Fraction(int(v) - count * self.headroom) * 2 * c) / (count * self.max_level) - c

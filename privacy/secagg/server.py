@@ -231,7 +231,14 @@ class SecAggServer:
 
     # ------------------------------------------------------------------ stages
     def setup(self) -> SetupConfig:
-        """The round configuration to broadcast to every node in ``node_ids``."""
+        """The round configuration to broadcast to every node in ``node_ids``.
+
+        Returns:
+            The configuration.
+
+        Raises:
+            ProtocolStateError: the round is already set up.
+        """
         self._expect(ServerStage.INIT, "set up")
         self.stage = ServerStage.SETUP
         return self.config
@@ -239,7 +246,21 @@ class SecAggServer:
     def collect_advertisements(
         self, messages: Iterable[AdvertiseKeys | bytes]
     ) -> dict[int, KeyDirectory]:
-        """Collect ``U1``'s signed keys; return each one's neighbour key directory."""
+        """Collect ``U1``'s signed keys; return each one's neighbour key directory.
+
+        Args:
+            messages: the nodes' signed keys (``U1``), as messages or bytes.
+
+        Returns:
+            Node id -> the key directory to relay to it.
+
+        Raises:
+            ProtocolStateError: called out of stage order.
+            InsufficientParticipantsError: too few nodes, or a node with too few live share
+                holders.
+            SecAggError: with ``strict``, the first invalid message (otherwise it is recorded in
+                :attr:`rejected` and ignored).
+        """
         self._expect(ServerStage.SETUP, "collect advertisements")
 
         def check(msg: AdvertiseKeys) -> None:
@@ -271,7 +292,20 @@ class SecAggServer:
         }
 
     def collect_shares(self, messages: Iterable[ShareKeys | bytes]) -> dict[int, ShareBundle]:
-        """Collect ``U2``'s encrypted shares and route them to their receivers."""
+        """Collect ``U2``'s encrypted shares and route them to their receivers.
+
+        Args:
+            messages: the nodes' encrypted shares (``U2``).
+
+        Returns:
+            Receiver id -> the ciphertexts addressed to it.
+
+        Raises:
+            ProtocolStateError: called out of stage order.
+            InsufficientParticipantsError: too few nodes, or a node with too few live share
+                holders.
+            SecAggError: with ``strict``, the first invalid message.
+        """
         self._expect(ServerStage.KEYS, "collect shares")
 
         def check(msg: ShareKeys) -> None:
@@ -300,7 +334,19 @@ class SecAggServer:
     def collect_masked_inputs(
         self, messages: Iterable[MaskedInput | bytes]
     ) -> dict[int, ConsistencyCheck]:
-        """Sum ``U3``'s masked inputs; show every survivor the same ``U3`` to sign."""
+        """Sum ``U3``'s masked inputs; show every survivor the same ``U3`` to sign.
+
+        Args:
+            messages: the survivors' masked inputs (``U3``), summed as they arrive.
+
+        Returns:
+            Survivor id -> the survivor set to sign.
+
+        Raises:
+            ProtocolStateError: called out of stage order.
+            InsufficientParticipantsError: fewer survivors than the threshold.
+            SecAggError: with ``strict``, the first invalid message.
+        """
         self._expect(ServerStage.SHARES, "collect masked inputs")
         d = self.config.vector_length
 
@@ -342,7 +388,20 @@ class SecAggServer:
         """Collect ``U4``'s signatures on ``U3``; ask each signer for its unmasking shares,
         relaying ``t`` of the signatures (those of the ``t`` smallest ids of ``U4``): what each
         client needs to verify before it reveals anything. Relaying all of them would cost
-        every client ``|U4|`` instead of ``t`` signature verifications and prove no more."""
+        every client ``|U4|`` instead of ``t`` signature verifications and prove no more.
+
+        Args:
+            messages: the survivors' signatures on ``U3`` (``U4``).
+
+        Returns:
+            Signer id -> its unmask request.
+
+        Raises:
+            ProtocolStateError: called out of stage order.
+            InsufficientParticipantsError: fewer signers than the threshold.
+            SecAggError: with ``strict``, the first invalid message (e.g. a signature that does
+                not verify).
+        """
         self._expect(ServerStage.MASKED, "collect consistency signatures")
         survivors = tuple(sorted(self._u3))
 
@@ -388,7 +447,20 @@ class SecAggServer:
     def collect_unmask_responses(
         self, messages: Iterable[UnmaskResponse | bytes]
     ) -> AggregationResult:
-        """Reconstruct ``b_u`` (survivors) and ``s_sk_v`` (dropped), remove masks, return sum."""
+        """Reconstruct ``b_u`` (survivors) and ``s_sk_v`` (dropped), remove masks, return sum.
+
+        Args:
+            messages: the signers' shares.
+
+        Returns:
+            The unmasked sum, the survivors and the dropped nodes.
+
+        Raises:
+            ProtocolStateError: called out of stage order.
+            InsufficientParticipantsError: too few responses to reconstruct a secret.
+            ReconstructionError: the shares do not reconstruct a consistent secret.
+            SecAggError: with ``strict``, the first invalid message.
+        """
         self._expect(ServerStage.SIGNED, "collect unmask responses")
         u2, u3, dropped = self._u2, self._u3, self._dropped
 

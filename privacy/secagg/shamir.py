@@ -50,7 +50,16 @@ class Share:
 
 
 def evaluate_polynomial(coefficients: Sequence[int], x: int, prime: int = PRIME) -> int:
-    """Evaluate ``sum_i coefficients[i] * x^i mod prime`` (Horner's rule)."""
+    """Evaluate ``sum_i coefficients[i] * x^i mod prime`` (Horner's rule).
+
+    Args:
+        coefficients: the coefficients, constant term first.
+        x: the point.
+        prime: the field's modulus.
+
+    Returns:
+        The value, in ``[0, prime)``.
+    """
     acc = 0
     for coeff in reversed(coefficients):
         acc = (acc * x + coeff) % prime
@@ -69,6 +78,20 @@ def split_secret(
 
     ``secret`` may be bytes (big-endian, must be smaller than ``prime``) or an int in
     ``[0, prime)``. ``randbelow`` draws the random coefficients (cryptographic by default).
+
+    Args:
+        secret: the secret.
+        threshold: how many shares recover it (at least 1).
+        xs: the shares' x-coordinates (:func:`node_x`).
+        prime: the field's modulus.
+        randbelow: draws the coefficients.
+
+    Returns:
+        One share per x-coordinate, in the order of ``xs``.
+
+    Raises:
+        SecAggError: the secret does not fit the field, ``threshold`` is below 1, or there
+            are fewer x-coordinates than ``threshold``.
     """
     value = int.from_bytes(secret, "big") if isinstance(secret, bytes | bytearray) else secret
     if not 0 <= value < prime:
@@ -83,7 +106,19 @@ def split_secret(
 
 
 def interpolate_at(shares: Sequence[Share], x: int, prime: int = PRIME) -> int:
-    """Lagrange-interpolate the unique polynomial of degree < len(shares) at ``x``."""
+    """Lagrange-interpolate the unique polynomial of degree < len(shares) at ``x``.
+
+    Args:
+        shares: the points.
+        x: where to evaluate.
+        prime: the field's modulus.
+
+    Returns:
+        The value at ``x``.
+
+    Raises:
+        SecAggError: two shares have the same x.
+    """
     if len({s.x % prime for s in shares}) != len(shares):
         raise SecAggError("Shamir: interpolation points must have distinct x")
     total = 0
@@ -98,7 +133,19 @@ def interpolate_at(shares: Sequence[Share], x: int, prime: int = PRIME) -> int:
 
 
 def reconstruct_secret(shares: Sequence[Share], threshold: int, prime: int = PRIME) -> int:
-    """Recover the secret from at least ``threshold`` shares (the first ``threshold`` are used)."""
+    """Recover the secret from at least ``threshold`` shares (the first ``threshold`` are used).
+
+    Args:
+        shares: the shares.
+        threshold: the split's threshold.
+        prime: the field's modulus.
+
+    Returns:
+        The secret, as an integer.
+
+    Raises:
+        ReconstructionError: fewer than ``threshold`` shares.
+    """
     if len(shares) < threshold:
         raise ReconstructionError(
             f"Shamir: need {threshold} shares to reconstruct, got {len(shares)}"
@@ -109,7 +156,21 @@ def reconstruct_secret(shares: Sequence[Share], threshold: int, prime: int = PRI
 def reconstruct_bytes(
     shares: Sequence[Share], threshold: int, length: int = SECRET_BYTES, prime: int = PRIME
 ) -> bytes:
-    """Recover a ``length``-byte secret (big-endian) from ``threshold`` shares."""
+    """Recover a ``length``-byte secret (big-endian) from ``threshold`` shares.
+
+    Args:
+        shares: the shares.
+        threshold: the split's threshold.
+        length: the secret's length in bytes.
+        prime: the field's modulus.
+
+    Returns:
+        The secret.
+
+    Raises:
+        ReconstructionError: fewer than ``threshold`` shares, or a value too large for
+            ``length`` bytes.
+    """
     value = reconstruct_secret(shares, threshold, prime)
     if value >= 1 << (8 * length):
         raise ReconstructionError("Shamir: reconstructed value does not fit the secret length")
@@ -117,14 +178,34 @@ def reconstruct_bytes(
 
 
 def encode_share_value(y: int) -> bytes:
-    """Encode a share value as ``SHARE_BYTES`` big-endian bytes."""
+    """Encode a share value as ``SHARE_BYTES`` big-endian bytes.
+
+    Args:
+        y: a field element.
+
+    Returns:
+        ``SHARE_BYTES`` bytes.
+
+    Raises:
+        SecAggError: ``y`` is not in ``[0, PRIME)``.
+    """
     if not 0 <= y < PRIME:
         raise SecAggError("Shamir: share value outside the field")
     return y.to_bytes(SHARE_BYTES, "big")
 
 
 def decode_share_value(data: bytes) -> int:
-    """Decode and validate a ``SHARE_BYTES`` share value."""
+    """Decode and validate a ``SHARE_BYTES`` share value.
+
+    Args:
+        data: ``SHARE_BYTES`` bytes.
+
+    Returns:
+        The share value.
+
+    Raises:
+        MalformedMessageError: the length is wrong or the value is not a field element.
+    """
     if len(data) != SHARE_BYTES:
         raise MalformedMessageError(f"Shamir share must be {SHARE_BYTES} bytes, got {len(data)}")
     y = int.from_bytes(data, "big")
@@ -134,7 +215,14 @@ def decode_share_value(data: bytes) -> int:
 
 
 def node_x(node_id: int) -> int:
-    """The x-coordinate of the share held by ``node_id`` (``node_id + 1``, never zero)."""
+    """The x-coordinate of the share held by ``node_id`` (``node_id + 1``, never zero).
+
+    Args:
+        node_id: the holder's node id.
+
+    Returns:
+        The x-coordinate.
+    """
     return node_id + 1
 
 

@@ -45,7 +45,14 @@ class Dropouts:
 
 
 def make_identities(node_ids: list[int]) -> dict[int, Ed25519PrivateKey]:
-    """Fresh Ed25519 identity keys, one per node (long-lived in a real deployment)."""
+    """Fresh Ed25519 identity keys, one per node (long-lived in a real deployment).
+
+    Args:
+        node_ids: the nodes.
+
+    Returns:
+        Node id -> its private key.
+    """
     return {u: crypto.generate_identity_key() for u in node_ids}
 
 
@@ -66,6 +73,22 @@ def run_secagg(
     ``round_id`` (32 bytes, default random) seeds the communication graph: whether a given
     set of dropouts leaves enough share holders depends on who neighbours whom, so a caller
     that scripts dropouts and expects success fixes it.
+
+    Args:
+        inputs: node id -> its uint32 input, all of one length.
+        degree: ``k`` (default :func:`~.graph.default_degree`).
+        threshold: ``t`` (default :func:`~.graph.default_threshold`).
+        dropouts: which nodes stop answering when.
+        identity_keys: node id -> its identity key (default: fresh keys).
+        serialize: send every message as bytes, as a transport would.
+        round_id: 32 bytes; seeds the graph.
+
+    Returns:
+        The server's result: the sum of the survivors' inputs.
+
+    Raises:
+        ValueError: the inputs are not 1-D vectors of one length.
+        InsufficientParticipantsError: too many dropouts.
     """
     lengths = {np.asarray(v).shape for v in inputs.values()}
     if len(lengths) != 1 or len(next(iter(lengths))) != 1:
@@ -103,6 +126,24 @@ def run_round(
     exchange took (``setup``, ``share``, ``mask``, ``consistency``, ``unmask``: every client's
     and the server's work for that stage, encoding included). ``round_id`` as in
     :func:`run_secagg`.
+
+    Args:
+        node_ids: the nodes.
+        vector_length: ``d``.
+        get_input: node id -> its uint32 input.
+        degree: ``k`` (default :func:`~.graph.default_degree`).
+        threshold: ``t`` (default :func:`~.graph.default_threshold`).
+        dropouts: which nodes stop answering when.
+        identity_keys: node id -> its identity key (default: fresh keys).
+        serialize: send every message as bytes.
+        stage_seconds: receives each stage's seconds.
+        round_id: 32 bytes; seeds the graph.
+
+    Returns:
+        The server's result.
+
+    Raises:
+        InsufficientParticipantsError: too many dropouts.
     """
     ids = sorted(node_ids)
     drop = dropouts or Dropouts()
@@ -158,7 +199,21 @@ def run_secagg_mean(
     noise_hook: NoiseHook | None = None,
     **kwargs: Any,
 ) -> tuple[NDArray[np.float64], AggregationResult]:
-    """Quantise float ``vectors`` (lazily, per client), run a round, decode the mean."""
+    """Quantise float ``vectors`` (lazily, per client), run a round, decode the mean.
+
+    Args:
+        vectors: node id -> its float vector, all 1-D of one length.
+        quantizer: encodes the vectors and decodes the mean.
+        rng: the stochastic rounding's coins.
+        noise_hook: adds each client's noise share.
+        **kwargs: passed on to :func:`run_round`.
+
+    Returns:
+        The mean of the survivors' vectors, and the server's result.
+
+    Raises:
+        ValueError: the vectors are not 1-D of one length.
+    """
     gen = rng if rng is not None else np.random.default_rng()
     lengths = {np.shape(v) for v in vectors.values()}
     if len(lengths) != 1 or len(next(iter(lengths))) != 1:

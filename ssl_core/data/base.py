@@ -69,7 +69,11 @@ class SSLDataset:
         return "multi-label" if self.y_train.ndim == 2 else "multi-class"
 
     def describe(self) -> str:
-        """One line: records, shape, channels, labels and the evaluation split."""
+        """One line: records, shape, channels, labels and the evaluation split.
+
+        Returns:
+            The description.
+        """
         if self.modality == "image":
             colour = {1: "greyscale", 3: "RGB"}.get(self.channels, "")
             chans = f"{self.channels} channel{'s' if self.channels != 1 else ''}" + (
@@ -119,6 +123,13 @@ def evaluation_labels(data: SSLDataset, where: str) -> bool:
     data (checked by :func:`require_labels`), False for data without any labels (a
     training-only run: :data:`TRAINING_ONLY`).
 
+    Args:
+        data: the evaluation data.
+        where: names the data in errors.
+
+    Returns:
+        True if labelled, False if unlabelled.
+
     Raises:
         DataError: for labelled data the probes cannot use (no test split, or a test split
             without labels), naming ``where``.
@@ -131,6 +142,13 @@ def evaluation_labels(data: SSLDataset, where: str) -> bool:
 
 def require_labels(data: SSLDataset, where: str) -> SSLDataset:
     """Check that ``data`` can be evaluated on (labels on both splits); returns it.
+
+    Args:
+        data: the evaluation data.
+        where: names the data in errors.
+
+    Returns:
+        ``data``.
 
     Raises:
         DataError: naming ``where`` (e.g. "the server's evaluation data"), if labels or the
@@ -152,6 +170,11 @@ def validate_arrays(x: np.ndarray, y: np.ndarray | None, what: str) -> None:
     """Check shape, dtype and finiteness of a record array (and its labels).
 
     Labels are ``(N,)`` non-negative integers or ``(N, K)`` 0/1 multi-label flags.
+
+    Args:
+        x: the records, ``(N, ...)`` floats.
+        y: their labels, or None.
+        what: names the arrays in errors.
 
     Raises:
         DataError: naming ``what`` and the problem found.
@@ -188,7 +211,19 @@ def validate_arrays(x: np.ndarray, y: np.ndarray | None, what: str) -> None:
 
 
 def labels_from(raw: np.ndarray, n: int, what: str) -> np.ndarray:
-    """Labels as ``(N,)`` classes or ``(N, K)`` multi-label flags (``(N, 1)`` is squeezed)."""
+    """Labels as ``(N,)`` classes or ``(N, K)`` multi-label flags (``(N, 1)`` is squeezed).
+
+    Args:
+        raw: the labels as read.
+        n: the number of records.
+        what: names the labels in errors.
+
+    Returns:
+        int64 labels.
+
+    Raises:
+        DataError: the count does not match ``n``, or the labels are not integers.
+    """
     y = np.asarray(raw)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -204,6 +239,15 @@ def labels_from(raw: np.ndarray, n: int, what: str) -> np.ndarray:
 
 
 def num_classes_of(*ys: np.ndarray | None) -> int:
+    """The number of classes of label arrays: ``K`` of ``(N, K)`` multi-label flags, else the
+    largest class id plus one (0 without labels).
+
+    Args:
+        *ys: label arrays, None for a split without labels.
+
+    Returns:
+        The number of classes.
+    """
     present = [y for y in ys if y is not None and len(y)]
     if not present:
         return 0
@@ -214,7 +258,15 @@ def num_classes_of(*ys: np.ndarray | None) -> int:
 
 def standardize(x_train: np.ndarray, x_test: np.ndarray | None
                  ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Scale by the training pool's global mean/std (one scalar each, no per-record info)."""
+    """Scale by the training pool's global mean/std (one scalar each, no per-record info).
+
+    Args:
+        x_train: the training records.
+        x_test: the test records, or None.
+
+    Returns:
+        Both, scaled with the training statistics, as float32.
+    """
     mean, std = float(x_train.mean()), float(x_train.std()) or 1.0
     scaled = ((x_train - mean) / std).astype(np.float32)
     return scaled, None if x_test is None else ((x_test - mean) / std).astype(np.float32)
@@ -223,7 +275,20 @@ def standardize(x_train: np.ndarray, x_test: np.ndarray | None
 def hold_out(x: np.ndarray, y: np.ndarray | None, seed: int, what: str
               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None, str]:
     """Split off :data:`HOLDOUT_FRACTION` of the records (reproducibly); returns
-    ``x_train, y_train, x_test, y_test, note``."""
+    ``x_train, y_train, x_test, y_test, note``.
+
+    Args:
+        x: the records.
+        y: their labels, or None.
+        seed: makes the split reproducible.
+        what: names the data in errors and the note.
+
+    Returns:
+        The split and a note saying what was held out.
+
+    Raises:
+        DataError: fewer than 2 records.
+    """
     if len(x) < 2:
         raise DataError(f"{what} holds fewer than 2 records: nothing can be held out for "
                         "evaluation")

@@ -112,7 +112,15 @@ def load_mnist1d(num_samples: int = 4000, seed: int = 0, test_fraction: float = 
 
 
 def load_digits(seed: int = 0, test_fraction: float = 0.25) -> SSLDataset:
-    """scikit-learn's 8x8 digits (1,797 images, 10 classes), split reproducibly."""
+    """scikit-learn's 8x8 digits (1,797 images, 10 classes), split reproducibly.
+
+    Args:
+        seed: seeds the split.
+        test_fraction: the share of records held out for evaluation.
+
+    Returns:
+        The data set, ``(1, 8, 8)`` records, standardised.
+    """
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()

@@ -106,7 +106,21 @@ def load_image_folder(root: str | Path, image_size: int = 28, seed: int = 0,
     """Load ``ROOT/<class>/*.png|jpg`` (or ``ROOT/train`` and ``ROOT/test`` class folders, or
     unlabelled images directly in ``ROOT``), resized to ``image_size`` x ``image_size``;
     channels come from the images (see the module doc). ``with_test=False``: a site's data,
-    every image trains (``ROOT/test`` is not read)."""
+    every image trains (``ROOT/test`` is not read).
+
+    Args:
+        root: the image folder.
+        image_size: the side every image is resized to.
+        seed: seeds the held-out split.
+        with_test: read ``ROOT/test`` (or hold records out) for evaluation.
+
+    Returns:
+        The data set.
+
+    Raises:
+        DataError: the folder is missing or empty, its layout is not one of the above, or an
+            image cannot be read.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")

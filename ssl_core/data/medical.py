@@ -377,14 +377,40 @@ def load_dicom(root: str | Path, image_size: int = 28, seed: int = 0,
                with_test: bool = True) -> SSLDataset:
     """Load the ``.dcm`` files under ``root`` (recursively; or one file) as images resized to
     ``image_size`` (see the module doc for windowing, channels, labels and errors).
-    ``with_test=False``: a site's data, every image trains."""
+    ``with_test=False``: a site's data, every image trains.
+
+    Args:
+        root: a ``.dcm`` file or a folder of them.
+        image_size: the side every image is resized to.
+        seed: seeds the held-out split.
+        with_test: hold records out for evaluation.
+
+    Returns:
+        The data set.
+
+    Raises:
+        DataError: nothing readable, or files that cannot be combined (see the module doc).
+    """
     return _load_medical(root, "dicom", image_size, seed, with_test)
 
 
 def load_nifti(path: str | Path, image_size: int = 28, seed: int = 0,
                with_test: bool = True) -> SSLDataset:
     """Load a ``.nii``/``.nii.gz`` volume, or the volumes under a folder, as 2-D slices
-    resized to ``image_size`` (see the module doc). ``with_test=False``: a site's data."""
+    resized to ``image_size`` (see the module doc). ``with_test=False``: a site's data.
+
+    Args:
+        path: a volume or a folder of volumes.
+        image_size: the side every slice is resized to.
+        seed: seeds the held-out split.
+        with_test: hold records out for evaluation.
+
+    Returns:
+        The data set.
+
+    Raises:
+        DataError: nothing readable, or volumes that cannot be combined (see the module doc).
+    """
     return _load_medical(path, "nifti", image_size, seed, with_test)
 
 

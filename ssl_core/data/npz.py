@@ -114,6 +114,18 @@ def load_npz(path: str | Path, with_test: bool = True, seed: int = 0) -> SSLData
 
     ``with_test=False`` (a site's training data): only the training images are read and
     every one of them trains; nothing is held out.
+
+    Args:
+        path: the ``.npz`` file.
+        with_test: read the test arrays (or hold records out) for evaluation.
+        seed: seeds the held-out split.
+
+    Returns:
+        The data set.
+
+    Raises:
+        DataError: the file is missing, has no training images, mixes signal and image arrays,
+            or holds invalid values.
     """
     path = Path(path)
     if not path.is_file():

@@ -42,6 +42,12 @@ class LoadRequest:
     def path(self, name: str) -> str:
         """The data path, which format ``name`` needs.
 
+        Args:
+            name: the format asking for it (named in the error).
+
+        Returns:
+            The data path.
+
         Raises:
             DataError: no data path was given.
         """
@@ -60,16 +66,36 @@ class DataFormat(ABC):
     file_kind: ClassVar[str | None] = None
 
     def matches(self, path: Path) -> bool:
-        """Whether the data path ``path`` is in this format (generated sets: never)."""
+        """Whether the data path ``path`` is in this format (generated sets: never).
+
+        Args:
+            path: the data path.
+
+        Returns:
+            True if this format reads it.
+        """
         return False
 
     def is_file(self, path: Path) -> bool:
-        """Whether ``path`` (a file name) is one file of this format inside a data folder."""
+        """Whether ``path`` (a file name) is one file of this format inside a data folder.
+
+        Args:
+            path: a file inside a data folder.
+
+        Returns:
+            True if it is one of this format's files.
+        """
         return False
 
     @abstractmethod
     def load(self, request: LoadRequest) -> SSLDataset:
         """The data set.
+
+        Args:
+            request: the data path and the loading options.
+
+        Returns:
+            The data set, validated.
 
         Raises:
             DataError: the data is missing, malformed or holds invalid values.
@@ -83,7 +109,17 @@ F = TypeVar("F", bound=type[DataFormat])
 
 
 def register_format(cls: F) -> F:
-    """Class decorator: register an instance of ``cls`` under ``cls.name``."""
+    """Class decorator: register an instance of ``cls`` under ``cls.name``.
+
+    Args:
+        cls: a :class:`DataFormat` subclass with a name.
+
+    Returns:
+        ``cls``, unchanged.
+
+    Raises:
+        TypeError: ``cls`` has no format name.
+    """
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no format name")
     FORMATS[cls.name] = cls()
@@ -91,18 +127,33 @@ def register_format(cls: F) -> F:
 
 
 def dataset_names() -> tuple[str, ...]:
-    """Every ``--dataset`` choice besides "auto", in registration order."""
+    """Every ``--dataset`` choice besides "auto", in registration order.
+
+    Returns:
+        The format names.
+    """
     return tuple(FORMATS)
 
 
 def generated_names() -> tuple[str, ...]:
-    """The data sets generated locally (they read no data path)."""
+    """The data sets generated locally (they read no data path).
+
+    Returns:
+        Their names.
+    """
     return tuple(n for n, f in FORMATS.items() if f.generated)
 
 
 def folder_kinds(folder: Path) -> set[str]:
     """Which formats' files (:meth:`DataFormat.is_file`) ``folder`` holds, at any depth
-    (hidden files and folders are skipped; the walk stops once every kind was seen)."""
+    (hidden files and folders are skipped; the walk stops once every kind was seen).
+
+    Args:
+        folder: the data folder.
+
+    Returns:
+        The names of the formats found.
+    """
     kinds = [f for f in FORMATS.values() if f.file_kind]
     found: set[str] = set()
     for _, dirs, files in os.walk(folder):
@@ -125,6 +176,14 @@ def infer_dataset(data_path: str | Path, dataset: str = "auto",
     "auto" with a path gives the path's format (the first registered format that
     :meth:`~DataFormat.matches` it), without a path ``default``. An explicit dataset is
     returned if the path suits it.
+
+    Args:
+        data_path: the data path, "" for none.
+        dataset: "auto" or a format name.
+        default: the data set without a path.
+
+    Returns:
+        The format name.
 
     Raises:
         DataError: the path's format is unknown or missing, or it contradicts the explicit

@@ -23,7 +23,18 @@ class UnknownMethodError(ValueError):
 
 def get_objective(name: str, **kwargs: Any) -> Objective:
     """Instantiate the objective registered under ``name`` (``kwargs``: its constructor's
-    options, e.g. ``get_objective("masked-ae", decoder="map")``)."""
+    options, e.g. ``get_objective("masked-ae", decoder="map")``).
+
+    Args:
+        name: a registered method name (:data:`OBJECTIVES`).
+        **kwargs: the objective's constructor options.
+
+    Returns:
+        A new objective.
+
+    Raises:
+        UnknownMethodError: no objective is registered under ``name``.
+    """
     try:
         cls = OBJECTIVES[name]
     except KeyError:

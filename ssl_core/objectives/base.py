@@ -36,16 +36,32 @@ class Objective(ABC):
 
     def build_model(self, input_shape: tuple[int, ...], width: int | None = None) -> nn.Module:
         """The network this objective trains; it must expose ``.encoder`` (records ->
-        ``(N, feature_dim)`` features), the part that is evaluated and exported."""
+        ``(N, feature_dim)`` features), the part that is evaluated and exported.
+
+        Args:
+            input_shape: one record's shape, e.g. ``(C, L)`` or ``(C, H, W)``.
+            width: the encoder's width (default: the encoder's own).
+
+        Returns:
+            The model, freshly initialised.
+        """
         from fedssl.ssl_core.heads import SSLModel
 
         return SSLModel(input_shape, predictor=self.needs_predictor, width=width)
 
     def start_round(self, model: nn.Module) -> None:  # noqa: B027 (optional hook)
-        """Called once before local training starts (e.g. to copy a target network)."""
+        """Called once before local training starts (e.g. to copy a target network).
+
+        Args:
+            model: the model about to be trained (the freshly received global one).
+        """
 
     def after_step(self, model: nn.Module) -> None:  # noqa: B027 (optional hook)
-        """Called after every optimizer step (e.g. an EMA target update)."""
+        """Called after every optimizer step (e.g. an EMA target update).
+
+        Args:
+            model: the model being trained.
+        """
 
     @abstractmethod
     def per_record_loss(self, model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
@@ -54,4 +70,15 @@ class Objective(ABC):
         The model must be called once per view (never on the concatenation of views), so that
         DP-SGD's per-sample gradient hooks sum the contributions of all views of a record into
         that record's row.
+
+        Args:
+            model: the model being trained (:meth:`build_model`'s, possibly wrapped by a DP
+                engine).
+            views: the batch's views, one ``(N, ...)`` tensor per view.
+
+        Returns:
+            ``(N,)`` losses; their sum is what the optimizer minimises.
+
+        Raises:
+            ValueError: fewer views than the objective needs.
         """

@@ -67,6 +67,8 @@ class BYOL(Objective):
             t.mul_(self.momentum).add_(o.detach(), alpha=1 - self.momentum)
 
     def per_record_loss(self, model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+        """Mean over ordered pairs of the record's views of the normalised MSE between the online
+        prediction of one view and the target projection of the other (Grill et al. 2020)."""
         if len(views) < 2:
             raise ValueError(f"BYOL needs at least 2 views per record, got {len(views)}")
         if self.target is None:

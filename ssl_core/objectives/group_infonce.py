@@ -92,16 +92,36 @@ class GroupInfoNCE(Objective):
         self._draws = 0
 
     def num_groups(self, expected_batch_size: int) -> int:
-        """``G`` from the (public) expected batch size."""
+        """``G`` from the (public) expected batch size.
+
+        Args:
+            expected_batch_size: ``q n``.
+
+        Returns:
+            ``G``, at least 1.
+        """
         return max(1, round(expected_batch_size / self.group_size))
 
     def bind(self, generator: torch.Generator | None, num_groups: int | None) -> None:
         """Draw group ids from ``generator`` among ``num_groups`` fixed groups (the DP engine
-        binds its secret generator for a round; ``bind(None, None)`` unbinds)."""
+        binds its secret generator for a round; ``bind(None, None)`` unbinds).
+
+        Args:
+            generator: the DP engine's secret generator, or None to unbind.
+            num_groups: ``G`` for the round, or None to unbind.
+        """
         self._generator, self._num_groups = generator, num_groups
 
     def draw_groups(self, n: int) -> torch.Tensor:
-        """Independent uniform group ids for ``n`` records, shape ``(n,)``, on the CPU."""
+        """Independent uniform group ids for ``n`` records, shape ``(n,)``, on the CPU.
+
+        Args:
+            n: how many records.
+
+        Returns:
+            The group ids, from the bound generator (else a fixed-seed fallback, ``G`` from
+            ``n``).
+        """
         if self._generator is not None and self._num_groups is not None:
             return torch.randint(0, self._num_groups, (n,), generator=self._generator)
         # no DP engine bound (non-private training): the batch's own group count
@@ -109,6 +129,10 @@ class GroupInfoNCE(Objective):
 
     def take_groups(self) -> torch.Tensor | None:
         """The group ids of this step's gradient rows, for the DP engine's clipping.
+
+        Returns:
+            The ids drawn by the one loss evaluation since the last take, or None if there
+            was none.
 
         Raises:
             DPSoundnessError: if the loss was evaluated more than once since the last step
@@ -126,6 +150,8 @@ class GroupInfoNCE(Objective):
         return self.last_groups if draws == 1 else None
 
     def per_record_loss(self, model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+        """Draw the records' group ids (:meth:`draw_groups`, kept for :meth:`take_groups`) and
+        return :meth:`group_loss` for them."""
         groups = self.draw_groups(len(views[0]))
         self.last_groups = groups
         self._draws += 1
@@ -133,7 +159,16 @@ class GroupInfoNCE(Objective):
 
     def group_loss(self, model: nn.Module, views: list[torch.Tensor], groups: torch.Tensor
                    ) -> torch.Tensor:
-        """Per-record losses ``(N,)`` for the given group ids ``(N,)``."""
+        """Per-record losses ``(N,)`` for the given group ids ``(N,)``.
+
+        Args:
+            model: the model being trained.
+            views: the batch's two views.
+            groups: each record's group id.
+
+        Returns:
+            ``(N,)`` losses (0 for a record alone in its group).
+        """
         z1, _ = model(views[0])
         z2, _ = model(views[1])
         n = z1.shape[0]

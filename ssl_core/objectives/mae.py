@@ -54,7 +54,14 @@ _coefficients: dict[tuple[int, str], torch.Tensor] = {}
 
 def record_keys(x: torch.Tensor) -> list[int]:
     """A 31-bit hash of each record's float32 bits (a universal hash ``sum_d b_d r_d mod p``
-    with fixed random ``r``); row ``i`` depends on ``x[i]`` only."""
+    with fixed random ``r``); row ``i`` depends on ``x[i]`` only.
+
+    Args:
+        x: ``(N, ...)`` records.
+
+    Returns:
+        One key per record.
+    """
     bits = x.detach().reshape(len(x), -1).float().contiguous().view(torch.int32).to(torch.int64)
     bits = (bits & 0xFFFFFFFF) % _P
     key = (bits.shape[1], str(x.device))
@@ -71,6 +78,15 @@ def per_record_masks(
 
     Record ``i``'s indices are a ``torch.randperm`` from a generator seeded with
     ``hash(x[i]) * phi + salt``: independent of the batch it sits in.
+
+    Args:
+        x: ``(N, ...)`` records.
+        num_patches: ``T``.
+        num_masked: how many patches each record masks.
+        salt: the step's salt.
+
+    Returns:
+        The visible and the masked indices.
     """
     gen = torch.Generator()
     perms = [
@@ -104,7 +120,16 @@ class MAEDecoder(nn.Module):
     def forward(self, latent: torch.Tensor, keep: torch.Tensor, masked: torch.Tensor
                 ) -> torch.Tensor:
         """Predicted patches ``(N, M, patch_dim)`` at the ``masked`` positions. Tokens need not
-        be unshuffled: attention is permutation-equivariant and positions are in the codes."""
+        be unshuffled: attention is permutation-equivariant and positions are in the codes.
+
+        Args:
+            latent: the encoder's tokens of the visible patches.
+            keep: ``(N, T - M)`` visible patch indices.
+            masked: ``(N, M)`` masked patch indices.
+
+        Returns:
+            The predictions.
+        """
         vis = self.embed(latent) + self.pos[keep]
         mask = self.mask_token(torch.zeros_like(masked)) + self.pos[masked]
         out = self.head(self.norm(self.blocks(torch.cat([vis, mask], dim=1))))
@@ -139,10 +164,28 @@ class MaskedAutoencoder(nn.Module):
         self.norm_pix_loss = norm_pix_loss
 
     def masks(self, x: torch.Tensor, salt: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This model's per-record (visible, masked) patch indices for a batch."""
+        """This model's per-record (visible, masked) patch indices for a batch.
+
+        Args:
+            x: ``(N, ...)`` records.
+            salt: the step's salt.
+
+        Returns:
+            The visible and masked patch indices.
+        """
         return per_record_masks(x, self.encoder.num_patches, self.num_masked, salt)
 
     def forward(self, x: torch.Tensor, salt: int = 0) -> torch.Tensor:
+        """Per-record MAE loss: mean squared error of the predicted masked patches (normalised per
+        patch with ``norm_pix_loss``).
+
+        Args:
+            x: ``(N, ...)`` records.
+            salt: the step's salt (seeds the masks).
+
+        Returns:
+            ``(N,)`` losses.
+        """
         keep, masked = self.masks(x, salt)
         pred = self.decoder(self.encoder.tokens(x, keep), keep, masked)
         target = torch.gather(self.encoder.patchify(x), 1,
@@ -208,4 +251,5 @@ class MAE(Objective):
         self.salt = self._draw()
 
     def per_record_loss(self, model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+        """The model's loss on the first view, masks salted by the step."""
         return model(views[0], salt=self.salt)

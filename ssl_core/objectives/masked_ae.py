@@ -85,7 +85,18 @@ DECODERS = ("pooled", "map")
 
 def feature_map(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The encoder's last feature map before pooling: ``(N, F, L')`` of the 1-D CNN,
-    ``(N, F, H', W')`` of the ResNet."""
+    ``(N, F, H', W')`` of the ResNet.
+
+    Args:
+        encoder: a 1-D CNN or ResNet encoder.
+        x: ``(N, ...)`` records.
+
+    Returns:
+        The feature map.
+
+    Raises:
+        TypeError: another kind of encoder.
+    """
     if isinstance(encoder, ConvEncoder1d):
         return encoder.body(x)
     if isinstance(encoder, ResNetEncoder2d):
@@ -141,7 +152,15 @@ class MaskedAENet(nn.Module):
 
     def pixel_mask(self, x: torch.Tensor, salt: int) -> torch.Tensor:
         """1 on each record's masked entries, ``(N, 1, *spatial)`` (the same on every
-        channel); record ``i``'s mask depends only on ``x[i]`` and ``salt``."""
+        channel); record ``i``'s mask depends only on ``x[i]`` and ``salt``.
+
+        Args:
+            x: ``(N, ...)`` records.
+            salt: the step's salt.
+
+        Returns:
+            The mask.
+        """
         _, masked = per_record_masks(x, self.num_patches, self.num_masked, salt)
         m = torch.zeros(len(x), self.num_patches, device=x.device)
         m.scatter_(1, masked, 1.0)
@@ -152,7 +171,14 @@ class MaskedAENet(nn.Module):
         return m[crop]
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """The decoder's reconstruction of (masked) records ``x``, shaped like ``x``."""
+        """The decoder's reconstruction of (masked) records ``x``, shaped like ``x``.
+
+        Args:
+            x: ``(N, ...)`` records, masked entries zeroed.
+
+        Returns:
+            The reconstruction.
+        """
         if self.decoder_kind == "pooled":
             return self.decoder(self.encoder(x)).reshape(x.shape)
         fmap = feature_map(self.encoder, x)  # (N, F, *map_grid)
@@ -160,7 +186,14 @@ class MaskedAENet(nn.Module):
 
     def fold(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per-position predictions ``(N, T, C * prod(scale))`` (positions of the feature map
-        in row-major order, each a ``C x scale`` block) -> records ``(N, *input_shape)``."""
+        in row-major order, each a ``C x scale`` block) -> records ``(N, *input_shape)``.
+
+        Args:
+            tokens: the decoder's per-position predictions.
+
+        Returns:
+            The records, cropped to the input shape.
+        """
         n, c = len(tokens), self.input_shape[0]
         g, k = self.map_grid, self.scale
         if len(g) == 1:
@@ -171,6 +204,16 @@ class MaskedAENet(nn.Module):
         return out[..., :self.input_shape[-2], :self.input_shape[-1]]
 
     def forward(self, x: torch.Tensor, salt: int = 0) -> torch.Tensor:
+        """Per-record masked reconstruction error: squared error on the masked entries over their
+        number.
+
+        Args:
+            x: ``(N, ...)`` records.
+            salt: the step's salt (seeds the masks).
+
+        Returns:
+            ``(N,)`` losses.
+        """
         m = self.pixel_mask(x, salt)
         pred = self.predict(x * (1 - m))
         err = (pred - x).pow(2) * m  # masked entries only

@@ -135,7 +135,15 @@ class PublicInfoNCE(Objective):
             self._negatives = self._ensure_bank(model).embed(self._key_model(model))
 
     def negatives(self, model: nn.Module) -> torch.Tensor:
-        """The current bank embeddings ``(M, d)``, detached."""
+        """The current bank embeddings ``(M, d)``, detached.
+
+        Args:
+            model: the model being trained (the bank is embedded by its key encoder on
+                first use).
+
+        Returns:
+            The bank embeddings.
+        """
         if self._negatives is None:
             if self.momentum is not None and self.target is None:
                 self.start_round(model)

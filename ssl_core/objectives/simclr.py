@@ -41,6 +41,8 @@ class SimCLR(Objective):
         self.temperature = temperature
 
     def per_record_loss(self, model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+        """NT-Xent over the batch's two views (each view's loss averaged per record); every
+        record is in every other record's denominator, so it is not per-record decomposable."""
         z1, _ = model(views[0])
         z2, _ = model(views[1])
         n = z1.shape[0]

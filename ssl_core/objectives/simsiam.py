@@ -43,6 +43,8 @@ class SimSiam(Objective):
     multi_view = True
 
     def per_record_loss(self, model: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+        """Negative mean cosine similarity over ordered pairs of the record's views between the
+        prediction of one and the stop-gradient projection of the other (Chen & He 2021)."""
         if len(views) < 2:
             raise ValueError(f"SimSiam needs at least 2 views per record, got {len(views)}")
         out = [model(v) for v in views]

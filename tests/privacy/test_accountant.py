@@ -53,11 +53,18 @@ def test_spent_budget_and_approximate_accountant_refused() -> None:
 
 
 def test_registry_holds_every_accountant_behind_one_interface() -> None:
-    from fedssl.privacy.accounting import REGISTRY, Accountant, create_accountant
+    from fedssl.privacy.accounting import (
+        REGISTRY,
+        Accountant,
+        audit_accountants,
+        create_accountant,
+    )
     from fedssl.privacy.accounting.budget import ACCOUNTANTS, UPPER_BOUND_ACCOUNTANTS
 
     assert set(REGISTRY) == {"prv", "rdp", "gdp", "pld", "dpa-rdp", "skellam"}
     assert all(issubclass(c, Accountant) and c.name == n for n, c in REGISTRY.items())
+    # the audit's accountants come from the registry, named as it names them
+    assert audit_accountants() == ("prv", "pld", "dpa-rdp")
     # a second import of a module (pytest's doctest collection: privacy.x besides
     # fedssl.privacy.x) keeps the first registration
     assert all(c.__module__.startswith("fedssl.privacy.accounting.") for c in REGISTRY.values())

@@ -114,13 +114,18 @@ def test_clean_run_exits_0_and_writes_outputs(run: Path, capsys: pytest.CaptureF
     assert audit(run) == 0
     out = capsys.readouterr().out
     assert "client-000" in out and "no findings" in out
-    for header in ("recorded eps", "PRV", "PLD", "RDP", "status"):
+    for header in ("recorded eps", "prv", "pld", "dpa-rdp", "status"):
         assert header in out
     data = json.loads((run / "audit" / "audit.json").read_text())
     assert data["clean"] and data["findings"] == []
     eps = data["clients"]["client-000"]["epsilon"]
-    assert set(eps) >= {"recorded", "prv", "pld", "rdp", "reference"}
-    assert eps["pld"] <= eps["prv"] <= eps["rdp"]
+    # the audit's columns are the registry's names: dp-accounting's RDP is "dpa-rdp", never
+    # "rdp" (Opacus's, which a client may record with)
+    assert set(eps) == {"recorded", "prv", "pld", "dpa-rdp", "reference"}
+    assert eps["pld"] <= eps["prv"] <= eps["dpa-rdp"]
+    assert set(data["accountants"]) == {"reference", "prv", "pld", "dpa-rdp"}
+    entry = data["clients"]["client-001"]["entries"][-1]
+    assert set(entry["epsilons"]) == set(entry["lifetime_epsilons"]) == {"prv", "pld", "dpa-rdp"}
     assert len(data["clients"]["client-001"]["entries"]) == ROUNDS
     assert (run / "audit" / "epsilon.png").stat().st_size > 1000
     md = (run / "audit" / "report.md").read_text()
@@ -181,7 +186,7 @@ def test_missing_public_key(run: Path) -> None:
     assert [f.kind for f in res.findings] == ["no-identity-registry", "missing-public-key"]
     # the chain still verifies, so the numbers are still recomputed and shown
     assert res.clients[0].chain_verified and not res.clients[0].signature_verified
-    assert res.clients[0].last is not None and res.clients[0].last.prv > 0
+    assert res.clients[0].last is not None and res.clients[0].last.epsilons["prv"] > 0
 
 
 def test_client_field_must_match_file_name(run: Path) -> None:
@@ -330,7 +335,7 @@ GRID = [(q, s, n) for q in (0.01, 0.1) for s in (0.8, 1.0, 2.0) for n in (100, 1
 @pytest.mark.parametrize(("q", "sigma", "steps"), GRID)
 def test_accountants_agree_and_rdp_is_conservative(q: float, sigma: float, steps: int) -> None:
     eps = recompute(((sigma, q, steps),), (1e-5,))
-    prv, pld, rdp = eps["prv"][0], eps["pld"][0], eps["rdp"][0]
+    prv, pld, rdp = eps["prv"][0], eps["pld"][0], eps["dpa-rdp"][0]
     # Opacus reports the upper end of its absolute 0.01 error band: PRV sits ~0.01 above PLD
     assert pld <= prv <= pld * 1.03 + 0.011
     assert rdp >= prv and rdp >= pld
@@ -340,20 +345,47 @@ def test_design_numbers() -> None:
     """docs/results.md, "Accountants": q=0.01, sigma=1, 10k steps, delta=1e-5: RDP 6.71,
     PLD 6.19."""
     eps = recompute(((1.0, 0.01, 10_000),), (1e-5,))
-    assert eps["rdp"][0] == pytest.approx(6.71, abs=0.01)
+    assert eps["dpa-rdp"][0] == pytest.approx(6.71, abs=0.01)
     assert eps["pld"][0] == pytest.approx(6.19, abs=0.01)
     assert eps["prv"][0] == pytest.approx(eps["pld"][0], rel=0.01)
 
 
 def test_cumulative_epsilons_per_entry_are_monotone() -> None:
     history = ((1.0, 0.05, 20), (1.0, 0.05, 20), (0.8, 0.1, 10))
-    eps = recompute(history, (1e-5,) * 3, accountants=("pld", "rdp"))
+    eps = recompute(history, (1e-5,) * 3, accountants=("pld", "dpa-rdp"))
     for name, values in eps.items():
         assert values == sorted(values), name
         assert values[1] > values[0]
     # the composed PLD equals the one of the merged first two segments
     merged = recompute(((1.0, 0.05, 40),), (1e-5,), accountants=("pld",))
     assert eps["pld"][1] == pytest.approx(merged["pld"][0], rel=2e-3)
+
+
+def test_audit_accountants_come_from_the_registry() -> None:
+    """Issue 23.3: the audit's accountants are the registry's classes marked ``audit``, under
+    their registry names; a new one gets its recomputation and its table column without a
+    second name list."""
+    from fedssl.privacy.accounting import REGISTRY, audit_accountants, register_accountant
+    from fedssl.privacy.accounting.dpa import DpaRDPAccountant
+    from fedssl.privacy.audit.auditor import table_header
+
+    assert audit_accountants() == ("prv", "pld", "dpa-rdp")
+    assert "rdp" not in table_header()  # Opacus's RDP: a budget accountant, not the audit's
+
+    @register_accountant
+    class ToyAuditAccountant(DpaRDPAccountant):
+        name = "toy-audit"
+        audit = True
+        label = "a toy"
+
+    try:
+        assert audit_accountants()[-1] == "toy-audit" and "toy-audit" in table_header()
+        eps = recompute(((1.0, 0.05, 20),), (1e-5,))
+        assert list(eps) == ["prv", "pld", "dpa-rdp", "toy-audit"]
+        assert eps["toy-audit"] == eps["dpa-rdp"]
+    finally:
+        REGISTRY.pop("toy-audit", None)
+    assert "toy-audit" not in recompute(((1.0, 0.05, 20),), (1e-5,))
 
 
 # --- keys against the identity registry (issue 16.3b) -----------------------------------------
