@@ -77,6 +77,7 @@ from fedssl.ssl_core.evaluation import evaluate_encoder, extract_features
 from fedssl.ssl_core.finetune import finetune, label_subset
 from fedssl.ssl_core.objectives import get_objective
 from fedssl.ssl_core.partitioners import partition_indices
+from fedssl.ssl_core.trainable import trainable_names
 from fedssl.ssl_core.warm_start import load_init_encoder
 
 RESULTS = Path(__file__).parent / "results"
@@ -103,6 +104,7 @@ class Recipe:
     server_lr: float = 1.0
     server_momentum: float = 0.0
     aggregation: str = "fedavg"
+    trainable: str = "all"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def train_config(self, round_index: int, seed: int, **kw: Any) -> TrainConfig:
@@ -111,7 +113,8 @@ class Recipe:
             momentum=self.momentum, seed=seed, views=self.views, ema_decay=self.ema_decay,
             lr_schedule=self.lr_schedule, warmup_rounds=self.warmup_rounds,
             round_index=round_index, total_rounds=self.rounds,
-            max_grad_norm=self.max_grad_norm, dp_engine=self.dp_engine, **kw)
+            max_grad_norm=self.max_grad_norm, dp_engine=self.dp_engine,
+            trainable=self.trainable, **kw)
 
 
 # ------------------------------------------------------------------------------ rows
@@ -306,6 +309,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--views", type=int, default=0, help="augmentation multiplicity K")
     p.add_argument("--dp-views", type=int, default=0, help="K of the DP rows (0: --views)")
     p.add_argument("--ema-decay", type=float, default=0.0, help="parameter EMA per round")
+    p.add_argument("--dp-trainable", default="all", choices=trainable_names(),
+                   help="parameters the DP rows train (fedssl.ssl_core.trainable); the rest "
+                        "keep the warm start's values")
     p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES)
     p.add_argument("--warmup-rounds", type=int, default=0)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
@@ -368,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   aggregation=args.aggregation,
                   extra=json.loads(args.method_args) if args.method_args else {})
     dp_recipe = replace(base, method=args.dp_method or args.method, lr=args.dp_lr or args.lr,
-                        views=args.dp_views or args.views,
+                        views=args.dp_views or args.views, trainable=args.dp_trainable,
                         extra=base.extra if args.dp_method in ("", args.method) else {})
     out_path = Path(args.out) if args.out else RESULTS / "quality.json"
     results: dict[str, Any] = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -442,6 +448,7 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
             for eps in budgets:
                 r = recipe if eps is None else dpr
                 tag = "no DP" if eps is None else f"DP eps={eps:g}"
+                tag += f" ({r.trainable} trained)" if r.trainable != "all" else ""
                 row(f"one site alone {r.method} {tag}{warm}",
                     lambda s, pt=partition, e=eps, r=r: _sites_alone(
                         data, r, s, args.clients, pt, args.alpha, e, args.delta, sites),
@@ -466,9 +473,11 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
 
 
 def _server_tag(recipe: Recipe) -> str:
-    """How the server combines the updates, where it is not plain FedAvg (row labels)."""
+    """How the server combines the updates, where it is not plain FedAvg, and which
+    parameters the clients train, where not all (row labels)."""
     tags = [f"FedAvgM {recipe.server_momentum:g}"] if recipe.server_momentum else []
     tags += ["L-DAWA"] if recipe.aggregation == "ldawa" else []
+    tags += [f"{recipe.trainable} trained"] if recipe.trainable != "all" else []
     return f" ({', '.join(tags)})" if tags else ""
 
 

@@ -460,7 +460,8 @@ def round_train_config(run: RunSpec, context: Context, server_round: int, num_ro
         seed=run.seed * 100_003 + server_round * 1009
         + int(context.node_config.get("partition-id", 0)),
         dp=dp, max_grad_norm=run.max_grad_norm, amp=run.amp,
-        views=run.views, ema_decay=run.ema_decay, lr_schedule=run.lr_schedule,
+        views=run.views, ema_decay=run.ema_decay, trainable=run.trainable,
+        lr_schedule=run.lr_schedule,
         warmup_rounds=run.warmup_rounds, round_index=server_round,
         total_rounds=max(server_round, num_rounds),
     )

@@ -30,6 +30,7 @@ from fedssl.privacy.dp_sgd.opacus_engine import DPSoundnessError
 from fedssl.run_spec import LR_SCHEDULES as RUN_LR_SCHEDULES
 from fedssl.ssl_core.host_memory import retain_freed_memory
 from fedssl.ssl_core.objectives.base import Objective
+from fedssl.ssl_core.trainable import trainable_names, trainable_subset
 
 if TYPE_CHECKING:
     from fedssl.privacy.dp_sgd.fast_clip import FastDPSGD
@@ -86,6 +87,10 @@ class TrainConfig:
     #: this call's round (1-based) and the run's rounds, for the schedule
     round_index: int = 1
     total_rounds: int = 1
+    #: which parameters are trained (:mod:`fedssl.ssl_core.trainable`): "all", or e.g.
+    #: "norm-bias" (the rest stay at the values received, e.g. a public warm start's: DP-SGD's
+    #: noise then spans far fewer coordinates)
+    trainable: str = "all"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid option."""
@@ -107,6 +112,9 @@ class TrainConfig:
         if self.total_rounds < 1 or not 1 <= self.round_index <= self.total_rounds:
             raise ValueError(f"round_index must be in [1, total_rounds={self.total_rounds}], "
                              f"got {self.round_index}")
+        if self.trainable not in trainable_names():
+            raise ValueError(f"trainable must be one of {trainable_names()}, got "
+                             f"{self.trainable!r}")
 
 
 #: the learning-rate schedules of :class:`TrainConfig` (named with the run's settings,
@@ -192,7 +200,6 @@ def train_local(
                          f"record; augmentation multiplicity views={cfg.views} is supported "
                          "by the multi-view objectives only (simsiam, byol)")
     device = torch.device(device)
-    cuda = device.type == "cuda"
     if cfg.retain_host_memory:
         retain_freed_memory()
     data = torch.as_tensor(x, dtype=torch.float32)
@@ -201,11 +208,30 @@ def train_local(
     if cfg.amp and cfg.dp:
         raise DPSoundnessError("mixed precision is refused under DP: per-record norms in "
                                "reduced precision could exceed the clip bound unnoticed")
+    model.to(device).train()
+    with trainable_subset(model, cfg.trainable):
+        stepper, engine, sample_rate, seconds = _train(model, objective, data, augment, cfg,
+                                                       device, num_views)
+    if stepper.ema is not None:
+        stepper.ema.copy_to(model)
+    losses = stepper.losses
+    return TrainResult(
+        loss=float(np.mean(losses)) if losses else float("nan"), steps=stepper.steps,
+        sample_rate=sample_rate, num_examples=len(data), seconds=seconds, dp_engine=engine,
+    )
+
+
+def _train(model: torch.nn.Module, objective: Objective, data: torch.Tensor, augment,
+           cfg: TrainConfig, device: torch.device, num_views: int
+           ) -> tuple[LocalStep, str, float, float]:
+    """The epochs of :func:`train_local` on the model's trainable parameters; returns the
+    stepper (steps, losses, EMA), the DP engine ("" without DP), the sample rate and the
+    seconds taken."""
+    cuda = device.type == "cuda"
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    model.to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     objective.start_round(model)
     start = time.perf_counter()
     stepper = LocalStep(model, objective, opt, augment, aug_gen, cfg, device, num_views,
@@ -222,14 +248,7 @@ def train_local(
             for (batch,) in loader:
                 stepper(model, batch, opt)
         sample_rate = min(1.0, cfg.batch_size / len(data))
-    if stepper.ema is not None:
-        stepper.ema.copy_to(model)
-    losses = stepper.losses
-    return TrainResult(
-        loss=float(np.mean(losses)) if losses else float("nan"), steps=stepper.steps,
-        sample_rate=sample_rate, num_examples=len(data), seconds=time.perf_counter() - start,
-        dp_engine=engine,
-    )
+    return stepper, engine, sample_rate, time.perf_counter() - start
 
 
 def _dp_epochs(model: torch.nn.Module, objective: Objective, opt: torch.optim.Optimizer,

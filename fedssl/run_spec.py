@@ -54,6 +54,7 @@ from fedssl.ssl_core.model_parts import PARTS, parse_shared
 from fedssl.ssl_core.negative_bank import MNIST1D_PUBLIC_SEED
 from fedssl.ssl_core.objectives import OBJECTIVES
 from fedssl.ssl_core.partitioners import PARTITIONERS
+from fedssl.ssl_core.trainable import trainable_names
 
 #: the learning-rate schedules the local trainer implements (``fedssl.client.trainer``)
 LR_SCHEDULES = ("constant", "cosine")
@@ -199,6 +200,12 @@ class RunSpec:
                                  "steps, in [0, 1); the client sends the EMA (post-processing, "
                                  "no privacy cost); 0 = off, sends the last iterate",
                             client=True)
+    trainable: str = _opt("all", "parameters each client trains: "
+                                 f"{', '.join(trainable_names())} (norm-bias: normalisation "
+                                 "gains and offsets and biases only, BiTFiT; the rest keep the "
+                                 "values received, e.g. the warm start's, so DP-SGD's noise "
+                                 "spans ~1 %% of the coordinates); no privacy cost",
+                          client=True, choices=trainable_names())
     lr_schedule: str = _opt("constant", "learning-rate schedule over the run's rounds, per "
                                         f"step: {', '.join(LR_SCHEDULES)}", client=True,
                             choices=LR_SCHEDULES)
@@ -537,6 +544,8 @@ def check_settings(s: Any, num_clients: int | None = None) -> Resolved:
              f"method {s.method!r} takes {cls.num_views} view(s); K > 2 views are "
              "supported by the multi-view methods (simsiam, byol)")
     need(0 <= s.ema_decay < 1, "ema_decay", "must be in [0, 1)")
+    need(s.trainable in trainable_names(), "trainable",
+         f"unknown {s.trainable!r}; one of {', '.join(trainable_names())}")
     need(math.isfinite(s.server_lr) and s.server_lr > 0, "server_lr", "must be positive")
     need(0 <= s.server_momentum < 1, "server_momentum", "must be in [0, 1)")
     need(s.lr_schedule in LR_SCHEDULES, "lr_schedule",

@@ -1,5 +1,5 @@
 """The DP-SGD recipe options of local training: K views, parameter EMA, learning-rate
-schedule, warm start, and the collapse metric."""
+schedule, warm start, a trained parameter subset, and the collapse metric."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from fedssl.client.trainer import ParameterEMA, TrainConfig, scheduled_lr, train_local
+from fedssl.privacy.dp_sgd.opacus_engine import clipped_gradient_sum
 from fedssl.ssl_core.augmentations import SignalAugment
 from fedssl.ssl_core.collapse import collapse_metrics
 from fedssl.ssl_core.objectives import get_objective
 from fedssl.ssl_core.objectives.simsiam import SimSiam
+from fedssl.ssl_core.trainable import selected_parameters, trainable_subset
 from fedssl.ssl_core.warm_start import WarmStartError, load_init_encoder
-from tests.privacy.test_sensitivity import C, max_change
+from tests.privacy.test_sensitivity import C, _drop, _views, max_change
 
 
 class Recording(SimSiam):
@@ -208,3 +210,48 @@ def test_experiment_config_passes_the_recipe_to_the_clients(tmp_path) -> None:
         4, 0.9, "cosine", 1)
     assert run["init-encoder"] == str(enc.resolve())
     assert {"views", "ema-decay", "lr-schedule", "warmup-rounds"} <= set(CLIENT_KEYS)
+
+
+@pytest.mark.parametrize("engine", ["hooks", "fast"])
+@pytest.mark.parametrize("name", ["infonce-public", "simsiam", "byol"])
+@pytest.mark.parametrize("shape", [(1, 40), (1, 8, 8)], ids=["signal", "image"])
+def test_training_a_parameter_subset_keeps_the_sensitivity_at_c(name: str, shape, engine
+                                                                ) -> None:
+    """With only the norm-bias subset trainable, the clipped sum spans that subset alone
+    (the noise's dimension) and removing one record still changes it by exactly C."""
+    obj = get_objective(name)
+    model = obj.build_model(shape, width=8 if len(shape) == 3 else 16)
+    obj.start_round(model)
+    views = _views(shape, 12, obj.num_views, 0)
+    with trainable_subset(model, "norm-bias") as names:
+        full = clipped_gradient_sum(model, obj, views, C, engine)
+        worst = max(float((full - clipped_gradient_sum(model, obj, _drop(views, i), C, engine)
+                           ).norm()) for i in range(12))
+        sizes = dict(model.named_parameters())
+        assert full.numel() == sum(sizes[n].numel() for n in names)
+    assert full.numel() < sum(p.numel() for p in model.parameters()) / 10
+    assert C * 0.99 <= worst <= C * (1 + 1e-4), (name, engine, worst)
+    assert float(full.norm()) > 2 * C
+
+
+@pytest.mark.parametrize("engine", ["hooks", "fast"])
+def test_dp_training_of_a_subset_leaves_the_other_parameters_bit_identical(engine: str
+                                                                          ) -> None:
+    obj = get_objective("infonce-public")
+    model = obj.build_model((1, 24), width=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = train_local(model, obj, _data(), SignalAugment(), TrainConfig(
+        batch_size=16, dp=True, noise_multiplier=1.0, dp_seed=3, dp_engine=engine,
+        trainable="norm-bias"))
+    assert res.dp_engine == engine
+    trained = set(selected_parameters(model, "norm-bias"))
+    after = model.state_dict()
+    for key, value in before.items():
+        moved = not torch.equal(value, after[key])
+        assert moved == (key in trained), key
+    assert all(p.requires_grad for p in model.parameters())  # restored after the call
+
+
+def test_unknown_trainable_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="trainable"):
+        TrainConfig(trainable="lora").validate()
