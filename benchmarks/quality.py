@@ -309,9 +309,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--views", type=int, default=0, help="augmentation multiplicity K")
     p.add_argument("--dp-views", type=int, default=0, help="K of the DP rows (0: --views)")
     p.add_argument("--ema-decay", type=float, default=0.0, help="parameter EMA per round")
-    p.add_argument("--dp-trainable", default="all", choices=trainable_names(),
-                   help="parameters the DP rows train (fedssl.ssl_core.trainable); the rest "
+    p.add_argument("--trainable", default="all", choices=trainable_names(),
+                   help="parameters the SSL rows train (fedssl.ssl_core.trainable); the rest "
                         "keep the warm start's values")
+    p.add_argument("--dp-trainable", default="", choices=("", *trainable_names()),
+                   help="parameters the DP rows train ('': --trainable)")
     p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES)
     p.add_argument("--warmup-rounds", type=int, default=0)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
@@ -371,10 +373,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   ema_decay=args.ema_decay, lr_schedule=args.lr_schedule,
                   warmup_rounds=args.warmup_rounds, max_grad_norm=args.max_grad_norm,
                   server_lr=args.server_lr, server_momentum=args.server_momentum,
-                  aggregation=args.aggregation,
+                  aggregation=args.aggregation, trainable=args.trainable,
                   extra=json.loads(args.method_args) if args.method_args else {})
     dp_recipe = replace(base, method=args.dp_method or args.method, lr=args.dp_lr or args.lr,
-                        views=args.dp_views or args.views, trainable=args.dp_trainable,
+                        views=args.dp_views or args.views,
+                        trainable=args.dp_trainable or args.trainable,
                         extra=base.extra if args.dp_method in ("", args.method) else {})
     out_path = Path(args.out) if args.out else RESULTS / "quality.json"
     results: dict[str, Any] = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -437,7 +440,7 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
         row(f"{args.init_encoder} warm start alone", lambda s: _fresh_model(data, recipe,
                                                                              s).encoder)
     if "centralized" in settings:
-        row(f"centralized {recipe.method} no DP (same budget){warm}",
+        row(f"centralized {recipe.method} no DP (same budget){_trained(recipe)}{warm}",
             lambda s: centralized(data, recipe, s), **{"recipe": asdict(recipe)})
     cdr = replace(recipe, method=args.client_dp_method, extra={})
     sites = list(range(min(args.site_rows, args.clients)))
@@ -448,7 +451,7 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
             for eps in budgets:
                 r = recipe if eps is None else dpr
                 tag = "no DP" if eps is None else f"DP eps={eps:g}"
-                tag += f" ({r.trainable} trained)" if r.trainable != "all" else ""
+                tag += _trained(r)
                 row(f"one site alone {r.method} {tag}{warm}",
                     lambda s, pt=partition, e=eps, r=r: _sites_alone(
                         data, r, s, args.clients, pt, args.alpha, e, args.delta, sites),
@@ -474,11 +477,16 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
 
 def _server_tag(recipe: Recipe) -> str:
     """How the server combines the updates, where it is not plain FedAvg, and which
-    parameters the clients train, where not all (row labels)."""
+    parameters the clients train, where not all (row labels of the federated rows)."""
     tags = [f"FedAvgM {recipe.server_momentum:g}"] if recipe.server_momentum else []
     tags += ["L-DAWA"] if recipe.aggregation == "ldawa" else []
     tags += [f"{recipe.trainable} trained"] if recipe.trainable != "all" else []
     return f" ({', '.join(tags)})" if tags else ""
+
+
+def _trained(recipe: Recipe) -> str:
+    """Which parameters a centralized or one-site row trains, where not all (row labels)."""
+    return f" ({recipe.trainable} trained)" if recipe.trainable != "all" else ""
 
 
 def _warm_start(args: argparse.Namespace, data: SSLDataset, base: Recipe, out_path: Path

@@ -25,7 +25,9 @@ declared sizes:
 Any failure is a :class:`GlobalModelError` naming the first parameter that does not fit; the
 ClientApp refuses the round with it (a refusal reply, nothing trained, nothing spent) and the
 local model and state are untouched. What passes is decoded with ``np.frombuffer`` from the
-bytes already in memory (one copy, into a writable tensor).
+bytes already in memory (one copy, into a writable tensor). A header byte-identical to the one
+``np.save`` writes for the local tensor's dtype and shape is not parsed again
+(:mod:`fedssl.npy_header`).
 
 >>> import torch.nn as nn
 >>> from flwr.app import ArrayRecord
@@ -43,17 +45,16 @@ parameter 'encoder.weight' has shape (3, 2), expected (2, 2)
 
 from __future__ import annotations
 
-import io
 from collections import OrderedDict
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
+from fedssl.npy_header import MAX_NPY_HEADER, npy_header, read_npy_header
+
 #: serialisation of the arrays a client accepts (Flower's NumPy ``.npy`` bytes)
 NUMPY_STYPE = "numpy.ndarray"
-#: largest ``.npy`` header accepted per array (NumPy's own reading limit, ``max_header_size``)
-MAX_NPY_HEADER = 10_000
 #: the part every shared model includes
 ENCODER = "encoder"
 
@@ -105,23 +106,23 @@ def _decode(name: str, array: Array, ref: torch.Tensor) -> np.ndarray:
     data = array.data
     if not isinstance(data, bytes):
         raise GlobalModelError(f"parameter {name!r} holds {type(data).__name__}, not bytes")
-    stream = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(stream)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
-        h_shape, fortran, h_dtype = read(stream, max_header_size=MAX_NPY_HEADER)
-    except (ValueError, TypeError, OSError, SyntaxError) as exc:
-        raise GlobalModelError(f"parameter {name!r} has no readable .npy header ({exc})"
-                               ) from None
-    if tuple(h_shape) != shape or h_dtype != dtype:
-        raise GlobalModelError(f"parameter {name!r}: its .npy header declares shape "
-                               f"{tuple(h_shape)} of {h_dtype}, its metadata {shape} of {dtype}")
-    size = len(data) - stream.tell()
-    if size != ref.numel() * dtype.itemsize:
-        raise GlobalModelError(f"parameter {name!r} has {size} bytes of values, expected "
-                               f"{ref.numel() * dtype.itemsize} for shape {shape} of {dtype}")
-    value = np.frombuffer(data, dtype=dtype, offset=stream.tell()).reshape(
+    header = npy_header(dtype.str, shape)
+    if len(data) == len(header) + ref.numel() * dtype.itemsize and data.startswith(header):
+        offset, fortran = len(header), False  # exactly what np.save writes: nothing to parse
+    else:
+        try:
+            h_shape, fortran, h_dtype, offset = read_npy_header(data, MAX_NPY_HEADER)
+        except ValueError as exc:
+            raise GlobalModelError(f"parameter {name!r} has {exc}") from None
+        if h_shape != shape or h_dtype != dtype:
+            raise GlobalModelError(f"parameter {name!r}: its .npy header declares shape "
+                                   f"{h_shape} of {h_dtype}, its metadata {shape} of {dtype}")
+        size = len(data) - offset
+        if size != ref.numel() * dtype.itemsize:
+            raise GlobalModelError(f"parameter {name!r} has {size} bytes of values, expected "
+                                   f"{ref.numel() * dtype.itemsize} for shape {shape} of "
+                                   f"{dtype}")
+    value = np.frombuffer(data, dtype=dtype, offset=offset).reshape(
         shape, order="F" if fortran else "C")
     if np.issubdtype(dtype, np.floating) and not np.isfinite(value).all():
         raise GlobalModelError(f"parameter {name!r} contains NaN or Inf")

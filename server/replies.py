@@ -12,13 +12,13 @@ naming the client's fault, never raises on bad input.
 
 from __future__ import annotations
 
-import functools
-import io
 import math
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
+
+from fedssl.npy_header import npy_header, read_npy_header
 
 #: the largest example count a reply may claim (an exact float; NaN, inf or 1e308 weights
 #: would turn the weighted mean into NaN)
@@ -32,15 +32,6 @@ def client_name(msg: Message) -> str:
     return f"node-{msg.metadata.src_node_id}"
 
 
-@functools.lru_cache(maxsize=1024)
-def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
-    """The exact ``.npy`` header ``np.save`` writes for an array of this dtype and shape."""
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False,
-                                               "shape": shape})
-    return buf.getvalue()
-
-
 def _check_npy_size(data: bytes) -> None:
     """Refuse ``.npy`` bytes whose header declares another size than the bytes that follow,
     before ``np.load`` allocates the declared array (it does, before reading a byte of it: a
@@ -49,15 +40,11 @@ def _check_npy_size(data: bytes) -> None:
     Raises:
         ValueError: the header is unreadable or the sizes disagree.
     """
-    stream = io.BytesIO(data)
-    version = np.lib.format.read_magic(stream)
-    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                   else np.lib.format.read_array_header_2_0)
-    shape, _, dtype = read_header(stream)
+    shape, _, dtype, offset = read_npy_header(data)
     declared = math.prod(shape) * dtype.itemsize
-    if declared != len(data) - stream.tell():
+    if declared != len(data) - offset:
         raise ValueError(f"its header declares shape {shape} of {dtype} ({declared} bytes) "
-                         f"but {len(data) - stream.tell()} bytes follow")
+                         f"but {len(data) - offset} bytes follow")
 
 
 def _decode(array: Array, ref: np.ndarray) -> np.ndarray:
@@ -67,7 +54,7 @@ def _decode(array: Array, ref: np.ndarray) -> np.ndarray:
     declared size is checked against the bytes (:func:`_check_npy_size`)."""
     data = array.data
     if array.stype == "numpy.ndarray" and isinstance(data, bytes):
-        header = _npy_header(ref.dtype.str, ref.shape)
+        header = npy_header(ref.dtype.str, ref.shape)
         if len(data) == len(header) + ref.nbytes and data.startswith(header):
             return np.frombuffer(data, dtype=ref.dtype, offset=len(header)).reshape(ref.shape)
         _check_npy_size(data)

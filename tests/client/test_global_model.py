@@ -17,6 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from fedssl.client.app import LOCAL_MODEL_KEY, train
 from fedssl.client.global_model import GlobalModelError, decode_global_model
+from fedssl.npy_header import npy_header
 from fedssl.server.app import CLIENT_KEYS, DEFAULTS
 from fedssl.ssl_core.objectives import get_objective
 
@@ -56,6 +57,26 @@ def test_the_servers_own_model_decodes_to_the_same_values() -> None:
     # a subset of whole parts (shared = encoder) is a valid global model
     encoder = {k: v for k, v in sender.state_dict().items() if k.startswith("encoder.")}
     assert list(decode_global_model(ArrayRecord(encoder), model)) == list(encoder)
+
+
+@pytest.mark.parametrize("form", ["fortran order", "version 2.0"])
+def test_a_valid_header_other_than_np_saves_own_is_parsed_and_decoded(form: str) -> None:
+    """The decoder skips parsing only a header byte-identical to ``np.save``'s; any other
+    valid header (here Fortran order, or format version 2.0) is parsed and honoured."""
+    model, sender = _model(), _model()
+    name = _first_weight(model)
+    ref = sender.state_dict()[name].numpy()
+    buf = io.BytesIO()
+    if form == "fortran order":
+        np.save(buf, np.asfortranarray(ref))
+    else:
+        np.lib.format.write_array(buf, ref, version=(2, 0))
+    assert not buf.getvalue().startswith(npy_header(ref.dtype.str, ref.shape))
+    arrays = {k: Array(v.numpy()) for k, v in sender.state_dict().items()}
+    arrays[name] = Array(dtype="float32", shape=ref.shape, stype="numpy.ndarray",
+                         data=buf.getvalue())
+    state = decode_global_model(ArrayRecord(arrays), model)
+    assert _same(dict(state), sender.state_dict())
 
 
 def _first_weight(model: torch.nn.Module) -> str:

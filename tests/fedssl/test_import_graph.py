@@ -54,6 +54,7 @@ PACKAGES = {"fedssl": "fedssl", "ssl_core": "fedssl.ssl_core", "privacy": "fedss
             "simulations": "fedssl.simulations"}
 #: fedssl top-level modules every package may import (they import no fedssl package)
 LEAVES = {"fedssl", "fedssl.atomic", "fedssl.quiet", "fedssl.flower_version", "fedssl.run_layout",
+          "fedssl.npy_header",
           "fedssl.run_lock",
           "fedssl.processes", "fedssl.round_protocol"}
 #: the library API the ``fedssl`` package re-exports (``fedssl.load_encoder``), imported only
