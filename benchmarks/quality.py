@@ -354,6 +354,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [s for s in args.settings.split(",") if s and s not in SETTINGS]
     if bad:
         p.error(f"unknown settings {bad}; choose from {SETTINGS}")
+    if "site" in args.settings.split(",") and not {"dp", "nodp"} & set(args.settings.split(",")):
+        p.error("'site' rows take their budgets from 'dp' (each of --epsilons) and/or 'nodp': "
+                "add one of them to --settings")
     bad = [s for s in args.partitions.split(",") if s not in ("iid", "dirichlet")]
     if bad:
         p.error(f"unknown partitions {bad}; choose iid and/or dirichlet")
@@ -567,6 +570,9 @@ def report(results: dict[str, Any], out_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = results["rows"]
+    if not rows:
+        print("no rows measured: no plot")
+        return
     datasets = sorted({r["dataset"] for r in rows})
     fig, axes = plt.subplots(1, len(datasets), figsize=(11 * len(datasets), 1.6 + 0.5 * max(
         len([r for r in rows if r["dataset"] == d]) for d in datasets)), squeeze=False)

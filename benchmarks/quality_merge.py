@@ -7,9 +7,10 @@ recomputed over all of them), each row keeps the commands it came from, and the 
 table and PNG of :func:`benchmarks.quality.report` are written for the merged file.
 
 Why it is sound to pool: every run of ``quality.py`` with the same ``--datasets`` and
-``--num-samples`` generates the same data, probe split and 5-shot labels (seeded with 0);
-only the training seed differs. A ``FILE:SUFFIX`` argument labels a variant run (a changed
-flag) so its rows stay separate from the default rows, e.g.
+``--num-samples`` generates the same data and probe split (seeded with 0), and the same
+seed draws the same few-label records (``label_subset(y, k, seed)``) and the same training
+randomness, so a seed's rows from different runs pair up. A ``FILE:SUFFIX`` argument labels
+a variant run (a changed flag) so its rows stay separate from the default rows, e.g.
 ``/tmp/q/F.json:' [K=4 views]'``. Rows whose recipes differ under the same label are
 refused, not pooled.
 

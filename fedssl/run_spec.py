@@ -287,6 +287,9 @@ class RunSpec:
     eval_samples: int = _opt(4000, "max labelled pool records used to fit the probes",
                              server="labelled records of the server's evaluation data the "
                              "probes are fitted on (at most)", on_resume=MAY_CHANGE)
+    eval_test_samples: int = _opt(10_000, "max test records the probes are scored on (a "
+                                          "random subset fixed by the seed; 0 = all)",
+                                  on_resume=MAY_CHANGE)
     tensorboard: bool = _opt(False, "also write each round's metrics (loss, probe accuracy, "
                                     "each client's epsilon, round seconds) as TensorBoard "
                                     "event files in RUN/tensorboard/",
@@ -492,6 +495,7 @@ def check_settings(s: Any, num_clients: int | None = None) -> Resolved:
     need(s.accountant in budget_accountants(), "accountant",
          f"{s.accountant!r} is not an upper-bound accountant; one of "
          f"{', '.join(budget_accountants())}")
+    need(s.eval_test_samples >= 0, "eval_test_samples", "must be >= 0 (0 = all)")
     for name in ("rounds", "local_epochs", "batch_size", "eval_every", "num_samples",
                  "eval_samples", "image_size", "shards_per_client"):
         need(getattr(s, name) >= 1, name, "must be at least 1")

@@ -427,7 +427,7 @@ def run_federation(grid: Grid, run: ServerRun) -> dict[str, Any]:
                                    spec.image_size), str(run_dir.resolve()))
     evaluation = ServerEvaluation(data, spec.eval_samples, seed, _ks(spec.few_label),
                                   resolve_device(spec.device), _ks(spec.finetune),
-                                  spec.finetune_seeds)
+                                  spec.finetune_seeds, spec.eval_test_samples)
     if not evaluation.labelled:
         log.warning("the server's evaluation data has %s", TRAINING_ONLY)
     model, random_encoder, shared = initial_model(spec, data.input_shape)

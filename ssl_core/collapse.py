@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 
@@ -45,29 +43,3 @@ def collapse_metrics(features: np.ndarray) -> dict[str, float]:
         erank = float(np.exp(-(p * np.log(p)).sum()))
     return {"feature_std": std, "feature_std_ratio": std * float(np.sqrt(d)),
             "effective_rank": erank}
-
-
-def evaluate_with_collapse(encoder: Any, x_train: np.ndarray, *args: Any,
-                           collapse_records: int = 2000, **kwargs: Any) -> dict[str, float]:
-    """:func:`fedssl.ssl_core.evaluation.evaluate_encoder` (same arguments) plus the collapse
-    metrics of the encoder's features on the first ``collapse_records`` evaluation records
-    (the test split when there is one, else the probe's training records).
-
-    Args:
-        encoder: the frozen encoder.
-        x_train: the probe's training records.
-        *args: the rest of :func:`~fedssl.ssl_core.evaluation.evaluate_encoder`'s arguments.
-        collapse_records: records the collapse metrics use.
-        **kwargs: :func:`~fedssl.ssl_core.evaluation.evaluate_encoder`'s options.
-
-    Returns:
-        The evaluation's metrics and the collapse metrics.
-    """
-    from fedssl.ssl_core.evaluation import evaluate_encoder, extract_features
-
-    out = dict(evaluate_encoder(encoder, x_train, *args, **kwargs))
-    x_test = args[1] if len(args) >= 2 and args[1] is not None else x_train
-    device = kwargs.get("device", "cpu")
-    out.update(collapse_metrics(extract_features(encoder, x_test[:collapse_records],
-                                                 device=device)))
-    return out

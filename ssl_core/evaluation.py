@@ -246,7 +246,32 @@ def evaluate_encoder(
         raise ValueError("the linear probe and kNN need labelled evaluation data")
     f_tr = extract_features(encoder, x_train, device=device)
     f_te = extract_features(encoder, x_test, device=device)
+    return evaluate_features(f_tr, y_train, f_te, y_test, labels_per_class, seed)
+
+
+def evaluate_features(
+    f_tr: np.ndarray, y_train: np.ndarray, f_te: np.ndarray, y_test: np.ndarray,
+    labels_per_class: tuple[int, ...] = (), seed: int = 0, full: bool = True,
+) -> dict[str, float]:
+    """:func:`evaluate_encoder` on features already extracted (the server extracts them once
+    per encoder and reuses them for the round's probes, the final few-label probes and the
+    collapse metrics).
+
+    Args:
+        f_tr: the probe's training features.
+        y_train: their labels.
+        f_te: the test features.
+        y_test: their labels.
+        labels_per_class: the few-label settings to add.
+        seed: makes the few-label subsets reproducible.
+        full: include the full-label linear probe and kNN (False: few-label metrics only).
+
+    Returns:
+        As :func:`evaluate_encoder`.
+    """
     if y_train.ndim == 2:
+        if not full:
+            return {}
         lin = multilabel_linear_probe(f_tr, y_train, f_te, y_test)
         knn = multilabel_knn(f_tr, y_train, f_te, y_test)
         multi = {"linear_probe_accuracy": lin["accuracy"], "knn_accuracy": knn["accuracy"]}
@@ -256,7 +281,7 @@ def evaluate_encoder(
     out = {
         "linear_probe_accuracy": linear_probe_accuracy(f_tr, y_train, f_te, y_test),
         "knn_accuracy": knn_accuracy(f_tr, y_train, f_te, y_test),
-    }
+    } if full else {}
     for k in labels_per_class:
         sub = few_label_subset(y_train, k, seed)
         out[f"linear_probe_{k}shot"] = linear_probe_accuracy(f_tr[sub], y_train[sub], f_te, y_test)

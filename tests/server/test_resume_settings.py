@@ -154,7 +154,8 @@ def test_what_may_change_on_resume_is_declared_with_the_settings() -> None:
     assert {o.name: o.on_resume for o in options(ExperimentConfig) if o.on_resume != FIXED} == {
         "rounds": "extend", "eval_every": "may change", "few_label": "may change",
         "finetune": "may change", "finetune_seeds": "may change",
-        "eval_samples": "may change", "tensorboard": "may change", "device": "may change",
+        "eval_samples": "may change", "eval_test_samples": "may change",
+        "tensorboard": "may change", "device": "may change",
         "dropout_prob": "may change", "straggler_prob": "may change",
         "straggler_delay": "may change", "round_timeout": "may change",
         "cpus_per_client": "may change", "gpus_per_client": "may change",
