@@ -44,7 +44,7 @@ def _order(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 #: recipe fields added after some results were recorded, with the value those runs used
-RECIPE_DEFAULTS = {"server_lr": 1.0, "server_momentum": 0.0}
+RECIPE_DEFAULTS = {"server_lr": 1.0, "server_momentum": 0.0, "trainable": "all"}
 
 
 def _recipe(row: dict[str, Any]) -> dict[str, Any] | None:
