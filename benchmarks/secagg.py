@@ -48,6 +48,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,7 @@ from fedssl.privacy.secagg import (
 )
 
 CLIP = 8.0
+RESULTS = Path(__file__).resolve().parent / "results"
 POOL = 4  # distinct client update vectors (client u uses pool[u % POOL]) to bound memory
 
 
@@ -281,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         "--cells", nargs="*", default=None, help="explicit cells as NxD, e.g. 30x1000000"
     )
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(RESULTS / "secagg.json"),
+                    help="results JSON (medians per cell and the Markdown table docs/results.md "
+                         "shows; '' = none)")
     ap.add_argument(
         "--cell-budget",
         type=float,
@@ -297,10 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     grid.sort(key=lambda nd: nd[0] * (default_degree(nd[0]) + 1) * nd[1])
     import flwr
 
+    load = os.getloadavg()[0]
     print(
         f"# secagg benchmark: python {platform.python_version()}, numpy {np.__version__}, "
         f"flwr {flwr.__version__}, {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.2f} at start"
+        f"{load:.2f} at start"
     )
     print(
         f"# repeats={args.repeats}, clip={CLIP}, medians in seconds; added = protocol - plaintext;"
@@ -333,7 +339,51 @@ def main(argv: list[str] | None = None) -> int:
     for c in cells:
         for name, why in c.skipped.items():
             print(f"skipped: n={c.n} d={c.d} {name}: {why}")
+    if args.out:
+        write_results(cells, args, load)
     return 0
+
+
+def markdown_table(cells: list[Cell]) -> str:
+    """The seconds each protocol adds to a round over plaintext, per cell (docs/results.md).
+
+    Args:
+        cells: the measured cells.
+
+    Returns:
+        A Markdown table: n, d, ours added, Flower added (or why not run), their ratio.
+    """
+    lines = ["| n | d | ours + s | Flower + s | ratio |", "|---|---|---|---|---|"]
+    for c in sorted(cells, key=lambda c: (c.n, c.d)):
+        plain, ours, flower = c.median("plaintext"), c.median("ours"), c.median("flower")
+        ours_add = None if ours is None or plain is None else ours - plain
+        flower_add = None if flower is None or plain is None else flower - plain
+        ratio = None if ours_add is None or not flower_add else ours_add / flower_add
+        why = c.skipped.get("flower", "")
+        flower_cell = fmt(flower_add) if flower_add is not None else (
+            f"not run ({why})" if why else "-")
+        lines.append(f"| {c.n} | {c.d:.0e} | {fmt(ours_add)} | {flower_cell} | "
+                     f"{fmt(ratio)} |".replace("e+0", "e"))
+    return "\n".join(lines)
+
+
+def write_results(cells: list[Cell], args: argparse.Namespace, load: float) -> None:
+    """``args.out``: the command, the machine, every cell's timings and medians, the table."""
+    import json
+
+    result = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": f"{os.cpu_count()} CPUs, load average {load:.2f} at start, python "
+                   f"{platform.python_version()}",
+        "repeats": args.repeats, "clip": CLIP,
+        "cells": [{"n": c.n, "d": c.d, "k": c.k, "t": c.t, "times": c.times,
+                   "medians": {name: c.median(name) for name in c.times},
+                   "skipped": c.skipped, "max_error": c.error} for c in cells],
+        "table": markdown_table(cells),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
