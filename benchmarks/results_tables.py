@@ -1,8 +1,9 @@
-"""Regenerate the measured tables in docs/ from ``benchmarks/results/*.json``.
+"""Regenerate the measured tables in README.md and docs/ from ``benchmarks/results/*.json``.
 
-What: a table in a Markdown file under ``docs/`` that sits between a ``<!-- results: FILE``
-comment and ``<!-- end results -->`` is generated from ``benchmarks/results/FILE``; the
-comment says which rows and columns, and how to label them::
+What: a table in README.md or a Markdown file under ``docs/`` that sits between a
+``<!-- results: FILE`` comment and ``<!-- end results -->`` is generated from
+``benchmarks/results/FILE``; the comment says which rows and columns, and how to label
+them::
 
     <!-- results: quality_mnist1d_cross_silo.json
     first: what the site uses
@@ -161,14 +162,16 @@ def regenerate(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rewrite the blocks of every docs/*.md (``--check``: only report); an exit code."""
+    """Rewrite the blocks of README.md and every docs/*.md (``--check``: only report); an
+    exit code."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true",
                     help="change nothing; exit 1 if a block differs from its results file")
-    ap.add_argument("files", nargs="*", type=Path, help="Markdown files (default docs/*.md)")
+    ap.add_argument("files", nargs="*", type=Path,
+                    help="Markdown files (default README.md and docs/*.md)")
     args = ap.parse_args(argv)
     stale = []
-    for path in args.files or sorted(DOCS.glob("*.md")):
+    for path in args.files or [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
         text = path.read_text()
         new, changed = regenerate(text)
         if not changed:
