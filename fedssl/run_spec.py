@@ -204,7 +204,8 @@ class RunSpec:
                                  f"{', '.join(trainable_names())} (norm-bias: normalisation "
                                  "gains and offsets and biases only, BiTFiT; the rest keep the "
                                  "values received, e.g. the warm start's, so DP-SGD's noise "
-                                 "spans ~1 %% of the coordinates); no privacy cost",
+                                 "spans ~1 %% of the coordinates; norm-bias-last: "
+                                 "also the encoder's last block); no privacy cost",
                           client=True, choices=trainable_names())
     lr_schedule: str = _opt("constant", "learning-rate schedule over the run's rounds, per "
                                         f"step: {', '.join(LR_SCHEDULES)}", client=True,

@@ -80,6 +80,11 @@ class ConvEncoder1d(nn.Module):
         """
         return self.body(x).mean(dim=-1)
 
+    def last_block(self) -> nn.Module:
+        """The last convolution (the ``norm-bias-last`` trainable rule trains it; its norm and
+        bias already belong to ``norm-bias``)."""
+        return self.body[-3]
+
 
 class _BasicBlock(nn.Module):
     """Residual block with two 3x3 convolutions and GroupNorm."""
@@ -208,6 +213,10 @@ class ResNetEncoder2d(nn.Module):
         else:
             last = F.adaptive_avg_pool2d(h, self.pool).flatten(1)
         return torch.cat([*pooled, last], dim=1) if pooled else last
+
+    def last_block(self) -> nn.Module:
+        """The last residual stage (trained by the ``norm-bias-last`` trainable rule)."""
+        return self.stages[-1]
 
 
 #: readout of new image encoders (``ResNetEncoder2d(pool=...)``): a 2x2 grid of the last

@@ -111,6 +111,39 @@ class NormAndBias(TrainableRule):
         return isinstance(module, NORM_LAYERS) or param_name == "bias"
 
 
+def _last_block(model: nn.Module) -> nn.Module:
+    """The encoder's last block (``encoder.last_block()``: the layers that form the features a
+    frozen probe reads); the encoder is ``model.encoder`` when the model has one (SSLModel),
+    else the model itself."""
+    encoder = getattr(model, "encoder", model)
+    last_block = getattr(encoder, "last_block", None)
+    if not callable(last_block):
+        raise ValueError(f"trainable rule 'norm-bias-last' needs an encoder with a "
+                         f"last_block() method; {type(encoder).__name__} has none")
+    block = last_block()
+    if not isinstance(block, nn.Module):
+        raise ValueError(f"{type(encoder).__name__}.last_block() returned "
+                         f"{type(block).__name__}, not a module")
+    return block
+
+
+@register_trainable
+class NormBiasAndLastBlock(TrainableRule):
+    """:class:`NormAndBias` plus every parameter of the encoder's last block, between
+    ``norm-bias`` and ``all``: the layers that form the features get full capacity while the
+    earlier ones keep the warm start's filters. The noise norm grows with the block's size
+    (the MNIST-1D encoder's last convolution: 49,152 weights; the image ResNet's last
+    stage: 57,344)."""
+
+    name = "norm-bias-last"
+    help = "norm-bias plus every parameter of the encoder's last block"
+
+    def selects(self, model: nn.Module, module: nn.Module, param_name: str) -> bool:
+        if NormAndBias().selects(model, module, param_name):
+            return True
+        return any(module is m for m in _last_block(model).modules())
+
+
 def selected_parameters(model: nn.Module, rule: str) -> list[str]:
     """The names (``model.named_parameters()`` order) of the parameters rule ``rule`` trains.
 

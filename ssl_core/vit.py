@@ -287,3 +287,7 @@ class ViTEncoder(nn.Module):
             ``(N, dim)`` features.
         """
         return self.tokens(x).mean(dim=1)
+
+    def last_block(self) -> nn.Module:
+        """The last transformer block (trained by the ``norm-bias-last`` trainable rule)."""
+        return self.blocks[-1]

@@ -27,6 +27,19 @@ def _encoder(seed: int = 0) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6))
 
 
+@pytest.fixture
+def calls(monkeypatch) -> list[int]:
+    """The record counts of every feature extraction the server's evaluation makes."""
+    made: list[int] = []
+
+    def counting(encoder, x, **kw):
+        made.append(len(x))
+        return extract_features(encoder, x, **kw)
+
+    monkeypatch.setattr(server_evaluation, "extract_features", counting)
+    return made
+
+
 def test_the_test_split_is_capped_to_a_fixed_subset_in_order() -> None:
     data = _data()
     x_all = eval_split(data, 50, seed=3)[2]
@@ -42,15 +55,8 @@ def test_the_test_split_is_capped_to_a_fixed_subset_in_order() -> None:
     assert len(eval_split(data, 50, seed=3, max_test=500)[2]) == 90
 
 
-def test_final_reuses_the_last_rounds_features_and_matches_a_fresh_probe(monkeypatch) -> None:
+def test_final_reuses_the_last_rounds_features_and_matches_a_fresh_probe(calls) -> None:
     data = _data()
-    calls: list[int] = []
-
-    def counting(encoder, x, **kw):
-        calls.append(len(x))
-        return extract_features(encoder, x, **kw)
-
-    monkeypatch.setattr(server_evaluation, "extract_features", counting)
     ev = ServerEvaluation(data, 80, 1, (1, 5), "cpu")
     encoder = _encoder()
     during = ev.during_run(encoder)
@@ -65,15 +71,8 @@ def test_final_reuses_the_last_rounds_features_and_matches_a_fresh_probe(monkeyp
                                     **collapse_metrics(f_test)})
 
 
-def test_a_changed_encoder_is_probed_afresh(monkeypatch) -> None:
+def test_a_changed_encoder_is_probed_afresh(calls) -> None:
     data = _data()
-    calls: list[int] = []
-
-    def counting(encoder, x, **kw):
-        calls.append(len(x))
-        return extract_features(encoder, x, **kw)
-
-    monkeypatch.setattr(server_evaluation, "extract_features", counting)
     ev = ServerEvaluation(data, 80, 1, (5,), "cpu")
     encoder = _encoder()
     first = ev.during_run(encoder)

@@ -67,3 +67,25 @@ def test_a_registered_rule_is_listed_and_used() -> None:
             register_trainable(FirstLayer)
     finally:
         _RULES.pop("test-first-layer")
+
+
+@pytest.mark.parametrize("shape", [(1, 40), (1, 28, 28)], ids=["signal", "image"])
+def test_norm_bias_last_adds_the_encoders_last_block_to_norm_bias(shape) -> None:
+    model = get_objective("infonce-public").build_model(shape)
+    norm_bias = set(selected_parameters(model, "norm-bias"))
+    in_block = {id(p) for p in model.encoder.last_block().parameters()}
+    last = {f"encoder.{name}" for name, p in model.encoder.named_parameters()
+            if id(p) in in_block}
+    names = selected_parameters(model, "norm-bias-last")
+    assert set(names) == norm_bias | last
+    weights = [n for n in names if model.get_parameter(n).ndim >= 2]
+    # only the last block's kernels: every earlier layer keeps the warm start's filters
+    assert weights and all(n in last for n in weights)
+    first = next(n for n, p in model.encoder.named_parameters() if p.ndim >= 2)
+    assert f"encoder.{first}" not in names
+
+
+def test_norm_bias_last_needs_an_encoder_that_names_its_last_block() -> None:
+    net = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
+    with pytest.raises(ValueError, match="last_block"):
+        selected_parameters(net, "norm-bias-last")
