@@ -24,6 +24,10 @@ than one seed differs (a deterministic row, e.g. raw-input logistic regression, 
 value alone); ``-`` where a row lacks the metric. ``table: KEY`` instead inserts the file's
 own stored Markdown table (``simulation.json``'s ``table``) as it is.
 
+``pair: ROW_A minus ROW_B -> label`` lines instead of ``row:`` make a paired table: each cell
+lists, in points, ROW_A's metric minus ROW_B's on each seed both rows ran (same seed, same
+label draws), then their mean (``+2.0, +1.1, +3.3 (mean +2.2)``).
+
 Why: every number a reader sees in docs/ then comes from the JSON a benchmark wrote, with
 the command that made it; nothing is copied by hand. ``python benchmarks/results_tables.py``
 rewrites the blocks in place; ``--check`` exits 1 naming each block that differs (a test runs
@@ -60,6 +64,7 @@ class TableSpec:
     first: str = "setting"
     cols: list[tuple[str, str]] = field(default_factory=list)
     rows: list[tuple[str, str]] = field(default_factory=list)
+    pairs: list[tuple[str, str, str]] = field(default_factory=list)
     table: str = ""
 
 
@@ -84,12 +89,21 @@ def parse_spec(text: str) -> TableSpec:
             spec.cols.append((name, label or name))
         elif key == "row":
             spec.rows.append((name, label or name))
+        elif key == "pair":
+            a, sep, b = name.partition(" minus ")
+            if not sep:
+                raise TableSpecError(f"{spec.file}: {line!r} is not 'pair: ROW_A minus ROW_B'")
+            spec.pairs.append((a.strip(), b.strip(), label or name))
         elif key == "table":
             spec.table = value.strip()
         else:
-            raise TableSpecError(f"{spec.file}: unknown line {line!r} (first, col, row, table)")
-    if not spec.table and not (spec.cols and spec.rows):
-        raise TableSpecError(f"{spec.file}: a block needs col: and row: lines, or table:")
+            raise TableSpecError(f"{spec.file}: unknown line {line!r} "
+                                 "(first, col, row, pair, table)")
+    if spec.rows and spec.pairs:
+        raise TableSpecError(f"{spec.file}: a block has row: or pair: lines, not both")
+    if not spec.table and not (spec.cols and (spec.rows or spec.pairs)):
+        raise TableSpecError(f"{spec.file}: a block needs col: and row: (or pair:) lines, "
+                             "or table:")
     return spec
 
 
@@ -101,6 +115,26 @@ def cell(summary: dict[str, Any], key: str) -> str:
     if m.get("n", 1) > 1 and round(m["std"], 3) > 0:
         return f"{m['mean']:.3f} ± {m['std']:.3f}"
     return f"{m['mean']:.3f}"
+
+
+def paired_cell(a: dict[str, Any], b: dict[str, Any], key: str, where: str) -> str:
+    """Row ``a``'s metric ``key`` minus row ``b``'s on each seed both ran, in points, then the
+    mean; ``-`` where either row lacks the metric.
+
+    Raises:
+        TableSpecError: the two rows share no seed.
+    """
+    a_seeds = dict(zip(a.get("seeds", []), a.get("per_seed", []), strict=False))
+    b_seeds = dict(zip(b.get("seeds", []), b.get("per_seed", []), strict=False))
+    common = [s for s in a.get("seeds", []) if s in b_seeds]
+    if not common:
+        raise TableSpecError(f"{where}: the two rows share no seed")
+    if any(a_seeds[s].get(key) is None or b_seeds[s].get(key) is None for s in common):
+        return "-"
+    diffs = [100 * (a_seeds[s][key] - b_seeds[s][key]) for s in common]
+    mean = sum(diffs) / len(diffs)
+    listed = ", ".join(f"{d:+.1f}" for d in diffs)
+    return listed if len(diffs) == 1 else f"{listed} (mean {mean:+.1f})"
 
 
 def render(spec: TableSpec, results: Path = RESULTS) -> str:
@@ -124,6 +158,10 @@ def render(spec: TableSpec, results: Path = RESULTS) -> str:
         lines.append(f"| {label} | " + " | ".join(
             str(len(row.get("seeds", []))) if k == "seeds" else cell(row["summary"], k)
             for k, _ in spec.cols) + " |")
+    for sel_a, sel_b, label in spec.pairs:
+        a, b = (find_row(data["rows"], sel, spec.file) for sel in (sel_a, sel_b))
+        lines.append(f"| {label} | " + " | ".join(
+            paired_cell(a, b, k, f"{spec.file}: {label}") for k, _ in spec.cols) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -66,3 +66,23 @@ def test_rows_sharing_a_setting_are_told_apart_by_a_qualifier() -> None:
         "quality_mnist1d_issue13.json\ncol: seeds\ncol: linear_probe_accuracy\n"
         "row: federated infonce-public DP eps=8 | partition=dirichlet -> x")
     assert results_tables.render(spec).splitlines()[-1] == "| x | 3 | 0.883 ± 0.002 |"
+
+
+def test_a_paired_table_lists_per_seed_differences_in_points(tmp_path: Path) -> None:
+    rows = [{"setting": "fed", "seeds": [0, 1, 2],
+             "per_seed": [{"a": 0.90, "b": 0.5}, {"a": 0.80}, {"a": 0.85}]},
+            {"setting": "warm", "seeds": [2, 1, 0],  # same seeds, another order
+             "per_seed": [{"a": 0.80}, {"a": 0.81}, {"a": 0.88}]},
+            {"setting": "other", "seeds": [5], "per_seed": [{"a": 0.1}]}]
+    (tmp_path / "p.json").write_text(json.dumps({"rows": rows}))
+    spec = results_tables.parse_spec("p.json\ncol: a -> acc\ncol: b\n"
+                                     "pair: fed minus warm -> fed - warm")
+    assert results_tables.render(spec, tmp_path).splitlines()[-1] == \
+        "| fed - warm | +2.0, -1.0, +5.0 (mean +2.0) | - |"
+    with pytest.raises(results_tables.TableSpecError, match="share no seed"):
+        results_tables.render(results_tables.parse_spec(
+            "p.json\ncol: a\npair: fed minus other"), tmp_path)
+    with pytest.raises(results_tables.TableSpecError, match="not 'pair: ROW_A minus ROW_B'"):
+        results_tables.parse_spec("p.json\ncol: a\npair: fed - warm")
+    with pytest.raises(results_tables.TableSpecError, match="not both"):
+        results_tables.parse_spec("p.json\ncol: a\nrow: fed\npair: fed minus warm")
