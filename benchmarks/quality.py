@@ -28,7 +28,10 @@ each evaluated by a full-label linear probe and kNN on frozen features, the froz
 at each of ``--shots`` labels per class, and fine-tuned at each of them (encoder + linear head
 end to end, :func:`fedssl.ssl_core.finetune.finetune`, the recipe ``fedssl evaluate
 --finetune`` uses); mean and std over ``--seeds`` (each seed draws its own labelled records and
-initialisations). Nothing here is tuned on the test split unless a result file says so.
+initialisations). Nothing here is tuned on the test split unless a result file says so;
+``--validation N`` evaluates every row on N records held out of the training pool instead of
+the test split (rows marked ``"split": "validation"``), so that a setting can be chosen
+without looking at test accuracy.
 Results: ``benchmarks/results/quality*.json`` (with the command) and a PNG, plus a printed
 Markdown table.
 
@@ -339,6 +342,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--public-epochs", type=int, default=10)
     p.add_argument("--probe-samples", type=int, default=5000,
                    help="labelled training records the full-label probes are fitted on")
+    p.add_argument("--validation", type=int, default=0,
+                   help="evaluate on this many records held out of the training pool (never "
+                        "trained on) instead of the test split; 0: the test split")
     p.add_argument("--client-dp-clients", type=int, default=100)
     p.add_argument("--client-dp-rate", type=float, default=0.3)
     p.add_argument("--client-dp-noise", type=float, default=1.0)
@@ -397,12 +403,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
+#: seed of the permutation that picks ``--validation``'s held-out records (fixed, so that every
+#: run of a data set holds out the same records)
+VALIDATION_SEED = 54321
+
+
+def validation_split(data: SSLDataset, n: int) -> SSLDataset:
+    """``data`` with ``n`` records of its training pool as the evaluation split in place of
+    the test split, and removed from the pool (so no row trains on them).
+
+    Args:
+        data: a labelled data set.
+        n: the records to hold out.
+
+    Returns:
+        The split data set.
+
+    Raises:
+        ValueError: unlabelled data, or ``n`` not below the pool's size.
+    """
+    if data.y_train is None:
+        raise ValueError(f"--validation needs labels; {data.name} has none")
+    if not 0 < n < len(data.x_train):
+        raise ValueError(f"--validation {n} must be between 1 and the pool's "
+                         f"{len(data.x_train) - 1} records")
+    order = np.random.default_rng(VALIDATION_SEED).permutation(len(data.x_train))
+    held, kept = np.sort(order[:n]), np.sort(order[n:])
+    return replace(data, x_train=data.x_train[kept], y_train=data.y_train[kept],
+                   x_test=data.x_train[held], y_test=data.y_train[held],
+                   notes=(*data.notes, f"evaluated on {n} records held out of the training "
+                                       "pool (validation), not the test split"))
+
+
 def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe: Recipe,
                  settings: list[str], seeds: list[int], epsilons: list[float],
                  results: dict[str, Any], save, out_path: Path) -> None:
     """Every requested row of one data set, appended to ``results['rows']`` as measured."""
     name, path = [*dataset.split(":", 1), ""][:2]
     data = load_dataset(name, data_path=path, num_samples=args.num_samples, seed=0)
+    if args.validation:
+        data = validation_split(data, args.validation)
     probe = np.random.default_rng(0).permutation(len(data.x_train))[:args.probe_samples]
     shots = tuple(int(k) for k in args.shots.split(",") if k)
     init = _warm_start(args, data, base, out_path)
@@ -422,7 +462,8 @@ def _run_dataset(dataset: str, args: argparse.Namespace, base: Recipe, dp_recipe
             per_seed.append(_mean_dicts([evaluate(e, data, probe, seed, shots, frozen)
                                          for e in encoders]))
             infos.append(info)
-        entry = {"dataset": data.name, "setting": label, "partition": partition, **meta,
+        entry = {"dataset": data.name, "setting": label, "partition": partition,
+                 "split": "validation" if args.validation else "test", **meta,
                  "seeds": seeds, "per_seed": per_seed, "summary": _summary(per_seed),
                  "info": infos, "seconds": time.perf_counter() - t0}
         results["rows"].append(entry)
