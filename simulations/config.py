@@ -16,7 +16,7 @@ import dataclasses
 import tomllib
 from dataclasses import field, fields, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 import tomli_w
 
@@ -33,7 +33,7 @@ from fedssl.run_spec import (
 )
 from fedssl.simulations.ray_cluster import parse_address
 
-__all__ = ["ConfigError", "ExperimentConfig"]
+__all__ = ["ConfigError", "ExperimentConfig", "SimulationSettings"]
 
 #: the most simulated clients a run may have: checked before any per-client state is made
 #: (site budgets, partitions), so a mistyped ``--num-clients 100000000000`` is an error, not a
@@ -48,30 +48,33 @@ def _sim(default: Any, help: str, after: str, on_resume: str = FIXED) -> Any:
                                             "on_resume": on_resume})
 
 
-#: what only a simulation has (not run-config settings of the ServerApp)
-_SIMULATION_FIELDS: tuple[tuple[str, type, Any], ...] = (
-    ("num_clients", int, _sim(10, "number of simulated clients (SuperNodes)", "image_size")),
-    ("site_budget_epsilon", float, _sim(0.0, "every simulated site's own epsilon budget, "
-                                             "written to its local site.toml and enforced by "
-                                             "the client (0 = no site budget)",
-                                        "client_dp_min_clients")),
-    ("site_budgets", str, _sim("", "per-site budgets overriding the above, e.g. "
-                                   "'client-003=2.0,client-007=1.5'", "site_budget_epsilon")),
-    ("out", str, _sim("", "run directory (default: runs/<method>-<dataset>-<timestamp>)",
-                      "seed", INVOCATION)),
-    ("cpus_per_client", float, _sim(1.0, "CPU cores reserved per simulated client (Ray)",
-                                    "out", MAY_CHANGE)),
-    ("gpus_per_client", float, _sim(0.0, "share of a GPU reserved per simulated client (Ray), "
-                                         "e.g. 0.25 runs 4 clients per GPU; 0 = CPU only",
-                                    "cpus_per_client", MAY_CHANGE)),
-    ("ray_address", str, _sim("", "run on the existing Ray cluster whose head listens at "
-                                  "HOST:PORT (what `ray start --head` prints) instead of a "
-                                  "local Ray; every node needs the same fedssl install, the "
-                                  "data path and the run directory (--out) at the same "
-                                  "absolute path on a shared file system (docs/simulation.md: "
-                                  "'Past one machine'); empty: start Ray on this machine",
-                              "gpus_per_client", MAY_CHANGE)),
-)
+@dataclasses.dataclass
+class SimulationSettings:
+    """What only a simulation has (not run-config settings of the ServerApp): the simulated
+    clients, their resources, the Ray cluster, the sites' own budgets and the run directory.
+    Declared once here; :data:`ExperimentConfig` splices these fields among RunSpec's."""
+
+    num_clients: int = _sim(10, "number of simulated clients (SuperNodes)", "image_size")
+    site_budget_epsilon: float = _sim(0.0, "every simulated site's own epsilon budget, "
+                                           "written to its local site.toml and enforced by "
+                                           "the client (0 = no site budget)",
+                                      "client_dp_min_clients")
+    site_budgets: str = _sim("", "per-site budgets overriding the above, e.g. "
+                                 "'client-003=2.0,client-007=1.5'", "site_budget_epsilon")
+    out: str = _sim("", "run directory (default: runs/<method>-<dataset>-<timestamp>)",
+                    "seed", INVOCATION)
+    cpus_per_client: float = _sim(1.0, "CPU cores reserved per simulated client (Ray)",
+                                  "out", MAY_CHANGE)
+    gpus_per_client: float = _sim(0.0, "share of a GPU reserved per simulated client (Ray), "
+                                       "e.g. 0.25 runs 4 clients per GPU; 0 = CPU only",
+                                  "cpus_per_client", MAY_CHANGE)
+    ray_address: str = _sim("", "run on the existing Ray cluster whose head listens at "
+                                "HOST:PORT (what `ray start --head` prints) instead of a "
+                                "local Ray; every node needs the same fedssl install, the "
+                                "data path and the run directory (--out) at the same "
+                                "absolute path on a shared file system (docs/simulation.md: "
+                                "'Past one machine'); empty: start Ray on this machine",
+                            "gpus_per_client", MAY_CHANGE)
 
 
 def _experiment_fields() -> list[tuple[str, type, Any]]:
@@ -84,16 +87,27 @@ def _experiment_fields() -> list[tuple[str, type, Any]]:
             continue
         meta = by_name[opt.name].metadata
         out.append((opt.name, opt.type, field(default=opt.simulate_default, metadata=meta)))
-    for name, typ, spec in _SIMULATION_FIELDS:
+    for spec in fields(SimulationSettings):
         at = next(i for i, (n, _, _) in enumerate(out) if n == spec.metadata["after"])
-        out.insert(at + 1, (name, typ, spec))
+        out.insert(at + 1, (spec.name, SCALAR_TYPES[str(spec.type)],
+                            field(default=spec.default, metadata=spec.metadata)))
     return out
 
 
-class _Experiment:
+if TYPE_CHECKING:
+    class _Fields(SimulationSettings, RunSpec):  # type: ignore[misc]
+        """RunSpec's settings and the simulation's, as type checkers see them (at run time
+        ExperimentConfig has only the fields simulate sets, is not frozen, and does not
+        have RunSpec's methods; tests/simulations/test_config_types.py checks the fields
+        and their types agree)."""
+else:
+    _Fields = object
+
+
+class _Experiment(_Fields):
     """The methods of :class:`ExperimentConfig` (its fields: :func:`_experiment_fields`)."""
 
-    def validate(self) -> ExperimentConfig:
+    def validate(self) -> Self:
         """Check ranges and names (the run's: :func:`fedssl.run_spec.check_settings`, and the
         simulation's own); returns self."""
         def need(ok: bool, name: str, msg: str) -> None:
@@ -107,7 +121,9 @@ class _Experiment:
         if self.ray_address:
             parse_address(self.ray_address)  # its syntax; reachability when the run starts
         resolved = check_settings(self, num_clients=self.num_clients)
-        self.dataset, self.init_encoder = resolved.dataset, resolved.init_encoder
+        # not frozen at run time (RunSpec, which type checkers see, is)
+        self.dataset = resolved.dataset  # type: ignore[misc]
+        self.init_encoder = resolved.init_encoder  # type: ignore[misc]
         if resolved.inferred_dataset:  # not an option: the simulator prints that it was
             self.inferred_dataset = True
         need(self.site_budget_epsilon >= 0, "site_budget_epsilon", "must be non-negative")
@@ -115,7 +131,7 @@ class _Experiment:
         return self
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+    def from_dict(cls, data: dict[str, Any]) -> Self:
         """Build from a mapping (TOML table or overrides); keys may use - or _."""
         known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
@@ -129,7 +145,7 @@ class _Experiment:
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None,
-             paths_from_file: bool = False) -> ExperimentConfig:
+             paths_from_file: bool = False) -> Self:
         """Load a TOML file (keys at top level or under ``[experiment]``) plus overrides.
         ``paths_from_file`` (a user's ``--config``): a relative ``init_encoder`` or
         ``data_path`` in the file is taken from the file's directory, so the file works
@@ -183,7 +199,7 @@ class _Experiment:
             budgets[name.strip()] = eps
         return {k: v for k, v in budgets.items() if v > 0}
 
-    def to_run_config(self, run_dir: str) -> dict[str, Any]:
+    def to_run_config(self, run_dir: str) -> dict[str, Any]:  # type: ignore[override]
         """Flower run config (kebab-case keys) for the ServerApp: every RunSpec setting
         simulate sets, the run directory, the clients' torch threads (from
         ``cpus_per_client``), and the simulation's clients and resources
@@ -204,7 +220,14 @@ class _Experiment:
         return {f.name: f.metadata["help"] for f in fields(self)}[name]
 
 
-#: ``fedssl simulate``'s experiment: RunSpec's settings plus the simulation's own
-ExperimentConfig = make_dataclass("ExperimentConfig", _experiment_fields(), bases=(_Experiment,))
-ExperimentConfig.__module__ = __name__
-ExperimentConfig.__doc__ = "A federated SSL experiment (what ``fedssl simulate`` runs)."
+if TYPE_CHECKING:
+    class ExperimentConfig(_Experiment):
+        """What type checkers see: RunSpec's settings plus the simulation's, with their types
+        (at run time the class is made below, with simulate's defaults and ``--help``
+        order; a test checks the two agree)."""
+else:
+    #: ``fedssl simulate``'s experiment: RunSpec's settings plus the simulation's own
+    ExperimentConfig = make_dataclass("ExperimentConfig", _experiment_fields(),
+                                      bases=(_Experiment,))
+    ExperimentConfig.__module__ = __name__
+    ExperimentConfig.__doc__ = "A federated SSL experiment (what ``fedssl simulate`` runs)."
