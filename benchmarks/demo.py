@@ -31,6 +31,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from results_tables import format_paired  # benchmarks/ is on sys.path (run as a script)
+
 from fedssl.ssl_core.finetune import format_label_efficiency
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +94,7 @@ def paired_table(label_efficiency: dict[str, Any]) -> str:
         for k in shots:
             diffs = [100 * (x - y) for x, y in zip(a["values"][k]["per_seed"],
                                                     b["values"][k]["per_seed"], strict=True)]
-            cells.append(", ".join(f"{d:+.1f}" for d in diffs)
-                         + f" (mean {sum(diffs) / len(diffs):+.1f})")
+            cells.append(format_paired(diffs))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 

@@ -131,10 +131,21 @@ def paired_cell(a: dict[str, Any], b: dict[str, Any], key: str, where: str) -> s
         raise TableSpecError(f"{where}: the two rows share no seed")
     if any(a_seeds[s].get(key) is None or b_seeds[s].get(key) is None for s in common):
         return "-"
-    diffs = [100 * (a_seeds[s][key] - b_seeds[s][key]) for s in common]
-    mean = sum(diffs) / len(diffs)
+    return format_paired([100 * (a_seeds[s][key] - b_seeds[s][key]) for s in common])
+
+
+def format_paired(diffs: list[float]) -> str:
+    """Paired differences in points as the docs print them: each signed to one decimal, then
+    their mean in brackets when there are several ("+2.0, +3.7 (mean +2.9)").
+
+    Args:
+        diffs: one difference per seed or label draw, in points.
+
+    Returns:
+        The cell text.
+    """
     listed = ", ".join(f"{d:+.1f}" for d in diffs)
-    return listed if len(diffs) == 1 else f"{listed} (mean {mean:+.1f})"
+    return listed if len(diffs) == 1 else f"{listed} (mean {sum(diffs) / len(diffs):+.1f})"
 
 
 def render(spec: TableSpec, results: Path = RESULTS) -> str:

@@ -128,7 +128,7 @@ def _last_block(model: nn.Module) -> nn.Module:
 
 
 @register_trainable
-class NormBiasAndLastBlock(TrainableRule):
+class NormBiasAndLastBlock(NormAndBias):
     """:class:`NormAndBias` plus every parameter of the encoder's last block, between
     ``norm-bias`` and ``all``: the layers that form the features get full capacity while the
     earlier ones keep the warm start's filters. The noise norm grows with the block's size
@@ -138,10 +138,17 @@ class NormBiasAndLastBlock(TrainableRule):
     name = "norm-bias-last"
     help = "norm-bias plus every parameter of the encoder's last block"
 
+    def __init__(self) -> None:
+        #: the model last asked about and the ids of its last block's modules (found once
+        #: per model, not once per parameter)
+        self._block: tuple[nn.Module, frozenset[int]] | None = None
+
     def selects(self, model: nn.Module, module: nn.Module, param_name: str) -> bool:
-        if NormAndBias().selects(model, module, param_name):
+        if super().selects(model, module, param_name):
             return True
-        return any(module is m for m in _last_block(model).modules())
+        if self._block is None or self._block[0] is not model:
+            self._block = (model, frozenset(id(m) for m in _last_block(model).modules()))
+        return id(module) in self._block[1]
 
 
 def selected_parameters(model: nn.Module, rule: str) -> list[str]:
