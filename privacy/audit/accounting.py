@@ -36,12 +36,17 @@ from fedssl.privacy.accounting import (
 
 #: the two tight upper bounds whose larger value is the audit's reference epsilon
 REFERENCE = ("prv", "pld")
+#: what an accountant raises when it cannot evaluate a history (Opacus's PRV on extreme
+#: settings, a numerical overflow): recorded as ``nan``, an accountant failure
+ACCOUNTANT_FAILURES: tuple[type[Exception], ...] = (
+    ValueError, RuntimeError, OverflowError, ArithmeticError)
 #: Opacus's PRV accountant returns the upper end of an absolute 0.01 error band, so PRV sits
 #: 0.01 above PLD at every setting measured: at small epsilons that is several per cent
 PRV_EPS_ERROR = 0.01
 
-__all__ = ["PRV_EPS_ERROR", "REFERENCE", "audit_accountants", "dpa_rdp_epsilons",
-           "pld_epsilons", "pld_interval", "prv_epsilons", "recompute", "reference_epsilon"]
+__all__ = ["ACCOUNTANT_FAILURES", "PRV_EPS_ERROR", "REFERENCE", "audit_accountants",
+           "dpa_rdp_epsilons", "epsilons_or_nan", "pld_epsilons", "pld_interval",
+           "prv_epsilons", "recompute", "reference_epsilon"]
 
 
 def pld_epsilons(history: Sequence[Segment], deltas: Sequence[float],
@@ -85,16 +90,40 @@ def prv_epsilons(history: Sequence[Segment], deltas: Sequence[float]) -> list[fl
         One cumulative epsilon per segment; ``nan`` where Opacus fails (an accountant failure,
         never a pass).
     """
-    return [_prv(tuple(history[: i + 1]), delta) for i, delta in enumerate(deltas)]
+    return epsilons_or_nan("prv", history, deltas)
 
 
-@functools.lru_cache(maxsize=4096)
-def _prv(history: tuple[Segment, ...], delta: float) -> float:
+def epsilons_or_nan(name: str, history: Sequence[Segment],
+                    deltas: Sequence[float]) -> list[float]:
+    """Cumulative epsilon after each segment with registry accountant ``name``; ``nan`` for
+    the entries it cannot evaluate (it raised one of :data:`ACCOUNTANT_FAILURES`), which the
+    audit reports as an accountant failure, never as a pass.
+
+    Args:
+        name: a registered accountant's name.
+        history: the segments ``(noise multiplier / sensitivity, sample rate, steps)``.
+        deltas: the delta of each segment's claim, one per segment.
+
+    Returns:
+        One cumulative epsilon (or ``nan``) per segment.
+
+    Raises:
+        AccountingError: no accountant is registered as ``name``.
+    """
+    accountant = create_accountant(name)
+    history = list(history)
     with quiet():
         try:
-            return create_accountant("prv").epsilon(history, delta)
-        except (ValueError, RuntimeError, OverflowError, ArithmeticError):
-            return math.nan  # reported as an accountant failure, never as a pass
+            return accountant.epsilons(history, deltas)
+        except ACCOUNTANT_FAILURES:
+            pass  # find the entries it cannot evaluate, one prefix at a time
+        out: list[float] = []
+        for i, delta in enumerate(deltas):
+            try:
+                out.append(accountant.epsilon(history[: i + 1], delta))
+            except ACCOUNTANT_FAILURES:
+                out.append(math.nan)
+        return out
 
 
 def recompute(history: tuple[Segment, ...], deltas: tuple[float, ...],
@@ -108,7 +137,7 @@ def recompute(history: tuple[Segment, ...], deltas: tuple[float, ...],
 
     Returns:
         Registry name -> the cumulative epsilon after each segment, in ``accountants`` order
-        (``nan`` where PRV fails).
+        (``nan`` where an accountant fails: :func:`epsilons_or_nan`).
     """
     names = audit_accountants() if accountants is None else tuple(accountants)
     return _recompute(tuple((float(s), float(q), int(n)) for s, q, n in history),
@@ -118,18 +147,7 @@ def recompute(history: tuple[Segment, ...], deltas: tuple[float, ...],
 @functools.lru_cache(maxsize=1024)
 def _recompute(history: tuple[Segment, ...], deltas: tuple[float, ...],
                names: tuple[str, ...]) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    if "pld" in names or "dpa-rdp" in names:
-        out["dpa-rdp"] = dpa_rdp_epsilons(history, deltas)
-    for name in names:
-        if name == "pld":  # discretisation relative to the (larger) dp-accounting RDP epsilon
-            rdp = out["dpa-rdp"]
-            out[name] = pld_epsilons(history, deltas, pld_interval(rdp[-1] if rdp else 1.0))
-        elif name == "prv":
-            out[name] = prv_epsilons(history, deltas)
-        elif name not in out:
-            out[name] = create_accountant(name).epsilons(history, deltas)
-    return {name: out[name] for name in names}
+    return {name: epsilons_or_nan(name, history, deltas) for name in names}
 
 
 def reference_epsilon(prv: float, pld: float) -> float:

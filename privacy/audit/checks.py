@@ -363,6 +363,11 @@ def check_epsilons(res: AuditResult, audit: ClientAudit) -> None:
             res.add(Severity.WARNING, FindingKind.ACCOUNTANT_DISAGREEMENT,
                     f"prv {prv:.4g} and pld {pld:.4g} differ by more than "
                     f"{100 * AGREEMENT_TOLERANCE:g} % + {2 * PRV_EPS_ERROR:g}", name, c.round)
+        for failed in (a for a, eps in c.epsilons.items() if math.isnan(eps)):
+            res.add(Severity.WARNING, FindingKind.ACCOUNTANT_FAILURE,
+                    f"{failed} could not evaluate this entry (checked against "
+                    f"{'the other of prv/pld' if failed in REFERENCE else 'prv/pld'} only)",
+                    name, c.round)
         for other_name, eps in c.epsilons.items():  # the looser cross-checks (dpa-rdp)
             if (other_name not in REFERENCE and math.isfinite(eps) and finite
                     and eps < min(finite) * (1 - tol)):

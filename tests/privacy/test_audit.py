@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -386,6 +388,38 @@ def test_audit_accountants_come_from_the_registry() -> None:
     finally:
         REGISTRY.pop("toy-audit", None)
     assert "toy-audit" not in recompute(((1.0, 0.05, 20),), (1e-5,))
+
+
+def test_an_accountant_that_fails_is_nan_and_a_warning(run: Path) -> None:
+    """An audit accountant that cannot evaluate an entry gives ``nan`` for that entry, never a
+    number or a pass, and the audit says so (a warning while prv/pld still check it)."""
+    from fedssl.privacy.accounting import REGISTRY, register_accountant
+    from fedssl.privacy.accounting.dpa import DpaRDPAccountant
+    from fedssl.privacy.audit.accounting import epsilons_or_nan
+
+    @register_accountant
+    class FailsPastOneSegment(DpaRDPAccountant):
+        name = "toy-failing"
+        audit = True
+        label = "fails on a history of two segments or more"
+
+        def epsilons(self, history: Any, deltas: Any) -> list[float]:
+            if len(list(history)) > 1:
+                raise OverflowError("toy: cannot compose")
+            return super().epsilons(history, deltas)
+
+    history = ((1.0, 0.05, 20), (1.2, 0.05, 20))
+    try:
+        eps = epsilons_or_nan("toy-failing", history, (1e-5, 1e-5))
+        assert eps[0] == recompute(history[:1], (1e-5,), ("dpa-rdp",))["dpa-rdp"][0]
+        assert math.isnan(eps[1])
+        res = audit_run(run)
+        failures = [f for f in res.findings if f.kind == "accountant-failure"]
+        assert failures and {f.severity for f in failures} == {"warning"}
+        assert all("toy-failing" in f.message for f in failures)
+        assert {f.round for f in failures} == set(range(2, ROUNDS + 1))  # not the first entry
+    finally:
+        REGISTRY.pop("toy-failing", None)
 
 
 # --- keys against the identity registry (issue 16.3b) -----------------------------------------
