@@ -22,7 +22,10 @@ partition=iid -> same, IID``); a ``col:`` names a metric of the rows' ``summary`
 ``seeds`` for the number of seeds a row averages. A cell is the mean over seeds, ``± std`` when more
 than one seed differs (a deterministic row, e.g. raw-input logistic regression, shows its
 value alone); ``-`` where a row lacks the metric. ``table: KEY`` instead inserts the file's
-own stored Markdown table (``simulation.json``'s ``table``) as it is.
+own stored Markdown table (``simulation.json``'s ``table``) as it is. ``also: FILE`` lines
+add a second (third...) results file whose rows a ``row:`` may name too (``|
+results_file=NAME`` picks one where two files share a setting), and a ``| seed=N``
+qualifier shows one seed's values of a row that ran several.
 
 ``pair: ROW_A minus ROW_B -> label`` lines instead of ``row:`` make a paired table: each cell
 lists, in points, ROW_A's metric minus ROW_B's on each seed both rows ran (same seed, same
@@ -66,6 +69,8 @@ class TableSpec:
     rows: list[tuple[str, str]] = field(default_factory=list)
     pairs: list[tuple[str, str, str]] = field(default_factory=list)
     table: str = ""
+    #: further results files whose rows join the lookup (``also: FILE``)
+    also: list[str] = field(default_factory=list)
 
 
 def parse_spec(text: str) -> TableSpec:
@@ -96,9 +101,11 @@ def parse_spec(text: str) -> TableSpec:
             spec.pairs.append((a.strip(), b.strip(), label or name))
         elif key == "table":
             spec.table = value.strip()
+        elif key == "also":
+            spec.also.append(value.strip())
         else:
             raise TableSpecError(f"{spec.file}: unknown line {line!r} "
-                                 "(first, col, row, pair, table)")
+                                 "(first, col, row, pair, table, also)")
     if spec.rows and spec.pairs:
         raise TableSpecError(f"{spec.file}: a block has row: or pair: lines, not both")
     if not spec.table and not (spec.cols and (spec.rows or spec.pairs)):
@@ -154,36 +161,51 @@ def render(spec: TableSpec, results: Path = RESULTS) -> str:
     Raises:
         TableSpecError: for a missing file, row or stored table.
     """
-    path = results / spec.file
-    if not path.is_file():
-        raise TableSpecError(f"no results file {path}")
-    data = json.loads(path.read_text())
+    data = _load(results / spec.file)
     if spec.table:
         if spec.table not in data:
             raise TableSpecError(f"{spec.file} stores no {spec.table!r}")
         return str(data[spec.table]).rstrip("\n") + "\n"
+    # each row knows its file, for ``| results_file=NAME`` where two files share a setting
+    rows = [{**r, "results_file": spec.file} for r in data["rows"]]
+    for other in spec.also:
+        rows += [{**r, "results_file": other} for r in _load(results / other)["rows"]]
+    where = " + ".join([spec.file, *spec.also])
     head = f"| {spec.first} | " + " | ".join(label for _, label in spec.cols) + " |"
     lines = [head, "|" + "---|" * (len(spec.cols) + 1)]
     for selector, label in spec.rows:
-        row = find_row(data["rows"], selector, spec.file)
+        row = find_row(rows, selector, where)
         lines.append(f"| {label} | " + " | ".join(
             str(len(row.get("seeds", []))) if k == "seeds" else cell(row["summary"], k)
             for k, _ in spec.cols) + " |")
     for sel_a, sel_b, label in spec.pairs:
-        a, b = (find_row(data["rows"], sel, spec.file) for sel in (sel_a, sel_b))
+        a, b = (find_row(rows, sel, where) for sel in (sel_a, sel_b))
         lines.append(f"| {label} | " + " | ".join(
-            paired_cell(a, b, k, f"{spec.file}: {label}") for k, _ in spec.cols) + " |")
+            paired_cell(a, b, k, f"{where}: {label}") for k, _ in spec.cols) + " |")
     return "\n".join(lines) + "\n"
 
 
-def find_row(rows: list[dict[str, Any]], selector: str, file: str) -> dict[str, Any]:
-    """The one row ``selector`` names: its ``setting``, then ``| field=value`` qualifiers.
+def _load(path: Path) -> dict[str, Any]:
+    """A results file's JSON.
 
     Raises:
-        TableSpecError: when no row, or more than one, matches.
+        TableSpecError: the file does not exist.
+    """
+    if not path.is_file():
+        raise TableSpecError(f"no results file {path}")
+    return json.loads(path.read_text())
+
+
+def find_row(rows: list[dict[str, Any]], selector: str, file: str) -> dict[str, Any]:
+    """The one row ``selector`` names: its ``setting``, then ``| field=value`` qualifiers;
+    ``| seed=N`` narrows the row to that one seed's values.
+
+    Raises:
+        TableSpecError: when no row, or more than one, matches, or the row lacks the seed.
     """
     setting, *quals = (part.strip() for part in selector.split("|"))
-    wanted = dict(q.partition("=")[::2] for q in quals)
+    wanted = {k.strip(): v.strip() for k, v in (q.partition("=")[::2] for q in quals)}
+    seed = wanted.pop("seed", None)
     found = [r for r in rows if r["setting"] == setting
              and all(str(r.get(k)) == v.strip() for k, v in wanted.items())]
     if not found:
@@ -192,7 +214,22 @@ def find_row(rows: list[dict[str, Any]], selector: str, file: str) -> dict[str, 
     if len(found) > 1:
         raise TableSpecError(f"{file}: {len(found)} rows match {selector!r}; qualify it "
                              "with | field=value (e.g. | partition=iid)")
-    return found[0]
+    return found[0] if seed is None else one_seed(found[0], int(seed), f"{file}: {selector!r}")
+
+
+def one_seed(row: dict[str, Any], seed: int, where: str) -> dict[str, Any]:
+    """``row`` narrowed to seed ``seed``: its values on that seed as a one-seed summary.
+
+    Raises:
+        TableSpecError: the row did not run that seed.
+    """
+    seeds = list(row.get("seeds", []))
+    if seed not in seeds:
+        raise TableSpecError(f"{where}: the row ran seeds {seeds}, not {seed}")
+    values = row["per_seed"][seeds.index(seed)]
+    summary = {k: {"mean": v, "std": 0.0, "n": 1} for k, v in values.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {**row, "seeds": [seed], "per_seed": [values], "summary": summary}
 
 
 def regenerate(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:

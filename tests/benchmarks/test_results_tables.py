@@ -86,3 +86,32 @@ def test_a_paired_table_lists_per_seed_differences_in_points(tmp_path: Path) -> 
         results_tables.parse_spec("p.json\ncol: a\npair: fed - warm")
     with pytest.raises(results_tables.TableSpecError, match="not both"):
         results_tables.parse_spec("p.json\ncol: a\nrow: fed\npair: fed minus warm")
+
+
+def test_rows_from_a_second_file_and_one_seed_of_a_row(tmp_path: Path) -> None:
+    """``also: FILE`` lets a table put rows of two results files side by side; ``| seed=N``
+    shows one seed's values of a several-seed row."""
+    (tmp_path / "a.json").write_text(json.dumps({"rows": [
+        {"setting": "warm", "seeds": [0, 1], "per_seed": [{"acc": 0.8}, {"acc": 0.9}],
+         "summary": {"acc": {"mean": 0.85, "std": 0.07, "n": 2}}}]}))
+    (tmp_path / "b.json").write_text(json.dumps({"rows": [
+        {"setting": "synthetic", "seeds": [0], "per_seed": [{"acc": 0.7, "note": None}],
+         "summary": {"acc": {"mean": 0.7, "std": 0.0, "n": 1}}}]}))
+    spec = results_tables.parse_spec("a.json\nalso: b.json\ncol: acc\ncol: note\n"
+                                     "row: warm | seed=1 -> warm, seed 1\nrow: warm\n"
+                                     "row: synthetic")
+    assert results_tables.render(spec, tmp_path).splitlines()[2:] == [
+        "| warm, seed 1 | 0.900 | - |", "| warm | 0.850 ± 0.070 | - |",
+        "| synthetic | 0.700 | - |"]
+    spec = results_tables.parse_spec("a.json\ncol: acc\nrow: warm | seed=3")
+    with pytest.raises(results_tables.TableSpecError, match=r"ran seeds \[0, 1\], not 3"):
+        results_tables.render(spec, tmp_path)
+    spec = results_tables.parse_spec("a.json\ncol: acc\nrow: synthetic")  # not without also:
+    with pytest.raises(results_tables.TableSpecError, match="has no row 'synthetic'"):
+        results_tables.render(spec, tmp_path)
+    spec = results_tables.parse_spec("a.json\nalso: a.json\ncol: acc\nrow: warm")
+    with pytest.raises(results_tables.TableSpecError, match="2 rows match 'warm'"):
+        results_tables.render(spec, tmp_path)
+    spec = results_tables.parse_spec("b.json\nalso: a.json\ncol: acc\n"
+                                     "row: warm | results_file=a.json -> warm")
+    assert results_tables.render(spec, tmp_path).splitlines()[-1] == "| warm | 0.850 ± 0.070 |"
