@@ -20,7 +20,7 @@ configuration (``config``); the client
 
 The production app, ``app``, carries no mods and nothing simulation-only; the simulator builds
 its own from the same handlers with :func:`make_client_app`, the simulated fault model
-(:func:`fedssl.client.faults.fault_mod`) and its start-up query
+(:func:`fedssl.simulations.faults.fault_mod`) and its start-up query
 (:func:`fedssl.simulations.warmup.warmup`; see :mod:`fedssl.simulations.client_app`).
 """
 

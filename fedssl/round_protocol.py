@@ -4,7 +4,7 @@ client, besides the run's settings (:data:`fedssl.run_spec.CLIENT_KEYS`).
 What and why: the ServerApp (:mod:`fedssl.server.app`, :mod:`fedssl.server.strategy`,
 :mod:`fedssl.server.secure_aggregation`), the simulator's warm-up
 (:mod:`fedssl.simulations.warmup`) and the ClientApp (:mod:`fedssl.client.app`,
-:mod:`fedssl.client.secagg`, :mod:`fedssl.client.faults`) must agree on these names; spelt as
+:mod:`fedssl.client.secagg`, :mod:`fedssl.simulations.faults`) must agree on these names; spelt as
 string literals on both sides, a renamed key would only show as a ``KeyError`` on a site in
 the middle of a run. Both sides name them here (a test scans the packages for the literals).
 The module imports nothing of fedssl, so every package may use it.

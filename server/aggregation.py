@@ -112,7 +112,7 @@ class Aggregation:
             self.secure = SecureAggregation(self.strategy, registry, spec.secagg_clip,
                                             self.timeout, layout.root.resolve())
             if spec.dropout_prob or spec.straggler_prob:
-                # the simulator's fault model (client/faults.py, a mod only the simulated
+                # the simulator's fault model (simulations/faults.py, a mod only the simulated
                 # sites' ClientApp has) reads these in every stage; a deployment sends none
                 settings = spec.to_run_config()
                 self.secure.fault_config = {k: settings[k] for k in (

@@ -1,6 +1,6 @@
 """The simulator's ClientApp: the production handlers (:mod:`fedssl.client.app`) wrapped in
 the simulation-only Flower mods, today the simulated fault model
-(:func:`fedssl.client.faults.fault_mod`: dropouts and stragglers), plus the simulation's
+(:func:`fedssl.simulations.faults.fault_mod`: dropouts and stragglers), plus the simulation's
 start-up query (``query.warmup``: :func:`fedssl.simulations.warmup.warmup`).
 
 ``fedssl simulate`` hands :data:`simulation_app` to ``run_simulation``; the object (not a
@@ -12,7 +12,7 @@ module path) reaches Flower's Ray actors inside the ClientApp loader
 from __future__ import annotations
 
 from fedssl.client.app import make_client_app
-from fedssl.client.faults import fault_mod
+from fedssl.simulations.faults import fault_mod
 from fedssl.simulations.warmup import warmup
 
 #: the simulated sites' ClientApp: the same handlers, with simulated faults and the start-up

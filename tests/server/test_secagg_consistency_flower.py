@@ -15,7 +15,6 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedssl.client import secagg
-from fedssl.client.faults import STAGE_IDS
 from fedssl.privacy.identity.keys import load_or_create_identity, load_registry, write_registry
 from fedssl.privacy.secagg import (
     ConsistencyCheck,
@@ -24,6 +23,7 @@ from fedssl.privacy.secagg import (
     UnmaskRequest,
 )
 from fedssl.privacy.secagg.crypto import identity_public_bytes
+from fedssl.simulations.faults import STAGE_IDS
 
 D = 10
 pytestmark = pytest.mark.usefixtures("flower_identity")

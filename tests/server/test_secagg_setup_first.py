@@ -92,7 +92,7 @@ def test_failed_secure_setup_costs_that_client_no_privacy(tmp_path: Path) -> Non
 
 
 def _drops(seed: int, rnd: int, pid: int, stage: int, p: float) -> bool:
-    """Whether ``fedssl.client.faults.maybe_fault`` drops (round, client) at ``stage``."""
+    """Whether ``fedssl.simulations.faults.maybe_fault`` drops (round, client) at ``stage``."""
     import numpy as np
 
     return bool(np.random.default_rng([seed, rnd, pid, stage]).random(2)[0] < p)
@@ -107,7 +107,7 @@ def test_dropout_after_key_setup_is_recovered(tmp_path: Path, stage: str,
     recovered from its neighbours' shares and the others' sum is released. One that vanishes
     at the consistency check, after sending its masked update, is treated as one that drops
     before unmasking: its update is in the sum (its self mask rebuilt from the others')."""
-    from fedssl.client.faults import STAGE_IDS
+    from fedssl.simulations.faults import STAGE_IDS
 
     p = 0.2  # 21 draws per round: one drop, 20 survivals (0.3 left no seed below 2000)
     stages = [STAGE_IDS.get("identify", 9), *(STAGE_IDS[s] for s in (

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from fedssl.cli import build_parser
-from fedssl.client.faults import planned_fault
 from fedssl.privacy.identity.keys import load_public_key
 from fedssl.privacy.identity.ledger import read_ledger
 from fedssl.simulations.config import ExperimentConfig
+from fedssl.simulations.faults import planned_fault
 
 FEDSSL = [sys.executable, "-m", "fedssl.cli"]
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fedssl.client.faults import SimulatedDropoutError, maybe_fault, planned_fault
+from fedssl.simulations.faults import SimulatedDropoutError, maybe_fault, planned_fault
 
 
 def _dropped(config: dict, pid: int, stage: str = "train") -> bool:
@@ -57,8 +57,8 @@ def test_planned_fault_is_what_maybe_fault_does() -> None:
 
 def test_production_app_has_no_mods_and_the_simulator_s_has_the_fault_mod() -> None:
     from fedssl.client.app import app
-    from fedssl.client.faults import fault_mod
     from fedssl.simulations.client_app import simulation_app
+    from fedssl.simulations.faults import fault_mod
 
     assert app._mods == []  # Flower keeps a ClientApp's mods there
     assert simulation_app._mods == [fault_mod]
@@ -69,7 +69,7 @@ def test_production_app_has_no_mods_and_the_simulator_s_has_the_fault_mod() -> N
 
 def test_stage_of_message_types() -> None:
     from fedssl.client import secagg
-    from fedssl.client.faults import stage_of
+    from fedssl.simulations.faults import stage_of
 
     assert stage_of("train") == "train"
     assert stage_of("train.default") == "train"
@@ -80,7 +80,7 @@ def test_stage_of_message_types() -> None:
 def _mod_call(message_type: str, config: dict, node_config: dict) -> tuple[bool, object]:
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-    from fedssl.client.faults import fault_mod
+    from fedssl.simulations.faults import fault_mod
 
     msg = Message(RecordDict({"config": ConfigRecord(config)}), dst_node_id=1,
                   message_type=message_type)
