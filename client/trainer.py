@@ -93,7 +93,17 @@ class TrainConfig:
     trainable: str = "all"
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid option."""
+        """Raise ``ValueError`` naming the first invalid option.
+
+        Why it is kept beside :meth:`fedssl.run_spec.RunSpec.validate`: :func:`train_local`
+        is a library function that ``fedssl pretrain``, the benchmarks and docs/examples call
+        with a TrainConfig of their own, no RunSpec involved; a config the ClientApp derives
+        from a validated RunSpec (:func:`fedssl.client.app.round_train_config`) passes it
+        trivially.
+
+        Raises:
+            ValueError: the first invalid option, by name.
+        """
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, "
                              f"{self.batch_size}")
