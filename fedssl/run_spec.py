@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 
 from fedssl.privacy.accounting import budget_accountants
 from fedssl.privacy.accounting.budget import UPPER_BOUND_ACCOUNTANTS
+from fedssl.privacy.dp_sgd.engine import DPSoundnessError, clip_sensitivity
 from fedssl.ssl_core.aggregators import AGGREGATORS, aggregator_names
 from fedssl.ssl_core.data import dataset_names
 from fedssl.ssl_core.datasets import DATASETS, DEFAULT_DATASET, DataError, infer_dataset
@@ -491,6 +492,11 @@ def check_settings(s: Any, num_clients: int | None = None) -> Resolved:
         raise ConfigError(f"dataset: {exc}") from None
     need(s.method in OBJECTIVES, "method",
          f"unknown SSL method {s.method!r}; one of {sorted(OBJECTIVES)}")
+    if s.dp:  # a run whose every client would refuse is refused here, before it starts
+        try:
+            clip_sensitivity(OBJECTIVES[s.method]())
+        except DPSoundnessError as exc:
+            raise ConfigError(f"method: {exc}") from None
     need(s.partitioner in PARTITIONERS, "partitioner",
          f"unknown {s.partitioner!r}; one of {PARTITIONERS}")
     need(s.accountant in budget_accountants(), "accountant",

@@ -13,6 +13,7 @@ from fedssl.privacy.accounting.budget import epsilon_of
 from fedssl.privacy.dp_sgd.opacus_engine import DPSoundnessError, clip_sensitivity
 from fedssl.privacy.identity.keys import load_public_key
 from fedssl.privacy.identity.ledger import read_ledger
+from fedssl.run_spec import ConfigError, RunSpec
 from fedssl.ssl_core.objectives import get_objective
 from tests.client.test_client_app import _call
 
@@ -67,8 +68,12 @@ def test_simclr_allowed_under_client_level_dp_only(tmp_path: Path, flower_identi
         cfg = ExperimentConfig(method="simclr", dp=False, client_dp=mode, secagg=secagg,
                                num_samples=200, num_clients=2).validate()
         preflight(cfg)
-    with pytest.raises(DPSoundnessError, match="not per-record decomposable"):
-        preflight(ExperimentConfig(method="simclr", dp=True, num_samples=200).validate())
+    # refused by the settings themselves (simulate, the ServerApp, `fedssl server`), before
+    # any run starts, with the client's own reason
+    with pytest.raises(ConfigError, match="not per-record decomposable"):
+        ExperimentConfig(method="simclr", dp=True, num_samples=200).validate()
+    with pytest.raises(ConfigError, match="method: method 'simclr' is not per-record"):
+        RunSpec(method="simclr", dp=True).validate()
     ok = _call(tmp_path, method="simclr", dp=False, **{"client-dp": "central"})
     assert ok.content["status"]["status"] == "ok", ok.content["status"]
     assert not list(tmp_path.glob("ledger/*.jsonl"))  # no sample-level spend to record

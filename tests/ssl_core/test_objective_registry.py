@@ -3,7 +3,8 @@
 up by the run settings' checks (the ServerApp's and ``fedssl simulate``'s preflight),
 ``get_objective``, the DP-SGD contract (``clip_sensitivity``, which every client checks
 before its first gradient), the audit's soundness check and the sensitivity harness; a toy
-without a per-record bound is refused under DP by all of them."""
+without a per-record bound is refused under DP by all of them (the settings already, before
+any run starts)."""
 
 from __future__ import annotations
 
@@ -63,9 +64,10 @@ def test_a_registered_objective_is_picked_up_everywhere() -> None:
 def test_a_registered_objective_without_a_bound_is_refused_under_dp() -> None:
     preflight(ExperimentConfig.load(None, {"method": "toy-in-batch", "dp": False,
                                            "num_samples": 200}), say=lambda _: None)
-    with pytest.raises(DPSoundnessError, match="not per-record decomposable"):
-        preflight(ExperimentConfig.load(None, {"method": "toy-in-batch", "dp": True,
-                                               "num_samples": 200}), say=lambda _: None)
+    with pytest.raises(ConfigError, match="not per-record decomposable"):  # simulate's
+        ExperimentConfig.load(None, {"method": "toy-in-batch", "dp": True})
+    with pytest.raises(ConfigError, match="toy-in-batch"):  # the ServerApp's
+        RunSpec(method="toy-in-batch", dp=True).validate()
     with pytest.raises(DPSoundnessError):  # what a client checks before its first gradient
         clip_sensitivity(get_objective("toy-in-batch"))
     (finding,) = _audit_findings("toy-in-batch")
