@@ -7,8 +7,8 @@
 - ``shard``: McMahan et al. 2017 (FedAvg) pathological split: records sorted by label, cut
   into ``shards_per_client * num_clients`` shards, each client gets ``shards_per_client``.
 
-Partitions are computed on demand for one client (``partition_indices``); the computation
-costs one permutation of the labels, so nothing is materialised for clients never sampled.
+All clients' partitions are drawn together, once per pool and setting (``all_partitions``,
+cached: one permutation of the labels); ``partition_indices`` returns one client's.
 Every client is guaranteed at least ``min_size`` records (re-drawing the Dirichlet split if
 needed), because a client with no data can't train.
 """
@@ -63,6 +63,50 @@ def _all_partitions(
     raise PartitionError(f"unknown partitioner {method!r}; choose one of {PARTITIONERS}")
 
 
+def all_partitions(
+    labels: np.ndarray,
+    num_clients: int,
+    method: str = "iid",
+    alpha: float = 0.5,
+    shards_per_client: int = 2,
+    seed: int = 0,
+    min_size: int = 2,
+) -> tuple[np.ndarray, ...]:
+    """Every client's indices into the training pool, client ``i`` at position ``i``.
+
+    Args:
+        labels: one label per record of the pool.
+        num_clients: how many clients.
+        method: ``iid``, ``dirichlet`` or ``shard``.
+        alpha: the Dirichlet concentration (smaller: more skewed).
+        shards_per_client: shards per client of ``shard``.
+        seed: makes the split reproducible.
+        min_size: the fewest records any client gets.
+
+    Returns:
+        One sorted index array per client (cached: the same arrays for the same arguments).
+
+    Raises:
+        PartitionError: an unknown method, an invalid alpha, or a split that cannot give
+            every client ``min_size`` records.
+    """
+    if method not in PARTITIONERS:
+        raise PartitionError(f"unknown partitioner {method!r}; choose one of {PARTITIONERS}")
+    if num_clients < 1:
+        raise PartitionError(f"need at least one client, got {num_clients}")
+    if num_clients * min_size > len(labels):
+        raise PartitionError(
+            f"{len(labels)} records cannot give {num_clients} clients {min_size} records each"
+        )
+    if method == "dirichlet" and alpha <= 0:
+        raise PartitionError(f"Dirichlet alpha must be positive, got {alpha}")
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    return _all_partitions(
+        labels.tobytes(), len(labels), num_clients, method, float(alpha), shards_per_client,
+        seed, min_size,
+    )
+
+
 def partition_indices(
     labels: np.ndarray,
     num_clients: int,
@@ -92,18 +136,7 @@ def partition_indices(
         PartitionError: an unknown method, a client out of range, an invalid alpha, or a
             split that cannot give every client ``min_size`` records.
     """
-    if method not in PARTITIONERS:
-        raise PartitionError(f"unknown partitioner {method!r}; choose one of {PARTITIONERS}")
     if num_clients < 1 or not 0 <= client < num_clients:
         raise PartitionError(f"client {client} out of range for {num_clients} clients")
-    if num_clients * min_size > len(labels):
-        raise PartitionError(
-            f"{len(labels)} records cannot give {num_clients} clients {min_size} records each"
-        )
-    if method == "dirichlet" and alpha <= 0:
-        raise PartitionError(f"Dirichlet alpha must be positive, got {alpha}")
-    labels = np.ascontiguousarray(labels, dtype=np.int64)
-    return _all_partitions(
-        labels.tobytes(), len(labels), num_clients, method, float(alpha), shards_per_client,
-        seed, min_size,
-    )[client]
+    return all_partitions(labels, num_clients, method, alpha, shards_per_client, seed,
+                          min_size)[client]

@@ -40,3 +40,26 @@ def test_bad_arguments() -> None:
         partition_indices(LABELS, 3, 3)
     with pytest.raises(PartitionError, match="cannot give"):
         partition_indices(LABELS[:5], 3, 0)
+
+
+@pytest.mark.parametrize("method", ["iid", "dirichlet"])
+def test_simulated_client_gets_its_partition(method: str) -> None:
+    """A simulated client's records are the pool's rows at its ``partition_indices``
+    (the per-process split cache hands out the same split), and an index out of range is
+    refused."""
+    from fedssl.ssl_core.data_cache import (
+        DataSpec,
+        cached_dataset,
+        partition_labels,
+        simulated_partition,
+    )
+
+    spec = DataSpec("mnist1d", "", 600, seed=4)
+    data = cached_dataset(spec)
+    labels = partition_labels(data, method)
+    for client in (0, 3, 5, 3):
+        idx = partition_indices(labels, 6, client, method, alpha=0.5, seed=4)
+        np.testing.assert_array_equal(
+            simulated_partition(spec, client, 6, method, 0.5, 2), data.x_train[idx])
+    with pytest.raises(PartitionError, match="client 6 out of range for 6 clients"):
+        simulated_partition(spec, 6, 6, method, 0.5, 2)
