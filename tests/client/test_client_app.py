@@ -223,3 +223,15 @@ def test_run_id_reserved_for_legacy_entries_is_refused(tmp_path: Path, flower_id
     assert reply.content["status"]["status"] == "refused"
     assert "reserved" in reply.content["status"]["reason"]
     assert not (tmp_path / "ledger" / "client-001.jsonl").exists()
+
+
+def test_round_without_dp_writes_no_ledger_files(tmp_path: Path, flower_identity) -> None:
+    """A round without DP writes no ledger entry, so no ledger key (.pub) either; a DP
+    round writes both."""
+    reply = _call(tmp_path, dp=False)
+    assert reply.content["status"]["status"] == "ok"
+    assert reply.content["metrics"]["epsilon"] == 0.0
+    assert not (tmp_path / "ledger").exists()
+    _call(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "ledger").iterdir()) == [
+        "client-001.jsonl", "client-001.pub"]
