@@ -459,6 +459,11 @@ def simulate(cfg: ExperimentConfig, verbose: bool = False, resume: bool = False,
 def _simulate(cfg: ExperimentConfig, run_dir: Path, verbose: bool, resume: bool,
               extend: bool) -> Path:
     """:func:`simulate` without the signal handling."""
+    # Flower's telemetry off, as in every fedssl deployment process (server, SuperLink,
+    # SuperNode): a simulation otherwise sends usage events to Flower's servers at its
+    # start and end (and, offline, waits on them at exit). Read when Flower's telemetry
+    # module is first imported, i.e. below; Ray's workers inherit it from this process.
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     from flwr.simulation import run_simulation
 
     from fedssl.client.privacy_guard import write_site_file
