@@ -117,24 +117,17 @@ def partition_indices(
     seed: int = 0,
     min_size: int = 2,
 ) -> np.ndarray:
-    """Indices into the training pool held by ``client`` (0-based) of ``num_clients``.
+    """Indices into the training pool held by ``client`` (0-based) of ``num_clients``:
+    its entry of :func:`all_partitions`.
 
     Args:
-        labels: one label per record of the pool.
-        num_clients: how many clients.
-        client: which client.
-        method: ``iid``, ``dirichlet`` or ``shard``.
-        alpha: the Dirichlet concentration (smaller: more skewed).
-        shards_per_client: shards per client of ``shard``.
-        seed: makes the split reproducible.
-        min_size: the fewest records any client gets.
+        client: which client; every other argument as in :func:`all_partitions`.
 
     Returns:
         The client's indices.
 
     Raises:
-        PartitionError: an unknown method, a client out of range, an invalid alpha, or a
-            split that cannot give every client ``min_size`` records.
+        PartitionError: a client out of range, or any of :func:`all_partitions`' errors.
     """
     if num_clients < 1 or not 0 <= client < num_clients:
         raise PartitionError(f"client {client} out of range for {num_clients} clients")
